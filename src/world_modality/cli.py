@@ -1,0 +1,52 @@
+"""The ``wm`` command line: one subcommand per pipeline stage.
+
+Each stage's options live in ``world_modality.commands.<stage>`` (a ``register(subparsers)`` function);
+heavy libraries are imported inside the handlers so ``wm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Pipeline order: data -> latents -> tokens -> train -> intervene -> eval -> report; matrix and demo run it all.
+COMMAND_MODULES = ("data",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wm",
+        description=(
+            "world-modality-vla: does predicted future world state, used as memory, make VLA policies act "
+            "better? Generate datasets, cache world latents, train baseline and world-memory policies, "
+            "evaluate them closed-loop on paired episodes and report the difference."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from world_modality import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"world_modality.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"wm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

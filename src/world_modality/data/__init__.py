@@ -1,0 +1,1 @@
+"""Datasets: MetaWorld expert generation and schema checks for LeRobot v3 datasets."""

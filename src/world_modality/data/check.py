@@ -1,0 +1,168 @@
+"""Schema checks for LeRobot v3 datasets: what the pipeline needs, with errors that name what exists."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CAMERA_DTYPES = ("image", "video")
+
+
+class DatasetSchemaError(ValueError):
+    """The dataset lacks something the pipeline needs."""
+
+
+@dataclass
+class DatasetKeys:
+    """Which dataset keys the pipeline reads. LIBERO-format data keeps the instruction under ``task``."""
+
+    image: str | None = None  # None: the first camera feature
+    wrist: str | None = None
+    state: str = "observation.state"
+    action: str = "action"
+    instruction: str = "task"
+    state_dim: int | None = None
+    action_dim: int | None = None
+
+
+@dataclass
+class DatasetSummary:
+    root: Path
+    repo_id: str
+    fps: int
+    episodes: int
+    frames: int
+    tasks: list[str]
+    keys: dict[str, str]  # resolved role -> dataset key
+    features: dict[str, dict] = field(default_factory=dict)
+
+    def format(self) -> str:
+        lines = [
+            f"dataset   {self.repo_id}  ({self.root})",
+            f"episodes  {self.episodes}",
+            f"frames    {self.frames}",
+            f"fps       {self.fps}",
+            f"tasks     {len(self.tasks)}",
+        ]
+        lines += [f"          - {t}" for t in self.tasks[:10]]
+        if len(self.tasks) > 10:
+            lines.append(f"          ... and {len(self.tasks) - 10} more")
+        lines.append("keys used by the pipeline")
+        lines += [f"  {role:12s} {key}" for role, key in self.keys.items()]
+        lines.append("features")
+        for name, ft in self.features.items():
+            lines.append(f"  {name:36s} {ft['dtype']:8s} {tuple(ft.get('shape') or ())}")
+        return "\n".join(lines)
+
+
+def resolve_dataset_root(path_or_repo_id: str | Path) -> tuple[Path, str]:
+    """A local folder, or a repo id already in the LeRobot cache; nothing is downloaded."""
+    path = Path(path_or_repo_id).expanduser()
+    if path.exists():
+        if not (path / "meta" / "info.json").exists():
+            raise DatasetSchemaError(
+                f"{path} is not a LeRobot dataset: meta/info.json is missing. Point to the dataset root "
+                "(the folder holding meta/, data/ and videos/ or images/)."
+            )
+        return path.resolve(), f"local/{path.name}"
+    from lerobot.utils.constants import HF_LEROBOT_HOME
+
+    cached = Path(HF_LEROBOT_HOME) / str(path_or_repo_id)
+    if (cached / "meta" / "info.json").exists():
+        return cached, str(path_or_repo_id)
+    raise FileNotFoundError(
+        f"no dataset at {path_or_repo_id!r}: not a local folder, and not in the LeRobot cache ({cached}). "
+        "Datasets are never downloaded here; copy it to a local folder and pass that path."
+    )
+
+
+def _camera_keys(features: dict) -> list[str]:
+    return [k for k, ft in features.items() if ft.get("dtype") in CAMERA_DTYPES]
+
+
+def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) -> DatasetSummary:
+    """Validate a dataset against what the pipeline needs; raise DatasetSchemaError naming what exists."""
+    keys = keys or DatasetKeys()
+    root, repo_id = resolve_dataset_root(path_or_repo_id)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    version = str(info.get("codebase_version", "?"))
+    if not version.startswith("v3"):
+        raise DatasetSchemaError(
+            f"{root} is a LeRobot {version} dataset; the pipeline reads v3.x. Convert it with LeRobot's "
+            "`lerobot.scripts.convert_dataset_v21_to_v30`."
+        )
+    features: dict = info["features"]
+    existing = ", ".join(sorted(features))
+    cameras = _camera_keys(features)
+
+    def require(role: str, key: str, flag: str) -> None:
+        if key not in features:
+            raise DatasetSchemaError(
+                f"{role} key {key!r} is not in the dataset (pass {flag} with one of the existing keys: {existing})"
+            )
+
+    image = keys.image or (cameras[0] if cameras else None)
+    if image is None:
+        raise DatasetSchemaError(f"the dataset has no image or video feature; its keys are: {existing}")
+    require("image", image, "--image-key")
+    if features[image]["dtype"] not in CAMERA_DTYPES:
+        raise DatasetSchemaError(f"--image-key {image!r} is a {features[image]['dtype']} feature, not a camera; cameras: {cameras}")
+    resolved = {"image": image}
+    if keys.wrist:
+        require("wrist image", keys.wrist, "--wrist-key")
+        resolved["wrist"] = keys.wrist
+    for role, key, dim, flag in (
+        ("state", keys.state, keys.state_dim, "--state-key"),
+        ("action", keys.action, keys.action_dim, "--action-key"),
+    ):
+        require(role, key, flag)
+        shape = tuple(features[key]["shape"])
+        if dim is not None and shape != (dim,):
+            raise DatasetSchemaError(f"{role} key {key!r} has shape {shape}, expected ({dim},)")
+        resolved[role] = key
+    require("episode index", "episode_index", "(no flag: every LeRobot dataset has it)")
+
+    tasks = _instructions(root, features, keys.instruction, existing)
+    resolved["instruction"] = keys.instruction
+    return DatasetSummary(
+        root=root,
+        repo_id=repo_id,
+        fps=int(info["fps"]),
+        episodes=int(info["total_episodes"]),
+        frames=int(info["total_frames"]),
+        tasks=tasks,
+        keys=resolved,
+        features=features,
+    )
+
+
+def _instructions(root: Path, features: dict, key: str, existing: str) -> list[str]:
+    """The distinct instructions; LeRobot v3 stores them in meta/tasks.parquet behind ``task_index``."""
+    import pandas as pd
+
+    if key == "task":
+        if "task_index" not in features or not (root / "meta" / "tasks.parquet").exists():
+            raise DatasetSchemaError(
+                f"instruction key 'task' is missing: the dataset has no task_index / meta/tasks.parquet. "
+                f"Existing keys: {existing}"
+            )
+        table = pd.read_parquet(root / "meta" / "tasks.parquet")
+        tasks = [str(t) for t in (table["task"] if "task" in table.columns else table.index)]
+    elif key in features:
+        data_files = sorted((root / "data").rglob("*.parquet"))
+        column = pd.concat(pd.read_parquet(f, columns=[key]) for f in data_files)[key]
+        tasks = sorted({str(v) for v in column})
+    else:
+        available = existing + (", task (from meta/tasks.parquet)" if "task_index" in features else "")
+        raise DatasetSchemaError(
+            f"instruction key {key!r} is not in the dataset; existing keys: {available}. "
+            "LeRobot-format datasets (LIBERO included) keep the instruction under 'task': pass --instruction-key task."
+        )
+    empty = [t for t in tasks if not t.strip()]
+    if not tasks or empty:
+        raise DatasetSchemaError(
+            f"instruction key {key!r} holds {'no values' if not tasks else f'{len(empty)} empty value(s)'}: "
+            "a policy would be trained on empty prompts. Fix the dataset's instructions."
+        )
+    return tasks

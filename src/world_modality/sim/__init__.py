@@ -1,0 +1,1 @@
+"""Simulator adapters shared by dataset generation and closed-loop rollouts."""

@@ -1,0 +1,30 @@
+"""The shared world module: one home for Prophet, gated memory injection, memory modes and losses.
+
+Mask convention throughout: boolean, True = valid (real data), False = padding / absent.
+"""
+
+from world_modality.world.gated_cross_attention import GatedCrossAttention
+from world_modality.world.losses import total_loss, world_cosine_loss
+from world_modality.world.memory import (
+    MemoryMode,
+    MemorySource,
+    MemorySourceSchedule,
+    apply_memory_mode,
+)
+from world_modality.world.prophet import Prophet, ProphetConfig
+from world_modality.world.world_module import WorldModule, WorldModuleConfig, WorldOutputs
+
+__all__ = [
+    "GatedCrossAttention",
+    "MemoryMode",
+    "MemorySource",
+    "MemorySourceSchedule",
+    "Prophet",
+    "ProphetConfig",
+    "WorldModule",
+    "WorldModuleConfig",
+    "WorldOutputs",
+    "apply_memory_mode",
+    "total_loss",
+    "world_cosine_loss",
+]

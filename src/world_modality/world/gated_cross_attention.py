@@ -1,0 +1,88 @@
+"""Zero-initialised gated cross-attention from policy query states into world memory."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class _GatedResidual(torch.autograd.Function):
+    """h + g * a, except that where g == 0 the output is h bit for bit.
+
+    Plain `h + 0 * a` is not enough: 0 * NaN = NaN, and `+0.0` turns `-0.0` into `+0.0`.
+    A `torch.where` on its own would fix the value but also zero d/dg, freezing a zero-initialised
+    gate forever; this function keeps the true gradient d/dg = sum(grad * a).
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, g: Tensor, a: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(g, a)
+        return torch.where(g == 0, h, h + g * a)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx, grad: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        g, a = ctx.saved_tensors
+        grad_g = (grad.float() * a.float()).sum().to(g.dtype) if ctx.needs_input_grad[1] else None
+        grad_a = grad * g if ctx.needs_input_grad[2] else None
+        return grad, grad_g, grad_a
+
+
+class GatedCrossAttention(nn.Module):
+    """out = h + tanh(gate) * attn(norm(h), memory), with `gate` initialised to 0.
+
+    At initialisation (and whenever the gate is exactly 0) the policy is unchanged whatever the
+    memory holds, NaN and inf included, so adding world memory can never hurt a pretrained policy
+    before training has shown it is useful. The gate still receives gradient at 0 (for finite
+    memory), while the attention parameters receive none until the gate has moved.
+    """
+
+    def __init__(self, d_model: int, d_mem: int, num_future: int, num_heads: int = 4,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_future = num_future
+        self.query_norm = nn.LayerNorm(d_model)
+        self.mem_norm = nn.LayerNorm(d_mem)
+        self.mem_proj = nn.Linear(d_mem, d_model)
+        # Tells the attention which future step each memory slot holds.
+        self.future_emb = nn.Parameter(torch.randn(num_future, d_model) * 0.02)
+        self.attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.gate = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, h: Tensor, memory: Tensor,
+                memory_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Read the memory into the query states.
+
+        Args:
+            h: [B, Q, d_model] query hidden states (action queries / <ACT_i> states).
+            memory: [B, K, d_mem] future latents, slot k-1 holding z_{t+k}.
+            memory_mask: optional [B, K] bool, True where the slot is valid. A sample with no valid
+                slot gets no update (rather than NaN from an all-masked softmax).
+
+        Returns:
+            h_out [B, Q, d_model] and head-averaged attention weights [B, Q, K]
+            (mean over batch and queries = attention mass per future step).
+        """
+        k = memory.shape[1]
+        if k > self.num_future:
+            raise ValueError(f"memory has {k} future slots but the module was built for "
+                             f"{self.num_future}")
+        key_padding = None
+        has_memory = None
+        if memory_mask is not None:
+            valid = memory_mask.bool()
+            # Padded slots may hold anything; a NaN there would leak through 0-weight attention.
+            memory = torch.where(valid[..., None], memory, 0.0)
+            has_memory = valid.any(dim=1)
+            # Unmask samples without any valid slot so softmax stays finite; zeroed below.
+            key_padding = ~(valid | ~has_memory[:, None])
+        kv = self.mem_proj(self.mem_norm(memory)) + self.future_emb[:k]
+        attended, weights = self.attn(self.query_norm(h), kv, kv, key_padding_mask=key_padding,
+                                      need_weights=True, average_attn_weights=True)
+        if has_memory is not None:
+            keep = has_memory[:, None, None]
+            attended = attended * keep
+            weights = weights * keep
+        g = torch.tanh(self.gate).to(h.dtype)
+        return _GatedResidual.apply(h, g, attended), weights

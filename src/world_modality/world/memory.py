@@ -1,0 +1,161 @@
+"""World-memory modes (what the policy reads) and the training-time memory source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NoReturn
+
+import torch
+from torch import Tensor
+
+
+class _StrictStrEnum(StrEnum):
+    """A StrEnum whose unknown values raise an error listing every valid name."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> NoReturn:
+        valid = ", ".join(repr(member.value) for member in cls)
+        raise ValueError(f"unknown {cls.__name__} {value!r}; valid names: {valid}")
+
+
+class MemoryMode(_StrictStrEnum):
+    """What the gated cross-attention reads; one set of names for training, validation and rollout.
+
+    `zero` alone is a weak control (it shifts the input distribution); `random`, `signflip` and
+    `shuffle` keep memory-like statistics, so only they show whether the *content* matters.
+    """
+
+    PRED = "pred"  # the Prophet's prediction
+    ZERO = "zero"  # zeros
+    RANDOM = "random"  # Gaussian noise with the prediction's per-feature mean/std
+    SIGNFLIP = "signflip"  # the prediction negated
+    SHUFFLE = "shuffle"  # another sample's (or, at batch size 1, another step's) prediction
+    ORACLE = "oracle"  # the true future latents
+    NONE = "none"  # no injection: the baseline path
+
+
+class MemorySource(_StrictStrEnum):
+    """Which latents fill the `pred` memory during training."""
+
+    PREDICTED = "predicted"
+    ORACLE = "oracle"
+    SCHEDULED = "scheduled"  # oracle, annealed linearly to predicted
+
+
+def _rng_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
+    """Draw where the generator lives (a CPU generator may drive CUDA tensors)."""
+    return generator.device if generator is not None else fallback
+
+
+def _check_oracle(oracle: Tensor | None, predicted: Tensor, needed_by: str) -> Tensor:
+    if oracle is None:
+        raise ValueError(f"{needed_by} needs the true future latents (z_future), got None")
+    if oracle.shape != predicted.shape:
+        raise ValueError(f"{needed_by}: oracle latents have shape {tuple(oracle.shape)}, "
+                         f"predicted memory has {tuple(predicted.shape)}")
+    return oracle.to(predicted.dtype)
+
+
+def _cyclic_derangement(n: int, generator: torch.Generator | None,
+                        device: torch.device) -> Tensor:
+    """Random single-cycle permutation: index[i] != i for every i, unlike a plain randperm."""
+    order = torch.randperm(n, generator=generator, device=_rng_device(generator, device))
+    index = torch.empty_like(order)
+    index[order] = order.roll(-1)
+    return index.to(device)
+
+
+def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor | None = None,
+                      generator: torch.Generator | None = None) -> Tensor | None:
+    """Turn the predicted memory [B, K, D] into what the policy reads under `mode`.
+
+    - `random`: N(mean, std) with mean and (population) std per feature dim, taken over batch and
+      K of the detached prediction; the noise carries no gradient.
+    - `shuffle`: each sample gets another sample's memory (a random derangement of the batch).
+      With batch size 1 the K future slots are deranged instead (each slot gets another step's
+      prediction); with B == K == 1 there is nothing to shuffle and it raises.
+    - `oracle`: returns `oracle` (cast to the prediction's dtype); raises if it is None.
+    - `none`: returns None, meaning the injection is skipped.
+    """
+    mode = MemoryMode(mode)
+    match mode:
+        case MemoryMode.PRED:
+            return predicted
+        case MemoryMode.ZERO:
+            return torch.zeros_like(predicted)
+        case MemoryMode.RANDOM:
+            stats = predicted.detach().float()
+            mean = stats.mean(dim=(0, 1), keepdim=True)
+            std = stats.std(dim=(0, 1), keepdim=True, correction=0)
+            noise = torch.randn(predicted.shape, generator=generator,
+                                device=_rng_device(generator, predicted.device))
+            return (mean + std * noise.to(predicted.device)).to(predicted.dtype)
+        case MemoryMode.SIGNFLIP:
+            return -predicted
+        case MemoryMode.SHUFFLE:
+            batch, k = predicted.shape[:2]
+            if batch > 1:
+                return predicted[_cyclic_derangement(batch, generator, predicted.device)]
+            if k > 1:
+                return predicted[:, _cyclic_derangement(k, generator, predicted.device)]
+            raise ValueError("memory mode 'shuffle' needs batch size > 1 or more than one "
+                             "future step; got B == K == 1")
+        case MemoryMode.ORACLE:
+            return _check_oracle(oracle, predicted, "memory mode 'oracle'")
+        case MemoryMode.NONE:
+            return None
+
+
+@dataclass
+class MemorySourceSchedule:
+    """Training-time source of the `pred` memory: the Prophet's output, the oracle, or a schedule.
+
+    Oracle futures early on let the policy learn to read the memory before the Prophet is good;
+    `scheduled` then anneals (oracle fraction 1 until `schedule_start_step`, linearly to 0 at
+    `schedule_end_step`) so training ends on what the policy will see at rollout.
+    """
+
+    source: MemorySource = MemorySource.PREDICTED
+    schedule_start_step: int = 0
+    schedule_end_step: int = 0
+
+    def __post_init__(self) -> None:
+        self.source = MemorySource(self.source)
+        if self.schedule_end_step < self.schedule_start_step:
+            raise ValueError(f"schedule_end_step {self.schedule_end_step} is before "
+                             f"schedule_start_step {self.schedule_start_step}")
+
+    def oracle_fraction(self, step: int | None) -> float:
+        """Probability that a sample's memory is the oracle at `step`."""
+        if self.source is MemorySource.PREDICTED:
+            return 0.0
+        if self.source is MemorySource.ORACLE:
+            return 1.0
+        if step is None:
+            raise ValueError("memory source 'scheduled' needs the training step")
+        start, end = self.schedule_start_step, self.schedule_end_step
+        if step <= start:
+            return 1.0
+        if step >= end:
+            return 0.0
+        return 1.0 - (step - start) / (end - start)
+
+    def mix(self, predicted: Tensor, oracle: Tensor | None, step: int | None = None,
+            generator: torch.Generator | None = None) -> tuple[Tensor, float]:
+        """Per sample, use the oracle with probability `oracle_fraction(step)`, else the prediction.
+
+        Returns the mixed memory and the realised oracle fraction (for logging). `oracle` may be
+        None while the fraction is 0.
+        """
+        fraction = self.oracle_fraction(step)
+        if fraction == 0.0:
+            return predicted, 0.0
+        oracle = _check_oracle(oracle, predicted, f"memory source {self.source.value!r}")
+        if fraction == 1.0:
+            return oracle, 1.0
+        draw = torch.rand(predicted.shape[0], generator=generator,
+                          device=_rng_device(generator, predicted.device))
+        use_oracle = (draw < fraction).to(predicted.device)
+        mixed = torch.where(use_oracle[:, None, None], oracle, predicted)
+        return mixed, use_oracle.float().mean().item()

@@ -1,0 +1,160 @@
+"""WorldModule: Prophet + memory mode/source + gated cross-attention, as every policy uses them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from world_modality.world.gated_cross_attention import GatedCrossAttention
+from world_modality.world.losses import world_cosine_loss
+from world_modality.world.memory import MemoryMode, MemorySourceSchedule, apply_memory_mode
+from world_modality.world.prophet import Prophet, ProphetConfig
+
+
+@dataclass
+class WorldModuleConfig:
+    """Everything that shapes the world module; `d_model` is the policy's query-state width."""
+
+    latent_dim: int
+    d_model: int
+    num_future: int = 4
+    history_len: int = 4
+    delta: bool = False
+    prophet_dim: int = 256
+    prophet_heads: int = 4
+    prophet_layers: int = 2
+    cross_attn_heads: int = 4
+    dropout: float = 0.0
+    memory_mode: MemoryMode = MemoryMode.PRED
+    memory_source: MemorySourceSchedule = field(default_factory=MemorySourceSchedule)
+    # False: the action loss also trains the Prophet (end to end; the world loss anchors it to
+    # real futures). True: the Prophet learns from the world loss only, so the memory stays a
+    # pure forecast and cannot drift into an action-specific code.
+    detach_prophet_for_policy: bool = False
+
+    def __post_init__(self) -> None:
+        self.memory_mode = MemoryMode(self.memory_mode)
+
+    def prophet_config(self) -> ProphetConfig:
+        return ProphetConfig(
+            latent_dim=self.latent_dim,
+            num_future=self.num_future,
+            history_len=self.history_len,
+            d_model=self.prophet_dim,
+            num_heads=self.prophet_heads,
+            num_layers=self.prophet_layers,
+            dropout=self.dropout,
+            delta=self.delta,
+        )
+
+
+@dataclass
+class WorldOutputs:
+    """What one forward of the world module produced; `log_dict` gives a trainer's scalars."""
+
+    z_pred: Tensor  # [B, K, D_latent]
+    memory_mode: MemoryMode
+    gate_raw: Tensor  # scalar, detached
+    gate: Tensor  # tanh(gate_raw), detached
+    oracle_fraction: float  # realised share of samples whose memory was the oracle
+    attn_mass: Tensor | None = None  # [K]; None when the injection was skipped
+    world_loss: Tensor | None = None  # scalar with grad; None without z_future
+    world_loss_per_k: Tensor | None = None  # [K]
+
+    def log_dict(self) -> dict[str, float]:
+        """Flat scalars, future steps numbered k = 1..K as in z_{t+k}."""
+        logs = {
+            "world_gate_raw": self.gate_raw.item(),
+            "world_gate": self.gate.item(),
+            "world_oracle_fraction": self.oracle_fraction,
+        }
+        if self.world_loss is not None:
+            logs["world_loss"] = self.world_loss.item()
+        if self.world_loss_per_k is not None:
+            for k, value in enumerate(self.world_loss_per_k.tolist(), start=1):
+                logs[f"world_loss_k{k}"] = value
+        if self.attn_mass is not None:
+            for k, value in enumerate(self.attn_mass.tolist(), start=1):
+                logs[f"world_attn_mass_k{k}"] = value
+        return logs
+
+
+class WorldModule(nn.Module):
+    """Predicts future latents from a latent history and reads them into policy query states."""
+
+    def __init__(self, config: WorldModuleConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.prophet = Prophet(config.prophet_config())
+        self.cross_attn = GatedCrossAttention(
+            d_model=config.d_model,
+            d_mem=config.latent_dim,
+            num_future=config.num_future,
+            num_heads=config.cross_attn_heads,
+            dropout=config.dropout,
+        )
+
+    def forward(
+        self,
+        h: Tensor,
+        z_history: Tensor,
+        z_future: Tensor | None = None,
+        future_mask: Tensor | None = None,
+        mode: MemoryMode | str | None = None,
+        step: int | None = None,
+        *,
+        history_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, WorldOutputs]:
+        """Run the Prophet, build the memory and inject it into `h`.
+
+        Args:
+            h: [B, Q, d_model] policy query states.
+            z_history: [B, T, latent_dim] latent history ending at z_t.
+            z_future: [B, K, latent_dim] true z_{t+1..t+K}: enables the world loss, `oracle` mode
+                and oracle substitution in training.
+            future_mask: [B, K] bool, True where the future exists; masks the world loss only.
+                The memory is not masked by it, since that would tell the policy where the
+                episode ends, which it cannot know at rollout; pass `memory_mask` explicitly
+                when that is intended.
+            mode: memory mode; None means `config.memory_mode`.
+            step: training step, needed by a `scheduled` memory source.
+
+        In training mode the `pred` memory comes from `config.memory_source` (oracle latents
+        substituted per sample by the schedule); in eval mode it is the Prophet's prediction.
+        Other modes behave the same in both.
+        """
+        mode = self.config.memory_mode if mode is None else MemoryMode(mode)
+        z_pred = self.prophet(z_history, history_mask)
+        world_loss = world_loss_per_k = None
+        if z_future is not None:
+            world_loss, world_loss_per_k = world_cosine_loss(z_pred, z_future, future_mask)
+
+        predicted = z_pred.detach() if self.config.detach_prophet_for_policy else z_pred
+        oracle_fraction = 1.0 if mode is MemoryMode.ORACLE else 0.0
+        if self.training and mode is MemoryMode.PRED:
+            predicted, oracle_fraction = self.config.memory_source.mix(
+                predicted, z_future, step, generator
+            )
+        memory = apply_memory_mode(mode, predicted, z_future, generator)
+
+        attn_mass = None
+        h_out = h
+        if memory is not None:
+            h_out, weights = self.cross_attn(h, memory, memory_mask)
+            attn_mass = weights.detach().float().mean(dim=(0, 1))
+        # A copy, not a view: the optimizer updates the parameter in place before logging.
+        gate_raw = self.cross_attn.gate.detach().clone()
+        return h_out, WorldOutputs(
+            z_pred=z_pred,
+            memory_mode=mode,
+            gate_raw=gate_raw,
+            gate=torch.tanh(gate_raw),
+            oracle_fraction=oracle_fraction,
+            attn_mass=attn_mass,
+            world_loss=world_loss,
+            world_loss_per_k=world_loss_per_k,
+        )

@@ -1,0 +1,359 @@
+"""Tests for the shared world module (Prophet, gated memory injection, memory modes, losses)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from world_modality.world import (
+    GatedCrossAttention,
+    MemoryMode,
+    MemorySourceSchedule,
+    Prophet,
+    ProphetConfig,
+    WorldModule,
+    WorldModuleConfig,
+    apply_memory_mode,
+    total_loss,
+    world_cosine_loss,
+)
+from world_modality.world.gated_cross_attention import _GatedResidual
+
+B, K, D, D_MODEL = 4, 3, 8, 16
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    return x.view(torch.int32)
+
+
+# --- Prophet ---------------------------------------------------------------------------------
+
+
+def test_prophet_shapes_and_short_history() -> None:
+    prophet = Prophet(ProphetConfig(latent_dim=D, num_future=K, history_len=5, d_model=32))
+    assert prophet(torch.randn(B, 5, D)).shape == (B, K, D)
+    assert prophet(torch.randn(B, 2, D)).shape == (B, K, D)
+    with pytest.raises(ValueError, match="history_len"):
+        prophet(torch.randn(B, 6, D))
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_prophet_delta_mode_adds_current_latent_back(delta: bool) -> None:
+    prophet = Prophet(ProphetConfig(latent_dim=D, num_future=K, history_len=4, d_model=32,
+                                    delta=delta))
+    nn.init.zeros_(prophet.out_head.weight)
+    nn.init.zeros_(prophet.out_head.bias)
+    z_history = torch.randn(B, 4, D)
+    expected = z_history[:, -1:].expand(B, K, D) if delta else torch.zeros(B, K, D)
+    assert torch.equal(prophet(z_history), expected)
+
+
+def test_prophet_history_mask_hides_padding() -> None:
+    prophet = Prophet(ProphetConfig(latent_dim=D, num_future=K, history_len=4, d_model=32)).eval()
+    z_history = torch.randn(B, 4, D)
+    mask = torch.ones(B, 4, dtype=torch.bool)
+    mask[:, :2] = False
+    changed = z_history.clone()
+    changed[:, :2] = 100.0
+    torch.testing.assert_close(prophet(z_history, mask), prophet(changed, mask))
+    assert not torch.allclose(prophet(z_history), prophet(changed))
+
+
+# --- GatedCrossAttention ---------------------------------------------------------------------
+
+
+def test_gate_initialised_to_zero_and_output_bit_identical() -> None:
+    gca = GatedCrossAttention(D_MODEL, D, num_future=K)
+    assert gca.gate.item() == 0.0
+    h = torch.randn(B, 5, D_MODEL)
+    h[0, 0, 0] = -0.0  # `h + 0.0` would turn this into +0.0
+    memory = torch.randn(B, K, D)
+    out, weights = gca(h, memory)
+    assert torch.equal(_bits(out), _bits(h))
+    assert weights.shape == (B, 5, K)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, 5))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_do_no_harm_with_non_finite_memory(bad: float) -> None:
+    gca = GatedCrossAttention(D_MODEL, D, num_future=K)
+    h = torch.randn(B, 5, D_MODEL)
+    memory = torch.randn(B, K, D)
+    memory[1, 2, 3] = bad
+    memory[2] = bad
+    out, _ = gca(h, memory)
+    assert torch.equal(_bits(out), _bits(h))
+
+
+def test_gradient_reaches_gate_but_not_attention_at_zero() -> None:
+    gca = GatedCrossAttention(D_MODEL, D, num_future=K)
+    h = torch.randn(B, 5, D_MODEL, requires_grad=True)
+    out, _ = gca(h, torch.randn(B, K, D))
+    out.square().sum().backward()
+    assert gca.gate.grad is not None and gca.gate.grad.item() != 0.0
+    for name, param in gca.named_parameters():
+        if name != "gate":
+            assert param.grad is None or torch.count_nonzero(param.grad) == 0, name
+    torch.testing.assert_close(h.grad, 2 * h.detach())
+
+
+@pytest.mark.parametrize("gate", [0.0, 0.3])
+def test_gated_residual_backward_matches_finite_differences(gate: float) -> None:
+    inputs = (
+        torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True),
+        torch.tensor(gate, dtype=torch.double, requires_grad=True),
+        torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(_GatedResidual.apply, inputs)
+
+
+def test_nonzero_gate_uses_memory() -> None:
+    gca = GatedCrossAttention(D_MODEL, D, num_future=K)
+    with torch.no_grad():
+        gca.gate.fill_(0.5)
+    h = torch.randn(B, 5, D_MODEL)
+    out_a, _ = gca(h, torch.randn(B, K, D))
+    out_b, _ = gca(h, torch.randn(B, K, D))
+    assert not torch.allclose(out_a, out_b)
+
+
+def test_gate_moves_when_memory_carries_the_answer() -> None:
+    torch.manual_seed(0)
+    gca = GatedCrossAttention(D_MODEL, D_MODEL, num_future=1)
+    opt = torch.optim.Adam(gca.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        h = torch.randn(32, 1, D_MODEL)
+        memory = torch.randn(32, 1, D_MODEL)
+        out, _ = gca(h, memory)
+        loss = (out - (h + memory)).square().mean()  # the target needs the memory
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if len(losses) == 1:
+            assert gca.gate.item() != 0.0  # one step suffices to leave zero
+    assert abs(gca.gate.item()) > 0.1
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_memory_mask_ignores_slots_and_empty_rows_stay_finite() -> None:
+    gca = GatedCrossAttention(D_MODEL, D, num_future=K)
+    with torch.no_grad():
+        gca.gate.fill_(1.0)
+    h = torch.randn(B, 2, D_MODEL)
+    memory = torch.randn(B, K, D)
+    mask = torch.ones(B, K, dtype=torch.bool)
+    mask[0, 2] = False
+    mask[1] = False
+    memory[0, 2] = math.nan  # padded futures may hold anything
+    memory[1] = math.inf
+    out, weights = gca(h, memory, mask)
+    assert torch.all(weights[0, :, 2] == 0)
+    assert torch.all(weights[1] == 0)
+    assert torch.equal(out[1], h[1])
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="future slots"):
+        gca(h, torch.randn(B, K + 1, D))
+
+
+# --- memory modes ----------------------------------------------------------------------------
+
+
+def test_memory_mode_names_and_parse_error() -> None:
+    assert [m.value for m in MemoryMode] == [
+        "pred", "zero", "random", "signflip", "shuffle", "oracle", "none"
+    ]
+    assert MemoryMode("signflip") is MemoryMode.SIGNFLIP
+    with pytest.raises(ValueError) as err:
+        apply_memory_mode("zeros", torch.randn(B, K, D))
+    for name in ("pred", "zero", "random", "signflip", "shuffle", "oracle", "none"):
+        assert repr(name) in str(err.value)
+
+
+def test_simple_memory_modes() -> None:
+    predicted = torch.randn(B, K, D)
+    oracle = torch.randn(B, K, D)
+    assert apply_memory_mode("pred", predicted) is predicted
+    assert torch.equal(apply_memory_mode("zero", predicted), torch.zeros(B, K, D))
+    assert torch.equal(apply_memory_mode("signflip", predicted), -predicted)
+    assert torch.equal(apply_memory_mode("oracle", predicted, oracle), oracle)
+    assert apply_memory_mode("none", predicted) is None
+    with pytest.raises(ValueError, match="z_future"):
+        apply_memory_mode("oracle", predicted, None)
+    with pytest.raises(ValueError, match="shape"):
+        apply_memory_mode("oracle", predicted, oracle[:, :2])
+
+
+def test_shuffle_gives_another_samples_memory() -> None:
+    predicted = torch.arange(6.0)[:, None, None].expand(6, K, D).clone()
+    for seed in range(5):
+        shuffled = apply_memory_mode("shuffle", predicted, generator=_gen(seed))
+        sources = shuffled[:, 0, 0].long()
+        assert sorted(sources.tolist()) == list(range(6))
+        assert torch.all(sources != torch.arange(6))
+
+
+def test_shuffle_batch_of_one_permutes_future_steps() -> None:
+    predicted = torch.arange(4.0)[None, :, None].expand(1, 4, D).clone()
+    shuffled = apply_memory_mode("shuffle", predicted, generator=_gen())
+    sources = shuffled[0, :, 0].long()
+    assert sorted(sources.tolist()) == list(range(4))
+    assert torch.all(sources != torch.arange(4))
+    with pytest.raises(ValueError, match="B == K == 1"):
+        apply_memory_mode("shuffle", torch.randn(1, 1, D))
+
+
+def test_random_matches_mean_and_std() -> None:
+    mean = torch.linspace(-2.0, 2.0, D)
+    std = torch.linspace(0.5, 3.0, D)
+    predicted = mean + std * torch.randn(4096, K, D, generator=_gen(1))
+    noise = apply_memory_mode("random", predicted, generator=_gen(2))
+    assert noise.shape == predicted.shape
+    # Standard error of a mean here is <= 3 / sqrt(4096 * 3) ~ 0.03.
+    torch.testing.assert_close(noise.mean(dim=(0, 1)), predicted.mean(dim=(0, 1)), atol=0.15,
+                               rtol=0.0)
+    torch.testing.assert_close(noise.std(dim=(0, 1)), predicted.std(dim=(0, 1)), atol=0.0,
+                               rtol=0.1)
+    assert not torch.allclose(noise, predicted)
+    assert torch.equal(noise, apply_memory_mode("random", predicted, generator=_gen(2)))
+
+
+# --- memory source schedule ------------------------------------------------------------------
+
+
+def test_schedule_oracle_fraction() -> None:
+    scheduled = MemorySourceSchedule("scheduled", schedule_start_step=100, schedule_end_step=200)
+    fractions = [scheduled.oracle_fraction(s) for s in (0, 100, 150, 175, 200, 1000)]
+    assert fractions == [1.0, 1.0, 0.5, 0.25, 0.0, 0.0]
+    assert MemorySourceSchedule("oracle").oracle_fraction(10**6) == 1.0
+    assert MemorySourceSchedule("predicted").oracle_fraction(0) == 0.0
+    with pytest.raises(ValueError, match="training step"):
+        scheduled.oracle_fraction(None)
+    with pytest.raises(ValueError, match="'predicted', 'oracle', 'scheduled'"):
+        MemorySourceSchedule("teacher")
+    with pytest.raises(ValueError, match="before"):
+        MemorySourceSchedule("scheduled", schedule_start_step=10, schedule_end_step=5)
+
+
+def test_schedule_mix_per_sample() -> None:
+    predicted = torch.zeros(1000, K, D)
+    oracle = torch.ones(1000, K, D)
+    scheduled = MemorySourceSchedule("scheduled", schedule_start_step=0, schedule_end_step=100)
+    mixed, realised = scheduled.mix(predicted, oracle, step=50, generator=_gen())
+    per_sample = mixed[:, 0, 0]
+    assert torch.all(mixed == per_sample[:, None, None])  # whole samples, not elements
+    assert realised == pytest.approx(per_sample.mean().item())
+    assert realised == pytest.approx(0.5, abs=0.05)
+    assert scheduled.mix(predicted, oracle, step=100) == (predicted, 0.0)
+    assert scheduled.mix(predicted, None, step=100)[0] is predicted  # no oracle needed at 0
+    assert torch.equal(scheduled.mix(predicted, oracle, step=0)[0], oracle)
+    with pytest.raises(ValueError, match="z_future"):
+        scheduled.mix(predicted, None, step=0)
+
+
+# --- losses ----------------------------------------------------------------------------------
+
+
+def test_world_cosine_loss_values() -> None:
+    z_pred = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[3.0, 0.0], [1.0, 1.0]]])
+    z_future = torch.tensor([[[2.0, 0.0], [1.0, 0.0]], [[-1.0, 0.0], [1.0, 0.0]]])
+    # losses: [[0, 1], [2, 1 - 1/sqrt(2)]]
+    loss, per_k = world_cosine_loss(z_pred, z_future)
+    torch.testing.assert_close(per_k, torch.tensor([1.0, 1.0 - 0.5 / math.sqrt(2)]))
+    torch.testing.assert_close(loss, torch.tensor((4.0 - 1.0 / math.sqrt(2)) / 4))
+
+
+def test_world_cosine_loss_masking() -> None:
+    z_pred = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]], requires_grad=True)
+    z_future = torch.tensor([[[0.0, 1.0], [math.nan, 0.0]], [[1.0, 0.0], [math.nan, 0.0]]])
+    mask = torch.tensor([[True, False], [True, False]])
+    loss, per_k = world_cosine_loss(z_pred, z_future, mask)
+    torch.testing.assert_close(per_k, torch.tensor([0.5, 0.0]))  # k=2 has no valid entry
+    torch.testing.assert_close(loss, torch.tensor(0.5))
+    loss.backward()
+    assert torch.isfinite(z_pred.grad).all()
+    empty, _ = world_cosine_loss(z_pred, z_future, torch.zeros(2, 2, dtype=torch.bool))
+    assert empty.item() == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        world_cosine_loss(z_pred, z_future[:, :1])
+
+
+def test_total_loss() -> None:
+    action, world, text = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)
+    assert total_loss(action, world, text, lambda_world=0.5, lambda_text=0.1).item() == (
+        pytest.approx(2.3)
+    )
+    assert total_loss(action, None, None, lambda_world=0.5).item() == 1.0
+
+
+# --- WorldModule -----------------------------------------------------------------------------
+
+
+def _world_module(**overrides: object) -> WorldModule:
+    config = WorldModuleConfig(latent_dim=D, d_model=D_MODEL, num_future=K, history_len=4,
+                               prophet_dim=32, **overrides)  # type: ignore[arg-type]
+    return WorldModule(config)
+
+
+def test_world_module_outputs_and_log_dict() -> None:
+    module = _world_module()
+    h = torch.randn(B, 5, D_MODEL)
+    h_out, outputs = module(h, torch.randn(B, 4, D), z_future=torch.randn(B, K, D))
+    assert torch.equal(h_out, h)  # gate starts at 0
+    assert outputs.z_pred.shape == (B, K, D)
+    assert outputs.world_loss is not None and outputs.world_loss.requires_grad
+    logs = outputs.log_dict()
+    expected = {"world_gate_raw", "world_gate", "world_oracle_fraction", "world_loss"}
+    expected |= {f"world_loss_k{k}" for k in range(1, K + 1)}
+    expected |= {f"world_attn_mass_k{k}" for k in range(1, K + 1)}
+    assert set(logs) == expected
+    assert all(isinstance(v, float) for v in logs.values())
+    assert sum(logs[f"world_attn_mass_k{k}"] for k in range(1, K + 1)) == pytest.approx(1.0)
+
+    _, no_future = module(h, torch.randn(B, 4, D), mode="none")
+    assert set(no_future.log_dict()) == {"world_gate_raw", "world_gate", "world_oracle_fraction"}
+
+
+def test_world_module_training_uses_source_eval_uses_mode() -> None:
+    module = _world_module(memory_source=MemorySourceSchedule("oracle"))
+    h, z_history, z_future = torch.randn(B, 5, D_MODEL), torch.randn(B, 4, D), torch.randn(B, K, D)
+    _, train_out = module.train()(h, z_history, z_future)
+    assert train_out.oracle_fraction == 1.0
+    _, eval_out = module.eval()(h, z_history, z_future)
+    assert eval_out.oracle_fraction == 0.0
+    _, zero_out = module.train()(h, z_history, z_future, mode="zero")
+    assert zero_out.oracle_fraction == 0.0
+    with pytest.raises(ValueError, match="z_future"):
+        module.eval()(h, z_history, mode="oracle")
+
+
+def test_world_module_mode_changes_output_once_gate_open() -> None:
+    module = _world_module().eval()
+    with torch.no_grad():
+        module.cross_attn.gate.fill_(1.0)
+    h, z_history = torch.randn(B, 5, D_MODEL), torch.randn(B, 4, D)
+    pred, _ = module(h, z_history, mode="pred")
+    flipped, _ = module(h, z_history, mode="signflip")
+    baseline, outputs = module(h, z_history, mode="none")
+    assert not torch.allclose(pred, flipped)
+    assert torch.equal(baseline, h) and outputs.attn_mass is None
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_prophet_for_policy(detach: bool) -> None:
+    module = _world_module(detach_prophet_for_policy=detach)
+    with torch.no_grad():
+        module.cross_attn.gate.fill_(1.0)
+    h_out, _ = module(torch.randn(B, 5, D_MODEL), torch.randn(B, 4, D))
+    h_out.square().sum().backward()
+    prophet_grads = [p.grad for p in module.prophet.parameters()]
+    reached = any(g is not None and torch.count_nonzero(g) > 0 for g in prophet_grads)
+    assert reached is not detach
