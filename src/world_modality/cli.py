@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
-# Pipeline order: data -> latents -> tokens -> train -> intervene -> eval -> report; matrix and demo run it all.
-COMMAND_MODULES = ("data",)
+from world_modality import commands
+
+# Subcommands in pipeline order; any other module in world_modality.commands follows alphabetically.
+PIPELINE_ORDER = ("data", "latents", "tokens", "train", "intervene", "eval", "report", "matrix", "demo")
+
+
+def command_modules() -> list[str]:
+    found = {m.name for m in pkgutil.iter_modules(commands.__path__)}
+    return [n for n in PIPELINE_ORDER if n in found] + sorted(found - set(PIPELINE_ORDER))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in command_modules():
         importlib.import_module(f"world_modality.commands.{name}").register(subparsers)
     return parser
 

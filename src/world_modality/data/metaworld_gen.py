@@ -247,6 +247,7 @@ def _write_lerobot_dataset(out: Path, spec: MetaWorldDatasetSpec, staging: Path,
         root=tmp,
         robot_type="sawyer",
         use_videos=spec.storage == "video",
+        video_backend="pyav",  # torchcodec needs system FFmpeg libraries; PyAV ships its own
     )
     episodes = []
     total = sum(s["kept"] for s in summaries)

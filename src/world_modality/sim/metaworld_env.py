@@ -91,9 +91,9 @@ class MetaWorldEnv:
         self._camera_ids = {
             cam: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam) for cam in r.cameras
         }
-        viewer = self._env.mujoco_renderer._get_viewer("rgb_array")
-        viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = int(r.shadows)
-        viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(r.reflections)
+        self._viewer = self._env.mujoco_renderer._get_viewer("rgb_array")
+        self._viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = int(r.shadows)
+        self._viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(r.reflections)
 
     def reset(self, layout_index: int) -> np.ndarray:
         """Start an episode on one of the seed's 50 layouts; returns the 39-dim observation."""
@@ -118,6 +118,9 @@ class MetaWorldEnv:
         if self.render is None:
             raise RuntimeError("this env was built without rendering (render=None)")
         renderer = self._env.mujoco_renderer
+        # Freeing another env's EGL context unbinds the current one, and gymnasium's offscreen viewer
+        # never rebinds its own before drawing (black frames): bind ours every time.
+        self._viewer.make_context_current()
         out = {}
         for cam, cam_id in self._camera_ids.items():
             renderer.camera_id = cam_id
@@ -126,6 +129,11 @@ class MetaWorldEnv:
         return out
 
     def close(self) -> None:
+        if self.render is not None:
+            # Free our GL objects inside our own context: freed while another env's context is current,
+            # they would delete that env's framebuffer (GL object ids repeat across contexts).
+            self._viewer.make_context_current()
+            self._viewer.con.free()
         self._env.close()
 
 

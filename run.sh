@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up everything this project needs (uv, the locked Python environment), then run one job:
+#   bash run.sh main [wm demo options]   the main job on the offline default
+#   bash run.sh test [pytest options]    the test suite
+# Further arguments go to the job. Set-up is idempotent: a second run only checks the environment.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+UV_VERSION=0.13.9
+python_bin() {
+    # .python-version selects 3.12 under pyenv; without pyenv, look for python3.12 directly.
+    for candidate in python3 python3.12; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+            echo "$candidate"
+            return
+        fi
+    done
+    echo "error: Python 3.12 is required (install it, e.g. with pyenv: pyenv install 3.12)" >&2
+    exit 1
+}
+PY=$(python_bin)
+if ! "$PY" -m uv --version 2>/dev/null | grep -q "uv $UV_VERSION"; then
+    "$PY" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+fi
+# Bytecode is compiled at install time: importing torch/lerobot from source files costs ~30 s per process.
+"$PY" -m uv sync --frozen --compile-bytecode --quiet
+
+job=${1:-}
+shift || true
+case "$job" in
+    main) exec "$PY" -m uv run --frozen --no-sync wm demo "$@" ;;
+    test) exec "$PY" -m uv run --frozen --no-sync pytest "$@" ;;
+    *)
+        echo "usage: bash run.sh main|test [options]" >&2
+        exit 2
+        ;;
+esac
