@@ -1,0 +1,346 @@
+"""The small world-transformer policy family (models A, B, B_cont, C, F) as one LeRobot policy.
+
+One code path for training and rollout: the latent history comes from the batch
+(``observation.world_latents``, precomputed from the latent cache: the fast training path) or,
+when the batch holds the raw observation instead (lerobot-eval, our rollout runner), is encoded
+online with an `OnlineEncoder` built from the encoder spec stored in the config. Model F reads the
+shared `WorldModule` unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+from lerobot.policies.pretrained import PreTrainedPolicy
+from torch import Tensor, nn
+
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
+    WORLD_FUTURE,
+    WORLD_FUTURE_MASK,
+    WORLD_LATENTS,
+    WORLD_LATENTS_MASK,
+    WorldTransformerConfig,
+)
+from world_modality.encoders import EncoderSpec, OnlineEncoder
+from world_modality.tokens import nearest_code
+from world_modality.world import (
+    MemoryMode,
+    MemorySourceSchedule,
+    WorldModule,
+    WorldModuleConfig,
+    total_loss,
+    world_cosine_loss,
+)
+
+_HISTORY, _STATE, _INSTRUCTION, _WORLD_TOKEN = range(4)  # token-type embedding rows
+
+
+class InstructionEmbedding(nn.Module):
+    """Instruction strings -> [B, d]: a learned row per vocabulary entry, or a frozen text encoder.
+
+    An instruction outside the vocabulary is an error naming it and the vocabulary: an earlier
+    system lost weeks to policies silently conditioned on empty or unseen prompts.
+    """
+
+    def __init__(self, config: WorldTransformerConfig) -> None:
+        super().__init__()
+        self.vocabulary = list(config.instructions)
+        self._index = {text: i for i, text in enumerate(self.vocabulary)}
+        self.text_encoder_path = config.text_encoder_path
+        if self.text_encoder_path is None:
+            self.embedding = nn.Embedding(len(self.vocabulary), config.d_model)
+        else:
+            self.proj = nn.Linear(self._text_model.config.hidden_size, config.d_model)
+            self._text_cache: dict[str, Tensor] = {}
+
+    @cached_property
+    def _text_model(self) -> nn.Module:
+        """The frozen text encoder; kept out of the module tree so it is neither trained nor saved."""
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(self.text_encoder_path, local_files_only=True).eval().requires_grad_(False)
+
+    @cached_property
+    def _tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.text_encoder_path, local_files_only=True)
+
+    @torch.no_grad()
+    def _encode_text(self, texts: list[str], device: torch.device) -> Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            inputs = self._tokenizer(missing, return_tensors="pt", padding=True)
+            hidden = self._text_model(**inputs).last_hidden_state
+            mask = inputs["attention_mask"][..., None].to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
+            self._text_cache.update(zip(missing, pooled.float(), strict=True))
+        return torch.stack([self._text_cache[t] for t in texts]).to(device)
+
+    def forward(self, texts: list[str], device: torch.device) -> Tensor:
+        if self.text_encoder_path is not None:
+            return self.proj(self._encode_text(texts, device))
+        unknown = sorted({t for t in texts if t not in self._index})
+        if unknown:
+            raise ValueError(f"instruction(s) {unknown} are not in the policy's vocabulary {self.vocabulary}")
+        return self.embedding(torch.tensor([self._index[t] for t in texts], device=device))
+
+
+class FlowHead(nn.Module):
+    """Rectified-flow action head: predicts the velocity (a - noise) from x_t = (1-t) noise + t a."""
+
+    def __init__(self, d_model: int, action_dim: int) -> None:
+        super().__init__()
+        self.action_in = nn.Linear(action_dim, d_model)
+        self.time_in = nn.Sequential(nn.Linear(1, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        self.net = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 2 * d_model), nn.GELU(),
+                                 nn.Linear(2 * d_model, action_dim))
+
+    def velocity(self, h: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.net(h + self.action_in(x_t) + self.time_in(t[:, None, None].expand(-1, h.shape[1], 1)))
+
+    def loss_terms(self, h: Tensor, actions: Tensor) -> Tensor:
+        """Per-element velocity error [B, H, A] at a uniformly drawn time."""
+        noise = torch.randn_like(actions)
+        t = torch.rand(actions.shape[0], device=actions.device)
+        x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * actions
+        return (self.velocity(h, x_t, t) - (actions - noise)) ** 2
+
+    def sample(self, h: Tensor, action_dim: int, steps: int) -> Tensor:
+        x = torch.randn(h.shape[0], h.shape[1], action_dim, device=h.device, dtype=h.dtype)
+        for i in range(steps):
+            t = torch.full((h.shape[0],), i / steps, device=h.device, dtype=h.dtype)
+            x = x + self.velocity(h, x, t) / steps
+        return x
+
+
+class WorldTransformerPolicy(PreTrainedPolicy):
+    """Transformer over [latent history, state, instruction, (C) world token, H action queries
+    (, K future queries for B/B_cont/C)] -> an action chunk of H normalised actions."""
+
+    config_class = WorldTransformerConfig
+    name = "world_transformer"
+
+    def __init__(self, config: WorldTransformerConfig, **kwargs) -> None:
+        super().__init__(config)
+        config.validate_features()
+        self.config = config
+        self.encoder_spec = EncoderSpec.from_dict(config.encoder_spec)
+        d, latent_dim = config.d_model, config.latent_dim
+        if self.encoder_spec.output_dim != latent_dim:
+            raise ValueError(f"latent_dim {latent_dim} != encoder spec output_dim {self.encoder_spec.output_dim}")
+
+        self.latent_proj = nn.Linear(latent_dim, d)
+        self.history_pos = nn.Parameter(torch.randn(config.history_len, d) * 0.02)
+        self.state_proj = nn.Linear(config.state_dim, d)
+        self.instruction = InstructionEmbedding(config)
+        self.type_emb = nn.Parameter(torch.randn(4, d) * 0.02)
+        self.action_queries = nn.Parameter(torch.randn(config.chunk_size, d) * 0.02)
+        if config.model_type in ("B", "B_cont", "C"):
+            self.future_queries = nn.Parameter(torch.randn(config.num_future, d) * 0.02)
+        if config.uses_tokens:
+            # Filled from the fitted codebook before training; saved with the weights so the
+            # token of a latent is the same at training and at rollout.
+            self.register_buffer("centroids", torch.zeros(config.codebook_size, latent_dim))
+            self.token_head = nn.Linear(d, config.codebook_size)
+        if config.model_type == "C":
+            self.token_emb = nn.Embedding(config.codebook_size, d)
+        if config.model_type == "B_cont":
+            self.future_head = nn.Linear(d, latent_dim)
+        layer = nn.TransformerEncoderLayer(d, config.n_heads, config.dim_feedforward, config.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.trunk = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.out_norm = nn.LayerNorm(d)
+        if config.uses_world_module:
+            self.world = WorldModule(WorldModuleConfig(
+                latent_dim=latent_dim,
+                d_model=d,
+                num_future=config.num_future,
+                history_len=config.history_len,
+                delta=config.prophet_delta,
+                prophet_dim=config.prophet_dim,
+                prophet_heads=config.prophet_heads,
+                prophet_layers=config.prophet_layers,
+                cross_attn_heads=config.cross_attn_heads,
+                dropout=config.dropout,
+                memory_mode=MemoryMode(config.world_memory_mode_train),
+                memory_source=MemorySourceSchedule(config.memory_source, config.memory_schedule_start,
+                                                   config.memory_schedule_end),
+                detach_prophet_for_policy=config.detach_prophet_for_policy,
+            ))
+        if config.action_head == "flow":
+            self.flow_head = FlowHead(d, config.action_dim)
+        else:
+            self.mse_head = nn.Linear(d, config.action_dim)
+        # Counts training forwards: the step of a `scheduled` memory source, also under lerobot-train.
+        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+        self._online: OnlineEncoder | None = None
+        self.reset()
+
+    # --- LeRobot interface ------------------------------------------------------------------
+
+    def get_optim_params(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def reset(self) -> None:
+        """Start a new episode: forget queued actions, the latent history and the encoder's frames."""
+        self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+        self._history: Tensor | None = None
+        self._history_mask: Tensor | None = None
+        if self._online is not None:
+            self._online.reset()
+
+    def forward(self, batch: dict[str, Tensor], memory_mode: str | None = None) -> tuple[Tensor, dict[str, float]]:
+        """Training loss and logged scalars. ``memory_mode`` overrides the world memory (model F)."""
+        actions = batch[self.config.action_key]
+        if self.config.model_type != "A" and WORLD_FUTURE not in batch:
+            raise KeyError(f"model {self.config.model_type} trains on future latents ({WORLD_FUTURE!r}); the batch has "
+                           f"{sorted(batch)}: train on cached latents (`wm train`)")
+        h_act, h_future, z_hist, hist_mask = self._trunk(batch)
+        logs: dict[str, float] = {}
+        world_loss = None
+        step = int(self.train_step)
+        if self.config.uses_world_module:
+            h_act, world_out = self.world(
+                h_act, z_hist, batch.get(WORLD_FUTURE), batch.get(WORLD_FUTURE_MASK),
+                mode=memory_mode, step=step, history_mask=hist_mask,
+            )
+            world_loss = world_out.world_loss
+            logs.update(world_out.log_dict())
+        elif h_future is not None:
+            world_loss, aux_logs = self._aux_loss(h_future, batch[WORLD_FUTURE], batch.get(WORLD_FUTURE_MASK))
+            logs.update(aux_logs)
+
+        if self.config.action_head == "flow":
+            per_element = self.flow_head.loss_terms(h_act, actions)
+        else:
+            per_element = (self.mse_head(h_act) - actions) ** 2
+        pad_key = f"{self.config.action_key}_is_pad"  # LeRobot's convention: True = padding
+        valid = ~batch[pad_key] if pad_key in batch else torch.ones_like(actions[..., 0], dtype=torch.bool)
+        action_loss = (per_element.mean(-1) * valid).sum() / valid.sum().clamp_min(1)
+        loss = total_loss(action_loss, world_loss, lambda_world=self.config.lambda_world)
+        if self.training:
+            self.train_step += 1
+        logs["action_loss"] = action_loss.item()
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], memory_mode: str | None = None) -> Tensor:
+        """Normalised action chunk [B, H, A]; rollouts use ``world_memory_mode_rollout`` by default."""
+        batch = self._observe(batch)
+        h_act, _, z_hist, hist_mask = self._trunk(batch)
+        if self.config.uses_world_module:
+            mode = memory_mode or self.config.world_memory_mode_rollout
+            h_act, _ = self.world(h_act, z_hist, batch.get(WORLD_FUTURE), mode=mode, history_mask=hist_mask)
+        if self.config.action_head == "flow":
+            return self.flow_head.sample(h_act, self.config.action_dim, self.config.flow_steps)
+        return self.mse_head(h_act)
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], memory_mode: str | None = None) -> Tensor:
+        """One action per call; every call's observation enters the latent history, a new chunk is
+        predicted when the queue of ``n_action_steps`` actions is empty."""
+        batch = self._observe(batch)
+        if not self._action_queue:
+            chunk = self.predict_action_chunk(batch, memory_mode)[:, : self.config.n_action_steps]
+            self._action_queue.extend(chunk.transpose(0, 1))
+        return self._action_queue.popleft()
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _observe(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Add the latent history to a rollout batch by encoding its observation online."""
+        if WORLD_LATENTS in batch:
+            return batch
+        source_key = self.config.latent_source_key
+        if source_key not in batch:
+            raise KeyError(f"the batch has neither {WORLD_LATENTS!r} nor the encoder's input {source_key!r} "
+                           f"(encoder spec camera_key); batch keys: {sorted(batch)}")
+        if self._online is None:
+            self._online = OnlineEncoder(self.encoder_spec, device=self.action_queries.device)
+        z = self._online(_encoder_input(batch[source_key], self.encoder_spec.name == "state"))
+        z = z.to(self.action_queries.device, torch.float32)
+        if self._history is None:
+            self._history = z.new_zeros(z.shape[0], self.config.history_len, z.shape[1])
+            self._history_mask = torch.zeros(z.shape[0], self.config.history_len, dtype=torch.bool, device=z.device)
+        self._history = torch.cat([self._history[:, 1:], z[:, None]], dim=1)
+        self._history_mask = torch.cat([self._history_mask[:, 1:], self._history_mask.new_ones(z.shape[0], 1)], dim=1)
+        return {**batch, WORLD_LATENTS: self._history, WORLD_LATENTS_MASK: self._history_mask}
+
+    def _instruction_texts(self, batch: dict, batch_size: int) -> list[str]:
+        texts = batch.get(self.config.instruction_key)
+        if texts is None:
+            raise KeyError(f"the batch has no instruction under {self.config.instruction_key!r}; keys: {sorted(batch)}")
+        texts = [texts] * batch_size if isinstance(texts, str) else list(texts)
+        if len(texts) != batch_size:
+            raise ValueError(f"{len(texts)} instructions for a batch of {batch_size}")
+        return texts
+
+    def _trunk(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """Returns action-query states [B, H, d], future-query states [B, K, d] (B/B_cont/C),
+        and the history [B, T, D] with its mask [B, T] (padding zeroed)."""
+        z_hist = batch[WORLD_LATENTS].float()
+        batch_size, t_ctx, _ = z_hist.shape
+        if t_ctx > self.config.history_len:
+            raise ValueError(f"latent history of {t_ctx} steps, but the policy was built for history_len {self.config.history_len}")
+        hist_mask = batch.get(WORLD_LATENTS_MASK)
+        hist_mask = torch.ones(batch_size, t_ctx, dtype=torch.bool, device=z_hist.device) if hist_mask is None else hist_mask.bool()
+        if not hist_mask[:, -1].all():
+            raise ValueError("the last latent history entry (z_t) must be real in every sample")
+        z_hist = torch.where(hist_mask[..., None], z_hist, 0.0)
+        device = z_hist.device
+        tokens = [
+            self.latent_proj(z_hist) + self.history_pos[self.config.history_len - t_ctx:] + self.type_emb[_HISTORY],
+            (self.state_proj(batch[self.config.state_key].float()) + self.type_emb[_STATE])[:, None],
+            (self.instruction(self._instruction_texts(batch, batch_size), device) + self.type_emb[_INSTRUCTION])[:, None],
+        ]
+        if self.config.model_type == "C":
+            tokens.append((self.token_emb(self._assign_tokens(z_hist[:, -1])) + self.type_emb[_WORLD_TOKEN])[:, None])
+        queries = [self.action_queries.expand(batch_size, -1, -1)]
+        if hasattr(self, "future_queries"):
+            queries.append(self.future_queries.expand(batch_size, -1, -1))
+        x = torch.cat(tokens + queries, dim=1)
+        padding = torch.cat([~hist_mask, hist_mask.new_zeros(batch_size, x.shape[1] - t_ctx)], dim=1)
+        x = self.out_norm(self.trunk(x, src_key_padding_mask=padding))
+        start = x.shape[1] - sum(q.shape[1] for q in queries)
+        h_act = x[:, start: start + self.config.chunk_size]
+        h_future = x[:, start + self.config.chunk_size:] if len(queries) > 1 else None
+        return h_act, h_future, z_hist, hist_mask
+
+    def _assign_tokens(self, z: Tensor) -> Tensor:
+        """World-token ids [...] of latents [..., D], assigned as `wm tokens` assigns the cache's."""
+        return nearest_code(z, self.centroids)
+
+    def _aux_loss(self, h_future: Tensor, z_future: Tensor, future_mask: Tensor | None) -> tuple[Tensor, dict[str, float]]:
+        """B/C: cross-entropy on future world tokens; B_cont: cosine loss on future latents."""
+        z_future = z_future.float()
+        k = z_future.shape[1]
+        valid = torch.ones(z_future.shape[:2], dtype=torch.bool, device=z_future.device) if future_mask is None else future_mask.bool()
+        if self.config.model_type == "B_cont":
+            loss, per_k = world_cosine_loss(self.future_head(h_future[:, :k]), z_future, valid)
+            return loss, {"world_loss": loss.item(), **{f"world_loss_k{i}": v for i, v in enumerate(per_k.tolist(), 1)}}
+        logits = self.token_head(h_future[:, :k])
+        targets = self._assign_tokens(torch.where(valid[..., None], z_future, 0.0))
+        ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * valid
+        count = valid.sum(0)
+        per_k = ce.sum(0) / count.clamp_min(1)
+        loss = ce.sum() / count.sum().clamp_min(1)
+        accuracy = ((logits.argmax(-1) == targets) & valid).sum() / count.sum().clamp_min(1)
+        return loss, {"world_loss": loss.item(), "world_token_acc": accuracy.item(),
+                      **{f"world_loss_k{i}": v for i, v in enumerate(per_k.tolist(), 1)}}
+
+
+def _encoder_input(observation: Tensor, is_state: bool) -> Tensor:
+    """A LeRobot observation -> what `OnlineEncoder` takes: states [B, D], or uint8 frames [B, H, W, 3]
+    (LeRobot batches hold float images [B, 3, H, W] in [0, 1])."""
+    if is_state:
+        return observation.float()
+    if observation.dtype != torch.uint8:
+        observation = (observation.float() * 255).round().clamp(0, 255).to(torch.uint8)
+    if observation.ndim == 4 and observation.shape[1] == 3 and observation.shape[-1] != 3:
+        observation = observation.permute(0, 2, 3, 1)
+    return observation

@@ -1,0 +1,66 @@
+"""``wm eval``: closed-loop evaluation of a checkpoint on paired episodes."""
+
+from __future__ import annotations
+
+import argparse
+
+from world_modality.commands import add_common
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="closed-loop evaluation of a checkpoint in simulation",
+        description=(
+            "Roll a checkpoint out in simulation and append one JSON line per episode to OUT/episodes.jsonl. "
+            "Episodes are (task, seed, layout) triples: layouts 0..49 of --eval-seed, then of --eval-seed + 1, ... "
+            "skipping the layouts the training dataset used; every arm evaluated with the same options runs the "
+            "same episodes. The cameras, image size and render settings come from the checkpoint. Rerun to resume."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a wm train run folder, checkpoint folder or pretrained_model folder")
+    p.add_argument("--env", default="metaworld", choices=("metaworld",), help="simulator")
+    p.add_argument("--tasks", default=None, help="tasks (default: the checkpoint's training tasks)")
+    p.add_argument("--episodes-per-task", type=int, default=10)
+    p.add_argument("--memory-mode", default=None, choices=("pred", "zero", "random", "signflip", "shuffle", "oracle"),
+                   help="world-memory ablation at rollout (default: the checkpoint's world_memory_mode_rollout)")
+    p.add_argument("--arm", default="policy", help="arm name recorded with each episode (e.g. E0, E2)")
+    p.add_argument("--train-seed", type=int, default=0, help="training seed recorded with each episode")
+    p.add_argument("--out", required=True, help="output folder (episodes.jsonl, videos/)")
+    p.add_argument("--workers", type=int, default=2, help="simulator processes (= episodes run in lockstep)")
+    p.add_argument("--eval-seed", type=int, default=1000, help="first MT1 seed of the evaluation layouts")
+    p.add_argument("--videos-per-task", type=int, default=0, help="mp4 videos of the first N episodes per task")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--allow-train-layouts", action="store_true", help="also evaluate on layouts seen in training")
+    add_common(p)
+    p.set_defaults(handler=_eval)
+
+
+def _eval(args) -> int:
+    from world_modality.atomic_io import read_jsonl
+    from world_modality.rollout import arm_label, evaluate_checkpoint
+    from world_modality.stats import success_table
+
+    results = evaluate_checkpoint(
+        args.checkpoint,
+        env=args.env,
+        tasks=args.tasks,
+        episodes_per_task=args.episodes_per_task,
+        memory_mode=args.memory_mode,
+        arm=args.arm,
+        train_seed=args.train_seed,
+        out_dir=args.out,
+        workers=args.workers,
+        eval_seed=args.eval_seed,
+        videos_per_task=args.videos_per_task,
+        device=args.device,
+        allow_train_layouts=args.allow_train_layouts,
+    )
+    label = arm_label(args.arm, args.memory_mode)
+    records = [r for r in read_jsonl(results) if r["arm"] == label and r["train_seed"] == args.train_seed]
+    for row in success_table(records, by=("task",)) + success_table(records, by=("arm",)):
+        name = row.get("task", f"overall ({label})")
+        print(f"{name:32s} {row['successes']:4d}/{row['n']:<4d} {row['rate']:6.1%}  95% CI [{row['ci_low']:.1%}, {row['ci_high']:.1%}]")
+    print(f"results: {results}")
+    return 0

@@ -1,0 +1,35 @@
+"""``wm matrix``: run an experiment matrix (dataset, latents, arms x seeds, paired evaluations, report)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from world_modality import matrix
+from world_modality.commands import add_common
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "matrix",
+        help="run what is missing of an experiment matrix declared in a YAML file, then report",
+        description=matrix.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", metavar="CONFIG", help="matrix config (YAML; schema above)")
+    parser.add_argument("--out", default=None, metavar="RUN_DIR",
+                        help="run folder (default: outputs/matrix/<CONFIG file name without suffix>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (what is done, what is to do) and stop")
+    add_common(parser)
+    parser.set_defaults(handler=_matrix)
+
+
+def _matrix(args) -> int:
+    config_path = Path(args.config)
+    run_dir = Path(args.out) if args.out else Path("outputs/matrix") / config_path.stem
+    config = matrix.load_config(config_path)
+    print(f"run folder: {run_dir.resolve()}")
+    matrix.run_matrix(config, run_dir, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"report: {run_dir.resolve() / 'report' / 'report.md'}")
+    return 0

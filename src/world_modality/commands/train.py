@@ -1,0 +1,103 @@
+"""``wm train``: train one world-transformer configuration (models A, B, B_cont, C, F) on cached latents."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+
+from world_modality.commands import add_common
+
+# Config fields with their own flag; any other WorldTransformerConfig field goes through --set.
+_POLICY_FLAGS = {
+    "chunk_size": int, "n_action_steps": int, "history_len": int, "num_future": int, "action_head": str,
+    "flow_steps": int, "d_model": int, "n_layers": int, "n_heads": int, "lambda_world": float,
+    "memory_source": str, "world_memory_mode_train": str, "world_memory_mode_rollout": str,
+    "optimizer_lr": float, "scheduler_warmup_steps": int, "text_encoder_path": str,
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a baseline or world-memory policy on cached latents",
+        description=(
+            "Train the small world-transformer policy (LeRobot type 'world_transformer') on a dataset's cached "
+            "world latents: no image is decoded. The loop is plain single-process PyTorch (no accelerate, no "
+            "lerobot-train): uniform batches of training frames, the policy's LeRobot preprocessor for "
+            "normalisation, AdamW with warmup + cosine decay. Checkpoints (RUN_DIR/checkpoints/<step>/) are "
+            "self-describing LeRobot save_pretrained folders (encoder spec, dataset keys, instructions, "
+            "normalisation, versions) plus a training_state/ for --resume; each is written atomically. "
+            "Every logged value (losses, world gate raw/tanh, attention mass and world loss per future step, "
+            "memory-source mix, validation loss on held-out episodes) goes to RUN_DIR/tensorboard."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("dataset", help="LeRobot dataset folder (or a repo id in the local LeRobot cache)")
+    parser.add_argument("--latents", required=True, help="latent cache folder made by `wm latents` for this dataset")
+    parser.add_argument("--model-type", default="F", choices=("A", "B", "B_cont", "C", "F"))
+    parser.add_argument("--tokens", default=None, help="world-token folder made by `wm tokens` (models B and C)")
+    parser.add_argument("--steps", type=int, default=1000, help="total optimisation steps (a resumed run ends here too)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, tensorboard)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=500, help="checkpoint (and validate) every N steps")
+    parser.add_argument("--log-every", type=int, default=1, help="log to TensorBoard every N steps")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="per instruction, the last ceil(f * n) of its n episodes are held out for validation")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    parser.add_argument("--state-key", default="observation.state")
+    parser.add_argument("--action-key", default="action")
+    parser.add_argument("--instruction-key", default="task", help="LeRobot datasets keep the instruction under 'task'")
+    for name, kind in _POLICY_FLAGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"policy config {name}")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="any other policy config field (VALUE parsed as JSON when it parses)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common(parser)
+    parser.set_defaults(handler=_train)
+
+
+def _policy_overrides(args) -> dict:
+    from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import WorldTransformerConfig
+
+    overrides = {name: getattr(args, name) for name in _POLICY_FLAGS if getattr(args, name) is not None}
+    known = {f.name for f in fields(WorldTransformerConfig)}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[name] = value
+    return overrides
+
+
+def _train(args) -> int:
+    from world_modality.data.check import DatasetKeys
+    from world_modality.training.trainer import TrainOptions, train
+
+    checkpoint = train(TrainOptions(
+        dataset=args.dataset,
+        latents=args.latents,
+        out=args.out,
+        model_type=args.model_type,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        save_every=args.save_every,
+        log_every=args.log_every,
+        val_fraction=args.val_fraction,
+        tokens=args.tokens,
+        keys=DatasetKeys(state=args.state_key, action=args.action_key, instruction=args.instruction_key),
+        policy=_policy_overrides(args),
+        device=args.device,
+        resume=args.resume,
+        wandb=args.wandb,
+        progress=not args.no_progress,
+    ))
+    print(f"checkpoint: {checkpoint}")
+    return 0

@@ -1,0 +1,96 @@
+"""`EncoderSpec`: the serialisable identity of a world encoder, stored with latents and checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+ENCODER_NAMES = ("dinov2", "vjepa2", "state", "learned")
+STORAGE_DTYPES = ("float16", "bfloat16", "float32")
+# Where the weights live is not part of an encoder's identity (config_hash is): moving a folder
+# neither invalidates cached latents nor makes a checkpoint incompatible.
+_LOCATION_FIELDS = frozenset({"checkpoint_path"})
+
+
+def digest(obj: Any, length: int = 16) -> str:
+    """Short sha256 hex digest of the canonical JSON of ``obj`` (sorted keys, no whitespace)."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What produced a world latent: encoder, weights, input and output conventions.
+
+    ``camera_key`` is the dataset key the encoder reads (``observation.environment_state`` for the
+    state encoder); ``input_size`` is the square side frames are resized to (``None`` for state);
+    ``temporal_window`` is the number of frames m per latent; ``dtype`` is the storage dtype of
+    cached latents; ``render`` holds the source data's render settings.
+    """
+
+    name: str
+    checkpoint_path: str | None
+    config_hash: str
+    camera_key: str
+    input_size: int | None
+    pooling: str | None
+    output_dim: int
+    temporal_window: int = 1
+    dtype: str = "float16"
+    render: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in ENCODER_NAMES:
+            raise ValueError(f"unknown encoder name {self.name!r}; expected one of {ENCODER_NAMES}")
+        if self.dtype not in STORAGE_DTYPES:
+            raise ValueError(f"unknown storage dtype {self.dtype!r}; expected one of {STORAGE_DTYPES}")
+        if self.temporal_window < 1:
+            raise ValueError(f"temporal_window must be >= 1, got {self.temporal_window}")
+        if self.output_dim < 1:
+            raise ValueError(f"output_dim must be >= 1, got {self.output_dim}")
+        # Canonical, JSON-safe copy (tuples become lists), so equality and hashes survive a round trip.
+        object.__setattr__(self, "render", json.loads(json.dumps(dict(self.render), sort_keys=True)))
+
+    def __hash__(self) -> int:
+        return hash(self.spec_hash())
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The storage dtype as a torch dtype."""
+        return getattr(torch, self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderSpec:
+        """Inverse of `to_dict`; unknown or missing keys are errors."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown EncoderSpec fields {unknown}; expected a subset of {sorted(names)}")
+        return cls(**data)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define which latents this encoder produces (all but the weights' location)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _LOCATION_FIELDS}
+
+    def spec_hash(self) -> str:
+        """Stable short hash of `identity`."""
+        return digest(self.identity())
+
+    def check_compatible(self, other: EncoderSpec, context: str) -> None:
+        """Raise ValueError naming both values of every identity field where ``other`` differs.
+
+        ``self`` is the expected spec (e.g. the one stored in a checkpoint), ``other`` the one found
+        or requested; ``context`` says where the check happens.
+        """
+        expected, found = self.identity(), other.identity()
+        diffs = [f"{k}: expected {expected[k]!r}, got {found[k]!r}" for k in expected if expected[k] != found[k]]
+        if diffs:
+            raise ValueError(f"{context}: encoder spec mismatch: " + "; ".join(diffs))

@@ -1,0 +1,432 @@
+"""`wm report`: the Markdown report of a matrix run, built only from its per-episode result files.
+
+Reads ``RUN_DIR/eval/<label>/seed<k>/episodes.jsonl`` (see `world_modality.matrix` for the run folder) and,
+for training curves only, the TensorBoard logs in ``RUN_DIR/train/<arm>/seed<k>/tensorboard``. Writes into
+``RUN_DIR/report/`` (every file atomically):
+
+- ``report.md``: the verdict (does world memory, E2, beat the baseline E0?), warnings, the tables below,
+  the plots and links to rollout videos;
+- ``overall.csv``, ``per_task.csv``, ``task_groups.csv`` (MetaWorld only): success with Wilson intervals;
+- ``comparisons.csv``: paired differences (E1 and E2 vs E0, E2 vs E1, each ablation vs its arm) with a
+  paired bootstrap interval and the exact McNemar p-value, pooled over training seeds;
+- ``ablations.csv``: each world-memory arm under every rollout memory mode;
+- ``seeds.csv`` (several training seeds): per-seed rates, their mean and std, and the pooled interval;
+- ``success.png``, ``training_curves.png``, ``world_gate.png`` (tanh of the gate, model F arms).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+
+from world_modality.atomic_io import atomic_write_text, read_jsonl
+from world_modality.stats import (
+    ArmComparison,
+    aggregate_over_seeds,
+    compare_arms,
+    success_table,
+    task_group_table,
+    verdict,
+)
+
+REPORT_DIR = "report"
+REQUIRED_FIELDS = ("arm", "episode_id", "success", "task", "train_seed")
+MODE_ORDER = ("pred", "zero", "random", "shuffle", "signflip", "oracle")
+BASELINE, CONTROL, WORLD = "E0", "E1", "E2"
+LOSS_TAGS = ("train/loss", "train/action_loss", "val/action_loss")
+GATE_TAG = "train/world_gate"
+COMPARISON_COLUMNS = ("n_pairs", "rate", "rate_versus", "diff", "diff_ci_low", "diff_ci_high", "only_arm_succeeded",
+                      "only_versus_succeeded", "mcnemar_p")
+
+
+@dataclass
+class Results:
+    """Every episode record of a run, with its evaluation labels in report order."""
+
+    records: list[dict[str, Any]]
+    labels: list[str]
+    base: dict[str, str]  # label -> base arm
+    mode: dict[str, str | None]  # label -> rollout memory mode (None: the checkpoint's own, or no memory)
+    videos: list[tuple[str, str, Path]]  # (label, caption, video file)
+
+
+def load_results(run_dir: str | Path) -> Results:
+    """Read every ``eval/*/seed*/episodes.jsonl`` of ``run_dir``; a record lacking a field is an error."""
+    run_dir = Path(run_dir)
+    files = sorted((run_dir / "eval").glob("*/seed*/episodes.jsonl"))
+    records: list[dict[str, Any]] = []
+    base: dict[str, str] = {}
+    mode: dict[str, str | None] = {}
+    videos: list[tuple[str, str, Path]] = []
+    for path in files:
+        for i, r in enumerate(read_jsonl(path), 1):
+            missing = [k for k in REQUIRED_FIELDS if k not in r]
+            if missing:
+                raise ValueError(f"{path} line {i} lacks field(s) {missing}")
+            label = r["arm"]
+            if label != path.parent.parent.name:
+                raise ValueError(f"{path} line {i} holds a result of arm {label!r}, but its folder is the "
+                                 f"evaluation {path.parent.parent.name!r}: two evaluations would be mixed up")
+            base.setdefault(label, r.get("base_arm") or label.split(":")[0])
+            mode.setdefault(label, r.get("memory_mode"))
+            records.append(r)
+            if r.get("video"):
+                caption = f"{r['task']} seed {r.get('seed')} layout {r.get('layout')} (train seed {r['train_seed']})"
+                videos.append((label, caption, path.parent / r["video"]))
+    if not records:
+        raise FileNotFoundError(f"no episode results under {run_dir / 'eval'} (expected <label>/seed<k>/episodes.jsonl)")
+
+    def order(label: str) -> tuple[list[Any], int]:
+        own = label == base[label]
+        return _natural(base[label]), -1 if own else _mode_rank(mode[label])
+
+    return Results(records, sorted(base, key=order), base, mode, videos)
+
+
+def write_report(run_dir: str | Path, alpha: float = 0.05) -> Path:
+    """Write ``RUN_DIR/report/`` (see the module docstring); returns the path of report.md."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    out = run_dir / REPORT_DIR
+    res = load_results(run_dir)
+    warnings = _episode_set_warnings(res) + _zero_success_warnings(res)
+
+    overall = _ordered(success_table(res.records, by=("arm",)), res.labels)
+    per_task = _ordered(success_table(res.records, by=("arm", "task")), res.labels)
+    try:
+        groups = _ordered(task_group_table(res.records, by=("arm",)), res.labels)
+    except ValueError as e:  # not MetaWorld tasks
+        groups, group_note = [], f"No MetaWorld task-group rollup: {e}."
+    else:
+        group_note = ""
+    comparisons = _comparisons(res)
+    comparison_rows = [_comparison_row(a, b, c) for (a, b), c in comparisons.items()]
+    warnings += [f"{a} and {b} could not be compared: {c}" for (a, b), c in comparisons.items() if isinstance(c, str)]
+    ablations = _ablation_rows(res, overall, comparisons)
+    seeds = _seed_rows(res)
+
+    tables = {"overall": overall, "per_task": per_task, "task_groups": groups, "comparisons": comparison_rows,
+              "ablations": ablations, "seeds": seeds}
+    for name, rows in tables.items():
+        if rows:
+            atomic_write_text(out / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False))
+    plots = {"success": _plot_success(overall, out / "success.png")}
+    curves = _training_scalars(run_dir)
+    plots["training_curves"] = _plot_curves(curves, LOSS_TAGS, out / "training_curves.png")
+    plots["world_gate"] = _plot_curves(curves, (GATE_TAG,), out / "world_gate.png", ylabel="tanh(gate)")
+
+    md = _markdown(run_dir, res, alpha, warnings, tables, group_note, comparisons, plots, out)
+    atomic_write_text(out / "report.md", md)
+    return out / "report.md"
+
+
+# --- tables ------------------------------------------------------------------------------------------------
+
+
+def _natural(s: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _mode_rank(mode: str | None) -> int:
+    return MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
+
+
+def _ordered(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
+    """Rows in label order (a stable sort keeps the other columns' order)."""
+    return sorted(rows, key=lambda r: labels.index(r["arm"]))
+
+
+def _episode_keys(res: Results) -> dict[str, set[tuple[Any, Any]]]:
+    keys: dict[str, set[tuple[Any, Any]]] = {label: set() for label in res.labels}
+    for r in res.records:
+        keys[r["arm"]].add((r["episode_id"], r["train_seed"]))
+    return keys
+
+
+def _episode_set_warnings(res: Results) -> list[str]:
+    keys = _episode_keys(res)
+    union = set().union(*keys.values())
+    if all(k == union for k in keys.values()):
+        return []
+    counts = ", ".join(f"{label} {len(keys[label])} ({len(union - keys[label])} missing)" for label in res.labels)
+    return [f"The arms were not run on the same episodes ({len(union)} distinct (episode, training seed) pairs "
+            f"in all; per arm: {counts}). Paired comparisons between mismatched arms are not computed; finish "
+            "the missing evaluations (rerun `wm matrix`) and report again."]
+
+
+def _zero_success_warnings(res: Results) -> list[str]:
+    totals: dict[str, int] = {label: 0 for label in res.labels}
+    for r in res.records:
+        totals[r["arm"]] += bool(r["success"])
+    return [f"{label} succeeded on none of its episodes (no task, no seed): a policy that never succeeds is a "
+            "failed run, not evidence for or against world memory." for label, n in totals.items() if n == 0]
+
+
+def _comparison_pairs(res: Results) -> list[tuple[str, str]]:
+    """(a, b) pairs compared as b - a: base arms vs E0, E2 vs E1, each ablation vs its arm."""
+    bases = [label for label in res.labels if label == res.base[label]]
+    pairs = [(BASELINE, b) for b in sorted(bases, key=lambda b: b != WORLD) if b != BASELINE and BASELINE in bases]
+    if CONTROL in bases and WORLD in bases:
+        pairs.append((CONTROL, WORLD))
+    return pairs + [(res.base[label], label) for label in res.labels
+                    if label != res.base[label] and res.base[label] in bases]
+
+
+def _comparisons(res: Results) -> dict[tuple[str, str], ArmComparison | str]:
+    """Each pair's comparison, or why it could not be made (e.g. unequal episode sets)."""
+    out: dict[tuple[str, str], ArmComparison | str] = {}
+    for a, b in _comparison_pairs(res):
+        try:
+            out[a, b] = compare_arms(res.records, a, b)
+        except ValueError as e:
+            out[a, b] = str(e)
+    return out
+
+
+def _comparison_row(a: str, b: str, c: ArmComparison | str) -> dict[str, Any]:
+    if isinstance(c, str):
+        return {"arm": b, "versus": a} | dict.fromkeys(COMPARISON_COLUMNS) | {"error": c}
+    return {
+        "arm": b, "versus": a, "n_pairs": c.n_pairs, "rate": c.summary_b.rate, "rate_versus": c.summary_a.rate,
+        "diff": c.diff, "diff_ci_low": c.diff_ci_low, "diff_ci_high": c.diff_ci_high,
+        "only_arm_succeeded": c.mcnemar.b01, "only_versus_succeeded": c.mcnemar.b10,
+        "mcnemar_p": c.mcnemar.p_value, "error": "",
+    }
+
+
+def _ablation_rows(res: Results, overall: list[dict[str, Any]],
+                   comparisons: dict[tuple[str, str], ArmComparison | str]) -> list[dict[str, Any]]:
+    """Each world-memory arm with ablations: one row per rollout mode, the difference against the arm's own."""
+    by_label = {r["arm"]: r for r in overall}
+    rows = []
+    for arm in res.labels:
+        labels = [label for label in res.labels if res.base[label] == arm]
+        if arm != res.base[arm] or len(labels) < 2:
+            continue
+        for label in labels:
+            s = by_label[label]
+            c = comparisons.get((arm, label))
+            row = {"base_arm": arm, "memory_mode": res.mode[label], "arm": label, "n": s["n"],
+                   "successes": s["successes"], "rate": s["rate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"]}
+            if isinstance(c, ArmComparison):
+                row |= {"diff_vs_own": c.diff, "diff_ci_low": c.diff_ci_low, "diff_ci_high": c.diff_ci_high,
+                        "mcnemar_p": c.mcnemar.p_value}
+            rows.append(row)
+    return rows
+
+
+def _seed_rows(res: Results) -> list[dict[str, Any]]:
+    """Per-arm aggregation over training seeds; empty when every arm has a single seed."""
+    if all(len({r["train_seed"] for r in res.records if r["arm"] == label}) < 2 for label in res.labels):
+        return []
+    rows = []
+    for label in res.labels:
+        agg = aggregate_over_seeds(res.records, label)
+        rows.append({
+            "arm": label, "seeds": len(agg.per_seed),
+            "per_seed": "; ".join(f"{seed}: {s.rate:.3f}"
+                                  for seed, s in sorted(agg.per_seed.items(), key=lambda kv: _natural(str(kv[0])))),
+            "mean_rate": agg.mean_rate, "std_rate": agg.std_rate, "pooled_n": agg.pooled.n,
+            "pooled_rate": agg.pooled.rate, "pooled_ci_low": agg.pooled.ci_low, "pooled_ci_high": agg.pooled.ci_high,
+        })
+    return rows
+
+
+# --- plots -------------------------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """Write the figure atomically (a temporary file renamed into place)."""
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _plot_success(overall: list[dict[str, Any]], path: Path) -> Path:
+    plt = _pyplot()
+    labels = [r["arm"] for r in overall]
+    rates = [r["rate"] for r in overall]
+    err = [[r["rate"] - r["ci_low"] for r in overall], [r["ci_high"] - r["rate"] for r in overall]]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 1), 3.5))
+    ax.bar(labels, rates, yerr=err, capsize=4, color="tab:blue", alpha=0.8)
+    for x, r in enumerate(overall):
+        ax.text(x, r["ci_high"] + 0.02, f"{r['rate']:.0%}", ha="center", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("success rate (Wilson 95% CI)")
+    ax.set_title("Closed-loop success per arm")
+    return _save_png(fig, path)
+
+
+Curves = dict[str, dict[str, tuple[list[int], list[float]]]]
+
+
+def _training_scalars(run_dir: Path) -> Curves:
+    """``"<arm> seed <k>" -> tag -> (steps, values)`` for the plotted tags of every training run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: Curves = {}
+    for tb in sorted((run_dir / "train").glob("*/seed*/tensorboard"), key=lambda p: _natural(str(p))):
+        acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = set(acc.Tags()["scalars"]) & {*LOSS_TAGS, GATE_TAG}
+        run = f"{tb.parent.parent.name} {tb.parent.name.replace('seed', 'seed ')}"
+        curves[run] = {t: ([e.step for e in acc.Scalars(t)], [e.value for e in acc.Scalars(t)]) for t in tags}
+    return curves
+
+
+def _plot_curves(curves: Curves, tags: Sequence[str], path: Path, ylabel: str | None = None) -> Path | None:
+    """One panel per tag that some run logged, one line per run; None when no run logged any."""
+    plt = _pyplot()
+    present = [t for t in tags if any(t in c for c in curves.values())]
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.2), squeeze=False)
+    for ax, tag in zip(axes[0], present):
+        for run, c in curves.items():
+            if tag in c:
+                steps, values = c[tag]
+                ax.plot(steps, values, label=run, linewidth=1, marker="o" if len(steps) < 30 else None, markersize=3)
+        ax.set_title(tag)
+        ax.set_xlabel("step")
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    return _save_png(fig, path)
+
+
+# --- markdown ----------------------------------------------------------------------------------------------
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _ci(low: float, high: float) -> str:
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _cell(r: dict[str, Any]) -> str:
+    return f"{_pct(r['rate'])} {_ci(r['ci_low'], r['ci_high'])} ({r['successes']}/{r['n']})"
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pivot(rows: list[dict[str, Any]], key: str, labels: list[str]) -> str:
+    """A markdown table with one row per ``key`` value and one column per arm."""
+    cells: dict[Any, dict[str, str]] = {}
+    for r in rows:
+        cells.setdefault(r[key], {})[r["arm"]] = _cell(r)
+    return _md_table([key, *labels], [[k, *(v.get(label, "-") for label in labels)] for k, v in cells.items()])
+
+
+def _headline(comparisons: dict[tuple[str, str], ArmComparison | str], res: Results, alpha: float) -> list[str]:
+    main = comparisons.get((BASELINE, WORLD))
+    if isinstance(main, ArmComparison):
+        head = f"**Did world memory help? {verdict(main, alpha)}**"
+    elif isinstance(main, str):
+        head = f"**No verdict on world memory: {WORLD} and {BASELINE} could not be compared ({main}).**"
+    else:
+        head = (f"**No verdict on world memory: it needs results of both {BASELINE} (baseline) and {WORLD} "
+                f"(world memory); this run has {', '.join(res.labels)}.**")
+    names = {(BASELINE, CONTROL): "Capacity control", (CONTROL, WORLD): "World memory vs the capacity control"}
+    lines = [head, ""]
+    for (a, b), c in comparisons.items():
+        if (a, b) != (BASELINE, WORLD) and isinstance(c, ArmComparison):
+            name = names.get((a, b), "Rollout ablation" if res.base[b] == a else "Arm")
+            lines.append(f"- {name} ({b} vs {a}): {verdict(c, alpha)}")
+    return lines
+
+
+def _markdown(run_dir: Path, res: Results, alpha: float, warnings: list[str], tables: dict[str, list[dict[str, Any]]],
+              group_note: str, comparisons: dict[tuple[str, str], ArmComparison | str],
+              plots: dict[str, Path | None], out: Path) -> str:
+    n_seeds = len({r["train_seed"] for r in res.records})
+    lines = [f"# World-memory report: {run_dir.name}", "",
+             f"{len(res.records)} closed-loop episodes, {len(res.labels)} arm(s), {n_seeds} training seed(s); "
+             f"built from `{run_dir / 'eval'}` only.", "", "## Verdict", "", *_headline(comparisons, res, alpha), ""]
+    if warnings:
+        lines += ["## Warnings", "", *(f"- **Warning:** {w}" for w in warnings), ""]
+    overall = tables["overall"]
+    lines += ["## Overall success", "", "Wilson 95% intervals; pooled over training seeds.", "",
+              _md_table(["arm", "memory mode", "success", "95% CI", "successes / episodes"],
+                        [[r["arm"], res.mode[r["arm"]] or "-", _pct(r["rate"]), _ci(r["ci_low"], r["ci_high"]),
+                          f"{r['successes']}/{r['n']}"] for r in overall]), ""]
+    if plots["success"]:
+        lines += ["![success per arm](success.png)", ""]
+    lines += ["## Paired comparisons", "",
+              "Difference = arm minus versus, on the same (episode, training seed) pairs; 95% paired bootstrap "
+              f"interval; two-sided exact McNemar test (alpha = {alpha:g}).", "",
+              _md_table(["arm", "versus", "pairs", "arm success", "versus success", "difference (points)", "95% CI",
+                         "only arm / only versus succeeded", "McNemar p"],
+                        [_comparison_md(r) for r in tables["comparisons"]]) if tables["comparisons"]
+              else "No pairs to compare (needs E0 with another arm, or an ablation with its arm).", ""]
+    if tables["ablations"]:
+        lines += ["## Rollout memory ablations", "",
+                  "Each world-memory checkpoint evaluated with its memory replaced at rollout; the difference is "
+                  "against the arm's own rollout mode on the same episodes.", "",
+                  _md_table(["arm", "memory mode", "success", "95% CI", "difference (points)", "95% CI", "McNemar p"],
+                            [[r["base_arm"], r["memory_mode"] or "own", _pct(r["rate"]), _ci(r["ci_low"], r["ci_high"]),
+                              *((f"{100 * r['diff_vs_own']:+.1f}", _ci(r["diff_ci_low"], r["diff_ci_high"]),
+                                 f"{r['mcnemar_p']:.3g}") if "diff_vs_own" in r else ("(own mode)", "", ""))]
+                             for r in tables["ablations"]]), ""]
+    if tables["seeds"]:
+        lines += ["## Training seeds", "", "Success rate per training seed, mean and sample std over seeds, and the "
+                  "pooled rate with its Wilson interval.", "",
+                  _md_table(["arm", "seeds", "per seed", "mean", "std", "pooled", "95% CI"],
+                            [[r["arm"], r["seeds"], r["per_seed"], _pct(r["mean_rate"]),
+                              "-" if r["seeds"] < 2 else _pct(r["std_rate"]),
+                              _pct(r["pooled_rate"]), _ci(r["pooled_ci_low"], r["pooled_ci_high"])]
+                             for r in tables["seeds"]]), ""]
+    lines += ["## Success per task", "", _pivot(tables["per_task"], "task", res.labels), ""]
+    lines += ["## MetaWorld task groups", "",
+              _pivot(tables["task_groups"], "group", res.labels) if tables["task_groups"] else group_note, ""]
+    lines += ["## Training", "", "Training loss is not evidence that world memory helps: only the closed-loop "
+              "results above are.", ""]
+    if plots["training_curves"]:
+        lines += ["![training curves](training_curves.png)", ""]
+    else:
+        lines += [f"No training logs found under `{run_dir / 'train'}`.", ""]
+    if plots["world_gate"]:
+        lines += ["World-memory gate value tanh(gate) over training (0 = memory ignored):", "",
+                  "![world gate](world_gate.png)", ""]
+    if res.videos:
+        lines += ["## Rollout videos", ""]
+        for label in res.labels:
+            links = [f"[{caption}]({quote(os.path.relpath(path, out))})" for lab, caption, path in res.videos
+                     if lab == label]
+            if links:
+                lines += [f"- {label}: " + ", ".join(links)]
+        lines.append("")
+    lines += ["Tables as CSV: " + ", ".join(f"[{n}.csv]({n}.csv)" for n, rows in tables.items() if rows) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _comparison_md(r: dict[str, Any]) -> list[str]:
+    if r["error"]:
+        return [r["arm"], r["versus"], "-", "-", "-", "not compared", r["error"], "-", "-"]
+    return [r["arm"], r["versus"], str(r["n_pairs"]), _pct(r["rate"]), _pct(r["rate_versus"]),
+            f"{100 * r['diff']:+.1f}", _ci(r["diff_ci_low"], r["diff_ci_high"]),
+            f"{r['only_arm_succeeded']} / {r['only_versus_succeeded']}", f"{r['mcnemar_p']:.3g}"]

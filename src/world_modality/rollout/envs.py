@@ -1,0 +1,132 @@
+"""Simulator worker processes for rollouts: one env per process, stepped in parallel.
+
+Each worker owns an env adapter for one suite. Observations cross the pipe as plain numpy:
+``{"frames": {camera: uint8 [H, W, 3]}, "state": float32 [S], "env_state": float32 [E]}``.
+New suites (LIBERO) add an adapter to ``ADAPTERS``; the runner does not change.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import traceback
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from world_modality.rollout.episodes import EpisodeSpec
+from world_modality.sim.metaworld_env import MetaWorldEnv, RenderSettings, agent_state
+
+Observation = dict[str, Any]
+
+
+class EnvAdapter(Protocol):
+    def reset(self, episode: EpisodeSpec) -> Observation: ...
+    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]: ...
+    def close(self) -> None: ...
+
+
+class MetaWorldAdapter:
+    """Keeps one MetaWorld env per (task, seed): building MT1's 50 layouts costs ~1.5 s."""
+
+    def __init__(self, render: RenderSettings | None):
+        self.render = render
+        self._env: MetaWorldEnv | None = None
+
+    def _observation(self, obs: np.ndarray) -> Observation:
+        frames = self._env.frames() if self.render is not None else {}
+        return {"frames": frames, "state": agent_state(obs), "env_state": obs}
+
+    def reset(self, episode: EpisodeSpec) -> Observation:
+        if self._env is None or (self._env.task, self._env.seed) != (episode.task, episode.seed):
+            self.close()
+            self._env = MetaWorldEnv(episode.task, episode.seed, self.render)
+        return self._observation(self._env.reset(episode.layout))
+
+    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]:
+        obs, success, done = self._env.step(action)
+        return self._observation(obs), success, done
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+
+ADAPTERS: dict[str, Callable[[RenderSettings | None], EnvAdapter]] = {"metaworld": MetaWorldAdapter}
+
+
+def _worker(conn, suite: str, render_dict: dict | None) -> None:
+    adapter = ADAPTERS[suite](RenderSettings.from_dict(render_dict) if render_dict else None)
+    try:
+        while True:
+            command, payload = conn.recv()
+            if command == "close":
+                break
+            try:
+                result = adapter.reset(payload) if command == "reset" else adapter.step(payload)
+                conn.send(("ok", result))
+            except Exception:  # report the worker's traceback in the parent
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        adapter.close()
+        conn.close()
+
+
+class EnvPool:
+    """``size`` simulator processes; ``reset``/``step`` address a subset of them and run concurrently."""
+
+    def __init__(self, suite: str, render: RenderSettings | None, size: int):
+        if suite not in ADAPTERS:
+            raise ValueError(f"unknown env {suite!r}; available: {', '.join(ADAPTERS)}")
+        if size < 1:
+            raise ValueError(f"--workers must be at least 1, got {size}")
+        ctx = mp.get_context("spawn")  # a fresh OpenGL context per worker
+        self._conns, self._procs = [], []
+        for _ in range(size):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_worker, args=(child, suite, render.to_dict() if render else None), daemon=True
+            )
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    @property
+    def size(self) -> int:
+        return len(self._conns)
+
+    def _call(self, requests: dict[int, tuple[str, Any]]) -> dict[int, Any]:
+        for slot, request in requests.items():
+            self._conns[slot].send(request)
+        results = {}
+        for slot in requests:
+            status, value = self._conns[slot].recv()
+            if status == "error":
+                raise RuntimeError(f"simulator worker {slot} failed:\n{value}")
+            results[slot] = value
+        return results
+
+    def reset(self, episodes: dict[int, EpisodeSpec]) -> dict[int, Observation]:
+        return self._call({slot: ("reset", ep) for slot, ep in episodes.items()})
+
+    def step(self, actions: dict[int, np.ndarray]) -> dict[int, tuple[Observation, bool, bool]]:
+        return self._call({slot: ("step", np.asarray(a, dtype=np.float32)) for slot, a in actions.items()})
+
+    def close(self) -> None:
+        for conn, proc in zip(self._conns, self._procs):
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+        self._conns, self._procs = [], []
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

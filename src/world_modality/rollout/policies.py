@@ -1,0 +1,129 @@
+"""Policies as the rollout runner sees them: observations of N envs in, N actions out.
+
+`LeRobotRolloutPolicy` wraps any LeRobot policy with its pre/post processors; what the env must
+render and which keys the policy reads come from the checkpoint, never from the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from world_modality.sim.metaworld_env import RenderSettings
+from world_modality.world import MemoryMode
+
+ENV_STATE_KEY = "observation.environment_state"
+
+
+class RolloutPolicy(Protocol):
+    render: RenderSettings | None  # what the env must render for this policy
+    dataset: Path | None  # the training dataset (for its training layouts), when known
+    instructions: list[str]  # instructions the policy was trained on
+
+    def reset(self) -> None: ...
+    def act(self, observations: list[dict[str, Any]], instructions: list[str]) -> np.ndarray: ...
+
+
+@dataclass
+class LeRobotRolloutPolicy:
+    """A LeRobot policy + processors fed env observations as a LeRobot batch (lockstep over envs)."""
+
+    policy: Any
+    preprocessor: Any
+    postprocessor: Any
+    camera_keys: dict[str, str]  # batch key -> camera name
+    state_key: str
+    instruction_key: str
+    uses_env_state: bool
+    render: RenderSettings | None
+    dataset: Path | None
+    instructions: list[str] = field(default_factory=list)
+    memory_mode: str | None = None
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    @torch.no_grad()
+    def act(self, observations: list[dict[str, Any]], instructions: list[str]) -> np.ndarray:
+        batch: dict[str, Any] = {
+            self.state_key: torch.from_numpy(np.stack([o["state"] for o in observations])),
+            self.instruction_key: list(instructions),
+        }
+        for key, camera in self.camera_keys.items():
+            frames = torch.from_numpy(np.stack([o["frames"][camera] for o in observations]))
+            batch[key] = frames.permute(0, 3, 1, 2).float() / 255.0  # LeRobot's float CHW in [0, 1]
+        if self.uses_env_state:
+            batch[ENV_STATE_KEY] = torch.from_numpy(np.stack([o["env_state"] for o in observations]))
+        batch = self.preprocessor(batch)
+        kwargs = {"memory_mode": self.memory_mode} if self.memory_mode is not None else {}
+        action = self.postprocessor(self.policy.select_action(batch, **kwargs))
+        return action.float().cpu().numpy()
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto") -> LeRobotRolloutPolicy:
+    """Load a checkpoint for closed-loop evaluation, with its observation conventions."""
+    from world_modality.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
+    config = ckpt.policy.config
+    if memory_mode is not None:
+        MemoryMode(memory_mode)  # validates the name, listing the valid ones
+        if not config.uses_world_module:
+            raise ValueError(
+                f"--memory-mode {memory_mode} needs a world-memory policy (model F); {ckpt.path} is model "
+                f"{config.model_type}, which has no memory to intervene on"
+            )
+    if memory_mode == "oracle":
+        raise ValueError(
+            "--memory-mode oracle needs the true future latents of the simulator's own future, which this "
+            "runner does not simulate; use `wm intervene --mode oracle` for the offline oracle"
+        )
+    spec = config.encoder_spec
+    render = RenderSettings.from_dict(spec["render"]) if spec.get("render") else None
+    camera_keys = {}
+    if config.image_key is not None:
+        camera = config.image_key.removeprefix("observation.images.")
+        if render is None or camera not in render.cameras:
+            raise ValueError(
+                f"checkpoint {ckpt.path} reads camera {camera!r} but its encoder spec records no render settings "
+                f"for it (render: {spec.get('render')}); it cannot be evaluated in simulation with matching frames"
+            )
+        camera_keys[config.image_key] = camera
+    dataset = Path(ckpt.meta["dataset"]) if ckpt.meta.get("dataset") else None
+    return LeRobotRolloutPolicy(
+        policy=ckpt.policy,
+        preprocessor=ckpt.preprocessor,
+        postprocessor=ckpt.postprocessor,
+        camera_keys=camera_keys,
+        state_key=config.state_key,
+        instruction_key=config.instruction_key,
+        uses_env_state=spec["camera_key"] == ENV_STATE_KEY,
+        render=render,
+        dataset=dataset,
+        instructions=list(config.instructions),
+        memory_mode=memory_mode,
+    )
+
+
+def training_layouts(dataset: Path | None) -> tuple[list[str], dict[str, set[tuple[int, int]]]]:
+    """The tasks and (seed, layout) pairs of a generated MetaWorld dataset (empty when unknown)."""
+    from world_modality.data.metaworld_gen import SIDECAR
+
+    if dataset is None or not (dataset / SIDECAR).exists():
+        return [], {}
+    sidecar = json.loads((dataset / SIDECAR).read_text())
+    layouts = {task: {tuple(x) for x in pairs} for task, pairs in sidecar["train_layouts"].items()}
+    return list(sidecar["spec"]["tasks"]), layouts

@@ -1,0 +1,192 @@
+"""The rollout runner: a list of episodes through simulator workers and a batched policy.
+
+Episodes run in lockstep batches of one task (as LeRobot's evaluation does): the policy sees the
+observations of every env of the batch at once; an env whose episode has ended stops stepping.
+Each finished episode is appended to ``episodes.jsonl`` at once, so an interrupted run resumes with
+exactly the missing episodes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from world_modality.atomic_io import append_jsonl, read_jsonl
+from world_modality.rollout.envs import EnvPool
+from world_modality.rollout.episodes import DEFAULT_EVAL_SEED, EpisodeSpec, metaworld_episodes
+from world_modality.rollout.policies import RolloutPolicy, load_rollout_policy, training_layouts
+from world_modality.sim.metaworld_tasks import instruction, resolve_tasks
+
+RESULTS_FILE = "episodes.jsonl"
+VIDEO_FPS = 30
+
+
+def arm_label(arm: str, memory_mode: str | None) -> str:
+    """Table label of an evaluation: the arm itself, or ``<arm>:<mode>`` for a rollout ablation."""
+    return arm if memory_mode in (None, "pred") else f"{arm}:{memory_mode}"
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> None:
+    """H.264 mp4 through PyAV (bundled FFmpeg), written to a temp name and renamed."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    height, width = frames[0].shape[:2]
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+        for frame in frames:
+            padded = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
+        container.mux(stream.encode())
+    tmp.replace(path)
+
+
+def completed_episodes(results: Path, arm: str, train_seed: int) -> set[str]:
+    return {r["episode_id"] for r in read_jsonl(results) if r["arm"] == arm and r["train_seed"] == train_seed}
+
+
+def run_episodes(
+    policy: RolloutPolicy,
+    episodes: list[EpisodeSpec],
+    pool: EnvPool,
+    results: Path,
+    record: dict[str, Any],
+    videos_per_task: int = 0,
+    max_steps: int | None = None,
+) -> list[dict]:
+    """Run the episodes not yet in ``results``; returns the records written by this call.
+
+    ``record`` holds the fields shared by every line (arm, base_arm, memory_mode, train_seed, checkpoint).
+    """
+    done = completed_episodes(results, record["arm"], record["train_seed"])
+    todo = [ep for ep in episodes if ep.episode_id not in done]
+    video_budget = {ep.task: videos_per_task for ep in episodes}
+    for ep in episodes:
+        if ep.episode_id in done:
+            video_budget[ep.task] -= 1
+    written: list[dict] = []
+    successes = sum(bool(r["success"]) for r in read_jsonl(results) if r["episode_id"] in done and r["arm"] == record["arm"])
+    bar = tqdm(total=len(episodes), initial=len(done), desc=f"eval {record['arm']}", unit="ep")
+    try:
+        for batch in _task_batches(todo, pool.size):
+            for line in _run_batch(policy, batch, pool, video_budget, results, max_steps):
+                line = {**record, **line}
+                append_jsonl(results, line)
+                written.append(line)
+                successes += bool(line["success"])
+                bar.update()
+                bar.set_postfix(success=f"{successes / bar.n:.0%}")
+    finally:
+        bar.close()
+    return written
+
+
+def _task_batches(episodes: list[EpisodeSpec], size: int) -> Iterable[list[EpisodeSpec]]:
+    by_task: dict[str, list[EpisodeSpec]] = {}
+    for ep in episodes:
+        by_task.setdefault(ep.task, []).append(ep)
+    for task_episodes in by_task.values():
+        for i in range(0, len(task_episodes), size):
+            yield task_episodes[i : i + size]
+
+
+def _run_batch(
+    policy: RolloutPolicy,
+    batch: list[EpisodeSpec],
+    pool: EnvPool,
+    video_budget: dict[str, int],
+    results: Path,
+    max_steps: int | None,
+) -> Iterable[dict]:
+    slots = dict(enumerate(batch))
+    obs = pool.reset(slots)
+    policy.reset()
+    start = time.perf_counter()  # after reset: building a task's env (~1.5 s) is set-up, not rollout
+    texts = [instruction(ep.task) for ep in batch]
+    filming = {}
+    for slot, ep in slots.items():
+        if video_budget[ep.task] > 0 and obs[slot]["frames"]:
+            video_budget[ep.task] -= 1
+            filming[slot] = [next(iter(obs[slot]["frames"].values()))]
+    active = set(slots)
+    steps = dict.fromkeys(slots, 0)
+    while active:
+        actions = policy.act([obs[s] for s in slots], texts)
+        stepped = pool.step({s: actions[s] for s in active})
+        for slot, (o, success, done) in stepped.items():
+            obs[slot] = o
+            steps[slot] += 1
+            if slot in filming:
+                filming[slot].append(next(iter(o["frames"].values())))
+            if done or success or (max_steps is not None and steps[slot] >= max_steps):
+                active.discard(slot)
+                ep = slots[slot]
+                video = None
+                if slot in filming:
+                    video = f"videos/{ep.task}_{ep.seed}_{ep.layout}.mp4"
+                    write_video(results.parent / video, filming.pop(slot))
+                yield {
+                    **ep.to_dict(),
+                    "success": bool(success),
+                    "steps": steps[slot],
+                    "wall_time_s": round(time.perf_counter() - start, 3),
+                    "video": video,
+                }
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    env: str = "metaworld",
+    tasks: str | list[str] | None = None,
+    episodes_per_task: int = 10,
+    memory_mode: str | None = None,
+    arm: str,
+    train_seed: int,
+    out_dir: str | Path,
+    workers: int = 2,
+    eval_seed: int = DEFAULT_EVAL_SEED,
+    videos_per_task: int = 0,
+    device: str = "auto",
+    allow_train_layouts: bool = False,
+    max_steps: int | None = None,
+) -> Path:
+    """Closed-loop evaluation of one checkpoint; returns the episodes JSONL (resumable).
+
+    Every arm evaluated with the same env, tasks, episodes_per_task and eval_seed runs the identical
+    episode list, so results pair up by ``episode_id``.
+    """
+    if env != "metaworld":
+        raise ValueError(f"unknown --env {env!r}; available: metaworld")
+    policy = load_rollout_policy(checkpoint, memory_mode, device)
+    trained_tasks, layouts = training_layouts(policy.dataset)
+    task_list = resolve_tasks(tasks) if tasks else trained_tasks
+    if not task_list:
+        raise ValueError(f"the checkpoint does not record its training tasks; pass --tasks")
+    unknown = [t for t in task_list if policy.instructions and instruction(t) not in policy.instructions]
+    if unknown:
+        raise ValueError(
+            f"the policy was not trained on {unknown} (its instructions: {policy.instructions}); "
+            "evaluate on its training tasks or train on these"
+        )
+    episodes = metaworld_episodes(task_list, episodes_per_task, eval_seed, layouts, allow_train_layouts)
+    out_dir = Path(out_dir)
+    results = out_dir / RESULTS_FILE
+    label = arm_label(arm, memory_mode)
+    record = {
+        "arm": label,
+        "base_arm": arm,
+        "memory_mode": memory_mode,
+        "train_seed": train_seed,
+        "checkpoint": str(Path(checkpoint).resolve()),
+    }
+    with EnvPool(env, policy.render, min(workers, episodes_per_task)) as pool:
+        run_episodes(policy, episodes, pool, results, record, videos_per_task, max_steps)
+    return results

@@ -1,0 +1,127 @@
+"""Self-describing checkpoints of the world transformer (DESIGN.md section 5), written atomically.
+
+Layout of a run folder::
+
+    RUN_DIR/checkpoints/<step:06d>/pretrained_model/   config.json (policy config: encoder spec, dataset
+                                                       keys, instruction vocabulary, flow settings...),
+                                                       model.safetensors, policy_{pre,post}processor*
+                                                       (normalisation statistics), world_modality.json
+                                                       (library versions, step, data provenance, split)
+    RUN_DIR/checkpoints/<step:06d>/training_state/    training_state.pt (optimizer, scheduler, RNG)
+    RUN_DIR/checkpoints/last -> <step:06d>
+
+Each checkpoint is written into a temporary folder and renamed into place, and ``last`` is
+replaced atomically, so an interruption at any moment leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+from lerobot.configs import PreTrainedConfig
+from lerobot.policies.factory import make_pre_post_processors
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import WorldTransformerConfig
+from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+
+from world_modality import __version__
+from world_modality.atomic_io import atomic_write_json
+from world_modality.data.check import DatasetKeys
+from world_modality.encoders import EncoderSpec
+
+PRETRAINED = "pretrained_model"
+TRAINING_STATE = "training_state"
+META_FILE = "world_modality.json"
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the policy (eval mode), its processors and its provenance record."""
+
+    path: Path
+    policy: WorldTransformerPolicy
+    preprocessor: Any
+    postprocessor: Any
+    meta: dict[str, Any]
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    link = checkpoints_dir(run_dir) / "last"
+    return link.resolve() if link.exists() else None
+
+
+def save_checkpoint(run_dir: Path, step: int, policy: WorldTransformerPolicy, preprocessor, postprocessor,
+                    meta: dict[str, Any], training_state: dict[str, Any]) -> Path:
+    """Write checkpoint ``step`` atomically and point ``last`` at it; returns its folder."""
+    root = checkpoints_dir(run_dir)
+    final = root / f"{step:06d}"
+    tmp = root / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pretrained = tmp / PRETRAINED
+    policy.save_pretrained(pretrained)
+    preprocessor.save_pretrained(pretrained)
+    postprocessor.save_pretrained(pretrained)
+    atomic_write_json(pretrained / META_FILE, {
+        **meta,
+        "training_step": step,
+        "world_modality_version": __version__,
+        "lerobot_version": version("lerobot"),
+        "torch_version": torch.__version__,
+    })
+    (tmp / TRAINING_STATE).mkdir()
+    torch.save(training_state, tmp / TRAINING_STATE / STATE_FILE)
+    shutil.rmtree(final, ignore_errors=True)  # a rerun of the same step after an interrupted resume
+    os.replace(tmp, final)
+    link_tmp = root / ".last.tmp"
+    link_tmp.unlink(missing_ok=True)
+    link_tmp.symlink_to(final.name)
+    os.replace(link_tmp, root / "last")
+    return final
+
+
+def resolve_pretrained(path: str | Path) -> Path:
+    """A run folder, a checkpoint folder or its pretrained_model folder -> the pretrained_model folder."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / PRETRAINED, checkpoints_dir(path) / "last" / PRETRAINED):
+        if (candidate / "config.json").is_file() and (candidate / META_FILE).is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(f"{path} is not a world_transformer checkpoint (no config.json + {META_FILE} in it, "
+                            f"its {PRETRAINED}/ or checkpoints/last/{PRETRAINED}/)")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load policy, processors and provenance; every weight must be present (strict)."""
+    pretrained = resolve_pretrained(path)
+    config = PreTrainedConfig.from_pretrained(pretrained)
+    if not isinstance(config, WorldTransformerConfig):
+        raise ValueError(f"{pretrained} holds a {config.type!r} policy, not world_transformer")
+    config.device = str(device)
+    policy = WorldTransformerPolicy.from_pretrained(pretrained, config=config, strict=True)
+    preprocessor, postprocessor = make_pre_post_processors(
+        config, pretrained_path=str(pretrained),
+        preprocessor_overrides={"device_processor": {"device": str(device)}},
+    )
+    return Checkpoint(pretrained, policy, preprocessor, postprocessor, json.loads((pretrained / META_FILE).read_text()))
+
+
+def check_inputs(config: WorldTransformerConfig, spec: EncoderSpec, keys: DatasetKeys, context: str) -> None:
+    """Refuse latents of another encoder or another dataset layout; errors name both values."""
+    EncoderSpec.from_dict(config.encoder_spec).check_compatible(spec, f"{context} (checkpoint vs latents)")
+    stored = {"state": config.state_key, "action": config.action_key, "instruction": config.instruction_key}
+    given = {"state": keys.state, "action": keys.action, "instruction": keys.instruction}
+    if keys.image is not None:
+        stored["image"], given["image"] = config.image_key, keys.image
+    diffs = [f"{role} key: checkpoint {stored[role]!r}, given {given[role]!r}" for role in stored if stored[role] != given[role]]
+    if diffs:
+        raise ValueError(f"{context}: dataset keys mismatch: " + "; ".join(diffs))

@@ -1,0 +1,151 @@
+"""Latents-only training data: cached world latents + the dataset's low-dimensional columns.
+
+State, action, episode and instruction columns are read once from the dataset's parquet files
+(images are never decoded), so a batch is a handful of tensor gathers. Batches use the policy's
+keys: the dataset's state/action/instruction keys, ``<action>_is_pad`` (LeRobot's convention,
+True = padding past the episode end) and the world-latent keys of the world transformer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
+    WORLD_FUTURE,
+    WORLD_FUTURE_MASK,
+    WORLD_LATENTS,
+    WORLD_LATENTS_MASK,
+)
+from world_modality.data.check import DatasetKeys, DatasetSchemaError, resolve_dataset_root
+from world_modality.latents import LatentCache
+
+
+@dataclass
+class FrameTable:
+    """Per-frame columns in global frame order (row = the dataset's ``index``)."""
+
+    state: Tensor  # [N, S] float32
+    action: Tensor  # [N, A] float32
+    episode_index: Tensor  # [N] int64
+    episode_end: Tensor  # [N] exclusive global index of the frame's episode end
+    instruction: list[str]  # [N]
+    instructions: list[str]  # distinct, sorted
+
+
+def read_frame_table(dataset: str | Path, keys: DatasetKeys) -> FrameTable:
+    """Read state, action, episode and instruction columns of every frame (no image column)."""
+    root, _ = resolve_dataset_root(dataset)
+    files = sorted((root / "data").rglob("*.parquet"))
+    instruction_column = "task_index" if keys.instruction == "task" else keys.instruction
+    columns = ["index", "episode_index", keys.state, keys.action, instruction_column]
+    try:
+        frame = pd.concat([pq.read_table(f, columns=columns).to_pandas() for f in files]).sort_values("index")
+    except KeyError as e:  # pyarrow names the missing column
+        names = sorted(pq.read_schema(files[0]).names)
+        raise DatasetSchemaError(f"{root}: column {e} is missing; the dataset's columns are {names}") from e
+    if not np.array_equal(frame["index"].to_numpy(), np.arange(len(frame))):
+        raise DatasetSchemaError(f"{root}: the 'index' column is not 0..{len(frame) - 1}: latents are indexed by global frame")
+    if keys.instruction == "task":
+        tasks = pd.read_parquet(root / "meta" / "tasks.parquet")
+        names = tasks["task"] if "task" in tasks.columns else pd.Series(tasks.index, index=tasks["task_index"])
+        by_index = dict(zip(tasks["task_index"], names, strict=True))
+        instruction = [str(by_index[i]) for i in frame["task_index"]]
+    else:
+        instruction = [str(v) for v in frame[keys.instruction]]
+    episode = torch.from_numpy(frame["episode_index"].to_numpy().astype(np.int64))
+    # Episodes are contiguous runs of the global index; the end of each run bounds action chunks.
+    change = torch.nonzero(episode[1:] != episode[:-1]).squeeze(1) + 1
+    bounds = torch.cat([change, torch.tensor([len(episode)])])
+    lengths = torch.diff(torch.cat([torch.tensor([0]), bounds]))
+    return FrameTable(
+        state=torch.from_numpy(np.stack(frame[keys.state].to_numpy()).astype(np.float32)),
+        action=torch.from_numpy(np.stack(frame[keys.action].to_numpy()).astype(np.float32)),
+        episode_index=episode,
+        episode_end=torch.repeat_interleave(bounds, lengths),
+        instruction=instruction,
+        instructions=sorted(set(instruction)),
+    )
+
+
+def split_episodes(table: FrameTable, val_fraction: float) -> tuple[list[int], list[int]]:
+    """(train, validation) episode indices: per instruction, the last ceil(val_fraction * n) of its
+    n episodes (by episode index) are held out, keeping at least one for training.
+
+    Deterministic and stratified, so every task is validated and every arm of a comparison trained
+    on the same dataset holds out the same episodes.
+    """
+    episodes = table.episode_index.numpy()
+    first = np.unique(episodes, return_index=True)[1]
+    by_task: dict[str, list[int]] = {}
+    for row in first:
+        by_task.setdefault(table.instruction[row], []).append(int(episodes[row]))
+    train, val = [], []
+    for task_episodes in by_task.values():
+        task_episodes.sort()
+        n_val = min(math.ceil(val_fraction * len(task_episodes)), len(task_episodes) - 1)
+        cut = len(task_episodes) - n_val
+        train += task_episodes[:cut]
+        val += task_episodes[cut:]
+    return sorted(train), sorted(val)
+
+
+class LatentBatches:
+    """Batches of (latent history, state, instruction, action chunk, future latents) for frames of
+    the given episodes, from a `LatentCache` and a `FrameTable` of the same dataset."""
+
+    def __init__(self, cache: LatentCache, table: FrameTable, keys: DatasetKeys, episodes: list[int],
+                 chunk_size: int, history_len: int, num_future: int) -> None:
+        if len(cache.z) != len(table.state):
+            raise DatasetSchemaError(f"the latent cache has {len(cache.z)} frames, the dataset {len(table.state)}")
+        if not torch.equal(torch.as_tensor(cache.episode_index, dtype=torch.long), table.episode_index):
+            raise DatasetSchemaError("the latent cache's episode_index column differs from the dataset's")
+        self.cache, self.table, self.keys = cache, table, keys
+        self.chunk_size, self.history_len, self.num_future = chunk_size, history_len, num_future
+        self.frames = torch.nonzero(torch.isin(table.episode_index, torch.tensor(episodes, dtype=torch.long))).squeeze(1)
+        if len(self.frames) == 0:
+            raise ValueError(f"no frames in episodes {episodes}")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor | list[str]]:
+        """A uniformly drawn batch (with replacement) of this split's frames."""
+        return self.batch(self.frames[torch.randint(len(self.frames), (batch_size,), generator=generator)])
+
+    def sequential(self, batch_size: int):
+        """Every frame of this split once, in order (validation)."""
+        for rows in self.frames.split(batch_size):
+            yield self.batch(rows)
+
+    def batch(self, rows: Tensor) -> dict[str, Tensor | list[str]]:
+        offsets = rows[:, None] + torch.arange(self.chunk_size)
+        end = self.table.episode_end[rows][:, None]
+        is_pad = offsets >= end
+        offsets = torch.minimum(offsets, end - 1)
+        windows = self.cache.windows(rows, self.history_len, self.num_future)
+        return {
+            self.keys.state: self.table.state[rows],
+            self.keys.action: self.table.action[offsets],
+            f"{self.keys.action}_is_pad": is_pad,
+            self.keys.instruction: [self.table.instruction[i] for i in rows.tolist()],
+            WORLD_LATENTS: windows.z_history,
+            WORLD_LATENTS_MASK: windows.history_mask,
+            WORLD_FUTURE: windows.z_future,
+            WORLD_FUTURE_MASK: windows.future_mask,
+        }
+
+    def stats(self) -> dict[str, dict[str, Tensor]]:
+        """Mean/std (and min/max) of state and action over this split: the normalisation statistics."""
+        out = {}
+        for key, values in ((self.keys.state, self.table.state), (self.keys.action, self.table.action)):
+            x = values[self.frames]
+            out[key] = {"mean": x.mean(0), "std": x.std(0).clamp_min(1e-6), "min": x.min(0).values, "max": x.max(0).values}
+        return out

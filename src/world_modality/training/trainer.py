@@ -1,0 +1,256 @@
+"""`wm train`: a thin, single-process plain-PyTorch loop for the world transformer on cached latents.
+
+Why not lerobot-train: it decodes images every step and has no notion of a latent cache; here a
+batch is a few tensor gathers. The policy, its processors (normalisation) and its checkpoints are
+LeRobot's own, so the result loads with `lerobot-eval` and `from_pretrained`.
+
+Per step: draw a batch of training frames (uniform, with replacement, from a seeded generator),
+normalise it with the policy's preprocessor, forward, clip gradients, AdamW + warmup/cosine
+(the config's LeRobot presets). Every logged value goes to TensorBoard (and W&B when enabled);
+the held-out episodes' action loss is logged at every checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lerobot.policies.factory import make_pre_post_processors
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
+    WorldTransformerConfig,
+    features_for,
+)
+from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+from tqdm.auto import tqdm
+
+from world_modality.data.check import DatasetKeys, check_dataset
+from world_modality.latents import LatentCache, dataset_fingerprint
+from world_modality.training.checkpoint import (
+    STATE_FILE,
+    TRAINING_STATE,
+    check_inputs,
+    last_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from world_modality.training.data import LatentBatches, read_frame_table, split_episodes
+
+
+@dataclass
+class TrainOptions:
+    dataset: str
+    latents: str
+    out: str
+    model_type: str = "F"
+    steps: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+    save_every: int = 500
+    log_every: int = 1
+    val_fraction: float = 0.1
+    val_batch_size: int = 256
+    tokens: str | None = None  # world-token folder (`wm tokens`), needed by B and C
+    keys: DatasetKeys = field(default_factory=DatasetKeys)
+    policy: dict[str, Any] = field(default_factory=dict)  # WorldTransformerConfig overrides
+    device: str = "auto"
+    resume: bool = False
+    wandb: bool = False
+    progress: bool = True
+
+
+def _device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+
+
+def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str], state_dim: int, action_dim: int,
+                 source_shape: tuple[int, ...], device: torch.device, codebook_size: int = 0) -> WorldTransformerConfig:
+    """The policy config of a new run: architecture from the options, inputs from the data."""
+    spec = cache.spec
+    is_image = spec.name != "state"
+    inputs, outputs = features_for(opts.keys.state, state_dim, opts.keys.action, action_dim, spec.camera_key,
+                                   source_shape, is_image)
+    return WorldTransformerConfig(
+        model_type=opts.model_type,
+        instructions=instructions,
+        latent_dim=spec.output_dim,
+        encoder_spec=spec.to_dict(),
+        state_key=opts.keys.state,
+        action_key=opts.keys.action,
+        instruction_key=opts.keys.instruction,
+        image_key=spec.camera_key if is_image else None,
+        input_features=inputs,
+        output_features=outputs,
+        device=str(device),
+        scheduler_decay_steps=opts.steps,
+        codebook_size=codebook_size,
+        **opts.policy,
+    )
+
+
+class _Loggers:
+    """TensorBoard always, Weights & Biases on request."""
+
+    def __init__(self, run_dir: Path, wandb: bool, config: dict[str, Any], resume_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        self.wandb = None
+        if wandb:
+            import wandb as wandb_lib
+
+            self.wandb = wandb_lib.init(project="world-modality-vla", dir=str(run_dir), config=config,
+                                        name=run_dir.name, resume="allow", id=run_dir.name)
+
+    def log(self, values: dict[str, float], step: int, prefix: str) -> None:
+        for key, value in values.items():
+            self.tb.add_scalar(f"{prefix}/{key}", value, step)
+        if self.wandb is not None:
+            self.wandb.log({f"{prefix}/{k}": v for k, v in values.items()}, step=step)
+
+    def close(self) -> None:
+        self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+@torch.no_grad()
+def validation_loss(policy: WorldTransformerPolicy, preprocessor, data: LatentBatches, batch_size: int,
+                    memory_mode: str | None = None, seed: int = 0) -> dict[str, float]:
+    """Frame-weighted mean of the logged losses over every frame of ``data`` (eval mode; the
+    random draws of flow noise and of `random`/`shuffle` memory are seeded, so calls compare)."""
+    was_training = policy.training
+    policy.eval()
+    totals: dict[str, float] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for batch in data.sequential(batch_size):
+            n = len(batch[data.keys.state])
+            _, logs = policy.forward(preprocessor(batch), memory_mode=memory_mode)
+            for key, value in logs.items():
+                totals[key] = totals.get(key, 0.0) + value * n
+    policy.train(was_training)
+    return {key: value / len(data) for key, value in totals.items()}
+
+
+def train(opts: TrainOptions) -> Path:
+    """Train one configuration into ``opts.out``; with ``resume``, continue from its last checkpoint
+    (same data, options and RNG streams) up to ``opts.steps``. Returns the last checkpoint folder."""
+    run_dir = Path(opts.out).expanduser()
+    device = _device(opts.device)
+    last = last_checkpoint(run_dir)
+    if last is not None and not opts.resume:
+        raise FileExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
+                              "it or choose another --out")
+    summary = check_dataset(opts.dataset, opts.keys)
+    cache = LatentCache.load(opts.latents, dataset=opts.dataset)
+    table = read_frame_table(opts.dataset, opts.keys)
+    train_episodes, val_episodes = split_episodes(table, opts.val_fraction)
+
+    if last is not None:
+        checkpoint = load_checkpoint(last, device)
+        policy, preprocessor, postprocessor = checkpoint.policy, checkpoint.preprocessor, checkpoint.postprocessor
+        config = policy.config
+        check_inputs(config, cache.spec, opts.keys, f"resuming {run_dir}")
+        if checkpoint.meta["train_episodes"] != train_episodes:
+            raise ValueError(f"resuming {run_dir}: the training split differs from the checkpoint's "
+                             f"({len(checkpoint.meta['train_episodes'])} vs {len(train_episodes)} episodes); "
+                             "pass the same dataset and --val-fraction")
+        state = torch.load(last / TRAINING_STATE / STATE_FILE, weights_only=False)
+        start_step = state["step"]
+    else:
+        source_shape = tuple(summary.features[cache.spec.camera_key]["shape"])
+        codebook = _codebook(opts, cache) if opts.model_type in ("B", "C") else None
+        config = build_config(opts, cache, table.instructions, table.state.shape[1], table.action.shape[1],
+                              source_shape, device, 0 if codebook is None else len(codebook))
+        state = None
+        start_step = 0
+    train_data = LatentBatches(cache, table, opts.keys, train_episodes, config.chunk_size, config.history_len, config.num_future)
+    val_data = (LatentBatches(cache, table, opts.keys, val_episodes, config.chunk_size, config.history_len, config.num_future)
+                if val_episodes else None)
+
+    if state is None:
+        torch.manual_seed(opts.seed)
+        policy = WorldTransformerPolicy(config).to(device)
+        if codebook is not None:
+            policy.centroids.copy_(codebook)
+        preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=train_data.stats())
+    policy.train()
+    optimizer = config.get_optimizer_preset().build(policy.get_optim_params())
+    scheduler = config.get_scheduler_preset().build(optimizer, max(opts.steps, 1))
+    sampler = torch.Generator().manual_seed(opts.seed)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+    meta = {
+        "dataset": str(summary.root),
+        "dataset_fingerprint": dataset_fingerprint(opts.dataset),
+        "latents": str(cache.path),
+        "encoder_spec_hash": cache.spec.spec_hash(),
+        "tokens": opts.tokens,
+        "model_type": config.model_type,
+        "seed": opts.seed,
+        "batch_size": opts.batch_size,
+        "total_steps": opts.steps,
+        "val_fraction": opts.val_fraction,
+        "validation": "per instruction, the last ceil(val_fraction * n) episodes by episode index",
+        "train_episodes": train_episodes,
+        "val_episodes": val_episodes,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loggers = _Loggers(run_dir, opts.wandb, {k: v for k, v in meta.items() if not k.endswith("_episodes")}, start_step)
+    grad_clip = config.optimizer_grad_clip_norm
+    bar = tqdm(total=opts.steps, initial=start_step, desc=f"train {config.model_type}", disable=not opts.progress)
+    checkpoint_dir = last
+    try:
+        for step in range(start_step + 1, opts.steps + 1):
+            t0 = time.perf_counter()
+            batch = preprocessor(train_data.sample(opts.batch_size, sampler))
+            t1 = time.perf_counter()
+            loss, logs = policy.forward(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.get_optim_params(), grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if step % opts.log_every == 0 or step == opts.steps:
+                t2 = time.perf_counter()
+                logs |= {"grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
+                         "time_data_s": t1 - t0, "time_compute_s": t2 - t1}
+                loggers.log(logs, step, "train")
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+            if step % opts.save_every == 0 or step == opts.steps:
+                if val_data is not None:
+                    loggers.log(validation_loss(policy, preprocessor, val_data, opts.val_batch_size), step, "val")
+                training_state = {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "sampler_rng": sampler.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                }
+                checkpoint_dir = save_checkpoint(run_dir, step, policy, preprocessor, postprocessor, meta, training_state)
+    finally:
+        bar.close()
+        loggers.close()
+    if checkpoint_dir is None:
+        raise ValueError(f"nothing to do: --steps {opts.steps} and the run starts at step {start_step}")
+    return checkpoint_dir
+
+
+def _codebook(opts: TrainOptions, cache: LatentCache) -> torch.Tensor:
+    """The fitted world-token centroids [K, D] that B and C predict (and C reads)."""
+    from world_modality.tokens import WorldTokens
+
+    if opts.tokens is None:
+        raise ValueError(f"model_type {opts.model_type} needs --tokens (a codebook fitted on these latents with `wm tokens`)")
+    return WorldTokens.load(opts.tokens, latents=cache).centroids

@@ -1,0 +1,324 @@
+"""Tests for `wm report` (on hand-made per-episode files) and `wm matrix` (config, plan, skipping work)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from world_modality import cli, matrix
+from world_modality.atomic_io import append_jsonl, read_jsonl
+from world_modality.report import write_report
+
+TASKS = ("reach-v3", "pick-place-v3")  # easy, hard
+EPISODES = 10
+EVAL_SEED = 1000
+# Successful episode indices per task: E0 succeeds on a subset of E2's episodes, E2:zero too.
+OUTCOMES = {
+    "E0": {"reach-v3": range(3), "pick-place-v3": range(0)},  # 3/20
+    "E2": {"reach-v3": range(8), "pick-place-v3": range(4)},  # 12/20
+    "E2:zero": {"reach-v3": range(3), "pick-place-v3": range(1)},  # 4/20
+}
+MODES = {"E2:zero": "zero"}  # the runner records null for an arm's own mode
+
+
+def episode(label: str, task: str, i: int, success: bool, train_seed: int = 0, video: str | None = None) -> dict:
+    base = label.split(":")[0]
+    return {"arm": label, "base_arm": base, "memory_mode": MODES.get(label), "train_seed": train_seed,
+            "suite": "metaworld", "task": task, "seed": EVAL_SEED, "layout": i,
+            "episode_id": f"metaworld|{task}|{EVAL_SEED}|{i}", "success": success, "steps": 100,
+            "wall_time_s": 1.0, "video": video, "checkpoint": f"train/{base}/seed{train_seed}/checkpoints/000010"}
+
+
+def write_episodes(run_dir, label: str, outcomes: dict, train_seed: int = 0, skip: int | None = None) -> None:
+    path = run_dir / "eval" / label / f"seed{train_seed}" / "episodes.jsonl"
+    for task in TASKS:
+        for i in range(EPISODES):
+            if task == TASKS[0] and i == skip:
+                continue
+            video = f"videos/{task}_{EVAL_SEED}_{i}.mp4" if i == 0 else None
+            append_jsonl(path, episode(label, task, i, i in outcomes[task], train_seed, video))
+
+
+def write_tensorboard(run_dir) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    for arm, gate in (("E0", None), ("E2", 0.01)):
+        writer = SummaryWriter(str(run_dir / "train" / arm / "seed0" / "tensorboard"))
+        for step in range(1, 11):
+            writer.add_scalar("train/loss", 1.0 / step, step)
+            writer.add_scalar("train/action_loss", 0.8 / step, step)
+            if gate is not None:
+                writer.add_scalar("train/world_gate", gate * step, step)
+        writer.add_scalar("val/action_loss", 0.2, 10)
+        writer.close()
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    for label, outcomes in OUTCOMES.items():
+        write_episodes(tmp_path, label, outcomes)
+    return tmp_path
+
+
+def assert_png(path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.verify()
+
+
+# --- report --------------------------------------------------------------------------------------------------
+
+
+def test_report_numbers_verdict_ablations_and_plots(run_dir):
+    write_tensorboard(run_dir)
+    assert cli.main(["report", str(run_dir)]) == 0
+    out = run_dir / "report"
+    md = (out / "report.md").read_text()
+
+    # Verdict first: E2 vs E0, 9 discordant pairs all favouring E2 -> p = 2 * 0.5**9.
+    verdict_line = next(line for line in md.splitlines() if line.startswith("**Did world memory help?"))
+    assert "E2 helped compared with E0: 60.0% vs 15.0% success (difference +45.0 points" in verdict_line
+    assert "exact McNemar p=0.00391, alpha=0.05, 20 paired episodes" in verdict_line
+    assert md.index("Did world memory help?") < md.index("## Overall success")
+    assert "Rollout ablation (E2:zero vs E2): E2:zero hurt compared with E2" in md
+
+    # Wilson intervals checked by hand: 3/20 -> [5.2, 36.0], 12/20 -> [38.7, 78.1], 4/20 -> [8.1, 41.6].
+    assert "| E0 | - | 15.0% | [5.2, 36.0] | 3/20 |" in md
+    assert "| E2 | - | 60.0% | [38.7, 78.1] | 12/20 |" in md
+    assert "| E2:zero | zero | 20.0% | [8.1, 41.6] | 4/20 |" in md
+    assert "| reach-v3 | 30.0% [10.8, 60.3] (3/10) | 80.0% [49.0, 94.3] (8/10) | 30.0% [10.8, 60.3] (3/10) |" in md
+    assert "| hard | 0.0% [0.0, 27.8] (0/10) | 40.0% [16.8, 68.7] (4/10) | 10.0% [1.8, 40.4] (1/10) |" in md
+
+    overall = pd.read_csv(out / "overall.csv").set_index("arm")
+    assert overall.loc["E0", "successes"] == 3 and overall.loc["E0", "n"] == 20
+    assert overall.loc["E0", "ci_low"] == pytest.approx(0.0524, abs=5e-4)
+    assert overall.loc["E0", "ci_high"] == pytest.approx(0.3604, abs=5e-4)
+    per_task = pd.read_csv(out / "per_task.csv").set_index(["arm", "task"])
+    assert per_task.loc[("E2", "pick-place-v3"), "rate"] == pytest.approx(0.4)
+    groups = pd.read_csv(out / "task_groups.csv").set_index(["arm", "group"])
+    assert groups.loc[("E2", "easy"), "successes"] == 8
+
+    comparisons = pd.read_csv(out / "comparisons.csv").set_index(["arm", "versus"])
+    main = comparisons.loc[("E2", "E0")]
+    assert main["diff"] == pytest.approx(0.45) and main["only_arm_succeeded"] == 9
+    assert main["only_versus_succeeded"] == 0 and main["mcnemar_p"] == pytest.approx(2 * 0.5**9)
+    assert main["diff_ci_low"] <= 0.45 <= main["diff_ci_high"]
+    ablation = comparisons.loc[("E2:zero", "E2")]
+    assert ablation["diff"] == pytest.approx(-0.4) and ablation["mcnemar_p"] == pytest.approx(2 * 0.5**8)
+
+    ablations = pd.read_csv(out / "ablations.csv")
+    assert list(ablations["arm"]) == ["E2", "E2:zero"]
+    assert ablations["diff_vs_own"].iloc[1] == pytest.approx(-0.4)
+    assert "| E2 | zero | 20.0% | [8.1, 41.6] | -40.0 |" in md
+    assert "| E2 | own | 60.0% | [38.7, 78.1] | (own mode) |" in md
+    assert not (out / "seeds.csv").exists()  # a single training seed
+
+    for name in ("success", "training_curves", "world_gate"):
+        assert_png(out / f"{name}.png")
+        assert f"]({name}.png)" in md
+    assert "[reach-v3 seed 1000 layout 0 (train seed 0)](../eval/E2/seed0/videos/reach-v3_1000_0.mp4)" in md
+    assert "(../eval/E2%3Azero/seed0/videos/reach-v3_1000_0.mp4)" in md
+    assert "Warning" not in md
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_report_unequal_episode_sets_and_zero_success(tmp_path):
+    write_episodes(tmp_path, "E0", {t: range(0) for t in TASKS})  # never succeeds
+    write_episodes(tmp_path, "E2", OUTCOMES["E2"], skip=5)  # one episode short
+    md = write_report(tmp_path).read_text()
+    assert "No verdict on world memory: E2 and E0 could not be compared" in md
+    assert "not run on the same episodes (20 distinct (episode, training seed) pairs in all; per arm: " \
+           "E0 20 (0 missing), E2 19 (1 missing))" in md
+    assert "E0 succeeded on none of its episodes" in md
+    comparisons = pd.read_csv(tmp_path / "report" / "comparisons.csv")
+    assert "were not run on the same episodes" in comparisons.loc[0, "error"]
+    assert "| E2 | E0 | - | - | - | not compared |" in md
+    assert_png(tmp_path / "report" / "success.png")
+    assert not (tmp_path / "report" / "training_curves.png").exists()
+    assert "No training logs found" in md
+
+
+def test_report_aggregates_training_seeds(tmp_path):
+    write_episodes(tmp_path, "E0", OUTCOMES["E0"], train_seed=0)
+    write_episodes(tmp_path, "E0", {"reach-v3": range(5), "pick-place-v3": range(0)}, train_seed=1)  # 5/20
+    write_episodes(tmp_path, "E2", OUTCOMES["E2"], train_seed=0)
+    write_episodes(tmp_path, "E2", OUTCOMES["E2"], train_seed=1)
+    md = write_report(tmp_path).read_text()
+    seeds = pd.read_csv(tmp_path / "report" / "seeds.csv").set_index("arm")
+    assert seeds.loc["E0", "mean_rate"] == pytest.approx(0.2)  # (3/20 + 5/20) / 2
+    assert seeds.loc["E0", "std_rate"] == pytest.approx(0.0707107, abs=1e-6)  # sample std of 0.15, 0.25
+    assert seeds.loc["E0", "pooled_n"] == 40
+    assert "| E0 | 2 | 0: 0.150; 1: 0.250 | 20.0% | 7.1% | 20.0% |" in md
+    # Paired over (episode, seed): 40 pairs, E2 alone succeeds on 9 + 7 of them.
+    assert "E2 helped compared with E0: 60.0% vs 20.0% success (difference +40.0 points" in md
+    assert "40 paired episodes" in md
+
+
+def test_report_refuses_missing_results_and_mislabelled_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no episode results"):
+        write_report(tmp_path)
+    write_episodes(tmp_path, "E2", OUTCOMES["E2"])
+    (tmp_path / "eval" / "E2").rename(tmp_path / "eval" / "E2:pred")
+    with pytest.raises(ValueError, match=r"holds a result of arm 'E2', but its folder is the evaluation 'E2:pred'"):
+        write_report(tmp_path)
+
+
+# --- matrix --------------------------------------------------------------------------------------------------
+
+CONFIG = {
+    "dataset": {"metaworld": {"tasks": "reach,pick-place", "episodes_per_task": 3, "image_size": 64}},
+    "encoder": {"name": "learned", "learned_steps": 50},
+    "training": {"seeds": [0, 1], "steps": 10, "batch_size": 8},
+    "arms": {"E0": {"model_type": "A"}, "E2": {"model_type": "F", "lambda_world": 0.5}},
+    "ablations": {"E2": ["pred", "zero"]},
+    "evaluation": {"episodes_per_task": EPISODES, "eval_seed": EVAL_SEED, "workers": 1},
+}
+
+
+def config_with(path: str, value) -> dict:
+    """CONFIG with ``value`` set at the dotted ``path`` (``None`` deletes it)."""
+    raw = copy.deepcopy(CONFIG)
+    *parents, leaf = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    if value is None:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return raw
+
+
+def test_config_resolves_arms_tasks_and_evaluations():
+    config = matrix.parse_config(CONFIG)
+    assert config.evaluation["tasks"] == list(TASKS)  # the dataset's tasks, names resolved
+    assert config.arms["E2"] == {"steps": 10, "batch_size": 8, "model_type": "F", "policy": {"lambda_world": 0.5}}
+    assert config.evaluations() == [("E0", None, "E0"), ("E2", None, "E2"), ("E2", "zero", "E2:zero")]
+    assert matrix.parse_config(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    ("arms.E1", {"model_type": "F", "lr": 1e-3}, r"arms\.E1: unknown field\(s\) \['lr'\]; valid: TrainOptions fields "
+                                                 r"model_type, steps, .*optimizer_lr"),
+    ("arms.E1", {"seed": 3}, r"arms\.E1: unknown field\(s\) \['seed'\].*the matrix sets dataset, latents, out, seed"),
+    ("arms.E1", {"model_type": "Z"}, r"arms\.E1\.model_type: expected one of A, B, B_cont, C, F"),
+    ("arms.E1", {"steps": "many"}, r"arms\.E1\.steps: expected an integer, got 'many'"),
+    ("arms.E1", {"policy": {"d_model": 64, "bogus": 1}}, r"arms\.E1\.policy: unknown field\(s\) \['bogus'\]"),
+    ("arms", None, r"config: missing section 'arms'"),
+    ("dataset.path", "/nonexistent", r"dataset: give exactly one of 'path'"),
+    ("dataset.metaworld.tasks", "reach,no-such-task", r"dataset\.metaworld\.tasks: unknown MetaWorld task"),
+    ("dataset.metaworld.episodes", 3, r"dataset\.metaworld: unknown field\(s\) \['episodes'\]; valid fields: tasks"),
+    ("encoder.name", "clip", r"encoder\.name: expected one of state, learned, dinov2, vjepa2"),
+    ("encoder.steps", 3, r"encoder: unknown field\(s\) \['steps'\]; valid fields: name, encoder_path"),
+    ("training.seeds", [0, 0], r"training\.seeds: repeated seed"),
+    ("ablations", {"E0": ["zero"]}, r"ablations\.E0: arm 'E0' has no world memory"),
+    ("ablations", {"E2": ["signal"]}, r"ablations\.E2: expected a list of memory modes from pred, zero"),
+    ("ablations", {"E9": ["zero"]}, r"ablations\.E9: no arm 'E9'"),
+    ("evaluation.episodes", 3, r"evaluation: unknown field\(s\) \['episodes'\]"),
+    ("evaluation.env", "libero", r"evaluation\.env: expected one of metaworld"),
+    ("evaluation.episodes_per_task", 0, r"evaluation\.episodes_per_task: expected an integer >= 1"),
+    ("surprise", {}, r"config: unknown field\(s\) \['surprise'\]"),
+])
+def test_config_errors_name_the_field(path, value, message):
+    with pytest.raises(matrix.MatrixConfigError, match=message):
+        matrix.parse_config(config_with(path, value))
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    config_file = tmp_path / "small.yaml"
+    config_file.write_text(yaml.safe_dump(CONFIG))
+    run = tmp_path / "run"
+    assert cli.main(["matrix", str(config_file), "--out", str(run), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "13 steps: 0 done, 13 to do" in out  # dataset, latents, 2 arms x 2 seeds, 3 evals x 2 seeds, report
+    assert "[todo] train    E2 seed 1                model F, step 0 of 10" in out
+    assert "[todo] eval     E2:zero seed 0           memory zero, 0 of 20 episodes" in out
+    assert not run.exists()
+
+
+class FakeStages:
+    """Stand-ins for the matrix stages that count calls and leave what the real ones leave on disk."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple] = []
+        for name in ("generate_dataset", "compute_world_latents", "train_arm", "evaluate_arm"):
+            monkeypatch.setattr(matrix, name, getattr(self, name))
+
+    def generate_dataset(self, config, run_dir):
+        self.calls.append(("dataset",))
+        (run_dir / "dataset" / "meta").mkdir(parents=True)
+        (run_dir / "dataset" / "meta" / "world_modality.json").write_text("{}")
+
+    def compute_world_latents(self, config, run_dir):
+        self.calls.append(("latents",))
+        matrix.latents_dir(config, run_dir).mkdir(parents=True)
+        (matrix.latents_dir(config, run_dir) / "spec.json").write_text("{}")
+
+    def train_arm(self, config, run_dir, arm, seed):
+        self.calls.append(("train", arm, seed))
+        fake_checkpoint(matrix.train_dir(run_dir, arm, seed), config.arms[arm]["steps"])
+
+    def evaluate_arm(self, config, run_dir, arm, seed, memory_mode, label):
+        self.calls.append(("eval", label, seed))
+        path = matrix.eval_dir(run_dir, label, seed) / "episodes.jsonl"
+        done = {r["episode_id"] for r in read_jsonl(path)}
+        for task in config.evaluation["tasks"]:
+            for i in range(config.evaluation["episodes_per_task"]):
+                record = episode(label, task, i, i in OUTCOMES[label][task], seed)
+                if record["episode_id"] not in done:
+                    append_jsonl(path, record)
+
+
+def fake_checkpoint(run: Path, step: int) -> None:
+    """A checkpoint folder for ``step`` with ``last`` pointing at it, as `wm train` leaves them."""
+    checkpoints = run / "checkpoints"
+    (checkpoints / f"{step:06d}").mkdir(parents=True, exist_ok=True)
+    (checkpoints / "last").unlink(missing_ok=True)
+    (checkpoints / "last").symlink_to(f"{step:06d}")
+
+
+def test_run_matrix_runs_only_what_is_missing(tmp_path, monkeypatch):
+    stages = FakeStages(monkeypatch)
+    config, run = matrix.parse_config(CONFIG), tmp_path / "run"
+    matrix.run_matrix(config, run)
+    assert stages.calls[:2] == [("dataset",), ("latents",)]
+    assert sorted(c for c in stages.calls if c[0] == "train") == [("train", a, s) for a in ("E0", "E2") for s in (0, 1)]
+    assert len([c for c in stages.calls if c[0] == "eval"]) == 6
+    assert matrix.load_config(run / "matrix.yaml") == config
+    md = (run / "report" / "report.md").read_text()
+    assert "E2 helped compared with E0" in md and "80 paired episodes" not in md and "40 paired episodes" in md
+
+    stages.calls.clear()
+    steps = matrix.run_matrix(config, run)
+    assert stages.calls == [] and all(s.done for s in steps if s.stage != "report")
+
+    # An interrupted training (step 5 of 10) resumes; a half-finished evaluation is completed.
+    fake_checkpoint(matrix.train_dir(run, "E2", 1), 5)
+    episodes = matrix.eval_dir(run, "E2:zero", 0) / "episodes.jsonl"
+    episodes.write_text("".join(episodes.read_text().splitlines(keepends=True)[:7]))
+    matrix.run_matrix(config, run)
+    assert stages.calls == [("train", "E2", 1), ("eval", "E2:zero", 0)]
+    assert len(episodes.read_text().splitlines()) == 20
+
+
+def test_rerun_refuses_a_changed_config(tmp_path, monkeypatch):
+    FakeStages(monkeypatch)
+    run = tmp_path / "run"
+    matrix.run_matrix(matrix.parse_config(CONFIG), run)
+    with pytest.raises(ValueError, match=r"evaluation\.eval_seed: existing 1000 vs requested 7.*\n.*"
+                                         r"arms\.E2\.policy\.lambda_world: existing 0\.5 vs requested 1\.0"):
+        changed = config_with("evaluation.eval_seed", 7)
+        changed["arms"]["E2"]["lambda_world"] = 1.0
+        matrix.run_matrix(matrix.parse_config(changed), run, dry_run=True)
+    # More workers, a new arm and a new ablation are fine: only the new work is planned.
+    grown = config_with("evaluation.workers", 4)
+    grown["arms"]["E1"] = {"model_type": "F", "world_memory_mode_train": "zero", "world_memory_mode_rollout": "zero"}
+    grown["ablations"]["E2"] = ["zero", "shuffle"]
+    todo = [s.name for s in matrix.run_matrix(matrix.parse_config(grown), run, dry_run=True) if not s.done]
+    assert todo == ["E1 seed 0", "E1 seed 1", "E2:shuffle seed 0", "E2:shuffle seed 1", "E1 seed 0", "E1 seed 1",
+                    "report"]

@@ -1,0 +1,130 @@
+"""The rollout runner and `wm eval`: pairing, resume, mismatches, memory-mode flag, videos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from world_modality.atomic_io import read_jsonl
+from world_modality.rollout import evaluate_checkpoint, metaworld_episodes, runner
+from world_modality.rollout.episodes import EpisodeSpec
+from world_modality.stats import compare_arms
+
+SHORT = 6  # steps per episode in these tests: the runner's logic, not the policy's skill
+
+
+@pytest.fixture(scope="module")
+def state_latents(metaworld_dataset) -> Path:
+    from world_modality.latents import compute_latents
+
+    return compute_latents(metaworld_dataset, "state")
+
+
+def _train(dataset, latents, out, model_type):
+    from world_modality.training.trainer import TrainOptions, train
+
+    return train(TrainOptions(dataset=str(dataset), latents=str(latents), out=str(out), model_type=model_type,
+                              steps=4, batch_size=8, save_every=4, progress=False))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(metaworld_dataset, state_latents, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return {m: _train(metaworld_dataset, state_latents, root / m, m) for m in ("A", "F")}
+
+
+def _eval(checkpoint, out, **kwargs):
+    args = dict(tasks="reach-v3", episodes_per_task=2, workers=2, max_steps=SHORT, device="cpu", train_seed=0)
+    return evaluate_checkpoint(checkpoint, out_dir=out, **(args | kwargs))
+
+
+def test_evaluation_layouts_skip_training_layouts():
+    train = {"reach-v3": {(1000, 0), (1000, 2)}}
+    eps = metaworld_episodes(["reach-v3"], 3, 1000, train)
+    assert [(e.seed, e.layout) for e in eps] == [(1000, 1), (1000, 3), (1000, 4)]
+    assert [e.layout for e in metaworld_episodes(["reach-v3"], 2, 1000, train, allow_train_layouts=True)] == [0, 1]
+    spill = metaworld_episodes(["reach-v3"], 51, 7)
+    assert (spill[-1].seed, spill[-1].layout) == (8, 0)
+    assert EpisodeSpec("metaworld", "reach-v3", 7, 3).episode_id == "metaworld|reach-v3|7|3"
+
+
+def test_arms_run_identical_episodes_and_pair(checkpoints, tmp_path):
+    e0 = _eval(checkpoints["A"], tmp_path / "e0", arm="E0", videos_per_task=1)
+    e2 = _eval(checkpoints["F"], tmp_path / "e2", arm="E2")
+    r0, r2 = read_jsonl(e0), read_jsonl(e2)
+    assert [r["episode_id"] for r in r0] == [r["episode_id"] for r in r2] == [
+        "metaworld|reach-v3|1000|0", "metaworld|reach-v3|1000|1"
+    ]
+    for r in r0 + r2:
+        assert r["steps"] == SHORT and r["suite"] == "metaworld" and r["train_seed"] == 0
+        assert set(r) >= {"success", "steps", "seed", "layout", "task", "arm", "wall_time_s"}
+    comparison = compare_arms(r0 + r2, "E0", "E2")
+    assert comparison.n_pairs == 2
+    # The first episode per task was filmed: an mp4 with one frame per observation.
+    import av
+
+    video = e0.parent / r0[0]["video"]
+    with av.open(str(video)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == SHORT + 1
+    assert r0[1]["video"] is None
+
+
+def test_interrupted_evaluation_resumes_without_duplicates(checkpoints, tmp_path, monkeypatch):
+    real_append = runner.append_jsonl
+    calls = []
+
+    def append_then_die(path, record):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(record["episode_id"])
+        real_append(path, record)
+
+    monkeypatch.setattr(runner, "append_jsonl", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _eval(checkpoints["A"], tmp_path, arm="E0", episodes_per_task=3, workers=1)
+    assert len(read_jsonl(tmp_path / runner.RESULTS_FILE)) == 1
+    monkeypatch.setattr(runner, "append_jsonl", real_append)
+    results = _eval(checkpoints["A"], tmp_path, arm="E0", episodes_per_task=3, workers=1)
+    ids = [r["episode_id"] for r in read_jsonl(results)]
+    assert sorted(ids) == sorted(f"metaworld|reach-v3|1000|{i}" for i in range(3))
+    # A complete rerun runs nothing.
+    _eval(checkpoints["A"], tmp_path, arm="E0", episodes_per_task=3, workers=1)
+    assert len(read_jsonl(results)) == 3
+
+
+def test_memory_mode_flag_reaches_the_policy(checkpoints, tmp_path, monkeypatch):
+    from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+
+    seen = []
+    real = WorldTransformerPolicy.predict_action_chunk
+
+    def spy(self, batch, memory_mode=None):
+        seen.append(memory_mode)
+        return real(self, batch, memory_mode)
+
+    monkeypatch.setattr(WorldTransformerPolicy, "predict_action_chunk", spy)
+    results = _eval(checkpoints["F"], tmp_path, arm="E2", memory_mode="zero", episodes_per_task=1, workers=1)
+    assert seen and set(seen) == {"zero"}
+    record = read_jsonl(results)[0]
+    assert record["arm"] == "E2:zero" and record["base_arm"] == "E2" and record["memory_mode"] == "zero"
+
+
+def test_mismatches_are_refused(checkpoints, tmp_path):
+    with pytest.raises(ValueError, match="needs a world-memory policy.*model A"):
+        _eval(checkpoints["A"], tmp_path, arm="E0", memory_mode="zero")
+    with pytest.raises(ValueError, match="not trained on \\['door-open-v3'\\]"):
+        _eval(checkpoints["F"], tmp_path, arm="E2", tasks="door-open")
+    with pytest.raises(ValueError, match="valid|pred"):
+        _eval(checkpoints["F"], tmp_path, arm="E2", memory_mode="telepathy")
+    # A checkpoint whose camera was not rendered for its data cannot be evaluated with matching frames.
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoints["F"], broken)
+    config_path = broken / "pretrained_model" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["image_key"] = "observation.images.gripperPOV"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="reads camera 'gripperPOV' but its encoder spec records no render settings"):
+        _eval(broken, tmp_path / "b", arm="E2")
