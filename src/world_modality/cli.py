@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
+    # Subnormal floats (e.g. Adam moments of weights behind a near-zero world gate) slow CPU kernels
+    # ~10x. Set before any thread pool exists: OpenMP workers keep the mode they were created with.
+    torch.set_flush_denormal(True)
     try:
         return args.handler(args) or 0
     except KeyboardInterrupt:

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 
 def _eval(args) -> int:
     from world_modality.atomic_io import read_jsonl
-    from world_modality.rollout import arm_label, evaluate_checkpoint
+    from world_modality.rollout import evaluate_checkpoint
     from world_modality.stats import success_table
 
     results = evaluate_checkpoint(
@@ -57,8 +57,12 @@ def _eval(args) -> int:
         device=args.device,
         allow_train_layouts=args.allow_train_layouts,
     )
-    label = arm_label(args.arm, args.memory_mode)
-    records = [r for r in read_jsonl(results) if r["arm"] == label and r["train_seed"] == args.train_seed]
+    records = [
+        r for r in read_jsonl(results)
+        if r["base_arm"] == args.arm and r["train_seed"] == args.train_seed
+        and (r["memory_mode"] == args.memory_mode if args.memory_mode else r["arm"] == args.arm)
+    ]
+    label = records[0]["arm"] if records else args.arm
     for row in success_table(records, by=("task",)) + success_table(records, by=("arm",)):
         name = row.get("task", f"overall ({label})")
         print(f"{name:32s} {row['successes']:4d}/{row['n']:<4d} {row['rate']:6.1%}  95% CI [{row['ci_low']:.1%}, {row['ci_high']:.1%}]")

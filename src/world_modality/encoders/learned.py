@@ -3,8 +3,10 @@
 
 Objective: temporal InfoNCE (a frame and one a few steps later in the same episode are positives,
 every other frame in the batch a negative), plus a light reconstruction of a 16x16 thumbnail from the
-latent so that static scene content (object and goal layout) stays in it. The trunk ends in a spatial
-soft-argmax, so image positions are explicit features.
+latent so that static scene content (object and goal layout) stays in it, plus VICReg's
+variance-covariance terms on the latent so that its dimensions are decorrelated and well scaled
+(linear probes need little regularisation). The trunk ends in a spatial soft-argmax, so image
+positions are explicit features.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class KeypointCNN(nn.Module):
         layers: list[nn.Module] = []
         c_in = 3
         for i, c in enumerate(channels):
-            layers += [nn.Conv2d(c_in, c, 3, stride=2 if i < 2 else 1, padding=1), nn.GroupNorm(8, c), nn.ReLU()]
+            layers += [nn.Conv2d(c_in, c, 3, stride=2 if i < 2 else 1, padding=1), nn.ReLU()]
             c_in = c
         self.trunk = nn.Sequential(*layers)
         self.keypoint_logits = nn.Conv2d(c_in, keypoints, 1)
@@ -125,6 +127,7 @@ def train_learned_encoder(
     lr: float = 1e-3,
     temperature: float = 0.1,
     recon_weight: float = 1.0,
+    decorrelation_weight: float = 1.0,
     progress: bool = True,
 ) -> Path:
     """Train a `KeypointCNN` on episodes of uint8 frames [T, H, W, 3] and save it to ``out_dir``.
@@ -158,7 +161,7 @@ def train_learned_encoder(
         "image_mean": list(_IMAGE_MEAN),
         "image_std": list(_IMAGE_STD),
     }
-    previous_determinism = torch.are_deterministic_algorithms_enabled()
+    previous_determinism = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -178,20 +181,21 @@ def train_learned_encoder(
                 contrastive = _info_nce(F.normalize(projector(latents), dim=1), temperature)
                 thumbnails = F.adaptive_avg_pool2d(x, _THUMBNAIL).flatten(1)
                 reconstruction = F.mse_loss(decoder(latents), thumbnails)
-                loss = contrastive + recon_weight * reconstruction
+                decorrelation = _variance_covariance(latents)
+                loss = contrastive + recon_weight * reconstruction + decorrelation_weight * decorrelation
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                bar.set_postfix(nce=f"{contrastive.item():.3f}", rec=f"{reconstruction.item():.3f}", refresh=False)
+                bar.set_postfix(nce=f"{contrastive.item():.3f}", rec=f"{reconstruction.item():.3f}", vc=f"{decorrelation.item():.3f}", refresh=False)
         finally:
-            torch.use_deterministic_algorithms(previous_determinism)
+            torch.use_deterministic_algorithms(previous_determinism[0], warn_only=previous_determinism[1])
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, out / WEIGHTS_FILE)
     config["weights_sha256"] = _sha256(out / WEIGHTS_FILE)
     config["training"] = {
-        "objective": "temporal_infonce+thumbnail_reconstruction",
+        "objective": "temporal_infonce+thumbnail_reconstruction+variance_covariance",
         "steps": steps,
         "seed": seed,
         "batch_size": batch_size,
@@ -199,6 +203,7 @@ def train_learned_encoder(
         "lr": lr,
         "temperature": temperature,
         "recon_weight": recon_weight,
+        "decorrelation_weight": decorrelation_weight,
         "num_episodes": len(episodes),
         "num_frames": len(images),
     }
@@ -212,6 +217,15 @@ def _temporal_partner(i: torch.Tensor, start: torch.Tensor, end: torch.Tensor, m
     hi = torch.minimum(end - 1, i + max_offset)
     j = lo + (torch.rand(len(i), generator=generator) * (hi - lo)).long()  # hi - lo candidates besides i
     return j + (j >= i).long()
+
+
+def _variance_covariance(z: torch.Tensor) -> torch.Tensor:
+    """VICReg's variance (per-dimension std >= 1) plus covariance (off-diagonal -> 0) terms."""
+    centred = z - z.mean(dim=0)
+    cov = centred.T @ centred / (len(z) - 1)
+    variance = F.relu(1 - cov.diagonal().clamp_min(1e-4).sqrt()).mean()
+    covariance = (cov - torch.diag(cov.diagonal())).pow(2).sum() / len(cov)
+    return variance + covariance
 
 
 def _info_nce(z: torch.Tensor, temperature: float) -> torch.Tensor:

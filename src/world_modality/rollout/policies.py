@@ -24,6 +24,7 @@ class RolloutPolicy(Protocol):
     render: RenderSettings | None  # what the env must render for this policy
     dataset: Path | None  # the training dataset (for its training layouts), when known
     instructions: list[str]  # instructions the policy was trained on
+    own_memory_mode: str  # the memory mode it acts with when none is forced ("none": no world memory)
 
     def reset(self) -> None: ...
     def act(self, observations: list[dict[str, Any]], instructions: list[str]) -> np.ndarray: ...
@@ -44,6 +45,7 @@ class LeRobotRolloutPolicy:
     dataset: Path | None
     instructions: list[str] = field(default_factory=list)
     memory_mode: str | None = None
+    own_memory_mode: str = "none"
 
     def reset(self) -> None:
         self.policy.reset()
@@ -115,6 +117,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         dataset=dataset,
         instructions=list(config.instructions),
         memory_mode=memory_mode,
+        own_memory_mode=config.world_memory_mode_rollout if config.uses_world_module else "none",
     )
 
 

@@ -26,9 +26,10 @@ RESULTS_FILE = "episodes.jsonl"
 VIDEO_FPS = 30
 
 
-def arm_label(arm: str, memory_mode: str | None) -> str:
-    """Table label of an evaluation: the arm itself, or ``<arm>:<mode>`` for a rollout ablation."""
-    return arm if memory_mode in (None, "pred") else f"{arm}:{memory_mode}"
+def arm_label(arm: str, memory_mode: str | None, own_mode: str) -> str:
+    """Table label of an evaluation: the arm itself under its own rollout memory mode, or
+    ``<arm>:<mode>`` for a rollout ablation."""
+    return arm if memory_mode in (None, own_mode) else f"{arm}:{memory_mode}"
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> None:
@@ -179,11 +180,10 @@ def evaluate_checkpoint(
     episodes = metaworld_episodes(task_list, episodes_per_task, eval_seed, layouts, allow_train_layouts)
     out_dir = Path(out_dir)
     results = out_dir / RESULTS_FILE
-    label = arm_label(arm, memory_mode)
     record = {
-        "arm": label,
+        "arm": arm_label(arm, memory_mode, policy.own_memory_mode),
         "base_arm": arm,
-        "memory_mode": memory_mode,
+        "memory_mode": memory_mode or policy.own_memory_mode,
         "train_seed": train_seed,
         "checkpoint": str(Path(checkpoint).resolve()),
     }

@@ -140,6 +140,10 @@ def train(opts: TrainOptions) -> Path:
     (same data, options and RNG streams) up to ``opts.steps``. Returns the last checkpoint folder."""
     run_dir = Path(opts.out).expanduser()
     device = _device(opts.device)
+    # With the world gate near 0, Adam's second moments of the cross-attention weights become subnormal
+    # floats and a CPU step gets 3-20x slower (measured); flush them to zero (`wm` also does this at start,
+    # before any thread pool exists, which is what makes it reach every OpenMP worker).
+    torch.set_flush_denormal(True)
     last = last_checkpoint(run_dir)
     if last is not None and not opts.resume:
         raise FileExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
