@@ -15,6 +15,7 @@ def test_user_choice_is_kept(monkeypatch):
 
 def test_falls_back_to_osmesa(monkeypatch):
     monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)  # restored afterwards: other tests render with EGL
     monkeypatch.setattr(rendering, "_backend_works", lambda b: (b == "osmesa", "no EGL device"))
     assert rendering.ensure_headless_rendering() == "osmesa"
     import os
@@ -24,6 +25,7 @@ def test_falls_back_to_osmesa(monkeypatch):
 
 def test_no_backend_names_the_missing_packages(monkeypatch):
     monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
     monkeypatch.setattr(rendering, "_backend_works", lambda b: (False, f"{b} missing"))
     with pytest.raises(rendering.RenderingBackendError) as err:
         rendering.ensure_headless_rendering()

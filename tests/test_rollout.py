@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from world_modality.atomic_io import read_jsonl
 from world_modality.rollout import evaluate_checkpoint, metaworld_episodes, runner
@@ -128,3 +129,45 @@ def test_mismatches_are_refused(checkpoints, tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="reads camera 'gripperPOV' but its encoder spec records no render settings"):
         _eval(broken, tmp_path / "b", arm="E2")
+
+
+def test_oracle_memory_comes_from_the_simulators_own_future(checkpoints, tmp_path, monkeypatch):
+    from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import WORLD_FUTURE
+    from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+
+    calls = []
+    real = WorldTransformerPolicy.predict_action_chunk
+
+    def spy(self, batch, memory_mode=None):
+        calls.append((memory_mode, batch.get(WORLD_FUTURE)))
+        return real(self, batch, memory_mode)
+
+    monkeypatch.setattr(WorldTransformerPolicy, "predict_action_chunk", spy)
+    results = _eval(checkpoints["F"], tmp_path, arm="E2", memory_mode="oracle", episodes_per_task=1, workers=1)
+    assert read_jsonl(results)[0]["arm"] == "E2:oracle"
+    modes = [m for m, _ in calls]
+    # Per chunk: the planning pass with predicted memory, then the acting pass with the true future.
+    assert modes[:2] == ["pred", "oracle"] and modes.count("oracle") == modes.count("pred")
+    oracle_memory = [z for m, z in calls if m == "oracle"]
+    assert all(z is not None and z.shape[1] == 4 and torch.isfinite(z).all() for z in oracle_memory)
+    assert not any(z is not None for m, z in calls if m == "pred")
+
+
+def test_peek_returns_the_true_future_and_leaves_the_episode_untouched():
+    import numpy as np
+
+    from world_modality.sim.metaworld_env import MetaWorldEnv, expert_policy
+
+    peeking, plain = MetaWorldEnv("pick-place-v3", 0, None), MetaWorldEnv("pick-place-v3", 0, None)
+    obs, _ = peeking.reset(3), plain.reset(3)
+    expert, rng = expert_policy("pick-place-v3"), np.random.default_rng(0)
+    for t in range(40):
+        action = np.clip(expert.get_action(obs), -1, 1)
+        future = peeking.peek(np.concatenate([action[None], rng.uniform(-1, 1, (3, 4))])) if t % 5 == 0 else None
+        obs, _, _ = peeking.step(action)
+        reference, _, _ = plain.step(action)
+        np.testing.assert_array_equal(obs, reference)  # peeking changed nothing
+        if future is not None:
+            assert future.shape == (4, 39)
+            np.testing.assert_allclose(future[0], obs, atol=1e-6)  # the first peeked state is the real next one
+    peeking.close(), plain.close()

@@ -23,6 +23,7 @@ Observation = dict[str, Any]
 class EnvAdapter(Protocol):
     def reset(self, episode: EpisodeSpec) -> Observation: ...
     def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]: ...
+    def peek(self, actions: np.ndarray) -> np.ndarray: ...  # future env states [K, E], state untouched
     def close(self) -> None: ...
 
 
@@ -47,6 +48,9 @@ class MetaWorldAdapter:
         obs, success, done = self._env.step(action)
         return self._observation(obs), success, done
 
+    def peek(self, actions: np.ndarray) -> np.ndarray:
+        return self._env.peek(actions)
+
     def close(self) -> None:
         if self._env is not None:
             self._env.close()
@@ -64,7 +68,7 @@ def _worker(conn, suite: str, render_dict: dict | None) -> None:
             if command == "close":
                 break
             try:
-                result = adapter.reset(payload) if command == "reset" else adapter.step(payload)
+                result = getattr(adapter, command)(payload)
                 conn.send(("ok", result))
             except Exception:  # report the worker's traceback in the parent
                 conn.send(("error", traceback.format_exc()))
@@ -113,6 +117,10 @@ class EnvPool:
 
     def step(self, actions: dict[int, np.ndarray]) -> dict[int, tuple[Observation, bool, bool]]:
         return self._call({slot: ("step", np.asarray(a, dtype=np.float32)) for slot, a in actions.items()})
+
+    def peek(self, actions: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """The simulator's own future env states [K, E] under action sequences [K, A], per slot."""
+        return self._call({slot: ("peek", np.asarray(a, dtype=np.float32)) for slot, a in actions.items()})
 
     def close(self) -> None:
         for conn, proc in zip(self._conns, self._procs):

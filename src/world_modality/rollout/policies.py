@@ -7,6 +7,8 @@ render and which keys the policy reads come from the checkpoint, never from the 
 from __future__ import annotations
 
 import json
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,10 +16,20 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
+    WORLD_FUTURE,
+    WORLD_LATENTS,
+)
+
+from world_modality.encoders import EncoderSpec, OnlineEncoder
 from world_modality.sim.metaworld_env import RenderSettings
 from world_modality.world import MemoryMode
 
 ENV_STATE_KEY = "observation.environment_state"
+
+
+# The simulator's own future: action sequences [N, K, A] of the N envs -> their env states [N, K, E].
+Peek = Callable[[np.ndarray], np.ndarray]
 
 
 class RolloutPolicy(Protocol):
@@ -27,7 +39,7 @@ class RolloutPolicy(Protocol):
     own_memory_mode: str  # the memory mode it acts with when none is forced ("none": no world memory)
 
     def reset(self) -> None: ...
-    def act(self, observations: list[dict[str, Any]], instructions: list[str]) -> np.ndarray: ...
+    def act(self, observations: list[dict[str, Any]], instructions: list[str], peek: Peek) -> np.ndarray: ...
 
 
 @dataclass
@@ -46,12 +58,14 @@ class LeRobotRolloutPolicy:
     instructions: list[str] = field(default_factory=list)
     memory_mode: str | None = None
     own_memory_mode: str = "none"
+    _oracle_encoder: Any = None
 
     def reset(self) -> None:
         self.policy.reset()
+        self._oracle_queue: deque[torch.Tensor] = deque()
 
     @torch.no_grad()
-    def act(self, observations: list[dict[str, Any]], instructions: list[str]) -> np.ndarray:
+    def act(self, observations: list[dict[str, Any]], instructions: list[str], peek: Peek) -> np.ndarray:
         batch: dict[str, Any] = {
             self.state_key: torch.from_numpy(np.stack([o["state"] for o in observations])),
             self.instruction_key: list(instructions),
@@ -62,9 +76,28 @@ class LeRobotRolloutPolicy:
         if self.uses_env_state:
             batch[ENV_STATE_KEY] = torch.from_numpy(np.stack([o["env_state"] for o in observations]))
         batch = self.preprocessor(batch)
-        kwargs = {"memory_mode": self.memory_mode} if self.memory_mode is not None else {}
-        action = self.postprocessor(self.policy.select_action(batch, **kwargs))
+        if self.memory_mode == "oracle":
+            action = self._oracle_action(batch, peek)
+        else:
+            kwargs = {"memory_mode": self.memory_mode} if self.memory_mode is not None else {}
+            action = self.postprocessor(self.policy.select_action(batch, **kwargs))
         return action.float().cpu().numpy()
+
+    def _oracle_action(self, batch: dict[str, Any], peek: Peek) -> torch.Tensor:
+        """Oracle memory: the chunk the policy would act with (predicted memory) is executed K steps
+        ahead in a copy of each env's simulator state; the true future states, encoded like the
+        training latents, become the memory of the chunk that is actually executed."""
+        config = self.policy.config
+        batch = self.policy.observe(batch)  # one history entry per env step, as select_action does
+        if not self._oracle_queue:
+            planned = self.postprocessor(self.policy.predict_action_chunk(batch, "pred"))[:, : config.num_future]
+            futures = torch.as_tensor(peek(planned.float().cpu().numpy()))
+            n, k, _ = futures.shape
+            z = self._oracle_encoder(futures.reshape(n * k, -1)).reshape(n, k, -1)
+            batch = {**batch, WORLD_FUTURE: z.to(batch[WORLD_LATENTS].device, torch.float32)}
+            chunk = self.policy.predict_action_chunk(batch, "oracle")[:, : config.n_action_steps]
+            self._oracle_queue.extend(chunk.transpose(0, 1))
+        return self.postprocessor(self._oracle_queue.popleft())
 
 
 def resolve_device(device: str) -> str:
@@ -88,12 +121,16 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
                 f"--memory-mode {memory_mode} needs a world-memory policy (model F); {ckpt.path} is model "
                 f"{config.model_type}, which has no memory to intervene on"
             )
-    if memory_mode == "oracle":
-        raise ValueError(
-            "--memory-mode oracle needs the true future latents of the simulator's own future, which this "
-            "runner does not simulate; use `wm intervene --mode oracle` for the offline oracle"
-        )
     spec = config.encoder_spec
+    oracle_encoder = None
+    if memory_mode == "oracle":
+        if spec["name"] != "state":
+            raise ValueError(
+                f"--memory-mode oracle needs true future latents; at rollout they exist only for the `state` "
+                f"encoder (the simulator's own future states), and {ckpt.path} uses {spec['name']!r}. "
+                "Use `wm intervene --mode oracle` for the offline oracle."
+            )
+        oracle_encoder = OnlineEncoder(EncoderSpec.from_dict(spec))
     render = RenderSettings.from_dict(spec["render"]) if spec.get("render") else None
     camera_keys = {}
     if config.image_key is not None:
@@ -117,6 +154,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         dataset=dataset,
         instructions=list(config.instructions),
         memory_mode=memory_mode,
+        _oracle_encoder=oracle_encoder,
         own_memory_mode=config.world_memory_mode_rollout if config.uses_world_module else "none",
     )
 

@@ -118,8 +118,15 @@ def _run_batch(
             filming[slot] = [next(iter(obs[slot]["frames"].values()))]
     active = set(slots)
     steps = dict.fromkeys(slots, 0)
+
+    def peek(plans: np.ndarray) -> np.ndarray:
+        # Envs whose episode has ended have no future: their last state stands in (their actions are unused).
+        futures = pool.peek({s: plans[s] for s in active})
+        k = plans.shape[1]
+        return np.stack([futures[s] if s in futures else np.repeat(obs[s]["env_state"][None], k, 0) for s in slots])
+
     while active:
-        actions = policy.act([obs[s] for s in slots], texts)
+        actions = policy.act([obs[s] for s in slots], texts, peek)
         stepped = pool.step({s: actions[s] for s in active})
         for slot, (o, success, done) in stepped.items():
             obs[slot] = o

@@ -6,6 +6,7 @@ layouts for that seed and ``set_task(train_tasks[layout])`` selects one, so any 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -21,6 +22,8 @@ _ROTATED_CAMERAS = frozenset({"corner", "corner2", "corner3"})
 # LeRobot's MetaworldEnv moves corner2 closer to the table; we do the same so our frames match its env.
 _LEROBOT_CORNER2_POSITION = (0.75, 0.075, 0.7)
 STATE_DIM = 4  # hand xyz + gripper opening, as LeRobot's MetaWorld env
+# Python-side state a MetaWorld step changes besides the MuJoCo state (the observation's previous-step half).
+_STEP_ATTRIBUTES = ("curr_path_length", "_prev_obs", "_last_stable_obs")
 ENV_STATE_DIM = 39
 ACTION_DIM = 4
 
@@ -112,6 +115,33 @@ class MetaWorldEnv:
         self.steps += 1
         success = bool(info["success"])
         return obs.astype(np.float32), success, success or self.steps >= MAX_EPISODE_STEPS
+
+    def peek(self, actions: np.ndarray) -> np.ndarray:
+        """The observations [K, 39] these K actions would produce, leaving the episode as it was.
+
+        The true simulator future, used as oracle world memory at rollout. Past the step limit the
+        last observation repeats.
+        """
+        import mujoco
+
+        env, kind = self._env, mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(env.model, kind))
+        mujoco.mj_getState(env.model, env.data, physics, kind)
+        python_state = {k: copy.deepcopy(getattr(env, k)) for k in _STEP_ATTRIBUTES}
+        steps = self.steps
+        if steps >= MAX_EPISODE_STEPS:
+            raise RuntimeError("the episode is over: there is no future to peek at")
+        future = []
+        for action in actions:
+            if self.steps < MAX_EPISODE_STEPS:
+                obs, _, _ = self.step(action)
+            future.append(obs)
+        mujoco.mj_setState(env.model, env.data, physics, kind)
+        mujoco.mj_forward(env.model, env.data)
+        for k, v in python_state.items():
+            setattr(env, k, v)
+        self.steps = steps
+        return np.stack(future)
 
     def frames(self) -> dict[str, np.ndarray]:
         """Upright uint8 frames [H, W, 3] of every configured camera."""

@@ -231,7 +231,7 @@ class WorldTransformerPolicy(PreTrainedPolicy):
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], memory_mode: str | None = None) -> Tensor:
         """Normalised action chunk [B, H, A]; rollouts use ``world_memory_mode_rollout`` by default."""
-        batch = self._observe(batch)
+        batch = self.observe(batch)
         h_act, _, z_hist, hist_mask = self._trunk(batch)
         if self.config.uses_world_module:
             mode = memory_mode or self.config.world_memory_mode_rollout
@@ -244,7 +244,7 @@ class WorldTransformerPolicy(PreTrainedPolicy):
     def select_action(self, batch: dict[str, Tensor], memory_mode: str | None = None) -> Tensor:
         """One action per call; every call's observation enters the latent history, a new chunk is
         predicted when the queue of ``n_action_steps`` actions is empty."""
-        batch = self._observe(batch)
+        batch = self.observe(batch)
         if not self._action_queue:
             chunk = self.predict_action_chunk(batch, memory_mode)[:, : self.config.n_action_steps]
             self._action_queue.extend(chunk.transpose(0, 1))
@@ -252,7 +252,7 @@ class WorldTransformerPolicy(PreTrainedPolicy):
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _observe(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def observe(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Add the latent history to a rollout batch by encoding its observation online."""
         if WORLD_LATENTS in batch:
             return batch
