@@ -8,12 +8,14 @@ exactly the missing episodes.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from world_modality.atomic_io import append_jsonl, read_jsonl
@@ -194,6 +196,14 @@ def evaluate_checkpoint(
         "train_seed": train_seed,
         "checkpoint": str(Path(checkpoint).resolve()),
     }
-    with EnvPool(env, policy.render, min(workers, episodes_per_task)) as pool:
-        run_episodes(policy, episodes, pool, results, record, videos_per_task, max_steps)
+    size = min(workers, episodes_per_task)
+    # The simulator processes need the cores: batched inference of a small policy gains little from
+    # intra-op threads that would compete with them.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - size))
+    try:
+        with EnvPool(env, policy.render, size) as pool:
+            run_episodes(policy, episodes, pool, results, record, videos_per_task, max_steps)
+    finally:
+        torch.set_num_threads(threads)
     return results
