@@ -27,7 +27,6 @@ from world_modality.sim.metaworld_env import (
     ACTION_DIM,
     ENV_STATE_DIM,
     LAYOUTS_PER_SEED,
-    MAX_EPISODE_STEPS,
     STATE_DIM,
     MetaWorldEnv,
     RenderSettings,

@@ -179,7 +179,7 @@ def evaluate_checkpoint(
     trained_tasks, layouts = training_layouts(policy.dataset)
     task_list = resolve_tasks(tasks) if tasks else trained_tasks
     if not task_list:
-        raise ValueError(f"the checkpoint does not record its training tasks; pass --tasks")
+        raise ValueError("the checkpoint does not record its training tasks; pass --tasks")
     unknown = [t for t in task_list if policy.instructions and instruction(t) not in policy.instructions]
     if unknown:
         raise ValueError(
