@@ -10,6 +10,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from world_modality import commands
 
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     # Subnormal floats (e.g. Adam moments of weights behind a near-zero world gate) slow CPU kernels
     # ~10x. Set before any thread pool exists: OpenMP workers keep the mode they were created with.
     torch.set_flush_denormal(True)
+    # ... which numpy then reports once per float type; expected, so not shown.
+    warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
     try:
         return args.handler(args) or 0
     except KeyboardInterrupt:
