@@ -33,7 +33,12 @@ from tqdm.auto import tqdm
 
 from world_modality import __version__
 from world_modality.atomic_io import atomic_write_json
-from world_modality.data.check import CAMERA_DTYPES, DatasetSchemaError, resolve_dataset_root
+from world_modality.data.check import (
+    CAMERA_DTYPES,
+    DatasetSchemaError,
+    resolve_dataset_root,
+)
+from world_modality.devices import resolve_device
 from world_modality.encoders import (
     STATE_KEY,
     EncoderSpec,
@@ -62,13 +67,6 @@ _VIDEO_TOLERANCE_S = 1e-4  # LeRobotDataset's default
 
 class LatentCacheMismatch(ValueError):
     """A latent cache does not belong to the dataset or encoder it is used with."""
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> cuda when present, else cpu."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def dataset_fingerprint(dataset: str | Path) -> str:

@@ -35,7 +35,7 @@ Config schema (YAML; ``[required]`` marks the only fields without a default)::
       E1: {model_type: F, world_memory_mode_train: zero, world_memory_mode_rollout: zero}
       E2: {model_type: F}        # (WorldTransformerConfig) may also be given directly: they go into `policy`
     ablations:                   # arm -> rollout memory modes evaluated besides the arm's own
-      E2: [zero, random, shuffle]  # pred | zero | random | shuffle | oracle (model F arms only)
+      E2: [zero, random, shuffle]  # pred | zero | random | signflip | shuffle | oracle (model F arms)
     evaluation:
       env: metaworld
       tasks: null                # default: the dataset's tasks
@@ -63,11 +63,11 @@ from typing import Any
 import yaml
 
 from world_modality.atomic_io import atomic_write_text, read_jsonl
+from world_modality.memory_modes import ROLLOUT_MODES
 
 CONFIG_FILE = "matrix.yaml"
 EPISODES_FILE = "episodes.jsonl"
 SUPPORTED_ENVS = ("metaworld",)
-ROLLOUT_MODES = ("pred", "zero", "random", "shuffle", "oracle")
 SECTIONS = ("dataset", "encoder", "training", "arms", "ablations", "evaluation")
 # TrainOptions fields the matrix sets itself, and policy-config fields `build_config` fills from the data.
 MATRIX_OWNED = ("dataset", "latents", "out", "seed", "resume")
@@ -270,7 +270,9 @@ def _train_defaults() -> dict[str, Any]:
 
 @cache
 def _policy_defaults() -> dict[str, Any]:
-    from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import WorldTransformerConfig
+    from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
+        WorldTransformerConfig,
+    )
 
     own = WorldTransformerConfig.__annotations__  # the family's own fields, not LeRobot's base-class ones
     return {f.name: (f.default if f.default is not dataclasses.MISSING else None)
@@ -279,7 +281,9 @@ def _policy_defaults() -> dict[str, Any]:
 
 def _train_fields(options: Mapping[str, Any], where: str) -> dict[str, Any]:
     """TrainOptions keywords from an arm (or the training defaults); policy-config fields go into ``policy``."""
-    from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import MODEL_TYPES
+    from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
+        MODEL_TYPES,
+    )
 
     from world_modality.data.check import DatasetKeys
 

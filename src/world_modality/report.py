@@ -27,6 +27,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from world_modality.atomic_io import atomic_write_text, read_jsonl
+from world_modality.memory_modes import ROLLOUT_MODES
 from world_modality.stats import (
     ArmComparison,
     aggregate_over_seeds,
@@ -38,7 +39,6 @@ from world_modality.stats import (
 
 REPORT_DIR = "report"
 REQUIRED_FIELDS = ("arm", "episode_id", "success", "task", "train_seed")
-MODE_ORDER = ("pred", "zero", "random", "shuffle", "signflip", "oracle")
 BASELINE, CONTROL, WORLD = "E0", "E1", "E2"
 LOSS_TAGS = ("train/loss", "train/action_loss", "val/action_loss")
 GATE_TAG = "train/world_gate"
@@ -134,7 +134,7 @@ def _natural(s: str) -> list[Any]:
 
 
 def _mode_rank(mode: str | None) -> int:
-    return MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
+    return ROLLOUT_MODES.index(mode) if mode in ROLLOUT_MODES else len(ROLLOUT_MODES)
 
 
 def _ordered(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from world_modality.commands import add_common
+from world_modality.memory_modes import ROLLOUT_MODES
 
 
 def register(subparsers) -> None:
@@ -23,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--env", default="metaworld", choices=("metaworld",), help="simulator")
     p.add_argument("--tasks", default=None, help="tasks (default: the checkpoint's training tasks)")
     p.add_argument("--episodes-per-task", type=int, default=10)
-    p.add_argument("--memory-mode", default=None, choices=("pred", "zero", "random", "signflip", "shuffle", "oracle"),
+    p.add_argument("--memory-mode", default=None, choices=ROLLOUT_MODES,
                    help="world-memory ablation at rollout (default: the checkpoint's world_memory_mode_rollout)")
     p.add_argument("--arm", default="policy", help="arm name recorded with each episode (e.g. E0, E2)")
     p.add_argument("--train-seed", type=int, default=0, help="training seed recorded with each episode")

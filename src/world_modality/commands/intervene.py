@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from world_modality.commands import add_common
-
-CONTROL_MODES = ("zero", "random", "shuffle", "signflip", "oracle")
+from world_modality.memory_modes import INTERVENTION_MODES
 
 
 def register(subparsers) -> None:
@@ -25,7 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("checkpoint", help="checkpoint folder, its pretrained_model/ or a run folder (uses its last)")
     parser.add_argument("--dataset", required=True, help="the dataset the checkpoint was trained on")
     parser.add_argument("--latents", required=True, help="its latent cache (must have the checkpoint's encoder spec)")
-    parser.add_argument("--mode", nargs="+", default=list(CONTROL_MODES), choices=CONTROL_MODES)
+    parser.add_argument("--mode", nargs="+", default=list(INTERVENTION_MODES), choices=INTERVENTION_MODES)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")

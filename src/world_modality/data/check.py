@@ -137,6 +137,15 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
     )
 
 
+def task_instructions(root: Path) -> dict[int, str]:
+    """``task_index`` -> instruction, from LeRobot v3's meta/tasks.parquet (the text may be the index or a column)."""
+    import pandas as pd
+
+    table = pd.read_parquet(root / "meta" / "tasks.parquet")
+    names = table["task"] if "task" in table.columns else pd.Series(table.index, index=table.index)
+    return {int(i): str(t) for i, t in zip(table["task_index"], names, strict=True)}
+
+
 def _instructions(root: Path, features: dict, key: str, existing: str) -> list[str]:
     """The distinct instructions; LeRobot v3 stores them in meta/tasks.parquet behind ``task_index``."""
     import pandas as pd
@@ -147,8 +156,7 @@ def _instructions(root: Path, features: dict, key: str, existing: str) -> list[s
                 f"instruction key 'task' is missing: the dataset has no task_index / meta/tasks.parquet. "
                 f"Existing keys: {existing}"
             )
-        table = pd.read_parquet(root / "meta" / "tasks.parquet")
-        tasks = [str(t) for t in (table["task"] if "task" in table.columns else table.index)]
+        tasks = list(task_instructions(root).values())
     elif key in features:
         data_files = sorted((root / "data").rglob("*.parquet"))
         column = pd.concat(pd.read_parquet(f, columns=[key]) for f in data_files)[key]

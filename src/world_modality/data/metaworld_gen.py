@@ -26,12 +26,12 @@ from world_modality.atomic_io import atomic_write_json
 from world_modality.sim.metaworld_env import (
     ACTION_DIM,
     ENV_STATE_DIM,
-    LAYOUTS_PER_SEED,
     STATE_DIM,
     MetaWorldEnv,
     RenderSettings,
     agent_state,
     expert_policy,
+    layout_sequence,
 )
 from world_modality.sim.metaworld_tasks import instruction, resolve_tasks
 
@@ -89,15 +89,6 @@ def _spec_differences(old: dict, new: dict) -> list[str]:
     ]
 
 
-def _layout_candidates(seed: int):
-    """(seed, layout) pairs in a fixed order: the 50 layouts of ``seed``, then of ``seed + 1``..."""
-    s = seed
-    while True:
-        for layout in range(LAYOUTS_PER_SEED):
-            yield s, layout
-        s += 1
-
-
 def record_expert_episode(env: MetaWorldEnv, task: str, layout: int) -> tuple[dict[str, np.ndarray], bool]:
     """Roll out the scripted expert on one layout; return the frames and whether it succeeded."""
     policy = expert_policy(task)
@@ -131,7 +122,7 @@ def generate_task(
     origins: list[tuple[int, int]] = []
     attempts = 0
     env: MetaWorldEnv | None = None
-    for seed, layout in _layout_candidates(spec.seed):
+    for seed, layout in layout_sequence(spec.seed):
         if len(kept) == spec.episodes_per_task or attempts == max_attempts:
             break
         if env is None or env.seed != seed:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 
-from world_modality.sim.metaworld_env import LAYOUTS_PER_SEED
+from world_modality.sim.metaworld_env import layout_sequence
 
 DEFAULT_EVAL_SEED = 1000  # far from the training seeds `wm data metaworld` starts at (0, 1, ...)
 
@@ -41,12 +42,6 @@ def metaworld_episodes(
     episodes = []
     for task in tasks:
         used = set() if allow_train_layouts else (train_layouts or {}).get(task, set())
-        chosen: list[EpisodeSpec] = []
-        seed = eval_seed
-        while len(chosen) < episodes_per_task:
-            for layout in range(LAYOUTS_PER_SEED):
-                if (seed, layout) not in used and len(chosen) < episodes_per_task:
-                    chosen.append(EpisodeSpec("metaworld", task, seed, layout))
-            seed += 1
-        episodes.extend(chosen)
+        fresh = (pair for pair in layout_sequence(eval_seed) if pair not in used)
+        episodes += [EpisodeSpec("metaworld", task, s, layout) for s, layout in itertools.islice(fresh, episodes_per_task)]
     return episodes

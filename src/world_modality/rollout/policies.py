@@ -15,12 +15,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
     WORLD_FUTURE,
     WORLD_LATENTS,
 )
 
+from world_modality.devices import resolve_device
 from world_modality.encoders import EncoderSpec, OnlineEncoder
 from world_modality.sim.metaworld_env import RenderSettings
 from world_modality.world import MemoryMode
@@ -98,14 +98,6 @@ class LeRobotRolloutPolicy:
             chunk = self.policy.predict_action_chunk(batch, "oracle")[:, : config.n_action_steps]
             self._oracle_queue.extend(chunk.transpose(0, 1))
         return self.postprocessor(self._oracle_queue.popleft())
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
-    return device
 
 
 def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto") -> LeRobotRolloutPolicy:

@@ -7,6 +7,8 @@ layouts for that seed and ``set_task(train_tasks[layout])`` selects one, so any 
 from __future__ import annotations
 
 import copy
+import itertools
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -26,6 +28,14 @@ STATE_DIM = 4  # hand xyz + gripper opening, as LeRobot's MetaWorld env
 _STEP_ATTRIBUTES = ("curr_path_length", "_prev_obs", "_last_stable_obs")
 ENV_STATE_DIM = 39
 ACTION_DIM = 4
+
+
+def layout_sequence(seed: int) -> Iterator[tuple[int, int]]:
+    """(seed, layout) pairs in the fixed order demos and evaluations use: the 50 layouts of ``seed``,
+    then of ``seed + 1``, ..."""
+    for s in itertools.count(seed):
+        for layout in range(LAYOUTS_PER_SEED):
+            yield s, layout
 
 
 @dataclass(frozen=True)

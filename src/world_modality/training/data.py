@@ -16,15 +16,20 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-from torch import Tensor
-
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
     WORLD_FUTURE,
     WORLD_FUTURE_MASK,
     WORLD_LATENTS,
     WORLD_LATENTS_MASK,
 )
-from world_modality.data.check import DatasetKeys, DatasetSchemaError, resolve_dataset_root
+from torch import Tensor
+
+from world_modality.data.check import (
+    DatasetKeys,
+    DatasetSchemaError,
+    resolve_dataset_root,
+    task_instructions,
+)
 from world_modality.latents import LatentCache
 
 
@@ -54,10 +59,8 @@ def read_frame_table(dataset: str | Path, keys: DatasetKeys) -> FrameTable:
     if not np.array_equal(frame["index"].to_numpy(), np.arange(len(frame))):
         raise DatasetSchemaError(f"{root}: the 'index' column is not 0..{len(frame) - 1}: latents are indexed by global frame")
     if keys.instruction == "task":
-        tasks = pd.read_parquet(root / "meta" / "tasks.parquet")
-        names = tasks["task"] if "task" in tasks.columns else pd.Series(tasks.index, index=tasks["task_index"])
-        by_index = dict(zip(tasks["task_index"], names, strict=True))
-        instruction = [str(by_index[i]) for i in frame["task_index"]]
+        by_index = task_instructions(root)
+        instruction = [by_index[int(i)] for i in frame["task_index"]]
     else:
         instruction = [str(v) for v in frame[keys.instruction]]
     episode = torch.from_numpy(frame["episode_index"].to_numpy().astype(np.int64))

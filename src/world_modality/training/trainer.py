@@ -23,10 +23,13 @@ from lerobot_policy_world_modality.world_transformer.configuration_world_transfo
     WorldTransformerConfig,
     features_for,
 )
-from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import (
+    WorldTransformerPolicy,
+)
 from tqdm.auto import tqdm
 
 from world_modality.data.check import DatasetKeys, check_dataset
+from world_modality.devices import resolve_device
 from world_modality.latents import LatentCache, dataset_fingerprint
 from world_modality.training.checkpoint import (
     STATE_FILE,
@@ -59,10 +62,6 @@ class TrainOptions:
     resume: bool = False
     wandb: bool = False
     progress: bool = True
-
-
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
 def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str], state_dim: int, action_dim: int,
@@ -139,7 +138,7 @@ def train(opts: TrainOptions) -> Path:
     """Train one configuration into ``opts.out``; with ``resume``, continue from its last checkpoint
     (same data, options and RNG streams) up to ``opts.steps``. Returns the last checkpoint folder."""
     run_dir = Path(opts.out).expanduser()
-    device = _device(opts.device)
+    device = resolve_device(opts.device)
     # With the world gate near 0, Adam's second moments of the cross-attention weights become subnormal
     # floats and a CPU step gets 3-20x slower (measured); flush them to zero (`wm` also does this at start,
     # before any thread pool exists, which is what makes it reach every OpenMP worker).

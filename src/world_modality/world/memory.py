@@ -1,46 +1,13 @@
-"""World-memory modes (what the policy reads) and the training-time memory source."""
+"""Applying the world-memory modes (what the policy reads) and the training-time memory source."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import NoReturn
 
 import torch
 from torch import Tensor
 
-
-class _StrictStrEnum(StrEnum):
-    """A StrEnum whose unknown values raise an error listing every valid name."""
-
-    @classmethod
-    def _missing_(cls, value: object) -> NoReturn:
-        valid = ", ".join(repr(member.value) for member in cls)
-        raise ValueError(f"unknown {cls.__name__} {value!r}; valid names: {valid}")
-
-
-class MemoryMode(_StrictStrEnum):
-    """What the gated cross-attention reads; one set of names for training, validation and rollout.
-
-    `zero` alone is a weak control (it shifts the input distribution); `random`, `signflip` and
-    `shuffle` keep memory-like statistics, so only they show whether the *content* matters.
-    """
-
-    PRED = "pred"  # the Prophet's prediction
-    ZERO = "zero"  # zeros
-    RANDOM = "random"  # Gaussian noise with the prediction's per-feature mean/std
-    SIGNFLIP = "signflip"  # the prediction negated
-    SHUFFLE = "shuffle"  # another sample's (or, at batch size 1, another step's) prediction
-    ORACLE = "oracle"  # the true future latents
-    NONE = "none"  # no injection: the baseline path
-
-
-class MemorySource(_StrictStrEnum):
-    """Which latents fill the `pred` memory during training."""
-
-    PREDICTED = "predicted"
-    ORACLE = "oracle"
-    SCHEDULED = "scheduled"  # oracle, annealed linearly to predicted
+from world_modality.memory_modes import MemoryMode, MemorySource
 
 
 def _rng_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
