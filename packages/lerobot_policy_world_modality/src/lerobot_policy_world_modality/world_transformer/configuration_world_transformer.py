@@ -14,15 +14,16 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.optim import AdamWConfig
 from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 
+# The world-latent batch keys have one home, shared by every policy family.
+from world_modality.world.history import (  # noqa: F401  (re-exported)
+    WORLD_FUTURE,
+    WORLD_FUTURE_MASK,
+    WORLD_LATENTS,
+    WORLD_LATENTS_MASK,
+)
+
 MODEL_TYPES = ("A", "B", "B_cont", "C", "F")
 ACTION_HEADS = ("mse", "flow")
-# Batch keys of the fast (cached-latent) path; masks follow the world module: True = real.
-# The future latents are training targets, but LeRobot's processor pipeline keeps only
-# `observation.*` keys (besides the action), hence the prefix.
-WORLD_LATENTS = "observation.world_latents"  # [B, T, D] history ending at z_t
-WORLD_LATENTS_MASK = "observation.world_latents_mask"  # [B, T]
-WORLD_FUTURE = "observation.world_future"  # [B, K, D] true z_{t+1..t+K}
-WORLD_FUTURE_MASK = "observation.world_future_mask"  # [B, K]
 
 
 @PreTrainedConfig.register_subclass("world_transformer")

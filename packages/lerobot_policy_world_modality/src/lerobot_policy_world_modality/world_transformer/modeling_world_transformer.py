@@ -24,7 +24,7 @@ from lerobot_policy_world_modality.world_transformer.configuration_world_transfo
     WORLD_LATENTS_MASK,
     WorldTransformerConfig,
 )
-from world_modality.encoders import EncoderSpec, OnlineEncoder
+from world_modality.encoders import EncoderSpec
 from world_modality.tokens import nearest_code
 from world_modality.world import (
     MemoryMode,
@@ -34,6 +34,7 @@ from world_modality.world import (
     total_loss,
     world_cosine_loss,
 )
+from world_modality.world.history import LatentHistory
 
 _HISTORY, _STATE, _INSTRUCTION, _WORLD_TOKEN = range(4)  # token-type embedding rows
 
@@ -177,7 +178,7 @@ class WorldTransformerPolicy(PreTrainedPolicy):
             self.mse_head = nn.Linear(d, config.action_dim)
         # Counts training forwards: the step of a `scheduled` memory source, also under lerobot-train.
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
-        self._online: OnlineEncoder | None = None
+        self._latents = LatentHistory(self.encoder_spec, config.history_len, config.latent_source_key)
         self.reset()
 
     # --- LeRobot interface ------------------------------------------------------------------
@@ -188,10 +189,7 @@ class WorldTransformerPolicy(PreTrainedPolicy):
     def reset(self) -> None:
         """Start a new episode: forget queued actions, the latent history and the encoder's frames."""
         self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
-        self._history: Tensor | None = None
-        self._history_mask: Tensor | None = None
-        if self._online is not None:
-            self._online.reset()
+        self._latents.reset()
 
     def forward(self, batch: dict[str, Tensor], memory_mode: str | None = None) -> tuple[Tensor, dict[str, float]]:
         """Training loss and logged scalars. ``memory_mode`` overrides the world memory (model F)."""
@@ -254,22 +252,7 @@ class WorldTransformerPolicy(PreTrainedPolicy):
 
     def observe(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Add the latent history to a rollout batch by encoding its observation online."""
-        if WORLD_LATENTS in batch:
-            return batch
-        source_key = self.config.latent_source_key
-        if source_key not in batch:
-            raise KeyError(f"the batch has neither {WORLD_LATENTS!r} nor the encoder's input {source_key!r} "
-                           f"(encoder spec camera_key); batch keys: {sorted(batch)}")
-        if self._online is None:
-            self._online = OnlineEncoder(self.encoder_spec, device=self.action_queries.device)
-        z = self._online(_encoder_input(batch[source_key], self.encoder_spec.name == "state"))
-        z = z.to(self.action_queries.device, torch.float32)
-        if self._history is None:
-            self._history = z.new_zeros(z.shape[0], self.config.history_len, z.shape[1])
-            self._history_mask = torch.zeros(z.shape[0], self.config.history_len, dtype=torch.bool, device=z.device)
-        self._history = torch.cat([self._history[:, 1:], z[:, None]], dim=1)
-        self._history_mask = torch.cat([self._history_mask[:, 1:], self._history_mask.new_ones(z.shape[0], 1)], dim=1)
-        return {**batch, WORLD_LATENTS: self._history, WORLD_LATENTS_MASK: self._history_mask}
+        return self._latents.observe(batch, self.action_queries.device)
 
     def _instruction_texts(self, batch: dict, batch_size: int) -> list[str]:
         texts = batch.get(self.config.instruction_key)
@@ -333,14 +316,3 @@ class WorldTransformerPolicy(PreTrainedPolicy):
         return loss, {"world_loss": loss.item(), "world_token_acc": accuracy.item(),
                       **{f"world_loss_k{i}": v for i, v in enumerate(per_k.tolist(), 1)}}
 
-
-def _encoder_input(observation: Tensor, is_state: bool) -> Tensor:
-    """A LeRobot observation -> what `OnlineEncoder` takes: states [B, D], or uint8 frames [B, H, W, 3]
-    (LeRobot batches hold float images [B, 3, H, W] in [0, 1])."""
-    if is_state:
-        return observation.float()
-    if observation.dtype != torch.uint8:
-        observation = (observation.float() * 255).round().clamp(0, 255).to(torch.uint8)
-    if observation.ndim == 4 and observation.shape[1] == 3 and observation.shape[-1] != 3:
-        observation = observation.permute(0, 2, 3, 1)
-    return observation
