@@ -204,7 +204,7 @@ def test_config_resolves_arms_tasks_and_evaluations():
 
 @pytest.mark.parametrize(("path", "value", "message"), [
     ("arms.E1", {"model_type": "F", "lr": 1e-3}, r"arms\.E1: unknown field\(s\) \['lr'\]; valid: TrainOptions fields "
-                                                 r"model_type, steps, .*optimizer_lr"),
+                                                 r"policy_type, model_type, steps, .*optimizer_lr"),
     ("arms.E1", {"seed": 3}, r"arms\.E1: unknown field\(s\) \['seed'\].*the matrix sets dataset, latents, out, seed"),
     ("arms.E1", {"model_type": "Z"}, r"arms\.E1\.model_type: expected one of A, B, B_cont, C, F"),
     ("arms.E1", {"steps": "many"}, r"arms\.E1\.steps: expected an integer, got 'many'"),

@@ -114,7 +114,7 @@ def test_memory_mode_flag_reaches_the_policy(checkpoints, tmp_path, monkeypatch)
 
 
 def test_mismatches_are_refused(checkpoints, tmp_path):
-    with pytest.raises(ValueError, match="needs a world-memory policy.*model A"):
+    with pytest.raises(ValueError, match="needs a world-memory policy.*world_transformer/A"):
         _eval(checkpoints["A"], tmp_path, arm="E0", memory_mode="zero")
     with pytest.raises(ValueError, match="not trained on \\['door-open-v3'\\]"):
         _eval(checkpoints["F"], tmp_path, arm="E2", tasks="door-open")

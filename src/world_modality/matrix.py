@@ -110,9 +110,11 @@ class MatrixConfig:
     def rollout_mode(self, arm: str) -> str | None:
         """The arm's own rollout memory mode (None without world memory)."""
         options = self.arms[arm]
-        if options.get("model_type", _train_defaults()["model_type"]) != "F":
+        policy_type = options.get("policy_type", _train_defaults()["policy_type"])
+        if policy_type == "world_transformer" and (options.get("model_type") or "F") != "F":
             return None
-        return options.get("policy", {}).get("world_memory_mode_rollout", _policy_defaults()["world_memory_mode_rollout"])
+        defaults = _policy_defaults(policy_type)
+        return options.get("policy", {}).get("world_memory_mode_rollout", defaults["world_memory_mode_rollout"])
 
     def evaluations(self) -> list[tuple[str, str | None, str]]:
         """(arm, memory_mode, label) of every evaluation: the arm's own mode (None), then its ablations."""
@@ -269,14 +271,16 @@ def _train_defaults() -> dict[str, Any]:
 
 
 @cache
-def _policy_defaults() -> dict[str, Any]:
-    from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
-        WorldTransformerConfig,
-    )
+def _policy_defaults(policy_type: str) -> dict[str, Any]:
+    """The policy family's own config fields with their defaults (not LeRobot's base-class ones)."""
+    from lerobot.configs import PreTrainedConfig
 
-    own = WorldTransformerConfig.__annotations__  # the family's own fields, not LeRobot's base-class ones
+    from world_modality.training.trainer import policy_config_class
+
+    config_class = policy_config_class(policy_type)
+    base = {f.name for f in dataclasses.fields(PreTrainedConfig)}
     return {f.name: (f.default if f.default is not dataclasses.MISSING else None)
-            for f in dataclasses.fields(WorldTransformerConfig) if f.name in own and f.name not in POLICY_FROM_DATA}
+            for f in dataclasses.fields(config_class) if f.name not in base and f.name not in POLICY_FROM_DATA}
 
 
 def _train_fields(options: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -287,7 +291,13 @@ def _train_fields(options: Mapping[str, Any], where: str) -> dict[str, Any]:
 
     from world_modality.data.check import DatasetKeys
 
-    train, policy_fields = _train_defaults(), _policy_defaults()
+    train = _train_defaults()
+    policy_type = options.get("policy_type", train["policy_type"])
+    from world_modality.training.trainer import POLICY_TYPES
+
+    if policy_type not in POLICY_TYPES:
+        raise MatrixConfigError(f"{where}.policy_type: expected one of {', '.join(POLICY_TYPES)}, got {policy_type!r}")
+    policy_fields = _policy_defaults(policy_type)
     unknown = [k for k in options if k not in train and k not in policy_fields]
     if unknown:
         raise MatrixConfigError(
@@ -458,7 +468,10 @@ def plan(config: MatrixConfig, run_dir: str | Path) -> list[Step]:
             if at > total:
                 raise ValueError(f"{train_dir(run_dir, arm, seed)} was trained to step {at}, beyond the {total} "
                                  f"steps the config asks of arm {arm!r}; use another run folder")
-            detail = f"model {options.get('model_type', _train_defaults()['model_type'])}, step {at} of {total}"
+            kind = options.get("policy_type", "world_transformer")
+            if kind == "world_transformer":
+                kind = f"model {options.get('model_type') or 'F'}"
+            detail = f"{kind}, step {at} of {total}"
             steps.append(Step("train", f"{arm} seed {seed}", at == total, detail + (" (resume)" if 0 < at < total else ""),
                               lambda arm=arm, seed=seed: train_arm(config, run_dir, arm, seed)))
     ev = config.evaluation

@@ -1,4 +1,5 @@
-"""``wm train``: train one world-transformer configuration (models A, B, B_cont, C, F) on cached latents."""
+"""``wm train``: train one policy configuration (any family: world_transformer A/B/B_cont/C/F, smolvla_world,
+qwen_vla_world) on a dataset and its cached world latents."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import fields
 
 from world_modality.commands import add_common
 
-# Config fields with their own flag; any other WorldTransformerConfig field goes through --set.
+# Config fields with their own flag (where the chosen family has them); any other field goes through --set.
 _POLICY_FLAGS = {
     "chunk_size": int, "n_action_steps": int, "history_len": int, "num_future": int, "action_head": str,
     "flow_steps": int, "d_model": int, "n_layers": int, "n_heads": int, "lambda_world": float,
@@ -22,8 +23,9 @@ def register(subparsers) -> None:
         "train",
         help="train a baseline or world-memory policy on cached latents",
         description=(
-            "Train the small world-transformer policy (LeRobot type 'world_transformer') on a dataset's cached "
-            "world latents: no image is decoded. The loop is plain single-process PyTorch (no accelerate, no "
+            "Train a policy on a dataset's cached world latents. --policy world_transformer (the small family, "
+            "--model-type A/B/B_cont/C/F) decodes no image; smolvla_world and qwen_vla_world also read the "
+            "current frame of --image-key. The loop is plain single-process PyTorch (no "
             "lerobot-train): uniform batches of training frames, the policy's LeRobot preprocessor for "
             "normalisation, AdamW with warmup + cosine decay. Checkpoints (RUN_DIR/checkpoints/<step>/) are "
             "self-describing LeRobot save_pretrained folders (encoder spec, dataset keys, instructions, "
@@ -35,7 +37,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument("dataset", help="LeRobot dataset folder (or a repo id in the local LeRobot cache)")
     parser.add_argument("--latents", required=True, help="latent cache folder made by `wm latents` for this dataset")
-    parser.add_argument("--model-type", default="F", choices=("A", "B", "B_cont", "C", "F"))
+    parser.add_argument("--policy", default="world_transformer",
+                        choices=("world_transformer", "smolvla_world", "qwen_vla_world"), help="policy family")
+    parser.add_argument("--model-type", default=None, choices=("A", "B", "B_cont", "C", "F"),
+                        help="world_transformer model (default F)")
+    parser.add_argument("--image-key", default=None,
+                        help="camera the VLM families read (default: the dataset's first camera)")
+    parser.add_argument("--coc-labels", default=None, help="CoC labels JSONL (`wm coc generate`) for a text loss")
+    parser.add_argument("--require-coc", action="store_true", help="every training episode must have a CoC label")
     parser.add_argument("--tokens", default=None, help="world-token folder made by `wm tokens` (models B and C)")
     parser.add_argument("--steps", type=int, default=1000, help="total optimisation steps (a resumed run ends here too)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -61,10 +70,13 @@ def register(subparsers) -> None:
 
 
 def _policy_overrides(args) -> dict:
-    from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import WorldTransformerConfig
+    from world_modality.training.trainer import policy_config_class
 
+    known = {f.name for f in fields(policy_config_class(args.policy))}
     overrides = {name: getattr(args, name) for name in _POLICY_FLAGS if getattr(args, name) is not None}
-    known = {f.name for f in fields(WorldTransformerConfig)}
+    absent = [name for name in overrides if name not in known]
+    if absent:
+        raise ValueError(f"--{absent[0].replace('_', '-')} is not a setting of {args.policy}")
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep or name not in known:
@@ -84,6 +96,7 @@ def _train(args) -> int:
         dataset=args.dataset,
         latents=args.latents,
         out=args.out,
+        policy_type=args.policy,
         model_type=args.model_type,
         steps=args.steps,
         batch_size=args.batch_size,
@@ -92,7 +105,10 @@ def _train(args) -> int:
         log_every=args.log_every,
         val_fraction=args.val_fraction,
         tokens=args.tokens,
-        keys=DatasetKeys(state=args.state_key, action=args.action_key, instruction=args.instruction_key),
+        keys=DatasetKeys(image=args.image_key, state=args.state_key, action=args.action_key,
+                         instruction=args.instruction_key),
+        coc_labels=args.coc_labels,
+        require_coc=args.require_coc,
         policy=_policy_overrides(args),
         device=args.device,
         resume=args.resume,

@@ -15,15 +15,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
-    WORLD_FUTURE,
-    WORLD_LATENTS,
-)
 
 from world_modality.devices import resolve_device
 from world_modality.encoders import EncoderSpec, OnlineEncoder
 from world_modality.sim.metaworld_env import RenderSettings
 from world_modality.world import MemoryMode
+from world_modality.world.history import WORLD_FUTURE, WORLD_LATENTS
 
 ENV_STATE_KEY = "observation.environment_state"
 
@@ -103,6 +100,7 @@ class LeRobotRolloutPolicy:
 def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto") -> LeRobotRolloutPolicy:
     """Load a checkpoint for closed-loop evaluation, with its observation conventions."""
     from world_modality.training.checkpoint import load_checkpoint
+    from world_modality.training.trainer import run_label
 
     ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
     config = ckpt.policy.config
@@ -110,8 +108,8 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         MemoryMode(memory_mode)  # validates the name, listing the valid ones
         if not config.uses_world_module:
             raise ValueError(
-                f"--memory-mode {memory_mode} needs a world-memory policy (model F); {ckpt.path} is model "
-                f"{config.model_type}, which has no memory to intervene on"
+                f"--memory-mode {memory_mode} needs a world-memory policy (world_transformer F, smolvla_world, "
+                f"qwen_vla_world); {ckpt.path} is {run_label(config)}, which has no memory to intervene on"
             )
     spec = config.encoder_spec
     oracle_encoder = None
@@ -125,14 +123,15 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         oracle_encoder = OnlineEncoder(EncoderSpec.from_dict(spec))
     render = RenderSettings.from_dict(spec["render"]) if spec.get("render") else None
     camera_keys = {}
-    if config.image_key is not None:
-        camera = config.image_key.removeprefix("observation.images.")
+    # The world encoder's camera, and the cameras a VLM family reads itself (same render settings).
+    for key in dict.fromkeys(k for k in (config.image_key, getattr(config, "wrist_key", None)) if k is not None):
+        camera = key.removeprefix("observation.images.")
         if render is None or camera not in render.cameras:
             raise ValueError(
                 f"checkpoint {ckpt.path} reads camera {camera!r} but its encoder spec records no render settings "
                 f"for it (render: {spec.get('render')}); it cannot be evaluated in simulation with matching frames"
             )
-        camera_keys[config.image_key] = camera
+        camera_keys[key] = camera
     dataset = Path(ckpt.meta["dataset"]) if ckpt.meta.get("dataset") else None
     return LeRobotRolloutPolicy(
         policy=ckpt.policy,

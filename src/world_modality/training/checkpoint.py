@@ -1,4 +1,4 @@
-"""Self-describing checkpoints of the world transformer (DESIGN.md section 5), written atomically.
+"""Self-describing checkpoints of every world-modality policy family (DESIGN.md section 5), written atomically.
 
 Layout of a run folder::
 
@@ -24,11 +24,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import lerobot_policy_world_modality  # noqa: F401  (registers the plugin's policy types with LeRobot)
 import torch
 from lerobot.configs import PreTrainedConfig
-from lerobot.policies.factory import make_pre_post_processors
-from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import WorldTransformerConfig
-from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+from lerobot.policies.pretrained import PreTrainedPolicy
 
 from world_modality import __version__
 from world_modality.atomic_io import atomic_write_json
@@ -46,7 +46,7 @@ class Checkpoint:
     """A loaded checkpoint: the policy (eval mode), its processors and its provenance record."""
 
     path: Path
-    policy: WorldTransformerPolicy
+    policy: PreTrainedPolicy
     preprocessor: Any
     postprocessor: Any
     meta: dict[str, Any]
@@ -61,7 +61,7 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return link.resolve() if link.exists() else None
 
 
-def save_checkpoint(run_dir: Path, step: int, policy: WorldTransformerPolicy, preprocessor, postprocessor,
+def save_checkpoint(run_dir: Path, step: int, policy: PreTrainedPolicy, preprocessor, postprocessor,
                     meta: dict[str, Any], training_state: dict[str, Any]) -> Path:
     """Write checkpoint ``step`` atomically and point ``last`` at it; returns its folder."""
     root = checkpoints_dir(run_dir)
@@ -96,7 +96,7 @@ def resolve_pretrained(path: str | Path) -> Path:
     for candidate in (path, path / PRETRAINED, checkpoints_dir(path) / "last" / PRETRAINED):
         if (candidate / "config.json").is_file() and (candidate / META_FILE).is_file():
             return candidate.resolve()
-    raise FileNotFoundError(f"{path} is not a world_transformer checkpoint (no config.json + {META_FILE} in it, "
+    raise FileNotFoundError(f"{path} is not a world-modality checkpoint (no config.json + {META_FILE} in it, "
                             f"its {PRETRAINED}/ or checkpoints/last/{PRETRAINED}/)")
 
 
@@ -104,10 +104,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     """Load policy, processors and provenance; every weight must be present (strict)."""
     pretrained = resolve_pretrained(path)
     config = PreTrainedConfig.from_pretrained(pretrained)
-    if not isinstance(config, WorldTransformerConfig):
-        raise ValueError(f"{pretrained} holds a {config.type!r} policy, not world_transformer")
+    if not hasattr(config, "encoder_spec") or not hasattr(config, "uses_world_module"):
+        raise ValueError(f"{pretrained} holds a {config.type!r} policy, which is not a world-modality policy family "
+                         "(world_transformer, smolvla_world, qwen_vla_world)")
     config.device = str(device)
-    policy = WorldTransformerPolicy.from_pretrained(pretrained, config=config, strict=True)
+    policy = get_policy_class(config.type).from_pretrained(pretrained, config=config, strict=True)
     preprocessor, postprocessor = make_pre_post_processors(
         config, pretrained_path=str(pretrained),
         preprocessor_overrides={"device_processor": {"device": str(device)}},
@@ -115,7 +116,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     return Checkpoint(pretrained, policy, preprocessor, postprocessor, json.loads((pretrained / META_FILE).read_text()))
 
 
-def check_inputs(config: WorldTransformerConfig, spec: EncoderSpec, keys: DatasetKeys, context: str) -> None:
+def check_inputs(config: PreTrainedConfig, spec: EncoderSpec, keys: DatasetKeys, context: str) -> None:
     """Refuse latents of another encoder or another dataset layout; errors name both values."""
     EncoderSpec.from_dict(config.encoder_spec).check_compatible(spec, f"{context} (checkpoint vs latents)")
     stored = {"state": config.state_key, "action": config.action_key, "instruction": config.instruction_key}

@@ -16,12 +16,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
-    WORLD_FUTURE,
-    WORLD_FUTURE_MASK,
-    WORLD_LATENTS,
-    WORLD_LATENTS_MASK,
-)
 from torch import Tensor
 
 from world_modality.data.check import (
@@ -31,6 +25,7 @@ from world_modality.data.check import (
     task_instructions,
 )
 from world_modality.latents import LatentCache
+from world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
 
 @dataclass
@@ -100,18 +95,47 @@ def split_episodes(table: FrameTable, val_fraction: float) -> tuple[list[int], l
     return sorted(train), sorted(val)
 
 
+class DatasetImages:
+    """Camera frames of given global frame indices, decoded by LeRobot (PNG in parquet or video),
+    as LeRobot batches hold them: float [B, 3, H, W] in [0, 1]. Only for policies that read images
+    in training (the VLM families); the world transformer trains on latents alone."""
+
+    def __init__(self, dataset: str | Path, camera_keys: list[str]) -> None:
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        root, repo_id = resolve_dataset_root(dataset)
+        self.camera_keys = camera_keys
+        self.dataset = LeRobotDataset(repo_id, root=root, video_backend="pyav")
+        missing = [k for k in camera_keys if k not in self.dataset.meta.camera_keys]
+        if missing:
+            raise DatasetSchemaError(f"{root}: camera key(s) {missing} not in the dataset; its cameras are "
+                                     f"{self.dataset.meta.camera_keys}")
+
+    def frames(self, rows: Tensor) -> dict[str, Tensor]:
+        items = [self.dataset[int(i)] for i in rows]
+        return {key: torch.stack([item[key] for item in items]) for key in self.camera_keys}
+
+
+def training_images(dataset: str | Path, config) -> DatasetImages | None:
+    """The camera frames a policy reads in training: none for the world transformer (latents only)."""
+    return None if config.type == "world_transformer" else DatasetImages(dataset, [config.image_key])
+
+
 class LatentBatches:
     """Batches of (latent history, state, instruction, action chunk, future latents) for frames of
     the given episodes, from a `LatentCache` and a `FrameTable` of the same dataset."""
 
     def __init__(self, cache: LatentCache, table: FrameTable, keys: DatasetKeys, episodes: list[int],
-                 chunk_size: int, history_len: int, num_future: int) -> None:
+                 chunk_size: int, history_len: int, num_future: int, images: DatasetImages | None = None,
+                 coc_labels: dict[int, str] | None = None) -> None:
         if len(cache.z) != len(table.state):
             raise DatasetSchemaError(f"the latent cache has {len(cache.z)} frames, the dataset {len(table.state)}")
         if not torch.equal(torch.as_tensor(cache.episode_index, dtype=torch.long), table.episode_index):
             raise DatasetSchemaError("the latent cache's episode_index column differs from the dataset's")
         self.cache, self.table, self.keys = cache, table, keys
         self.chunk_size, self.history_len, self.num_future = chunk_size, history_len, num_future
+        self.images = images
+        self.coc_labels = coc_labels  # episode -> CoC text; batches then carry "coc_text" (None: unlabelled)
         self.frames = torch.nonzero(torch.isin(table.episode_index, torch.tensor(episodes, dtype=torch.long))).squeeze(1)
         if len(self.frames) == 0:
             raise ValueError(f"no frames in episodes {episodes}")
@@ -134,7 +158,12 @@ class LatentBatches:
         is_pad = offsets >= end
         offsets = torch.minimum(offsets, end - 1)
         windows = self.cache.windows(rows, self.history_len, self.num_future)
+        extras: dict[str, Tensor | list] = self.images.frames(rows) if self.images is not None else {}
+        if self.coc_labels is not None:
+            extras["coc_text"] = [self.coc_labels.get(int(e)) for e in self.table.episode_index[rows]]
         return {
+            **extras,
+            "episode_index": self.table.episode_index[rows],
             self.keys.state: self.table.state[rows],
             self.keys.action: self.table.action[offsets],
             f"{self.keys.action}_is_pad": is_pad,

@@ -8,8 +8,8 @@ from typing import Any
 from world_modality.data.check import DatasetKeys
 from world_modality.latents import LatentCache
 from world_modality.training.checkpoint import check_inputs, load_checkpoint
-from world_modality.training.data import LatentBatches, read_frame_table
-from world_modality.training.trainer import validation_loss
+from world_modality.training.data import LatentBatches, read_frame_table, training_images
+from world_modality.training.trainer import run_label, validation_loss
 
 READING = ("ratio > 1 for zero/random/shuffle/signflip: the policy relies on the memory's content; "
            "ratio < 1 for oracle: better predictions would help")
@@ -26,7 +26,7 @@ def intervene(checkpoint: str | Path, dataset: str | Path, latents: str | Path, 
     ckpt = load_checkpoint(checkpoint, device)
     config = ckpt.policy.config
     if not config.uses_world_module:
-        raise ValueError(f"{ckpt.path} is model {config.model_type}: only model F reads a world memory")
+        raise ValueError(f"{ckpt.path} is {run_label(config)}, which reads no world memory")
     given = {k: v for k, v in (keys or {}).items() if v is not None}
     dataset_keys = DatasetKeys(state=given.get("state", config.state_key), action=given.get("action", config.action_key),
                                instruction=given.get("instruction", config.instruction_key))
@@ -35,8 +35,9 @@ def intervene(checkpoint: str | Path, dataset: str | Path, latents: str | Path, 
     val_episodes = ckpt.meta["val_episodes"]
     if not val_episodes:
         raise ValueError(f"{ckpt.path} was trained without held-out episodes (--val-fraction 0); nothing to validate on")
+    images = training_images(dataset, config)
     data = LatentBatches(cache, read_frame_table(dataset, dataset_keys), dataset_keys, val_episodes,
-                         config.chunk_size, config.history_len, config.num_future)
+                         config.chunk_size, config.history_len, config.num_future, images)
     losses = {mode: validation_loss(ckpt.policy, ckpt.preprocessor, data, batch_size, mode, seed)["action_loss"]
               for mode in ["pred", *modes]}
     return {

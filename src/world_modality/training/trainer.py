@@ -1,8 +1,10 @@
-"""`wm train`: a thin, single-process plain-PyTorch loop for the world transformer on cached latents.
+"""`wm train`: a thin, single-process plain-PyTorch loop for every world-modality policy family.
 
-Why not lerobot-train: it decodes images every step and has no notion of a latent cache; here a
-batch is a few tensor gathers. The policy, its processors (normalisation) and its checkpoints are
-LeRobot's own, so the result loads with `lerobot-eval` and `from_pretrained`.
+Why not lerobot-train: it has no notion of a latent cache. Here the world latents (history and
+future targets) come from the cache as a few tensor gathers; the world transformer decodes no image
+at all, the VLM families (smolvla_world, qwen_vla_world) get the current camera frames decoded by
+LeRobot. The policy, its processors (normalisation) and its checkpoints are LeRobot's own, so the
+result loads with `lerobot-eval` and `from_pretrained`.
 
 Per step: draw a batch of training frames (uniform, with replacement, from a seeded generator),
 normalise it with the policy's preprocessor, forward, clip gradients, AdamW + warmup/cosine
@@ -12,20 +14,18 @@ the held-out episodes' action loss is logged at every checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from lerobot.policies.factory import make_pre_post_processors
-from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
-    WorldTransformerConfig,
-    features_for,
-)
-from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import (
-    WorldTransformerPolicy,
-)
+from lerobot.configs import PreTrainedConfig
+from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import features_for
 from tqdm.auto import tqdm
 
 from world_modality.data.check import DatasetKeys, check_dataset
@@ -39,7 +39,9 @@ from world_modality.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from world_modality.training.data import LatentBatches, read_frame_table, split_episodes
+from world_modality.training.data import LatentBatches, read_frame_table, split_episodes, training_images
+
+POLICY_TYPES = ("world_transformer", "smolvla_world", "qwen_vla_world")
 
 
 @dataclass
@@ -47,7 +49,8 @@ class TrainOptions:
     dataset: str
     latents: str
     out: str
-    model_type: str = "F"
+    policy_type: str = "world_transformer"
+    model_type: str | None = None  # world_transformer only (A, B, B_cont, C, F; default F)
     steps: int = 1000
     batch_size: int = 64
     seed: int = 0
@@ -57,36 +60,69 @@ class TrainOptions:
     val_batch_size: int = 256
     tokens: str | None = None  # world-token folder (`wm tokens`), needed by B and C
     keys: DatasetKeys = field(default_factory=DatasetKeys)
-    policy: dict[str, Any] = field(default_factory=dict)  # WorldTransformerConfig overrides
+    policy: dict[str, Any] = field(default_factory=dict)  # policy config overrides
+    coc_labels: str | None = None  # CoC labels JSONL (`wm coc generate`) for policies with a text loss
+    require_coc: bool = False  # every training episode must have a CoC label
     device: str = "auto"
     resume: bool = False
     wandb: bool = False
     progress: bool = True
 
 
+def policy_config_class(policy_type: str) -> type[PreTrainedConfig]:
+    if policy_type not in POLICY_TYPES:
+        raise ValueError(f"policy type must be one of {POLICY_TYPES}, got {policy_type!r}")
+    import lerobot_policy_world_modality  # noqa: F401  (registers the plugin's config classes)
+
+    return PreTrainedConfig.get_choice_class(policy_type)
+
+
 def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str], state_dim: int, action_dim: int,
-                 source_shape: tuple[int, ...], device: torch.device, codebook_size: int = 0) -> WorldTransformerConfig:
-    """The policy config of a new run: architecture from the options, inputs from the data."""
+                 features: dict[str, dict], camera: str | None, device: torch.device,
+                 codebook_size: int = 0) -> PreTrainedConfig:
+    """The policy config of a new run: architecture from the options, inputs from the data.
+
+    The world transformer reads the world latents only (its image key is the encoder's camera, None
+    for the state encoder); the VLM families also read ``camera`` (a dataset camera key)."""
     spec = cache.spec
     is_image = spec.name != "state"
     inputs, outputs = features_for(opts.keys.state, state_dim, opts.keys.action, action_dim, spec.camera_key,
-                                   source_shape, is_image)
-    return WorldTransformerConfig(
-        model_type=opts.model_type,
-        instructions=instructions,
-        latent_dim=spec.output_dim,
-        encoder_spec=spec.to_dict(),
-        state_key=opts.keys.state,
-        action_key=opts.keys.action,
-        instruction_key=opts.keys.instruction,
-        image_key=spec.camera_key if is_image else None,
-        input_features=inputs,
-        output_features=outputs,
-        device=str(device),
-        scheduler_decay_steps=opts.steps,
-        codebook_size=codebook_size,
-        **opts.policy,
-    )
+                                   tuple(features[spec.camera_key]["shape"]), is_image)
+    image_key = spec.camera_key if is_image else None
+    if opts.policy_type != "world_transformer":
+        if camera is None:
+            raise ValueError(f"{opts.policy_type} reads a camera image, and the dataset has no camera feature")
+        image_key = camera
+        inputs[camera] = PolicyFeature(type=FeatureType.VISUAL, shape=tuple(features[camera]["shape"]))
+    config_class = policy_config_class(opts.policy_type)
+    known = {f.name for f in dataclasses.fields(config_class)}
+    from_data = {
+        "instructions": instructions,
+        "latent_dim": spec.output_dim,
+        "encoder_spec": spec.to_dict(),
+        "state_key": opts.keys.state,
+        "action_key": opts.keys.action,
+        "instruction_key": opts.keys.instruction,
+        "image_key": image_key,
+        "input_features": inputs,
+        "output_features": outputs,
+        "device": str(device),
+        "scheduler_decay_steps": opts.steps,
+    }
+    if opts.policy_type == "world_transformer":
+        from_data |= {"model_type": opts.model_type or "F", "codebook_size": codebook_size}
+    elif opts.model_type is not None:
+        raise ValueError(f"--model-type {opts.model_type} applies to world_transformer only, not {opts.policy_type}")
+    unknown = sorted(set(opts.policy) - known)
+    if unknown:
+        raise ValueError(f"{opts.policy_type} has no config field(s) {unknown}; its fields: {sorted(known)}")
+    return config_class(**{k: v for k, v in from_data.items() if k in known}, **opts.policy)
+
+
+def run_label(config: PreTrainedConfig) -> str:
+    """The policy type, with the model type of the small family (e.g. world_transformer/F)."""
+    model_type = getattr(config, "model_type", None)
+    return f"{config.type}/{model_type}" if model_type else config.type
 
 
 class _Loggers:
@@ -116,7 +152,7 @@ class _Loggers:
 
 
 @torch.no_grad()
-def validation_loss(policy: WorldTransformerPolicy, preprocessor, data: LatentBatches, batch_size: int,
+def validation_loss(policy: PreTrainedPolicy, preprocessor, data: LatentBatches, batch_size: int,
                     memory_mode: str | None = None, seed: int = 0) -> dict[str, float]:
     """Frame-weighted mean of the logged losses over every frame of ``data`` (eval mode; the
     random draws of flow noise and of `random`/`shuffle` memory are seeded, so calls compare)."""
@@ -127,7 +163,7 @@ def validation_loss(policy: WorldTransformerPolicy, preprocessor, data: LatentBa
         torch.manual_seed(seed)
         for batch in data.sequential(batch_size):
             n = len(batch[data.keys.state])
-            _, logs = policy.forward(preprocessor(batch), memory_mode=memory_mode)
+            _, logs = policy.forward(preprocess(preprocessor, batch), memory_mode=memory_mode)
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value * n
     policy.train(was_training)
@@ -164,19 +200,22 @@ def train(opts: TrainOptions) -> Path:
         state = torch.load(last / TRAINING_STATE / STATE_FILE, weights_only=False)
         start_step = state["step"]
     else:
-        source_shape = tuple(summary.features[cache.spec.camera_key]["shape"])
         codebook = _codebook(opts, cache) if opts.model_type in ("B", "C") else None
         config = build_config(opts, cache, table.instructions, table.state.shape[1], table.action.shape[1],
-                              source_shape, device, 0 if codebook is None else len(codebook))
+                              summary.features, summary.keys.get("image"), device,
+                              0 if codebook is None else len(codebook))
         state = None
         start_step = 0
-    train_data = LatentBatches(cache, table, opts.keys, train_episodes, config.chunk_size, config.history_len, config.num_future)
-    val_data = (LatentBatches(cache, table, opts.keys, val_episodes, config.chunk_size, config.history_len, config.num_future)
-                if val_episodes else None)
+    images = training_images(opts.dataset, config)
+    labels = _coc_labels(opts, train_episodes)
+    train_data = LatentBatches(cache, table, opts.keys, train_episodes, config.chunk_size, config.history_len,
+                               config.num_future, images, labels)
+    val_data = (LatentBatches(cache, table, opts.keys, val_episodes, config.chunk_size, config.history_len,
+                              config.num_future, images, labels) if val_episodes else None)
 
     if state is None:
         torch.manual_seed(opts.seed)
-        policy = WorldTransformerPolicy(config).to(device)
+        policy = get_policy_class(config.type)(config).to(device)
         if codebook is not None:
             policy.centroids.copy_(codebook)
         preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=train_data.stats())
@@ -198,7 +237,8 @@ def train(opts: TrainOptions) -> Path:
         "latents": str(cache.path),
         "encoder_spec_hash": cache.spec.spec_hash(),
         "tokens": opts.tokens,
-        "model_type": config.model_type,
+        "policy": run_label(config),
+        "coc_labels": opts.coc_labels,
         "seed": opts.seed,
         "batch_size": opts.batch_size,
         "total_steps": opts.steps,
@@ -210,12 +250,12 @@ def train(opts: TrainOptions) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     loggers = _Loggers(run_dir, opts.wandb, {k: v for k, v in meta.items() if not k.endswith("_episodes")}, start_step)
     grad_clip = config.optimizer_grad_clip_norm
-    bar = tqdm(total=opts.steps, initial=start_step, desc=f"train {config.model_type}", disable=not opts.progress)
+    bar = tqdm(total=opts.steps, initial=start_step, desc=f"train {run_label(config)}", disable=not opts.progress)
     checkpoint_dir = last
     try:
         for step in range(start_step + 1, opts.steps + 1):
             t0 = time.perf_counter()
-            batch = preprocessor(train_data.sample(opts.batch_size, sampler))
+            batch = preprocess(preprocessor, train_data.sample(opts.batch_size, sampler))
             t1 = time.perf_counter()
             loss, logs = policy.forward(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -248,6 +288,26 @@ def train(opts: TrainOptions) -> Path:
     if checkpoint_dir is None:
         raise ValueError(f"nothing to do: --steps {opts.steps} and the run starts at step {start_step}")
     return checkpoint_dir
+
+
+def preprocess(preprocessor, batch: dict[str, Any]) -> dict[str, Any]:
+    """The policy's preprocessor, keeping the CoC texts (LeRobot's pipeline drops keys it does not know)."""
+    out = preprocessor(batch)
+    if "coc_text" in batch:
+        out["coc_text"] = batch["coc_text"]
+    return out
+
+
+def _coc_labels(opts: TrainOptions, train_episodes: list[int]) -> dict[int, str] | None:
+    if opts.coc_labels is None:
+        if opts.require_coc:
+            raise ValueError("--require-coc needs --coc-labels (a JSONL made by `wm coc generate`)")
+        return None
+    from world_modality.coc.labels import coc_texts_for, load_coc_labels
+
+    labels = load_coc_labels(opts.coc_labels)
+    coc_texts_for(labels, train_episodes, require=opts.require_coc)  # fail now, not at the first unlucky batch
+    return labels
 
 
 def _codebook(opts: TrainOptions, cache: LatentCache) -> torch.Tensor:
