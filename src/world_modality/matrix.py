@@ -37,12 +37,14 @@ Config schema (YAML; ``[required]`` marks the only fields without a default)::
     ablations:                   # arm -> rollout memory modes evaluated besides the arm's own
       E2: [zero, random, shuffle]  # pred | zero | random | signflip | shuffle | oracle (model F arms)
     evaluation:
-      env: metaworld
-      tasks: null                # default: the dataset's tasks
+      env: metaworld             # or libero (then suite: libero_spatial | libero_object | libero_goal |
+                                 # libero_10 | libero_90, episodes = init states 0..N-1 of each task)
+      tasks: null                # default: the dataset's tasks (LIBERO: the suite's tasks the policy knows)
       episodes_per_task: 10
       eval_seed: 1000            # every arm and ablation runs the same episode list
       workers: 2
       videos_per_task: 0
+      max_steps: null            # default: the simulator's episode limit
 
 The matrix owns TrainOptions' dataset, latents, out, seed and resume. Rerunning with a changed dataset,
 encoder, evaluation episode list or options of an existing arm is an error (use another run folder);
@@ -67,15 +69,15 @@ from world_modality.memory_modes import ROLLOUT_MODES
 
 CONFIG_FILE = "matrix.yaml"
 EPISODES_FILE = "episodes.jsonl"
-SUPPORTED_ENVS = ("metaworld",)
+SUPPORTED_ENVS = ("metaworld", "libero")
 SECTIONS = ("dataset", "encoder", "training", "arms", "ablations", "evaluation")
 # TrainOptions fields the matrix sets itself, and policy-config fields `build_config` fills from the data.
 MATRIX_OWNED = ("dataset", "latents", "out", "seed", "resume")
 POLICY_FROM_DATA = ("model_type", "instructions", "latent_dim", "encoder_spec", "state_key", "action_key",
                     "instruction_key", "image_key", "input_features", "output_features", "device",
                     "scheduler_decay_steps", "codebook_size")
-EVAL_DEFAULTS: dict[str, Any] = {"env": "metaworld", "tasks": None, "episodes_per_task": 10, "eval_seed": 1000,
-                                 "workers": 2, "videos_per_task": 0}
+EVAL_DEFAULTS: dict[str, Any] = {"env": "metaworld", "suite": None, "tasks": None, "episodes_per_task": 10, "eval_seed": 1000,
+                                 "workers": 2, "videos_per_task": 0, "max_steps": None}
 # Settings a rerun may change: they do not change any result.
 FREE_FIELDS = frozenset({"workers", "videos_per_task", "device", "progress", "wandb", "log_every", "save_every",
                          "val_batch_size", "batch_size@encoder", "chunk_episodes"})
@@ -353,6 +355,19 @@ def _evaluation(section: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
             raise MatrixConfigError(f"evaluation.{name}: expected an integer >= {low}, got {out[name]!r}")
     if out["env"] not in SUPPORTED_ENVS:
         raise MatrixConfigError(f"evaluation.env: expected one of {', '.join(SUPPORTED_ENVS)}, got {out['env']!r}")
+    if out["max_steps"] is not None and (not isinstance(out["max_steps"], int) or out["max_steps"] < 1):
+        raise MatrixConfigError(f"evaluation.max_steps: expected null or an integer >= 1, got {out['max_steps']!r}")
+    if out["env"] == "libero":
+        from world_modality.sim.libero_setup import SUITES
+
+        if out["suite"] not in SUITES:
+            raise MatrixConfigError(f"evaluation.suite: env libero needs one of {', '.join(SUITES)}, got {out['suite']!r}")
+        if out["tasks"] is not None:
+            tasks = out["tasks"].split(",") if isinstance(out["tasks"], str) else out["tasks"]
+            out["tasks"] = [str(t).strip() for t in tasks]
+        return out
+    if out["suite"] is not None:
+        raise MatrixConfigError(f"evaluation.suite: only for env libero, got suite {out['suite']!r} with env {out['env']!r}")
     if out["tasks"] is None:
         if "metaworld" in dataset:
             out["tasks"] = list(dataset["metaworld"]["tasks"])
@@ -422,9 +437,10 @@ def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memor
     if checkpoint is None:
         raise RuntimeError(f"{train_dir(run_dir, arm, seed)} has no checkpoint to evaluate")
     ev = config.evaluation
-    evaluate_checkpoint(checkpoint, env=ev["env"], tasks=ev["tasks"], episodes_per_task=ev["episodes_per_task"],
+    evaluate_checkpoint(checkpoint, env=ev["env"], suite=ev["suite"], tasks=ev["tasks"], episodes_per_task=ev["episodes_per_task"],
                         memory_mode=memory_mode, arm=arm, train_seed=seed, out_dir=eval_dir(run_dir, label, seed),
-                        workers=ev["workers"], eval_seed=ev["eval_seed"], videos_per_task=ev["videos_per_task"])
+                        workers=ev["workers"], eval_seed=ev["eval_seed"], videos_per_task=ev["videos_per_task"],
+                        max_steps=ev["max_steps"])
 
 
 def write_run_report(run_dir: Path) -> None:

@@ -14,15 +14,20 @@ def register(subparsers) -> None:
         help="closed-loop evaluation of a checkpoint in simulation",
         description=(
             "Roll a checkpoint out in simulation and append one JSON line per episode to OUT/episodes.jsonl. "
-            "Episodes are (task, seed, layout) triples: layouts 0..49 of --eval-seed, then of --eval-seed + 1, ... "
-            "skipping the layouts the training dataset used; every arm evaluated with the same options runs the "
-            "same episodes. The cameras, image size and render settings come from the checkpoint. Rerun to resume."
+            "MetaWorld episodes are (task, seed, layout) triples: layouts 0..49 of --eval-seed, then of --eval-seed + 1, ... "
+            "skipping the layouts the training dataset used. LIBERO episodes (--env libero --suite S) are "
+            "(suite, task, init-state index) with init states 0..N-1 of each task (run `wm libero setup` once first). "
+            "Every arm evaluated with the same options runs the same episodes. The cameras, image size and render "
+            "settings come from the checkpoint. Rerun to resume."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a wm train run folder, checkpoint folder or pretrained_model folder")
-    p.add_argument("--env", default="metaworld", choices=("metaworld",), help="simulator")
-    p.add_argument("--tasks", default=None, help="tasks (default: the checkpoint's training tasks)")
+    p.add_argument("--env", default="metaworld", choices=("metaworld", "libero"), help="simulator (the checkpoint's data must come from it)")
+    p.add_argument("--suite", default=None, choices=("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"),
+                   help="LIBERO suite (--env libero); its episodes are init states 0..N-1 of each task, in LIBERO's order")
+    p.add_argument("--tasks", default=None, help="tasks (default: the checkpoint's training tasks); LIBERO: task names or ids in the suite")
+    p.add_argument("--max-steps", type=int, default=None, help="end episodes after this many steps (default: the simulator's limit; LIBERO: 280/280/300/520/400 by suite)")
     p.add_argument("--episodes-per-task", type=int, default=10)
     p.add_argument("--memory-mode", default=None, choices=ROLLOUT_MODES,
                    help="world-memory ablation at rollout (default: the checkpoint's world_memory_mode_rollout)")
@@ -46,6 +51,7 @@ def _eval(args) -> int:
     results = evaluate_checkpoint(
         args.checkpoint,
         env=args.env,
+        suite=args.suite,
         tasks=args.tasks,
         episodes_per_task=args.episodes_per_task,
         memory_mode=args.memory_mode,
@@ -57,6 +63,7 @@ def _eval(args) -> int:
         videos_per_task=args.videos_per_task,
         device=args.device,
         allow_train_layouts=args.allow_train_layouts,
+        max_steps=args.max_steps,
     )
     records = [
         r for r in read_jsonl(results)

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument("dataset", metavar="DATASET", help="dataset folder, or a repo id already in the local LeRobot cache")
     parser.add_argument("--encoder", required=True, choices=ENCODER_CHOICES, help="world encoder")
     parser.add_argument("--encoder-path", default=None, metavar="DIR", help="local encoder checkpoint folder")
-    parser.add_argument("--camera-key", default=None, metavar="KEY", help="camera key; unset: the first camera (state: observation.environment_state)")
+    parser.add_argument("--camera-key", default=None, metavar="KEY", help="camera key; unset: the first camera (state: observation.environment_state). Two cameras side by side "
+                        "(wrist_mode=concat): KEY+CAMERA, e.g. observation.images.image+image2 (LIBERO agentview | wrist)")
     parser.add_argument("--temporal-window", type=int, default=None, metavar="M", help="frames per latent; unset: the encoder's own (4 for vjepa2, else 1)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="frames (windows) encoded per batch")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when present")

@@ -24,6 +24,7 @@ class DatasetKeys:
     instruction: str = "task"
     state_dim: int | None = None
     action_dim: int | None = None
+    env: str | None = None  # "libero": LIBERO-format checks; None: applied when the data looks like LIBERO's
 
 
 @dataclass
@@ -36,6 +37,7 @@ class DatasetSummary:
     tasks: list[str]
     keys: dict[str, str]  # resolved role -> dataset key
     features: dict[str, dict] = field(default_factory=dict)
+    render: dict | None = None  # LIBERO-format data: the render record detected from the data
 
     def format(self) -> str:
         lines = [
@@ -50,6 +52,8 @@ class DatasetSummary:
             lines.append(f"          ... and {len(self.tasks) - 10} more")
         lines.append("keys used by the pipeline")
         lines += [f"  {role:12s} {key}" for role, key in self.keys.items()]
+        if self.render:
+            lines.append(f"render    {self.render}")
         lines.append("features")
         for name, ft in self.features.items():
             lines.append(f"  {name:36s} {ft['dtype']:8s} {tuple(ft.get('shape') or ())}")
@@ -125,6 +129,7 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
 
     tasks = _instructions(root, features, keys.instruction, existing)
     resolved["instruction"] = keys.instruction
+    render = _check_libero(root, features, tasks, keys, resolved) if _looks_like_libero(features, keys) else None
     return DatasetSummary(
         root=root,
         repo_id=repo_id,
@@ -134,6 +139,7 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
         tasks=tasks,
         keys=resolved,
         features=features,
+        render=render,
     )
 
 
@@ -174,3 +180,45 @@ def _instructions(root: Path, features: dict, key: str, existing: str) -> list[s
             "a policy would be trained on empty prompts. Fix the dataset's instructions."
         )
     return tasks
+
+
+LIBERO_CAMERA_KEYS = ("observation.images.image", "observation.images.image2")
+LIBERO_STATE_DIM, LIBERO_ACTION_DIM = 8, 7
+
+
+def _looks_like_libero(features: dict, keys: DatasetKeys) -> bool:
+    return keys.env == "libero" or any(k in features for k in LIBERO_CAMERA_KEYS)
+
+
+def _check_libero(root: Path, features: dict, tasks: list[str], keys: DatasetKeys, resolved: dict[str, str]) -> dict | None:
+    """LIBERO-format checks: LIBERO instructions, 8-dim proprio, 7-dim actions, frames rotated like LeRobot's
+    LIBERO datasets (detected from the data against the simulator). Returns the render record, or None
+    when the data only shares LeRobot's camera names and none of its instructions is a LIBERO task's."""
+    from world_modality.sim.libero_data import libero_instructions, libero_render_record
+
+    known = libero_instructions(tasks)
+    if not known and keys.env != "libero":
+        return None
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise DatasetSchemaError(
+            f"{len(unknown)} instruction(s) are not LIBERO tasks' (e.g. {unknown[:3]}); a LIBERO dataset's instructions "
+            "(under 'task') must be the tasks' language, e.g. 'pick up the black bowl between the plate and the ramekin and place it on the plate'"
+        )
+    for role, dim, what in (("state", LIBERO_STATE_DIM, "eef_pos(3) + axis-angle(3) + gripper_qpos(2)"), ("action", LIBERO_ACTION_DIM, "6 delta pose + gripper")):
+        shape = tuple(features[resolved[role]]["shape"])
+        if shape != (dim,):
+            raise DatasetSchemaError(f"LIBERO {role} {resolved[role]!r} has shape {shape}, expected ({dim},): {what}")
+    from world_modality.latents import dataset_fingerprint
+
+    try:
+        return libero_render_record(root, features, dataset_fingerprint(root))
+    except ValueError as e:
+        raise DatasetSchemaError(str(e)) from None
+
+
+def libero_render(path_or_repo_id: str | Path) -> dict | None:
+    """The render record of a LIBERO-format dataset after its checks (None for other datasets)."""
+    root, _ = resolve_dataset_root(path_or_repo_id)
+    features = json.loads((root / "meta" / "info.json").read_text())["features"]
+    return check_dataset(root).render if _looks_like_libero(features, DatasetKeys()) else None

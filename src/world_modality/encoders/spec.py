@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 
 ENCODER_NAMES = ("dinov2", "vjepa2", "state", "learned")
@@ -14,6 +15,38 @@ STORAGE_DTYPES = ("float16", "bfloat16", "float32")
 # Where the weights live is not part of an encoder's identity (config_hash is): moving a folder
 # neither invalidates cached latents nor makes a checkpoint incompatible.
 _LOCATION_FIELDS = frozenset({"checkpoint_path"})
+
+
+# wrist_mode=concat: the encoder reads two cameras side by side (left | right) as one virtual camera, named
+# "<left key>+<right camera>", e.g. "observation.images.image+image2" (agentview | wrist). The latent cache,
+# the spec's camera_key and the rollout's frames (the env renders the same virtual camera) all use that name.
+CONCAT_SEPARATOR = "+"
+
+
+def concat_camera_key(image_key: str, wrist_key: str) -> str:
+    """The virtual camera key of ``image_key`` and ``wrist_key`` side by side."""
+    return f"{image_key}{CONCAT_SEPARATOR}{wrist_key.rsplit('.', 1)[-1]}"
+
+
+def camera_parts(camera_key: str) -> list[str]:
+    """The dataset keys a camera key reads: itself, or the left and right keys of a concat key."""
+    if CONCAT_SEPARATOR not in camera_key:
+        return [camera_key]
+    left, right = camera_key.split(CONCAT_SEPARATOR)
+    return [left, f"{left.rsplit('.', 1)[0]}.{right}" if "." in left else right]
+
+
+def side_by_side(left: Any, right: Any) -> Any:
+    """Frames [..., H, W, 3] of two cameras -> [..., H, 2W, 3] (numpy or torch), left | right."""
+    if left.shape != right.shape:
+        raise ValueError(f"side-by-side cameras must have the same frame shape, got {tuple(left.shape)} and {tuple(right.shape)}")
+    return np.concatenate([left, right], axis=-2) if isinstance(left, np.ndarray) else torch.cat([left, right], dim=-2)
+
+
+def encoder_input_shape(features: dict[str, dict], camera_key: str) -> tuple[int, ...]:
+    """The shape of what the encoder reads: the dataset feature's, or (H, 2W, 3) for a concat key."""
+    shapes = [tuple(features[key]["shape"]) for key in camera_parts(camera_key)]
+    return shapes[0] if len(shapes) == 1 else (shapes[0][0], shapes[0][1] + shapes[1][1], *shapes[0][2:])
 
 
 def digest(obj: Any, length: int = 16) -> str:

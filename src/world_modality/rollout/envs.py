@@ -2,7 +2,7 @@
 
 Each worker owns an env adapter for one suite. Observations cross the pipe as plain numpy:
 ``{"frames": {camera: uint8 [H, W, 3]}, "state": float32 [S], "env_state": float32 [E]}``.
-New suites (LIBERO) add an adapter to ``ADAPTERS``; the runner does not change.
+Each simulator (MetaWorld, LIBERO) has an adapter in ``ADAPTERS``; the runner does not change.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from world_modality.rollout.episodes import EpisodeSpec
+from world_modality.sim.libero_env import LiberoEnv, LiberoRenderSettings, proprio_state
 from world_modality.sim.metaworld_env import MetaWorldEnv, RenderSettings, agent_state
 
 Observation = dict[str, Any]
@@ -57,7 +58,45 @@ class MetaWorldAdapter:
             self._env = None
 
 
-ADAPTERS: dict[str, Callable[[RenderSettings | None], EnvAdapter]] = {"metaworld": MetaWorldAdapter}
+class LiberoAdapter:
+    """Keeps one LIBERO env per (suite, task): building one costs seconds. The observation's
+    ``env_state`` is the flattened MuJoCo state (the format of LIBERO's init states)."""
+
+    def __init__(self, render: LiberoRenderSettings | None):
+        if render is not None and not isinstance(render, LiberoRenderSettings):
+            raise ValueError(f"the LIBERO env needs a LIBERO render record (simulator 'libero'), got {render.to_dict()}")
+        if render is not None and not render.rotate_180:
+            raise ValueError("the checkpoint's frames are LIBERO's raw upside-down images (render rotate_180=False), but the "
+                             "LIBERO env renders LeRobot's convention (rotate_180=True); retrain on rotated frames")
+        self.render = render
+        self._env: LiberoEnv | None = None
+
+    def _observation(self, raw: dict) -> Observation:
+        return {"frames": self._env.frames(raw), "state": proprio_state(raw), "env_state": self._env.sim_state()}
+
+    def reset(self, episode: EpisodeSpec) -> Observation:
+        if self._env is None or (self._env.suite, self._env.task, self._env.seed) != (episode.suite, episode.task, episode.seed):
+            self.close()
+            self._env = LiberoEnv(episode.suite, episode.task, self.render, episode.seed)
+        return self._observation(self._env.reset(episode.layout))
+
+    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]:
+        raw, success, done = self._env.step(action)
+        return self._observation(raw), success, done
+
+    def peek(self, actions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(
+            "oracle memory at rollout needs the simulator's future in the state encoder's space, which exists for "
+            "MetaWorld only; on LIBERO use `wm intervene --mode oracle` (offline) instead"
+        )
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+
+ADAPTERS: dict[str, Callable[[RenderSettings | None], EnvAdapter]] = {"metaworld": MetaWorldAdapter, "libero": LiberoAdapter}
 
 
 def _worker(conn, suite: str, render_dict: dict | None) -> None:

@@ -20,9 +20,20 @@ from tqdm import tqdm
 
 from world_modality.atomic_io import append_jsonl, read_jsonl
 from world_modality.rollout.envs import EnvPool
-from world_modality.rollout.episodes import DEFAULT_EVAL_SEED, EpisodeSpec, metaworld_episodes
-from world_modality.rollout.policies import RolloutPolicy, load_rollout_policy, training_layouts
-from world_modality.sim.metaworld_tasks import instruction, resolve_tasks
+from world_modality.rollout.episodes import (
+    DEFAULT_EVAL_SEED,
+    EpisodeSpec,
+    episode_instruction,
+    libero_episodes,
+    metaworld_episodes,
+)
+from world_modality.rollout.policies import (
+    RolloutPolicy,
+    load_rollout_policy,
+    training_layouts,
+)
+from world_modality.sim.libero_env import suite_tasks
+from world_modality.sim.metaworld_tasks import resolve_tasks
 
 RESULTS_FILE = "episodes.jsonl"
 VIDEO_FPS = 30
@@ -112,7 +123,7 @@ def _run_batch(
     obs = pool.reset(slots)
     policy.reset()
     start = time.perf_counter()  # after reset: building a task's env (~1.5 s) is set-up, not rollout
-    texts = [instruction(ep.task) for ep in batch]
+    texts = [episode_instruction(ep) for ep in batch]
     filming = {}
     for slot, ep in slots.items():
         if video_budget[ep.task] > 0 and obs[slot]["frames"]:
@@ -155,6 +166,7 @@ def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
     env: str = "metaworld",
+    suite: str | None = None,
     tasks: str | list[str] | None = None,
     episodes_per_task: int = 10,
     memory_mode: str | None = None,
@@ -173,20 +185,34 @@ def evaluate_checkpoint(
     Every arm evaluated with the same env, tasks, episodes_per_task and eval_seed runs the identical
     episode list, so results pair up by ``episode_id``.
     """
-    if env != "metaworld":
-        raise ValueError(f"unknown --env {env!r}; available: metaworld")
+    if env not in ("metaworld", "libero"):
+        raise ValueError(f"unknown --env {env!r}; available: metaworld, libero")
     policy = load_rollout_policy(checkpoint, memory_mode, device)
-    trained_tasks, layouts = training_layouts(policy.dataset)
-    task_list = resolve_tasks(tasks) if tasks else trained_tasks
-    if not task_list:
-        raise ValueError("the checkpoint does not record its training tasks; pass --tasks")
-    unknown = [t for t in task_list if policy.instructions and instruction(t) not in policy.instructions]
+    simulator = (policy.render.to_dict().get("simulator", "metaworld")) if policy.render is not None else env
+    if simulator != env:
+        raise ValueError(f"checkpoint {checkpoint} was trained on {simulator} data (its encoder spec's render record), "
+                         f"but --env is {env}; evaluate it with --env {simulator}")
+    if env == "libero":
+        if suite is None:
+            raise ValueError("--env libero needs --suite (libero_spatial, libero_object, libero_goal, libero_10, libero_90)")
+        task_list = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else tasks
+        if task_list is None and policy.instructions:  # default: the suite's tasks the policy was trained on
+            task_list = [t.name for t in suite_tasks(suite) if t.language in policy.instructions]
+            if not task_list:
+                raise ValueError(f"the policy was trained on none of {suite}'s tasks (its instructions: {policy.instructions})")
+        episodes = libero_episodes(suite, task_list, episodes_per_task)
+    else:
+        trained_tasks, layouts = training_layouts(policy.dataset)
+        task_list = resolve_tasks(tasks) if tasks else trained_tasks
+        if not task_list:
+            raise ValueError("the checkpoint does not record its training tasks; pass --tasks")
+        episodes = metaworld_episodes(task_list, episodes_per_task, eval_seed, layouts, allow_train_layouts)
+    unknown = sorted({ep.task for ep in episodes if policy.instructions and episode_instruction(ep) not in policy.instructions})
     if unknown:
         raise ValueError(
             f"the policy was not trained on {unknown} (its instructions: {policy.instructions}); "
             "evaluate on its training tasks or train on these"
         )
-    episodes = metaworld_episodes(task_list, episodes_per_task, eval_seed, layouts, allow_train_layouts)
     out_dir = Path(out_dir)
     results = out_dir / RESULTS_FILE
     record = {

@@ -25,7 +25,6 @@ from world_modality.data.check import (
     task_instructions,
 )
 from world_modality.latents import LatentCache
-from world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
 
 @dataclass
@@ -168,10 +167,7 @@ class LatentBatches:
             self.keys.action: self.table.action[offsets],
             f"{self.keys.action}_is_pad": is_pad,
             self.keys.instruction: [self.table.instruction[i] for i in rows.tolist()],
-            WORLD_LATENTS: windows.z_history,
-            WORLD_LATENTS_MASK: windows.history_mask,
-            WORLD_FUTURE: windows.z_future,
-            WORLD_FUTURE_MASK: windows.future_mask,
+            **windows.as_batch(),
         }
 
     def stats(self) -> dict[str, dict[str, Tensor]]:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from world_modality.data.check import DatasetKeys, check_dataset
 from world_modality.devices import resolve_device
+from world_modality.encoders.spec import encoder_input_shape
 from world_modality.latents import LatentCache, dataset_fingerprint
 from world_modality.training.checkpoint import (
     STATE_FILE,
@@ -87,7 +88,7 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
     spec = cache.spec
     is_image = spec.name != "state"
     inputs, outputs = features_for(opts.keys.state, state_dim, opts.keys.action, action_dim, spec.camera_key,
-                                   tuple(features[spec.camera_key]["shape"]), is_image)
+                                   encoder_input_shape(features, spec.camera_key), is_image)
     image_key = spec.camera_key if is_image else None
     if opts.policy_type != "world_transformer":
         if camera is None:

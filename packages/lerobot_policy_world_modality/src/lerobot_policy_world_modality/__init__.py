@@ -4,6 +4,8 @@ LeRobot's ``register_third_party_plugins`` imports every installed distribution 
 ``lerobot_policy_``; the config classes below register themselves with ``PreTrainedConfig``.
 """
 
+from lerobot_policy_world_modality.qwen_vla_world import QwenVLAWorldConfig
+from lerobot_policy_world_modality.smolvla_world import SmolVLAWorldConfig
 from lerobot_policy_world_modality.world_transformer import WorldTransformerConfig
 
-__all__ = ["WorldTransformerConfig"]
+__all__ = ["QwenVLAWorldConfig", "SmolVLAWorldConfig", "WorldTransformerConfig"]

@@ -84,6 +84,12 @@ class WorldTransformerConfig(PreTrainedConfig):
     action_key: str = "action"
     instruction_key: str = "task"
     image_key: str | None = None  # the camera key of the dataset (None for the state encoder)
+    # For lerobot-train (which knows no latent cache): a `wm latents` cache of the training dataset.
+    # The policy then fills encoder_spec, latent_dim, image_key and (when empty) the instruction
+    # vocabulary from it and the dataset, and reads each batch's history and future latents from it
+    # by the batch's global frame `index`. tokens_path: a `wm tokens` codebook (models B and C).
+    latents_path: str | None = None
+    tokens_path: str | None = None
 
     normalization_mapping: dict[str, NormalizationMode] = field(
         default_factory=lambda: {
@@ -109,8 +115,9 @@ class WorldTransformerConfig(PreTrainedConfig):
             raise ValueError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise ValueError(f"n_action_steps ({self.n_action_steps}) must be in 1..chunk_size ({self.chunk_size})")
-        if self.model_type in ("B", "C") and self.codebook_size < 2:
-            raise ValueError(f"model_type {self.model_type} needs codebook_size >= 2 (a fitted world-token codebook)")
+        if self.model_type in ("B", "C") and self.codebook_size < 2 and self.tokens_path is None:
+            raise ValueError(f"model_type {self.model_type} needs a fitted world-token codebook: codebook_size >= 2, "
+                             "or tokens_path (a `wm tokens` folder)")
         if self.history_len < 1 or self.num_future < 1 or self.flow_steps < 1:
             raise ValueError("history_len, num_future and flow_steps must be >= 1")
 
@@ -144,7 +151,8 @@ class WorldTransformerConfig(PreTrainedConfig):
 
     def validate_features(self) -> None:
         if self.encoder_spec is None or self.latent_dim < 1:
-            raise ValueError("world_transformer needs encoder_spec and latent_dim (the world latents it reads)")
+            raise ValueError("world_transformer needs encoder_spec and latent_dim (the world latents it reads); under "
+                             "lerobot-train pass --policy.latents_path=<a `wm latents` cache of the dataset>")
         if self.state_key not in self.input_features:
             raise ValueError(f"state key {self.state_key!r} is not among the input features {sorted(self.input_features)}")
         if self.action_key not in self.output_features:

@@ -25,6 +25,7 @@ from lerobot_policy_world_modality.world_transformer.configuration_world_transfo
     WorldTransformerConfig,
 )
 from world_modality.encoders import EncoderSpec
+from world_modality.latents import LatentCache
 from world_modality.tokens import nearest_code
 from world_modality.world import (
     MemoryMode,
@@ -125,8 +126,11 @@ class WorldTransformerPolicy(PreTrainedPolicy):
     config_class = WorldTransformerConfig
     name = "world_transformer"
 
-    def __init__(self, config: WorldTransformerConfig, **kwargs) -> None:
+    def __init__(self, config: WorldTransformerConfig, dataset_meta=None, **kwargs) -> None:
         super().__init__(config)
+        # A new lerobot-train run completes its config from the latent cache (a checkpoint's is complete).
+        self._cache = _fill_from_latent_cache(config, dataset_meta) if config.latents_path and config.encoder_spec is None else None
+        codebook = _codebook(config) if config.tokens_path and config.uses_tokens and config.codebook_size < 2 else None
         config.validate_features()
         self.config = config
         self.encoder_spec = EncoderSpec.from_dict(config.encoder_spec)
@@ -145,7 +149,7 @@ class WorldTransformerPolicy(PreTrainedPolicy):
         if config.uses_tokens:
             # Filled from the fitted codebook before training; saved with the weights so the
             # token of a latent is the same at training and at rollout.
-            self.register_buffer("centroids", torch.zeros(config.codebook_size, latent_dim))
+            self.register_buffer("centroids", torch.zeros(config.codebook_size, latent_dim) if codebook is None else codebook)
             self.token_head = nn.Linear(d, config.codebook_size)
         if config.model_type == "C":
             self.token_emb = nn.Embedding(config.codebook_size, d)
@@ -194,9 +198,17 @@ class WorldTransformerPolicy(PreTrainedPolicy):
     def forward(self, batch: dict[str, Tensor], memory_mode: str | None = None) -> tuple[Tensor, dict[str, float]]:
         """Training loss and logged scalars. ``memory_mode`` overrides the world memory (model F)."""
         actions = batch[self.config.action_key]
+        if WORLD_LATENTS not in batch and self.config.latents_path and "index" in batch:
+            # lerobot-train: the latents of the batch's frames, from the cache, by global frame index.
+            if self._cache is None:
+                self._cache = LatentCache.load(self.config.latents_path, expect_spec=self.encoder_spec)
+            windows = self._cache.windows(torch.as_tensor(batch["index"]).reshape(-1), self.config.history_len,
+                                          self.config.num_future)
+            batch = {**batch, **{k: v.to(actions.device) for k, v in windows.as_batch().items()}}
         if self.config.model_type != "A" and WORLD_FUTURE not in batch:
             raise KeyError(f"model {self.config.model_type} trains on future latents ({WORLD_FUTURE!r}); the batch has "
-                           f"{sorted(batch)}: train on cached latents (`wm train`)")
+                           f"{sorted(batch)}: train with `wm train`, or under lerobot-train pass "
+                           "--policy.latents_path=<a `wm latents` cache of the dataset>")
         h_act, h_future, z_hist, hist_mask = self._trunk(batch)
         logs: dict[str, float] = {}
         world_loss = None
@@ -316,3 +328,24 @@ class WorldTransformerPolicy(PreTrainedPolicy):
         return loss, {"world_loss": loss.item(), "world_token_acc": accuracy.item(),
                       **{f"world_loss_k{i}": v for i, v in enumerate(per_k.tolist(), 1)}}
 
+
+def _fill_from_latent_cache(config: WorldTransformerConfig, dataset_meta) -> LatentCache:
+    """lerobot-train: complete a new config from a latent cache (checked against the dataset) and the
+    dataset's tasks; returns the cache."""
+    cache = LatentCache.load(config.latents_path, dataset=None if dataset_meta is None else dataset_meta.root)
+    spec = cache.spec
+    config.encoder_spec, config.latent_dim = spec.to_dict(), spec.output_dim
+    if spec.name != "state":
+        config.image_key = spec.camera_key
+    if not config.instructions and config.text_encoder_path is None and dataset_meta is not None:
+        config.instructions = sorted(str(task) for task in dataset_meta.tasks.index)
+    return cache
+
+
+def _codebook(config: WorldTransformerConfig) -> Tensor:
+    """The `wm tokens` centroids [C, D] of models B and C; sets the config's codebook_size."""
+    from world_modality.tokens import WorldTokens
+
+    centroids = WorldTokens.load(config.tokens_path, latents=config.latents_path).centroids
+    config.codebook_size = len(centroids)
+    return centroids.float()

@@ -1,0 +1,159 @@
+"""Configuration of SmolVLA-world: LeRobot's SmolVLA whose action expert reads predicted world memory.
+
+Arms of the experiment matrix (DESIGN.md section 6):
+- E0: LeRobot's own ``--policy.type=smolvla`` (no world module; not a mode of this class).
+- E1: ``smolvla_world`` with ``world_memory_mode_train=zero`` and ``world_memory_mode_rollout=zero``
+  (the same parameters, memory content withheld: the capacity control).
+- E2: ``smolvla_world`` with predicted memory (the defaults).
+
+Where the world latents come from:
+- Batches with the cached latents (``observation.world_latents`` [B, T, D] + mask, and
+  ``observation.world_future`` [B, K, D] + mask, as ``wm train`` builds them) use them as they are.
+- Under plain ``lerobot-train`` there is no latent cache. ``observation_delta_indices`` then asks the
+  dataset for the frames around t that the cache would have been computed from: offsets
+  ``-(T-1)-(m-1) .. K`` (m = the encoder's temporal window), and the policy encodes them online with
+  the frozen encoder of ``encoder_spec``: the same history of T latents (entries before the episode
+  start masked) and the same K future targets (entries past the episode end masked) as the cache,
+  windowed as the cache windows them (LeRobot repeats the first/last frame at episode bounds, as the
+  cache does). What differs: every observation key is loaded at those T+m-1+K offsets (LeRobot's
+  delta indices apply to all observation keys) and the encoder runs in every training step, so data
+  loading and steps are slower than with a cache; the policy hands SmolVLA only the current step.
+At rollout (``lerobot-eval``, ``wm eval``) the policy encodes each new observation online with the
+same spec (`LatentHistory`), keeping the last T latents and the encoder's last m frames.
+
+``encoder_spec`` is ``EncoderSpec.to_dict()``; on the command line pass ``encoder_spec_path`` (a
+latent-cache folder, whose ``spec.json`` holds the spec, or a JSON file of the spec) instead.
+``world_rollout_temporal_window`` states the temporal window rollouts use; it must equal the spec's
+(a mismatch is an error naming both, at construction and at load), and defaults to it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lerobot.configs import PreTrainedConfig
+from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+from world_modality.encoders import EncoderSpec
+from world_modality.memory_modes import ROLLOUT_MODES, MemoryMode, MemorySource
+
+LATENT_CACHE_SPEC_FILE = "spec.json"
+
+
+def read_encoder_spec(path: str | Path) -> dict:
+    """The encoder spec dict of a latent-cache folder (its ``spec.json``) or of a JSON file holding it."""
+    path = Path(path).expanduser()
+    file = path / LATENT_CACHE_SPEC_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"encoder_spec_path {str(path)!r}: expected a latent-cache folder with "
+                                f"{LATENT_CACHE_SPEC_FILE} or a JSON file of an encoder spec")
+    data = json.loads(file.read_text())
+    spec = data.get("encoder", data)  # a cache's spec.json nests the spec under "encoder"
+    return EncoderSpec.from_dict(spec).to_dict()
+
+
+@PreTrainedConfig.register_subclass("smolvla_world")
+@dataclass
+class SmolVLAWorldConfig(SmolVLAConfig):
+    """SmolVLA's configuration plus the world module and the shared world-modality interface."""
+
+    # World latents: the encoder that produced them (see the module docstring).
+    encoder_spec: dict | None = None
+    encoder_spec_path: str | None = None
+    latent_dim: int = 0  # filled from the encoder spec
+    history_len: int = 4  # T latents z_{t-T+1..t}
+    num_future: int = 4  # K: the Prophet predicts z_{t+1..t+K}
+    world_rollout_temporal_window: int | None = None  # defaults to the spec's temporal window
+
+    # World module (shared Prophet + gated cross-attention, world_modality.world).
+    prophet_dim: int = 256
+    prophet_heads: int = 4
+    prophet_layers: int = 2
+    prophet_delta: bool = False  # predict z_{t+k} - z_t
+    cross_attn_heads: int = 4  # must divide the action expert's width
+    lambda_world: float = 1.0
+    memory_source: str = "predicted"  # predicted | oracle | scheduled
+    memory_schedule_start: int = 0
+    memory_schedule_end: int = 0
+    detach_prophet_for_policy: bool = False
+    world_memory_mode_train: str = "pred"  # `zero` trains E1
+    world_memory_mode_rollout: str = "pred"  # pred | zero | random | shuffle | oracle (| signflip)
+
+    # Dataset keys the policy was trained with (self-describing checkpoints, DESIGN.md section 5).
+    state_key: str = "observation.state"
+    action_key: str = "action"
+    instruction_key: str = "task"
+    image_key: str | None = None  # the dataset camera key (e.g. observation.images.corner2)
+    instructions: list[str] = field(default_factory=list)  # unused by the VLM; kept for the interface
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.encoder_spec is None and self.encoder_spec_path is not None:
+            self.encoder_spec = read_encoder_spec(self.encoder_spec_path)
+        MemorySource(self.memory_source)
+        if MemoryMode(self.world_memory_mode_train) is MemoryMode.NONE:
+            raise ValueError("world_memory_mode_train 'none' disables the world module: train LeRobot's "
+                             "`smolvla` policy for the baseline (E0)")
+        if self.world_memory_mode_rollout not in ROLLOUT_MODES:
+            raise ValueError(f"world_memory_mode_rollout must be one of {ROLLOUT_MODES}, "
+                             f"got {self.world_memory_mode_rollout!r}")
+        if self.history_len < 1 or self.num_future < 1:
+            raise ValueError(f"history_len and num_future must be >= 1, got {self.history_len} and {self.num_future}")
+        if self.encoder_spec is not None:
+            self._check_encoder_spec()
+
+    def _check_encoder_spec(self) -> None:
+        spec = EncoderSpec.from_dict(self.encoder_spec)
+        if self.latent_dim == 0:
+            self.latent_dim = spec.output_dim
+        elif self.latent_dim != spec.output_dim:
+            raise ValueError(f"latent_dim {self.latent_dim} != the encoder spec's output_dim {spec.output_dim}")
+        if self.world_rollout_temporal_window is None:
+            self.world_rollout_temporal_window = spec.temporal_window
+        elif self.world_rollout_temporal_window != spec.temporal_window:
+            raise ValueError(
+                f"world_rollout_temporal_window {self.world_rollout_temporal_window} != the encoder spec's "
+                f"temporal_window {spec.temporal_window}: rollouts must encode frames with the window the "
+                "latents were trained with"
+            )
+
+    @property
+    def uses_world_module(self) -> bool:
+        return True
+
+    @property
+    def spec(self) -> EncoderSpec:
+        if self.encoder_spec is None:
+            raise ValueError("smolvla_world needs the encoder spec of its world latents: set encoder_spec, or "
+                             "encoder_spec_path to a latent-cache folder (`wm latents`) or a spec JSON file")
+        return EncoderSpec.from_dict(self.encoder_spec)
+
+    @property
+    def latent_source_key(self) -> str:
+        """The observation the world encoder reads (a camera, or the environment state)."""
+        return self.spec.camera_key
+
+    @property
+    def temporal_window(self) -> int:
+        return 1 if self.encoder_spec is None else self.spec.temporal_window
+
+    @property
+    def online_frame_offsets(self) -> list[int]:
+        """Frame offsets the online path needs: T latents of m-frame windows ending at t, and K futures."""
+        first = -(self.history_len - 1) - (self.temporal_window - 1)
+        return list(range(first, self.num_future + 1))
+
+    @property
+    def observation_delta_indices(self) -> list[int]:
+        return self.online_frame_offsets
+
+    def validate_features(self) -> None:
+        super().validate_features()
+        spec = self.spec
+        if self.image_key is not None and self.image_key not in self.image_features:
+            raise ValueError(f"image_key {self.image_key!r} is not among the camera features {sorted(self.image_features)}")
+        if spec.camera_key not in self.input_features:
+            raise ValueError(f"the world encoder reads {spec.camera_key!r} (encoder spec camera_key), which is not "
+                             f"among the input features {sorted(self.input_features)}")

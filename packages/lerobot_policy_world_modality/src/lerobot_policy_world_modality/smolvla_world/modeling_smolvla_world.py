@@ -1,0 +1,292 @@
+"""SmolVLA-world: LeRobot's SmolVLA whose action expert reads predicted world memory.
+
+Everything of SmolVLA is LeRobot's own code (VLM prefix, action expert, flow matching, Euler
+denoising, queues, processors); this module adds the project's `WorldModule` (Prophet over the
+world-latent history + zero-initialised gated cross-attention) at one point.
+
+Hook point: the output of ``VLAFlowMatching.embed_suffix``, i.e. the action-token query states that
+enter the action expert (the fused noisy-action + timestep embedding of each of the H chunk steps).
+Why there and not on the expert's output states before ``action_out_proj``:
+- it is the one function both flow-matching paths call (``forward`` in training and ``denoise_step``
+  at every step of ``sample_actions``), so overriding it alone puts the same injection into training
+  and into every denoising step, without copying any of SmolVLA's forward code;
+- the memory then passes through every expert layer, where the action tokens also attend to the VLM
+  prefix, so the expert can relate predicted futures to what it sees; at the output the memory could
+  only shift the final linear velocity read-out.
+With the gate at exactly 0 the gated residual returns its input bit for bit (NaN memory included),
+so the policy is LeRobot's SmolVLA with the same weights (tested).
+
+Training calls the `WorldModule` as is (Prophet, memory mode / oracle schedule, world loss, injection).
+Inference computes the memory once per action chunk (one Prophet pass; one draw for the `random` and
+`shuffle` controls) and reads that same memory at every denoising step through the module's
+cross-attention, exactly as `WorldModule.forward` does in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from draccus.utils import ParsingError
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, VLAFlowMatching
+from torch import Tensor
+
+from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
+from world_modality.encoders import WorldEncoder, build_encoder
+from world_modality.encoders.state import StateEncoder
+from world_modality.world import (
+    MemoryMode,
+    MemorySourceSchedule,
+    WorldModule,
+    WorldModuleConfig,
+    apply_memory_mode,
+    total_loss,
+)
+from world_modality.world.history import (
+    WORLD_FUTURE,
+    WORLD_FUTURE_MASK,
+    WORLD_LATENTS,
+    WORLD_LATENTS_MASK,
+    LatentHistory,
+    encoder_input,
+)
+
+MemoryReader = Callable[[Tensor], Tensor]
+
+
+class WorldFlowMatching(VLAFlowMatching):
+    """SmolVLA's flow-matching model with the world module reading into the action-expert queries."""
+
+    def __init__(self, config: SmolVLAWorldConfig, rtc_processor=None) -> None:
+        super().__init__(config, rtc_processor=rtc_processor)
+        self.world = WorldModule(WorldModuleConfig(
+            latent_dim=config.latent_dim,
+            d_model=self.vlm_with_expert.expert_hidden_size,
+            num_future=config.num_future,
+            history_len=config.history_len,
+            delta=config.prophet_delta,
+            prophet_dim=config.prophet_dim,
+            prophet_heads=config.prophet_heads,
+            prophet_layers=config.prophet_layers,
+            cross_attn_heads=config.cross_attn_heads,
+            memory_mode=MemoryMode(config.world_memory_mode_train),
+            memory_source=MemorySourceSchedule(config.memory_source, config.memory_schedule_start,
+                                               config.memory_schedule_end),
+            detach_prophet_for_policy=config.detach_prophet_for_policy,
+        ))
+        self._read_memory: MemoryReader | None = None
+
+    @contextmanager
+    def reading_memory(self, reader: MemoryReader) -> Iterator[None]:
+        """Within the block, every suffix embedding (training forward, each denoising step) goes
+        through ``reader`` ([B, H, d_expert] -> same)."""
+        self._read_memory = reader
+        try:
+            yield
+        finally:
+            self._read_memory = None
+
+    def embed_suffix(self, noisy_actions, timestep):
+        embs, pad_masks, att_masks = super().embed_suffix(noisy_actions, timestep)
+        if self._read_memory is None:
+            raise RuntimeError("WorldFlowMatching was called outside `reading_memory`: go through "
+                               "SmolVLAWorldPolicy (forward / predict_action_chunk / select_action)")
+        return self._read_memory(embs), pad_masks, att_masks
+
+
+class _ChunkMemory:
+    """Inference memory reader: the memory is built on the first denoising step of a chunk and the
+    same memory is read at every later step."""
+
+    def __init__(self, world: WorldModule, z_history: Tensor, history_mask: Tensor, z_future: Tensor | None,
+                 mode: MemoryMode) -> None:
+        self.world, self.z_history, self.history_mask, self.z_future, self.mode = world, z_history, history_mask, z_future, mode
+        self.memory: Tensor | None = None
+        self.built = False
+
+    def __call__(self, h: Tensor) -> Tensor:
+        if not self.built:
+            z_pred = self.world.prophet(self.z_history, self.history_mask)
+            z_future = None if self.z_future is None else self.z_future.to(z_pred.dtype)
+            self.memory = apply_memory_mode(self.mode, z_pred, z_future)
+            self.built = True
+        if self.memory is None:  # mode `none`: no injection
+            return h
+        return self.world.cross_attn(h, self.memory)[0]
+
+
+class SmolVLAWorldPolicy(SmolVLAPolicy):
+    """SmolVLA + world memory; LeRobot's `forward` / `select_action` / `predict_action_chunk` interface
+    with an optional ``memory_mode`` override (the rollout ablations)."""
+
+    config_class = SmolVLAWorldConfig
+    name = "smolvla_world"
+
+    def __init__(self, config: SmolVLAWorldConfig, **kwargs) -> None:
+        # SmolVLAPolicy.__init__ with WorldFlowMatching in place of VLAFlowMatching (calling it and
+        # replacing the model afterwards would build the VLM twice).
+        PreTrainedPolicy.__init__(self, config)
+        config.validate_features()
+        self.config = config
+        self.init_rtc_processor()
+        self.model = WorldFlowMatching(config, rtc_processor=self.rtc_processor)
+        # Counts training forwards: the step of a `scheduled` memory source, also under lerobot-train.
+        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+        self.latent_history = LatentHistory(config.spec, config.history_len, config.latent_source_key)
+        self._training_encoder: WorldEncoder | None = None
+        self.reset()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_name_or_path, **kwargs):
+        try:
+            return super().from_pretrained(pretrained_name_or_path, **kwargs)
+        except ParsingError as error:
+            # draccus wraps the config's own check (e.g. a temporal-window mismatch naming both
+            # values) in a generic "Couldn't instantiate" error: raise the check's message itself.
+            if isinstance(error.__cause__, ValueError):
+                raise error.__cause__ from None
+            raise
+
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
+        # A checkpoint missing world-module weights must not load as a silently re-initialised policy.
+        return super()._load_as_safetensor(model, model_file, map_location, strict=True)
+
+    def reset(self) -> None:
+        """Start new episodes: forget queued actions, the latent history and the encoder's frames."""
+        super().reset()
+        self.latent_history.reset()
+
+    # --- training -----------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, Tensor], memory_mode: str | None = None, noise=None, time=None,
+                reduction: str = "mean") -> tuple[Tensor, dict[str, float]]:
+        """SmolVLA's flow-matching loss + lambda_world * the world loss; ``memory_mode`` overrides
+        ``world_memory_mode_train`` (validation under controls)."""
+        batch, z_hist, hist_mask, z_future, future_mask = self._world_inputs(batch)
+        step = int(self.train_step)
+        world_outputs = []
+
+        def read(h: Tensor) -> Tensor:
+            h, world_out = self.model.world(h, z_hist, z_future, future_mask, mode=memory_mode, step=step,
+                                            history_mask=hist_mask)
+            world_outputs.append(world_out)
+            return h
+
+        with self.model.reading_memory(read):
+            action_loss, logs = super().forward(batch, noise=noise, time=time, reduction=reduction)
+        (world_out,) = world_outputs
+        loss = total_loss(action_loss, world_out.world_loss, lambda_world=self.config.lambda_world)
+        if self.training:
+            self.train_step += 1
+        logs.update(world_out.log_dict())
+        logs["action_loss"] = logs["loss"]
+        logs["loss"] = loss.mean().item()
+        return loss, logs
+
+    # --- acting -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], memory_mode: str | None = None, noise: Tensor | None = None,
+                             **kwargs) -> Tensor:
+        """Normalised action chunk [B, H, A]; ``memory_mode`` defaults to ``world_memory_mode_rollout``."""
+        batch = self.observe(batch)
+        with self.model.reading_memory(self._chunk_memory(batch, memory_mode)):
+            return super().predict_action_chunk(batch, noise=noise, **kwargs)
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], memory_mode: str | None = None, noise: Tensor | None = None,
+                      **kwargs) -> Tensor:
+        """One action per call; every observation enters the latent history, a chunk is predicted
+        when the queue of ``n_action_steps`` actions is empty."""
+        batch = self.observe(batch)
+        with self.model.reading_memory(self._chunk_memory(batch, memory_mode)):
+            return super().select_action(batch, noise=noise, **kwargs)
+
+    def observe(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Add the world-latent history to a rollout batch, encoding the current observation online
+        with the checkpoint's encoder spec (unchanged when the batch already holds latents)."""
+        return self.latent_history.observe(batch, self.model.action_in_proj.weight.device)
+
+    def _chunk_memory(self, batch: dict[str, Tensor], memory_mode: str | None) -> _ChunkMemory:
+        z_hist, hist_mask = self._history(batch)
+        mode = MemoryMode(memory_mode or self.config.world_memory_mode_rollout)
+        return _ChunkMemory(self.model.world, z_hist, hist_mask, batch.get(WORLD_FUTURE), mode)
+
+    # --- world latents ------------------------------------------------------------------------
+
+    @property
+    def _world_dtype(self) -> torch.dtype:
+        return self.model.world.prophet.in_proj.weight.dtype
+
+    def _history(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The latent history [B, T, D] (padding zeroed, in the world module's dtype) and its mask."""
+        z_hist = batch[WORLD_LATENTS]
+        if z_hist.shape[1] > self.config.history_len:
+            raise ValueError(f"latent history of {z_hist.shape[1]} steps, but the policy was built for "
+                             f"history_len {self.config.history_len}")
+        mask = batch.get(WORLD_LATENTS_MASK)
+        mask = torch.ones(z_hist.shape[:2], dtype=torch.bool, device=z_hist.device) if mask is None else mask.bool()
+        if not mask[:, -1].all():
+            raise ValueError("the last latent history entry (z_t) must be real in every sample")
+        return torch.where(mask[..., None], z_hist, 0.0).to(self._world_dtype), mask
+
+    def _world_inputs(self, batch: dict[str, Tensor]) -> tuple[dict, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """(batch at the current step, history, history mask, future latents, future mask): from
+        the cached latents when the batch has them, else encoded from the frames that
+        ``observation_delta_indices`` loaded (see the config docstring)."""
+        if WORLD_LATENTS not in batch:
+            batch = {**batch, **self._encode_frames(batch)}
+        batch = self._current_step(batch)
+        z_hist, hist_mask = self._history(batch)
+        z_future = batch.get(WORLD_FUTURE)
+        if z_future is not None:
+            z_future = z_future.to(self._world_dtype)
+        return batch, z_hist, hist_mask, z_future, batch.get(WORLD_FUTURE_MASK)
+
+    def _current_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Observations loaded at several offsets -> the one at offset 0 (what SmolVLA reads)."""
+        offsets = self.config.online_frame_offsets
+        current = offsets.index(0)
+        out = dict(batch)
+        for key in self.config.input_features:
+            if f"{key}_is_pad" in batch:
+                value = batch[key]
+                if value.shape[1] != len(offsets):
+                    raise ValueError(f"{key!r} holds {value.shape[1]} time steps, expected {len(offsets)} (offsets {offsets})")
+                out[key] = value[:, current]
+        return out
+
+    @torch.no_grad()
+    def _encode_frames(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """World latents of the T history and K future steps from frames at the config's offsets."""
+        spec, key = self.config.spec, self.config.latent_source_key
+        offsets = self.config.online_frame_offsets
+        source, is_pad = batch.get(key), batch.get(f"{key}_is_pad")
+        if source is None or is_pad is None or is_pad.shape[1] != len(offsets):
+            raise KeyError(
+                f"the batch has no cached world latents ({WORLD_LATENTS!r}) and no {key!r} frames at the offsets "
+                f"{offsets} (with {key}_is_pad): train with `wm train` on a latent cache, or with a LeRobot dataset "
+                f"loader that honours the config's observation_delta_indices; batch keys: {sorted(batch)}"
+            )
+        if self._training_encoder is None:
+            self._training_encoder = build_encoder(spec, device=source.device)
+        m, t, k = spec.temporal_window, self.config.history_len, self.config.num_future
+        batch_size, steps = source.shape[:2]
+        if isinstance(self._training_encoder, StateEncoder):
+            z = self._training_encoder.encode_state(source.reshape(batch_size * steps, -1).float())
+        else:
+            frames = encoder_input(source.flatten(0, 1), is_state=False).unflatten(0, (batch_size, steps))
+            windows = frames.unfold(1, m, 1).permute(0, 1, 5, 2, 3, 4)  # [B, T+K, m, H, W, 3]
+            z = self._training_encoder.encode(windows.flatten(0, 1))
+        # Stored as the cache stores it, so online and cached latents are the same numbers.
+        z = z.to(spec.torch_dtype).float().reshape(batch_size, -1, z.shape[-1])
+        real = ~is_pad[:, m - 1:].bool()  # a latent is real when its own (last) frame is
+        return {
+            WORLD_LATENTS: z[:, :t],
+            WORLD_LATENTS_MASK: real[:, :t],
+            WORLD_FUTURE: z[:, t:t + k],
+            WORLD_FUTURE_MASK: real[:, t:t + k],
+        }

@@ -1,0 +1,343 @@
+"""SmolVLA-world (`--policy.type=smolvla_world`): do-no-harm against LeRobot's SmolVLA, memory modes,
+online world latents, checkpoints, and LeRobot's own `lerobot-train` / `lerobot-eval`.
+
+Everything is offline and tiny: a SmolVLM2 folder written in code (`write_smolvlm_folder("tiny")`),
+a learned world encoder trained for two steps, and the session's MetaWorld dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+CAMERA = "observation.images.corner2"
+ENV_STATE = "observation.environment_state"
+TINY = {
+    "chunk_size": 4, "n_action_steps": 4, "num_steps": 3, "resize_imgs_with_padding": (64, 64),
+    "max_state_dim": 8, "max_action_dim": 8, "tokenizer_max_length": 16,
+}
+TINY_WORLD = {"history_len": 2, "num_future": 2, "prophet_dim": 32, "prophet_heads": 2, "prophet_layers": 1,
+              "cross_attn_heads": 2, "image_key": CAMERA}
+TRAIN_CLI = [
+    "--policy.resize_imgs_with_padding=[64,64]", "--policy.chunk_size=4", "--policy.n_action_steps=4",
+    "--policy.num_steps=2", "--policy.max_state_dim=8", "--policy.max_action_dim=8", "--policy.history_len=2",
+    "--policy.num_future=2", "--policy.prophet_dim=32", "--policy.prophet_heads=2", "--policy.prophet_layers=1",
+    "--policy.cross_attn_heads=2", f"--policy.image_key={CAMERA}",
+]
+REPO = Path(__file__).resolve().parents[1]
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vlm_folder(tmp_path_factory) -> Path:
+    from world_modality.model_folders.smolvlm import write_smolvlm_folder
+
+    return write_smolvlm_folder(tmp_path_factory.mktemp("smolvlm") / "tiny", "tiny")
+
+
+@pytest.fixture(scope="module")
+def latent_cache(metaworld_dataset, tmp_path_factory) -> Path:
+    """A latent cache of a tiny learned encoder on the corner2 camera (its spec.json holds the spec)."""
+    from world_modality.latents import compute_latents
+
+    out = tmp_path_factory.mktemp("latents")
+    return compute_latents(metaworld_dataset, "learned", camera_key=CAMERA, out=out / "cache", device="cpu",
+                           learned_steps=2, learned_options={"latent_dim": 16, "input_size": 32, "batch_size": 8},
+                           progress=False)
+
+
+@pytest.fixture(scope="module")
+def spec(latent_cache) -> dict:
+    from world_modality.latents import LatentCache
+
+    return LatentCache.load(latent_cache).spec.to_dict()
+
+
+def _features():
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    inputs = {
+        "observation.state": PolicyFeature(FeatureType.STATE, (4,)),
+        ENV_STATE: PolicyFeature(FeatureType.ENV, (39,)),
+        CAMERA: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
+    }
+    return inputs, {"action": PolicyFeature(FeatureType.ACTION, (4,))}
+
+
+def _world_policy(vlm_folder, spec, seed=0, **overrides):
+    from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
+    from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import SmolVLAWorldPolicy
+
+    inputs, outputs = _features()
+    config = SmolVLAWorldConfig(input_features=inputs, output_features=outputs, vlm_model_name=str(vlm_folder),
+                                encoder_spec=spec, device="cpu", **{**TINY, **TINY_WORLD, **overrides})
+    torch.manual_seed(seed)
+    return SmolVLAWorldPolicy(config).eval()
+
+
+def _plain_smolvla(vlm_folder):
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    inputs, outputs = _features()
+    config = SmolVLAConfig(input_features=inputs, output_features=outputs, vlm_model_name=str(vlm_folder),
+                           device="cpu", **TINY)
+    return SmolVLAPolicy(config).eval()
+
+
+def _batch(vlm_folder, batch_size=3, seed=0, with_latents=True) -> dict:
+    """A preprocessed batch: normalised state/action, images in [0, 1], tokenised task, cached latents."""
+    from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+    from transformers import AutoTokenizer
+
+    g = torch.Generator().manual_seed(seed)
+    tasks = ["reach the goal\n", "pick up the puck\n", "open the drawer\n"]
+    tokens = AutoTokenizer.from_pretrained(str(vlm_folder))(
+        [tasks[i % len(tasks)] for i in range(batch_size)], padding="max_length",
+        max_length=TINY["tokenizer_max_length"], truncation=True, return_tensors="pt")
+    batch = {
+        "observation.state": torch.randn(batch_size, 4, generator=g),
+        ENV_STATE: torch.randn(batch_size, 39, generator=g),
+        CAMERA: torch.rand(batch_size, 3, 64, 64, generator=g),
+        "action": torch.randn(batch_size, 4, 4, generator=g),
+        "action_is_pad": torch.zeros(batch_size, 4, dtype=torch.bool),
+        OBS_LANGUAGE_TOKENS: tokens["input_ids"],
+        OBS_LANGUAGE_ATTENTION_MASK: tokens["attention_mask"].bool(),
+    }
+    if with_latents:
+        batch |= {
+            "observation.world_latents": torch.randn(batch_size, 2, 16, generator=g),
+            "observation.world_latents_mask": torch.tensor([[False, True]] + [[True, True]] * (batch_size - 1)),
+            "observation.world_future": torch.randn(batch_size, 2, 16, generator=g),
+            "observation.world_future_mask": torch.tensor([[True, False]] + [[True, True]] * (batch_size - 1)),
+        }
+    return batch
+
+
+def _noise(batch_size=3, seed=1):
+    return torch.randn(batch_size, TINY["chunk_size"], TINY["max_action_dim"], generator=torch.Generator().manual_seed(seed))
+
+
+# --- (a) do-no-harm ----------------------------------------------------------------------------
+
+
+def test_gate_zero_acts_exactly_like_lerobot_smolvla(vlm_folder, spec):
+    plain = _plain_smolvla(vlm_folder)
+    world = _world_policy(vlm_folder, spec)
+    missing, unexpected = world.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("model.world.") or k == "train_step" for k in missing)
+    assert world.model.world.cross_attn.gate.item() == 0.0
+    batch = _batch(vlm_folder)
+
+    reference = plain.predict_action_chunk(dict(batch), noise=_noise())
+    for mode in ("pred", "zero", "random", "shuffle", "oracle"):
+        assert torch.equal(world.predict_action_chunk(dict(batch), memory_mode=mode, noise=_noise()), reference), mode
+    # The training loss's action term is SmolVLA's loss, also with the world module in the graph.
+    time = torch.full((3,), 0.4)
+    plain_loss, _ = plain.forward(dict(batch), noise=_noise(), time=time)
+    world_loss, logs = world.forward(dict(batch), noise=_noise(), time=time)
+    assert logs["action_loss"] == plain_loss.item() and "world_loss" in logs and world_loss.item() > plain_loss.item()
+
+    with torch.no_grad():
+        world.model.world.prophet.out_head.bias.fill_(float("nan"))
+    chunk = world.predict_action_chunk(dict(batch), noise=_noise())
+    assert torch.isfinite(chunk).all() and torch.equal(chunk, reference)
+
+
+# --- (b) memory modes --------------------------------------------------------------------------
+
+
+def test_rollout_memory_mode_changes_actions_once_gate_opens(vlm_folder, spec):
+    policy = _world_policy(vlm_folder, spec)
+    batch = _batch(vlm_folder)
+
+    def chunk(**kwargs):
+        return policy.predict_action_chunk(dict(batch), noise=_noise(), **kwargs)
+
+    assert torch.equal(chunk(memory_mode="zero"), chunk(memory_mode="pred"))
+    with torch.no_grad():
+        policy.model.world.cross_attn.gate.fill_(1.0)
+    pred, zero = chunk(memory_mode="pred"), chunk(memory_mode="zero")
+    assert not torch.allclose(pred, zero, atol=1e-4)
+    assert torch.equal(chunk(), pred)  # the default is world_memory_mode_rollout = pred
+    policy.config.world_memory_mode_rollout = "zero"
+    assert torch.equal(chunk(), zero)
+    assert not torch.allclose(chunk(memory_mode="oracle"), pred, atol=1e-4)
+
+    # Training reads the same modes: E1 (world_memory_mode_train=zero) trains on zero memory.
+    def action_loss(**kwargs):
+        return policy.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4), **kwargs)[1]["action_loss"]
+
+    assert action_loss(memory_mode="pred") != action_loss(memory_mode="zero")
+    assert action_loss() == action_loss(memory_mode="pred")  # world_memory_mode_train defaults to pred
+    e1 = _world_policy(vlm_folder, spec, world_memory_mode_train="zero", world_memory_mode_rollout="zero")
+    e1.load_state_dict(policy.state_dict())
+    assert e1.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[1]["action_loss"] == action_loss(memory_mode="zero")
+    assert torch.equal(e1.predict_action_chunk(dict(batch), noise=_noise()), zero)
+
+
+def test_inference_reads_one_memory_per_chunk_at_every_denoising_step(vlm_folder, spec):
+    """One Prophet pass and one memory per chunk, read at each of the `num_steps` denoising steps; the
+    memory is what the shared WorldModule itself injects in eval mode."""
+    from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import _ChunkMemory
+
+    policy = _world_policy(vlm_folder, spec)
+    world = policy.model.world
+    with torch.no_grad():
+        world.cross_attn.gate.fill_(0.5)
+    calls = {"prophet": 0, "cross_attn": []}
+    world.prophet.register_forward_hook(lambda *_: calls.__setitem__("prophet", calls["prophet"] + 1))
+    world.cross_attn.register_forward_hook(lambda _m, args, _out: calls["cross_attn"].append(args[1].clone()))
+    policy.predict_action_chunk(_batch(vlm_folder), memory_mode="random", noise=_noise())
+    assert calls["prophet"] == 1 and len(calls["cross_attn"]) == TINY["num_steps"]
+    assert all(torch.equal(memory, calls["cross_attn"][0]) for memory in calls["cross_attn"])
+
+    batch = _batch(vlm_folder)
+    z_hist, mask = policy._history(batch)
+    h = torch.randn(3, TINY["chunk_size"], policy.model.vlm_with_expert.expert_hidden_size)
+    expected, _ = world(h, z_hist, mode="pred", history_mask=mask)
+    assert torch.equal(_ChunkMemory(world, z_hist, mask, None, "pred")(h), expected)
+
+
+# --- world latents under plain lerobot-train ------------------------------------------------------
+
+
+def test_online_latents_from_delta_frames_equal_the_cache(metaworld_dataset, latent_cache, vlm_folder, spec):
+    """Without a cache, the frames at `observation_delta_indices` give the cache's history and futures."""
+    from lerobot.datasets import LeRobotDataset
+    from lerobot.datasets.factory import resolve_delta_timestamps
+
+    from world_modality.latents import LatentCache
+
+    policy = _world_policy(vlm_folder, spec)
+    assert policy.config.observation_delta_indices == [-1, 0, 1, 2]
+    meta = LeRobotDataset(repo_id="local/tiny", root=metaworld_dataset).meta
+    dataset = LeRobotDataset(repo_id="local/tiny", root=metaworld_dataset,
+                             delta_timestamps=resolve_delta_timestamps(policy.config, meta))
+    indices = torch.tensor([0, 1, 24, 48, 49, 50])  # episode starts, middles and ends
+    samples = [dataset[int(i)] for i in indices]
+    batch = {key: torch.stack([s[key] for s in samples]) for key in (CAMERA, f"{CAMERA}_is_pad", "observation.state")}
+    batch["observation.state_is_pad"] = torch.stack([s["observation.state_is_pad"] for s in samples])
+    online = policy._encode_frames(batch)
+    cached = LatentCache.load(latent_cache).windows(indices, 2, 2)
+    assert torch.equal(online["observation.world_latents_mask"], cached.history_mask)
+    assert torch.equal(online["observation.world_future_mask"], cached.future_mask)
+    assert not cached.history_mask.all() and not cached.future_mask.all()
+    real = cached.history_mask[..., None]
+    torch.testing.assert_close(online["observation.world_latents"] * real, cached.z_history * real, atol=2e-3, rtol=0)
+    real = cached.future_mask[..., None]
+    torch.testing.assert_close(online["observation.world_future"] * real, cached.z_future * real, atol=2e-3, rtol=0)
+    # SmolVLA gets the observation at offset 0 only.
+    current = policy._current_step(batch)
+    assert torch.equal(current[CAMERA], batch[CAMERA][:, 1])
+    assert current["observation.state"].shape == (len(indices), 4)
+
+
+# --- (c) checkpoints ----------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_in_a_fresh_process(vlm_folder, spec, tmp_path):
+    policy = _world_policy(vlm_folder, spec)
+    with torch.no_grad():
+        policy.model.world.cross_attn.gate.fill_(0.7)  # so the world weights matter
+    batch = _batch(vlm_folder)
+    expected = policy.predict_action_chunk(dict(batch), noise=_noise())
+    policy.save_pretrained(tmp_path / "ckpt")
+    torch.save({"batch": batch, "noise": _noise()}, tmp_path / "inputs.pt")
+    script = textwrap.dedent(f"""
+        import torch
+        from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import SmolVLAWorldPolicy
+        policy = SmolVLAWorldPolicy.from_pretrained({str(tmp_path / "ckpt")!r})
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        torch.save(policy.predict_action_chunk(inputs["batch"], noise=inputs["noise"]), {str(tmp_path / "out.pt")!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+def test_rollout_temporal_window_mismatch_is_an_error(vlm_folder, spec, tmp_path):
+    from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
+    from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import SmolVLAWorldPolicy
+
+    with pytest.raises(ValueError, match="world_rollout_temporal_window 4 != the encoder spec's temporal_window 1"):
+        SmolVLAWorldConfig(encoder_spec=spec, world_rollout_temporal_window=4)
+    policy = _world_policy(vlm_folder, spec)
+    assert policy.config.world_rollout_temporal_window == 1
+    policy.save_pretrained(tmp_path / "ckpt")
+    config_file = tmp_path / "ckpt" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "world_rollout_temporal_window": 2}))
+    with pytest.raises(ValueError, match="world_rollout_temporal_window 2 != the encoder spec's temporal_window 1"):
+        SmolVLAWorldPolicy.from_pretrained(tmp_path / "ckpt")
+
+
+# --- (d, e) LeRobot's own command lines ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lerobot_train_run(metaworld_dataset, latent_cache, vlm_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lerobot-train") / "run"
+    subprocess.run([
+        str(REPO / ".venv" / "bin" / "lerobot-train"), "--dataset.repo_id=local/tiny", f"--dataset.root={metaworld_dataset}",
+        "--policy.type=smolvla_world", f"--policy.vlm_model_name={vlm_folder}", f"--policy.encoder_spec_path={latent_cache}",
+        "--policy.push_to_hub=false", "--policy.device=cpu", *TRAIN_CLI, "--steps=2", "--batch_size=2", "--num_workers=0",
+        "--save_freq=2", "--log_freq=1", "--wandb.enable=false", f"--output_dir={out}",
+    ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
+    return out
+
+
+@pytest.mark.slow
+def test_lerobot_train_writes_a_world_checkpoint(lerobot_train_run, spec):
+    from safetensors import safe_open
+
+    model_dir = lerobot_train_run / "checkpoints" / "last" / "pretrained_model"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["type"] == "smolvla_world" and config["encoder_spec"] == spec and config["latent_dim"] == 16
+    with safe_open(model_dir / "model.safetensors", "pt") as weights:
+        keys = set(weights.keys())
+        assert int(weights.get_tensor("train_step")) == 2
+    assert "model.world.cross_attn.gate" in keys and any(k.startswith("model.world.prophet.") for k in keys)
+    assert (model_dir / "policy_preprocessor.json").is_file()
+
+
+@pytest.mark.slow
+def test_lerobot_eval_runs_the_checkpoint_in_lerobots_metaworld_env(lerobot_train_run, tmp_path):
+    """LeRobot's MetaworldEnv names the camera `observation.image`; `--rename_map` maps it to the
+    dataset key the checkpoint was trained on. Its episodes are fixed at 500 steps, so this test
+    shortens them to 6 (the only change to LeRobot's eval)."""
+    script = textwrap.dedent("""
+        import sys
+        from world_modality.rendering import ensure_headless_rendering
+        ensure_headless_rendering()
+        import lerobot.envs.metaworld as metaworld_env
+        from lerobot.scripts.lerobot_eval import main
+        init = metaworld_env.MetaworldEnv.__init__
+        def short_episodes(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self._max_episode_steps = 6
+        metaworld_env.MetaworldEnv.__init__ = short_episodes
+        sys.argv = ["lerobot-eval", *sys.argv[1:]]
+        main()
+    """)
+    model_dir = lerobot_train_run / "checkpoints" / "last" / "pretrained_model"
+    subprocess.run([
+        sys.executable, "-c", script, f"--policy.path={model_dir}", "--policy.device=cpu", "--env.type=metaworld",
+        "--env.task=reach-v3", "--eval.n_episodes=1", "--eval.batch_size=1",
+        f'--rename_map={{"observation.image": "{CAMERA}"}}', f"--output_dir={tmp_path / 'eval'}",
+    ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
+    info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
+    assert info["overall"]["n_episodes"] == 1 and "pc_success" in info["overall"]
