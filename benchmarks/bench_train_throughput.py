@@ -35,7 +35,7 @@ def measure(model_type: str, args, device: torch.device) -> dict[str, float]:
     table = read_frame_table(args.dataset, keys)
     opts = TrainOptions(dataset=args.dataset, latents=args.latents, out="", model_type=model_type, steps=args.steps)
     config = build_config(opts, cache, table.instructions, table.state.shape[1], table.action.shape[1],
-                          tuple(summary.features[cache.spec.camera_key]["shape"]), device)
+                          summary.features, summary.keys.get("image"), device)
     data = LatentBatches(cache, table, keys, split_episodes(table, 0.1)[0], config.chunk_size, config.history_len,
                          config.num_future)
     torch.manual_seed(0)

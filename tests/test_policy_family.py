@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+
 from world_modality.data.check import DatasetKeys
 from world_modality.latents import LatentCache, compute_latents
 from world_modality.training.checkpoint import check_inputs, load_checkpoint
 from world_modality.training.data import LatentBatches, read_frame_table, split_episodes
+from world_modality.tokens import WorldTokens
 from world_modality.training.trainer import TrainOptions, train, validation_loss
 
 TINY = {
@@ -247,3 +250,72 @@ def test_lerobot_factory_builds_the_policy_by_type_name(latents):
     obs = {"observation.state": torch.zeros(4), "observation.environment_state": torch.zeros(39), "task": "reach"}
     policy.eval()
     assert policy.select_action(preprocessor(obs)).shape == (1, 4)
+
+
+def _tiny_cli(model_type: str) -> list[str]:
+    return ["--policy.type=world_transformer", f"--policy.model_type={model_type}",
+            *(f"--policy.{k}={v}" for k, v in TINY.items())]
+
+
+@pytest.mark.slow
+def test_lerobot_train_reads_the_latent_cache_for_every_model_type(metaworld_dataset, latents, tokens, tmp_path):
+    """Under lerobot-train the policy completes its config from `latents_path` (encoder spec, dims,
+    instructions) and reads each batch's history and future latents from the cache by frame index:
+    model B, which needs future latents and the codebook, trains and checkpoints."""
+    from lerobot_cli import lerobot_train
+
+    model_dir = lerobot_train(metaworld_dataset, tmp_path / "run", *_tiny_cli("B"), f"--policy.latents_path={latents}",
+                              f"--policy.tokens_path={tokens}", "--steps=3", "--batch_size=4", "--save_freq=3",
+                              "--log_freq=1")
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["encoder_spec"] == LatentCache.load(latents).spec.to_dict()
+    assert config["instructions"] == sorted(set(read_frame_table(metaworld_dataset, DatasetKeys()).instruction))
+    policy = WorldTransformerPolicy.from_pretrained(model_dir)
+    assert int(policy.train_step) == 3
+    assert torch.equal(policy.centroids, WorldTokens.load(tokens).centroids.float())
+
+
+@pytest.mark.slow
+def test_lerobot_eval_runs_a_world_transformer_checkpoint(metaworld_dataset, tmp_path):
+    """A model F checkpoint on learned image latents acts in LeRobot's own MetaworldEnv (its camera
+    renamed to the dataset's key), encoding frames online with the checkpoint's encoder spec."""
+    from lerobot_cli import lerobot_eval_metaworld
+
+    image_latents = compute_latents(metaworld_dataset, "learned", learned_steps=5, batch_size=32, device="cpu",
+                                    out=tmp_path / "latents", progress=False)
+    checkpoint = _train(metaworld_dataset, image_latents, tmp_path / "run", steps=4)
+    info = lerobot_eval_metaworld(checkpoint / "pretrained_model", tmp_path / "eval", "observation.images.corner2")
+    assert info["overall"]["n_episodes"] == 1 and "pc_success" in info["overall"]
+
+
+def _tiny_text_encoder(folder: Path, texts: list[str]) -> Path:
+    """A BERT-style text encoder folder built in code: word-level vocabulary of ``texts``, random weights."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted({w for t in texts for w in t.lower().replace(".", " ").split()} | {"unseen", "words"})
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(folder)
+    return folder
+
+
+def test_frozen_text_encoder_conditions_the_policy_and_stays_out_of_the_checkpoint(metaworld_dataset, latents, tmp_path):
+    from safetensors import safe_open
+
+    instructions = sorted(set(read_frame_table(metaworld_dataset, DatasetKeys()).instruction))
+    encoder = _tiny_text_encoder(tmp_path / "text", instructions)
+    checkpoint = _train(metaworld_dataset, latents, tmp_path / "run", model_type="A", steps=20,
+                        policy={"text_encoder_path": str(encoder)})
+    with safe_open(checkpoint / "pretrained_model" / "model.safetensors", "pt") as weights:
+        keys = list(weights.keys())
+    assert any(k.startswith("instruction.proj.") for k in keys)
+    assert not any("embedding" in k and k.startswith("instruction.") for k in keys)  # no vocabulary table
+    assert not any("text_model" in k or "encoder.layer" in k for k in keys)  # the frozen encoder is not saved
+    policy = load_checkpoint(checkpoint).policy
+    texts = [instructions[0], instructions[1], "unseen words"]  # free text: no vocabulary to fall outside of
+    embedded = policy.instruction(texts, torch.device("cpu"))
+    assert embedded.shape == (3, TINY["d_model"]) and not torch.allclose(embedded[0], embedded[1])
+    assert all(not p.requires_grad for p in policy.instruction._text_model.parameters())

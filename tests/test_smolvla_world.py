@@ -8,7 +8,6 @@ a learned world encoder trained for two steps, and the session's MetaWorld datas
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lerobot_cli import REPO, SUBPROCESS_ENV, lerobot_eval_metaworld, lerobot_train
 
 CAMERA = "observation.images.corner2"
 ENV_STATE = "observation.environment_state"
@@ -31,8 +31,6 @@ TRAIN_CLI = [
     "--policy.num_future=2", "--policy.prophet_dim=32", "--policy.prophet_heads=2", "--policy.prophet_layers=1",
     "--policy.cross_attn_heads=2", f"--policy.image_key={CAMERA}",
 ]
-REPO = Path(__file__).resolve().parents[1]
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(autouse=True)
@@ -291,12 +289,9 @@ def test_rollout_temporal_window_mismatch_is_an_error(vlm_folder, spec, tmp_path
 @pytest.fixture(scope="module")
 def lerobot_train_run(metaworld_dataset, latent_cache, vlm_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lerobot-train") / "run"
-    subprocess.run([
-        str(REPO / ".venv" / "bin" / "lerobot-train"), "--dataset.repo_id=local/tiny", f"--dataset.root={metaworld_dataset}",
-        "--policy.type=smolvla_world", f"--policy.vlm_model_name={vlm_folder}", f"--policy.encoder_spec_path={latent_cache}",
-        "--policy.push_to_hub=false", "--policy.device=cpu", *TRAIN_CLI, "--steps=2", "--batch_size=2", "--num_workers=0",
-        "--save_freq=2", "--log_freq=1", "--wandb.enable=false", f"--output_dir={out}",
-    ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
+    lerobot_train(metaworld_dataset, out, "--policy.type=smolvla_world", f"--policy.vlm_model_name={vlm_folder}",
+                  f"--policy.encoder_spec_path={latent_cache}", *TRAIN_CLI, "--steps=2", "--batch_size=2",
+                  "--save_freq=2", "--log_freq=1")
     return out
 
 
@@ -319,25 +314,6 @@ def test_lerobot_eval_runs_the_checkpoint_in_lerobots_metaworld_env(lerobot_trai
     """LeRobot's MetaworldEnv names the camera `observation.image`; `--rename_map` maps it to the
     dataset key the checkpoint was trained on. Its episodes are fixed at 500 steps, so this test
     shortens them to 6 (the only change to LeRobot's eval)."""
-    script = textwrap.dedent("""
-        import sys
-        from world_modality.rendering import ensure_headless_rendering
-        ensure_headless_rendering()
-        import lerobot.envs.metaworld as metaworld_env
-        from lerobot.scripts.lerobot_eval import main
-        init = metaworld_env.MetaworldEnv.__init__
-        def short_episodes(self, *args, **kwargs):
-            init(self, *args, **kwargs)
-            self._max_episode_steps = 6
-        metaworld_env.MetaworldEnv.__init__ = short_episodes
-        sys.argv = ["lerobot-eval", *sys.argv[1:]]
-        main()
-    """)
     model_dir = lerobot_train_run / "checkpoints" / "last" / "pretrained_model"
-    subprocess.run([
-        sys.executable, "-c", script, f"--policy.path={model_dir}", "--policy.device=cpu", "--env.type=metaworld",
-        "--env.task=reach-v3", "--eval.n_episodes=1", "--eval.batch_size=1",
-        f'--rename_map={{"observation.image": "{CAMERA}"}}', f"--output_dir={tmp_path / 'eval'}",
-    ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
-    info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
+    info = lerobot_eval_metaworld(model_dir, tmp_path / "eval", CAMERA)
     assert info["overall"]["n_episodes"] == 1 and "pc_success" in info["overall"]

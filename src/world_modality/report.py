@@ -1,6 +1,8 @@
 """`wm report`: the Markdown report of a matrix run, built only from its per-episode result files.
 
-Reads ``RUN_DIR/eval/<label>/seed<k>/episodes.jsonl`` (see `world_modality.matrix` for the run folder) and,
+Reads ``RUN_DIR/eval/<label>/seed<k>/episodes.jsonl`` (see `world_modality.matrix` for the run folder), or
+the shard files ``episodes.shard-<i>-of-<N>.jsonl`` of a sharded evaluation merged into the same records
+(`world_modality.shards`; missing, unfinished or mismatched shards are refused), and,
 for training curves only, the TensorBoard logs in ``RUN_DIR/train/<arm>/seed<k>/tensorboard``. Writes into
 ``RUN_DIR/report/`` (every file atomically):
 
@@ -26,8 +28,9 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from world_modality.atomic_io import atomic_write_text, read_jsonl
+from world_modality.atomic_io import atomic_write_text
 from world_modality.memory_modes import ROLLOUT_MODES
+from world_modality.shards import has_results, load_episode_results
 from world_modality.stats import (
     ArmComparison,
     aggregate_over_seeds,
@@ -58,28 +61,29 @@ class Results:
 
 
 def load_results(run_dir: str | Path) -> Results:
-    """Read every ``eval/*/seed*/episodes.jsonl`` of ``run_dir``; a record lacking a field is an error."""
+    """Read the results of every ``eval/*/seed*/`` folder of ``run_dir`` (shards merged); a record lacking a
+    field is an error."""
     run_dir = Path(run_dir)
-    files = sorted((run_dir / "eval").glob("*/seed*/episodes.jsonl"))
+    folders = sorted(p for p in (run_dir / "eval").glob("*/seed*") if p.is_dir() and has_results(p))
     records: list[dict[str, Any]] = []
     base: dict[str, str] = {}
     mode: dict[str, str | None] = {}
     videos: list[tuple[str, str, Path]] = []
-    for path in files:
-        for i, r in enumerate(read_jsonl(path), 1):
+    for folder in folders:
+        for i, r in enumerate(load_episode_results(folder), 1):
             missing = [k for k in REQUIRED_FIELDS if k not in r]
             if missing:
-                raise ValueError(f"{path} line {i} lacks field(s) {missing}")
+                raise ValueError(f"{folder} episode record {i} lacks field(s) {missing}")
             label = r["arm"]
-            if label != path.parent.parent.name:
-                raise ValueError(f"{path} line {i} holds a result of arm {label!r}, but its folder is the "
-                                 f"evaluation {path.parent.parent.name!r}: two evaluations would be mixed up")
+            if label != folder.parent.name:
+                raise ValueError(f"{folder} episode record {i} holds a result of arm {label!r}, but its folder is the "
+                                 f"evaluation {folder.parent.name!r}: two evaluations would be mixed up")
             base.setdefault(label, r.get("base_arm") or label.split(":")[0])
             mode.setdefault(label, r.get("memory_mode"))
             records.append(r)
             if r.get("video"):
                 caption = f"{r['task']} seed {r.get('seed')} layout {r.get('layout')} (train seed {r['train_seed']})"
-                videos.append((label, caption, path.parent / r["video"]))
+                videos.append((label, caption, folder / r["video"]))
     if not records:
         raise FileNotFoundError(f"no episode results under {run_dir / 'eval'} (expected <label>/seed<k>/episodes.jsonl)")
 

@@ -18,7 +18,9 @@ def register(subparsers) -> None:
             "skipping the layouts the training dataset used. LIBERO episodes (--env libero --suite S) are "
             "(suite, task, init-state index) with init states 0..N-1 of each task (run `wm libero setup` once first). "
             "Every arm evaluated with the same options runs the same episodes. The cameras, image size and render "
-            "settings come from the checkpoint. Rerun to resume."
+            "settings come from the checkpoint. Rerun to resume. --shard i/N splits the evaluation across processes, "
+            "GPUs or machines: each shard writes OUT/episodes.shard-<i>-of-<N>.jsonl; copy all shard files into one "
+            "folder and `wm eval` (any shard, rerun) or `wm report` merges them into the one-process result."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -39,13 +41,26 @@ def register(subparsers) -> None:
     p.add_argument("--videos-per-task", type=int, default=0, help="mp4 videos of the first N episodes per task")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--allow-train-layouts", action="store_true", help="also evaluate on layouts seen in training")
+    p.add_argument("--shard", type=_shard, default=None, metavar="i/N",
+                   help="run only shard i of N (1-based: 1/N ... N/N): the episodes at positions i-1, i-1+N, ... of the "
+                        "full episode list; all other options must be the same for every shard")
     add_common(p)
     p.set_defaults(handler=_eval)
+
+
+def _shard(text: str):
+    from world_modality.shards import Shard
+
+    try:
+        return Shard.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _eval(args) -> int:
     from world_modality.atomic_io import read_jsonl
     from world_modality.rollout import evaluate_checkpoint
+    from world_modality.shards import IncompleteShards, load_episode_results
     from world_modality.stats import success_table
 
     results = evaluate_checkpoint(
@@ -64,15 +79,22 @@ def _eval(args) -> int:
         device=args.device,
         allow_train_layouts=args.allow_train_layouts,
         max_steps=args.max_steps,
+        shard=args.shard,
     )
+    scope = "" if args.shard is None else " (all shards merged)"
+    try:
+        merged = load_episode_results(results.parent)
+    except IncompleteShards as e:  # the other shards are still running: summarise this one
+        print(f"not merged yet: {e}")
+        merged, scope = read_jsonl(results), f" (shard {args.shard} only)"
     records = [
-        r for r in read_jsonl(results)
+        r for r in merged
         if r["base_arm"] == args.arm and r["train_seed"] == args.train_seed
         and (r["memory_mode"] == args.memory_mode if args.memory_mode else r["arm"] == args.arm)
     ]
     label = records[0]["arm"] if records else args.arm
     for row in success_table(records, by=("task",)) + success_table(records, by=("arm",)):
-        name = row.get("task", f"overall ({label})")
+        name = row.get("task", f"overall ({label}){scope}")
         print(f"{name:32s} {row['successes']:4d}/{row['n']:<4d} {row['rate']:6.1%}  95% CI [{row['ci_low']:.1%}, {row['ci_high']:.1%}]")
     print(f"results: {results}")
     return 0

@@ -3,7 +3,8 @@
 Episodes run in lockstep batches of one task (as LeRobot's evaluation does): the policy sees the
 observations of every env of the batch at once; an env whose episode has ended stops stepping.
 Each finished episode is appended to ``episodes.jsonl`` at once, so an interrupted run resumes with
-exactly the missing episodes.
+exactly the missing episodes. ``shard`` splits one evaluation across processes or machines: each shard
+runs its share of the full episode list into its own file (see `world_modality.shards`).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from world_modality.rollout.policies import (
     load_rollout_policy,
     training_layouts,
 )
+from world_modality.shards import RESULTS_FILE, Shard, checkpoint_digest, evaluation_id
 from world_modality.sim.libero_env import suite_tasks
 from world_modality.sim.metaworld_tasks import resolve_tasks
 
-RESULTS_FILE = "episodes.jsonl"
 VIDEO_FPS = 30
 
 
@@ -74,10 +75,12 @@ def run_episodes(
     record: dict[str, Any],
     videos_per_task: int = 0,
     max_steps: int | None = None,
+    episode_fields: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict]:
     """Run the episodes not yet in ``results``; returns the records written by this call.
 
-    ``record`` holds the fields shared by every line (arm, base_arm, memory_mode, train_seed, checkpoint).
+    ``record`` holds the fields shared by every line (arm, base_arm, memory_mode, train_seed, checkpoint);
+    ``episode_fields`` (episode_id -> fields) adds fields of single episodes (a shard's episode positions).
     """
     done = completed_episodes(results, record["arm"], record["train_seed"])
     todo = [ep for ep in episodes if ep.episode_id not in done]
@@ -91,7 +94,7 @@ def run_episodes(
     try:
         for batch in _task_batches(todo, pool.size):
             for line in _run_batch(policy, batch, pool, video_budget, results, max_steps):
-                line = {**record, **line}
+                line = {**record, **line, **(episode_fields or {}).get(line["episode_id"], {})}
                 append_jsonl(results, line)
                 written.append(line)
                 successes += bool(line["success"])
@@ -179,14 +182,19 @@ def evaluate_checkpoint(
     device: str = "auto",
     allow_train_layouts: bool = False,
     max_steps: int | None = None,
+    shard: str | Shard | None = None,
 ) -> Path:
     """Closed-loop evaluation of one checkpoint; returns the episodes JSONL (resumable).
 
     Every arm evaluated with the same env, tasks, episodes_per_task and eval_seed runs the identical
-    episode list, so results pair up by ``episode_id``.
+    episode list, so results pair up by ``episode_id``. With ``shard`` ("i/N", 1-based) only the
+    episodes at positions ``i-1, i-1+N, ...`` of that list run, into ``episodes.shard-<i>-of-<N>.jsonl``;
+    `world_modality.shards.load_episode_results` merges the N shard files.
     """
     if env not in ("metaworld", "libero"):
         raise ValueError(f"unknown --env {env!r}; available: metaworld, libero")
+    if isinstance(shard, str):
+        shard = Shard.parse(shard)
     policy = load_rollout_policy(checkpoint, memory_mode, device)
     simulator = (policy.render.to_dict().get("simulator", "metaworld")) if policy.render is not None else env
     if simulator != env:
@@ -222,6 +230,10 @@ def evaluate_checkpoint(
         "train_seed": train_seed,
         "checkpoint": str(Path(checkpoint).resolve()),
     }
+    episode_fields = None
+    if shard is not None:
+        results = out_dir / shard.file_name
+        episodes, episode_fields, record = _shard_episodes(checkpoint, episodes, shard, record, max_steps, results)
     size = min(workers, episodes_per_task)
     # The simulator processes need the cores: batched inference of a small policy gains little from
     # intra-op threads that would compete with them.
@@ -229,7 +241,31 @@ def evaluate_checkpoint(
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - size))
     try:
         with EnvPool(env, policy.render, size) as pool:
-            run_episodes(policy, episodes, pool, results, record, videos_per_task, max_steps)
+            run_episodes(policy, episodes, pool, results, record, videos_per_task, max_steps, episode_fields)
     finally:
         torch.set_num_threads(threads)
     return results
+
+
+def _shard_episodes(
+    checkpoint: str | Path,
+    episodes: list[EpisodeSpec],
+    shard: Shard,
+    record: dict[str, Any],
+    max_steps: int | None,
+    results: Path,
+) -> tuple[list[EpisodeSpec], dict[str, dict[str, Any]], dict[str, Any]]:
+    """A shard's episodes, their positions in the full list, and the record fields naming the evaluation."""
+    from world_modality.training.checkpoint import resolve_pretrained
+
+    options = {k: record[k] for k in ("arm", "memory_mode", "train_seed")} | {"max_steps": max_steps}
+    eval_id = evaluation_id(checkpoint_digest(resolve_pretrained(checkpoint)), [ep.episode_id for ep in episodes], options)
+    earlier = {r["evaluation_id"] for r in read_jsonl(results)
+               if r.get("arm") == record["arm"] and r.get("train_seed") == record["train_seed"]}
+    if earlier - {eval_id}:
+        raise ValueError(f"{results} holds shard {shard} of another evaluation ({', '.join(sorted(earlier))}, this one is "
+                         f"{eval_id}: a different checkpoint, episode list or option); use another --out")
+    fields = {episodes[p].episode_id: {"episode_index": p} for p in shard.positions(len(episodes))}
+    record = record | {"shard": shard.index, "shard_count": shard.count, "n_episodes": len(episodes),
+                       "evaluation_id": eval_id}
+    return shard.select(episodes), fields, record

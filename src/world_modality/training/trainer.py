@@ -1,4 +1,5 @@
-"""`wm train`: a thin, single-process plain-PyTorch loop for every world-modality policy family.
+"""`wm train`: a thin plain-PyTorch loop for every world-modality policy family, on one process or
+data-parallel on several (Hugging Face accelerate, as LeRobot).
 
 Why not lerobot-train: it has no notion of a latent cache. Here the world latents (history and
 future targets) come from the cache as a few tensor gathers; the world transformer decodes no image
@@ -10,11 +11,21 @@ Per step: draw a batch of training frames (uniform, with replacement, from a see
 normalise it with the policy's preprocessor, forward, clip gradients, AdamW + warmup/cosine
 (the config's LeRobot presets). Every logged value goes to TensorBoard (and W&B when enabled);
 the held-out episodes' action loss is logged at every checkpoint.
+
+Several processes (GPUs, nodes; gloo on CPU): start the same command under ``accelerate launch``, e.g.
+``accelerate launch --num_processes 4 -m world_modality.cli train ...`` (see the README). ``--batch-size``
+stays the global batch: every process draws the same global batch from the same seeded generator and
+trains on its contiguous slice (batch size / processes rows), DDP averages the gradients, and only the
+main process logs, validates and writes checkpoints (resume works as on one process). The averaged
+gradient equals the one-process gradient when each process's loss is a plain mean over its rows; a loss
+normalised by its own count of valid entries (e.g. padded action chunks at episode ends) weighs the
+slices slightly differently, as in every DDP trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,11 +182,31 @@ def validation_loss(policy: PreTrainedPolicy, preprocessor, data: LatentBatches,
     return {key: value / len(data) for key, value in totals.items()}
 
 
+def _accelerator(device: torch.device):
+    """The accelerate ``Accelerator`` of a multi-process launch (``accelerate launch`` sets WORLD_SIZE);
+    None on a single process, whose loop then stays plain PyTorch."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    # As lerobot-train: some families leave parameters unused in a step (e.g. memory modes, frozen towers).
+    return Accelerator(cpu=device.type == "cpu", kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
 def train(opts: TrainOptions) -> Path:
     """Train one configuration into ``opts.out``; with ``resume``, continue from its last checkpoint
-    (same data, options and RNG streams) up to ``opts.steps``. Returns the last checkpoint folder."""
+    (same data, options and RNG streams) up to ``opts.steps``. Returns the last checkpoint folder.
+    Under ``accelerate launch`` every process runs this; see the module docstring."""
     run_dir = Path(opts.out).expanduser()
     device = resolve_device(opts.device)
+    accelerator = _accelerator(device)
+    processes, rank = (1, 0) if accelerator is None else (accelerator.num_processes, accelerator.process_index)
+    is_main = rank == 0
+    if opts.batch_size % processes:
+        raise ValueError(f"--batch-size {opts.batch_size} (the global batch) must be a multiple of the "
+                         f"{processes} processes")
+    if accelerator is not None:
+        device = accelerator.device
     # With the world gate near 0, Adam's second moments of the cross-attention weights become subnormal
     # floats and a CPU step gets 3-20x slower (measured); flush them to zero (`wm` also does this at start,
     # before any thread pool exists, which is what makes it reach every OpenMP worker).
@@ -221,6 +252,7 @@ def train(opts: TrainOptions) -> Path:
             policy.centroids.copy_(codebook)
         preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=train_data.stats())
     policy.train()
+    model = policy if accelerator is None else accelerator.prepare_model(policy)
     optimizer = config.get_optimizer_preset().build(policy.get_optim_params())
     scheduler = config.get_scheduler_preset().build(optimizer, max(opts.steps, 1))
     sampler = torch.Generator().manual_seed(opts.seed)
@@ -231,6 +263,9 @@ def train(opts: TrainOptions) -> Path:
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
+    if rank > 0:  # its own random draws (e.g. flow noise), reproducible from the seed, rank and start step
+        torch.manual_seed(hash((opts.seed, rank, start_step)))
+    local_rows = slice(rank * opts.batch_size // processes, (rank + 1) * opts.batch_size // processes)
 
     meta = {
         "dataset": str(summary.root),
@@ -242,6 +277,7 @@ def train(opts: TrainOptions) -> Path:
         "coc_labels": opts.coc_labels,
         "seed": opts.seed,
         "batch_size": opts.batch_size,
+        "processes": processes,
         "total_steps": opts.steps,
         "val_fraction": opts.val_fraction,
         "validation": "per instruction, the last ceil(val_fraction * n) episodes by episode index",
@@ -249,29 +285,40 @@ def train(opts: TrainOptions) -> Path:
         "val_episodes": val_episodes,
     }
     run_dir.mkdir(parents=True, exist_ok=True)
-    loggers = _Loggers(run_dir, opts.wandb, {k: v for k, v in meta.items() if not k.endswith("_episodes")}, start_step)
+    loggers = (_Loggers(run_dir, opts.wandb, {k: v for k, v in meta.items() if not k.endswith("_episodes")}, start_step)
+               if is_main else None)
     grad_clip = config.optimizer_grad_clip_norm
-    bar = tqdm(total=opts.steps, initial=start_step, desc=f"train {run_label(config)}", disable=not opts.progress)
+    bar = tqdm(total=opts.steps, initial=start_step, desc=f"train {run_label(config)}",
+               disable=not (opts.progress and is_main))
     checkpoint_dir = last
     try:
         for step in range(start_step + 1, opts.steps + 1):
             t0 = time.perf_counter()
-            batch = preprocess(preprocessor, train_data.sample(opts.batch_size, sampler))
+            # The global batch's rows (identical on every process), of which this process trains its slice.
+            rows = train_data.frames[torch.randint(len(train_data.frames), (opts.batch_size,), generator=sampler)]
+            batch = preprocess(preprocessor, train_data.batch(rows[local_rows]))
             t1 = time.perf_counter()
-            loss, logs = policy.forward(batch)
+            loss, logs = model(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.get_optim_params(), grad_clip)
             optimizer.step()
             scheduler.step()
-            if step % opts.log_every == 0 or step == opts.steps:
+            if accelerator is not None:  # the global batch's values: the mean of the processes' slices
+                keys = sorted(logs)
+                means = accelerator.reduce(torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=device), "mean")
+                logs = dict(zip(keys, means.tolist()))
+            if is_main and (step % opts.log_every == 0 or step == opts.steps):
                 t2 = time.perf_counter()
                 logs |= {"grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
                          "time_data_s": t1 - t0, "time_compute_s": t2 - t1}
                 loggers.log(logs, step, "train")
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
-            if step % opts.save_every == 0 or step == opts.steps:
+            if (step % opts.save_every == 0 or step == opts.steps) and not is_main:
+                accelerator.wait_for_everyone()  # the main process writes the checkpoint
+                checkpoint_dir = last_checkpoint(run_dir)
+            elif step % opts.save_every == 0 or step == opts.steps:
                 if val_data is not None:
                     loggers.log(validation_loss(policy, preprocessor, val_data, opts.val_batch_size), step, "val")
                 training_state = {
@@ -283,9 +330,12 @@ def train(opts: TrainOptions) -> Path:
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 }
                 checkpoint_dir = save_checkpoint(run_dir, step, policy, preprocessor, postprocessor, meta, training_state)
+                if accelerator is not None:
+                    accelerator.wait_for_everyone()
     finally:
         bar.close()
-        loggers.close()
+        if loggers is not None:
+            loggers.close()
     if checkpoint_dir is None:
         raise ValueError(f"nothing to do: --steps {opts.steps} and the run starts at step {start_step}")
     return checkpoint_dir

@@ -1,0 +1,51 @@
+"""LeRobot's own command lines (`lerobot-train`, `lerobot-eval`) run as subprocesses by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+# LeRobot's MetaworldEnv fixes episodes at 500 steps; the tests shorten them (the only change to its eval).
+_SHORT_EVAL = textwrap.dedent("""
+    import sys
+    steps = int(sys.argv.pop(1))
+    from world_modality.rendering import ensure_headless_rendering
+    ensure_headless_rendering()
+    import lerobot.envs.metaworld as metaworld_env
+    from lerobot.scripts.lerobot_eval import main
+    init = metaworld_env.MetaworldEnv.__init__
+    def short_episodes(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._max_episode_steps = steps
+    metaworld_env.MetaworldEnv.__init__ = short_episodes
+    sys.argv = ["lerobot-eval", *sys.argv[1:]]
+    main()
+""")
+
+
+def lerobot_train(dataset: Path, out: Path, *args: str, timeout: int = 600) -> Path:
+    """`lerobot-train` on a local dataset (CPU, no hub, no W&B); returns the last pretrained_model folder."""
+    subprocess.run([
+        str(REPO / ".venv" / "bin" / "lerobot-train"), "--dataset.repo_id=local/tiny", f"--dataset.root={dataset}",
+        "--dataset.video_backend=pyav", "--policy.push_to_hub=false", "--policy.device=cpu", "--num_workers=0",
+        "--wandb.enable=false", f"--output_dir={out}", *args,
+    ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=timeout, capture_output=True)
+    return out / "checkpoints" / "last" / "pretrained_model"
+
+
+def lerobot_eval_metaworld(model_dir: Path, out: Path, camera: str, steps: int = 6, task: str = "reach-v3") -> dict:
+    """One short `lerobot-eval` episode in LeRobot's MetaworldEnv, its camera renamed to ``camera``;
+    returns eval_info.json."""
+    subprocess.run([
+        sys.executable, "-c", _SHORT_EVAL, str(steps), f"--policy.path={model_dir}", "--policy.device=cpu",
+        "--env.type=metaworld", f"--env.task={task}", "--eval.n_episodes=1", "--eval.batch_size=1",
+        f'--rename_map={{"observation.image": "{camera}"}}', f"--output_dir={out}",
+    ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
+    return json.loads((out / "eval_info.json").read_text())
