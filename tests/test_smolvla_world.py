@@ -317,3 +317,24 @@ def test_lerobot_eval_runs_the_checkpoint_in_lerobots_metaworld_env(lerobot_trai
     model_dir = lerobot_train_run / "checkpoints" / "last" / "pretrained_model"
     info = lerobot_eval_metaworld(model_dir, tmp_path / "eval", CAMERA)
     assert info["overall"]["n_episodes"] == 1 and "pc_success" in info["overall"]
+
+
+@pytest.mark.slow
+def test_wm_train_and_wm_eval_run_smolvla_world(metaworld_dataset, latent_cache, vlm_folder, tmp_path):
+    """`wm train --policy smolvla_world` (cached latents + decoded camera frames) and a short closed-loop
+    `wm eval`, both through the command line."""
+    from world_modality.atomic_io import read_jsonl
+
+    wm = str(REPO / ".venv" / "bin" / "wm")
+    policy = {**TINY, **TINY_WORLD, "vlm_model_name": str(vlm_folder), "resize_imgs_with_padding": [64, 64]}
+    subprocess.run([
+        wm, "train", str(metaworld_dataset), "--latents", str(latent_cache), "--policy", "smolvla_world",
+        "--steps", "2", "--batch-size", "2", "--save-every", "2", "--device", "cpu", "--no-progress",
+        "--out", str(tmp_path / "run"), *(f"--set={k}={json.dumps(v)}" for k, v in policy.items()),
+    ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
+    subprocess.run([
+        wm, "eval", str(tmp_path / "run"), "--tasks", "reach-v3", "--episodes-per-task", "1", "--max-steps", "4",
+        "--workers", "1", "--device", "cpu", "--arm", "E2", "--out", str(tmp_path / "eval"),
+    ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
+    episodes = read_jsonl(next((tmp_path / "eval").rglob("*.jsonl")))
+    assert len(episodes) == 1 and episodes[0]["arm"] == "E2"

@@ -81,12 +81,15 @@ def _eval(args) -> int:
         max_steps=args.max_steps,
         shard=args.shard,
     )
-    scope = "" if args.shard is None else " (all shards merged)"
-    try:
-        merged = load_episode_results(results.parent)
-    except IncompleteShards as e:  # the other shards are still running: summarise this one
-        print(f"not merged yet: {e}")
-        merged, scope = read_jsonl(results), f" (shard {args.shard} only)"
+    if args.shard is None:
+        merged = read_jsonl(results)
+    else:
+        try:
+            merged = load_episode_results(results.parent)
+            print(f"summary of all {args.shard.count} shards, merged:")
+        except IncompleteShards as e:  # the other shards are still running: summarise this one
+            print(f"not merged yet: {e}\nsummary of shard {args.shard} only:")
+            merged = read_jsonl(results)
     records = [
         r for r in merged
         if r["base_arm"] == args.arm and r["train_seed"] == args.train_seed
@@ -94,7 +97,7 @@ def _eval(args) -> int:
     ]
     label = records[0]["arm"] if records else args.arm
     for row in success_table(records, by=("task",)) + success_table(records, by=("arm",)):
-        name = row.get("task", f"overall ({label}){scope}")
+        name = row.get("task", f"overall ({label})")
         print(f"{name:32s} {row['successes']:4d}/{row['n']:<4d} {row['rate']:6.1%}  95% CI [{row['ci_low']:.1%}, {row['ci_high']:.1%}]")
     print(f"results: {results}")
     return 0

@@ -10,6 +10,7 @@ from world_modality.latents import LatentCache
 from world_modality.training.checkpoint import check_inputs, load_checkpoint
 from world_modality.training.data import LatentBatches, read_frame_table, training_images
 from world_modality.training.trainer import run_label, validation_loss
+from world_modality.world import WorldModule
 
 READING = ("ratio > 1 for zero/random/shuffle/signflip: the policy relies on the memory's content; "
            "ratio < 1 for oracle: better predictions would help")
@@ -45,7 +46,7 @@ def intervene(checkpoint: str | Path, dataset: str | Path, latents: str | Path, 
         "training_step": ckpt.meta["training_step"],
         "val_episodes": val_episodes,
         "val_frames": len(data),
-        "gate": ckpt.policy.world.cross_attn.gate.detach().tanh().item(),
+        "gate": next(m for m in ckpt.policy.modules() if isinstance(m, WorldModule)).cross_attn.gate.detach().tanh().item(),
         "action_loss": losses,
         "ratio_to_pred": {mode: losses[mode] / losses["pred"] for mode in modes},
         "reading": READING,

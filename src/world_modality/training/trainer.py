@@ -128,7 +128,7 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
     unknown = sorted(set(opts.policy) - known)
     if unknown:
         raise ValueError(f"{opts.policy_type} has no config field(s) {unknown}; its fields: {sorted(known)}")
-    return config_class(**{k: v for k, v in from_data.items() if k in known}, **opts.policy)
+    return config_class(**{**{k: v for k, v in from_data.items() if k in known}, **opts.policy})
 
 
 def run_label(config: PreTrainedConfig) -> str:
@@ -205,7 +205,7 @@ def train(opts: TrainOptions) -> Path:
     if opts.batch_size % processes:
         raise ValueError(f"--batch-size {opts.batch_size} (the global batch) must be a multiple of the "
                          f"{processes} processes")
-    if accelerator is not None:
+    if accelerator is not None and device.type != "cpu":  # this process's GPU (accelerate names the CPU "cpu:0")
         device = accelerator.device
     # With the world gate near 0, Adam's second moments of the cross-attention weights become subnormal
     # floats and a CPU step gets 3-20x slower (measured); flush them to zero (`wm` also does this at start,
