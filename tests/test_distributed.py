@@ -52,6 +52,7 @@ def _launch(args: list[str], processes: int) -> None:
     assert done.returncode == 0, f"accelerate launch failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
 
 
+@pytest.mark.slow  # ~60 s on 2 cores: two 2-process launches (imports dominate), two 1-process runs
 def test_two_processes_match_one_process(metaworld_dataset, state_latents, tmp_path):
     import torch
 
@@ -90,8 +91,9 @@ def test_two_processes_match_one_process(metaworld_dataset, state_latents, tmp_p
     assert len(resumed) == 7 and resumed == pytest.approx(_losses(tmp_path / "one")["train/loss"], rel=1e-5)
 
 
-def test_global_batch_must_split_evenly(metaworld_dataset, state_latents, tmp_path):
-    args = _train_args(metaworld_dataset, state_latents, tmp_path / "odd")
-    args[args.index("--batch-size") + 1] = "7"
-    with pytest.raises(AssertionError, match=r"--batch-size 7 \(the global batch\) must be a multiple of the 2 processes"):
-        _launch(args, processes=2)
+def test_global_batch_must_split_evenly(metaworld_dataset, state_latents, tmp_path, monkeypatch):
+    from world_modality.training.trainer import TrainOptions, train
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as `accelerate launch --num_processes 2` sets it
+    with pytest.raises(ValueError, match=r"--batch-size 7 \(the global batch\) must be a multiple of the 2 processes"):
+        train(TrainOptions(dataset=str(metaworld_dataset), latents=str(state_latents), out=str(tmp_path), batch_size=7))

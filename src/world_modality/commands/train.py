@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import fields
 
 from world_modality.commands import add_common
@@ -25,13 +26,15 @@ def register(subparsers) -> None:
         description=(
             "Train a policy on a dataset's cached world latents. --policy world_transformer (the small family, "
             "--model-type A/B/B_cont/C/F) decodes no image; smolvla_world and qwen_vla_world also read the "
-            "current frame of --image-key. The loop is plain single-process PyTorch (no "
+            "current frame of --image-key. The loop is plain PyTorch (no "
             "lerobot-train): uniform batches of training frames, the policy's LeRobot preprocessor for "
             "normalisation, AdamW with warmup + cosine decay. Checkpoints (RUN_DIR/checkpoints/<step>/) are "
             "self-describing LeRobot save_pretrained folders (encoder spec, dataset keys, instructions, "
             "normalisation, versions) plus a training_state/ for --resume; each is written atomically. "
             "Every logged value (losses, world gate raw/tanh, attention mass and world loss per future step, "
-            "memory-source mix, validation loss on held-out episodes) goes to RUN_DIR/tensorboard."
+            "memory-source mix, validation loss on held-out episodes) goes to RUN_DIR/tensorboard. "
+            "Several GPUs or nodes: run the same command under `accelerate launch --multi_gpu --num_processes N "
+            "-m world_modality.cli train ...` (data parallel; --batch-size is the global batch; see the README)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -115,5 +118,6 @@ def _train(args) -> int:
         wandb=args.wandb,
         progress=not args.no_progress,
     ))
-    print(f"checkpoint: {checkpoint}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per `accelerate launch` process
+        print(f"checkpoint: {checkpoint}")
     return 0

@@ -199,12 +199,13 @@ def train(opts: TrainOptions) -> Path:
     Under ``accelerate launch`` every process runs this; see the module docstring."""
     run_dir = Path(opts.out).expanduser()
     device = resolve_device(opts.device)
-    accelerator = _accelerator(device)
-    processes, rank = (1, 0) if accelerator is None else (accelerator.num_processes, accelerator.process_index)
-    is_main = rank == 0
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
     if opts.batch_size % processes:
         raise ValueError(f"--batch-size {opts.batch_size} (the global batch) must be a multiple of the "
                          f"{processes} processes")
+    accelerator = _accelerator(device)
+    rank = 0 if accelerator is None else accelerator.process_index
+    is_main = rank == 0
     if accelerator is not None and device.type != "cpu":  # this process's GPU (accelerate names the CPU "cpu:0")
         device = accelerator.device
     # With the world gate near 0, Adam's second moments of the cross-attention weights become subnormal

@@ -37,6 +37,26 @@ class WorldModuleConfig:
     def __post_init__(self) -> None:
         self.memory_mode = MemoryMode(self.memory_mode)
 
+    @classmethod
+    def from_policy_config(cls, config, d_model: int, dropout: float = 0.0) -> WorldModuleConfig:
+        """From a policy config of any family: they all name the world-module fields the same way."""
+        return cls(
+            latent_dim=config.latent_dim,
+            d_model=d_model,
+            num_future=config.num_future,
+            history_len=config.history_len,
+            delta=config.prophet_delta,
+            prophet_dim=config.prophet_dim,
+            prophet_heads=config.prophet_heads,
+            prophet_layers=config.prophet_layers,
+            cross_attn_heads=config.cross_attn_heads,
+            dropout=dropout,
+            memory_mode=MemoryMode(config.world_memory_mode_train),
+            memory_source=MemorySourceSchedule(config.memory_source, config.memory_schedule_start,
+                                               config.memory_schedule_end),
+            detach_prophet_for_policy=config.detach_prophet_for_policy,
+        )
+
     def prophet_config(self) -> ProphetConfig:
         return ProphetConfig(
             latent_dim=self.latent_dim,

@@ -36,7 +36,7 @@ from lerobot_policy_world_modality.qwen_vla_world.prompt import TEXT_END, act_to
 from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import FlowHead
 from world_modality.encoders import EncoderSpec, OnlineEncoder
 from world_modality.encoders.spec import digest
-from world_modality.world import MemoryMode, MemorySourceSchedule, WorldModule, WorldModuleConfig, total_loss
+from world_modality.world import WorldModule, WorldModuleConfig, total_loss
 from world_modality.world.history import (
     WORLD_FUTURE,
     WORLD_FUTURE_MASK,
@@ -156,21 +156,7 @@ class QwenVLAWorldPolicy(PreTrainedPolicy):
         if config.use_world_module:
             if self.encoder_spec.output_dim != config.latent_dim:
                 raise ValueError(f"latent_dim {config.latent_dim} != encoder spec output_dim {self.encoder_spec.output_dim}")
-            self.world = WorldModule(WorldModuleConfig(
-                latent_dim=config.latent_dim,
-                d_model=hidden,
-                num_future=config.num_future,
-                history_len=config.history_len,
-                delta=config.prophet_delta,
-                prophet_dim=config.prophet_dim,
-                prophet_heads=config.prophet_heads,
-                prophet_layers=config.prophet_layers,
-                cross_attn_heads=config.cross_attn_heads,
-                memory_mode=MemoryMode(config.world_memory_mode_train),
-                memory_source=MemorySourceSchedule(config.memory_source, config.memory_schedule_start,
-                                                   config.memory_schedule_end),
-                detach_prophet_for_policy=config.detach_prophet_for_policy,
-            ))
+            self.world = WorldModule(WorldModuleConfig.from_policy_config(config, hidden))
             self._history = LatentHistory(self.encoder_spec, config.history_len)
             self._frame_encoder: OnlineEncoder | None = None
         self.head_in = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, config.head_dim))

@@ -38,7 +38,6 @@ from world_modality.encoders import WorldEncoder, build_encoder
 from world_modality.encoders.state import StateEncoder
 from world_modality.world import (
     MemoryMode,
-    MemorySourceSchedule,
     WorldModule,
     WorldModuleConfig,
     apply_memory_mode,
@@ -61,21 +60,7 @@ class WorldFlowMatching(VLAFlowMatching):
 
     def __init__(self, config: SmolVLAWorldConfig, rtc_processor=None) -> None:
         super().__init__(config, rtc_processor=rtc_processor)
-        self.world = WorldModule(WorldModuleConfig(
-            latent_dim=config.latent_dim,
-            d_model=self.vlm_with_expert.expert_hidden_size,
-            num_future=config.num_future,
-            history_len=config.history_len,
-            delta=config.prophet_delta,
-            prophet_dim=config.prophet_dim,
-            prophet_heads=config.prophet_heads,
-            prophet_layers=config.prophet_layers,
-            cross_attn_heads=config.cross_attn_heads,
-            memory_mode=MemoryMode(config.world_memory_mode_train),
-            memory_source=MemorySourceSchedule(config.memory_source, config.memory_schedule_start,
-                                               config.memory_schedule_end),
-            detach_prophet_for_policy=config.detach_prophet_for_policy,
-        ))
+        self.world = WorldModule(WorldModuleConfig.from_policy_config(config, self.vlm_with_expert.expert_hidden_size))
         self._read_memory: MemoryReader | None = None
 
     @contextmanager

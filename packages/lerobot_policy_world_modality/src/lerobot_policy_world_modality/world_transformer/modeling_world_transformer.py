@@ -28,8 +28,6 @@ from world_modality.encoders import EncoderSpec
 from world_modality.latents import LatentCache
 from world_modality.tokens import nearest_code
 from world_modality.world import (
-    MemoryMode,
-    MemorySourceSchedule,
     WorldModule,
     WorldModuleConfig,
     total_loss,
@@ -160,22 +158,7 @@ class WorldTransformerPolicy(PreTrainedPolicy):
         self.trunk = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(d)
         if config.uses_world_module:
-            self.world = WorldModule(WorldModuleConfig(
-                latent_dim=latent_dim,
-                d_model=d,
-                num_future=config.num_future,
-                history_len=config.history_len,
-                delta=config.prophet_delta,
-                prophet_dim=config.prophet_dim,
-                prophet_heads=config.prophet_heads,
-                prophet_layers=config.prophet_layers,
-                cross_attn_heads=config.cross_attn_heads,
-                dropout=config.dropout,
-                memory_mode=MemoryMode(config.world_memory_mode_train),
-                memory_source=MemorySourceSchedule(config.memory_source, config.memory_schedule_start,
-                                                   config.memory_schedule_end),
-                detach_prophet_for_policy=config.detach_prophet_for_policy,
-            ))
+            self.world = WorldModule(WorldModuleConfig.from_policy_config(config, d, dropout=config.dropout))
         if config.action_head == "flow":
             self.flow_head = FlowHead(d, config.action_dim)
         else:
