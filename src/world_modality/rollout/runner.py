@@ -92,7 +92,7 @@ def run_episodes(
     successes = sum(bool(r["success"]) for r in read_jsonl(results) if r["episode_id"] in done and r["arm"] == record["arm"])
     bar = tqdm(total=len(episodes), initial=len(done), desc=f"eval {record['arm']}", unit="ep")
     try:
-        for batch in _task_batches(todo, pool.size):
+        for batch in _full_batches(todo, pool.size):
             for line in _run_batch(policy, batch, pool, video_budget, results, max_steps):
                 line = {**record, **line, **(episode_fields or {}).get(line["episode_id"], {})}
                 append_jsonl(results, line)
@@ -105,13 +105,16 @@ def run_episodes(
     return written
 
 
-def _task_batches(episodes: list[EpisodeSpec], size: int) -> Iterable[list[EpisodeSpec]]:
+def _full_batches(episodes: list[EpisodeSpec], size: int) -> Iterable[list[EpisodeSpec]]:
+    """Full batches of the episodes grouped by task: a batch may span a task boundary (every env gets its
+    own instruction), so no simulator process idles through a task's last, partial batch, while each
+    process still changes task (rebuilds its env) only at task boundaries."""
     by_task: dict[str, list[EpisodeSpec]] = {}
     for ep in episodes:
         by_task.setdefault(ep.task, []).append(ep)
-    for task_episodes in by_task.values():
-        for i in range(0, len(task_episodes), size):
-            yield task_episodes[i : i + size]
+    ordered = [ep for task_episodes in by_task.values() for ep in task_episodes]
+    for i in range(0, len(ordered), size):
+        yield ordered[i : i + size]
 
 
 def _run_batch(
