@@ -27,6 +27,7 @@ from lerobot.configs.types import FeatureType
 from lerobot.optim import AdamWConfig
 from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 
+from lerobot_policy_world_modality.common import CurrentFrameChunkConfig
 from lerobot_policy_world_modality.qwen_vla_world.prompt import (
     DEFAULT_PROMPT_FORMAT,
     PROMPT_VERSION,
@@ -64,7 +65,7 @@ def canonical_backbone(name: str) -> str:
 
 @PreTrainedConfig.register_subclass("qwen_vla_world")
 @dataclass
-class QwenVLAWorldConfig(PreTrainedConfig):
+class QwenVLAWorldConfig(CurrentFrameChunkConfig, PreTrainedConfig):
     """F+: Qwen-VL + `<ACT_i>` action queries + world memory + optional chain-of-causation text loss.
 
     Experiments (DESIGN.md section 6): E0 ``use_world_module=False``; E1 ``world_memory_mode_train="zero"``;
@@ -219,22 +220,3 @@ class QwenVLAWorldConfig(PreTrainedConfig):
             raise ValueError("the world module needs encoder_spec and latent_dim (the world latents it reads); "
                              "set use_world_module=False for the E0/E3 baselines")
 
-    @property
-    def state_dim(self) -> int:
-        return self.input_features[self.state_key].shape[0]
-
-    @property
-    def action_dim(self) -> int:
-        return self.output_features[self.action_key].shape[0]
-
-    @property
-    def observation_delta_indices(self) -> None:
-        return None
-
-    @property
-    def action_delta_indices(self) -> list[int]:
-        return list(range(self.chunk_size))
-
-    @property
-    def reward_delta_indices(self) -> None:
-        return None

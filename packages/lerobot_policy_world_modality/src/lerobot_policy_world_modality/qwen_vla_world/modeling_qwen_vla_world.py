@@ -21,7 +21,6 @@ ids, keys, encoder spec), ``model.safetensors`` (heads, proprio gate, world modu
 from __future__ import annotations
 
 import json
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,18 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import QwenVLAWorldConfig
-from lerobot_policy_world_modality.qwen_vla_world.prompt import TEXT_END, act_tokens, build_prompt
-from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import FlowHead
+from lerobot_policy_world_modality.common import QueuedActions
+from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import (
+    QwenVLAWorldConfig,
+)
+from lerobot_policy_world_modality.qwen_vla_world.prompt import (
+    TEXT_END,
+    act_tokens,
+    build_prompt,
+)
+from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import (
+    FlowHead,
+)
 from world_modality.encoders import EncoderSpec, OnlineEncoder
 from world_modality.encoders.spec import digest
 from world_modality.world import WorldModule, WorldModuleConfig, total_loss
@@ -67,7 +75,12 @@ def load_backbone(config: QwenVLAWorldConfig) -> tuple[nn.Module, Any]:
     already holds them (a checkpoint's) must match the folder, or this raises naming both values.
     """
     from peft import LoraConfig, TrainableTokensConfig, get_peft_model
-    from transformers import AddedToken, AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import (
+        AddedToken,
+        AutoConfig,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+    )
 
     folder = Path(config.backbone_path).expanduser()
     if not (folder / "config.json").is_file():
@@ -136,7 +149,7 @@ def _init_act_rows(model: nn.Module, ids: list[int]) -> None:
         table[ids] = (sample.mean(0) + 0.1 * sample.std(0) * noise).to(table.dtype)
 
 
-class QwenVLAWorldPolicy(PreTrainedPolicy):
+class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
     """Qwen-VL `<ACT_i>` states (+ proprio, + world memory) -> an action chunk of H normalised actions."""
 
     config_class = QwenVLAWorldConfig
@@ -175,7 +188,7 @@ class QwenVLAWorldPolicy(PreTrainedPolicy):
 
     def reset(self) -> None:
         """Start new episodes: forget queued actions and the world-latent history."""
-        self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+        self.reset_action_queue()
         if self.config.use_world_module:
             self._history.reset()
 
@@ -237,15 +250,6 @@ class QwenVLAWorldPolicy(PreTrainedPolicy):
             return self.flow_head.sample(h, self.config.action_dim, self.config.flow_steps)
         return self.mse_head(h)
 
-    @torch.no_grad()
-    def select_action(self, batch: dict[str, Any], memory_mode: str | None = None) -> Tensor:
-        """One action per call; every call's observation enters the latent history, a new chunk is
-        predicted when the queue of ``n_action_steps`` actions is empty."""
-        batch = self.observe(batch)
-        if not self._action_queue:
-            chunk = self.predict_action_chunk(batch, memory_mode)[:, : self.config.n_action_steps]
-            self._action_queue.extend(chunk.transpose(0, 1))
-        return self._action_queue.popleft()
 
     # --- backbone pass ------------------------------------------------------------------------
 

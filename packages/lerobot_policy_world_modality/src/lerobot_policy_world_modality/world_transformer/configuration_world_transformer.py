@@ -14,6 +14,8 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.optim import AdamWConfig
 from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 
+from lerobot_policy_world_modality.common import CurrentFrameChunkConfig
+
 # The world-latent batch keys have one home, shared by every policy family.
 from world_modality.world.history import (  # noqa: F401  (re-exported)
     WORLD_FUTURE,
@@ -28,7 +30,7 @@ ACTION_HEADS = ("mse", "flow")
 
 @PreTrainedConfig.register_subclass("world_transformer")
 @dataclass
-class WorldTransformerConfig(PreTrainedConfig):
+class WorldTransformerConfig(CurrentFrameChunkConfig, PreTrainedConfig):
     """A transformer over [latent history, state, instruction, (C: world token), H action queries].
 
     model_type:
@@ -160,25 +162,6 @@ class WorldTransformerConfig(PreTrainedConfig):
         if not self.instructions and self.text_encoder_path is None:
             raise ValueError("world_transformer needs an instruction vocabulary (instructions) or a text_encoder_path")
 
-    @property
-    def state_dim(self) -> int:
-        return self.input_features[self.state_key].shape[0]
-
-    @property
-    def action_dim(self) -> int:
-        return self.output_features[self.action_key].shape[0]
-
-    @property
-    def observation_delta_indices(self) -> None:
-        return None
-
-    @property
-    def action_delta_indices(self) -> list[int]:
-        return list(range(self.chunk_size))
-
-    @property
-    def reward_delta_indices(self) -> None:
-        return None
 
 
 def features_for(state_key: str, state_dim: int, action_key: str, action_dim: int, source_key: str,

@@ -9,7 +9,6 @@ shared `WorldModule` unchanged.
 
 from __future__ import annotations
 
-from collections import deque
 from functools import cached_property
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from lerobot.policies.pretrained import PreTrainedPolicy
 from torch import Tensor, nn
 
+from lerobot_policy_world_modality.common import QueuedActions
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
     WORLD_FUTURE,
     WORLD_FUTURE_MASK,
@@ -117,7 +117,7 @@ class FlowHead(nn.Module):
         return x
 
 
-class WorldTransformerPolicy(PreTrainedPolicy):
+class WorldTransformerPolicy(QueuedActions, PreTrainedPolicy):
     """Transformer over [latent history, state, instruction, (C) world token, H action queries
     (, K future queries for B/B_cont/C)] -> an action chunk of H normalised actions."""
 
@@ -175,7 +175,7 @@ class WorldTransformerPolicy(PreTrainedPolicy):
 
     def reset(self) -> None:
         """Start a new episode: forget queued actions, the latent history and the encoder's frames."""
-        self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+        self.reset_action_queue()
         self._latents.reset()
 
     def forward(self, batch: dict[str, Tensor], memory_mode: str | None = None) -> tuple[Tensor, dict[str, float]]:
@@ -233,15 +233,6 @@ class WorldTransformerPolicy(PreTrainedPolicy):
             return self.flow_head.sample(h_act, self.config.action_dim, self.config.flow_steps)
         return self.mse_head(h_act)
 
-    @torch.no_grad()
-    def select_action(self, batch: dict[str, Tensor], memory_mode: str | None = None) -> Tensor:
-        """One action per call; every call's observation enters the latent history, a new chunk is
-        predicted when the queue of ``n_action_steps`` actions is empty."""
-        batch = self.observe(batch)
-        if not self._action_queue:
-            chunk = self.predict_action_chunk(batch, memory_mode)[:, : self.config.n_action_steps]
-            self._action_queue.extend(chunk.transpose(0, 1))
-        return self._action_queue.popleft()
 
     # --- internals ----------------------------------------------------------------------------
 
