@@ -73,6 +73,54 @@ def test_arms_run_identical_episodes_and_pair(checkpoints, tmp_path):
     assert r0[1]["video"] is None
 
 
+def test_pipelined_groups_run_each_episode_once_as_one_lockstep_group_does(checkpoints, tmp_path):
+    kwargs = dict(arm="E2", episodes_per_task=5, workers=3, max_steps=12)
+    one = read_jsonl(_eval(checkpoints["F"], tmp_path / "one", **kwargs))
+    two = read_jsonl(_eval(checkpoints["F"], tmp_path / "two", groups=2, **kwargs))
+    assert sorted(r["episode_id"] for r in two) == sorted(r["episode_id"] for r in one) and len(two) == 5
+    assert {r["episode_id"]: (r["success"], r["steps"]) for r in two} == {r["episode_id"]: (r["success"], r["steps"]) for r in one}
+    with pytest.raises(ValueError, match="--groups must be between 1 and the number of simulator processes"):
+        runner.env_groups(3, 4)
+    assert runner.env_groups(5, 2) == [[0, 1], [2, 3, 4]]
+
+
+def test_a_forked_rollout_policy_keeps_its_own_episode_state(checkpoints):
+    """Two env groups act through one set of weights: each fork's action queue and latent history are
+    its own, so interleaving another group's steps changes none of this group's actions."""
+    import numpy as np
+
+    from world_modality.rollout.policies import load_rollout_policy
+    from world_modality.sim.metaworld_env import MetaWorldEnv, agent_state
+    from world_modality.sim.metaworld_tasks import instruction
+
+    def observations(layout: int, n: int) -> list[dict]:
+        env, rng = MetaWorldEnv("reach-v3", 1000, None), np.random.default_rng(layout)
+        obs = [env.reset(layout)] + [env.step(rng.uniform(-1, 1, 4))[0] for _ in range(n - 1)]
+        env.close()
+        return [{"frames": {}, "state": agent_state(o), "env_state": o} for o in obs]
+
+    policy = load_rollout_policy(checkpoints["F"], device="cpu")
+    with torch.no_grad():  # an open gate: the memory read from the latent history reaches the actions
+        policy.policy.world.cross_attn.gate.fill_(1.0)
+    steps = 2 * policy.policy.config.n_action_steps + 1  # three chunks, each after new observations
+    ours, theirs = observations(0, steps), observations(1, steps)
+    text = [instruction("reach-v3")]
+
+    def alone(obs):
+        policy.reset()
+        return [policy.act([o], text, None) for o in obs]
+
+    reference, other = alone(ours), alone(theirs)
+    policy.reset()
+    fork = policy.fork()
+    interleaved = [(policy.act([a], text, None), fork.act([b], text, None)) for a, b in zip(ours, theirs)]
+    for t, (mine, its) in enumerate(interleaved):
+        np.testing.assert_array_equal(mine, reference[t])
+        np.testing.assert_array_equal(its, other[t])
+    assert fork.policy.world is policy.policy.world  # the weights are shared, not copied
+    assert not np.array_equal(np.concatenate(reference), np.concatenate(other))
+
+
 def test_interrupted_evaluation_resumes_without_duplicates(checkpoints, tmp_path, monkeypatch):
     real_append = runner.append_jsonl
     calls = []

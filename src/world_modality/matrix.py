@@ -43,12 +43,13 @@ Config schema (YAML; ``[required]`` marks the only fields without a default)::
       episodes_per_task: 10
       eval_seed: 1000            # every arm and ablation runs the same episode list
       workers: 2
+      groups: 1                  # pipelined lockstep groups of the workers (wm eval --groups)
       videos_per_task: 0
       max_steps: null            # default: the simulator's episode limit
 
 The matrix owns TrainOptions' dataset, latents, out, seed and resume. Rerunning with a changed dataset,
 encoder, evaluation episode list or options of an existing arm is an error (use another run folder);
-adding arms, seeds or ablations, or changing workers, devices or video counts, is allowed.
+adding arms, seeds or ablations, or changing workers, groups, devices or video counts, is allowed.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ POLICY_FROM_DATA = ("model_type", "instructions", "latent_dim", "encoder_spec", 
                     "instruction_key", "image_key", "input_features", "output_features", "device",
                     "scheduler_decay_steps", "codebook_size")
 EVAL_DEFAULTS: dict[str, Any] = {"env": "metaworld", "suite": None, "tasks": None, "episodes_per_task": 10, "eval_seed": 1000,
-                                 "workers": 2, "videos_per_task": 0, "max_steps": None}
+                                 "workers": 2, "groups": 1, "videos_per_task": 0, "max_steps": None}
 # Settings a rerun may change: they do not change any result.
-FREE_FIELDS = frozenset({"workers", "videos_per_task", "device", "progress", "wandb", "log_every", "save_every",
+FREE_FIELDS = frozenset({"workers", "groups", "videos_per_task", "device", "progress", "wandb", "log_every", "save_every",
                          "val_batch_size", "batch_size@encoder", "chunk_episodes"})
 
 
@@ -349,8 +350,8 @@ def _evaluation(section: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
 
     _known(section, EVAL_DEFAULTS, "evaluation")
     out = EVAL_DEFAULTS | dict(section)
-    for name in ("episodes_per_task", "eval_seed", "workers", "videos_per_task"):
-        low = 1 if name in ("episodes_per_task", "workers") else 0
+    for name in ("episodes_per_task", "eval_seed", "workers", "groups", "videos_per_task"):
+        low = 1 if name in ("episodes_per_task", "workers", "groups") else 0
         if not isinstance(out[name], int) or isinstance(out[name], bool) or out[name] < low:
             raise MatrixConfigError(f"evaluation.{name}: expected an integer >= {low}, got {out[name]!r}")
     if out["env"] not in SUPPORTED_ENVS:
@@ -439,7 +440,7 @@ def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memor
     ev = config.evaluation
     evaluate_checkpoint(checkpoint, env=ev["env"], suite=ev["suite"], tasks=ev["tasks"], episodes_per_task=ev["episodes_per_task"],
                         memory_mode=memory_mode, arm=arm, train_seed=seed, out_dir=eval_dir(run_dir, label, seed),
-                        workers=ev["workers"], eval_seed=ev["eval_seed"], videos_per_task=ev["videos_per_task"],
+                        workers=ev["workers"], groups=ev["groups"], eval_seed=ev["eval_seed"], videos_per_task=ev["videos_per_task"],
                         max_steps=ev["max_steps"])
 
 

@@ -36,7 +36,10 @@ def register(subparsers) -> None:
     p.add_argument("--arm", default="policy", help="arm name recorded with each episode (e.g. E0, E2)")
     p.add_argument("--train-seed", type=int, default=0, help="training seed recorded with each episode")
     p.add_argument("--out", required=True, help="output folder (episodes.jsonl, videos/)")
-    p.add_argument("--workers", type=int, default=2, help="simulator processes (= episodes run in lockstep)")
+    p.add_argument("--workers", type=int, default=2, help="simulator processes (= episodes run at once)")
+    p.add_argument("--groups", type=int, default=1,
+                   help="pipelined lockstep groups of the workers, each with its own policy state: the policy acts for "
+                        "one group while the others' simulators step (GPU machines: e.g. --workers 32 --groups 2 on 16 cores)")
     p.add_argument("--eval-seed", type=int, default=1000, help="first MT1 seed of the evaluation layouts")
     p.add_argument("--videos-per-task", type=int, default=0, help="mp4 videos of the first N episodes per task")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -80,6 +83,7 @@ def _eval(args) -> int:
         allow_train_layouts=args.allow_train_layouts,
         max_steps=args.max_steps,
         shard=args.shard,
+        groups=args.groups,
     )
     if args.shard is None:
         merged = read_jsonl(results)

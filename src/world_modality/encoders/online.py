@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,12 @@ class OnlineEncoder:
     def reset(self) -> None:
         """Forget the frames of the previous episode."""
         self._window = None
+
+    def fork(self) -> OnlineEncoder:
+        """An encoder over the same weights with its own frame window (for envs stepped concurrently)."""
+        fork = copy.copy(self)
+        fork.reset()
+        return fork
 
     @torch.no_grad()
     def __call__(self, observation: Frames) -> torch.Tensor:

@@ -8,8 +8,10 @@ Each simulator (MetaWorld, LIBERO) has an adapter in ``ADAPTERS``; the runner do
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import wait
 from typing import Any, Protocol
 
 import numpy as np
@@ -97,9 +99,13 @@ class LiberoAdapter:
 
 
 ADAPTERS: dict[str, Callable[[RenderSettings | None], EnvAdapter]] = {"metaworld": MetaWorldAdapter, "libero": LiberoAdapter}
+# Simulator processes may outnumber the cores (pipelined env groups): a lower priority keeps the
+# policy's process, which every env waits for, from being starved by them.
+WORKER_NICENESS = 5
 
 
 def _worker(conn, suite: str, render_dict: dict | None) -> None:
+    os.nice(WORKER_NICENESS)
     adapter = ADAPTERS[suite](RenderSettings.from_dict(render_dict) if render_dict else None)
     try:
         while True:
@@ -117,7 +123,11 @@ def _worker(conn, suite: str, render_dict: dict | None) -> None:
 
 
 class EnvPool:
-    """``size`` simulator processes; ``reset``/``step`` address a subset of them and run concurrently."""
+    """``size`` simulator processes; ``reset``/``step`` address a subset of them and run concurrently.
+
+    ``send`` + ``receive`` split a call in two, so the caller can work (run the policy for other
+    envs) while these envs step.
+    """
 
     def __init__(self, suite: str, render: RenderSettings | None, size: int):
         if suite not in ADAPTERS:
@@ -140,26 +150,44 @@ class EnvPool:
     def size(self) -> int:
         return len(self._conns)
 
-    def _call(self, requests: dict[int, tuple[str, Any]]) -> dict[int, Any]:
-        for slot, request in requests.items():
-            self._conns[slot].send(request)
+    def send(self, command: str, payloads: dict[int, Any]) -> None:
+        """Start ``command`` (reset, step, peek) on the given slots without waiting for them."""
+        for slot, payload in payloads.items():
+            self._conns[slot].send((command, payload))
+
+    def receive(self, slots: Iterable[int]) -> dict[int, Any]:
+        """The results of the slots' last ``send``, waiting for each."""
         results = {}
-        for slot in requests:
+        for slot in slots:
             status, value = self._conns[slot].recv()
             if status == "error":
                 raise RuntimeError(f"simulator worker {slot} failed:\n{value}")
             results[slot] = value
         return results
 
+    def wait_any(self, slot_sets: list[list[int]]) -> int:
+        """Index of a slot set whose every slot has its result ready (blocking until one has)."""
+        ready: set[int] = set()
+        while True:
+            for index, slots in enumerate(slot_sets):
+                if ready.issuperset(slots):
+                    return index
+            waiting = {self._conns[s]: s for slots in slot_sets for s in slots if s not in ready}
+            ready.update(waiting[conn] for conn in wait(list(waiting)))
+
+    def _call(self, command: str, payloads: dict[int, Any]) -> dict[int, Any]:
+        self.send(command, payloads)
+        return self.receive(payloads)
+
     def reset(self, episodes: dict[int, EpisodeSpec]) -> dict[int, Observation]:
-        return self._call({slot: ("reset", ep) for slot, ep in episodes.items()})
+        return self._call("reset", episodes)
 
     def step(self, actions: dict[int, np.ndarray]) -> dict[int, tuple[Observation, bool, bool]]:
-        return self._call({slot: ("step", np.asarray(a, dtype=np.float32)) for slot, a in actions.items()})
+        return self._call("step", {slot: np.asarray(a, dtype=np.float32) for slot, a in actions.items()})
 
     def peek(self, actions: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """The simulator's own future env states [K, E] under action sequences [K, A], per slot."""
-        return self._call({slot: ("peek", np.asarray(a, dtype=np.float32)) for slot, a in actions.items()})
+        return self._call("peek", {slot: np.asarray(a, dtype=np.float32) for slot, a in actions.items()})
 
     def close(self) -> None:
         for conn, proc in zip(self._conns, self._procs):

@@ -6,6 +6,8 @@ render and which keys the policy reads come from the checkpoint, never from the 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from collections import deque
 from collections.abc import Callable
@@ -20,7 +22,7 @@ from world_modality.devices import resolve_device
 from world_modality.encoders import EncoderSpec, OnlineEncoder
 from world_modality.sim.metaworld_env import RenderSettings
 from world_modality.world import MemoryMode
-from world_modality.world.history import WORLD_FUTURE, WORLD_LATENTS
+from world_modality.world.history import WORLD_FUTURE, WORLD_LATENTS, LatentHistory
 
 ENV_STATE_KEY = "observation.environment_state"
 
@@ -36,6 +38,7 @@ class RolloutPolicy(Protocol):
     own_memory_mode: str  # the memory mode it acts with when none is forced ("none": no world memory)
 
     def reset(self) -> None: ...
+    def fork(self) -> RolloutPolicy: ...  # same weights, own per-episode state
     def act(self, observations: list[dict[str, Any]], instructions: list[str], peek: Peek) -> np.ndarray: ...
 
 
@@ -60,6 +63,13 @@ class LeRobotRolloutPolicy:
     def reset(self) -> None:
         self.policy.reset()
         self._oracle_queue: deque[torch.Tensor] = deque()
+
+    def fork(self) -> LeRobotRolloutPolicy:
+        """This policy over the same weights with its own per-episode state (`fork_episode_state`)."""
+        oracle = self._oracle_encoder.fork() if self._oracle_encoder is not None else None
+        fork = dataclasses.replace(self, policy=fork_episode_state(self.policy), _oracle_encoder=oracle)
+        fork.reset()
+        return fork
 
     @torch.no_grad()
     def act(self, observations: list[dict[str, Any]], instructions: list[str], peek: Peek) -> np.ndarray:
@@ -95,6 +105,19 @@ class LeRobotRolloutPolicy:
             chunk = self.policy.predict_action_chunk(batch, "oracle")[:, : config.n_action_steps]
             self._oracle_queue.extend(chunk.transpose(0, 1))
         return self.postprocessor(self._oracle_queue.popleft())
+
+
+def fork_episode_state(policy: torch.nn.Module) -> torch.nn.Module:
+    """A LeRobot policy over the same weights with its own per-episode state, for a second group of envs
+    stepped concurrently. Per-episode state lives in what ``reset`` assigns afresh (LeRobot's action
+    queues, ours) and in `LatentHistory` attributes, which get their own latents and frame windows."""
+    fork = copy.copy(policy)  # a module's shallow copy shares its parameters and buffers
+    device = next(policy.parameters()).device
+    for name, value in vars(policy).items():
+        if isinstance(value, LatentHistory):
+            vars(fork)[name] = value.fork(device)
+    fork.reset()
+    return fork
 
 
 def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto") -> LeRobotRolloutPolicy:

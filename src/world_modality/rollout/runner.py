@@ -1,7 +1,10 @@
 """The rollout runner: a list of episodes through simulator workers and a batched policy.
 
-Episodes run in lockstep batches of one task (as LeRobot's evaluation does): the policy sees the
-observations of every env of the batch at once; an env whose episode has ended stops stepping.
+Episodes run in lockstep batches (as LeRobot's evaluation does): the policy sees the observations of
+every env of the batch at once; an env whose episode has ended stops stepping. The envs can be split
+into several lockstep groups, each with its own policy state, that are pipelined: while the policy
+acts for one group, the other groups' simulators step (``groups``; with more simulator processes than
+cores, no core idles while envs wait for the policy or for the slowest env of their group).
 Each finished episode is appended to ``episodes.jsonl`` at once, so an interrupted run resumes with
 exactly the missing episodes. ``shard`` splits one evaluation across processes or machines: each shard
 runs its share of the full episode list into its own file (see `world_modality.shards`).
@@ -11,7 +14,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +80,14 @@ def run_episodes(
     videos_per_task: int = 0,
     max_steps: int | None = None,
     episode_fields: dict[str, dict[str, Any]] | None = None,
+    groups: int = 1,
 ) -> list[dict]:
     """Run the episodes not yet in ``results``; returns the records written by this call.
 
     ``record`` holds the fields shared by every line (arm, base_arm, memory_mode, train_seed, checkpoint);
     ``episode_fields`` (episode_id -> fields) adds fields of single episodes (a shard's episode positions).
+    ``groups`` splits the pool's envs into that many lockstep groups, each with its own policy state
+    (`RolloutPolicy.fork`): the policy acts for one group while the others' simulators step.
     """
     done = completed_episodes(results, record["arm"], record["train_seed"])
     todo = [ep for ep in episodes if ep.episode_id not in done]
@@ -91,81 +98,138 @@ def run_episodes(
     written: list[dict] = []
     successes = sum(bool(r["success"]) for r in read_jsonl(results) if r["episode_id"] in done and r["arm"] == record["arm"])
     bar = tqdm(total=len(episodes), initial=len(done), desc=f"eval {record['arm']}", unit="ep")
+
+    def finished(line: dict) -> None:
+        nonlocal successes
+        line = {**record, **line, **(episode_fields or {}).get(line["episode_id"], {})}
+        append_jsonl(results, line)
+        written.append(line)
+        successes += bool(line["success"])
+        bar.update()
+        bar.set_postfix(success=f"{successes / bar.n:.0%}")
+
+    slot_groups = env_groups(pool.size, groups)
+    queue = deque(_task_ordered(todo))
+    policies = [policy] + [policy.fork() for _ in slot_groups[1:]]
+    rollouts = [_group_rollout(p, slots, queue, pool, video_budget, results, max_steps, finished)
+                for p, slots in zip(policies, slot_groups)]
     try:
-        for batch in _full_batches(todo, pool.size):
-            for line in _run_batch(policy, batch, pool, video_budget, results, max_steps):
-                line = {**record, **line, **(episode_fields or {}).get(line["episode_id"], {})}
-                append_jsonl(results, line)
-                written.append(line)
-                successes += bool(line["success"])
-                bar.update()
-                bar.set_postfix(success=f"{successes / bar.n:.0%}")
+        _drive(pool, rollouts)
     finally:
         bar.close()
     return written
 
 
-def _full_batches(episodes: list[EpisodeSpec], size: int) -> Iterable[list[EpisodeSpec]]:
-    """Full batches of the episodes grouped by task: a batch may span a task boundary (every env gets its
-    own instruction), so no simulator process idles through a task's last, partial batch, while each
-    process still changes task (rebuilds its env) only at task boundaries."""
+def env_groups(size: int, groups: int) -> list[list[int]]:
+    """The pool's slots split into ``groups`` contiguous, near-equal lockstep groups."""
+    if not 1 <= groups <= size:
+        raise ValueError(f"--groups must be between 1 and the number of simulator processes ({size}), got {groups}")
+    bounds = [round(i * size / groups) for i in range(groups + 1)]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(groups)]
+
+
+def _task_ordered(episodes: list[EpisodeSpec]) -> list[EpisodeSpec]:
+    """The episodes grouped by task. Batches are taken from this order whole: a batch may span a task
+    boundary (every env gets its own instruction), so no simulator process idles through a task's last,
+    partial batch, while each process still changes task (rebuilds its env) only at task boundaries."""
     by_task: dict[str, list[EpisodeSpec]] = {}
     for ep in episodes:
         by_task.setdefault(ep.task, []).append(ep)
-    ordered = [ep for task_episodes in by_task.values() for ep in task_episodes]
-    for i in range(0, len(ordered), size):
-        yield ordered[i : i + size]
+    return [ep for task_episodes in by_task.values() for ep in task_episodes]
 
 
-def _run_batch(
+# A group's request to the pool: (command, {slot: payload}); the driver sends back the results.
+PoolRequest = tuple[str, dict[int, Any]]
+
+
+def _drive(pool: EnvPool, rollouts: list[Generator[PoolRequest, dict[int, Any], None]]) -> None:
+    """Advance each group's rollout whenever its simulators have answered, so one group's policy step
+    overlaps the other groups' simulator steps."""
+    pending: dict[int, list[int]] = {}  # rollout -> the slots of its request in flight
+
+    def advance(index: int, request: PoolRequest | None) -> None:
+        if request is None:
+            pending.pop(index, None)
+            return
+        pool.send(*request)
+        pending[index] = list(request[1])
+
+    try:
+        for index, rollout in enumerate(rollouts):
+            advance(index, next(rollout, None))
+        while pending:
+            indices = list(pending)
+            index = indices[pool.wait_any([pending[i] for i in indices])]
+            advance(index, _resume(rollouts[index], pool.receive(pending[index])))
+    finally:
+        for rollout in rollouts:
+            rollout.close()
+
+
+def _resume(rollout: Generator[PoolRequest, dict[int, Any], None], results: dict[int, Any]) -> PoolRequest | None:
+    """The rollout's next request, None when it has finished."""
+    try:
+        return rollout.send(results)
+    except StopIteration:
+        return None
+
+
+def _group_rollout(
     policy: RolloutPolicy,
-    batch: list[EpisodeSpec],
+    slots: list[int],
+    queue: deque[EpisodeSpec],
     pool: EnvPool,
     video_budget: dict[str, int],
     results: Path,
     max_steps: int | None,
-) -> Iterable[dict]:
-    slots = dict(enumerate(batch))
-    obs = pool.reset(slots)
-    policy.reset()
-    start = time.perf_counter()  # after reset: building a task's env (~1.5 s) is set-up, not rollout
-    texts = [episode_instruction(ep) for ep in batch]
-    filming = {}
-    for slot, ep in slots.items():
-        if video_budget[ep.task] > 0 and obs[slot]["frames"]:
-            video_budget[ep.task] -= 1
-            filming[slot] = [next(iter(obs[slot]["frames"].values()))]
-    active = set(slots)
-    steps = dict.fromkeys(slots, 0)
+    finished: Callable[[dict], None],
+) -> Generator[PoolRequest, dict[int, Any], None]:
+    """One lockstep group: takes batches of episodes off the shared queue until it is empty, yielding its
+    reset and step requests and reporting each finished episode. Only peeks (oracle memory, rare) are
+    answered synchronously, inside the policy step."""
+    while queue:
+        batch = dict(zip(slots, [queue.popleft() for _ in range(min(len(slots), len(queue)))]))
+        obs = yield "reset", batch
+        policy.reset()
+        start = time.perf_counter()  # after reset: building a task's env (~1.5 s) is set-up, not rollout
+        order = list(batch)
+        texts = [episode_instruction(batch[s]) for s in order]
+        filming = {}
+        for slot, ep in batch.items():
+            if video_budget[ep.task] > 0 and obs[slot]["frames"]:
+                video_budget[ep.task] -= 1
+                filming[slot] = [next(iter(obs[slot]["frames"].values()))]
+        active = set(batch)
+        steps = dict.fromkeys(batch, 0)
 
-    def peek(plans: np.ndarray) -> np.ndarray:
-        # Envs whose episode has ended have no future: their last state stands in (their actions are unused).
-        futures = pool.peek({s: plans[s] for s in active})
-        k = plans.shape[1]
-        return np.stack([futures[s] if s in futures else np.repeat(obs[s]["env_state"][None], k, 0) for s in slots])
+        def peek(plans: np.ndarray) -> np.ndarray:
+            # Envs whose episode has ended have no future: their last state stands in (their actions are unused).
+            futures = pool.peek({s: plans[i] for i, s in enumerate(order) if s in active})
+            k = plans.shape[1]
+            return np.stack([futures[s] if s in futures else np.repeat(obs[s]["env_state"][None], k, 0) for s in order])
 
-    while active:
-        actions = policy.act([obs[s] for s in slots], texts, peek)
-        stepped = pool.step({s: actions[s] for s in active})
-        for slot, (o, success, done) in stepped.items():
-            obs[slot] = o
-            steps[slot] += 1
-            if slot in filming:
-                filming[slot].append(next(iter(o["frames"].values())))
-            if done or success or (max_steps is not None and steps[slot] >= max_steps):
-                active.discard(slot)
-                ep = slots[slot]
-                video = None
+        while active:
+            actions = policy.act([obs[s] for s in order], texts, peek)
+            stepped = yield "step", {s: np.asarray(actions[i], dtype=np.float32) for i, s in enumerate(order) if s in active}
+            for slot, (o, success, done) in stepped.items():
+                obs[slot] = o
+                steps[slot] += 1
                 if slot in filming:
-                    video = f"videos/{ep.task}_{ep.seed}_{ep.layout}.mp4"
-                    write_video(results.parent / video, filming.pop(slot))
-                yield {
-                    **ep.to_dict(),
-                    "success": bool(success),
-                    "steps": steps[slot],
-                    "wall_time_s": round(time.perf_counter() - start, 3),
-                    "video": video,
-                }
+                    filming[slot].append(next(iter(o["frames"].values())))
+                if done or success or (max_steps is not None and steps[slot] >= max_steps):
+                    active.discard(slot)
+                    ep = batch[slot]
+                    video = None
+                    if slot in filming:
+                        video = f"videos/{ep.task}_{ep.seed}_{ep.layout}.mp4"
+                        write_video(results.parent / video, filming.pop(slot))
+                    finished({
+                        **ep.to_dict(),
+                        "success": bool(success),
+                        "steps": steps[slot],
+                        "wall_time_s": round(time.perf_counter() - start, 3),
+                        "video": video,
+                    })
 
 
 def evaluate_checkpoint(
@@ -186,6 +250,7 @@ def evaluate_checkpoint(
     allow_train_layouts: bool = False,
     max_steps: int | None = None,
     shard: str | Shard | None = None,
+    groups: int = 1,
 ) -> Path:
     """Closed-loop evaluation of one checkpoint; returns the episodes JSONL (resumable).
 
@@ -237,14 +302,16 @@ def evaluate_checkpoint(
     if shard is not None:
         results = out_dir / shard.file_name
         episodes, episode_fields, record = _shard_episodes(checkpoint, episodes, shard, record, max_steps, results)
-    size = min(workers, episodes_per_task)
+    size = max(1, min(workers, len(episodes)))
+    groups = min(groups, size)
+    env_groups(size, groups)  # refuse a bad --groups before starting simulator processes
     # The simulator processes need the cores: batched inference of a small policy gains little from
     # intra-op threads that would compete with them.
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - size))
     try:
         with EnvPool(env, policy.render, size) as pool:
-            run_episodes(policy, episodes, pool, results, record, videos_per_task, max_steps, episode_fields)
+            run_episodes(policy, episodes, pool, results, record, videos_per_task, max_steps, episode_fields, groups)
     finally:
         torch.set_num_threads(threads)
     return results

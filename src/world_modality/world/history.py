@@ -7,6 +7,7 @@ last ``history_len`` latents per env. Masks follow the world module: True = real
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -54,6 +55,16 @@ class LatentHistory:
         self._mask: Tensor | None = None
         if self._encoder is not None:
             self._encoder.reset()
+
+    def fork(self, device: torch.device | str) -> LatentHistory:
+        """A history with its own latents and frame window over the same encoder weights (built now,
+        on ``device``, if not yet): one per group of envs the rollout runner steps concurrently."""
+        if self._encoder is None:
+            self._encoder = OnlineEncoder(self.spec, device=device)
+        fork = copy.copy(self)
+        fork._encoder = self._encoder.fork()
+        fork.reset()
+        return fork
 
     def observe(self, batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
         """The batch with the latent history keys added (unchanged when it already has them)."""
