@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything this project needs (uv, the locked Python environment), then run one job:
 #   bash run.sh main [wm demo options]   the main job on the offline default
-#   bash run.sh test [pytest options]    the test suite
+#   bash run.sh test [pytest options]    the test suite without the slow end-to-end tests (-m slow: those alone)
 # Further arguments go to the job. Set-up is idempotent: a second run only checks the environment.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,7 +30,7 @@ job=${1:-}
 shift || true
 case "$job" in
     main) exec "$PY" -m uv run --frozen --no-sync wm demo "$@" ;;
-    test) exec "$PY" -m uv run --frozen --no-sync pytest "$@" ;;
+    test) exec "$PY" -m uv run --frozen --no-sync pytest -m "not slow" "$@" ;;
     *)
         echo "usage: bash run.sh main|test [options]" >&2
         exit 2

@@ -322,7 +322,8 @@ def test_lerobot_eval_runs_the_checkpoint_in_lerobots_metaworld_env(lerobot_trai
 @pytest.mark.slow
 def test_wm_train_and_wm_eval_run_smolvla_world(metaworld_dataset, latent_cache, vlm_folder, tmp_path):
     """`wm train --policy smolvla_world` (cached latents + decoded camera frames) and a short closed-loop
-    `wm eval`, both through the command line."""
+    `wm eval` in two pipelined env groups (forked policy state: LeRobot's action queues), both through the
+    command line."""
     from world_modality.atomic_io import read_jsonl
 
     wm = str(REPO / ".venv" / "bin" / "wm")
@@ -333,8 +334,8 @@ def test_wm_train_and_wm_eval_run_smolvla_world(metaworld_dataset, latent_cache,
         "--out", str(tmp_path / "run"), *(f"--set={k}={json.dumps(v)}" for k, v in policy.items()),
     ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
     subprocess.run([
-        wm, "eval", str(tmp_path / "run"), "--tasks", "reach-v3", "--episodes-per-task", "1", "--max-steps", "4",
-        "--workers", "1", "--device", "cpu", "--arm", "E2", "--out", str(tmp_path / "eval"),
+        wm, "eval", str(tmp_path / "run"), "--tasks", "reach-v3", "--episodes-per-task", "2", "--max-steps", "4",
+        "--workers", "2", "--groups", "2", "--device", "cpu", "--arm", "E2", "--out", str(tmp_path / "eval"),
     ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
-    episodes = read_jsonl(next((tmp_path / "eval").rglob("*.jsonl")))
-    assert len(episodes) == 1 and episodes[0]["arm"] == "E2"
+    episodes = read_jsonl(next((tmp_path / "eval").rglob("*.jsonl")))  # two pipelined groups, one episode each
+    assert len(episodes) == 2 and {e["arm"] for e in episodes} == {"E2"} and {e["steps"] for e in episodes} == {4}
