@@ -1,6 +1,7 @@
 """World-memory overhead of SmolVLA-world: E0 (LeRobot's `smolvla`) vs E2 (`smolvla_world`, predicted memory).
 
 Usage: python benchmarks/bench_smolvla_world.py [--smoke] [--iters 50] [--train-batch-size 32] [--json out.json]
+       [--compile reduce-overhead] [--no-train]
 
 Both policies use the full SmolVLM2-500M-Video-Instruct architecture written by
 `write_smolvlm_folder(size="500m")` with random weights (the cost of a forward does not depend on
@@ -46,13 +47,15 @@ LATENT_KEY = "observation.environment_state"  # the world encoder's source; Smol
 STATE_DIM, ACTION_DIM, IMAGE_SIDE, TEXT_TOKENS = 8, 7, 256, 24
 
 
-def build_policies(folder: Path, spec: dict, smoke: bool, device: torch.device) -> dict[str, torch.nn.Module]:
+def build_policies(folder: Path, spec: dict, smoke: bool, device: torch.device, compile_mode: str | None = None) -> dict[str, torch.nn.Module]:
     latent_dim = spec["output_dim"]
     inputs = {key: PolicyFeature(FeatureType.VISUAL, (3, IMAGE_SIDE, IMAGE_SIDE)) for key in CAMERAS}
     inputs |= {"observation.state": PolicyFeature(FeatureType.STATE, (STATE_DIM,)),
                LATENT_KEY: PolicyFeature(FeatureType.ENV, (latent_dim,))}
     outputs = {"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))}
     shared = {"input_features": inputs, "output_features": outputs, "vlm_model_name": str(folder), "device": device.type}
+    if compile_mode:  # LeRobot's own switch: torch.compile of SmolVLA's sample_actions and forward
+        shared |= {"compile_model": True, "compile_mode": compile_mode}
     if smoke:
         shared |= {"chunk_size": 8, "n_action_steps": 8, "num_steps": 3, "resize_imgs_with_padding": (64, 64)}
     torch.manual_seed(0)
@@ -101,6 +104,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds the timed calls are split over")
     parser.add_argument("--train-batch-size", type=int, default=None, help="default 32; smoke 2")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (atomically)")
+    parser.add_argument("--compile", default=None, metavar="MODE",
+                        help="torch.compile mode for both arms (LeRobot's compile_model): default, reduce-overhead, max-autotune")
+    parser.add_argument("--no-train", action="store_true", help="time inference only")
     args = parser.parse_args()
     smoke = args.smoke
     iters = args.iters or (3 if smoke else 50)
@@ -116,7 +122,7 @@ def main() -> None:
         latent_dim = 16 if smoke else 1024
         stats = torch.randn(16, latent_dim)
         spec = build_encoder("state", fit_state_encoder(stats, Path(tmp) / "latent-spec", state_key=LATENT_KEY)).spec
-        policies = build_policies(folder, spec.to_dict(), smoke, device)
+        policies = build_policies(folder, spec.to_dict(), smoke, device, args.compile)
     config = policies["E2"].config
     infer_batch = {arm: make_batch(1, config.chunk_size, latent_dim, device, config if arm == "E2" else None) for arm in policies}
     train_batch_of = {arm: make_batch(train_batch, config.chunk_size, latent_dim, device, config if arm == "E2" else None)
@@ -143,10 +149,11 @@ def main() -> None:
     latency: dict[str, list[float]] = {arm: [] for arm in policies}
     step_time: dict[str, list[float]] = {arm: [] for arm in policies}
     per_round = max(1, iters // args.rounds)
-    bar = tqdm(total=2 * len(policies) * (warmup + per_round * args.rounds), desc="bench smolvla_world")
+    measures = ((infer, latency),) if args.no_train else ((infer, latency), (train_step, step_time))
+    bar = tqdm(total=len(measures) * len(policies) * (warmup + per_round * args.rounds), desc="bench smolvla_world")
     for round_index in range(args.rounds):
         for arm in policies:
-            for measure, times in ((infer, latency), (train_step, step_time)):
+            for measure, times in measures:
                 for i in range((warmup if round_index == 0 else 0) + per_round):
                     elapsed = timed(measure, arm, device)
                     if round_index > 0 or i >= warmup:
@@ -158,6 +165,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "vlm": "tiny (smoke)" if smoke else "SmolVLM2-500M architecture, random weights",
         "dtype": "bf16 autocast" if device.type == "cuda" else "float32",
+        "compile": args.compile,
         "chunk_size": config.chunk_size,
         "denoising_steps": config.num_steps,
         "train_batch_size": train_batch,
@@ -169,14 +177,14 @@ def main() -> None:
             "params_total": sum(p.numel() for p in policy.parameters()),
             "params_trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
             "chunk_latency_ms": 1000 * statistics.median(latency[arm]),
-            "train_samples_per_s": train_batch / statistics.median(step_time[arm]),
+            "train_samples_per_s": train_batch / statistics.median(step_time[arm]) if step_time[arm] else float("nan"),
         }
     e0, e2 = results["arms"]["E0"], results["arms"]["E2"]
     results["latency_ratio_e2_over_e0"] = e2["chunk_latency_ms"] / e0["chunk_latency_ms"]
     results["train_throughput_ratio_e2_over_e0"] = e2["train_samples_per_s"] / e0["train_samples_per_s"]
 
     print(f"\n{results['device']} | {results['vlm']} | {results['dtype']} | chunk {config.chunk_size}, "
-          f"{config.num_steps} denoising steps | train batch {train_batch} | median of {results['iters']}")
+          f"{config.num_steps} denoising steps | train batch {train_batch} | median of {results['iters']} | compile {args.compile}")
     print(f"{'arm':<28}{'params (trainable)':>24}{'chunk latency ms':>18}{'train samples/s':>17}")
     names = {"E0": "E0 smolvla", "E2": "E2 smolvla_world (pred)"}
     for arm, row in results["arms"].items():
