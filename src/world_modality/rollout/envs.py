@@ -123,10 +123,9 @@ def _worker(conn, suite: str, render_dict: dict | None) -> None:
 
 
 class EnvPool:
-    """``size`` simulator processes; ``reset``/``step`` address a subset of them and run concurrently.
-
-    ``send`` + ``receive`` split a call in two, so the caller can work (run the policy for other
-    envs) while these envs step.
+    """``size`` simulator processes. ``send`` starts a command (reset, step, peek) on a subset of them,
+    which run concurrently; ``receive`` collects the results, so the caller can work (run the policy for
+    other envs) while these envs step.
     """
 
     def __init__(self, suite: str, render: RenderSettings | None, size: int):
@@ -175,19 +174,10 @@ class EnvPool:
             waiting = {self._conns[s]: s for slots in slot_sets for s in slots if s not in ready}
             ready.update(waiting[conn] for conn in wait(list(waiting)))
 
-    def _call(self, command: str, payloads: dict[int, Any]) -> dict[int, Any]:
-        self.send(command, payloads)
-        return self.receive(payloads)
-
-    def reset(self, episodes: dict[int, EpisodeSpec]) -> dict[int, Observation]:
-        return self._call("reset", episodes)
-
-    def step(self, actions: dict[int, np.ndarray]) -> dict[int, tuple[Observation, bool, bool]]:
-        return self._call("step", {slot: np.asarray(a, dtype=np.float32) for slot, a in actions.items()})
-
     def peek(self, actions: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """The simulator's own future env states [K, E] under action sequences [K, A], per slot."""
-        return self._call("peek", {slot: np.asarray(a, dtype=np.float32) for slot, a in actions.items()})
+        self.send("peek", {slot: np.asarray(a, dtype=np.float32) for slot, a in actions.items()})
+        return self.receive(actions)
 
     def close(self) -> None:
         for conn, proc in zip(self._conns, self._procs):
