@@ -13,7 +13,7 @@ with random weights directly on the GPU (bf16); nothing is downloaded. Each arm 
 
 Per arm: inference latency per action chunk at batch 1 (`predict_action_chunk`: Qwen-VL image
 processing on the device, tokenisation, one forward pass, world memory, head; no decoding; median over
-`--repeats` after warm-up, CUDA-synchronised), training samples/s (forward, backward, clip, AdamW;
+`--repeats` after warm-up, CUDA-synchronised, the arms' calls alternating), training samples/s (forward, backward, clip, AdamW;
 median step) and the peak GPU memory of training. Ratios: E2/E0 latency and E0/E2 step time (the
 world-memory overhead; target within 10%), and the latency against the 74 ms OpenVLA-OFT reported for
 its 7B model on an A100. Results are printed as a table and written atomically with `--json`.
@@ -57,7 +57,7 @@ def make_policy(arm: str, folder: Path, args, device: torch.device) -> QwenVLAWo
                        input_size=None, pooling=None, output_dim=args.latent_dim)
     config = QwenVLAWorldConfig(
         backbone=args.backbone, backbone_path=str(folder), backbone_init="random", backbone_dtype=args.dtype,
-        gradient_checkpointing=args.gradient_checkpointing, chunk_size=args.chunk_size, n_action_steps=args.chunk_size,
+        gradient_checkpointing=args.gradient_checkpointing, compile_model=args.compile, chunk_size=args.chunk_size, n_action_steps=args.chunk_size,
         history_len=args.history_len, num_future=args.num_future, latent_dim=args.latent_dim,
         encoder_spec=spec.to_dict(), image_key=IMAGE_KEY, use_proprio=True, coc_max_tokens=64,
         input_features={IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, args.image_size, args.image_size)),
@@ -101,22 +101,29 @@ def timed(fn, repeats: int, warmup: int, sync) -> list[float]:
     return times
 
 
-def measure(arm: str, folder: Path, args, device: torch.device) -> dict[str, float]:
+def measure_latency(policies: dict[str, QwenVLAWorldPolicy], args, device: torch.device) -> dict[str, dict]:
+    """Chunk latency at batch 1 per arm; after each arm's warm-up the timed calls alternate between the
+    arms, so drift of a shared machine affects every arm alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    policy = make_policy(arm, folder, args, device)
-    result = {"trainable_parameters": sum(p.numel() for p in policy.get_optim_params()),
-              "parameters": sum(p.numel() for p in policy.parameters())}
-
-    policy.eval()
     single = make_batch(1, args, device, coc=False)
-    latency = timed(lambda: policy.predict_action_chunk(single), args.repeats, args.warmup, sync)
-    result["latency_ms_median"] = 1000 * statistics.median(latency)
-    result["latency_ms_p90"] = 1000 * sorted(latency)[int(0.9 * (len(latency) - 1))]
+    for policy in policies.values():
+        policy.eval()
+        timed(lambda: policy.predict_action_chunk(single), 0, args.warmup, sync)
+    times: dict[str, list[float]] = {arm: [] for arm in policies}
+    for _ in range(args.repeats):
+        for arm, policy in policies.items():
+            times[arm] += timed(lambda: policy.predict_action_chunk(single), 1, 0, sync)
+    return {arm: {"latency_ms_median": 1000 * statistics.median(t),
+                  "latency_ms_p90": 1000 * sorted(t)[int(0.9 * (len(t) - 1))]} for arm, t in times.items()}
 
+
+def measure_training(arm: str, policy: QwenVLAWorldPolicy, args, device: torch.device) -> dict[str, float]:
+    """Median training step (forward, backward, clip, AdamW) and the peak GPU memory of training."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     policy.train()
     batch = make_batch(args.batch_size, args, device, coc=ARMS[arm]["lambda_text"] > 0)
-    optimizer = policy.config.get_optimizer_preset().build(policy.get_optim_params())
     params = policy.get_optim_params()
+    optimizer = policy.config.get_optimizer_preset().build(params)
 
     def step() -> None:
         loss, _ = policy.forward(batch)
@@ -127,10 +134,8 @@ def measure(arm: str, folder: Path, args, device: torch.device) -> dict[str, flo
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    steps = timed(step, args.steps, args.warmup, sync)
-    step_s = statistics.median(steps)
-    result["train_step_ms"] = 1000 * step_s
-    result["train_samples_per_s"] = args.batch_size / step_s
+    step_s = statistics.median(timed(step, args.steps, args.warmup, sync))
+    result = {"train_step_ms": 1000 * step_s, "train_samples_per_s": args.batch_size / step_s}
     if device.type == "cuda":
         result["train_peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
@@ -147,6 +152,9 @@ def main() -> None:
     parser.add_argument("--num-future", type=int, default=4)
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile_model=True: torch.compile each decoder layer of the language model")
+    parser.add_argument("--no-train", action="store_true", help="latency only")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps (median reported)")
     parser.add_argument("--repeats", type=int, default=30, help="timed inference calls (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
@@ -173,35 +181,47 @@ def main() -> None:
 
     results = {"host": platform.node(), "backbone": args.backbone, "size": size[1], "image_size": args.image_size,
                "batch_size": args.batch_size, "chunk_size": args.chunk_size, "dtype": args.dtype,
-               "gradient_checkpointing": args.gradient_checkpointing, "torch": torch.__version__,
+               "gradient_checkpointing": args.gradient_checkpointing, "compile_model": args.compile,
+               "torch": torch.__version__,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_qwen_vl_folder(Path(tmp) / "backbone", *size, weights=False)
+        policies = {arm: make_policy(arm, folder, args, device) for arm in arms}
+    for arm, policy in policies.items():
+        results[arm] = {"trainable_parameters": sum(p.numel() for p in policy.get_optim_params()),
+                        "parameters": sum(p.numel() for p in policy.parameters())}
+    for arm, latency in measure_latency(policies, args, device).items():
+        results[arm] |= latency
+        print(f"{arm}: latency {latency['latency_ms_median']:.1f} ms", flush=True)
+    if not args.no_train:
         for arm in arms:
-            results[arm] = measure(arm, folder, args, device)
+            results[arm] |= measure_training(arm, policies.pop(arm), args, device)
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the arm's policy is gone: give its memory back before the next one
-            r = results[arm]
-            print(f"{arm}: latency {r['latency_ms_median']:.1f} ms, train {r['train_samples_per_s']:.2f} samples/s", flush=True)
+            print(f"{arm}: train {results[arm]['train_samples_per_s']:.2f} samples/s", flush=True)
     if "E0" in results and "E2" in results:
         results["world_latency_ratio_E2_over_E0"] = results["E2"]["latency_ms_median"] / results["E0"]["latency_ms_median"]
-        results["world_train_cost_ratio_E0_over_E2"] = (results["E0"]["train_samples_per_s"]
-                                                        / results["E2"]["train_samples_per_s"])
+        if not args.no_train:
+            results["world_train_cost_ratio_E0_over_E2"] = (results["E0"]["train_samples_per_s"]
+                                                            / results["E2"]["train_samples_per_s"])
 
     print(f"\nF+ {args.backbone} ({size[1]}, random weights, {args.dtype}) on {results['device']}; "
           f"{args.image_size}px image, H={args.chunk_size}, train batch {args.batch_size}"
-          f"{', gradient checkpointing' if args.gradient_checkpointing else ''}")
+          f"{', gradient checkpointing' if args.gradient_checkpointing else ''}"
+          f"{', compiled decoder layers' if args.compile else ''}")
     print("| arm | latency / chunk, batch 1 (median ms) | p90 ms | train samples/s | train step ms | "
           "peak train memory GiB | trainable params |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for arm in arms:
         r = results[arm]
         memory = f"{r['train_peak_memory_gib']:.1f}" if "train_peak_memory_gib" in r else "-"
-        print(f"| {arm} | {r['latency_ms_median']:.1f} | {r['latency_ms_p90']:.1f} | {r['train_samples_per_s']:.2f} | "
-              f"{r['train_step_ms']:.0f} | {memory} | {r['trainable_parameters']:,} |")
+        train = f"{r['train_samples_per_s']:.2f} | {r['train_step_ms']:.0f}" if "train_step_ms" in r else "- | -"
+        print(f"| {arm} | {r['latency_ms_median']:.1f} | {r['latency_ms_p90']:.1f} | {train} | {memory} | "
+              f"{r['trainable_parameters']:,} |")
     if "world_latency_ratio_E2_over_E0" in results:
-        print(f"world-memory overhead: latency E2/E0 = {results['world_latency_ratio_E2_over_E0']:.3f}, "
-              f"training cost E0/E2 samples/s = {results['world_train_cost_ratio_E0_over_E2']:.3f} (target <= 1.10)")
+        print(f"world-memory overhead: latency E2/E0 = {results['world_latency_ratio_E2_over_E0']:.3f}"
+              + (f", training cost E0/E2 samples/s = {results['world_train_cost_ratio_E0_over_E2']:.3f}"
+                 if "world_train_cost_ratio_E0_over_E2" in results else "") + " (target <= 1.10)")
     best = min(results[a]["latency_ms_median"] for a in arms)
     print(f"latency vs OpenVLA-OFT 7B on A100 ({OPENVLA_OFT_MS:.0f} ms): {best / OPENVLA_OFT_MS:.2f}x")
     if args.json:

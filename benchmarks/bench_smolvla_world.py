@@ -1,7 +1,7 @@
 """World-memory overhead of SmolVLA-world: E0 (LeRobot's `smolvla`) vs E2 (`smolvla_world`, predicted memory).
 
 Usage: python benchmarks/bench_smolvla_world.py [--smoke] [--iters 50] [--train-batch-size 32] [--json out.json]
-       [--compile reduce-overhead] [--no-train]
+       [--compile reduce-overhead] [--compile-denoise-step] [--no-train]
 
 Both policies use the full SmolVLM2-500M-Video-Instruct architecture written by
 `write_smolvlm_folder(size="500m")` with random weights (the cost of a forward does not depend on
@@ -47,7 +47,8 @@ LATENT_KEY = "observation.environment_state"  # the world encoder's source; Smol
 STATE_DIM, ACTION_DIM, IMAGE_SIDE, TEXT_TOKENS = 8, 7, 256, 24
 
 
-def build_policies(folder: Path, spec: dict, smoke: bool, device: torch.device, compile_mode: str | None = None) -> dict[str, torch.nn.Module]:
+def build_policies(folder: Path, spec: dict, smoke: bool, device: torch.device, compile_mode: str | None = None,
+                   compile_denoise_step: bool = False) -> dict[str, torch.nn.Module]:
     latent_dim = spec["output_dim"]
     inputs = {key: PolicyFeature(FeatureType.VISUAL, (3, IMAGE_SIDE, IMAGE_SIDE)) for key in CAMERAS}
     inputs |= {"observation.state": PolicyFeature(FeatureType.STATE, (STATE_DIM,)),
@@ -61,8 +62,11 @@ def build_policies(folder: Path, spec: dict, smoke: bool, device: torch.device, 
     torch.manual_seed(0)
     e0 = SmolVLAPolicy(SmolVLAConfig(**shared))
     world_sizes = {"prophet_dim": 32, "prophet_layers": 1} if smoke else {}
-    e2 = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, encoder_spec=spec, **world_sizes))
+    e2 = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, encoder_spec=spec, compile_denoise_step=compile_denoise_step,
+                                               **world_sizes))
     e2.load_state_dict(e0.state_dict(), strict=False)  # same SmolVLA weights; the world module is new
+    if compile_denoise_step:  # E0 is LeRobot's SmolVLA: the same compilation, applied from outside
+        e0.model.denoise_step = torch.compile(e0.model.denoise_step)
     return {"E0": e0.to(device), "E2": e2.to(device)}
 
 
@@ -106,6 +110,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (atomically)")
     parser.add_argument("--compile", default=None, metavar="MODE",
                         help="torch.compile mode for both arms (LeRobot's compile_model): default, reduce-overhead, max-autotune")
+    parser.add_argument("--compile-denoise-step", action="store_true",
+                        help="torch.compile one denoising step (smolvla_world's compile_denoise_step; the same for E0)")
     parser.add_argument("--no-train", action="store_true", help="time inference only")
     args = parser.parse_args()
     smoke = args.smoke
@@ -122,7 +128,7 @@ def main() -> None:
         latent_dim = 16 if smoke else 1024
         stats = torch.randn(16, latent_dim)
         spec = build_encoder("state", fit_state_encoder(stats, Path(tmp) / "latent-spec", state_key=LATENT_KEY)).spec
-        policies = build_policies(folder, spec.to_dict(), smoke, device, args.compile)
+        policies = build_policies(folder, spec.to_dict(), smoke, device, args.compile, args.compile_denoise_step)
     config = policies["E2"].config
     infer_batch = {arm: make_batch(1, config.chunk_size, latent_dim, device, config if arm == "E2" else None) for arm in policies}
     train_batch_of = {arm: make_batch(train_batch, config.chunk_size, latent_dim, device, config if arm == "E2" else None)
@@ -132,7 +138,7 @@ def main() -> None:
                   for arm, policy in policies.items()}
 
     def infer(arm: str) -> None:
-        policy = policies[arm]
+        policy = policies[arm].eval()
         policy.reset()
         with autocast():
             policy.predict_action_chunk(dict(infer_batch[arm]), noise=noise)
@@ -166,6 +172,7 @@ def main() -> None:
         "vlm": "tiny (smoke)" if smoke else "SmolVLM2-500M architecture, random weights",
         "dtype": "bf16 autocast" if device.type == "cuda" else "float32",
         "compile": args.compile,
+        "compile_denoise_step": args.compile_denoise_step,
         "chunk_size": config.chunk_size,
         "denoising_steps": config.num_steps,
         "train_batch_size": train_batch,
@@ -184,7 +191,8 @@ def main() -> None:
     results["train_throughput_ratio_e2_over_e0"] = e2["train_samples_per_s"] / e0["train_samples_per_s"]
 
     print(f"\n{results['device']} | {results['vlm']} | {results['dtype']} | chunk {config.chunk_size}, "
-          f"{config.num_steps} denoising steps | train batch {train_batch} | median of {results['iters']} | compile {args.compile}")
+          f"{config.num_steps} denoising steps | train batch {train_batch} | median of {results['iters']} | compile {args.compile}"
+          f"{' | compiled denoising step' if args.compile_denoise_step else ''}")
     print(f"{'arm':<28}{'params (trainable)':>24}{'chunk latency ms':>18}{'train samples/s':>17}")
     names = {"E0": "E0 smolvla", "E2": "E2 smolvla_world (pred)"}
     for arm, row in results["arms"].items():

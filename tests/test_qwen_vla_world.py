@@ -241,6 +241,33 @@ def test_separate_text_pass_and_coc_requirements(folders, encoder_spec):
         strict(make_batch(coc=["a", None, "c"]))
 
 
+@pytest.mark.slow  # inductor compiles a decoder layer on the CPU (~1 min)
+def test_compiled_decoder_layers_give_the_same_actions(folders, encoder_spec):
+    """`compile_model` compiles each language-model decoder layer; actions and the training loss stay
+    those of the eager policy with the same weights."""
+    from lerobot_policy_world_modality.qwen_vla_world.modeling_qwen_vla_world import decoder_layers
+
+    eager = make_policy(folders, encoder_spec).eval()
+    compiled = make_policy(folders, encoder_spec, compile_model=True).eval()
+    compiled.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        for policy in (eager, compiled):
+            policy.world.cross_attn.gate.fill_(0.5)
+    layers = decoder_layers(compiled.backbone.get_base_model())
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert all(layer._compiled_call_impl is None for layer in decoder_layers(eager.backbone.get_base_model()))
+    batch = make_batch()
+    torch.testing.assert_close(compiled.predict_action_chunk(dict(batch)), eager.predict_action_chunk(dict(batch)),
+                               rtol=1e-4, atol=1e-4)
+    loss_eager, _ = eager.train().forward(dict(batch))
+    loss_compiled, _ = compiled.train().forward(dict(batch))
+    torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-4, atol=1e-4)
+    loss_compiled.backward()
+    assert compiled.world.cross_attn.gate.grad is not None
+    with pytest.raises(ValueError, match="compile_mode"):
+        make_config(folders, encoder_spec, compile_model=True, compile_mode="reduce-overhead")
+
+
 def test_prompt_is_one_function_and_refuses_empty_instructions(folders, encoder_spec):
     policy = make_policy(folders, encoder_spec, use_world_module=False).eval()
     prompt = build_prompt(policy.config.prompt_format, " open the drawer ", CHUNK)

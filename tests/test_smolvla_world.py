@@ -189,27 +189,63 @@ def test_rollout_memory_mode_changes_actions_once_gate_opens(vlm_folder, spec):
     assert torch.equal(e1.predict_action_chunk(dict(batch), noise=_noise()), zero)
 
 
-def test_inference_reads_one_memory_per_chunk_at_every_denoising_step(vlm_folder, spec):
-    """One Prophet pass and one memory per chunk, read at each of the `num_steps` denoising steps; the
-    memory is what the shared WorldModule itself injects in eval mode."""
+def test_inference_reads_one_memory_per_chunk_at_every_denoising_step(vlm_folder, spec, monkeypatch):
+    """One Prophet pass and one projected memory per chunk, read at each of the `num_steps` denoising
+    steps; what is read equals what the shared WorldModule itself injects in eval mode."""
     from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import _ChunkMemory
 
     policy = _world_policy(vlm_folder, spec)
     world = policy.model.world
     with torch.no_grad():
         world.cross_attn.gate.fill_(0.5)
-    calls = {"prophet": 0, "cross_attn": []}
+    calls = {"prophet": 0, "prepare": 0, "read": []}
     world.prophet.register_forward_hook(lambda *_: calls.__setitem__("prophet", calls["prophet"] + 1))
-    world.cross_attn.register_forward_hook(lambda _m, args, _out: calls["cross_attn"].append(args[1].clone()))
+    prepare, read = world.cross_attn.prepare, world.cross_attn.read
+
+    def counting_prepare(memory, mask=None):
+        calls["prepare"] += 1
+        return prepare(memory, mask)
+
+    def recording_read(h, memory):
+        calls["read"].append(memory)
+        return read(h, memory)
+
+    monkeypatch.setattr(world.cross_attn, "prepare", counting_prepare)
+    monkeypatch.setattr(world.cross_attn, "read", recording_read)
     policy.predict_action_chunk(_batch(vlm_folder), memory_mode="random", noise=_noise())
-    assert calls["prophet"] == 1 and len(calls["cross_attn"]) == TINY["num_steps"]
-    assert all(torch.equal(memory, calls["cross_attn"][0]) for memory in calls["cross_attn"])
+    assert calls["prophet"] == 1 and calls["prepare"] == 1 and len(calls["read"]) == TINY["num_steps"]
+    assert all(memory is calls["read"][0] for memory in calls["read"])
 
     batch = _batch(vlm_folder)
     z_hist, mask = policy._history(batch)
     h = torch.randn(3, TINY["chunk_size"], policy.model.vlm_with_expert.expert_hidden_size)
     expected, _ = world(h, z_hist, mode="pred", history_mask=mask)
-    assert torch.equal(_ChunkMemory(world, z_hist, mask, None, "pred")(h), expected)
+    torch.testing.assert_close(_ChunkMemory(world, z_hist, mask, None, "pred")(h), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(expected, h)
+
+
+@pytest.mark.slow  # inductor compiles the denoising step on the CPU (~1 min)
+def test_compiled_denoise_step_gives_the_same_chunks_without_recompiling(vlm_folder, spec):
+    """`compile_denoise_step`: the same action chunks as the eager policy, and later chunks (new memory
+    readers, other memory modes' memories) reuse the compiled step instead of compiling again."""
+    from torch._dynamo.utils import counters
+
+    eager = _world_policy(vlm_folder, spec)
+    compiled = _world_policy(vlm_folder, spec, compile_denoise_step=True)
+    compiled.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        for policy in (eager, compiled):
+            policy.model.world.cross_attn.gate.fill_(0.5)
+    counters.clear()
+    for chunk, mode in enumerate(("pred", "pred", "zero", "pred")):
+        batch = _batch(vlm_folder, seed=chunk)
+        expected = eager.predict_action_chunk(dict(batch), memory_mode=mode, noise=_noise(seed=chunk))
+        got = compiled.predict_action_chunk(dict(batch), memory_mode=mode, noise=_noise(seed=chunk))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        if chunk == 0:
+            graphs_after_first_chunk = counters["stats"]["unique_graphs"]
+    assert graphs_after_first_chunk > 0
+    assert counters["stats"]["unique_graphs"] == graphs_after_first_chunk
 
 
 # --- world latents under plain lerobot-train ------------------------------------------------------

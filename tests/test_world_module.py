@@ -164,6 +164,36 @@ def test_memory_mask_ignores_slots_and_empty_rows_stay_finite() -> None:
         gca(h, torch.randn(B, K + 1, D))
 
 
+def test_prepared_memory_read_matches_forward_with_masks() -> None:
+    """The inference path (keys/values projected once, fused attention) gives `forward`'s output,
+    masked slots, samples without memory and the zero gate included."""
+    gca = GatedCrossAttention(D_MODEL, D, num_future=K, num_heads=4).eval()
+    h = torch.randn(B, 5, D_MODEL)
+    memory = torch.randn(B, K, D)
+    mask = torch.ones(B, K, dtype=torch.bool)
+    mask[0, 2] = False
+    mask[1] = False
+    memory[0, 2] = math.nan
+    memory[1] = math.inf
+    assert torch.equal(gca.read(h, gca.prepare(memory, mask)), h)  # gate 0: the input bit for bit
+    with torch.no_grad():
+        gca.gate.fill_(0.8)
+    for memory_mask in (None, mask):
+        source = memory if memory_mask is not None else torch.randn(B, K, D)
+        expected, _ = gca(h, source, memory_mask)
+        prepared = gca.prepare(source, memory_mask)
+        assert prepared.keys.shape == (B, 4, K, D_MODEL // 4)
+        got = gca.read(h, prepared)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got, h)
+    assert torch.equal(gca.read(h, gca.prepare(memory, mask))[1], h[1])
+    # One prepared memory serves any number of query sets (the denoising steps of a chunk).
+    prepared, other = gca.prepare(memory[2:]), torch.randn(2, 5, D_MODEL)
+    torch.testing.assert_close(gca.read(other, prepared), gca(other, memory[2:])[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="future slots"):
+        gca.prepare(torch.randn(B, K + 1, D))
+
+
 # --- memory modes ----------------------------------------------------------------------------
 
 
@@ -357,3 +387,19 @@ def test_detach_prophet_for_policy(detach: bool) -> None:
     prophet_grads = [p.grad for p in module.prophet.parameters()]
     reached = any(g is not None and torch.count_nonzero(g) > 0 for g in prophet_grads)
     assert reached is not detach
+
+
+@pytest.mark.parametrize("mode", ["pred", "zero", "signflip", "oracle", "none"])
+def test_world_module_prepared_memory_matches_eval_forward(mode: str) -> None:
+    module = _world_module().eval()
+    with torch.no_grad():
+        module.cross_attn.gate.fill_(0.6)
+    h, z_history, z_future = torch.randn(B, 5, D_MODEL), torch.randn(B, 4, D), torch.randn(B, K, D)
+    history_mask = torch.ones(B, 4, dtype=torch.bool)
+    history_mask[0, :2] = False
+    expected, _ = module(h, z_history, z_future, mode=mode, history_mask=history_mask)
+    prepared = module.prepare_memory(z_history, history_mask, z_future, mode)
+    assert (prepared is None) == (mode == "none")
+    for queries, reference in ((h, expected), (h.flip(1), module(h.flip(1), z_history, z_future, mode=mode,
+                                                                  history_mask=history_mask)[0])):
+        torch.testing.assert_close(module.read_memory(queries, prepared), reference, rtol=1e-5, atol=1e-5)

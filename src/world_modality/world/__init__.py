@@ -3,7 +3,7 @@
 Mask convention throughout: boolean, True = valid (real data), False = padding / absent.
 """
 
-from world_modality.world.gated_cross_attention import GatedCrossAttention
+from world_modality.world.gated_cross_attention import GatedCrossAttention, PreparedMemory
 from world_modality.world.losses import total_loss, world_cosine_loss
 from world_modality.world.memory import (
     MemoryMode,
@@ -19,6 +19,7 @@ __all__ = [
     "MemoryMode",
     "MemorySource",
     "MemorySourceSchedule",
+    "PreparedMemory",
     "Prophet",
     "ProphetConfig",
     "WorldModule",

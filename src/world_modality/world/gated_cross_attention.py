@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -27,6 +30,17 @@ class _GatedResidual(torch.autograd.Function):
         grad_g = (grad.float() * a.float()).sum().to(g.dtype) if ctx.needs_input_grad[1] else None
         grad_a = grad * g if ctx.needs_input_grad[2] else None
         return grad, grad_g, grad_a
+
+
+@dataclass(frozen=True)
+class PreparedMemory:
+    """Memory already projected to per-head attention keys and values, for reading it many times
+    (each denoising step of one action chunk) without projecting it again."""
+
+    keys: Tensor  # [B, heads, K, d_head]
+    values: Tensor  # [B, heads, K, d_head]
+    allowed: Tensor | None  # [B, 1, 1, K] bool, True where queries may attend; None: every slot
+    has_memory: Tensor | None  # [B, 1, 1] bool, False for samples without any valid slot
 
 
 class GatedCrossAttention(nn.Module):
@@ -64,6 +78,50 @@ class GatedCrossAttention(nn.Module):
             h_out [B, Q, d_model] and head-averaged attention weights [B, Q, K]
             (mean over batch and queries = attention mass per future step).
         """
+        kv, key_padding, has_memory = self._memory_states(memory, memory_mask)
+        attended, weights = self.attn(self.query_norm(h), kv, kv, key_padding_mask=key_padding,
+                                      need_weights=True, average_attn_weights=True)
+        if has_memory is not None:
+            keep = has_memory[:, None, None]
+            attended = attended * keep
+            weights = weights * keep
+        g = torch.tanh(self.gate).to(h.dtype)
+        return _GatedResidual.apply(h, g, attended), weights
+
+    def prepare(self, memory: Tensor, memory_mask: Tensor | None = None) -> PreparedMemory:
+        """Project `memory` (as in `forward`) to per-head keys and values once; `read` then costs
+        only the queries' projection and one fused attention."""
+        kv, key_padding, has_memory = self._memory_states(memory, memory_mask)
+        heads = self.attn.num_heads
+        _, w_k, w_v = self.attn.in_proj_weight.chunk(3)
+        _, b_k, b_v = self.attn.in_proj_bias.chunk(3)
+        keys = F.linear(kv, w_k, b_k).unflatten(-1, (heads, -1)).transpose(1, 2)
+        values = F.linear(kv, w_v, b_v).unflatten(-1, (heads, -1)).transpose(1, 2)
+        return PreparedMemory(
+            keys=keys,
+            values=values,
+            allowed=None if key_padding is None else ~key_padding[:, None, None, :],
+            has_memory=None if has_memory is None else has_memory[:, None, None],
+        )
+
+    def read(self, h: Tensor, memory: PreparedMemory) -> Tensor:
+        """`forward(h, memory, mask)[0]` for a prepared memory, without attention weights or
+        attention dropout: the inference path."""
+        heads = self.attn.num_heads
+        w_q, _, _ = self.attn.in_proj_weight.chunk(3)
+        b_q, _, _ = self.attn.in_proj_bias.chunk(3)
+        queries = F.linear(self.query_norm(h), w_q, b_q).unflatten(-1, (heads, -1)).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(queries, memory.keys.to(queries.dtype),
+                                                  memory.values.to(queries.dtype), attn_mask=memory.allowed)
+        attended = self.attn.out_proj(attended.transpose(1, 2).flatten(2))
+        if memory.has_memory is not None:
+            attended = attended * memory.has_memory
+        return _GatedResidual.apply(h, torch.tanh(self.gate).to(h.dtype), attended)
+
+    def _memory_states(self, memory: Tensor, memory_mask: Tensor | None,
+                       ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Memory slots as attention inputs [B, K, d_model], the key padding mask for
+        nn.MultiheadAttention (True = ignore) and which samples have any valid slot."""
         k = memory.shape[1]
         if k > self.num_future:
             raise ValueError(f"memory has {k} future slots but the module was built for "
@@ -75,14 +133,6 @@ class GatedCrossAttention(nn.Module):
             # Padded slots may hold anything; a NaN there would leak through 0-weight attention.
             memory = torch.where(valid[..., None], memory, 0.0)
             has_memory = valid.any(dim=1)
-            # Unmask samples without any valid slot so softmax stays finite; zeroed below.
+            # Unmask samples without any valid slot so softmax stays finite; zeroed later.
             key_padding = ~(valid | ~has_memory[:, None])
-        kv = self.mem_proj(self.mem_norm(memory)) + self.future_emb[:k]
-        attended, weights = self.attn(self.query_norm(h), kv, kv, key_padding_mask=key_padding,
-                                      need_weights=True, average_attn_weights=True)
-        if has_memory is not None:
-            keep = has_memory[:, None, None]
-            attended = attended * keep
-            weights = weights * keep
-        g = torch.tanh(self.gate).to(h.dtype)
-        return _GatedResidual.apply(h, g, attended), weights
+        return self.mem_proj(self.mem_norm(memory)) + self.future_emb[:k], key_padding, has_memory

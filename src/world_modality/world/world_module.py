@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from world_modality.world.gated_cross_attention import GatedCrossAttention
+from world_modality.world.gated_cross_attention import GatedCrossAttention, PreparedMemory
 from world_modality.world.losses import world_cosine_loss
 from world_modality.world.memory import MemoryMode, MemorySourceSchedule, apply_memory_mode
 from world_modality.world.prophet import Prophet, ProphetConfig
@@ -178,3 +178,20 @@ class WorldModule(nn.Module):
             world_loss=world_loss,
             world_loss_per_k=world_loss_per_k,
         )
+
+    @torch.no_grad()
+    def prepare_memory(self, z_history: Tensor, history_mask: Tensor | None = None,
+                       z_future: Tensor | None = None, mode: MemoryMode | str | None = None,
+                       generator: torch.Generator | None = None) -> PreparedMemory | None:
+        """Inference: the memory `forward` reads in eval mode (one Prophet pass; one draw for the
+        `random` and `shuffle` controls), projected once for any number of `read_memory` calls;
+        None for mode `none` (no injection)."""
+        mode = self.config.memory_mode if mode is None else MemoryMode(mode)
+        z_pred = self.prophet(z_history, history_mask)
+        z_future = None if z_future is None else z_future.to(z_pred.dtype)
+        memory = apply_memory_mode(mode, z_pred, z_future, generator)
+        return None if memory is None else self.cross_attn.prepare(memory)
+
+    def read_memory(self, h: Tensor, memory: PreparedMemory | None) -> Tensor:
+        """`h` with the prepared memory read in (unchanged for None)."""
+        return h if memory is None else self.cross_attn.read(h, memory)

@@ -47,6 +47,9 @@ TEXT_LOSS_MODES = ("joint_after_act", "separate")
 WRIST_MODES = ("none", "concat")
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
 BACKBONE_INITS = ("pretrained", "random")
+# torch.compile modes for the language model's decoder layers. "reduce-overhead" (CUDA graphs) is
+# left out: one graph per layer call overwrites the previous layer's output buffer.
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def canonical_backbone(name: str) -> str:
@@ -91,6 +94,11 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, PreTrainedConfig):
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     gradient_checkpointing: bool = False
+    # torch.compile each decoder layer of the language model (the layers share one compiled graph,
+    # so compiling takes seconds, not minutes). At batch 1 the forward pass is bound by Python and
+    # kernel launches; fused layers cut the launches (benchmarks/README.md has the measured latency).
+    compile_model: bool = False
+    compile_mode: str = "default"
 
     # The prompt (see prompt.py), stored so rollouts build exactly the training prompt.
     prompt_format: str = DEFAULT_PROMPT_FORMAT
@@ -158,7 +166,8 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, PreTrainedConfig):
         super().__post_init__()
         self.backbone = canonical_backbone(self.backbone)
         choices = {"finetune": FINETUNE_MODES, "action_head": ACTION_HEADS, "text_loss_mode": TEXT_LOSS_MODES,
-                   "wrist_mode": WRIST_MODES, "backbone_dtype": BACKBONE_DTYPES, "backbone_init": BACKBONE_INITS}
+                   "wrist_mode": WRIST_MODES, "backbone_dtype": BACKBONE_DTYPES, "backbone_init": BACKBONE_INITS,
+                   "compile_mode": COMPILE_MODES}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")

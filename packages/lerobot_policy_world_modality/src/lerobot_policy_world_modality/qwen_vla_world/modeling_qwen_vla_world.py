@@ -127,6 +127,9 @@ def load_backbone(config: QwenVLAWorldConfig) -> tuple[nn.Module, Any]:
     else:
         peft_config = TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=ids)
     backbone = get_peft_model(model, peft_config)
+    if config.compile_model:
+        for layer in decoder_layers(model):
+            layer.compile(mode=config.compile_mode)
     if config.finetune == "lora":
         adapted = [name for name, module in backbone.named_modules() if hasattr(module, "lora_A")]
         expected = 4 * hf_config.get_text_config().num_hidden_layers
@@ -134,6 +137,11 @@ def load_backbone(config: QwenVLAWorldConfig) -> tuple[nn.Module, Any]:
             raise RuntimeError(f"LoRA should adapt the {expected} q/k/v/o projections of the language model, "
                                f"it adapted {len(adapted)}: {adapted[:6]}...")
     return backbone, processor
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The language model's decoder layers of a Qwen-VL `...ForConditionalGeneration` model."""
+    return model.model.language_model.layers
 
 
 @torch.no_grad()

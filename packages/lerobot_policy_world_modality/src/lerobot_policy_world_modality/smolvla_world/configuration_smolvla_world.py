@@ -66,6 +66,10 @@ class SmolVLAWorldConfig(SmolVLAConfig):
     history_len: int = 4  # T latents z_{t-T+1..t}
     num_future: int = 4  # K: the Prophet predicts z_{t+1..t+K}
     world_rollout_temporal_window: int | None = None  # defaults to the spec's temporal window
+    # torch.compile of one denoising step (the action expert over the cached VLM prefix, world memory
+    # read included): compiled once, replayed `num_steps` times per chunk. LeRobot's own
+    # `compile_model` compiles the whole unrolled sampling loop, whose warm-up did not finish in minutes.
+    compile_denoise_step: bool = False
 
     # World module (shared Prophet + gated cross-attention, world_modality.world).
     prophet_dim: int = 256

@@ -18,8 +18,9 @@ so the policy is LeRobot's SmolVLA with the same weights (tested).
 
 Training calls the `WorldModule` as is (Prophet, memory mode / oracle schedule, world loss, injection).
 Inference computes the memory once per action chunk (one Prophet pass; one draw for the `random` and
-`shuffle` controls) and reads that same memory at every denoising step through the module's
-cross-attention, exactly as `WorldModule.forward` does in eval mode.
+`shuffle` controls), projects it to attention keys and values once, and reads that same memory at every
+denoising step (`WorldModule.prepare_memory` / `read_memory`: what `WorldModule.forward` computes in
+eval mode, without recomputing the memory's projections at each step).
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from world_modality.encoders import WorldEncoder, build_encoder
 from world_modality.encoders.state import StateEncoder
 from world_modality.world import (
     MemoryMode,
+    PreparedMemory,
     WorldModule,
     WorldModuleConfig,
-    apply_memory_mode,
     total_loss,
 )
 from world_modality.world.history import (
@@ -62,6 +63,8 @@ class WorldFlowMatching(VLAFlowMatching):
         super().__init__(config, rtc_processor=rtc_processor)
         self.world = WorldModule(WorldModuleConfig.from_policy_config(config, self.vlm_with_expert.expert_hidden_size))
         self._read_memory: MemoryReader | None = None
+        if config.compile_denoise_step:
+            self.denoise_step = torch.compile(self.denoise_step)
 
     @contextmanager
     def reading_memory(self, reader: MemoryReader) -> Iterator[None]:
@@ -82,24 +85,24 @@ class WorldFlowMatching(VLAFlowMatching):
 
 
 class _ChunkMemory:
-    """Inference memory reader: the memory is built on the first denoising step of a chunk and the
-    same memory is read at every later step."""
+    """Inference memory reader: the memory is built and projected on the first denoising step of a
+    chunk (inside SmolVLA's own precision context) and read at every later step."""
 
     def __init__(self, world: WorldModule, z_history: Tensor, history_mask: Tensor, z_future: Tensor | None,
                  mode: MemoryMode) -> None:
         self.world, self.z_history, self.history_mask, self.z_future, self.mode = world, z_history, history_mask, z_future, mode
-        self.memory: Tensor | None = None
+        self.memory: PreparedMemory | None = None
         self.built = False
 
     def __call__(self, h: Tensor) -> Tensor:
         if not self.built:
-            z_pred = self.world.prophet(self.z_history, self.history_mask)
-            z_future = None if self.z_future is None else self.z_future.to(z_pred.dtype)
-            self.memory = apply_memory_mode(self.mode, z_pred, z_future)
-            self.built = True
-        if self.memory is None:  # mode `none`: no injection
-            return h
-        return self.world.cross_attn(h, self.memory)[0]
+            self._build()
+        return self.world.read_memory(h, self.memory)
+
+    @torch.compiler.disable  # a compiled denoising step only reads the memory; building it stays eager
+    def _build(self) -> None:
+        self.memory = self.world.prepare_memory(self.z_history, self.history_mask, self.z_future, self.mode)
+        self.built = True
 
 
 class SmolVLAWorldPolicy(SmolVLAPolicy):
