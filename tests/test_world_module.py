@@ -403,3 +403,23 @@ def test_world_module_prepared_memory_matches_eval_forward(mode: str) -> None:
     for queries, reference in ((h, expected), (h.flip(1), module(h.flip(1), z_history, z_future, mode=mode,
                                                                   history_mask=history_mask)[0])):
         torch.testing.assert_close(module.read_memory(queries, prepared), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_scalars_to_floats_keeps_names_order_and_values() -> None:
+    from world_modality.world import scalars_to_floats
+
+    scalars = {"loss": torch.tensor(0.25), "fraction": 0.5, "gate": torch.tensor(-1.5, dtype=torch.float16),
+               "step": torch.tensor(3)}
+    assert scalars_to_floats(scalars) == {"loss": 0.25, "fraction": 0.5, "gate": -1.5, "step": 3.0}
+    assert list(scalars_to_floats(scalars)) == list(scalars)
+    assert scalars_to_floats({"fraction": 1}) == {"fraction": 1.0} and scalars_to_floats({}) == {}
+    module = _world_module()
+    _, outputs = module(torch.randn(B, 5, D_MODEL), torch.randn(B, 4, D), z_future=torch.randn(B, K, D))
+    assert outputs.log_dict() == {name: float(value) for name, value in outputs.log_tensors().items()}
+
+
+def test_scheduled_source_reads_a_step_counter_tensor() -> None:
+    schedule = MemorySourceSchedule("scheduled", 10, 20)
+    for step in (0, 10, 15, 20, 30):
+        assert schedule.oracle_fraction(torch.tensor(step)) == schedule.oracle_fraction(step)
+    assert MemorySourceSchedule("predicted").oracle_fraction(None) == 0.0

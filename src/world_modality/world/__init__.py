@@ -12,7 +12,7 @@ from world_modality.world.memory import (
     apply_memory_mode,
 )
 from world_modality.world.prophet import Prophet, ProphetConfig
-from world_modality.world.world_module import WorldModule, WorldModuleConfig, WorldOutputs
+from world_modality.world.world_module import WorldModule, WorldModuleConfig, WorldOutputs, scalars_to_floats
 
 __all__ = [
     "GatedCrossAttention",
@@ -26,6 +26,7 @@ __all__ = [
     "WorldModuleConfig",
     "WorldOutputs",
     "apply_memory_mode",
+    "scalars_to_floats",
     "total_loss",
     "world_cosine_loss",
 ]

@@ -93,14 +93,16 @@ class MemorySourceSchedule:
             raise ValueError(f"schedule_end_step {self.schedule_end_step} is before "
                              f"schedule_start_step {self.schedule_start_step}")
 
-    def oracle_fraction(self, step: int | None) -> float:
-        """Probability that a sample's memory is the oracle at `step`."""
+    def oracle_fraction(self, step: int | Tensor | None) -> float:
+        """Probability that a sample's memory is the oracle at `step` (an int, or a policy's step
+        counter buffer: read only here, for `scheduled`, since reading a GPU tensor waits for the GPU)."""
         if self.source is MemorySource.PREDICTED:
             return 0.0
         if self.source is MemorySource.ORACLE:
             return 1.0
         if step is None:
             raise ValueError("memory source 'scheduled' needs the training step")
+        step = int(step)
         start, end = self.schedule_start_step, self.schedule_end_step
         if step <= start:
             return 1.0
@@ -108,7 +110,7 @@ class MemorySourceSchedule:
             return 0.0
         return 1.0 - (step - start) / (end - start)
 
-    def mix(self, predicted: Tensor, oracle: Tensor | None, step: int | None = None,
+    def mix(self, predicted: Tensor, oracle: Tensor | None, step: int | Tensor | None = None,
             generator: torch.Generator | None = None) -> tuple[Tensor, float]:
         """Per sample, use the oracle with probability `oracle_fraction(step)`, else the prediction.
 

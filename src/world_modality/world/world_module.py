@@ -83,22 +83,34 @@ class WorldOutputs:
     world_loss: Tensor | None = None  # scalar with grad; None without z_future
     world_loss_per_k: Tensor | None = None  # [K]
 
-    def log_dict(self) -> dict[str, float]:
-        """Flat scalars, future steps numbered k = 1..K as in z_{t+k}."""
-        logs = {
-            "world_gate_raw": self.gate_raw.item(),
-            "world_gate": self.gate.item(),
+    def log_tensors(self) -> dict[str, Tensor | float]:
+        """Flat scalars (detached 0-d tensors or floats), future steps numbered k = 1..K as in z_{t+k};
+        turn them into floats together with the policy's own (`scalars_to_floats`: one wait for the GPU)."""
+        logs: dict[str, Tensor | float] = {
+            "world_gate_raw": self.gate_raw,
+            "world_gate": self.gate,
             "world_oracle_fraction": self.oracle_fraction,
         }
         if self.world_loss is not None:
-            logs["world_loss"] = self.world_loss.item()
-        if self.world_loss_per_k is not None:
-            for k, value in enumerate(self.world_loss_per_k.tolist(), start=1):
-                logs[f"world_loss_k{k}"] = value
-        if self.attn_mass is not None:
-            for k, value in enumerate(self.attn_mass.tolist(), start=1):
-                logs[f"world_attn_mass_k{k}"] = value
+            logs["world_loss"] = self.world_loss.detach()
+        for name, values in (("world_loss_k", self.world_loss_per_k), ("world_attn_mass_k", self.attn_mass)):
+            if values is not None:
+                logs |= {f"{name}{k}": value for k, value in enumerate(values.detach(), start=1)}
         return logs
+
+    def log_dict(self) -> dict[str, float]:
+        """`log_tensors` as floats."""
+        return scalars_to_floats(self.log_tensors())
+
+
+def scalars_to_floats(scalars: dict[str, Tensor | float]) -> dict[str, float]:
+    """0-d tensors (on one device) and floats -> floats, the tensors with a single device-to-host copy:
+    each `.item()` would make the host wait for the GPU, and a launch-bound training step pays for
+    every wait."""
+    tensors = {name: value for name, value in scalars.items() if isinstance(value, Tensor)}
+    values = torch.stack([t.detach().double() for t in tensors.values()]).tolist() if tensors else []
+    floats = dict(zip(tensors, values))
+    return {name: floats[name] if name in floats else float(value) for name, value in scalars.items()}
 
 
 class WorldModule(nn.Module):
@@ -123,7 +135,7 @@ class WorldModule(nn.Module):
         z_future: Tensor | None = None,
         future_mask: Tensor | None = None,
         mode: MemoryMode | str | None = None,
-        step: int | None = None,
+        step: int | Tensor | None = None,
         *,
         history_mask: Tensor | None = None,
         memory_mask: Tensor | None = None,
@@ -141,7 +153,7 @@ class WorldModule(nn.Module):
                 episode ends, which it cannot know at rollout; pass `memory_mask` explicitly
                 when that is intended.
             mode: memory mode; None means `config.memory_mode`.
-            step: training step, needed by a `scheduled` memory source.
+            step: training step (int or a step-counter tensor), needed by a `scheduled` memory source.
 
         In training mode the `pred` memory comes from `config.memory_source` (oracle latents
         substituted per sample by the schedule); in eval mode it is the Prophet's prediction.

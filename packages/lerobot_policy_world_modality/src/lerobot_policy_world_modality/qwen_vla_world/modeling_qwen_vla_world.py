@@ -216,7 +216,7 @@ class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
         if coc is not None and self.config.text_loss_mode == "separate":
             text_loss = self._separate_text_loss(batch, coc)
         logs: dict[str, float] = {}
-        h_act, world_out = self._read_world(h_act, batch, memory_mode, int(self.train_step))
+        h_act, world_out = self._read_world(h_act, batch, memory_mode, self.train_step)
         world_loss = None
         if world_out is not None:
             world_loss = world_out.world_loss
@@ -379,7 +379,7 @@ class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
 
     # --- world memory ---------------------------------------------------------------------------
 
-    def _read_world(self, h_act: Tensor, batch: dict[str, Any], memory_mode: str | None, step: int | None):
+    def _read_world(self, h_act: Tensor, batch: dict[str, Any], memory_mode: str | None, step: Tensor | None):
         """The world module on the `<ACT_i>` states; (h_act, None) without a world module."""
         if not self.config.use_world_module:
             return h_act, None

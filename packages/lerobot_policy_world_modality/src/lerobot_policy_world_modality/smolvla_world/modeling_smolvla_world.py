@@ -154,7 +154,7 @@ class SmolVLAWorldPolicy(SmolVLAPolicy):
         """SmolVLA's flow-matching loss + lambda_world * the world loss; ``memory_mode`` overrides
         ``world_memory_mode_train`` (validation under controls)."""
         batch, z_hist, hist_mask, z_future, future_mask = self._world_inputs(batch)
-        step = int(self.train_step)
+        step = self.train_step  # read only by a `scheduled` memory source
         world_outputs = []
 
         def read(h: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from world_modality.tokens import nearest_code
 from world_modality.world import (
     WorldModule,
     WorldModuleConfig,
+    scalars_to_floats,
     total_loss,
     world_cosine_loss,
 )
@@ -193,16 +194,15 @@ class WorldTransformerPolicy(QueuedActions, PreTrainedPolicy):
                            f"{sorted(batch)}: train with `wm train`, or under lerobot-train pass "
                            "--policy.latents_path=<a `wm latents` cache of the dataset>")
         h_act, h_future, z_hist, hist_mask = self._trunk(batch)
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor | float] = {}
         world_loss = None
-        step = int(self.train_step)
         if self.config.uses_world_module:
             h_act, world_out = self.world(
                 h_act, z_hist, batch.get(WORLD_FUTURE), batch.get(WORLD_FUTURE_MASK),
-                mode=memory_mode, step=step, history_mask=hist_mask,
+                mode=memory_mode, step=self.train_step, history_mask=hist_mask,
             )
             world_loss = world_out.world_loss
-            logs.update(world_out.log_dict())
+            logs.update(world_out.log_tensors())
         elif h_future is not None:
             world_loss, aux_logs = self._aux_loss(h_future, batch[WORLD_FUTURE], batch.get(WORLD_FUTURE_MASK))
             logs.update(aux_logs)
@@ -217,9 +217,9 @@ class WorldTransformerPolicy(QueuedActions, PreTrainedPolicy):
         loss = total_loss(action_loss, world_loss, lambda_world=self.config.lambda_world)
         if self.training:
             self.train_step += 1
-        logs["action_loss"] = action_loss.item()
-        logs["loss"] = loss.item()
-        return loss, logs
+        logs["action_loss"] = action_loss.detach()
+        logs["loss"] = loss.detach()
+        return loss, scalars_to_floats(logs)
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], memory_mode: str | None = None) -> Tensor:
