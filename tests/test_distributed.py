@@ -77,6 +77,10 @@ def test_two_processes_match_one_process(metaworld_dataset, state_latents, tmp_p
     assert b.meta["processes"] == 2 and a.meta["processes"] == 1
     assert sorted(p.name for p in (tmp_path / "two/checkpoints").iterdir()) == ["000003", "000005", "last"]
     for (name, x), (_, y) in zip(a.policy.state_dict().items(), b.policy.state_dict().items()):
+        if name.endswith("in_proj_bias"):
+            # The key bias has no gradient (softmax ignores a shift shared by all keys): its values are
+            # rounding noise that AdamW scales up to ~lr, different for any reduction order. Compare q, v.
+            x, y = (torch.cat([t[: len(t) // 3], t[2 * len(t) // 3:]]) for t in (x, y))
         torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6, msg=name)
 
     # Resuming from step 5 to 7 on 2 processes continues exactly as on one.
