@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,61 +79,64 @@ class GatedCrossAttention(nn.Module):
             h_out [B, Q, d_model] and head-averaged attention weights [B, Q, K]
             (mean over batch and queries = attention mass per future step).
         """
-        kv, key_padding, has_memory = self._memory_states(memory, memory_mask)
-        attended, weights = self.attn(self.query_norm(h), kv, kv, key_padding_mask=key_padding,
-                                      need_weights=True, average_attn_weights=True)
-        if has_memory is not None:
-            keep = has_memory[:, None, None]
-            attended = attended * keep
-            weights = weights * keep
-        g = torch.tanh(self.gate).to(h.dtype)
-        return _GatedResidual.apply(h, g, attended), weights
+        attended, weights = self._attend(h, self.prepare(memory, memory_mask), need_weights=True)
+        return _GatedResidual.apply(h, torch.tanh(self.gate).to(h.dtype), attended), weights
 
     def prepare(self, memory: Tensor, memory_mask: Tensor | None = None) -> PreparedMemory:
-        """Project `memory` (as in `forward`) to per-head keys and values once; `read` then costs
-        only the queries' projection and one fused attention."""
-        kv, key_padding, has_memory = self._memory_states(memory, memory_mask)
-        heads = self.attn.num_heads
-        _, w_k, w_v = self.attn.in_proj_weight.chunk(3)
-        _, b_k, b_v = self.attn.in_proj_bias.chunk(3)
-        keys = F.linear(kv, w_k, b_k).unflatten(-1, (heads, -1)).transpose(1, 2)
-        values = F.linear(kv, w_v, b_v).unflatten(-1, (heads, -1)).transpose(1, 2)
-        return PreparedMemory(
-            keys=keys,
-            values=values,
-            allowed=None if key_padding is None else ~key_padding[:, None, None, :],
-            has_memory=None if has_memory is None else has_memory[:, None, None],
-        )
-
-    def read(self, h: Tensor, memory: PreparedMemory) -> Tensor:
-        """`forward(h, memory, mask)[0]` for a prepared memory, without attention weights or
-        attention dropout: the inference path."""
-        heads = self.attn.num_heads
-        w_q, _, _ = self.attn.in_proj_weight.chunk(3)
-        b_q, _, _ = self.attn.in_proj_bias.chunk(3)
-        queries = F.linear(self.query_norm(h), w_q, b_q).unflatten(-1, (heads, -1)).transpose(1, 2)
-        attended = F.scaled_dot_product_attention(queries, memory.keys.to(queries.dtype),
-                                                  memory.values.to(queries.dtype), attn_mask=memory.allowed)
-        attended = self.attn.out_proj(attended.transpose(1, 2).flatten(2))
-        if memory.has_memory is not None:
-            attended = attended * memory.has_memory
-        return _GatedResidual.apply(h, torch.tanh(self.gate).to(h.dtype), attended)
-
-    def _memory_states(self, memory: Tensor, memory_mask: Tensor | None,
-                       ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Memory slots as attention inputs [B, K, d_model], the key padding mask for
-        nn.MultiheadAttention (True = ignore) and which samples have any valid slot."""
+        """Project `memory` to per-head keys and values once; `read` then costs only the queries'
+        projection and one fused attention (the denoising steps of a chunk read one memory)."""
         k = memory.shape[1]
         if k > self.num_future:
             raise ValueError(f"memory has {k} future slots but the module was built for "
                              f"{self.num_future}")
-        key_padding = None
-        has_memory = None
+        allowed = has_memory = None
         if memory_mask is not None:
             valid = memory_mask.bool()
             # Padded slots may hold anything; a NaN there would leak through 0-weight attention.
             memory = torch.where(valid[..., None], memory, 0.0)
             has_memory = valid.any(dim=1)
-            # Unmask samples without any valid slot so softmax stays finite; zeroed later.
-            key_padding = ~(valid | ~has_memory[:, None])
-        return self.mem_proj(self.mem_norm(memory)) + self.future_emb[:k], key_padding, has_memory
+            # Samples without any valid slot attend to all (finite softmax); their update is zeroed.
+            allowed = (valid | ~has_memory[:, None])[:, None, None, :]
+            has_memory = has_memory[:, None, None]
+        slots = self.mem_proj(self.mem_norm(memory)) + self.future_emb[:k]
+        _, w_k, w_v = self.attn.in_proj_weight.chunk(3)
+        _, b_k, b_v = self.attn.in_proj_bias.chunk(3)
+        return PreparedMemory(keys=self._heads(F.linear(slots, w_k, b_k)), values=self._heads(F.linear(slots, w_v, b_v)),
+                              allowed=allowed, has_memory=has_memory)
+
+    def read(self, h: Tensor, memory: PreparedMemory) -> Tensor:
+        """`forward(h, memory, mask)[0]` for a prepared memory, without attention weights: the
+        inference path."""
+        attended, _ = self._attend(h, memory, need_weights=False)
+        return _GatedResidual.apply(h, torch.tanh(self.gate).to(h.dtype), attended)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """[B, L, d_model] -> [B, heads, L, d_head]."""
+        return x.unflatten(-1, (self.attn.num_heads, -1)).transpose(1, 2)
+
+    def _attend(self, h: Tensor, memory: PreparedMemory, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """Multi-head attention of the normalised queries over the prepared memory, with the
+        parameters of ``self.attn`` (nn.MultiheadAttention's layout, so checkpoints keep their keys).
+        Returns the attended values [B, Q, d_model] (zero for samples without memory) and, with
+        ``need_weights``, the head-averaged weights [B, Q, K]."""
+        w_q, _, _ = self.attn.in_proj_weight.chunk(3)
+        b_q, _, _ = self.attn.in_proj_bias.chunk(3)
+        queries = self._heads(F.linear(self.query_norm(h), w_q, b_q))
+        keys, values = memory.keys.to(queries.dtype), memory.values.to(queries.dtype)
+        dropout = self.attn.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
+            if memory.allowed is not None:
+                scores = scores.masked_fill(~memory.allowed, float("-inf"))
+            probs = scores.softmax(dim=-1)
+            attended = F.dropout(probs, dropout, self.training) @ values
+            weights = probs.mean(dim=1)
+        else:
+            attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=memory.allowed,
+                                                      dropout_p=dropout)
+        attended = self.attn.out_proj(attended.transpose(1, 2).flatten(2))
+        if memory.has_memory is not None:
+            attended = attended * memory.has_memory
+            weights = None if weights is None else weights * memory.has_memory
+        return attended, weights
