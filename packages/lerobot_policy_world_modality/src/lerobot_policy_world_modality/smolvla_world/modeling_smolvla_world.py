@@ -86,7 +86,8 @@ class WorldFlowMatching(VLAFlowMatching):
 
 class _ChunkMemory:
     """Inference memory reader: the memory is built and projected on the first denoising step of a
-    chunk (inside SmolVLA's own precision context) and read at every later step."""
+    chunk and read at every later step. Lazily, so a `select_action` call served from the action queue
+    runs no Prophet."""
 
     def __init__(self, world: WorldModule, z_history: Tensor, history_mask: Tensor, z_future: Tensor | None,
                  mode: MemoryMode) -> None:
