@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers import Dinov2Config, Dinov2Model, VJEPA2Config, VJEPA2Model
 
-from world_modality.encoders import build_encoder, train_learned_encoder
+from lerobot_policy_world_modality.encoders import build_encoder, train_learned_encoder
 
 CONFIGS = {
     "small": {

@@ -34,9 +34,9 @@ from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world i
 from lerobot_policy_world_modality.qwen_vla_world.modeling_qwen_vla_world import QwenVLAWorldPolicy
 
 from world_modality.atomic_io import atomic_write_json
-from world_modality.encoders import EncoderSpec
+from lerobot_policy_world_modality.encoders import EncoderSpec
 from world_modality.model_folders.qwen_vl import write_qwen_vl_folder
-from world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
+from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
 IMAGE_KEY = "observation.images.image"
 STATE_DIM, ACTION_DIM = 8, 7  # LIBERO's proprio and action sizes

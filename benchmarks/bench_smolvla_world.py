@@ -38,9 +38,9 @@ from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import S
 from tqdm.auto import tqdm
 
 from world_modality.atomic_io import atomic_write_json
-from world_modality.encoders import build_encoder, fit_state_encoder
+from lerobot_policy_world_modality.encoders import build_encoder, fit_state_encoder
 from world_modality.model_folders.smolvlm import write_smolvlm_folder
-from world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
+from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
 CAMERAS = ("observation.images.image", "observation.images.image2")
 LATENT_KEY = "observation.environment_state"  # the world encoder's source; SmolVLA itself ignores it

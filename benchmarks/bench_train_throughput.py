@@ -23,7 +23,7 @@ from lerobot.policies.factory import make_pre_post_processors
 from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
 
 from world_modality.data.check import DatasetKeys, check_dataset
-from world_modality.latents import LatentCache
+from lerobot_policy_world_modality.latent_cache import LatentCache
 from world_modality.training.data import LatentBatches, read_frame_table, split_episodes
 from world_modality.training.trainer import TrainOptions, build_config
 

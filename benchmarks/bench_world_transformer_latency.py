@@ -38,8 +38,8 @@ from lerobot_policy_world_modality.world_transformer.configuration_world_transfo
 from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
 
 from world_modality.atomic_io import atomic_write_json
-from world_modality.encoders import EncoderSpec, build_encoder, fit_state_encoder
-from world_modality.world.history import WORLD_LATENTS, WORLD_LATENTS_MASK
+from lerobot_policy_world_modality.encoders import EncoderSpec, build_encoder, fit_state_encoder
+from lerobot_policy_world_modality.world.history import WORLD_LATENTS, WORLD_LATENTS_MASK
 
 STATE_KEY, ACTION_KEY, INSTRUCTION_KEY = "observation.state", "action", "task"
 STATE_DIM, ACTION_DIM = 4, 4  # MetaWorld's end-effector state and action (data/metaworld_gen.py)

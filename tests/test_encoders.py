@@ -12,7 +12,7 @@ import torch
 from sklearn.linear_model import Ridge
 from transformers import Dinov2Config, Dinov2Model, VJEPA2Config, VJEPA2Model
 
-from world_modality.encoders import (
+from lerobot_policy_world_modality.encoders import (
     EncoderSpec,
     OnlineEncoder,
     build_encoder,

@@ -14,18 +14,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from world_modality.cli import main
-from world_modality.encoders import OnlineEncoder, StateEncoder
-from world_modality.latents import (
-    LATENTS_DIR,
-    EpisodeReader,
-    LatentCache,
-    LatentCacheMismatch,
-    compute_latents,
-    dataset_fingerprint,
-    probe_object_positions,
-    tensors_metadata,
-)
-from world_modality.tokens import TokensMismatch, WorldTokens, codebook_perplexity, codebook_usage, fit_tokens
+from lerobot_policy_world_modality.encoders import OnlineEncoder, StateEncoder
+from world_modality.latents import LATENTS_DIR, compute_latents, probe_object_positions
+from world_modality.data.readers import EpisodeReader
+from lerobot_policy_world_modality.latent_cache import LatentCache, LatentCacheMismatch, tensors_metadata
+from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
+from lerobot_policy_world_modality.world_tokens import TokensMismatch, WorldTokens, codebook_perplexity, codebook_usage
+from world_modality.tokens import fit_tokens
 
 CAMERA = "observation.images.corner2"
 ENV_STATE = "observation.environment_state"
@@ -118,7 +113,7 @@ def test_learned_cache_trains_beside_it_and_reuses_the_encoder(metaworld_dataset
     def no_training(*args, **kwargs):
         raise AssertionError("the trained encoder folder should have been reused")
 
-    monkeypatch.setattr("world_modality.latents.train_learned_encoder", no_training)
+    monkeypatch.setattr("world_modality.latents.compute.train_learned_encoder", no_training)
     assert compute_latents(metaworld_dataset, "learned", batch_size=32, progress=False, **LEARNED) == learned_cache.path
 
 

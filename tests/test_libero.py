@@ -303,7 +303,7 @@ def test_packed_assets_of_one_task_set_up_another_machine(libero_home, tmp_path)
 
 
 def test_side_by_side_cameras_are_one_virtual_camera():
-    from world_modality.encoders.spec import (
+    from lerobot_policy_world_modality.encoders.spec import (
         camera_parts,
         concat_camera_key,
         encoder_input_shape,
@@ -334,8 +334,10 @@ def test_concat_latents_match_the_online_encoding_of_the_envs_frames(libero_data
     """wrist_mode=concat: the cache encodes agentview | wrist of the dataset; at rollout the env renders the
     same virtual camera and the checkpoint's encoder gives the same latent for the same scene (episode 0
     is task 0 from init state 0, as the env's reset(0)): rotation, layout and size agree end to end."""
-    from world_modality.encoders import EncoderSpec, OnlineEncoder
-    from world_modality.latents import LatentCache, SideBySideReader, compute_latents
+    from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
+    from lerobot_policy_world_modality.latent_cache import LatentCache
+    from world_modality.data.readers import SideBySideReader
+    from world_modality.latents import compute_latents
     from world_modality.sim.libero_env import LiberoEnv, LiberoRenderSettings
 
     latents = compute_latents(libero_dataset, "learned", camera_key="observation.images.image+image2", learned_steps=5,

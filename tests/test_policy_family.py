@@ -20,10 +20,11 @@ import torch
 from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
 
 from world_modality.data.check import DatasetKeys
-from world_modality.latents import LatentCache, compute_latents
+from lerobot_policy_world_modality.latent_cache import LatentCache
+from world_modality.latents import compute_latents
 from world_modality.training.checkpoint import check_inputs, load_checkpoint
 from world_modality.training.data import LatentBatches, read_frame_table, split_episodes
-from world_modality.tokens import WorldTokens
+from lerobot_policy_world_modality.world_tokens import WorldTokens
 from world_modality.training.trainer import TrainOptions, train, validation_loss
 
 TINY = {
@@ -115,7 +116,7 @@ def test_tensorboard_logs_world_module_values(metaworld_dataset, latents, tmp_pa
 def _rollout_batch(dataset, frame: int):
     """What a simulator gives the policy at one frame: raw state, environment state and instruction."""
     table = read_frame_table(dataset, DatasetKeys())
-    from world_modality.latents import EpisodeReader
+    from world_modality.data.readers import EpisodeReader
 
     reader = EpisodeReader(dataset, "observation.environment_state")
     env_state = torch.tensor(reader.read(reader.episodes.iloc[:1])[0][frame])
@@ -170,7 +171,7 @@ def test_checkpoint_round_trip_in_fresh_process(metaworld_dataset, latents, f_ch
 
 
 def test_checkpoint_refuses_other_encoder_spec_or_keys(metaworld_dataset, latents, f_checkpoint, tmp_path):
-    from world_modality.encoders import fit_state_encoder
+    from lerobot_policy_world_modality.encoders import fit_state_encoder
 
     checkpoint = load_checkpoint(f_checkpoint)
     other_encoder = fit_state_encoder(torch.randn(50, 39), tmp_path / "other-state")

@@ -23,9 +23,9 @@ from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world i
 from lerobot_policy_world_modality.qwen_vla_world.modeling_qwen_vla_world import ADAPTER_DIR, QwenVLAWorldPolicy
 from lerobot_policy_world_modality.qwen_vla_world.prompt import build_prompt
 
-from world_modality.encoders import STATE_KEY, StateEncoder, fit_state_encoder
+from lerobot_policy_world_modality.encoders import STATE_KEY, StateEncoder, fit_state_encoder
 from world_modality.model_folders.qwen_vl import ARCHITECTURES, write_qwen_vl_folder
-from world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
+from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
 IMAGE_KEY = "observation.images.corner2"
 WRIST_KEY = "observation.images.wrist"

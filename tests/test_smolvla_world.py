@@ -61,7 +61,7 @@ def latent_cache(metaworld_dataset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def spec(latent_cache) -> dict:
-    from world_modality.latents import LatentCache
+    from lerobot_policy_world_modality.latent_cache import LatentCache
 
     return LatentCache.load(latent_cache).spec.to_dict()
 
@@ -256,7 +256,7 @@ def test_online_latents_from_delta_frames_equal_the_cache(metaworld_dataset, lat
     from lerobot.datasets import LeRobotDataset
     from lerobot.datasets.factory import resolve_delta_timestamps
 
-    from world_modality.latents import LatentCache
+    from lerobot_policy_world_modality.latent_cache import LatentCache
 
     policy = _world_policy(vlm_folder, spec)
     assert policy.config.observation_delta_indices == [-1, 0, 1, 2]

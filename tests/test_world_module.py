@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from world_modality.world import (
+from lerobot_policy_world_modality.world import (
     GatedCrossAttention,
     MemoryMode,
     MemorySourceSchedule,
@@ -20,7 +20,7 @@ from world_modality.world import (
     total_loss,
     world_cosine_loss,
 )
-from world_modality.world.gated_cross_attention import _GatedResidual
+from lerobot_policy_world_modality.world.gated_cross_attention import _GatedResidual
 
 B, K, D, D_MODEL = 4, 3, 8, 16
 
@@ -406,7 +406,7 @@ def test_world_module_prepared_memory_matches_eval_forward(mode: str) -> None:
 
 
 def test_scalars_to_floats_keeps_names_order_and_values() -> None:
-    from world_modality.world import scalars_to_floats
+    from lerobot_policy_world_modality.world import scalars_to_floats
 
     scalars = {"loss": torch.tensor(0.25), "fraction": 0.5, "gate": torch.tensor(-1.5, dtype=torch.float16),
                "step": torch.tensor(3)}

@@ -7,6 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
@@ -25,6 +28,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file (with string metadata) so readers never see a partial one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

@@ -1,4 +1,4 @@
-"""The experiment matrix (DESIGN.md section 6): one declarative YAML file -> a dataset, world latents, every
+"""The experiment matrix (docs/ARCHITECTURE.md, Experiment matrix): one declarative YAML file -> a dataset, world latents, every
 arm x training seed trained, every evaluation run on the same episode list, and the report. Only what is
 missing runs: finished steps are skipped, an interrupted training resumes from its last checkpoint and an
 interrupted evaluation from its episodes file.
@@ -66,7 +66,7 @@ from typing import Any
 import yaml
 
 from world_modality.atomic_io import atomic_write_text, read_jsonl
-from world_modality.memory_modes import ROLLOUT_MODES
+from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
 
 CONFIG_FILE = "matrix.yaml"
 EPISODES_FILE = "episodes.jsonl"
@@ -463,7 +463,8 @@ class Step:
 
 def plan(config: MatrixConfig, run_dir: str | Path) -> list[Step]:
     """Every step of the matrix in order, each marked done or to do from what RUN_DIR holds."""
-    from world_modality.latents import SIDECAR, SPEC_FILE
+    from world_modality.latents import SIDECAR
+    from lerobot_policy_world_modality.latent_cache import SPEC_FILE
     from world_modality.training.checkpoint import last_checkpoint
 
     run_dir = Path(run_dir).expanduser().resolve()

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from world_modality.atomic_io import atomic_write_text
-from world_modality.memory_modes import ROLLOUT_MODES
+from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
 from world_modality.shards import has_results, load_episode_results
 from world_modality.stats import (
     ArmComparison,

@@ -1,4 +1,4 @@
-"""Statistics for paired closed-loop evaluation (DESIGN.md section 6).
+"""Statistics for paired closed-loop evaluation (docs/ARCHITECTURE.md, Experiment matrix).
 
 Results are per-episode records (see ``Record``). Arms are compared on the same list of episodes:
 success rates with Wilson intervals, an exact McNemar test and a paired bootstrap interval on the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from world_modality.commands import add_common
-from world_modality.memory_modes import INTERVENTION_MODES
+from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES
 
 
 def register(subparsers) -> None:

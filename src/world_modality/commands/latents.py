@@ -38,7 +38,8 @@ def register(subparsers) -> None:
 
 
 def _latents(args) -> int:
-    from world_modality.latents import LatentCache, compute_latents, probe_object_positions
+    from lerobot_policy_world_modality.latent_cache import LatentCache
+    from world_modality.latents import compute_latents, probe_object_positions
 
     path = compute_latents(
         args.dataset,

@@ -27,8 +27,9 @@ def register(subparsers) -> None:
 
 
 def _tokens(args) -> int:
-    from world_modality.latents import LatentCache
-    from world_modality.tokens import WorldTokens, fit_tokens
+    from lerobot_policy_world_modality.latent_cache import LatentCache
+    from lerobot_policy_world_modality.world_tokens import WorldTokens
+    from world_modality.tokens import fit_tokens
 
     cache = LatentCache.load(args.latents)
     path = fit_tokens(cache, args.codebook_size, args.seed, out=args.out)

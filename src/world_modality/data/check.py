@@ -6,11 +6,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint, resolve_dataset_root
+
 CAMERA_DTYPES = ("image", "video")
-
-
-class DatasetSchemaError(ValueError):
-    """The dataset lacks something the pipeline needs."""
 
 
 @dataclass
@@ -58,27 +56,6 @@ class DatasetSummary:
         for name, ft in self.features.items():
             lines.append(f"  {name:36s} {ft['dtype']:8s} {tuple(ft.get('shape') or ())}")
         return "\n".join(lines)
-
-
-def resolve_dataset_root(path_or_repo_id: str | Path) -> tuple[Path, str]:
-    """A local folder, or a repo id already in the LeRobot cache; nothing is downloaded."""
-    path = Path(path_or_repo_id).expanduser()
-    if path.exists():
-        if not (path / "meta" / "info.json").exists():
-            raise DatasetSchemaError(
-                f"{path} is not a LeRobot dataset: meta/info.json is missing. Point to the dataset root "
-                "(the folder holding meta/, data/ and videos/ or images/)."
-            )
-        return path.resolve(), f"local/{path.name}"
-    from lerobot.utils.constants import HF_LEROBOT_HOME
-
-    cached = Path(HF_LEROBOT_HOME) / str(path_or_repo_id)
-    if (cached / "meta" / "info.json").exists():
-        return cached, str(path_or_repo_id)
-    raise FileNotFoundError(
-        f"no dataset at {path_or_repo_id!r}: not a local folder, and not in the LeRobot cache ({cached}). "
-        "Datasets are never downloaded here; copy it to a local folder and pass that path."
-    )
 
 
 def _camera_keys(features: dict) -> list[str]:
@@ -209,7 +186,6 @@ def _check_libero(root: Path, features: dict, tasks: list[str], keys: DatasetKey
         shape = tuple(features[resolved[role]]["shape"])
         if shape != (dim,):
             raise DatasetSchemaError(f"LIBERO {role} {resolved[role]!r} has shape {shape}, expected ({dim},): {what}")
-    from world_modality.latents import dataset_fingerprint
 
     try:
         return libero_render_record(root, features, dataset_fingerprint(root))

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from world_modality.devices import resolve_device
-from world_modality.encoders import EncoderSpec, OnlineEncoder
+from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 from world_modality.sim.metaworld_env import RenderSettings
-from world_modality.world import MemoryMode
-from world_modality.world.history import WORLD_FUTURE, WORLD_LATENTS, LatentHistory
+from lerobot_policy_world_modality.world import MemoryMode
+from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_LATENTS, LatentHistory
 
 ENV_STATE_KEY = "observation.environment_state"
 

@@ -66,7 +66,7 @@ def detect_rotation(root: Path, camera_keys: list[str], episodes: int = 3) -> di
     simulator's render of that task (init state 0, settled), raw and rotated; objects move between
     init states but table, walls and robot dominate both images. An unclear verdict is an error.
     """
-    from world_modality.latents import EpisodeReader
+    from world_modality.data.readers import EpisodeReader
     from world_modality.sim.libero_env import LiberoEnv, LiberoRenderSettings
 
     readers = {key: EpisodeReader(root, key) for key in camera_keys}

@@ -15,7 +15,7 @@ from functools import cache
 
 import numpy as np
 
-from world_modality.encoders.spec import camera_parts, side_by_side
+from lerobot_policy_world_modality.encoders.spec import camera_parts, side_by_side
 from world_modality.rendering import ensure_headless_rendering
 from world_modality.sim.libero_setup import SUITES, import_libero
 

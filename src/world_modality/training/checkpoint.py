@@ -1,4 +1,4 @@
-"""Self-describing checkpoints of every world-modality policy family (DESIGN.md section 5), written atomically.
+"""Self-describing checkpoints of every world-modality policy family (docs/ARCHITECTURE.md, Checkpoints), written atomically.
 
 Layout of a run folder::
 
@@ -33,7 +33,7 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from world_modality import __version__
 from world_modality.atomic_io import atomic_write_json
 from world_modality.data.check import DatasetKeys
-from world_modality.encoders import EncoderSpec
+from lerobot_policy_world_modality.encoders import EncoderSpec
 
 PRETRAINED = "pretrained_model"
 TRAINING_STATE = "training_state"

@@ -24,7 +24,7 @@ from world_modality.data.check import (
     resolve_dataset_root,
     task_instructions,
 )
-from world_modality.latents import LatentCache
+from lerobot_policy_world_modality.latent_cache import LatentCache
 
 
 @dataclass

@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 
 from world_modality.data.check import DatasetKeys, check_dataset
 from world_modality.devices import resolve_device
-from world_modality.encoders.spec import encoder_input_shape
-from world_modality.latents import LatentCache, dataset_fingerprint
+from lerobot_policy_world_modality.encoders.spec import encoder_input_shape
+from lerobot_policy_world_modality.latent_cache import LatentCache
+from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
 from world_modality.training.checkpoint import (
     STATE_FILE,
     TRAINING_STATE,
@@ -364,7 +365,7 @@ def _coc_labels(opts: TrainOptions, train_episodes: list[int]) -> dict[int, str]
 
 def _codebook(opts: TrainOptions, cache: LatentCache) -> torch.Tensor:
     """The fitted world-token centroids [K, D] that B and C predict (and C reads)."""
-    from world_modality.tokens import WorldTokens
+    from lerobot_policy_world_modality.world_tokens import WorldTokens
 
     if opts.tokens is None:
         raise ValueError(f"model_type {opts.model_type} needs --tokens (a codebook fitted on these latents with `wm tokens`)")

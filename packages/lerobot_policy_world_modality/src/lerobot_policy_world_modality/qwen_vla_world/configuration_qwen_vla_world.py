@@ -6,7 +6,7 @@ state (zero-initialised gated residual) and the world memory (the shared `WorldM
 zero-initialised gated cross-attention, into these states only), then an action head (`mse`, or
 `flow`: rectified flow integrated in `flow_steps` Euler steps). No text is decoded on the action path.
 
-The config is the self-describing part of a checkpoint (DESIGN.md section 5): backbone name, the
+The config is the self-describing part of a checkpoint (docs/ARCHITECTURE.md, Checkpoints): backbone name, the
 backbone folder and its fingerprint, the prompt format and version, the `<ACT_i>` token ids, the
 dataset keys and the encoder spec of the world latents. Weights (LoRA adapter incl. the `<ACT_i>`
 embedding rows, heads, world module) and normalisation statistics are stored beside it.
@@ -71,7 +71,7 @@ def canonical_backbone(name: str) -> str:
 class QwenVLAWorldConfig(CurrentFrameChunkConfig, PreTrainedConfig):
     """F+: Qwen-VL + `<ACT_i>` action queries + world memory + optional chain-of-causation text loss.
 
-    Experiments (DESIGN.md section 6): E0 ``use_world_module=False``; E1 ``world_memory_mode_train="zero"``;
+    Experiments (docs/ARCHITECTURE.md, Experiment matrix): E0 ``use_world_module=False``; E1 ``world_memory_mode_train="zero"``;
     E2 world memory; E3 ``use_world_module=False, lambda_text>0``; E4 E2 + ``lambda_text>0`` (+ FLARE
     through ``lambda_world``).
     """

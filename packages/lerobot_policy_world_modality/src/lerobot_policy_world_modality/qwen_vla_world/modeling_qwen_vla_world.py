@@ -42,10 +42,10 @@ from lerobot_policy_world_modality.qwen_vla_world.prompt import (
 from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import (
     FlowHead,
 )
-from world_modality.encoders import EncoderSpec, OnlineEncoder
-from world_modality.encoders.spec import digest
-from world_modality.world import WorldModule, WorldModuleConfig, total_loss
-from world_modality.world.history import (
+from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
+from lerobot_policy_world_modality.encoders.spec import digest
+from lerobot_policy_world_modality.world import WorldModule, WorldModuleConfig, total_loss
+from lerobot_policy_world_modality.world.history import (
     WORLD_FUTURE,
     WORLD_FUTURE_MASK,
     WORLD_LATENTS,

@@ -1,6 +1,6 @@
 """Configuration of SmolVLA-world: LeRobot's SmolVLA whose action expert reads predicted world memory.
 
-Arms of the experiment matrix (DESIGN.md section 6):
+Arms of the experiment matrix (docs/ARCHITECTURE.md, Experiment matrix):
 - E0: LeRobot's own ``--policy.type=smolvla`` (no world module; not a mode of this class).
 - E1: ``smolvla_world`` with ``world_memory_mode_train=zero`` and ``world_memory_mode_rollout=zero``
   (the same parameters, memory content withheld: the capacity control).
@@ -36,8 +36,8 @@ from pathlib import Path
 from lerobot.configs import PreTrainedConfig
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
-from world_modality.encoders import EncoderSpec
-from world_modality.memory_modes import ROLLOUT_MODES, MemoryMode, MemorySource
+from lerobot_policy_world_modality.encoders import EncoderSpec
+from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES, MemoryMode, MemorySource
 
 LATENT_CACHE_SPEC_FILE = "spec.json"
 
@@ -71,7 +71,7 @@ class SmolVLAWorldConfig(SmolVLAConfig):
     # `compile_model` compiles the whole unrolled sampling loop, whose warm-up did not finish in minutes.
     compile_denoise_step: bool = False
 
-    # World module (shared Prophet + gated cross-attention, world_modality.world).
+    # World module (shared Prophet + gated cross-attention, lerobot_policy_world_modality.world).
     prophet_dim: int = 256
     prophet_heads: int = 4
     prophet_layers: int = 2
@@ -85,7 +85,7 @@ class SmolVLAWorldConfig(SmolVLAConfig):
     world_memory_mode_train: str = "pred"  # `zero` trains E1
     world_memory_mode_rollout: str = "pred"  # pred | zero | random | shuffle | oracle (| signflip)
 
-    # Dataset keys the policy was trained with (self-describing checkpoints, DESIGN.md section 5).
+    # Dataset keys the policy was trained with (self-describing checkpoints, docs/ARCHITECTURE.md, Checkpoints).
     state_key: str = "observation.state"
     action_key: str = "action"
     instruction_key: str = "task"

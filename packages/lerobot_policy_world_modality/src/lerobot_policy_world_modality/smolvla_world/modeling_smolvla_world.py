@@ -35,16 +35,16 @@ from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, VLAFlowMatc
 from torch import Tensor
 
 from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
-from world_modality.encoders import WorldEncoder, build_encoder
-from world_modality.encoders.state import StateEncoder
-from world_modality.world import (
+from lerobot_policy_world_modality.encoders import WorldEncoder, build_encoder
+from lerobot_policy_world_modality.encoders.state import StateEncoder
+from lerobot_policy_world_modality.world import (
     MemoryMode,
     PreparedMemory,
     WorldModule,
     WorldModuleConfig,
     total_loss,
 )
-from world_modality.world.history import (
+from lerobot_policy_world_modality.world.history import (
     WORLD_FUTURE,
     WORLD_FUTURE_MASK,
     WORLD_LATENTS,

@@ -1,6 +1,6 @@
 """Configuration of the small world-transformer policy family (models A, B, B_cont, C, F).
 
-The config is the self-describing part of a checkpoint (DESIGN.md section 5): besides the
+The config is the self-describing part of a checkpoint (docs/ARCHITECTURE.md, Checkpoints): besides the
 architecture it stores the encoder spec the world latents came from, the dataset keys the policy
 was trained with and the instruction vocabulary, so a checkpoint can act without the training run.
 """
@@ -17,7 +17,7 @@ from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 from lerobot_policy_world_modality.common import CurrentFrameChunkConfig
 
 # The world-latent batch keys have one home, shared by every policy family.
-from world_modality.world.history import (  # noqa: F401  (re-exported)
+from lerobot_policy_world_modality.world.history import (  # noqa: F401  (re-exported)
     WORLD_FUTURE,
     WORLD_FUTURE_MASK,
     WORLD_LATENTS,

@@ -24,17 +24,17 @@ from lerobot_policy_world_modality.world_transformer.configuration_world_transfo
     WORLD_LATENTS_MASK,
     WorldTransformerConfig,
 )
-from world_modality.encoders import EncoderSpec
-from world_modality.latents import LatentCache
-from world_modality.tokens import nearest_code
-from world_modality.world import (
+from lerobot_policy_world_modality.encoders import EncoderSpec
+from lerobot_policy_world_modality.latent_cache import LatentCache
+from lerobot_policy_world_modality.world_tokens import nearest_code
+from lerobot_policy_world_modality.world import (
     WorldModule,
     WorldModuleConfig,
     scalars_to_floats,
     total_loss,
     world_cosine_loss,
 )
-from world_modality.world.history import LatentHistory
+from lerobot_policy_world_modality.world.history import LatentHistory
 
 _HISTORY, _STATE, _INSTRUCTION, _WORLD_TOKEN = range(4)  # token-type embedding rows
 
@@ -318,7 +318,7 @@ def _fill_from_latent_cache(config: WorldTransformerConfig, dataset_meta) -> Lat
 
 def _codebook(config: WorldTransformerConfig) -> Tensor:
     """The `wm tokens` centroids [C, D] of models B and C; sets the config's codebook_size."""
-    from world_modality.tokens import WorldTokens
+    from lerobot_policy_world_modality.world_tokens import WorldTokens
 
     centroids = WorldTokens.load(config.tokens_path, latents=config.latents_path).centroids
     config.codebook_size = len(centroids)

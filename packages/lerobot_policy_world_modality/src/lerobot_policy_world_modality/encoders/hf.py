@@ -10,8 +10,8 @@ import torch
 from transformers import Dinov2Model, PreTrainedModel, VJEPA2Model
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from world_modality.encoders.base import DEFAULT_CAMERA_KEY, ImageEncoder, config_hash, read_checkpoint_config
-from world_modality.encoders.spec import EncoderSpec
+from lerobot_policy_world_modality.encoders.base import DEFAULT_CAMERA_KEY, ImageEncoder, config_hash, read_checkpoint_config
+from lerobot_policy_world_modality.encoders.spec import EncoderSpec
 
 _PREPROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json")
 

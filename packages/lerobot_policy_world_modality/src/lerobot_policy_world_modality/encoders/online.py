@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from world_modality.encoders.base import Frames, ImageEncoder
-from world_modality.encoders.registry import build_encoder
-from world_modality.encoders.spec import EncoderSpec
-from world_modality.encoders.state import StateEncoder
+from lerobot_policy_world_modality.encoders.base import Frames, ImageEncoder
+from lerobot_policy_world_modality.encoders.registry import build_encoder
+from lerobot_policy_world_modality.encoders.spec import EncoderSpec
+from lerobot_policy_world_modality.encoders.state import StateEncoder
 
 
 def window_indices(num_frames: int, m: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from world_modality.memory_modes import MemoryMode, MemorySource
+from lerobot_policy_world_modality.memory_modes import MemoryMode, MemorySource
 
 
 def _rng_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:

@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from world_modality.encoders.base import DEFAULT_CAMERA_KEY, ImageEncoder, config_hash, preprocess_images, read_checkpoint_config
-from world_modality.encoders.spec import EncoderSpec
+from lerobot_policy_world_modality.encoders.base import DEFAULT_CAMERA_KEY, ImageEncoder, config_hash, preprocess_images, read_checkpoint_config
+from lerobot_policy_world_modality.encoders.spec import EncoderSpec
 
 LEARNED_MODEL_TYPE = "wm_learned_encoder"
 WEIGHTS_FILE = "model.safetensors"

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from world_modality.encoders import EncoderSpec, OnlineEncoder
+from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 
 # LeRobot's processor pipeline keeps only `observation.*` keys (besides the action), hence the prefix
 # also on the future latents, which are training targets.

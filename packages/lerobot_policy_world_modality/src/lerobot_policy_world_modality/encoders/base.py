@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from world_modality.encoders.spec import EncoderSpec, digest
+from lerobot_policy_world_modality.encoders.spec import EncoderSpec, digest
 
 DEFAULT_CAMERA_KEY = "observation.images.corner2"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from world_modality.world.gated_cross_attention import GatedCrossAttention, PreparedMemory
-from world_modality.world.losses import world_cosine_loss
-from world_modality.world.memory import MemoryMode, MemorySourceSchedule, apply_memory_mode
-from world_modality.world.prophet import Prophet, ProphetConfig
+from lerobot_policy_world_modality.world.gated_cross_attention import GatedCrossAttention, PreparedMemory
+from lerobot_policy_world_modality.world.losses import world_cosine_loss
+from lerobot_policy_world_modality.world.memory import MemoryMode, MemorySourceSchedule, apply_memory_mode
+from lerobot_policy_world_modality.world.prophet import Prophet, ProphetConfig
 
 
 @dataclass

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from world_modality.encoders.base import Frames, WorldEncoder, config_hash, read_checkpoint_config
-from world_modality.encoders.spec import EncoderSpec
+from lerobot_policy_world_modality.encoders.base import Frames, WorldEncoder, config_hash, read_checkpoint_config
+from lerobot_policy_world_modality.encoders.spec import EncoderSpec
 
 STATE_KEY = "observation.environment_state"
 STATE_MODEL_TYPE = "wm_state_encoder"

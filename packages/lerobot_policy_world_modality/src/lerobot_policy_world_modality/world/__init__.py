@@ -3,16 +3,16 @@
 Mask convention throughout: boolean, True = valid (real data), False = padding / absent.
 """
 
-from world_modality.world.gated_cross_attention import GatedCrossAttention, PreparedMemory
-from world_modality.world.losses import total_loss, world_cosine_loss
-from world_modality.world.memory import (
+from lerobot_policy_world_modality.world.gated_cross_attention import GatedCrossAttention, PreparedMemory
+from lerobot_policy_world_modality.world.losses import total_loss, world_cosine_loss
+from lerobot_policy_world_modality.world.memory import (
     MemoryMode,
     MemorySource,
     MemorySourceSchedule,
     apply_memory_mode,
 )
-from world_modality.world.prophet import Prophet, ProphetConfig
-from world_modality.world.world_module import WorldModule, WorldModuleConfig, WorldOutputs, scalars_to_floats
+from lerobot_policy_world_modality.world.prophet import Prophet, ProphetConfig
+from lerobot_policy_world_modality.world.world_module import WorldModule, WorldModuleConfig, WorldOutputs, scalars_to_floats
 
 __all__ = [
     "GatedCrossAttention",

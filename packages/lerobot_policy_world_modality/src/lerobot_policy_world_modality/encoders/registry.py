@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from world_modality.encoders.base import WorldEncoder
-from world_modality.encoders.hf import Dinov2Encoder, VJEPA2Encoder
-from world_modality.encoders.learned import LearnedEncoder
-from world_modality.encoders.spec import ENCODER_NAMES, EncoderSpec
-from world_modality.encoders.state import StateEncoder
+from lerobot_policy_world_modality.encoders.base import WorldEncoder
+from lerobot_policy_world_modality.encoders.hf import Dinov2Encoder, VJEPA2Encoder
+from lerobot_policy_world_modality.encoders.learned import LearnedEncoder
+from lerobot_policy_world_modality.encoders.spec import ENCODER_NAMES, EncoderSpec
+from lerobot_policy_world_modality.encoders.state import StateEncoder
 
 ENCODERS: dict[str, Callable[..., WorldEncoder]] = {
     "dinov2": Dinov2Encoder.load,
