@@ -42,7 +42,7 @@ from lerobot_policy_world_modality.encoders import EncoderSpec, build_encoder, f
 from lerobot_policy_world_modality.world.history import WORLD_LATENTS, WORLD_LATENTS_MASK
 
 STATE_KEY, ACTION_KEY, INSTRUCTION_KEY = "observation.state", "action", "task"
-STATE_DIM, ACTION_DIM = 4, 4  # MetaWorld's end-effector state and action (data/metaworld_gen.py)
+STATE_DIM, ACTION_DIM = 4, 4  # MetaWorld's end-effector state and action (world_modality.sim.metaworld.generate)
 CAMERA, IMAGE_SIDE = "observation.images.corner2", 64  # `wm demo`'s camera and frame size
 ENV_STATE_KEY = "observation.environment_state"
 INSTRUCTIONS = ["reach-v3", "button-press-topdown-v3", "drawer-close-v3", "window-close-v3"]

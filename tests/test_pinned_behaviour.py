@@ -9,10 +9,10 @@ import json
 
 from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
 from world_modality.commands.demo import DEMO_TASKS
-from world_modality.data.metaworld_gen import SIDECAR, generate_metaworld_dataset
+from world_modality.sim.metaworld.generate import SIDECAR, generate_metaworld_dataset
 from world_modality.rollout.episodes import metaworld_episodes
 from world_modality.rollout.policies import training_layouts
-from world_modality.sim.metaworld_tasks import resolve_tasks
+from world_modality.sim.metaworld.tasks import resolve_tasks
 
 
 def _ids(episodes) -> list[str]:

@@ -90,8 +90,8 @@ def test_a_forked_rollout_policy_keeps_its_own_episode_state(checkpoints):
     import numpy as np
 
     from world_modality.rollout.policies import load_rollout_policy
-    from world_modality.sim.metaworld_env import MetaWorldEnv, agent_state
-    from world_modality.sim.metaworld_tasks import instruction
+    from world_modality.sim.metaworld.env import MetaWorldEnv, agent_state
+    from world_modality.sim.metaworld.tasks import instruction
 
     def observations(layout: int, n: int) -> list[dict]:
         env, rng = MetaWorldEnv("reach-v3", 1000, None), np.random.default_rng(layout)
@@ -204,7 +204,7 @@ def test_oracle_memory_comes_from_the_simulators_own_future(checkpoints, tmp_pat
 def test_peek_returns_the_true_future_and_leaves_the_episode_untouched():
     import numpy as np
 
-    from world_modality.sim.metaworld_env import MetaWorldEnv, expert_policy
+    from world_modality.sim.metaworld.env import MetaWorldEnv, expert_policy
 
     peeking, plain = MetaWorldEnv("pick-place-v3", 0, None), MetaWorldEnv("pick-place-v3", 0, None)
     obs, _ = peeking.reset(3), plain.reset(3)

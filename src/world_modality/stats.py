@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest, bootstrap
 
-from world_modality.sim.metaworld_tasks import difficulty_groups
+from world_modality.sim.metaworld.tasks import difficulty_groups
 
 Record = Mapping[str, Any]
 """One episode's result: ``arm``, ``episode_id`` (hashable, e.g. ``"task|layout|seed"``) and

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from world_modality.data.check import DatasetKeys, DatasetSchemaError, check_dataset
-from world_modality.data.metaworld_gen import SIDECAR
+from world_modality.sim.metaworld.generate import SIDECAR
 from world_modality.training.data import DatasetImages, read_frame_table
 
 

@@ -31,8 +31,8 @@ from world_modality.coc.backend import CocBackend
 from world_modality.coc.episodes import Episode, EpisodeSource
 from world_modality.coc.keyframes import gripper_events, select_keyframes
 from world_modality.coc.labels import CocLabel
-from world_modality.data.metaworld_gen import ENV_STATE_KEY
-from world_modality.sim.metaworld_env import ENV_STATE_DIM
+from world_modality.sim.metaworld.generate import ENV_STATE_KEY
+from world_modality.sim.metaworld.env import ENV_STATE_DIM
 
 HAND, OPENING, OBJECT, GOAL = slice(0, 3), 3, slice(4, 7), slice(36, 39)
 EMPTY_CLOSED_OPENING = 0.31  # above: something is between the fingers

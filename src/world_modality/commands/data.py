@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 
 def _metaworld(args) -> int:
-    from world_modality.data.metaworld_gen import generate_metaworld_dataset
+    from world_modality.sim.metaworld.generate import generate_metaworld_dataset
 
     generate_metaworld_dataset(
         out=args.out,

@@ -68,7 +68,7 @@ def register(subparsers) -> None:
 
 
 def _setup(args) -> int:
-    from world_modality.sim.libero_setup import SUITES, config_dir, setup
+    from world_modality.sim.libero.setup import SUITES, config_dir, setup
 
     assets = setup(args.assets)
     print(f"assets   {assets}")
@@ -76,7 +76,7 @@ def _setup(args) -> int:
     if not args.no_verify:
         import numpy as np
 
-        from world_modality.sim.libero_env import (
+        from world_modality.sim.libero.env import (
             LiberoEnv,
             LiberoRenderSettings,
             suite_tasks,
@@ -100,7 +100,7 @@ def _setup(args) -> int:
 
 
 def _pack(args) -> int:
-    from world_modality.sim.libero_setup import pack_assets
+    from world_modality.sim.libero.setup import pack_assets
 
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     files, size = pack_assets(args.suite, args.out, tasks)
@@ -110,7 +110,7 @@ def _pack(args) -> int:
 
 def _dataset(args) -> int:
     from world_modality.data.check import check_dataset
-    from world_modality.sim.libero_data import generate_libero_dataset
+    from world_modality.sim.libero.data import generate_libero_dataset
 
     out = generate_libero_dataset(
         args.out, args.suite, [t.strip() for t in args.tasks.split(",") if t.strip()], args.episodes_per_task,

@@ -171,7 +171,7 @@ def _check_libero(root: Path, features: dict, tasks: list[str], keys: DatasetKey
     """LIBERO-format checks: LIBERO instructions, 8-dim proprio, 7-dim actions, frames rotated like LeRobot's
     LIBERO datasets (detected from the data against the simulator). Returns the render record, or None
     when the data only shares LeRobot's camera names and none of its instructions is a LIBERO task's."""
-    from world_modality.sim.libero_data import libero_instructions, libero_render_record
+    from world_modality.sim.libero.data import libero_instructions, libero_render_record
 
     known = libero_instructions(tasks)
     if not known and keys.env != "libero":

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from world_modality.rollout.episodes import EpisodeSpec
-from world_modality.sim.libero_env import LiberoEnv, LiberoRenderSettings, proprio_state
-from world_modality.sim.metaworld_env import MetaWorldEnv, RenderSettings, agent_state
+from world_modality.sim.libero.env import LiberoEnv, LiberoRenderSettings, proprio_state
+from world_modality.sim.metaworld.env import MetaWorldEnv, RenderSettings, agent_state
 
 Observation = dict[str, Any]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass
 
-from world_modality.sim.metaworld_env import layout_sequence
+from world_modality.sim.metaworld.env import layout_sequence
 
 DEFAULT_EVAL_SEED = 1000  # far from the training seeds `wm data metaworld` starts at (0, 1, ...)
 LIBERO_ENV_SEED = 0
@@ -56,7 +56,7 @@ def metaworld_episodes(
 
 def libero_episodes(suite: str, tasks: list[str] | None, episodes_per_task: int) -> list[EpisodeSpec]:
     """Init states 0..N-1 of each task (all the suite's tasks when ``tasks`` is None), LIBERO's order."""
-    from world_modality.sim.libero_env import init_states, suite_tasks, task_id
+    from world_modality.sim.libero.env import init_states, suite_tasks, task_id
 
     if episodes_per_task < 1:
         raise ValueError(f"--episodes-per-task must be at least 1, got {episodes_per_task}")
@@ -74,10 +74,10 @@ def libero_episodes(suite: str, tasks: list[str] | None, episodes_per_task: int)
 def episode_instruction(episode: EpisodeSpec) -> str:
     """The instruction the policy is given for an episode's task."""
     if episode.suite == "metaworld":
-        from world_modality.sim.metaworld_tasks import instruction
+        from world_modality.sim.metaworld.tasks import instruction
 
         return instruction(episode.task)
-    from world_modality.sim.libero_env import task_instruction
+    from world_modality.sim.libero.env import task_instruction
 
     return task_instruction(episode.suite, episode.task)
 

@@ -20,7 +20,7 @@ import torch
 
 from world_modality.devices import resolve_device
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
-from world_modality.sim.metaworld_env import RenderSettings
+from world_modality.sim.metaworld.env import RenderSettings
 from lerobot_policy_world_modality.world import MemoryMode
 from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_LATENTS, LatentHistory
 
@@ -175,7 +175,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
 
 def training_layouts(dataset: Path | None) -> tuple[list[str], dict[str, set[tuple[int, int]]]]:
     """The tasks and (seed, layout) pairs of a generated MetaWorld dataset (empty when unknown)."""
-    from world_modality.data.metaworld_gen import SIDECAR
+    from world_modality.sim.metaworld.generate import SIDECAR
 
     if dataset is None or not (dataset / SIDECAR).exists():
         return [], {}

@@ -38,8 +38,8 @@ from world_modality.rollout.policies import (
     training_layouts,
 )
 from world_modality.shards import RESULTS_FILE, Shard, checkpoint_digest, evaluation_id
-from world_modality.sim.libero_env import suite_tasks
-from world_modality.sim.metaworld_tasks import resolve_tasks
+from world_modality.sim.libero.env import suite_tasks
+from world_modality.sim.metaworld.tasks import resolve_tasks
 
 VIDEO_FPS = 30
 

@@ -147,7 +147,7 @@ def pack_assets(suite: str, out: str | Path, tasks: list[str] | None = None) -> 
     """
     import re
 
-    from world_modality.sim.libero_env import LiberoEnv, suite_tasks
+    from world_modality.sim.libero.env import LiberoEnv, suite_tasks
 
     assets = check_assets(recorded_assets() or libero_home() / _INSTALLED_ASSETS)
     opened: set[str] = set()
@@ -193,7 +193,7 @@ def import_libero(require_assets: bool = True) -> ModuleType:
     if Path(libero_package.config_file).resolve() != (config_dir() / "config.yaml").resolve():
         raise LiberoSetupError(
             f"libero was imported before LIBERO_CONFIG_PATH was set (it reads {libero_package.config_file}); "
-            "import it only through world_modality.sim.libero_setup.import_libero()"
+            "import it only through world_modality.sim.libero.setup.import_libero()"
         )
     if assets is not None:
         # hf-libero resolves object and scene files through get_assets_path(), which ignores config.yaml's

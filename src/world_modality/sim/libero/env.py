@@ -17,7 +17,7 @@ import numpy as np
 
 from lerobot_policy_world_modality.encoders.spec import camera_parts, side_by_side
 from world_modality.rendering import ensure_headless_rendering
-from world_modality.sim.libero_setup import SUITES, import_libero
+from world_modality.sim.libero.setup import SUITES, import_libero
 
 SIMULATOR = "libero"
 # LeRobot's LIBERO camera names -> LIBERO's observation keys.

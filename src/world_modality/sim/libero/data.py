@@ -38,7 +38,7 @@ def camera_of(key: str) -> str:
 
 def libero_instructions(instructions: list[str]) -> dict[str, tuple[str, str]]:
     """Instruction -> (suite, task name) for the instructions that are LIBERO tasks'."""
-    from world_modality.sim.libero_env import find_task
+    from world_modality.sim.libero.env import find_task
 
     return {text: found for text in instructions if (found := find_task(text)) is not None}
 
@@ -67,7 +67,7 @@ def detect_rotation(root: Path, camera_keys: list[str], episodes: int = 3) -> di
     init states but table, walls and robot dominate both images. An unclear verdict is an error.
     """
     from world_modality.data.readers import EpisodeReader
-    from world_modality.sim.libero_env import LiberoEnv, LiberoRenderSettings
+    from world_modality.sim.libero.env import LiberoEnv, LiberoRenderSettings
 
     readers = {key: EpisodeReader(root, key) for key in camera_keys}
     table = next(iter(readers.values())).episodes
@@ -147,7 +147,7 @@ def generate_libero_dataset(
     from lerobot.datasets import LeRobotDataset
     from tqdm import tqdm
 
-    from world_modality.sim.libero_env import (
+    from world_modality.sim.libero.env import (
         ACTION_DIM,
         STATE_DIM,
         LiberoEnv,

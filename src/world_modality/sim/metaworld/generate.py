@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from world_modality import __version__
 from world_modality.atomic_io import atomic_write_json
-from world_modality.sim.metaworld_env import (
+from world_modality.sim.metaworld.env import (
     ACTION_DIM,
     ENV_STATE_DIM,
     STATE_DIM,
@@ -33,7 +33,7 @@ from world_modality.sim.metaworld_env import (
     expert_policy,
     layout_sequence,
 )
-from world_modality.sim.metaworld_tasks import instruction, resolve_tasks
+from world_modality.sim.metaworld.tasks import instruction, resolve_tasks
 
 FPS = 80  # MetaWorld's render_fps, as in LeRobot's MetaworldEnv
 SIDECAR = "meta/world_modality.json"

@@ -74,7 +74,7 @@ class RenderSettings:
     @classmethod
     def from_dict(cls, d: dict) -> RenderSettings:
         if d.get("simulator") == "libero":  # a LIBERO dataset's render record
-            from world_modality.sim.libero_env import LiberoRenderSettings
+            from world_modality.sim.libero.env import LiberoRenderSettings
 
             return LiberoRenderSettings.from_dict(d)
         return cls(**{**d, "cameras": tuple(d["cameras"])})

@@ -1,0 +1,1 @@
+"""MetaWorld: the env, its task catalogue and expert-demonstration datasets."""
