@@ -100,7 +100,7 @@ def stage_runner(args, work: Path) -> None:
 
 
 def stage_raw(args, work: Path) -> None:
-    from world_modality.rollout.episodes import libero_episodes
+    from world_modality.sim.libero.episodes import libero_episodes
 
     episodes = [(ep.task, ep.layout) for ep in libero_episodes(args.suite, _tasks(args), args.episodes_per_task)]
     # An even spread of the tasks when only some of the list runs (every process builds each of its tasks' envs).

@@ -66,12 +66,12 @@ def test_state_is_lerobots_8_dim_proprio():
 
 
 def test_render_record_round_trip_and_validation():
+    from world_modality.sim import render_from_dict
     from world_modality.sim.libero.env import LiberoRenderSettings
-    from world_modality.sim.metaworld.env import RenderSettings
 
     record = LiberoRenderSettings(width=64, height=64).to_dict()
     assert record == {"cameras": ["image", "image2"], "width": 64, "height": 64, "rotate_180": True, "simulator": "libero"}
-    assert RenderSettings.from_dict(record) == LiberoRenderSettings(width=64, height=64)  # what checkpoints store
+    assert render_from_dict(record) == LiberoRenderSettings(width=64, height=64)  # what checkpoints store
     with pytest.raises(ValueError, match="unknown LIBERO camera"):
         LiberoRenderSettings(cameras=("agentview",))
 
@@ -87,13 +87,14 @@ def test_rotation_scores_tell_rotated_from_raw():
 
 
 def test_episodes_are_init_states_in_libero_order(libero_home):
-    from world_modality.rollout.episodes import episode_instruction, libero_episodes
+    from world_modality.sim import get_simulator
     from world_modality.sim.libero.env import suite_tasks
+    from world_modality.sim.libero.episodes import libero_episodes
 
     names = [t.name for t in suite_tasks("libero_spatial")]
     eps = libero_episodes("libero_spatial", ["1", names[3]], 2)
     assert [e.episode_id for e in eps] == [f"libero_spatial|{names[i]}|0|{j}" for i in (1, 3) for j in (0, 1)]
-    assert episode_instruction(eps[0]) == suite_tasks("libero_spatial")[1].language
+    assert get_simulator("libero").instruction(eps[0]) == suite_tasks("libero_spatial")[1].language
     assert len(libero_episodes("libero_goal", None, 1)) == 10
     with pytest.raises(ValueError, match="has no task 'nope'"):
         libero_episodes("libero_spatial", ["nope"], 1)
@@ -193,7 +194,8 @@ def test_libero_dataset_checks_and_wrong_inputs_fail_loudly(libero_dataset, tmp_
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from world_modality.data.check import DatasetKeys, DatasetSchemaError, check_dataset
+    from world_modality.data.check import DatasetKeys, DatasetSchemaError
+    from world_modality.sim import check_dataset
 
     summary = check_dataset(libero_dataset)
     assert summary.render == {"simulator": "libero", "cameras": ["image", "image2"], "width": 64, "height": 64, "rotate_180": True}
@@ -288,7 +290,7 @@ def test_matrix_evaluates_a_libero_suite(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_packed_assets_of_one_task_set_up_another_machine(libero_home, tmp_path):
     """`wm libero pack-assets` keeps only what a scene reads; `setup --assets` of it renders that scene."""
-    from world_modality.sim.libero.setup import pack_assets
+    from world_modality.sim.libero.assets import pack_assets
 
     _, size = pack_assets("libero_spatial", tmp_path / "packed", ["0"])
     assert 0 < size < 60e6 and (tmp_path / "packed" / "scenes").is_dir()

@@ -10,8 +10,7 @@ import json
 from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
 from world_modality.commands.demo import DEMO_TASKS
 from world_modality.sim.metaworld.generate import SIDECAR, generate_metaworld_dataset
-from world_modality.rollout.episodes import metaworld_episodes
-from world_modality.rollout.policies import training_layouts
+from world_modality.sim.metaworld.episodes import metaworld_episodes, training_layouts
 from world_modality.sim.metaworld.tasks import resolve_tasks
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from world_modality.atomic_io import read_jsonl
-from world_modality.rollout import evaluate_checkpoint, metaworld_episodes, runner
-from world_modality.rollout.episodes import EpisodeSpec
+from world_modality.rollout import evaluate_checkpoint, runner
+from world_modality.sim.base import EpisodeSpec
+from world_modality.sim.metaworld.episodes import metaworld_episodes
 from world_modality.stats import compare_arms
 
 SHORT = 6  # steps per episode in these tests: the runner's logic, not the policy's skill

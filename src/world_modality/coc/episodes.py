@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from world_modality.data.check import DatasetKeys, DatasetSchemaError, check_dataset
+from world_modality.data.check import DatasetKeys, DatasetSchemaError
+from world_modality.sim import check_dataset
 from world_modality.sim.metaworld.generate import SIDECAR
 from world_modality.training.data import DatasetImages, read_frame_table
 

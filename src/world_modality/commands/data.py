@@ -72,7 +72,8 @@ def _metaworld(args) -> int:
 
 
 def _check(args) -> int:
-    from world_modality.data.check import DatasetKeys, check_dataset
+    from world_modality.data.check import DatasetKeys
+    from world_modality.sim import check_dataset
 
     summary = check_dataset(
         args.dataset,

@@ -30,6 +30,7 @@ from world_modality.atomic_io import atomic_write_json, save_tensors_atomic
 from world_modality.data.check import CAMERA_DTYPES
 from world_modality.data.readers import EpisodeReader, SideBySideReader
 from world_modality.devices import resolve_device
+from world_modality.sim import dataset_render
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint, resolve_dataset_root
 from lerobot_policy_world_modality.encoders import (
     STATE_KEY,
@@ -47,7 +48,6 @@ from lerobot_policy_world_modality.latent_cache import LATENTS_FILE, SPEC_FILE, 
 
 LATENTS_DIR = "world_latents"
 CHUNKS_DIR = "chunks"
-SIDECAR = "meta/world_modality.json"
 # The learned encoder trains on about this many frames at most (every k-th episode) to bound memory.
 LEARNED_MAX_TRAIN_FRAMES = 40_000
 
@@ -123,16 +123,10 @@ def _first_camera(root: Path) -> str:
 
 
 def _render_settings(root: Path, key: str) -> dict[str, Any]:
-    """The generator's render settings from the dataset sidecar; for LIBERO-format data the record
-    detected from the data (cameras, size, rotation); {} for other datasets made elsewhere. A
-    wrist_mode=concat key adds its virtual camera, which the env must render too."""
-    sidecar = root / SIDECAR
-    if sidecar.exists():
-        render = json.loads(sidecar.read_text())["spec"]["render"]
-    else:
-        from world_modality.data.check import libero_render
-
-        render = libero_render(root) or {}
+    """The render record of a dataset from a simulator (what the env must render at rollout for the
+    latents to match); {} for other datasets. A wrist_mode=concat key adds its virtual camera, which the
+    env must render too."""
+    render = dataset_render(root) or {}
     if CONCAT_SEPARATOR in key and render:
         render = render | {"cameras": [*render["cameras"], key.removeprefix("observation.images.")]}
     return render

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,11 +17,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from world_modality.devices import resolve_device
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
-from world_modality.sim.metaworld.env import RenderSettings
 from lerobot_policy_world_modality.world import MemoryMode
 from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_LATENTS, LatentHistory
+from world_modality.devices import resolve_device
+from world_modality.sim import render_from_dict
+from world_modality.sim.base import RenderSettings
 
 ENV_STATE_KEY = "observation.environment_state"
 
@@ -122,8 +122,7 @@ def fork_episode_state(policy: torch.nn.Module) -> torch.nn.Module:
 
 def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto") -> LeRobotRolloutPolicy:
     """Load a checkpoint for closed-loop evaluation, with its observation conventions."""
-    from world_modality.training.checkpoint import load_checkpoint
-    from world_modality.training.trainer import run_label
+    from world_modality.training.checkpoint import load_checkpoint, run_label
 
     ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
     config = ckpt.policy.config
@@ -144,7 +143,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
                 "Use `wm intervene --mode oracle` for the offline oracle."
             )
         oracle_encoder = OnlineEncoder(EncoderSpec.from_dict(spec))
-    render = RenderSettings.from_dict(spec["render"]) if spec.get("render") else None
+    render = render_from_dict(spec["render"]) if spec.get("render") else None
     camera_keys = {}
     # The world encoder's camera, and the cameras a VLM family reads itself (same render settings).
     for key in dict.fromkeys(k for k in (config.image_key, getattr(config, "wrist_key", None)) if k is not None):
@@ -171,14 +170,3 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         _oracle_encoder=oracle_encoder,
         own_memory_mode=config.world_memory_mode_rollout if config.uses_world_module else "none",
     )
-
-
-def training_layouts(dataset: Path | None) -> tuple[list[str], dict[str, set[tuple[int, int]]]]:
-    """The tasks and (seed, layout) pairs of a generated MetaWorld dataset (empty when unknown)."""
-    from world_modality.sim.metaworld.generate import SIDECAR
-
-    if dataset is None or not (dataset / SIDECAR).exists():
-        return [], {}
-    sidecar = json.loads((dataset / SIDECAR).read_text())
-    layouts = {task: {tuple(x) for x in pairs} for task, pairs in sidecar["train_layouts"].items()}
-    return list(sidecar["spec"]["tasks"]), layouts

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
 from world_modality.atomic_io import atomic_write_json
+from world_modality.data.check import DatasetSummary
 
 IMAGE_KEY = "observation.images.image"
 WRIST_KEY = "observation.images.image2"
@@ -129,6 +131,38 @@ def libero_render_record(root: Path, features: dict, fingerprint: str) -> dict:
         )
     height, width = features[cameras[0]]["shape"][:2]
     return {"simulator": "libero", "cameras": [camera_of(k) for k in cameras], "width": int(width), "height": int(height), "rotate_180": True}
+
+
+def looks_like_libero(features: dict) -> bool:
+    """LeRobot's LIBERO camera names; whether the data is LIBERO's is then told by its instructions."""
+    return any(k in features for k in (IMAGE_KEY, WRIST_KEY))
+
+
+def check_libero_dataset(summary: DatasetSummary, required: bool) -> dict | None:
+    """LIBERO-format checks: LIBERO instructions, 8-dim proprio, 7-dim actions, frames rotated like LeRobot's
+    LIBERO datasets (detected from the data against the simulator). Returns the render record, or None when
+    the data only shares LeRobot's camera names and none of its instructions is a LIBERO task's (and the
+    checks are not ``required``)."""
+    from world_modality.sim.libero.env import ACTION_DIM, STATE_DIM
+
+    known = libero_instructions(summary.tasks)
+    if not known and not required:
+        return None
+    unknown = [t for t in summary.tasks if t not in known]
+    if unknown:
+        raise DatasetSchemaError(
+            f"{len(unknown)} instruction(s) are not LIBERO tasks' (e.g. {unknown[:3]}); a LIBERO dataset's instructions "
+            "(under 'task') must be the tasks' language, e.g. 'pick up the black bowl between the plate and the ramekin and place it on the plate'"
+        )
+    for role, dim, what in (("state", STATE_DIM, "eef_pos(3) + axis-angle(3) + gripper_qpos(2)"), ("action", ACTION_DIM, "6 delta pose + gripper")):
+        key = summary.keys[role]
+        shape = tuple(summary.features[key]["shape"])
+        if shape != (dim,):
+            raise DatasetSchemaError(f"LIBERO {role} {key!r} has shape {shape}, expected ({dim},): {what}")
+    try:
+        return libero_render_record(summary.root, summary.features, dataset_fingerprint(summary.root))
+    except ValueError as e:
+        raise DatasetSchemaError(str(e)) from None
 
 
 def generate_libero_dataset(
