@@ -15,6 +15,7 @@ import textwrap
 import pytest
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot.utils.constants import OBS_ENV_STATE
 from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import (
     BACKBONES,
     QwenVLAWorldConfig,
@@ -23,7 +24,7 @@ from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world i
 from lerobot_policy_world_modality.qwen_vla_world.modeling_qwen_vla_world import ADAPTER_DIR, QwenVLAWorldPolicy
 from lerobot_policy_world_modality.qwen_vla_world.prompt import build_prompt
 
-from lerobot_policy_world_modality.encoders import STATE_KEY, StateEncoder, fit_state_encoder
+from lerobot_policy_world_modality.encoders import StateEncoder, fit_state_encoder
 from world_modality.model_folders.qwen_vl import ARCHITECTURES, write_qwen_vl_folder
 from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
@@ -59,7 +60,7 @@ def make_config(folders, encoder_spec, backbone="qwen3_vl", **overrides) -> Qwen
         IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
         WRIST_KEY: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
         "observation.state": PolicyFeature(FeatureType.STATE, (STATE_DIM,)),
-        STATE_KEY: PolicyFeature(FeatureType.ENV, (ENV_DIM,)),
+        OBS_ENV_STATE: PolicyFeature(FeatureType.ENV, (ENV_DIM,)),
     }
     settings = {
         "backbone": NAMES[backbone], "backbone_path": str(folders[backbone]), "backbone_dtype": "float32",
@@ -83,7 +84,7 @@ def make_batch(seed=0, coc=None, with_latents=True) -> dict:
         IMAGE_KEY: torch.rand(BATCH, 3, 64, 64, generator=g),
         WRIST_KEY: torch.rand(BATCH, 3, 64, 64, generator=g),
         "observation.state": torch.randn(BATCH, STATE_DIM, generator=g),
-        STATE_KEY: torch.randn(BATCH, ENV_DIM, generator=g),
+        OBS_ENV_STATE: torch.randn(BATCH, ENV_DIM, generator=g),
         "action": torch.randn(BATCH, CHUNK, ACTION_DIM, generator=g),
         "action_is_pad": torch.zeros(BATCH, CHUNK, dtype=torch.bool),
         "task": ["pick up the red cube", "reach the goal", "open the drawer now"],

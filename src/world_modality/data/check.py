@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
+
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, resolve_dataset_root
 
 CAMERA_DTYPES = ("image", "video")
@@ -17,8 +19,8 @@ class DatasetKeys:
 
     image: str | None = None  # None: the first camera feature
     wrist: str | None = None
-    state: str = "observation.state"
-    action: str = "action"
+    state: str = OBS_STATE
+    action: str = ACTION
     instruction: str = "task"
     state_dim: int | None = None
     action_dim: int | None = None
@@ -58,6 +60,11 @@ class DatasetSummary:
         for name, ft in self.features.items():
             lines.append(f"  {name:36s} {ft['dtype']:8s} {tuple(ft.get('shape') or ())}")
         return "\n".join(lines)
+
+
+def camera_name(key: str) -> str:
+    """The camera a dataset camera key names (``observation.images.<camera>``), as simulators render it."""
+    return key.removeprefix(f"{OBS_IMAGES}.")
 
 
 def _camera_keys(features: dict) -> list[str]:

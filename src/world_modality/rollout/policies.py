@@ -16,15 +16,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from lerobot.utils.constants import OBS_ENV_STATE
 
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 from lerobot_policy_world_modality.world import MemoryMode
 from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_LATENTS, LatentHistory
+from world_modality.data.check import camera_name
 from world_modality.devices import resolve_device
 from world_modality.sim import render_from_dict
 from world_modality.sim.base import RenderSettings
-
-ENV_STATE_KEY = "observation.environment_state"
 
 
 # The simulator's own future: action sequences [N, K, A] of the N envs -> their env states [N, K, E].
@@ -81,7 +81,7 @@ class LeRobotRolloutPolicy:
             frames = torch.from_numpy(np.stack([o["frames"][camera] for o in observations]))
             batch[key] = frames.permute(0, 3, 1, 2).float() / 255.0  # LeRobot's float CHW in [0, 1]
         if self.uses_env_state:
-            batch[ENV_STATE_KEY] = torch.from_numpy(np.stack([o["env_state"] for o in observations]))
+            batch[OBS_ENV_STATE] = torch.from_numpy(np.stack([o["env_state"] for o in observations]))
         batch = self.preprocessor(batch)
         if self.memory_mode == "oracle":
             action = self._oracle_action(batch, peek)
@@ -147,7 +147,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
     camera_keys = {}
     # The world encoder's camera, and the cameras a VLM family reads itself (same render settings).
     for key in dict.fromkeys(k for k in (config.image_key, getattr(config, "wrist_key", None)) if k is not None):
-        camera = key.removeprefix("observation.images.")
+        camera = camera_name(key)
         if render is None or camera not in render.cameras:
             raise ValueError(
                 f"checkpoint {ckpt.path} reads camera {camera!r} but its encoder spec records no render settings "
@@ -162,7 +162,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         camera_keys=camera_keys,
         state_key=config.state_key,
         instruction_key=config.instruction_key,
-        uses_env_state=spec["camera_key"] == ENV_STATE_KEY,
+        uses_env_state=spec["camera_key"] == OBS_ENV_STATE,
         render=render,
         dataset=dataset,
         instructions=list(config.instructions),

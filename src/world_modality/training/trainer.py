@@ -36,6 +36,7 @@ from lerobot.configs import PreTrainedConfig
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot_policy_world_modality import POLICY_TYPES
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import features_for
 from tqdm.auto import tqdm
 
@@ -55,8 +56,6 @@ from world_modality.training.checkpoint import (
     save_checkpoint,
 )
 from world_modality.training.data import LatentBatches, read_frame_table, split_episodes, training_images
-
-POLICY_TYPES = ("world_transformer", "smolvla_world", "qwen_vla_world")
 
 
 @dataclass

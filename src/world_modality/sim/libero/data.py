@@ -19,23 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
 from world_modality.atomic_io import atomic_write_json
-from world_modality.data.check import DatasetSummary
+from world_modality.data.check import DatasetSummary, camera_name
 
-IMAGE_KEY = "observation.images.image"
-WRIST_KEY = "observation.images.image2"
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
+IMAGE_KEY = f"{OBS_IMAGES}.image"  # agentview
+WRIST_KEY = f"{OBS_IMAGES}.image2"
 ORIENTATION_FILE = "world_latents/libero_orientation.json"  # beside the latent caches; not part of the fingerprint
 # Frames whose correlation with the rotated reference beats the raw one by less than this are ambiguous.
 ORIENTATION_MARGIN = 0.15
 _COMPARE_SIZE = 32
-
-
-def camera_of(key: str) -> str:
-    return key.removeprefix("observation.images.")
 
 
 def libero_instructions(instructions: list[str]) -> dict[str, tuple[str, str]]:
@@ -81,7 +76,7 @@ def detect_rotation(root: Path, camera_keys: list[str], episodes: int = 3) -> di
         raise ValueError(f"{root}: the instruction {first_task!r} is not a LIBERO task's; cannot render its scene")
     suite, task = found[first_task]
     height, width = readers[camera_keys[0]].shape[:2]
-    render = LiberoRenderSettings(cameras=tuple(camera_of(k) for k in camera_keys), width=width, height=height, rotate_180=False)
+    render = LiberoRenderSettings(cameras=tuple(camera_name(k) for k in camera_keys), width=width, height=height, rotate_180=False)
     env = LiberoEnv(suite, task, render)
     try:
         reference = env.frames(env.reset(0))
@@ -92,7 +87,7 @@ def detect_rotation(root: Path, camera_keys: list[str], episodes: int = 3) -> di
         if reader.shape[:2] != (height, width):
             raise ValueError(f"{root}: cameras differ in size ({camera_keys[0]} {height}x{width}, {key} {reader.shape[:2]})")
         first_frames = [frames[0] for frames in reader.read(chosen)]
-        raw, rotated = rotation_scores(first_frames, reference[camera_of(key)])
+        raw, rotated = rotation_scores(first_frames, reference[camera_name(key)])
         if abs(rotated - raw) < ORIENTATION_MARGIN:
             raise ValueError(
                 f"{root}: cannot tell whether {key} is rotated like LeRobot's LIBERO datasets: its first frames correlate "
@@ -129,8 +124,10 @@ def libero_render_record(root: Path, features: dict, fingerprint: str) -> dict:
             f"{root}: {', '.join(upside_down)} hold LIBERO's raw upside-down frames, but LeRobot's LIBERO datasets and this "
             "project's LIBERO env use frames rotated 180 degrees; rotate them (img[::-1, ::-1]) and rewrite the dataset"
         )
+    from world_modality.sim.libero.env import LiberoRenderSettings
+
     height, width = features[cameras[0]]["shape"][:2]
-    return {"simulator": "libero", "cameras": [camera_of(k) for k in cameras], "width": int(width), "height": int(height), "rotate_180": True}
+    return LiberoRenderSettings(cameras=tuple(camera_name(k) for k in cameras), width=int(width), height=int(height)).to_dict()
 
 
 def looks_like_libero(features: dict) -> bool:
@@ -196,8 +193,8 @@ def generate_libero_dataset(
     features = {
         IMAGE_KEY: image,
         WRIST_KEY: image,
-        STATE_KEY: {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "ax", "ay", "az", "gripper_left", "gripper_right"]},
-        ACTION_KEY: {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
+        OBS_STATE: {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "ax", "ay", "az", "gripper_left", "gripper_right"]},
+        ACTION: {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
     }
     tmp = out.parent / f".{out.name}.writing"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -216,8 +213,8 @@ def generate_libero_dataset(
                         action = 0.8 * action + 0.2 * rng.uniform(-1, 1, ACTION_DIM)
                         action[-1] = rng.choice([-1.0, 1.0])
                         frames = env.frames(raw)
-                        dataset.add_frame({IMAGE_KEY: frames["image"], WRIST_KEY: frames["image2"], STATE_KEY: proprio_state(raw),
-                                           ACTION_KEY: action.astype(np.float32), "task": env.instruction})
+                        dataset.add_frame({IMAGE_KEY: frames["image"], WRIST_KEY: frames["image2"], OBS_STATE: proprio_state(raw),
+                                           ACTION: action.astype(np.float32), "task": env.instruction})
                         raw, _, done = env.step(action)
                         if done:
                             break
