@@ -262,7 +262,7 @@ def test_checkpoint_trained_on_libero_data_runs_through_wm_eval(libero_dataset, 
 
     with pytest.raises(ValueError, match="trained on libero data.*--env is metaworld"):
         evaluate_checkpoint(checkpoint, env="metaworld", out_dir=tmp_path / "mw", arm="x", train_seed=0)
-    with pytest.raises(ValueError, match="needs --suite"):
+    with pytest.raises(ValueError, match=r"env libero needs one of libero_spatial, .* \(--suite\)"):
         evaluate_checkpoint(checkpoint, env="libero", out_dir=tmp_path / "x", arm="x", train_seed=0)
     with pytest.raises(ValueError, match="not trained on"):
         evaluate_checkpoint(checkpoint, env="libero", suite="libero_spatial", tasks="1", out_dir=tmp_path / "x", arm="x", train_seed=0)

@@ -9,6 +9,8 @@ import json
 
 from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
 from world_modality.commands.demo import DEMO_TASKS
+from world_modality.sim import get_simulator
+from world_modality.sim.base import EpisodeRequest
 from world_modality.sim.metaworld.generate import SIDECAR, generate_metaworld_dataset
 from world_modality.sim.metaworld.episodes import metaworld_episodes, training_layouts
 from world_modality.sim.metaworld.tasks import resolve_tasks
@@ -44,8 +46,9 @@ def test_generated_dataset_fingerprint_and_episodes_are_pinned(tmp_path):
         ("reach-v3", 4, 0, 45), ("drawer-close-v3", 4, 0, 79)
     ]
     assert dataset_fingerprint(out) == "5ad3717235b0b21b"
-    # Evaluating on the dataset's own seed skips the layouts it was trained on.
+    # Evaluating on the dataset's own seed skips the layouts it was trained on; by default the tasks are its tasks.
     tasks, layouts = training_layouts(out)
-    assert _ids(metaworld_episodes(tasks, 2, 4, layouts)) == [
-        "metaworld|reach-v3|4|1", "metaworld|reach-v3|4|2", "metaworld|drawer-close-v3|4|1", "metaworld|drawer-close-v3|4|2"
-    ]
+    pinned = ["metaworld|reach-v3|4|1", "metaworld|reach-v3|4|2", "metaworld|drawer-close-v3|4|1", "metaworld|drawer-close-v3|4|2"]
+    assert _ids(metaworld_episodes(tasks, 2, 4, layouts)) == pinned
+    request = EpisodeRequest(tasks=None, episodes_per_task=2, eval_seed=4, dataset=out)
+    assert _ids(get_simulator("metaworld").evaluation_episodes(request)) == pinned  # what `wm eval` runs

@@ -71,9 +71,9 @@ def test_each_simulator_checks_its_suite_and_tasks():
     with pytest.raises(ValueError, match="MetaWorld evaluations take no suite"):
         metaworld.check_suite("libero_goal")
     libero.check_suite("libero_goal")
-    with pytest.raises(ValueError, match="needs --suite"):
+    with pytest.raises(ValueError, match=r"env libero needs one of libero_spatial, .* \(--suite\), got None"):
         libero.check_suite(None)
-    with pytest.raises(ValueError, match="unknown LIBERO suite 'libero_100'"):
+    with pytest.raises(ValueError, match="got 'libero_100'"):
         libero.check_suite("libero_100")
     assert metaworld.parse_tasks("reach, drawer-close-v3") == ["reach-v3", "drawer-close-v3"]
     with pytest.raises(ValueError, match="unknown MetaWorld task"):

@@ -30,10 +30,8 @@ class Libero(Simulator):
         return suite in SUITES
 
     def check_suite(self, suite: str | None) -> None:
-        if suite is None:
-            raise ValueError(f"--env libero needs --suite ({', '.join(SUITES)})")
         if suite not in SUITES:
-            raise ValueError(f"unknown LIBERO suite {suite!r}; available: {', '.join(SUITES)}")
+            raise ValueError(f"env libero needs one of {', '.join(SUITES)} (--suite), got {suite!r}")
 
     def parse_tasks(self, tasks: str | list[str]) -> list[str]:
         """Task names or ids within the suite, as given (they are resolved against the suite's catalogue when
