@@ -1,8 +1,10 @@
-"""Shared fixtures: one tiny MetaWorld expert dataset per test session, generated offline."""
+"""Shared fixtures: one tiny MetaWorld expert dataset (and its state latents) per test session, generated
+offline; LIBERO set up once; one thread for tests of tiny models; the environment of test subprocesses."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,21 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 TINY_TASKS = ("reach-v3", "pick-place-v3")
 TINY_EPISODES = 2
 TINY_SIZE = 64
+# Subprocesses get one thread (tiny models are latency-bound; parallel test runs would oversubscribe cores) and
+# never reach the hub.
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread during the test: tiny models are latency-bound, and on a shared machine one thread is
+    far more robust to contention (a whole module: ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +39,14 @@ def metaworld_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("metaworld") / "tiny"
     generate_metaworld_dataset(out, list(TINY_TASKS), TINY_EPISODES, image_size=TINY_SIZE, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def state_latents(metaworld_dataset) -> Path:
+    """The `state` encoder's latent cache of the tiny dataset (MetaWorld's environment state, standardised)."""
+    from world_modality.latents import compute_latents
+
+    return compute_latents(metaworld_dataset, "state", progress=False, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ byte-level BPE tokenizer; world latents come from a `state` encoder fitted on ra
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import SUBPROCESS_ENV
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.utils.constants import OBS_ENV_STATE
 from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import (
@@ -32,15 +32,7 @@ IMAGE_KEY = "observation.images.corner2"
 WRIST_KEY = "observation.images.wrist"
 NAMES = {"qwen3_vl": "qwen3_vl_2b_instruct", "qwen2_5_vl": "qwen2_5_vl_3b_instruct"}
 BATCH, CHUNK, STATE_DIM, ACTION_DIM, ENV_DIM, T, K = 3, 4, 4, 4, 6, 3, 2
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -374,18 +366,16 @@ def test_checkpoint_round_trip_in_a_fresh_process(folders, encoder_spec, tmp_pat
 
 
 @pytest.mark.slow
-def test_wm_train_and_eval_on_metaworld(metaworld_dataset, folders, tmp_path):
+def test_wm_train_and_eval_on_metaworld(metaworld_dataset, state_latents, folders, tmp_path):
     """The generic `wm train` (cached latents, camera frames, CoC labels by episode) and a short
     closed-loop `wm eval` run F+ on the session's tiny MetaWorld dataset."""
     import json
 
     from world_modality.atomic_io import read_jsonl
-    from world_modality.latents import compute_latents
     from world_modality.rollout import evaluate_checkpoint
     from world_modality.training.checkpoint import load_checkpoint
     from world_modality.training.trainer import TrainOptions, train
 
-    latents = compute_latents(metaworld_dataset, "state", progress=False, device="cpu")
     labels = tmp_path / "coc.jsonl"
     labels.write_text("".join(json.dumps({"episode_index": e, "coc_text": f"moves to the object, step {e}",
                                           "backend": "test", "keyframes": [0]}) + "\n" for e in (0, 1, 2)))
@@ -393,7 +383,7 @@ def test_wm_train_and_eval_on_metaworld(metaworld_dataset, folders, tmp_path):
               "chunk_size": 4, "n_action_steps": 2, "history_len": 3, "num_future": 2, "lambda_text": 0.5,
               "prophet_dim": 32, "prophet_heads": 2, "prophet_layers": 1, "cross_attn_heads": 2, "head_dim": 32,
               "lora_r": 4, "use_proprio": True}
-    checkpoint = train(TrainOptions(dataset=str(metaworld_dataset), latents=str(latents), out=str(tmp_path / "run"),
+    checkpoint = train(TrainOptions(dataset=str(metaworld_dataset), latents=str(state_latents), out=str(tmp_path / "run"),
                                     policy_type="qwen_vla_world", steps=6, batch_size=4, save_every=6, policy=policy,
                                     coc_labels=str(labels), device="cpu", progress=False))
     loaded = load_checkpoint(checkpoint, device="cpu")

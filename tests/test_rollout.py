@@ -18,13 +18,6 @@ from world_modality.stats import compare_arms
 SHORT = 6  # steps per episode in these tests: the runner's logic, not the policy's skill
 
 
-@pytest.fixture(scope="module")
-def state_latents(metaworld_dataset) -> Path:
-    from world_modality.latents import compute_latents
-
-    return compute_latents(metaworld_dataset, "state")
-
-
 def _train(dataset, latents, out, model_type):
     from world_modality.training.trainer import TrainOptions, train
 
