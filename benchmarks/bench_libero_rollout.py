@@ -42,7 +42,7 @@ PROJECTED_EPISODES = 2000
 def _raw_worker(args) -> tuple[int, int]:
     """Run episodes [(task, init index)] with random actions; returns (episodes, steps)."""
     suite, episodes, size, max_steps = args
-    from world_modality.sim.libero_env import ACTION_DIM, LiberoEnv, LiberoRenderSettings
+    from world_modality.sim.libero.env import ACTION_DIM, LiberoEnv, LiberoRenderSettings
 
     rng = np.random.default_rng(0)
     render = LiberoRenderSettings(width=size, height=size)
@@ -73,7 +73,7 @@ def _record(work: Path, **fields) -> None:
 
 def stage_policy(args, work: Path) -> None:
     from world_modality.latents import compute_latents
-    from world_modality.sim.libero_data import generate_libero_dataset
+    from world_modality.sim.libero.data import generate_libero_dataset
     from world_modality.training.trainer import TrainOptions, train
 
     steps = 4 if args.smoke else 50
@@ -100,7 +100,7 @@ def stage_runner(args, work: Path) -> None:
 
 
 def stage_raw(args, work: Path) -> None:
-    from world_modality.rollout.episodes import libero_episodes
+    from world_modality.sim.libero.episodes import libero_episodes
 
     episodes = [(ep.task, ep.layout) for ep in libero_episodes(args.suite, _tasks(args), args.episodes_per_task)]
     # An even spread of the tasks when only some of the list runs (every process builds each of its tasks' envs).
@@ -169,7 +169,7 @@ def main() -> None:
         args.workers, args.groups = 2, 2
 
     from world_modality.rendering import ensure_headless_rendering
-    from world_modality.sim.libero_setup import setup
+    from world_modality.sim.libero.setup import setup
 
     print(f"MUJOCO_GL={ensure_headless_rendering()}")
     if args.assets:

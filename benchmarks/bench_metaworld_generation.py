@@ -15,9 +15,9 @@ import platform
 import statistics
 import time
 
-from world_modality.data.metaworld_gen import record_expert_episode
-from world_modality.sim.metaworld_env import MetaWorldEnv, RenderSettings
-from world_modality.sim.metaworld_tasks import resolve_tasks
+from world_modality.sim.metaworld.generate import record_expert_episode
+from world_modality.sim.metaworld.env import MetaWorldEnv, RenderSettings
+from world_modality.sim.metaworld.tasks import resolve_tasks
 
 SETTINGS = {
     "corner2 128px fast": RenderSettings.preset("fast", cameras=("corner2",)),

@@ -21,7 +21,7 @@ import numpy as np
 from world_modality.atomic_io import read_jsonl
 from world_modality.rollout import evaluate_checkpoint
 from world_modality.rollout.policies import load_rollout_policy
-from world_modality.sim.metaworld_env import MetaWorldEnv, RenderSettings
+from world_modality.sim.metaworld.env import MetaWorldEnv, RenderSettings
 
 
 def _raw_worker(args) -> float:

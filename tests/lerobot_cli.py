@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+from conftest import SUBPROCESS_ENV
+
 REPO = Path(__file__).resolve().parents[1]
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 # LeRobot's MetaworldEnv fixes episodes at 500 steps; the tests shorten them (the only change to its eval).
 _SHORT_EVAL = textwrap.dedent("""

@@ -94,8 +94,8 @@ def test_select_keyframes_keeps_ends_and_events_then_fills_the_widest_gaps():
 def expert_episodes():
     """Environment states and actions of one scripted-expert episode per task, as the generator records
     them (the observation before each action), without rendering (~1 s per task)."""
-    from world_modality.sim.metaworld_env import MetaWorldEnv, expert_policy
-    from world_modality.sim.metaworld_tasks import instruction
+    from world_modality.sim.metaworld.env import MetaWorldEnv, expert_policy
+    from world_modality.sim.metaworld.tasks import instruction
 
     episodes = {}
     for task in ("pick-place-v3", "button-press-topdown-v3", "drawer-close-v3", "reach-v3"):

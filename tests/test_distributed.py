@@ -30,13 +30,6 @@ def _losses(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in ("train/loss", "train/grad_norm", "val/action_loss")}
 
 
-@pytest.fixture(scope="module")
-def state_latents(metaworld_dataset) -> Path:
-    from world_modality.latents import compute_latents
-
-    return compute_latents(metaworld_dataset, "state")
-
-
 def _train_args(dataset, latents, out, steps=STEPS):
     return ["train", str(dataset), "--latents", str(latents), "--model-type", "A", "--steps", str(steps),
             "--batch-size", "8", "--save-every", "3", "--seed", "3", "--device", "cpu", "--no-progress",

@@ -58,15 +58,6 @@ def vjepa2_dir(tmp_path_factory):
     return _save(VJEPA2Model, VJEPA2Config(**TINY_VJEPA2), tmp_path_factory.mktemp("vjepa2"))
 
 
-@pytest.fixture
-def single_thread():
-    """Training on a shared 2-core machine: one thread is far more robust to contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _frames(*shape, seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
 
@@ -271,7 +262,7 @@ def _moving_squares(num_episodes, length=20, size=32, seed=0):
     return episodes, positions
 
 
-def test_learned_encoder_is_deterministic(tmp_path, single_thread):
+def test_learned_encoder_is_deterministic(tmp_path, one_thread):
     episodes, _ = _moving_squares(6, length=8)
     options = dict(latent_dim=16, steps=3, input_size=32, batch_size=8, progress=False)
     dirs = [train_learned_encoder(episodes, tmp_path / name, seed=seed, **options) for name, seed in (("a", 0), ("b", 0), ("c", 1))]
@@ -284,7 +275,7 @@ def test_learned_encoder_is_deterministic(tmp_path, single_thread):
         build_encoder("learned", checkpoint_path=dirs[2])
 
 
-def test_learned_encoder_latents_carry_object_positions(tmp_path, single_thread):
+def test_learned_encoder_latents_carry_object_positions(tmp_path, one_thread):
     episodes, positions = _moving_squares(48)
     train, held_out = slice(0, 36), slice(36, 48)
 

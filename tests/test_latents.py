@@ -33,8 +33,8 @@ def episodes(metaworld_dataset):
 
 
 @pytest.fixture(scope="module")
-def state_cache(metaworld_dataset) -> LatentCache:
-    return LatentCache.load(compute_latents(metaworld_dataset, "state", progress=False), dataset=metaworld_dataset)
+def state_cache(metaworld_dataset, state_latents) -> LatentCache:
+    return LatentCache.load(state_latents, dataset=metaworld_dataset)
 
 
 LEARNED = {"learned_steps": 2, "seed": 3}

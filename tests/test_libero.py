@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from world_modality.sim.libero_setup import (
+from world_modality.sim.libero.setup import (
     HOME_ENV,
     LiberoSetupError,
     check_assets,
@@ -41,7 +41,7 @@ def test_missing_setup_and_bad_assets_fail_loudly(tmp_path, monkeypatch):
 def test_libero_import_never_prompts(tmp_path):
     """Without any config and with stdin closed, LIBERO's catalogue loads through our config folder."""
     env = {k: v for k, v in os.environ.items() if k != "LIBERO_CONFIG_PATH"} | {"HOME": str(tmp_path), HOME_ENV: str(tmp_path / "h")}
-    code = "from world_modality.sim.libero_env import suite_tasks; print(len(suite_tasks('libero_90')), suite_tasks('libero_spatial')[0].language)"
+    code = "from world_modality.sim.libero.env import suite_tasks; print(len(suite_tasks('libero_90')), suite_tasks('libero_spatial')[0].language)"
     proc = subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[-2] == "90 pick up the black bowl between the plate and the ramekin and place it on the plate"
@@ -52,7 +52,7 @@ def test_libero_import_never_prompts(tmp_path):
 def test_state_is_lerobots_8_dim_proprio():
     from lerobot.processor.env_processor import LiberoProcessorStep
 
-    from world_modality.sim.libero_env import proprio_state, quat_to_axis_angle
+    from world_modality.sim.libero.env import proprio_state, quat_to_axis_angle
 
     rng = np.random.default_rng(0)
     quats = rng.normal(size=(16, 4))
@@ -66,18 +66,18 @@ def test_state_is_lerobots_8_dim_proprio():
 
 
 def test_render_record_round_trip_and_validation():
-    from world_modality.sim.libero_env import LiberoRenderSettings
-    from world_modality.sim.metaworld_env import RenderSettings
+    from world_modality.sim import render_from_dict
+    from world_modality.sim.libero.env import LiberoRenderSettings
 
     record = LiberoRenderSettings(width=64, height=64).to_dict()
     assert record == {"cameras": ["image", "image2"], "width": 64, "height": 64, "rotate_180": True, "simulator": "libero"}
-    assert RenderSettings.from_dict(record) == LiberoRenderSettings(width=64, height=64)  # what checkpoints store
+    assert render_from_dict(record) == LiberoRenderSettings(width=64, height=64)  # what checkpoints store
     with pytest.raises(ValueError, match="unknown LIBERO camera"):
         LiberoRenderSettings(cameras=("agentview",))
 
 
 def test_rotation_scores_tell_rotated_from_raw():
-    from world_modality.sim.libero_data import rotation_scores
+    from world_modality.sim.libero.data import rotation_scores
 
     rng = np.random.default_rng(0)
     reference = (np.cumsum(np.cumsum(rng.normal(size=(64, 64, 3)), 0), 1) % 255).astype(np.uint8)
@@ -87,13 +87,14 @@ def test_rotation_scores_tell_rotated_from_raw():
 
 
 def test_episodes_are_init_states_in_libero_order(libero_home):
-    from world_modality.rollout.episodes import episode_instruction, libero_episodes
-    from world_modality.sim.libero_env import suite_tasks
+    from world_modality.sim import get_simulator
+    from world_modality.sim.libero.env import suite_tasks
+    from world_modality.sim.libero.episodes import libero_episodes
 
     names = [t.name for t in suite_tasks("libero_spatial")]
     eps = libero_episodes("libero_spatial", ["1", names[3]], 2)
     assert [e.episode_id for e in eps] == [f"libero_spatial|{names[i]}|0|{j}" for i in (1, 3) for j in (0, 1)]
-    assert episode_instruction(eps[0]) == suite_tasks("libero_spatial")[1].language
+    assert get_simulator("libero").instruction(eps[0]) == suite_tasks("libero_spatial")[1].language
     assert len(libero_episodes("libero_goal", None, 1)) == 10
     with pytest.raises(ValueError, match="has no task 'nope'"):
         libero_episodes("libero_spatial", ["nope"], 1)
@@ -104,7 +105,7 @@ def test_episodes_are_init_states_in_libero_order(libero_home):
 
 
 def _grey(frame: np.ndarray) -> np.ndarray:
-    from world_modality.sim.libero_data import _grey_small
+    from world_modality.sim.libero.data import _grey_small
 
     return _grey_small(np.ascontiguousarray(frame))
 
@@ -118,7 +119,7 @@ def test_env_applies_init_state_renders_upright_and_steps(libero_home):
     import mujoco
     from lerobot.processor.env_processor import LiberoProcessorStep
 
-    from world_modality.sim.libero_env import (
+    from world_modality.sim.libero.env import (
         LiberoEnv,
         LiberoRenderSettings,
         init_states,
@@ -193,7 +194,8 @@ def test_libero_dataset_checks_and_wrong_inputs_fail_loudly(libero_dataset, tmp_
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from world_modality.data.check import DatasetKeys, DatasetSchemaError, check_dataset
+    from world_modality.data.check import DatasetKeys, DatasetSchemaError
+    from world_modality.sim import check_dataset
 
     summary = check_dataset(libero_dataset)
     assert summary.render == {"simulator": "libero", "cameras": ["image", "image2"], "width": 64, "height": 64, "rotate_180": True}
@@ -240,7 +242,7 @@ def test_checkpoint_trained_on_libero_data_runs_through_wm_eval(libero_dataset, 
     from world_modality.cli import main
     from world_modality.latents import compute_latents
     from world_modality.rollout import evaluate_checkpoint
-    from world_modality.sim.libero_env import suite_tasks
+    from world_modality.sim.libero.env import suite_tasks
     from world_modality.training.trainer import TrainOptions, train
 
     latents = compute_latents(libero_dataset, "learned", learned_steps=5, batch_size=16, progress=False)
@@ -260,7 +262,7 @@ def test_checkpoint_trained_on_libero_data_runs_through_wm_eval(libero_dataset, 
 
     with pytest.raises(ValueError, match="trained on libero data.*--env is metaworld"):
         evaluate_checkpoint(checkpoint, env="metaworld", out_dir=tmp_path / "mw", arm="x", train_seed=0)
-    with pytest.raises(ValueError, match="needs --suite"):
+    with pytest.raises(ValueError, match=r"env libero needs one of libero_spatial, .* \(--suite\)"):
         evaluate_checkpoint(checkpoint, env="libero", out_dir=tmp_path / "x", arm="x", train_seed=0)
     with pytest.raises(ValueError, match="not trained on"):
         evaluate_checkpoint(checkpoint, env="libero", suite="libero_spatial", tasks="1", out_dir=tmp_path / "x", arm="x", train_seed=0)
@@ -288,12 +290,12 @@ def test_matrix_evaluates_a_libero_suite(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_packed_assets_of_one_task_set_up_another_machine(libero_home, tmp_path):
     """`wm libero pack-assets` keeps only what a scene reads; `setup --assets` of it renders that scene."""
-    from world_modality.sim.libero_setup import pack_assets
+    from world_modality.sim.libero.assets import pack_assets
 
     _, size = pack_assets("libero_spatial", tmp_path / "packed", ["0"])
     assert 0 < size < 60e6 and (tmp_path / "packed" / "scenes").is_dir()
-    code = ("from world_modality.sim.libero_setup import setup; setup(r'%s');"
-            "from world_modality.sim.libero_env import LiberoEnv, LiberoRenderSettings;"
+    code = ("from world_modality.sim.libero.setup import setup; setup(r'%s');"
+            "from world_modality.sim.libero.env import LiberoEnv, LiberoRenderSettings;"
             "e = LiberoEnv('libero_spatial', '0', LiberoRenderSettings(cameras=('image',), width=32, height=32));"
             "print('std', e.frames(e.reset(0))['image'].std()); e.close()") % (tmp_path / "packed")
     env = os.environ | {HOME_ENV: str(tmp_path / "other_home")}
@@ -309,7 +311,7 @@ def test_side_by_side_cameras_are_one_virtual_camera():
         encoder_input_shape,
         side_by_side,
     )
-    from world_modality.sim.libero_env import LiberoRenderSettings
+    from world_modality.sim.libero.env import LiberoRenderSettings
 
     key = concat_camera_key("observation.images.image", "observation.images.image2")
     assert key == "observation.images.image+image2"
@@ -338,7 +340,7 @@ def test_concat_latents_match_the_online_encoding_of_the_envs_frames(libero_data
     from lerobot_policy_world_modality.latent_cache import LatentCache
     from world_modality.data.readers import SideBySideReader
     from world_modality.latents import compute_latents
-    from world_modality.sim.libero_env import LiberoEnv, LiberoRenderSettings
+    from world_modality.sim.libero.env import LiberoEnv, LiberoRenderSettings
 
     latents = compute_latents(libero_dataset, "learned", camera_key="observation.images.image+image2", learned_steps=5,
                               batch_size=16, progress=False)

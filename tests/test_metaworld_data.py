@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from conftest import TINY_EPISODES, TINY_SIZE, TINY_TASKS
-from world_modality.data import metaworld_gen
+from world_modality.sim.metaworld import generate as metaworld_gen
 from world_modality.data.check import DatasetKeys, DatasetSchemaError, check_dataset
-from world_modality.data.metaworld_gen import (
+from world_modality.sim.metaworld.generate import (
     SIDECAR,
     DatasetSpecMismatch,
     generate_metaworld_dataset,
 )
-from world_modality.sim.metaworld_env import MetaWorldEnv, RenderSettings
-from world_modality.sim.metaworld_tasks import instruction, resolve_tasks
+from world_modality.sim.metaworld.env import MetaWorldEnv, RenderSettings
+from world_modality.sim.metaworld.tasks import instruction, resolve_tasks
 
 
 def _load(root):

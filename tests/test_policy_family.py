@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SUBPROCESS_ENV
 
 from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
 
@@ -32,21 +32,13 @@ TINY = {
     "n_layers": 1, "dim_feedforward": 64, "prophet_dim": 32, "prophet_heads": 2, "prophet_layers": 1,
     "cross_attn_heads": 2, "scheduler_warmup_steps": 10, "optimizer_lr": 2e-3,
 }
-# One thread: the tiny models are latency-bound, and parallel test runs would oversubscribe cores.
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def latents(metaworld_dataset) -> Path:
-    return compute_latents(metaworld_dataset, "state", progress=False, device="cpu")
+def latents(state_latents) -> Path:
+    """The session's `state` latents, under this module's name."""
+    return state_latents
 
 
 @pytest.fixture(scope="module")

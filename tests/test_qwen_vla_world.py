@@ -6,7 +6,6 @@ byte-level BPE tokenizer; world latents come from a `state` encoder fitted on ra
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,9 @@ import textwrap
 
 import pytest
 import torch
+from conftest import SUBPROCESS_ENV
 from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot.utils.constants import OBS_ENV_STATE
 from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import (
     BACKBONES,
     QwenVLAWorldConfig,
@@ -23,7 +24,7 @@ from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world i
 from lerobot_policy_world_modality.qwen_vla_world.modeling_qwen_vla_world import ADAPTER_DIR, QwenVLAWorldPolicy
 from lerobot_policy_world_modality.qwen_vla_world.prompt import build_prompt
 
-from lerobot_policy_world_modality.encoders import STATE_KEY, StateEncoder, fit_state_encoder
+from lerobot_policy_world_modality.encoders import StateEncoder, fit_state_encoder
 from world_modality.model_folders.qwen_vl import ARCHITECTURES, write_qwen_vl_folder
 from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
@@ -31,15 +32,7 @@ IMAGE_KEY = "observation.images.corner2"
 WRIST_KEY = "observation.images.wrist"
 NAMES = {"qwen3_vl": "qwen3_vl_2b_instruct", "qwen2_5_vl": "qwen2_5_vl_3b_instruct"}
 BATCH, CHUNK, STATE_DIM, ACTION_DIM, ENV_DIM, T, K = 3, 4, 4, 4, 6, 3, 2
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +52,7 @@ def make_config(folders, encoder_spec, backbone="qwen3_vl", **overrides) -> Qwen
         IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
         WRIST_KEY: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
         "observation.state": PolicyFeature(FeatureType.STATE, (STATE_DIM,)),
-        STATE_KEY: PolicyFeature(FeatureType.ENV, (ENV_DIM,)),
+        OBS_ENV_STATE: PolicyFeature(FeatureType.ENV, (ENV_DIM,)),
     }
     settings = {
         "backbone": NAMES[backbone], "backbone_path": str(folders[backbone]), "backbone_dtype": "float32",
@@ -83,7 +76,7 @@ def make_batch(seed=0, coc=None, with_latents=True) -> dict:
         IMAGE_KEY: torch.rand(BATCH, 3, 64, 64, generator=g),
         WRIST_KEY: torch.rand(BATCH, 3, 64, 64, generator=g),
         "observation.state": torch.randn(BATCH, STATE_DIM, generator=g),
-        STATE_KEY: torch.randn(BATCH, ENV_DIM, generator=g),
+        OBS_ENV_STATE: torch.randn(BATCH, ENV_DIM, generator=g),
         "action": torch.randn(BATCH, CHUNK, ACTION_DIM, generator=g),
         "action_is_pad": torch.zeros(BATCH, CHUNK, dtype=torch.bool),
         "task": ["pick up the red cube", "reach the goal", "open the drawer now"],
@@ -373,18 +366,16 @@ def test_checkpoint_round_trip_in_a_fresh_process(folders, encoder_spec, tmp_pat
 
 
 @pytest.mark.slow
-def test_wm_train_and_eval_on_metaworld(metaworld_dataset, folders, tmp_path):
+def test_wm_train_and_eval_on_metaworld(metaworld_dataset, state_latents, folders, tmp_path):
     """The generic `wm train` (cached latents, camera frames, CoC labels by episode) and a short
     closed-loop `wm eval` run F+ on the session's tiny MetaWorld dataset."""
     import json
 
     from world_modality.atomic_io import read_jsonl
-    from world_modality.latents import compute_latents
     from world_modality.rollout import evaluate_checkpoint
     from world_modality.training.checkpoint import load_checkpoint
     from world_modality.training.trainer import TrainOptions, train
 
-    latents = compute_latents(metaworld_dataset, "state", progress=False, device="cpu")
     labels = tmp_path / "coc.jsonl"
     labels.write_text("".join(json.dumps({"episode_index": e, "coc_text": f"moves to the object, step {e}",
                                           "backend": "test", "keyframes": [0]}) + "\n" for e in (0, 1, 2)))
@@ -392,7 +383,7 @@ def test_wm_train_and_eval_on_metaworld(metaworld_dataset, folders, tmp_path):
               "chunk_size": 4, "n_action_steps": 2, "history_len": 3, "num_future": 2, "lambda_text": 0.5,
               "prophet_dim": 32, "prophet_heads": 2, "prophet_layers": 1, "cross_attn_heads": 2, "head_dim": 32,
               "lora_r": 4, "use_proprio": True}
-    checkpoint = train(TrainOptions(dataset=str(metaworld_dataset), latents=str(latents), out=str(tmp_path / "run"),
+    checkpoint = train(TrainOptions(dataset=str(metaworld_dataset), latents=str(state_latents), out=str(tmp_path / "run"),
                                     policy_type="qwen_vla_world", steps=6, batch_size=4, save_every=6, policy=policy,
                                     coc_labels=str(labels), device="cpu", progress=False))
     loaded = load_checkpoint(checkpoint, device="cpu")

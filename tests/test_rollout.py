@@ -10,18 +10,12 @@ import pytest
 import torch
 
 from world_modality.atomic_io import read_jsonl
-from world_modality.rollout import evaluate_checkpoint, metaworld_episodes, runner
-from world_modality.rollout.episodes import EpisodeSpec
+from world_modality.rollout import evaluate_checkpoint, runner
+from world_modality.sim.base import EpisodeSpec
+from world_modality.sim.metaworld.episodes import metaworld_episodes
 from world_modality.stats import compare_arms
 
 SHORT = 6  # steps per episode in these tests: the runner's logic, not the policy's skill
-
-
-@pytest.fixture(scope="module")
-def state_latents(metaworld_dataset) -> Path:
-    from world_modality.latents import compute_latents
-
-    return compute_latents(metaworld_dataset, "state")
 
 
 def _train(dataset, latents, out, model_type):
@@ -90,8 +84,8 @@ def test_a_forked_rollout_policy_keeps_its_own_episode_state(checkpoints):
     import numpy as np
 
     from world_modality.rollout.policies import load_rollout_policy
-    from world_modality.sim.metaworld_env import MetaWorldEnv, agent_state
-    from world_modality.sim.metaworld_tasks import instruction
+    from world_modality.sim.metaworld.env import MetaWorldEnv, agent_state
+    from world_modality.sim.metaworld.tasks import instruction
 
     def observations(layout: int, n: int) -> list[dict]:
         env, rng = MetaWorldEnv("reach-v3", 1000, None), np.random.default_rng(layout)
@@ -204,7 +198,7 @@ def test_oracle_memory_comes_from_the_simulators_own_future(checkpoints, tmp_pat
 def test_peek_returns_the_true_future_and_leaves_the_episode_untouched():
     import numpy as np
 
-    from world_modality.sim.metaworld_env import MetaWorldEnv, expert_policy
+    from world_modality.sim.metaworld.env import MetaWorldEnv, expert_policy
 
     peeking, plain = MetaWorldEnv("pick-place-v3", 0, None), MetaWorldEnv("pick-place-v3", 0, None)
     obs, _ = peeking.reset(3), plain.reset(3)

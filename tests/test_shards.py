@@ -18,13 +18,11 @@ PER_RUN = ("wall_time_s", "checkpoint", "shard", "shard_count", "episode_index",
 
 
 @pytest.fixture(scope="module")
-def checkpoint(metaworld_dataset, tmp_path_factory) -> Path:
-    from world_modality.latents import compute_latents
+def checkpoint(metaworld_dataset, state_latents, tmp_path_factory) -> Path:
     from world_modality.training.trainer import TrainOptions, train
 
-    latents = compute_latents(metaworld_dataset, "state")
     out = tmp_path_factory.mktemp("ckpt") / "A"
-    return train(TrainOptions(dataset=str(metaworld_dataset), latents=str(latents), out=str(out), model_type="A",
+    return train(TrainOptions(dataset=str(metaworld_dataset), latents=str(state_latents), out=str(out), model_type="A",
                               steps=4, batch_size=8, save_every=4, progress=False))
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lerobot_cli import REPO, SUBPROCESS_ENV, lerobot_eval_metaworld, lerobot_train
+from conftest import SUBPROCESS_ENV
+from lerobot_cli import REPO, lerobot_eval_metaworld, lerobot_train
 
 CAMERA = "observation.images.corner2"
 ENV_STATE = "observation.environment_state"
@@ -33,12 +34,7 @@ TRAIN_CLI = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest, bootstrap
 
-from world_modality.sim.metaworld_tasks import difficulty_groups
-
 Record = Mapping[str, Any]
 """One episode's result: ``arm``, ``episode_id`` (hashable, e.g. ``"task|layout|seed"``) and
 ``success`` (bool), optionally ``task`` and ``train_seed``."""
-
-METAWORLD_GROUPS = ("easy", "medium", "hard", "very_hard")
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -192,27 +187,25 @@ def success_table(
     ]
 
 
-@cache
-def metaworld_task_groups() -> dict[str, tuple[str, ...]]:
-    """LeRobot's MetaWorld difficulty groups (easy, medium, hard, very_hard) -> task names."""
-    groups = difficulty_groups()
-    return {name: tuple(groups[name]) for name in METAWORLD_GROUPS}
-
-
 def task_group_table(
-    results: Iterable[Record], by: Sequence[str] = ("arm",), confidence: float = 0.95
+    results: Iterable[Record],
+    groups: Mapping[str, Sequence[str]],
+    by: Sequence[str] = ("arm",),
+    confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
-    """Success per MetaWorld task group (rows carry ``by`` values and ``group``), easy to very_hard.
+    """Success per task group (rows carry ``by`` values and ``group``), in the order of ``groups`` (group ->
+    task names; a simulator's `task_groups`, e.g. `world_modality.sim.task_groups`).
 
     Raises ValueError if a result's task belongs to no group.
     """
-    group_of = {task: g for g, tasks in metaworld_task_groups().items() for task in tasks}
+    group_of = {task: g for g, tasks in groups.items() for task in tasks}
+    order = list(groups)
     results = list(results)
     unknown = sorted({str(r.get("task")) for r in results} - group_of.keys())
     if unknown:
-        raise ValueError(f"tasks not in any MetaWorld group: {unknown}")
+        raise ValueError(f"tasks not in any task group: {unknown}")
     labelled = [dict(r) | {"group": group_of[r["task"]]} for r in results]
-    labelled.sort(key=lambda r: METAWORLD_GROUPS.index(r["group"]))
+    labelled.sort(key=lambda r: order.index(r["group"]))
     return success_table(labelled, by=(*by, "group"), confidence=confidence)
 
 

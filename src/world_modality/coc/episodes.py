@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lerobot.utils.constants import OBS_STATE
 
-from world_modality.data.check import DatasetKeys, DatasetSchemaError, check_dataset
-from world_modality.data.metaworld_gen import SIDECAR
+from world_modality.data.check import DatasetKeys, DatasetSchemaError
+from world_modality.sim import check_dataset
+from world_modality.sim.metaworld.generate import SIDECAR
 from world_modality.training.data import DatasetImages, read_frame_table
 
 
@@ -32,7 +34,7 @@ class Episode:
 class EpisodeSource:
     """The episodes of one dataset, with ``state_key`` as each episode's state."""
 
-    def __init__(self, dataset: str | Path, state_key: str = "observation.state", camera_key: str | None = None) -> None:
+    def __init__(self, dataset: str | Path, state_key: str = OBS_STATE, camera_key: str | None = None) -> None:
         summary = check_dataset(dataset, DatasetKeys(image=camera_key))
         self.root, self.camera_key, self.state_key = summary.root, summary.keys["image"], state_key
         self.features = summary.features  # check a backend's needs here before the columns are read

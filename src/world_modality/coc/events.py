@@ -26,13 +26,13 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from lerobot.utils.constants import OBS_ENV_STATE
 
 from world_modality.coc.backend import CocBackend
 from world_modality.coc.episodes import Episode, EpisodeSource
 from world_modality.coc.keyframes import gripper_events, select_keyframes
 from world_modality.coc.labels import CocLabel
-from world_modality.data.metaworld_gen import ENV_STATE_KEY
-from world_modality.sim.metaworld_env import ENV_STATE_DIM
+from world_modality.sim.metaworld.env import ENV_STATE_DIM
 
 HAND, OPENING, OBJECT, GOAL = slice(0, 3), 3, slice(4, 7), slice(36, 39)
 EMPTY_CLOSED_OPENING = 0.31  # above: something is between the fingers
@@ -199,17 +199,17 @@ class EventsBackend(CocBackend):
     event's frame, completed to ``keyframes`` frames by the rule of `world_modality.coc.keyframes`."""
 
     name = "events"
-    state_key = ENV_STATE_KEY
+    state_key = OBS_ENV_STATE
 
     def __init__(self, keyframes: int = 6) -> None:
         self.keyframes = keyframes
 
     def check(self, source: EpisodeSource) -> None:
-        feature = source.features.get(ENV_STATE_KEY)
+        feature = source.features.get(OBS_ENV_STATE)
         if feature is None or tuple(feature["shape"]) != (ENV_STATE_DIM,):
             found = "missing" if feature is None else f"of shape {tuple(feature['shape'])}"
             raise ValueError(
-                f"the events backend reads MetaWorld's {ENV_STATE_DIM}-dim {ENV_STATE_KEY!r} (as `wm data metaworld` "
+                f"the events backend reads MetaWorld's {ENV_STATE_DIM}-dim {OBS_ENV_STATE!r} (as `wm data metaworld` "
                 f"writes it); in {source.root} it is {found}. Use --backend vlm for other datasets."
             )
 

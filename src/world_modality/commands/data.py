@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from world_modality.commands import add_common
+from world_modality.data.check import DatasetKeys
 
 
 def register(subparsers) -> None:
@@ -44,17 +45,17 @@ def register(subparsers) -> None:
     check.add_argument("dataset", metavar="PATH_OR_REPO_ID", help="dataset folder, or a repo id already in the local LeRobot cache")
     check.add_argument("--image-key", default=None, help="camera key (default: the first camera feature)")
     check.add_argument("--wrist-key", default=None, help="wrist camera key, when the policy uses one")
-    check.add_argument("--state-key", default="observation.state")
+    check.add_argument("--state-key", default=DatasetKeys.state)
     check.add_argument("--state-dim", type=int, default=None, help="required state dimension")
-    check.add_argument("--action-key", default="action")
+    check.add_argument("--action-key", default=DatasetKeys.action)
     check.add_argument("--action-dim", type=int, default=None, help="required action dimension")
-    check.add_argument("--instruction-key", default="task", help="LeRobot datasets (LIBERO too) keep the instruction under 'task'")
+    check.add_argument("--instruction-key", default=DatasetKeys.instruction, help="LeRobot datasets (LIBERO too) keep the instruction under 'task'")
     add_common(check)
     check.set_defaults(handler=_check)
 
 
 def _metaworld(args) -> int:
-    from world_modality.data.metaworld_gen import generate_metaworld_dataset
+    from world_modality.sim.metaworld.generate import generate_metaworld_dataset
 
     generate_metaworld_dataset(
         out=args.out,
@@ -72,7 +73,7 @@ def _metaworld(args) -> int:
 
 
 def _check(args) -> int:
-    from world_modality.data.check import DatasetKeys, check_dataset
+    from world_modality.sim import check_dataset
 
     summary = check_dataset(
         args.dataset,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from world_modality.commands import add_common
 from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
+from world_modality.choices import EVAL
+from world_modality.commands import add_common
+from world_modality.sim import DEFAULT_SIMULATOR, SIMULATOR_NAMES, evaluation_suites
 
 
 def register(subparsers) -> None:
@@ -25,23 +27,23 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a wm train run folder, checkpoint folder or pretrained_model folder")
-    p.add_argument("--env", default="metaworld", choices=("metaworld", "libero"), help="simulator (the checkpoint's data must come from it)")
-    p.add_argument("--suite", default=None, choices=("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"),
+    p.add_argument("--env", default=DEFAULT_SIMULATOR, choices=SIMULATOR_NAMES, help="simulator (the checkpoint's data must come from it)")
+    p.add_argument("--suite", default=None, choices=evaluation_suites(),
                    help="LIBERO suite (--env libero); its episodes are init states 0..N-1 of each task, in LIBERO's order")
     p.add_argument("--tasks", default=None, help="tasks (default: the checkpoint's training tasks); LIBERO: task names or ids in the suite")
-    p.add_argument("--max-steps", type=int, default=None, help="end episodes after this many steps (default: the simulator's limit; LIBERO: 280/280/300/520/400 by suite)")
-    p.add_argument("--episodes-per-task", type=int, default=10)
+    p.add_argument("--max-steps", type=int, default=EVAL.max_steps, help="end episodes after this many steps (default: the simulator's limit; LIBERO: 280/280/300/520/400 by suite)")
+    p.add_argument("--episodes-per-task", type=int, default=EVAL.episodes_per_task)
     p.add_argument("--memory-mode", default=None, choices=ROLLOUT_MODES,
                    help="world-memory ablation at rollout (default: the checkpoint's world_memory_mode_rollout)")
     p.add_argument("--arm", default="policy", help="arm name recorded with each episode (e.g. E0, E2)")
     p.add_argument("--train-seed", type=int, default=0, help="training seed recorded with each episode")
     p.add_argument("--out", required=True, help="output folder (episodes.jsonl, videos/)")
-    p.add_argument("--workers", type=int, default=2, help="simulator processes (= episodes run at once)")
-    p.add_argument("--groups", type=int, default=1,
+    p.add_argument("--workers", type=int, default=EVAL.workers, help="simulator processes (= episodes run at once)")
+    p.add_argument("--groups", type=int, default=EVAL.groups,
                    help="pipelined lockstep groups of the workers, each with its own policy state: the policy acts for "
                         "one group while the others' simulators step (GPU machines: e.g. --workers 32 --groups 2 on 16 cores)")
-    p.add_argument("--eval-seed", type=int, default=1000, help="first MT1 seed of the evaluation layouts")
-    p.add_argument("--videos-per-task", type=int, default=0, help="mp4 videos of the first N episodes per task")
+    p.add_argument("--eval-seed", type=int, default=EVAL.eval_seed, help="first MT1 seed of the evaluation layouts")
+    p.add_argument("--videos-per-task", type=int, default=EVAL.videos_per_task, help="mp4 videos of the first N episodes per task")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--allow-train-layouts", action="store_true", help="also evaluate on layouts seen in training")
     p.add_argument("--shard", type=_shard, default=None, metavar="i/N",

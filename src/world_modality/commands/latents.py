@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lerobot_policy_world_modality.encoders.spec import ENCODER_NAMES
 from world_modality.commands import add_common
-
-ENCODER_CHOICES = ("state", "learned", "dinov2", "vjepa2")
 
 
 def register(subparsers) -> None:
@@ -22,7 +21,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("dataset", metavar="DATASET", help="dataset folder, or a repo id already in the local LeRobot cache")
-    parser.add_argument("--encoder", required=True, choices=ENCODER_CHOICES, help="world encoder")
+    parser.add_argument("--encoder", required=True, choices=ENCODER_NAMES, help="world encoder")
     parser.add_argument("--encoder-path", default=None, metavar="DIR", help="local encoder checkpoint folder")
     parser.add_argument("--camera-key", default=None, metavar="KEY", help="camera key; unset: the first camera (state: observation.environment_state). Two cameras side by side "
                         "(wrist_mode=concat): KEY+CAMERA, e.g. observation.images.image+image2 (LIBERO agentview | wrist)")

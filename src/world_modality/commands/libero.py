@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from world_modality.commands import add_common
-
-SUITE_CHOICES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+from world_modality.sim.libero.setup import SUITES
 
 
 def register(subparsers) -> None:
@@ -40,7 +39,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    pack.add_argument("--suite", default="libero_spatial", choices=SUITE_CHOICES)
+    pack.add_argument("--suite", default="libero_spatial", choices=SUITES)
     pack.add_argument("--tasks", default=None, help="comma-separated task names or ids (default: every task of the suite)")
     pack.add_argument("--out", required=True, help="output folder")
     add_common(pack)
@@ -56,7 +55,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    gen.add_argument("--suite", default="libero_spatial", choices=SUITE_CHOICES)
+    gen.add_argument("--suite", default="libero_spatial", choices=SUITES)
     gen.add_argument("--tasks", default="0", help="comma-separated task names or ids within the suite")
     gen.add_argument("--episodes-per-task", type=int, default=2)
     gen.add_argument("--steps", type=int, default=20, help="steps per episode")
@@ -68,39 +67,22 @@ def register(subparsers) -> None:
 
 
 def _setup(args) -> int:
-    from world_modality.sim.libero_setup import SUITES, config_dir, setup
+    from world_modality.sim.libero.setup import config_dir, setup
 
     assets = setup(args.assets)
     print(f"assets   {assets}")
     print(f"config   {config_dir() / 'config.yaml'} (LIBERO_CONFIG_PATH)")
     if not args.no_verify:
-        import numpy as np
+        from world_modality.sim.libero.assets import verify_setup
 
-        from world_modality.sim.libero_env import (
-            LiberoEnv,
-            LiberoRenderSettings,
-            suite_tasks,
-        )
-
-        for suite in SUITES:
-            task = suite_tasks(suite)[0].name
-            # Rendering is checked once (small frames); the other suites load their scene without cameras.
-            render = LiberoRenderSettings(cameras=("image",), width=32, height=32) if suite == SUITES[0] else None
-            env = LiberoEnv(suite, task, render)
-            try:
-                raw = env.reset(0)
-                if render is not None and env.frames(raw)["image"].std() == 0:
-                    raise RuntimeError(f"{suite}: the rendered frame is blank; check the rendering backend (MUJOCO_GL)")
-                env.step(np.zeros(7))
-            finally:
-                env.close()
+        for suite, task in verify_setup():
             print(f"verified {suite:15s} {task}")
     print("OK: LIBERO is set up")
     return 0
 
 
 def _pack(args) -> int:
-    from world_modality.sim.libero_setup import pack_assets
+    from world_modality.sim.libero.assets import pack_assets
 
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     files, size = pack_assets(args.suite, args.out, tasks)
@@ -109,8 +91,8 @@ def _pack(args) -> int:
 
 
 def _dataset(args) -> int:
-    from world_modality.data.check import check_dataset
-    from world_modality.sim.libero_data import generate_libero_dataset
+    from world_modality.sim import check_dataset
+    from world_modality.sim.libero.data import generate_libero_dataset
 
     out = generate_libero_dataset(
         args.out, args.suite, [t.strip() for t in args.tasks.split(",") if t.strip()], args.episodes_per_task,

@@ -8,7 +8,10 @@ import json
 import os
 from dataclasses import fields
 
+from lerobot_policy_world_modality import POLICY_TYPES
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import MODEL_TYPES
 from world_modality.commands import add_common
+from world_modality.data.check import DatasetKeys
 
 # Config fields with their own flag (where the chosen family has them); any other field goes through --set.
 _POLICY_FLAGS = {
@@ -41,8 +44,8 @@ def register(subparsers) -> None:
     parser.add_argument("dataset", help="LeRobot dataset folder (or a repo id in the local LeRobot cache)")
     parser.add_argument("--latents", required=True, help="latent cache folder made by `wm latents` for this dataset")
     parser.add_argument("--policy", default="world_transformer",
-                        choices=("world_transformer", "smolvla_world", "qwen_vla_world"), help="policy family")
-    parser.add_argument("--model-type", default=None, choices=("A", "B", "B_cont", "C", "F"),
+                        choices=POLICY_TYPES, help="policy family")
+    parser.add_argument("--model-type", default=None, choices=MODEL_TYPES,
                         help="world_transformer model (default F)")
     parser.add_argument("--image-key", default=None,
                         help="camera the VLM families read (default: the dataset's first camera)")
@@ -60,9 +63,9 @@ def register(subparsers) -> None:
                         help="per instruction, the last ceil(f * n) of its n episodes are held out for validation")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
-    parser.add_argument("--state-key", default="observation.state")
-    parser.add_argument("--action-key", default="action")
-    parser.add_argument("--instruction-key", default="task", help="LeRobot datasets keep the instruction under 'task'")
+    parser.add_argument("--state-key", default=DatasetKeys.state)
+    parser.add_argument("--action-key", default=DatasetKeys.action)
+    parser.add_argument("--instruction-key", default=DatasetKeys.instruction, help="LeRobot datasets keep the instruction under 'task'")
     for name, kind in _POLICY_FLAGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"policy config {name}")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -92,7 +95,6 @@ def _policy_overrides(args) -> dict:
 
 
 def _train(args) -> int:
-    from world_modality.data.check import DatasetKeys
     from world_modality.training.trainer import TrainOptions, train
 
     checkpoint = train(TrainOptions(

@@ -1,1 +1,2 @@
-"""Datasets: MetaWorld expert generation and schema checks for LeRobot v3 datasets."""
+"""Datasets: reading a LeRobot v3 dataset's files (`readers`) and checking its schema (`check`); datasets
+from a simulator, and their own checks, are the simulator package's (`world_modality.sim`)."""

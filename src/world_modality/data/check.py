@@ -6,23 +6,27 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint, resolve_dataset_root
+from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
+
+from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, resolve_dataset_root
 
 CAMERA_DTYPES = ("image", "video")
 
 
 @dataclass
 class DatasetKeys:
-    """Which dataset keys the pipeline reads. LIBERO-format data keeps the instruction under ``task``."""
+    """Which dataset keys the pipeline reads. LeRobot datasets keep the instruction under ``task``."""
 
     image: str | None = None  # None: the first camera feature
     wrist: str | None = None
-    state: str = "observation.state"
-    action: str = "action"
+    state: str = OBS_STATE
+    action: str = ACTION
     instruction: str = "task"
     state_dim: int | None = None
     action_dim: int | None = None
-    env: str | None = None  # "libero": LIBERO-format checks; None: applied when the data looks like LIBERO's
+    # The simulator whose dataset checks apply (`world_modality.sim.check_dataset`); None: those of each
+    # simulator whose data it looks like.
+    simulator: str | None = None
 
 
 @dataclass
@@ -35,7 +39,7 @@ class DatasetSummary:
     tasks: list[str]
     keys: dict[str, str]  # resolved role -> dataset key
     features: dict[str, dict] = field(default_factory=dict)
-    render: dict | None = None  # LIBERO-format data: the render record detected from the data
+    render: dict | None = None  # data from a simulator: its render record (`world_modality.sim.check_dataset`)
 
     def format(self) -> str:
         lines = [
@@ -58,12 +62,19 @@ class DatasetSummary:
         return "\n".join(lines)
 
 
+def camera_name(key: str) -> str:
+    """The camera a dataset camera key names (``observation.images.<camera>``), as simulators render it."""
+    return key.removeprefix(f"{OBS_IMAGES}.")
+
+
 def _camera_keys(features: dict) -> list[str]:
     return [k for k, ft in features.items() if ft.get("dtype") in CAMERA_DTYPES]
 
 
 def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) -> DatasetSummary:
-    """Validate a dataset against what the pipeline needs; raise DatasetSchemaError naming what exists."""
+    """Validate a dataset against what the pipeline needs; raise DatasetSchemaError naming what exists.
+
+    Checks of data from a simulator (and its render record) are `world_modality.sim.check_dataset`'s."""
     keys = keys or DatasetKeys()
     root, repo_id = resolve_dataset_root(path_or_repo_id)
     info = json.loads((root / "meta" / "info.json").read_text())
@@ -106,7 +117,6 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
 
     tasks = _instructions(root, features, keys.instruction, existing)
     resolved["instruction"] = keys.instruction
-    render = _check_libero(root, features, tasks, keys, resolved) if _looks_like_libero(features, keys) else None
     return DatasetSummary(
         root=root,
         repo_id=repo_id,
@@ -116,7 +126,6 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
         tasks=tasks,
         keys=resolved,
         features=features,
-        render=render,
     )
 
 
@@ -157,44 +166,3 @@ def _instructions(root: Path, features: dict, key: str, existing: str) -> list[s
             "a policy would be trained on empty prompts. Fix the dataset's instructions."
         )
     return tasks
-
-
-LIBERO_CAMERA_KEYS = ("observation.images.image", "observation.images.image2")
-LIBERO_STATE_DIM, LIBERO_ACTION_DIM = 8, 7
-
-
-def _looks_like_libero(features: dict, keys: DatasetKeys) -> bool:
-    return keys.env == "libero" or any(k in features for k in LIBERO_CAMERA_KEYS)
-
-
-def _check_libero(root: Path, features: dict, tasks: list[str], keys: DatasetKeys, resolved: dict[str, str]) -> dict | None:
-    """LIBERO-format checks: LIBERO instructions, 8-dim proprio, 7-dim actions, frames rotated like LeRobot's
-    LIBERO datasets (detected from the data against the simulator). Returns the render record, or None
-    when the data only shares LeRobot's camera names and none of its instructions is a LIBERO task's."""
-    from world_modality.sim.libero_data import libero_instructions, libero_render_record
-
-    known = libero_instructions(tasks)
-    if not known and keys.env != "libero":
-        return None
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-        raise DatasetSchemaError(
-            f"{len(unknown)} instruction(s) are not LIBERO tasks' (e.g. {unknown[:3]}); a LIBERO dataset's instructions "
-            "(under 'task') must be the tasks' language, e.g. 'pick up the black bowl between the plate and the ramekin and place it on the plate'"
-        )
-    for role, dim, what in (("state", LIBERO_STATE_DIM, "eef_pos(3) + axis-angle(3) + gripper_qpos(2)"), ("action", LIBERO_ACTION_DIM, "6 delta pose + gripper")):
-        shape = tuple(features[resolved[role]]["shape"])
-        if shape != (dim,):
-            raise DatasetSchemaError(f"LIBERO {role} {resolved[role]!r} has shape {shape}, expected ({dim},): {what}")
-
-    try:
-        return libero_render_record(root, features, dataset_fingerprint(root))
-    except ValueError as e:
-        raise DatasetSchemaError(str(e)) from None
-
-
-def libero_render(path_or_repo_id: str | Path) -> dict | None:
-    """The render record of a LIBERO-format dataset after its checks (None for other datasets)."""
-    root, _ = resolve_dataset_root(path_or_repo_id)
-    features = json.loads((root / "meta" / "info.json").read_text())["features"]
-    return check_dataset(root).render if _looks_like_libero(features, DatasetKeys()) else None

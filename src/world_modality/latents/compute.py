@@ -22,17 +22,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from lerobot.utils.constants import OBS_ENV_STATE
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from world_modality import __version__
 from world_modality.atomic_io import atomic_write_json, save_tensors_atomic
-from world_modality.data.check import CAMERA_DTYPES
+from world_modality.data.check import CAMERA_DTYPES, camera_name
 from world_modality.data.readers import EpisodeReader, SideBySideReader
 from world_modality.devices import resolve_device
+from world_modality.sim import dataset_render
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint, resolve_dataset_root
 from lerobot_policy_world_modality.encoders import (
-    STATE_KEY,
     EncoderSpec,
     ImageEncoder,
     StateEncoder,
@@ -47,7 +48,6 @@ from lerobot_policy_world_modality.latent_cache import LATENTS_FILE, SPEC_FILE, 
 
 LATENTS_DIR = "world_latents"
 CHUNKS_DIR = "chunks"
-SIDECAR = "meta/world_modality.json"
 # The learned encoder trains on about this many frames at most (every k-th episode) to bound memory.
 LEARNED_MAX_TRAIN_FRAMES = 40_000
 
@@ -84,7 +84,7 @@ def compute_latents(
         raise ValueError(f"batch_size and chunk_episodes must be >= 1, got {batch_size} and {chunk_episodes}")
     root, _ = resolve_dataset_root(dataset)
     torch_device = resolve_device(device)
-    key = camera_key or (STATE_KEY if encoder_name == "state" else _first_camera(root))
+    key = camera_key or (OBS_ENV_STATE if encoder_name == "state" else _first_camera(root))
     reader = EpisodeReader(root, key) if CONCAT_SEPARATOR not in key else SideBySideReader(root, key)
     is_state = encoder_name == "state"
     if is_state != (reader.dtype not in CAMERA_DTYPES):
@@ -123,18 +123,12 @@ def _first_camera(root: Path) -> str:
 
 
 def _render_settings(root: Path, key: str) -> dict[str, Any]:
-    """The generator's render settings from the dataset sidecar; for LIBERO-format data the record
-    detected from the data (cameras, size, rotation); {} for other datasets made elsewhere. A
-    wrist_mode=concat key adds its virtual camera, which the env must render too."""
-    sidecar = root / SIDECAR
-    if sidecar.exists():
-        render = json.loads(sidecar.read_text())["spec"]["render"]
-    else:
-        from world_modality.data.check import libero_render
-
-        render = libero_render(root) or {}
+    """The render record of a dataset from a simulator (what the env must render at rollout for the
+    latents to match); {} for other datasets. A wrist_mode=concat key adds its virtual camera, which the
+    env must render too."""
+    render = dataset_render(root) or {}
     if CONCAT_SEPARATOR in key and render:
-        render = render | {"cameras": [*render["cameras"], key.removeprefix("observation.images.")]}
+        render = render | {"cameras": [*render["cameras"], camera_name(key)]}
     return render
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from lerobot.utils.constants import OBS_ENV_STATE
 
 from world_modality.data.readers import EpisodeReader
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
-from lerobot_policy_world_modality.encoders import STATE_KEY
 from lerobot_policy_world_modality.latent_cache import LatentCache, LatentCacheMismatch
 
 # MetaWorld's 39-dim observation: hand xyz, gripper, object 1 xyz + quat (4:11), object 2 xyz + quat
@@ -16,7 +16,7 @@ from lerobot_policy_world_modality.latent_cache import LatentCache, LatentCacheM
 OBJECT_POSITION_DIMS = (4, 5, 6, 11, 12, 13)
 
 
-def probe_object_positions(cache: LatentCache, dataset: str | Path, holdout_every: int = 5, state_key: str = STATE_KEY) -> float:
+def probe_object_positions(cache: LatentCache, dataset: str | Path, holdout_every: int = 5, state_key: str = OBS_ENV_STATE) -> float:
     """R^2 of a linear (ridge) probe from latents to MetaWorld's object positions, on held-out episodes.
 
     Targets are the xyz of both objects in the 39-dim privileged state (dimensions that never vary are

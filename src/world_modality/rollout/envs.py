@@ -1,8 +1,7 @@
 """Simulator worker processes for rollouts: one env per process, stepped in parallel.
 
-Each worker owns an env adapter for one suite. Observations cross the pipe as plain numpy:
-``{"frames": {camera: uint8 [H, W, 3]}, "state": float32 [S], "env_state": float32 [E]}``.
-Each simulator (MetaWorld, LIBERO) has an adapter in ``ADAPTERS``; the runner does not change.
+Each worker owns its simulator's env adapter (`world_modality.sim.base.EnvAdapter`, built by the simulator
+registered under the pool's name); observations cross the pipe as plain numpy (`world_modality.sim.base.Observation`).
 """
 
 from __future__ import annotations
@@ -10,103 +9,24 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from multiprocessing.connection import wait
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from world_modality.rollout.episodes import EpisodeSpec
-from world_modality.sim.libero_env import LiberoEnv, LiberoRenderSettings, proprio_state
-from world_modality.sim.metaworld_env import MetaWorldEnv, RenderSettings, agent_state
+from world_modality.sim import get_simulator
+from world_modality.sim.base import RenderSettings
 
-Observation = dict[str, Any]
-
-
-class EnvAdapter(Protocol):
-    def reset(self, episode: EpisodeSpec) -> Observation: ...
-    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]: ...
-    def peek(self, actions: np.ndarray) -> np.ndarray: ...  # future env states [K, E], state untouched
-    def close(self) -> None: ...
-
-
-class MetaWorldAdapter:
-    """Keeps one MetaWorld env per (task, seed): building MT1's 50 layouts costs ~1.5 s."""
-
-    def __init__(self, render: RenderSettings | None):
-        self.render = render
-        self._env: MetaWorldEnv | None = None
-
-    def _observation(self, obs: np.ndarray) -> Observation:
-        frames = self._env.frames() if self.render is not None else {}
-        return {"frames": frames, "state": agent_state(obs), "env_state": obs}
-
-    def reset(self, episode: EpisodeSpec) -> Observation:
-        if self._env is None or (self._env.task, self._env.seed) != (episode.task, episode.seed):
-            self.close()
-            self._env = MetaWorldEnv(episode.task, episode.seed, self.render)
-        return self._observation(self._env.reset(episode.layout))
-
-    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]:
-        obs, success, done = self._env.step(action)
-        return self._observation(obs), success, done
-
-    def peek(self, actions: np.ndarray) -> np.ndarray:
-        return self._env.peek(actions)
-
-    def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
-
-
-class LiberoAdapter:
-    """Keeps one LIBERO env per (suite, task): building one costs seconds. The observation's
-    ``env_state`` is the flattened MuJoCo state (the format of LIBERO's init states)."""
-
-    def __init__(self, render: LiberoRenderSettings | None):
-        if render is not None and not isinstance(render, LiberoRenderSettings):
-            raise ValueError(f"the LIBERO env needs a LIBERO render record (simulator 'libero'), got {render.to_dict()}")
-        if render is not None and not render.rotate_180:
-            raise ValueError("the checkpoint's frames are LIBERO's raw upside-down images (render rotate_180=False), but the "
-                             "LIBERO env renders LeRobot's convention (rotate_180=True); retrain on rotated frames")
-        self.render = render
-        self._env: LiberoEnv | None = None
-
-    def _observation(self, raw: dict) -> Observation:
-        return {"frames": self._env.frames(raw), "state": proprio_state(raw), "env_state": self._env.sim_state()}
-
-    def reset(self, episode: EpisodeSpec) -> Observation:
-        if self._env is None or (self._env.suite, self._env.task, self._env.seed) != (episode.suite, episode.task, episode.seed):
-            self.close()
-            self._env = LiberoEnv(episode.suite, episode.task, self.render, episode.seed)
-        return self._observation(self._env.reset(episode.layout))
-
-    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]:
-        raw, success, done = self._env.step(action)
-        return self._observation(raw), success, done
-
-    def peek(self, actions: np.ndarray) -> np.ndarray:
-        raise NotImplementedError(
-            "oracle memory at rollout needs the simulator's future in the state encoder's space, which exists for "
-            "MetaWorld only; on LIBERO use `wm intervene --mode oracle` (offline) instead"
-        )
-
-    def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
-
-
-ADAPTERS: dict[str, Callable[[RenderSettings | None], EnvAdapter]] = {"metaworld": MetaWorldAdapter, "libero": LiberoAdapter}
 # Simulator processes may outnumber the cores (pipelined env groups): a lower priority keeps the
 # policy's process, which every env waits for, from being starved by them.
 WORKER_NICENESS = 5
 
 
-def _worker(conn, suite: str, render_dict: dict | None) -> None:
+def _worker(conn, simulator_name: str, render_dict: dict | None) -> None:
     os.nice(WORKER_NICENESS)
-    adapter = ADAPTERS[suite](RenderSettings.from_dict(render_dict) if render_dict else None)
+    simulator = get_simulator(simulator_name)
+    adapter = simulator.adapter(simulator.render_from_dict(render_dict) if render_dict else None)
     try:
         while True:
             command, payload = conn.recv()
@@ -123,14 +43,15 @@ def _worker(conn, suite: str, render_dict: dict | None) -> None:
 
 
 class EnvPool:
-    """``size`` simulator processes. ``send`` starts a command (reset, step, peek) on a subset of them,
-    which run concurrently; ``receive`` collects the results, so the caller can work (run the policy for
-    other envs) while these envs step.
+    """``size`` processes of the simulator registered as ``simulator``. ``send`` starts a command (reset, step,
+    peek) on a subset of them, which run concurrently; ``receive`` collects the results, so the caller can
+    work (run the policy for other envs) while these envs step.
     """
 
-    def __init__(self, suite: str, render: RenderSettings | None, size: int):
-        if suite not in ADAPTERS:
-            raise ValueError(f"unknown env {suite!r}; available: {', '.join(ADAPTERS)}")
+    def __init__(self, simulator: str, render: RenderSettings | None, size: int):
+        self.simulator = get_simulator(simulator)  # an unknown name fails here, not in every worker
+        if render is not None and render.simulator != simulator:
+            raise ValueError(f"render settings of simulator {render.simulator!r} given to a {simulator!r} env pool")
         if size < 1:
             raise ValueError(f"--workers must be at least 1, got {size}")
         ctx = mp.get_context("spawn")  # a fresh OpenGL context per worker
@@ -138,7 +59,7 @@ class EnvPool:
         for _ in range(size):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=_worker, args=(child, suite, render.to_dict() if render else None), daemon=True
+                target=_worker, args=(child, simulator, render.to_dict() if render else None), daemon=True
             )
             proc.start()
             child.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,14 +16,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from lerobot.utils.constants import OBS_ENV_STATE
 
-from world_modality.devices import resolve_device
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
-from world_modality.sim.metaworld_env import RenderSettings
 from lerobot_policy_world_modality.world import MemoryMode
 from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_LATENTS, LatentHistory
-
-ENV_STATE_KEY = "observation.environment_state"
+from world_modality.data.check import camera_name
+from world_modality.devices import resolve_device
+from world_modality.sim import render_from_dict
+from world_modality.sim.base import RenderSettings
 
 
 # The simulator's own future: action sequences [N, K, A] of the N envs -> their env states [N, K, E].
@@ -81,7 +81,7 @@ class LeRobotRolloutPolicy:
             frames = torch.from_numpy(np.stack([o["frames"][camera] for o in observations]))
             batch[key] = frames.permute(0, 3, 1, 2).float() / 255.0  # LeRobot's float CHW in [0, 1]
         if self.uses_env_state:
-            batch[ENV_STATE_KEY] = torch.from_numpy(np.stack([o["env_state"] for o in observations]))
+            batch[OBS_ENV_STATE] = torch.from_numpy(np.stack([o["env_state"] for o in observations]))
         batch = self.preprocessor(batch)
         if self.memory_mode == "oracle":
             action = self._oracle_action(batch, peek)
@@ -122,8 +122,7 @@ def fork_episode_state(policy: torch.nn.Module) -> torch.nn.Module:
 
 def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto") -> LeRobotRolloutPolicy:
     """Load a checkpoint for closed-loop evaluation, with its observation conventions."""
-    from world_modality.training.checkpoint import load_checkpoint
-    from world_modality.training.trainer import run_label
+    from world_modality.training.checkpoint import load_checkpoint, run_label
 
     ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
     config = ckpt.policy.config
@@ -144,11 +143,11 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
                 "Use `wm intervene --mode oracle` for the offline oracle."
             )
         oracle_encoder = OnlineEncoder(EncoderSpec.from_dict(spec))
-    render = RenderSettings.from_dict(spec["render"]) if spec.get("render") else None
+    render = render_from_dict(spec["render"]) if spec.get("render") else None
     camera_keys = {}
     # The world encoder's camera, and the cameras a VLM family reads itself (same render settings).
     for key in dict.fromkeys(k for k in (config.image_key, getattr(config, "wrist_key", None)) if k is not None):
-        camera = key.removeprefix("observation.images.")
+        camera = camera_name(key)
         if render is None or camera not in render.cameras:
             raise ValueError(
                 f"checkpoint {ckpt.path} reads camera {camera!r} but its encoder spec records no render settings "
@@ -163,7 +162,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         camera_keys=camera_keys,
         state_key=config.state_key,
         instruction_key=config.instruction_key,
-        uses_env_state=spec["camera_key"] == ENV_STATE_KEY,
+        uses_env_state=spec["camera_key"] == OBS_ENV_STATE,
         render=render,
         dataset=dataset,
         instructions=list(config.instructions),
@@ -171,14 +170,3 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         _oracle_encoder=oracle_encoder,
         own_memory_mode=config.world_memory_mode_rollout if config.uses_world_module else "none",
     )
-
-
-def training_layouts(dataset: Path | None) -> tuple[list[str], dict[str, set[tuple[int, int]]]]:
-    """The tasks and (seed, layout) pairs of a generated MetaWorld dataset (empty when unknown)."""
-    from world_modality.data.metaworld_gen import SIDECAR
-
-    if dataset is None or not (dataset / SIDECAR).exists():
-        return [], {}
-    sidecar = json.loads((dataset / SIDECAR).read_text())
-    layouts = {task: {tuple(x) for x in pairs} for task, pairs in sidecar["train_layouts"].items()}
-    return list(sidecar["spec"]["tasks"]), layouts

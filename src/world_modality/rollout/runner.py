@@ -24,22 +24,12 @@ import torch
 from tqdm import tqdm
 
 from world_modality.atomic_io import append_jsonl, read_jsonl
+from world_modality.choices import EVAL
 from world_modality.rollout.envs import EnvPool
-from world_modality.rollout.episodes import (
-    DEFAULT_EVAL_SEED,
-    EpisodeSpec,
-    episode_instruction,
-    libero_episodes,
-    metaworld_episodes,
-)
-from world_modality.rollout.policies import (
-    RolloutPolicy,
-    load_rollout_policy,
-    training_layouts,
-)
+from world_modality.rollout.policies import RolloutPolicy, load_rollout_policy
 from world_modality.shards import RESULTS_FILE, Shard, checkpoint_digest, evaluation_id
-from world_modality.sim.libero_env import suite_tasks
-from world_modality.sim.metaworld_tasks import resolve_tasks
+from world_modality.sim import DEFAULT_SIMULATOR, get_simulator
+from world_modality.sim.base import EpisodeRequest, EpisodeSpec
 
 VIDEO_FPS = 30
 
@@ -193,7 +183,7 @@ def _group_rollout(
         policy.reset()
         start = time.perf_counter()  # after reset: building a task's env (~1.5 s) is set-up, not rollout
         order = list(batch)
-        texts = [episode_instruction(batch[s]) for s in order]
+        texts = [pool.simulator.instruction(batch[s]) for s in order]
         filming = {}
         for slot, ep in batch.items():
             if video_budget[ep.task] > 0 and obs[slot]["frames"]:
@@ -235,55 +225,44 @@ def _group_rollout(
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
-    env: str = "metaworld",
+    env: str = DEFAULT_SIMULATOR,
     suite: str | None = None,
     tasks: str | list[str] | None = None,
-    episodes_per_task: int = 10,
+    episodes_per_task: int = EVAL.episodes_per_task,
     memory_mode: str | None = None,
     arm: str,
     train_seed: int,
     out_dir: str | Path,
-    workers: int = 2,
-    eval_seed: int = DEFAULT_EVAL_SEED,
-    videos_per_task: int = 0,
+    workers: int = EVAL.workers,
+    eval_seed: int = EVAL.eval_seed,
+    videos_per_task: int = EVAL.videos_per_task,
     device: str = "auto",
     allow_train_layouts: bool = False,
-    max_steps: int | None = None,
+    max_steps: int | None = EVAL.max_steps,
     shard: str | Shard | None = None,
-    groups: int = 1,
+    groups: int = EVAL.groups,
 ) -> Path:
-    """Closed-loop evaluation of one checkpoint; returns the episodes JSONL (resumable).
+    """Closed-loop evaluation of one checkpoint in the simulator registered as ``env``; returns the episodes
+    JSONL (resumable).
 
     Every arm evaluated with the same env, tasks, episodes_per_task and eval_seed runs the identical
     episode list, so results pair up by ``episode_id``. With ``shard`` ("i/N", 1-based) only the
     episodes at positions ``i-1, i-1+N, ...`` of that list run, into ``episodes.shard-<i>-of-<N>.jsonl``;
     `world_modality.shards.load_episode_results` merges the N shard files.
     """
-    if env not in ("metaworld", "libero"):
-        raise ValueError(f"unknown --env {env!r}; available: metaworld, libero")
+    simulator = get_simulator(env)
     if isinstance(shard, str):
         shard = Shard.parse(shard)
     policy = load_rollout_policy(checkpoint, memory_mode, device)
-    simulator = (policy.render.to_dict().get("simulator", "metaworld")) if policy.render is not None else env
-    if simulator != env:
-        raise ValueError(f"checkpoint {checkpoint} was trained on {simulator} data (its encoder spec's render record), "
-                         f"but --env is {env}; evaluate it with --env {simulator}")
-    if env == "libero":
-        if suite is None:
-            raise ValueError("--env libero needs --suite (libero_spatial, libero_object, libero_goal, libero_10, libero_90)")
-        task_list = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else tasks
-        if task_list is None and policy.instructions:  # default: the suite's tasks the policy was trained on
-            task_list = [t.name for t in suite_tasks(suite) if t.language in policy.instructions]
-            if not task_list:
-                raise ValueError(f"the policy was trained on none of {suite}'s tasks (its instructions: {policy.instructions})")
-        episodes = libero_episodes(suite, task_list, episodes_per_task)
-    else:
-        trained_tasks, layouts = training_layouts(policy.dataset)
-        task_list = resolve_tasks(tasks) if tasks else trained_tasks
-        if not task_list:
-            raise ValueError("the checkpoint does not record its training tasks; pass --tasks")
-        episodes = metaworld_episodes(task_list, episodes_per_task, eval_seed, layouts, allow_train_layouts)
-    unknown = sorted({ep.task for ep in episodes if policy.instructions and episode_instruction(ep) not in policy.instructions})
+    trained_on = policy.render.simulator if policy.render is not None else env
+    if trained_on != env:
+        raise ValueError(f"checkpoint {checkpoint} was trained on {trained_on} data (its encoder spec's render record), "
+                         f"but --env is {env}; evaluate it with --env {trained_on}")
+    episodes = simulator.evaluation_episodes(EpisodeRequest(
+        tasks=tasks, episodes_per_task=episodes_per_task, eval_seed=eval_seed, suite=suite,
+        allow_train_layouts=allow_train_layouts, dataset=policy.dataset, instructions=tuple(policy.instructions),
+    ))
+    unknown = sorted({ep.task for ep in episodes if policy.instructions and simulator.instruction(ep) not in policy.instructions})
     if unknown:
         raise ValueError(
             f"the policy was not trained on {unknown} (its instructions: {policy.instructions}); "

@@ -52,6 +52,12 @@ class Checkpoint:
     meta: dict[str, Any]
 
 
+def run_label(config: PreTrainedConfig) -> str:
+    """The policy type, with the model type of the small family (e.g. world_transformer/F)."""
+    model_type = getattr(config, "model_type", None)
+    return f"{config.type}/{model_type}" if model_type else config.type
+
+
 def checkpoints_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 

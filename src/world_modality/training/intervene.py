@@ -7,9 +7,9 @@ from typing import Any
 
 from world_modality.data.check import DatasetKeys
 from lerobot_policy_world_modality.latent_cache import LatentCache
-from world_modality.training.checkpoint import check_inputs, load_checkpoint
+from world_modality.training.checkpoint import check_inputs, load_checkpoint, run_label
 from world_modality.training.data import LatentBatches, read_frame_table, training_images
-from world_modality.training.trainer import run_label, validation_loss
+from world_modality.training.trainer import validation_loss
 from lerobot_policy_world_modality.world import WorldModule
 
 READING = ("ratio > 1 for zero/random/shuffle/signflip: the policy relies on the memory's content; "

@@ -36,11 +36,13 @@ from lerobot.configs import PreTrainedConfig
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot_policy_world_modality import POLICY_TYPES
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import features_for
 from tqdm.auto import tqdm
 
-from world_modality.data.check import DatasetKeys, check_dataset
+from world_modality.data.check import DatasetKeys
 from world_modality.devices import resolve_device
+from world_modality.sim import check_dataset
 from lerobot_policy_world_modality.encoders.spec import encoder_input_shape
 from lerobot_policy_world_modality.latent_cache import LatentCache
 from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
@@ -50,11 +52,10 @@ from world_modality.training.checkpoint import (
     check_inputs,
     last_checkpoint,
     load_checkpoint,
+    run_label,
     save_checkpoint,
 )
 from world_modality.training.data import LatentBatches, read_frame_table, split_episodes, training_images
-
-POLICY_TYPES = ("world_transformer", "smolvla_world", "qwen_vla_world")
 
 
 @dataclass
@@ -130,12 +131,6 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
     if unknown:
         raise ValueError(f"{opts.policy_type} has no config field(s) {unknown}; its fields: {sorted(known)}")
     return config_class(**{**{k: v for k, v in from_data.items() if k in known}, **opts.policy})
-
-
-def run_label(config: PreTrainedConfig) -> str:
-    """The policy type, with the model type of the small family (e.g. world_transformer/F)."""
-    model_type = getattr(config, "model_type", None)
-    return f"{config.type}/{model_type}" if model_type else config.type
 
 
 class _Loggers:

@@ -6,12 +6,11 @@ from lerobot_policy_world_modality.encoders.learned import LearnedEncoder, train
 from lerobot_policy_world_modality.encoders.online import OnlineEncoder, encode_episode, window_frames, window_indices
 from lerobot_policy_world_modality.encoders.registry import ENCODERS, build_encoder
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec
-from lerobot_policy_world_modality.encoders.state import STATE_KEY, StateEncoder, fit_state_encoder
+from lerobot_policy_world_modality.encoders.state import StateEncoder, fit_state_encoder
 
 __all__ = [
     "DEFAULT_CAMERA_KEY",
     "ENCODERS",
-    "STATE_KEY",
     "Dinov2Encoder",
     "EncoderSpec",
     "ImageEncoder",

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lerobot.utils.constants import OBS_IMAGES
 
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec, digest
 
-DEFAULT_CAMERA_KEY = "observation.images.corner2"
+DEFAULT_CAMERA_KEY = f"{OBS_IMAGES}.corner2"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # config.json keys that record how a file was written, not what the model is.
 _UNHASHED_CONFIG_KEYS = frozenset({"transformers_version", "_name_or_path"})

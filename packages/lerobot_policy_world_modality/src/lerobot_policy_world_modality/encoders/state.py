@@ -8,16 +8,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from lerobot.utils.constants import OBS_ENV_STATE
 
 from lerobot_policy_world_modality.encoders.base import Frames, WorldEncoder, config_hash, read_checkpoint_config
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec
 
-STATE_KEY = "observation.environment_state"
 STATE_MODEL_TYPE = "wm_state_encoder"
 _MIN_STD = 1e-6  # dimensions that never vary (e.g. an absent second object) are centred, not scaled
 
 
-def fit_state_encoder(states: np.ndarray | torch.Tensor, out_dir: str | Path, *, state_key: str = STATE_KEY) -> Path:
+def fit_state_encoder(states: np.ndarray | torch.Tensor, out_dir: str | Path, *, state_key: str = OBS_ENV_STATE) -> Path:
     """Fit per-dimension mean/std on dataset states [N, D] and write them as an encoder folder."""
     x = torch.as_tensor(states, dtype=torch.float64)
     if x.ndim != 2 or len(x) < 2:

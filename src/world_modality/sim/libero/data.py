@@ -19,26 +19,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
+from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
 from world_modality.atomic_io import atomic_write_json
+from world_modality.data.check import DatasetSummary, camera_name
 
-IMAGE_KEY = "observation.images.image"
-WRIST_KEY = "observation.images.image2"
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
+IMAGE_KEY = f"{OBS_IMAGES}.image"  # agentview
+WRIST_KEY = f"{OBS_IMAGES}.image2"
 ORIENTATION_FILE = "world_latents/libero_orientation.json"  # beside the latent caches; not part of the fingerprint
 # Frames whose correlation with the rotated reference beats the raw one by less than this are ambiguous.
 ORIENTATION_MARGIN = 0.15
 _COMPARE_SIZE = 32
 
 
-def camera_of(key: str) -> str:
-    return key.removeprefix("observation.images.")
-
-
 def libero_instructions(instructions: list[str]) -> dict[str, tuple[str, str]]:
     """Instruction -> (suite, task name) for the instructions that are LIBERO tasks'."""
-    from world_modality.sim.libero_env import find_task
+    from world_modality.sim.libero.env import find_task
 
     return {text: found for text in instructions if (found := find_task(text)) is not None}
 
@@ -67,7 +64,7 @@ def detect_rotation(root: Path, camera_keys: list[str], episodes: int = 3) -> di
     init states but table, walls and robot dominate both images. An unclear verdict is an error.
     """
     from world_modality.data.readers import EpisodeReader
-    from world_modality.sim.libero_env import LiberoEnv, LiberoRenderSettings
+    from world_modality.sim.libero.env import LiberoEnv, LiberoRenderSettings
 
     readers = {key: EpisodeReader(root, key) for key in camera_keys}
     table = next(iter(readers.values())).episodes
@@ -79,7 +76,7 @@ def detect_rotation(root: Path, camera_keys: list[str], episodes: int = 3) -> di
         raise ValueError(f"{root}: the instruction {first_task!r} is not a LIBERO task's; cannot render its scene")
     suite, task = found[first_task]
     height, width = readers[camera_keys[0]].shape[:2]
-    render = LiberoRenderSettings(cameras=tuple(camera_of(k) for k in camera_keys), width=width, height=height, rotate_180=False)
+    render = LiberoRenderSettings(cameras=tuple(camera_name(k) for k in camera_keys), width=width, height=height, rotate_180=False)
     env = LiberoEnv(suite, task, render)
     try:
         reference = env.frames(env.reset(0))
@@ -90,7 +87,7 @@ def detect_rotation(root: Path, camera_keys: list[str], episodes: int = 3) -> di
         if reader.shape[:2] != (height, width):
             raise ValueError(f"{root}: cameras differ in size ({camera_keys[0]} {height}x{width}, {key} {reader.shape[:2]})")
         first_frames = [frames[0] for frames in reader.read(chosen)]
-        raw, rotated = rotation_scores(first_frames, reference[camera_of(key)])
+        raw, rotated = rotation_scores(first_frames, reference[camera_name(key)])
         if abs(rotated - raw) < ORIENTATION_MARGIN:
             raise ValueError(
                 f"{root}: cannot tell whether {key} is rotated like LeRobot's LIBERO datasets: its first frames correlate "
@@ -127,8 +124,42 @@ def libero_render_record(root: Path, features: dict, fingerprint: str) -> dict:
             f"{root}: {', '.join(upside_down)} hold LIBERO's raw upside-down frames, but LeRobot's LIBERO datasets and this "
             "project's LIBERO env use frames rotated 180 degrees; rotate them (img[::-1, ::-1]) and rewrite the dataset"
         )
+    from world_modality.sim.libero.env import LiberoRenderSettings
+
     height, width = features[cameras[0]]["shape"][:2]
-    return {"simulator": "libero", "cameras": [camera_of(k) for k in cameras], "width": int(width), "height": int(height), "rotate_180": True}
+    return LiberoRenderSettings(cameras=tuple(camera_name(k) for k in cameras), width=int(width), height=int(height)).to_dict()
+
+
+def looks_like_libero(features: dict) -> bool:
+    """LeRobot's LIBERO camera names; whether the data is LIBERO's is then told by its instructions."""
+    return any(k in features for k in (IMAGE_KEY, WRIST_KEY))
+
+
+def check_libero_dataset(summary: DatasetSummary, required: bool) -> dict | None:
+    """LIBERO-format checks: LIBERO instructions, 8-dim proprio, 7-dim actions, frames rotated like LeRobot's
+    LIBERO datasets (detected from the data against the simulator). Returns the render record, or None when
+    the data only shares LeRobot's camera names and none of its instructions is a LIBERO task's (and the
+    checks are not ``required``)."""
+    from world_modality.sim.libero.env import ACTION_DIM, STATE_DIM
+
+    known = libero_instructions(summary.tasks)
+    if not known and not required:
+        return None
+    unknown = [t for t in summary.tasks if t not in known]
+    if unknown:
+        raise DatasetSchemaError(
+            f"{len(unknown)} instruction(s) are not LIBERO tasks' (e.g. {unknown[:3]}); a LIBERO dataset's instructions "
+            "(under 'task') must be the tasks' language, e.g. 'pick up the black bowl between the plate and the ramekin and place it on the plate'"
+        )
+    for role, dim, what in (("state", STATE_DIM, "eef_pos(3) + axis-angle(3) + gripper_qpos(2)"), ("action", ACTION_DIM, "6 delta pose + gripper")):
+        key = summary.keys[role]
+        shape = tuple(summary.features[key]["shape"])
+        if shape != (dim,):
+            raise DatasetSchemaError(f"LIBERO {role} {key!r} has shape {shape}, expected ({dim},): {what}")
+    try:
+        return libero_render_record(summary.root, summary.features, dataset_fingerprint(summary.root))
+    except ValueError as e:
+        raise DatasetSchemaError(str(e)) from None
 
 
 def generate_libero_dataset(
@@ -147,7 +178,7 @@ def generate_libero_dataset(
     from lerobot.datasets import LeRobotDataset
     from tqdm import tqdm
 
-    from world_modality.sim.libero_env import (
+    from world_modality.sim.libero.env import (
         ACTION_DIM,
         STATE_DIM,
         LiberoEnv,
@@ -162,8 +193,8 @@ def generate_libero_dataset(
     features = {
         IMAGE_KEY: image,
         WRIST_KEY: image,
-        STATE_KEY: {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "ax", "ay", "az", "gripper_left", "gripper_right"]},
-        ACTION_KEY: {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
+        OBS_STATE: {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "ax", "ay", "az", "gripper_left", "gripper_right"]},
+        ACTION: {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
     }
     tmp = out.parent / f".{out.name}.writing"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -182,8 +213,8 @@ def generate_libero_dataset(
                         action = 0.8 * action + 0.2 * rng.uniform(-1, 1, ACTION_DIM)
                         action[-1] = rng.choice([-1.0, 1.0])
                         frames = env.frames(raw)
-                        dataset.add_frame({IMAGE_KEY: frames["image"], WRIST_KEY: frames["image2"], STATE_KEY: proprio_state(raw),
-                                           ACTION_KEY: action.astype(np.float32), "task": env.instruction})
+                        dataset.add_frame({IMAGE_KEY: frames["image"], WRIST_KEY: frames["image2"], OBS_STATE: proprio_state(raw),
+                                           ACTION: action.astype(np.float32), "task": env.instruction})
                         raw, _, done = env.step(action)
                         if done:
                             break

@@ -17,9 +17,8 @@ import numpy as np
 
 from lerobot_policy_world_modality.encoders.spec import camera_parts, side_by_side
 from world_modality.rendering import ensure_headless_rendering
-from world_modality.sim.libero_setup import SUITES, import_libero
+from world_modality.sim.libero.setup import NAME, SUITES, import_libero
 
-SIMULATOR = "libero"
 # LeRobot's LIBERO camera names -> LIBERO's observation keys.
 CAMERAS = {"image": "agentview", "image2": "robot0_eye_in_hand"}
 MAX_STEPS = {"libero_spatial": 280, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -38,7 +37,7 @@ class LiberoRenderSettings:
     width: int = 256
     height: int = 256
     rotate_180: bool = True
-    simulator: str = SIMULATOR
+    simulator: str = NAME
 
     def __post_init__(self):
         unknown = [c for c in self.cameras if any(part not in CAMERAS for part in camera_parts(c))]
@@ -47,8 +46,8 @@ class LiberoRenderSettings:
                              "or two of them side by side (wrist_mode=concat), e.g. image+image2")
         if self.width < 8 or self.height < 8:
             raise ValueError(f"image size must be at least 8x8, got {self.width}x{self.height}")
-        if self.simulator != SIMULATOR:
-            raise ValueError(f"LiberoRenderSettings is for simulator {SIMULATOR!r}, got {self.simulator!r}")
+        if self.simulator != NAME:
+            raise ValueError(f"LiberoRenderSettings is for simulator {NAME!r}, got {self.simulator!r}")
 
     def to_dict(self) -> dict:
         return asdict(self) | {"cameras": list(self.cameras)}

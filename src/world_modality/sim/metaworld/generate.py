@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 from tqdm import tqdm
 
 from world_modality import __version__
 from world_modality.atomic_io import atomic_write_json
-from world_modality.sim.metaworld_env import (
+from world_modality.sim.metaworld.env import (
     ACTION_DIM,
     ENV_STATE_DIM,
     STATE_DIM,
@@ -33,18 +34,16 @@ from world_modality.sim.metaworld_env import (
     expert_policy,
     layout_sequence,
 )
-from world_modality.sim.metaworld_tasks import instruction, resolve_tasks
+from world_modality.sim.metaworld.tasks import instruction, resolve_tasks
 
 FPS = 80  # MetaWorld's render_fps, as in LeRobot's MetaworldEnv
 SIDECAR = "meta/world_modality.json"
-STATE_KEY = "observation.state"
-ENV_STATE_KEY = "observation.environment_state"
-ACTION_KEY = "action"
+STATE_KEY, ENV_STATE_KEY, ACTION_KEY = OBS_STATE, OBS_ENV_STATE, ACTION
 INSTRUCTION_KEY = "task"
 
 
 def image_key(camera: str) -> str:
-    return f"observation.images.{camera}"
+    return f"{OBS_IMAGES}.{camera}"
 
 
 class DatasetSpecMismatch(ValueError):

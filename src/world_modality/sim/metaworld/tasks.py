@@ -26,9 +26,16 @@ def all_tasks() -> tuple[str, ...]:
     return tuple(sorted(ids, key=ids.__getitem__))
 
 
-def difficulty_groups() -> dict[str, list[str]]:
-    """LeRobot's MT50 grouping: easy (28), medium (11), hard (6), very_hard (5)."""
-    return {k: list(v) for k, v in _lerobot_metaworld_config()["DIFFICULTY_TO_TASKS"].items()}
+DIFFICULTY_ORDER = ("easy", "medium", "hard", "very_hard")
+
+
+@cache
+def difficulty_groups() -> dict[str, tuple[str, ...]]:
+    """LeRobot's MT50 grouping, easy (28), medium (11), hard (6), very_hard (5): group -> task names."""
+    groups = _lerobot_metaworld_config()["DIFFICULTY_TO_TASKS"]
+    if set(groups) != set(DIFFICULTY_ORDER):
+        raise RuntimeError(f"LeRobot's metaworld_config.json has the difficulty groups {sorted(groups)}, expected {DIFFICULTY_ORDER}")
+    return {name: tuple(groups[name]) for name in DIFFICULTY_ORDER}
 
 
 def instruction(task: str) -> str:

@@ -10,12 +10,13 @@ import copy
 import itertools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from world_modality.rendering import ensure_headless_rendering
 
+NAME = "metaworld"
 LAYOUTS_PER_SEED = 50
 MAX_EPISODE_STEPS = 500
 CAMERAS = ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV")
@@ -42,6 +43,9 @@ def layout_sequence(seed: int) -> Iterator[tuple[int, int]]:
 class RenderSettings:
     """How frames are rendered. Part of a dataset's spec: train and evaluate with the same settings."""
 
+    # Not a field: MetaWorld's render records carry no simulator name (they predate LIBERO), and adding one
+    # would change every stored dataset spec, latent-cache spec hash and checkpoint's encoder spec.
+    simulator: ClassVar[str] = NAME
     cameras: tuple[str, ...] = ("corner2",)
     width: int = 128
     height: int = 128
@@ -73,10 +77,6 @@ class RenderSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> RenderSettings:
-        if d.get("simulator") == "libero":  # a LIBERO dataset's render record
-            from world_modality.sim.libero_env import LiberoRenderSettings
-
-            return LiberoRenderSettings.from_dict(d)
         return cls(**{**d, "cameras": tuple(d["cameras"])})
 
 
