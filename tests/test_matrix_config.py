@@ -150,3 +150,8 @@ def test_mt10_example_is_the_issue_16_experiment():
     assert {a for a, f in facts.items() if f.training_memory == "oracle"} == {"E2-oracle", "E2-oracle-state"}
     assert config.rollout_mode("E1") == "zero" and config.rollout_mode("E0") is None
     assert all({"zero", "shuffle"} <= set(modes) for modes in config.ablations.values())
+
+
+def test_libero_task_ids_may_be_numbers():
+    raw = changed(lambda c: c.update(evaluation={"env": "libero", "suite": "libero_spatial", "tasks": [0, "1"]}))
+    assert matrix.parse_config(raw).evaluation.tasks == ["0", "1"]

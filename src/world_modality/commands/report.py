@@ -18,7 +18,7 @@ def register(subparsers) -> None:
             "whether it helped, hurt or made no significant difference against its baseline (an arm without world "
             "memory; an unread memory is 'inconclusive'), with a table of arms x world source x training memory x "
             "read-check x success, per-task, overall and "
-            "MetaWorld task-group success (Wilson 95%% intervals), paired differences (bootstrap interval, exact "
+            "MetaWorld task-group success (Wilson 95% intervals), paired differences (bootstrap interval, exact "
             "McNemar p), the rollout-ablation table, aggregation over training seeds, training-loss and gate "
             "plots, and links to rollout videos; the same tables go to CSV files beside it."
         ),

@@ -46,7 +46,8 @@ class EvaluationConfig:
 
     env: str = "metaworld"
     suite: str | None = None  # LIBERO only
-    tasks: str | list[str] | None = None  # resolved to a list (MetaWorld: default the dataset's tasks)
+    tasks: str | list[str | int] | None = None  # resolved to a list (MetaWorld: default the dataset's tasks;
+    # LIBERO: task names or ids in the suite)
     episodes_per_task: int = 10
     eval_seed: int = 1000
     workers: int = 2

@@ -79,7 +79,8 @@ def intervene_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int) -> N
 
     result = intervene(train_dir(run_dir, arm, seed), dataset_dir(config, run_dir),
                        latents_dir(config, run_dir, config.arm_encoders[arm]), list(config.interventions[arm]),
-                       seed=seed, device=str(resolve_device(config.arms[arm].get("device", "auto"))))
+                       seed=seed, device=str(resolve_device(config.arms[arm].get("device", "auto"))),
+                       keys=config.arms[arm].get("keys"))
     print(format_table(result))
     atomic_write_json(intervention_path(run_dir, arm, seed), result)
 
