@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from world_modality import cli, matrix
+from world_modality.matrix import run as matrix_run
 from world_modality.atomic_io import append_jsonl, read_jsonl
 from world_modality.report import write_report
 
@@ -196,7 +197,7 @@ def config_with(path: str, value) -> dict:
 
 def test_config_resolves_arms_tasks_and_evaluations():
     config = matrix.parse_config(CONFIG)
-    assert config.evaluation["tasks"] == list(TASKS)  # the dataset's tasks, names resolved
+    assert config.evaluation.tasks == list(TASKS)  # the dataset's tasks, names resolved
     assert config.arms["E2"] == {"steps": 10, "batch_size": 8, "model_type": "F", "policy": {"lambda_world": 0.5}}
     assert config.evaluations() == [("E0", None, "E0"), ("E2", None, "E2"), ("E2", "zero", "E2:zero")]
     assert matrix.parse_config(config.to_dict()) == config
@@ -213,7 +214,7 @@ def test_config_resolves_arms_tasks_and_evaluations():
     ("dataset.path", "/nonexistent", r"dataset: give exactly one of 'path'"),
     ("dataset.metaworld.tasks", "reach,no-such-task", r"dataset\.metaworld\.tasks: unknown MetaWorld task"),
     ("dataset.metaworld.episodes", 3, r"dataset\.metaworld: unknown field\(s\) \['episodes'\]; valid fields: tasks"),
-    ("encoder.name", "clip", r"encoder\.name: expected one of state, learned, dinov2, vjepa2"),
+    ("encoder.name", "clip", r"encoder\.name: expected one of dinov2, vjepa2, state, learned"),
     ("encoder.steps", 3, r"encoder: unknown field\(s\) \['steps'\]; valid fields: name, encoder_path"),
     ("training.seeds", [0, 0], r"training\.seeds: repeated seed"),
     ("ablations", {"E0": ["zero"]}, r"ablations\.E0: arm 'E0' has no world memory"),
@@ -249,17 +250,17 @@ class FakeStages:
     def __init__(self, monkeypatch):
         self.calls: list[tuple] = []
         for name in ("generate_dataset", "compute_world_latents", "train_arm", "evaluate_arm"):
-            monkeypatch.setattr(matrix, name, getattr(self, name))
+            monkeypatch.setattr(matrix_run, name, getattr(self, name))
 
     def generate_dataset(self, config, run_dir):
         self.calls.append(("dataset",))
         (run_dir / "dataset" / "meta").mkdir(parents=True)
         (run_dir / "dataset" / "meta" / "world_modality.json").write_text("{}")
 
-    def compute_world_latents(self, config, run_dir):
+    def compute_world_latents(self, config, run_dir, encoder):
         self.calls.append(("latents",))
-        matrix.latents_dir(config, run_dir).mkdir(parents=True)
-        (matrix.latents_dir(config, run_dir) / "spec.json").write_text("{}")
+        matrix.latents_dir(config, run_dir, encoder).mkdir(parents=True)
+        (matrix.latents_dir(config, run_dir, encoder) / "spec.json").write_text("{}")
 
     def train_arm(self, config, run_dir, arm, seed):
         self.calls.append(("train", arm, seed))
@@ -269,8 +270,8 @@ class FakeStages:
         self.calls.append(("eval", label, seed))
         path = matrix.eval_dir(run_dir, label, seed) / "episodes.jsonl"
         done = {r["episode_id"] for r in read_jsonl(path)}
-        for task in config.evaluation["tasks"]:
-            for i in range(config.evaluation["episodes_per_task"]):
+        for task in config.evaluation.tasks:
+            for i in range(config.evaluation.episodes_per_task):
                 record = episode(label, task, i, i in OUTCOMES[label][task], seed)
                 if record["episode_id"] not in done:
                     append_jsonl(path, record)

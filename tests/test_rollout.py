@@ -213,3 +213,33 @@ def test_peek_returns_the_true_future_and_leaves_the_episode_untouched():
             assert future.shape == (4, 39)
             np.testing.assert_allclose(future[0], obs, atol=1e-6)  # the first peeked state is the real next one
     peeking.close(), plain.close()
+
+
+def test_wm_eval_of_an_ablation_says_whether_it_changed_anything(checkpoints, tmp_path, capsys):
+    """With the gate at exactly 0 zero memory changes no action (the ablation equals the arm's own on every
+    episode, and `wm eval` says so); with the gate open it changes the actions. The arm's own results are found in
+    the same --out folder, or beside the ablation's folder in a matrix run folder's layout."""
+    from safetensors.torch import load_file, save_file
+
+    from world_modality import cli
+    from world_modality.training.checkpoint import resolve_pretrained
+
+    def with_gate(value: float) -> Path:
+        pretrained = shutil.copytree(resolve_pretrained(checkpoints["F"]), tmp_path / f"gate{value}" / "pretrained_model")
+        weights = load_file(pretrained / "model.safetensors")
+        (key,) = [k for k in weights if k.endswith("cross_attn.gate")]
+        weights[key] = torch.tensor(value)
+        save_file(weights, pretrained / "model.safetensors")
+        return pretrained
+
+    options = ["--tasks", "reach-v3", "--episodes-per-task", "2", "--max-steps", str(SHORT), "--workers", "1",
+               "--device", "cpu", "--arm", "E2"]
+    shut = with_gate(0.0)
+    assert cli.main(["eval", str(shut), *options, "--out", str(tmp_path / "shut")]) == 0
+    assert cli.main(["eval", str(shut), *options, "--memory-mode", "zero", "--out", str(tmp_path / "shut")]) == 0
+    assert ("E2:zero equals E2 on every one of the 2 paired episodes (success, length and actions): at rollout the "
+            "policy did not read its world memory") in capsys.readouterr().out
+    opened, run = with_gate(1.0), tmp_path / "run" / "eval"
+    assert cli.main(["eval", str(opened), *options, "--out", str(run / "E2" / "seed0")]) == 0
+    assert cli.main(["eval", str(opened), *options, "--memory-mode", "zero", "--out", str(run / "E2:zero" / "seed0")]) == 0
+    assert "E2:zero changed the outcome of 0 of 2 paired episodes vs E2 (length on 0, actions on 2)" in capsys.readouterr().out

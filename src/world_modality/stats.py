@@ -156,19 +156,30 @@ def compare_arms(
     )
 
 
+def significant(comparison: ArmComparison, alpha: float = 0.05) -> bool:
+    """Whether the exact McNemar test rejects "no difference" at level ``alpha``."""
+    return comparison.mcnemar.p_value < alpha
+
+
+def comparison_numbers(comparison: ArmComparison, alpha: float = 0.05) -> str:
+    """The numbers behind a verdict: both rates, the difference with its interval, McNemar p, pairs."""
+    c = comparison
+    return (
+        f"{c.summary_b.rate:.1%} vs {c.summary_a.rate:.1%} success "
+        f"(difference {100 * c.diff:+.1f} points, {c.confidence:.0%} CI "
+        f"[{100 * c.diff_ci_low:+.1f}, {100 * c.diff_ci_high:+.1f}]; "
+        f"exact McNemar p={c.mcnemar.p_value:.3g}, alpha={alpha:g}, {c.n_pairs} paired episodes)"
+    )
+
+
 def verdict(comparison: ArmComparison, alpha: float = 0.05) -> str:
     """One sentence: whether arm ``b`` helped, hurt, or made no significant difference."""
-    c, p = comparison, comparison.mcnemar.p_value
-    if p >= alpha:
+    c = comparison
+    if not significant(c, alpha):
         head = f"No significant difference between {c.arm_b} and {c.arm_a}"
     else:
         head = f"{c.arm_b} {'helped' if c.diff > 0 else 'hurt'} compared with {c.arm_a}"
-    return (
-        f"{head}: {c.summary_b.rate:.1%} vs {c.summary_a.rate:.1%} success "
-        f"(difference {100 * c.diff:+.1f} points, {c.confidence:.0%} CI "
-        f"[{100 * c.diff_ci_low:+.1f}, {100 * c.diff_ci_high:+.1f}]; "
-        f"exact McNemar p={p:.3g}, alpha={alpha:g}, {c.n_pairs} paired episodes)."
-    )
+    return f"{head}: {comparison_numbers(c, alpha)}."
 
 
 def success_table(

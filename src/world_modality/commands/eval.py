@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
 from world_modality.choices import EVAL
@@ -22,7 +23,9 @@ def register(subparsers) -> None:
             "Every arm evaluated with the same options runs the same episodes. The cameras, image size and render "
             "settings come from the checkpoint. Rerun to resume. --shard i/N splits the evaluation across processes, "
             "GPUs or machines: each shard writes OUT/episodes.shard-<i>-of-<N>.jsonl; copy all shard files into one "
-            "folder and `wm eval` (any shard, rerun) or `wm report` merges them into the one-process result."
+            "folder and `wm eval` (any shard, rerun) or `wm report` merges them into the one-process result. An ablation "
+            "(--memory-mode other than the checkpoint's own) ends by saying whether it changed any paired episode of "
+            "the arm's own results (in OUT, or in a matrix run folder's eval/<arm>/seed<k>)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -105,5 +108,23 @@ def _eval(args) -> int:
     for row in success_table(records, by=("task",)) + success_table(records, by=("arm",)):
         name = row.get("task", f"overall ({label})")
         print(f"{name:32s} {row['successes']:4d}/{row['n']:<4d} {row['rate']:6.1%}  95% CI [{row['ci_low']:.1%}, {row['ci_high']:.1%}]")
+    if label != args.arm:  # an ablation: did it change anything against the arm's own memory?
+        print(_against_own(merged, Path(args.out), label, args.arm, args.train_seed, records))
     print(f"results: {results}")
     return 0
+
+
+def _against_own(merged: list[dict], out: Path, label: str, arm: str, train_seed: int, records: list[dict]) -> str:
+    """Compare an ablation with the arm's own results: in the same --out folder, or in a matrix run folder's
+    ``eval/<arm>/seed<k>`` beside ``eval/<arm>:<mode>/seed<k>``."""
+    from world_modality.report.readcheck import ablation_change, ablation_line
+    from world_modality.shards import has_results, load_episode_results
+
+    own = [r for r in merged if r["arm"] == arm and r["train_seed"] == train_seed]
+    sibling = out.parent.parent / arm / out.name
+    if not own and out.parent.name == label and has_results(sibling):
+        own = [r for r in load_episode_results(sibling) if r["train_seed"] == train_seed]
+    if not own:
+        return (f"{label}: no results of {arm}'s own memory mode (training seed {train_seed}) in {out} or {sibling} "
+                "to compare with")
+    return ablation_line(ablation_change(own, records, label), arm)

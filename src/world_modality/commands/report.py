@@ -13,9 +13,12 @@ def register(subparsers) -> None:
         help="write RUN_DIR/report/report.md from the run's per-episode results",
         description=(
             "Build RUN_DIR/report/ from the per-episode result files RUN_DIR/eval/<label>/seed<k>/episodes.jsonl "
-            "(and the training TensorBoard logs, for curves): report.md states whether world memory (E2) helped, "
-            "hurt or made no significant difference against the baseline (E0), with per-task, overall and "
-            "MetaWorld task-group success (Wilson 95%% intervals), paired differences (bootstrap interval, exact "
+            "(and the training runs and `wm intervene` results, for the read-check and curves): report.md states, for "
+            "every world-memory arm, whether it read its memory (gate, rollout ablations, offline interventions) and "
+            "whether it helped, hurt or made no significant difference against its baseline (an arm without world "
+            "memory; an unread memory is 'inconclusive'), with a table of arms x world source x training memory x "
+            "read-check x success, per-task, overall and "
+            "MetaWorld task-group success (Wilson 95% intervals), paired differences (bootstrap interval, exact "
             "McNemar p), the rollout-ablation table, aggregation over training seeds, training-loss and gate "
             "plots, and links to rollout videos; the same tables go to CSV files beside it."
         ),
@@ -23,12 +26,17 @@ def register(subparsers) -> None:
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a `wm matrix` run folder")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
+    parser.add_argument("--baseline", default=None, metavar="ARM",
+                        help="the arm without world memory every other arm is compared with (default: the matrix "
+                             "file's report.baseline, else per arm the one arm without world memory on its world source)")
     add_common(parser)
     parser.set_defaults(handler=_report)
 
 
 def _report(args) -> int:
+    from world_modality.matrix import report_baseline
     from world_modality.report import write_report
 
-    print(f"report written to {write_report(args.run_dir, alpha=args.alpha)}")
+    baseline = args.baseline or report_baseline(args.run_dir)
+    print(f"report written to {write_report(args.run_dir, alpha=args.alpha, baseline=baseline)}")
     return 0

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 from dataclasses import fields
+from pathlib import Path
 
 from lerobot_policy_world_modality import POLICY_TYPES
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import MODEL_TYPES
@@ -37,7 +38,8 @@ def register(subparsers) -> None:
             "Every logged value (losses, world gate raw/tanh, attention mass and world loss per future step, "
             "memory-source mix, validation loss on held-out episodes) goes to RUN_DIR/tensorboard. "
             "Several GPUs or nodes: run the same command under `accelerate launch --multi_gpu --num_processes N "
-            "-m world_modality.cli train ...` (data parallel; --batch-size is the global batch; see the README)."
+            "-m world_modality.cli train ...` (data parallel; --batch-size is the global batch; see the README). "
+            "The last line says whether the world gate opened (|tanh(gate)| against the read-check's thresholds)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -121,5 +123,8 @@ def _train(args) -> int:
         progress=not args.no_progress,
     ))
     if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per `accelerate launch` process
+        from world_modality.report.readcheck import gate_line, load_gate_run
+
         print(f"checkpoint: {checkpoint}")
+        print(gate_line(load_gate_run(Path(args.out))))
     return 0

@@ -12,6 +12,7 @@ runs its share of the full episode list into its own file (see `world_modality.s
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import deque
@@ -191,6 +192,8 @@ def _group_rollout(
                 filming[slot] = [next(iter(obs[slot]["frames"].values()))]
         active = set(batch)
         steps = dict.fromkeys(batch, 0)
+        # A digest of each episode's actions: the read-check counts the paired episodes whose actions differ.
+        digests = {slot: hashlib.blake2b(digest_size=8) for slot in batch}
 
         def peek(plans: np.ndarray) -> np.ndarray:
             # Envs whose episode has ended have no future: their last state stands in (their actions are unused).
@@ -200,7 +203,10 @@ def _group_rollout(
 
         while active:
             actions = policy.act([obs[s] for s in order], texts, peek)
-            stepped = yield "step", {s: np.asarray(actions[i], dtype=np.float32) for i, s in enumerate(order) if s in active}
+            sent = {s: np.asarray(actions[i], dtype=np.float32) for i, s in enumerate(order) if s in active}
+            for slot, action in sent.items():
+                digests[slot].update(action.tobytes())
+            stepped = yield "step", sent
             for slot, (o, success, done) in stepped.items():
                 obs[slot] = o
                 steps[slot] += 1
@@ -219,6 +225,7 @@ def _group_rollout(
                         "steps": steps[slot],
                         "wall_time_s": round(time.perf_counter() - start, 3),
                         "video": video,
+                        "action_digest": digests[slot].hexdigest(),
                     })
 
 

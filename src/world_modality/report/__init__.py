@@ -3,14 +3,18 @@
 Reads ``RUN_DIR/eval/<label>/seed<k>/episodes.jsonl`` (see `world_modality.matrix` for the run folder), or
 the shard files ``episodes.shard-<i>-of-<N>.jsonl`` of a sharded evaluation merged into the same records
 (`world_modality.shards`; missing, unfinished or mismatched shards are refused), and,
-for training curves only, the TensorBoard logs in ``RUN_DIR/train/<arm>/seed<k>/tensorboard``. Writes into
-``RUN_DIR/report/`` (every file atomically):
+for the read-check and the training curves, the training runs ``RUN_DIR/train/<arm>/seed<k>/`` (last
+checkpoint's gate, TensorBoard logs) and the offline interventions ``RUN_DIR/intervene/<arm>/seed<k>.json``
+(`wm intervene --json`). Writes into ``RUN_DIR/report/`` (every file atomically):
 
-- ``report.md``: the verdict (does world memory, E2, beat the baseline E0?), warnings, the tables below,
-  the plots and links to rollout videos;
+- ``report.md``: a verdict for every world-memory arm against its baseline, whatever the arms are called
+  (`world_modality.report.arms`), which says whether the arm read its memory (`world_modality.report.readcheck`),
+  warnings, the tables below, the plots and links to rollout videos;
+- ``arms.csv``: each arm's kind, world source (encoder), training memory, baseline, read-check and success;
 - ``overall.csv``, ``per_task.csv``, ``task_groups.csv`` (MetaWorld only): success with Wilson intervals;
-- ``comparisons.csv``: paired differences (E1 and E2 vs E0, E2 vs E1, each ablation vs its arm) with a
-  paired bootstrap interval and the exact McNemar p-value, pooled over training seeds;
+- ``comparisons.csv``: paired differences (controls and world-memory arms vs their baseline, world memory vs
+  a control on the same world source, each ablation vs its arm) with a paired bootstrap interval and the exact
+  McNemar p-value, pooled over training seeds;
 - ``ablations.csv``: each world-memory arm under every rollout memory mode;
 - ``seeds.csv`` (several training seeds): per-seed rates, their mean and std, and the pooled interval;
 - ``success.png``, ``training_curves.png``, ``world_gate.png`` (tanh of the gate, model F arms).
@@ -18,6 +22,7 @@ for training curves only, the TensorBoard logs in ``RUN_DIR/train/<arm>/seed<k>/
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -28,8 +33,21 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from world_modality.atomic_io import atomic_write_text
 from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
+
+from world_modality.atomic_io import atomic_write_text
+from world_modality.report.arms import ArmFacts, ArmKind, arm_kind, resolve_baselines, training_memory
+from world_modality.report.readcheck import (
+    GATE_TAG,
+    OfflineGap,
+    ReadCheck,
+    ReadState,
+    ablation_change,
+    intervention_path,
+    load_gate_run,
+    read_scalars,
+    world_memory_verdict,
+)
 from world_modality.shards import has_results, load_episode_results
 from world_modality.stats import (
     ArmComparison,
@@ -42,9 +60,10 @@ from world_modality.stats import (
 
 REPORT_DIR = "report"
 REQUIRED_FIELDS = ("arm", "episode_id", "success", "task", "train_seed")
-BASELINE, CONTROL, WORLD = "E0", "E1", "E2"
+# Result files without a recorded memory mode (written before the runner recorded it): E0 was the baseline and
+# E1 the capacity control by convention; any other arm is taken as a world-memory arm.
+LEGACY_KINDS = {"E0": ArmKind.BASELINE, "E1": ArmKind.CONTROL}
 LOSS_TAGS = ("train/loss", "train/action_loss", "val/action_loss")
-GATE_TAG = "train/world_gate"
 COMPARISON_COLUMNS = ("n_pairs", "rate", "rate_versus", "diff", "diff_ci_low", "diff_ci_high", "only_arm_succeeded",
                       "only_versus_succeeded", "mcnemar_p")
 
@@ -94,11 +113,18 @@ def load_results(run_dir: str | Path) -> Results:
     return Results(records, sorted(base, key=order), base, mode, videos)
 
 
-def write_report(run_dir: str | Path, alpha: float = 0.05) -> Path:
-    """Write ``RUN_DIR/report/`` (see the module docstring); returns the path of report.md."""
+def write_report(run_dir: str | Path, alpha: float = 0.05, baseline: str | None = None) -> Path:
+    """Write ``RUN_DIR/report/`` (see the module docstring); returns the path of report.md.
+
+    ``baseline`` names the arm every other arm is compared with (default: per arm, the one arm without world
+    memory on its world source; `world_modality.report.arms.resolve_baselines`)."""
     run_dir = Path(run_dir).expanduser().resolve()
     out = run_dir / REPORT_DIR
     res = load_results(run_dir)
+    facts = arm_facts(run_dir, res)
+    baselines = resolve_baselines(list(facts.values()), baseline)
+    curves = _training_scalars(run_dir)
+    checks = {arm: read_check(run_dir, res, arm, curves) for arm, f in facts.items() if f.kind is ArmKind.WORLD}
     warnings = _episode_set_warnings(res) + _zero_success_warnings(res)
 
     overall = _ordered(success_table(res.records, by=("arm",)), res.labels)
@@ -109,25 +135,83 @@ def write_report(run_dir: str | Path, alpha: float = 0.05) -> Path:
         groups, group_note = [], f"No MetaWorld task-group rollup: {e}."
     else:
         group_note = ""
-    comparisons = _comparisons(res)
+    comparisons = _comparisons(res, _comparison_pairs(res, facts, baselines))
     comparison_rows = [_comparison_row(a, b, c) for (a, b), c in comparisons.items()]
     warnings += [f"{a} and {b} could not be compared: {c}" for (a, b), c in comparisons.items() if isinstance(c, str)]
     ablations = _ablation_rows(res, overall, comparisons)
     seeds = _seed_rows(res)
+    arms = _arm_rows(res, overall, facts, baselines, checks)
 
-    tables = {"overall": overall, "per_task": per_task, "task_groups": groups, "comparisons": comparison_rows,
-              "ablations": ablations, "seeds": seeds}
+    tables = {"arms": arms, "overall": overall, "per_task": per_task, "task_groups": groups,
+              "comparisons": comparison_rows, "ablations": ablations, "seeds": seeds}
     for name, rows in tables.items():
         if rows:
             atomic_write_text(out / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False))
     plots = {"success": _plot_success(overall, out / "success.png")}
-    curves = _training_scalars(run_dir)
     plots["training_curves"] = _plot_curves(curves, LOSS_TAGS, out / "training_curves.png")
     plots["world_gate"] = _plot_curves(curves, (GATE_TAG,), out / "world_gate.png", ylabel="tanh(gate)")
 
-    md = _markdown(run_dir, res, alpha, warnings, tables, group_note, comparisons, plots, out)
+    verdicts = _verdicts(res, facts, baselines, checks, comparisons, alpha)
+    md = _markdown(run_dir, res, alpha, warnings, tables, group_note, verdicts, checks, plots, out)
     atomic_write_text(out / "report.md", md)
     return out / "report.md"
+
+
+# --- arms and read-checks ---------------------------------------------------------------------------------
+
+
+def _own_records(res: Results, label: str) -> list[dict[str, Any]]:
+    return [r for r in res.records if r["arm"] == label]
+
+
+def _seeds(res: Results, arm: str) -> list[Any]:
+    return sorted({r["train_seed"] for r in _own_records(res, arm)}, key=lambda s: _natural(str(s)))
+
+
+def _checkpoint_config(run_dir: Path, res: Results, arm: str) -> dict[str, Any] | None:
+    """The policy config of one of the arm's checkpoints: the run folder's training run, else the checkpoint
+    its records name; None when neither is there."""
+    from world_modality.training.checkpoint import resolve_pretrained
+
+    candidates = [run_dir / "train" / arm / f"seed{s}" for s in _seeds(res, arm)]
+    candidates += [Path(p) for p in dict.fromkeys(r.get("checkpoint") for r in _own_records(res, arm)) if p]
+    for candidate in candidates:
+        try:
+            return json.loads((resolve_pretrained(candidate) / "config.json").read_text())
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def arm_facts(run_dir: Path, res: Results) -> dict[str, ArmFacts]:
+    """Each arm's kind (from the memory mode its own evaluation recorded), world source and training memory
+    (from its checkpoint's config, when found)."""
+    out = {}
+    for arm in [label for label in res.labels if label == res.base[label]]:
+        mode = res.mode[arm]
+        kind = arm_kind(mode) if mode is not None else LEGACY_KINDS.get(arm, ArmKind.WORLD)
+        config = _checkpoint_config(run_dir, res, arm) or {}
+        source = (config.get("encoder_spec") or {}).get("name")
+        memory = (training_memory(config["memory_source"], config["world_memory_mode_train"])
+                  if kind is not ArmKind.BASELINE and "memory_source" in config else None)
+        out[arm] = ArmFacts(arm, kind, source, memory)
+    return out
+
+
+def read_check(run_dir: Path, res: Results, arm: str, curves: Curves) -> ReadCheck:
+    """The read-check of a world-memory arm from the run folder: per training seed its gate and offline
+    intervention, and every rollout ablation against its own evaluation."""
+    gate, offline = {}, {}
+    for seed in _seeds(res, arm):
+        train_run = run_dir / "train" / arm / f"seed{seed}"
+        trajectory = curves.get(f"{arm} seed {seed}", {}).get(GATE_TAG, ([], []))
+        gate[seed] = load_gate_run(train_run, trajectory) if train_run.is_dir() else None
+        path = intervention_path(run_dir, arm, seed)
+        offline[seed] = OfflineGap.load(path) if path.is_file() else None
+    own = _own_records(res, arm)
+    ablations = [ablation_change(own, _own_records(res, label), label)
+                 for label in res.labels if res.base[label] == arm and label != arm]
+    return ReadCheck(arm, gate, ablations, offline)
 
 
 # --- tables ------------------------------------------------------------------------------------------------
@@ -172,20 +256,22 @@ def _zero_success_warnings(res: Results) -> list[str]:
             "failed run, not evidence for or against world memory." for label, n in totals.items() if n == 0]
 
 
-def _comparison_pairs(res: Results) -> list[tuple[str, str]]:
-    """(a, b) pairs compared as b - a: base arms vs E0, E2 vs E1, each ablation vs its arm."""
-    bases = [label for label in res.labels if label == res.base[label]]
-    pairs = [(BASELINE, b) for b in sorted(bases, key=lambda b: b != WORLD) if b != BASELINE and BASELINE in bases]
-    if CONTROL in bases and WORLD in bases:
-        pairs.append((CONTROL, WORLD))
+def _comparison_pairs(res: Results, facts: dict[str, ArmFacts], baselines: dict[str, str | None]) -> list[tuple[str, str]]:
+    """(a, b) pairs compared as b - a: world-memory arms, then controls, vs their baseline; each world-memory
+    arm vs each control on its world source; each ablation vs its arm."""
+    order = sorted(baselines, key=lambda arm: facts[arm].kind is not ArmKind.WORLD)
+    pairs = [(baselines[arm], arm) for arm in order if baselines[arm] is not None]
+    controls = [f for f in facts.values() if f.kind is ArmKind.CONTROL]
+    pairs += [(c.name, w.name) for w in facts.values() if w.kind is ArmKind.WORLD for c in controls
+              if c.world_source == w.world_source]
     return pairs + [(res.base[label], label) for label in res.labels
-                    if label != res.base[label] and res.base[label] in bases]
+                    if label != res.base[label] and res.base[label] in facts]
 
 
-def _comparisons(res: Results) -> dict[tuple[str, str], ArmComparison | str]:
+def _comparisons(res: Results, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], ArmComparison | str]:
     """Each pair's comparison, or why it could not be made (e.g. unequal episode sets)."""
     out: dict[tuple[str, str], ArmComparison | str] = {}
-    for a, b in _comparison_pairs(res):
+    for a, b in pairs:
         try:
             out[a, b] = compare_arms(res.records, a, b)
         except ValueError as e:
@@ -222,6 +308,22 @@ def _ablation_rows(res: Results, overall: list[dict[str, Any]],
                 row |= {"diff_vs_own": c.diff, "diff_ci_low": c.diff_ci_low, "diff_ci_high": c.diff_ci_high,
                         "mcnemar_p": c.mcnemar.p_value}
             rows.append(row)
+    return rows
+
+
+def _arm_rows(res: Results, overall: list[dict[str, Any]], facts: dict[str, ArmFacts],
+              baselines: dict[str, str | None], checks: dict[str, ReadCheck]) -> list[dict[str, Any]]:
+    """One row per arm: kind, world source, training memory, baseline, read-check and success (own memory)."""
+    by_label = {r["arm"]: r for r in overall}
+    rows = []
+    for arm, f in facts.items():
+        s, check = by_label[arm], checks.get(arm)
+        rows.append({
+            "arm": arm, "kind": str(f.kind), "world_source": f.world_source or "", "training_memory": f.training_memory or "",
+            "rollout_memory": res.mode[arm] or "", "baseline": baselines.get(arm) or "",
+            "read_check": check.summary() if check else "", "read_check_evidence": check.evidence() if check else "",
+            "n": s["n"], "successes": s["successes"], "rate": s["rate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+        })
     return rows
 
 
@@ -285,15 +387,10 @@ Curves = dict[str, dict[str, tuple[list[int], list[float]]]]
 
 def _training_scalars(run_dir: Path) -> Curves:
     """``"<arm> seed <k>" -> tag -> (steps, values)`` for the plotted tags of every training run."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     curves: Curves = {}
     for tb in sorted((run_dir / "train").glob("*/seed*/tensorboard"), key=lambda p: _natural(str(p))):
-        acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
-        acc.Reload()
-        tags = set(acc.Tags()["scalars"]) & {*LOSS_TAGS, GATE_TAG}
         run = f"{tb.parent.parent.name} {tb.parent.name.replace('seed', 'seed ')}"
-        curves[run] = {t: ([e.step for e in acc.Scalars(t)], [e.value for e in acc.Scalars(t)]) for t in tags}
+        curves[run] = read_scalars(tb, (*LOSS_TAGS, GATE_TAG))
     return curves
 
 
@@ -346,33 +443,70 @@ def _pivot(rows: list[dict[str, Any]], key: str, labels: list[str]) -> str:
     return _md_table([key, *labels], [[k, *(v.get(label, "-") for label in labels)] for k, v in cells.items()])
 
 
-def _headline(comparisons: dict[tuple[str, str], ArmComparison | str], res: Results, alpha: float) -> list[str]:
-    main = comparisons.get((BASELINE, WORLD))
-    if isinstance(main, ArmComparison):
-        head = f"**Did world memory help? {verdict(main, alpha)}**"
-    elif isinstance(main, str):
-        head = f"**No verdict on world memory: {WORLD} and {BASELINE} could not be compared ({main}).**"
-    else:
-        head = (f"**No verdict on world memory: it needs results of both {BASELINE} (baseline) and {WORLD} "
-                f"(world memory); this run has {', '.join(res.labels)}.**")
-    names = {(BASELINE, CONTROL): "Capacity control", (CONTROL, WORLD): "World memory vs the capacity control"}
-    lines = [head, ""]
+def _describe(f: ArmFacts) -> str:
+    """``E2 (learned latents, trained on predicted memory)``, with what is known of the arm."""
+    parts = [f"{f.world_source} latents" if f.world_source else "", f"trained on {f.training_memory} memory"
+             if f.training_memory else ""]
+    parts = [p for p in parts if p]
+    return f"{f.name} ({', '.join(parts)})" if parts else f.name
+
+
+def _verdicts(res: Results, facts: dict[str, ArmFacts], baselines: dict[str, str | None], checks: dict[str, ReadCheck],
+              comparisons: dict[tuple[str, str], ArmComparison | str], alpha: float) -> list[str]:
+    """The verdict lines: one per world-memory arm against its baseline, then the other comparisons."""
+    world = [arm for arm, f in facts.items() if f.kind is ArmKind.WORLD]
+    if not world:
+        return [f"**No verdict on world memory: no arm of this run reads world memory (arms: "
+                f"{', '.join(f'{a} ({f.kind})' for a, f in facts.items())}).**"]
+    lines = []
+    for arm in world:
+        base = baselines[arm]
+        c = comparisons.get((base, arm)) if base else None
+        if base is None:
+            lines.append(f"**No verdict on world memory for {arm}: this run has no baseline arm (an arm without "
+                         f"world memory); arms: {', '.join(facts)}.**")
+        elif isinstance(c, str):
+            lines.append(f"**No verdict on world memory: {arm} and {base} could not be compared ({c}).**")
+        else:
+            lines.append(f"**Did world memory help? {_describe(facts[arm])}:** "
+                         f"{world_memory_verdict(c, checks[arm], alpha)}")
+    lines.append("")
     for (a, b), c in comparisons.items():
-        if (a, b) != (BASELINE, WORLD) and isinstance(c, ArmComparison):
-            name = names.get((a, b), "Rollout ablation" if res.base[b] == a else "Arm")
-            lines.append(f"- {name} ({b} vs {a}): {verdict(c, alpha)}")
+        if not isinstance(c, ArmComparison) or (facts.get(b) and facts[b].kind is ArmKind.WORLD and baselines[b] == a):
+            continue
+        if b in facts and facts[b].kind is ArmKind.CONTROL:
+            lines.append(f"- Capacity control ({b} vs {a}): {verdict(c, alpha)}")
+        elif b in facts:  # a world-memory arm vs a control
+            lines.append(f"- World memory vs the capacity control ({b} vs {a}): "
+                         f"{world_memory_verdict(c, checks[b], alpha, evidence=False)}")
+        elif checks.get(a) and checks[a].state is ReadState.NOT_READ:
+            change = next(x for x in checks[a].ablations if x.label == b)
+            lines.append(f"- Rollout ablation ({b} vs {a}): {change.text(a)}, part of the read-check.")
+        else:
+            lines.append(f"- Rollout ablation ({b} vs {a}): {verdict(c, alpha)}")
     return lines
 
 
 def _markdown(run_dir: Path, res: Results, alpha: float, warnings: list[str], tables: dict[str, list[dict[str, Any]]],
-              group_note: str, comparisons: dict[tuple[str, str], ArmComparison | str],
+              group_note: str, verdicts: list[str], checks: dict[str, ReadCheck],
               plots: dict[str, Path | None], out: Path) -> str:
     n_seeds = len({r["train_seed"] for r in res.records})
     lines = [f"# World-memory report: {run_dir.name}", "",
              f"{len(res.records)} closed-loop episodes, {len(res.labels)} arm(s), {n_seeds} training seed(s); "
-             f"built from `{run_dir / 'eval'}` only.", "", "## Verdict", "", *_headline(comparisons, res, alpha), ""]
+             f"built from `{run_dir / 'eval'}` only.", "", "## Verdict", "", *verdicts, ""]
     if warnings:
         lines += ["## Warnings", "", *(f"- **Warning:** {w}" for w in warnings), ""]
+    lines += ["## Arms, world sources and read-check", "",
+              "Success with the arm's own memory (Wilson 95% interval, pooled over training seeds). Read-check: "
+              "did the arm read its world memory (gate, rollout ablations, offline interventions; "
+              "`world_modality.report.readcheck`)?", "",
+              _md_table(["arm", "kind", "world source", "training memory", "baseline", "read-check", "success",
+                         "95% CI", "successes / episodes"],
+                        [[r["arm"], r["kind"], r["world_source"] or "-", r["training_memory"] or "-",
+                          r["baseline"] or "-", r["read_check"] or "-", _pct(r["rate"]), _ci(r["ci_low"], r["ci_high"]),
+                          f"{r['successes']}/{r['n']}"] for r in tables["arms"]]), ""]
+    lines += [f"- {arm}: **{check.summary()}**. Evidence: {check.evidence()}." for arm, check in checks.items()]
+    lines += [""] if checks else []
     overall = tables["overall"]
     lines += ["## Overall success", "", "Wilson 95% intervals; pooled over training seeds.", "",
               _md_table(["arm", "memory mode", "success", "95% CI", "successes / episodes"],
@@ -386,7 +520,8 @@ def _markdown(run_dir: Path, res: Results, alpha: float, warnings: list[str], ta
               _md_table(["arm", "versus", "pairs", "arm success", "versus success", "difference (points)", "95% CI",
                          "only arm / only versus succeeded", "McNemar p"],
                         [_comparison_md(r) for r in tables["comparisons"]]) if tables["comparisons"]
-              else "No pairs to compare (needs E0 with another arm, or an ablation with its arm).", ""]
+              else "No pairs to compare (needs an arm without world memory with another arm, or an ablation with "
+                   "its arm).", ""]
     if tables["ablations"]:
         lines += ["## Rollout memory ablations", "",
                   "Each world-memory checkpoint evaluated with its memory replaced at rollout; the difference is "
@@ -426,6 +561,15 @@ def _markdown(run_dir: Path, res: Results, alpha: float, warnings: list[str], ta
         lines.append("")
     lines += ["Tables as CSV: " + ", ".join(f"[{n}.csv]({n}.csv)" for n, rows in tables.items() if rows) + "."]
     return "\n".join(lines) + "\n"
+
+
+SUMMARY_SECTIONS = ("## Verdict", "## Arms, world sources and read-check")
+
+
+def report_summary(markdown: str) -> str:
+    """The verdict and read-check sections of a report.md (what `wm demo` prints at its end)."""
+    sections = re.split(r"(?m)^(?=## )", markdown)
+    return "\n".join(s.strip() + "\n" for s in sections if s.startswith(SUMMARY_SECTIONS))
 
 
 def _comparison_md(r: dict[str, Any]) -> list[str]:

@@ -1,0 +1,501 @@
+"""The matrix config: the YAML schema (see `world_modality.matrix`) parsed into typed dataclasses.
+
+Every value is checked against the type annotation of the field it fills (the dataclasses below, `TrainOptions`,
+the policy family's config, `generate_metaworld_dataset`, `compute_latents`), so an error names the field and
+what it expects before anything runs.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cache
+from pathlib import Path, PurePath
+from typing import Any
+
+import yaml
+from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, ROLLOUT_MODES
+
+from world_modality.report.arms import ArmFacts, arm_kind, resolve_baselines, training_memory
+
+CONFIG_FILE = "matrix.yaml"
+SUPPORTED_ENVS = ("metaworld", "libero")
+SECTIONS = ("dataset", "encoders", "encoder", "training", "arms", "ablations", "interventions", "evaluation", "report")
+# TrainOptions fields the matrix sets itself, and policy-config fields `build_config` fills from the data.
+MATRIX_OWNED = ("dataset", "latents", "out", "seed", "resume")
+POLICY_FROM_DATA = ("model_type", "instructions", "latent_dim", "encoder_spec", "state_key", "action_key",
+                    "instruction_key", "image_key", "input_features", "output_features", "device",
+                    "scheduler_decay_steps", "codebook_size")
+ARM_ENCODER = "encoder"  # the arm (or training) field naming the encoder whose latents the arm reads
+
+
+class MatrixConfigError(ValueError):
+    """An invalid matrix config; the message names the field."""
+
+
+@dataclass
+class EvaluationConfig:
+    """Where and how every arm is evaluated; all arms and ablations run the same episode list."""
+
+    env: str = "metaworld"
+    suite: str | None = None  # LIBERO only
+    tasks: str | list[str | int] | None = None  # resolved to a list (MetaWorld: default the dataset's tasks;
+    # LIBERO: task names or ids in the suite)
+    episodes_per_task: int = 10
+    eval_seed: int = 1000
+    workers: int = 2
+    groups: int = 1
+    videos_per_task: int = 0
+    max_steps: int | None = None
+
+
+@dataclass
+class ReportConfig:
+    baseline: str | None = None  # the arm every other arm is compared with (default: `resolve_baselines`)
+
+
+@dataclass
+class MatrixConfig:
+    """A validated matrix config (build one with `parse_config` or `load_config`)."""
+
+    dataset: dict[str, Any]  # {"path": str} or {"metaworld": generate_metaworld_dataset keywords}
+    encoders: dict[str, dict[str, Any]]  # name -> other compute_latents keywords; the first is the default
+    seeds: tuple[int, ...]
+    arms: dict[str, dict[str, Any]]  # arm -> TrainOptions keywords (policy overrides under "policy")
+    arm_encoders: dict[str, str]  # arm -> the encoder it reads
+    ablations: dict[str, tuple[str, ...]] = field(default_factory=dict)  # arm -> rollout memory modes
+    interventions: dict[str, tuple[str, ...]] = field(default_factory=dict)  # arm -> `wm intervene` modes
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain YAML-able data; `parse_config` of it gives an equal config."""
+        return {
+            "dataset": self.dataset,
+            "encoders": [{"name": name, **options} for name, options in self.encoders.items()],
+            "training": {"seeds": list(self.seeds)},
+            "arms": {arm: {**options, ARM_ENCODER: self.arm_encoders[arm]} for arm, options in self.arms.items()},
+            "ablations": {arm: list(modes) for arm, modes in self.ablations.items()},
+            "interventions": {arm: list(modes) for arm, modes in self.interventions.items()},
+            "evaluation": dataclasses.asdict(self.evaluation),
+            "report": dataclasses.asdict(self.report),
+        }
+
+    def rollout_mode(self, arm: str) -> str | None:
+        """The arm's own rollout memory mode (None without world memory)."""
+        options = self.arms[arm]
+        policy_type = options.get("policy_type", train_defaults()["policy_type"])
+        defaults, policy = _policy_defaults(policy_type), options.get("policy", {})
+        if policy_type == "world_transformer" and (options.get("model_type") or "F") != "F":
+            return None
+        if not policy.get("use_world_module", defaults.get("use_world_module", True)):
+            return None
+        return policy.get("world_memory_mode_rollout", defaults["world_memory_mode_rollout"])
+
+    def arm_facts(self, arm: str) -> ArmFacts:
+        """What the report needs to know of an arm: its kind, world source and training memory."""
+        kind = arm_kind(self.rollout_mode(arm))
+        memory = None
+        if self.rollout_mode(arm) is not None:
+            policy = self.arms[arm].get("policy", {})
+            defaults = _policy_defaults(self.arms[arm].get("policy_type", train_defaults()["policy_type"]))
+            memory = training_memory(policy.get("memory_source", defaults["memory_source"]),
+                                     policy.get("world_memory_mode_train", defaults["world_memory_mode_train"]))
+        return ArmFacts(arm, kind, self.arm_encoders[arm], memory)
+
+    def evaluations(self) -> list[tuple[str, str | None, str]]:
+        """(arm, memory_mode, label) of every evaluation: the arm's own mode (None), then its ablations."""
+        out: list[tuple[str, str | None, str]] = []
+        for arm in self.arms:
+            out.append((arm, None, arm))
+            own = self.rollout_mode(arm)
+            out += [(arm, mode, f"{arm}:{mode}") for mode in self.ablations.get(arm, ()) if mode != own]
+        return out
+
+
+# --- loading -----------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> MatrixConfig:
+    """Read and validate a YAML matrix config."""
+    path = Path(path).expanduser()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise MatrixConfigError(f"{path} is not valid YAML: {e}") from None
+    return parse_config(raw, base_dir=path.parent)
+
+
+def report_baseline(run_dir: str | Path) -> str | None:
+    """The baseline a matrix run folder's config names (``report.baseline``), without validating the rest."""
+    path = Path(run_dir) / CONFIG_FILE
+    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return ((raw or {}).get("report") or {}).get("baseline")
+
+
+def parse_config(raw: Any, base_dir: Path | None = None) -> MatrixConfig:
+    """Validate a config mapping (see the module docstring); relative dataset paths are taken from ``base_dir``."""
+    top = _mapping(raw, "config")
+    _known(top, SECTIONS, "config")
+    for name in ("dataset", "arms"):
+        if name not in top:
+            raise MatrixConfigError(f"config: missing section {name!r} (sections: {', '.join(SECTIONS)})")
+    dataset = _dataset(_mapping(top["dataset"], "dataset"), base_dir)
+    encoders = _encoders(top)
+    training = dict(_mapping(top.get("training") or {}, "training"))
+    seeds = _seeds(training.pop("seeds", [0]))
+    default_encoder = _arm_encoder(training, next(iter(encoders)), encoders, "training")
+    defaults = _train_fields(training, "training")
+    arms_raw = _mapping(top["arms"], "arms")
+    if not arms_raw:
+        raise MatrixConfigError("arms: name at least one arm, e.g. E0: {model_type: A}")
+    arms, arm_encoders = {}, {}
+    for name, options in arms_raw.items():
+        if not isinstance(name, str) or not name or ":" in name or "/" in name:
+            raise MatrixConfigError(f"arms: arm names must be non-empty strings without ':' or '/', got {name!r}")
+        options = dict(_mapping(options or {}, f"arms.{name}"))
+        arm_encoders[name] = _arm_encoder(options, default_encoder, encoders, f"arms.{name}")
+        arm = _train_fields(options, f"arms.{name}")
+        policy = {**defaults.get("policy", {}), **arm.get("policy", {})}
+        arms[name] = {**defaults, **arm} | ({"policy": policy} if policy else {})
+    config = MatrixConfig(dataset, encoders, seeds, arms, arm_encoders)
+    config.ablations = _memory_modes(top, "ablations", config, ROLLOUT_MODES, "rollout ablations")
+    config.interventions = _memory_modes(top, "interventions", config, INTERVENTION_MODES, "offline interventions")
+    config.evaluation = _evaluation(_mapping(top.get("evaluation") or {}, "evaluation"), dataset)
+    config.report = _typed(ReportConfig, _mapping(top.get("report") or {}, "report"), "report")
+    try:
+        resolve_baselines([config.arm_facts(arm) for arm in config.arms], config.report.baseline)
+    except ValueError as e:
+        raise MatrixConfigError(f"report.baseline: {e}") from None
+    return config
+
+
+# --- typed values ------------------------------------------------------------------------------------------
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise MatrixConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _known(given: Mapping[str, Any], valid: Collection[str], where: str) -> None:
+    unknown = [k for k in given if k not in valid]
+    if unknown:
+        raise MatrixConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {', '.join(valid)}")
+
+
+_SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Collection)
+_MAPPINGS = (dict, collections.abc.Mapping)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (parsed YAML) fits the type annotation ``hint``; hints this does not know accept it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    container = origin or hint
+    if container in _SEQUENCES:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if container in _MAPPINGS or dataclasses.is_dataclass(hint):
+        return isinstance(value, Mapping)
+    if isinstance(hint, type) and issubclass(hint, PurePath):
+        return isinstance(value, (str, PurePath))
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return value in {m.value for m in hint} or isinstance(value, hint)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _expected(hint: Any) -> str:
+    """``hint`` in words, for an error message."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_expected(a) for a in args))
+    if origin is typing.Literal or (isinstance(hint, type) and issubclass(hint, Enum)):
+        return "one of " + ", ".join(str(getattr(a, "value", a)) for a in (args or list(hint)))
+    words = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    if hint in words:
+        return words[hint]
+    if (origin or hint) in _SEQUENCES:
+        return "a list"
+    if (origin or hint) in _MAPPINGS or dataclasses.is_dataclass(hint):
+        return "a mapping"
+    if isinstance(hint, type) and issubclass(hint, PurePath):
+        return "a path"
+    return f"a {getattr(hint, '__name__', hint)}"
+
+
+def _check(where: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against ``hint``; a dataclass-typed value (a mapping) has its own fields checked."""
+    if not _matches(value, hint):
+        raise MatrixConfigError(f"{where}: expected {_expected(hint)}, got {value!r}")
+    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return _typed_fields(typing.get_type_hints(hint), value, where)
+    return value
+
+
+def _typed_fields(hints: Mapping[str, Any], section: Mapping[str, Any], where: str) -> dict[str, Any]:
+    _known(section, hints, where)
+    return {name: _check(f"{where}.{name}", value, hints[name]) for name, value in section.items()}
+
+
+def _typed(cls: type, section: Mapping[str, Any], where: str) -> Any:
+    """A dataclass from a config section: unknown fields and values of the wrong type are errors."""
+    return cls(**_typed_fields(typing.get_type_hints(cls), section, where))
+
+
+def _keyword_hints(fn: Callable[..., Any], exclude: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
+    """A function's keyword annotations (all but ``exclude``) and its required parameters."""
+    hints = typing.get_type_hints(fn)
+    params = {n: p for n, p in inspect.signature(fn).parameters.items() if n not in exclude}
+    return {n: hints.get(n, Any) for n in params}, [n for n, p in params.items() if p.default is inspect.Parameter.empty]
+
+
+def _dataclass_hints(cls: type, exclude: Collection[str]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in exclude}
+
+
+# --- sections ----------------------------------------------------------------------------------------------
+
+
+def _dataset(section: Mapping[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    _known(section, ("path", "metaworld"), "dataset")
+    if len(section) != 1:
+        raise MatrixConfigError("dataset: give exactly one of 'path' (an existing dataset) and 'metaworld' (generate one)")
+    if "path" in section:
+        path = Path(_check("dataset.path", section["path"], str | Path)).expanduser()
+        path = (base_dir / path if base_dir and not path.is_absolute() else path).resolve()
+        if not (path / "meta" / "info.json").is_file():
+            raise MatrixConfigError(f"dataset.path: {path} is not a LeRobot dataset (no meta/info.json)")
+        return {"path": str(path)}
+    from world_modality.data.metaworld_gen import generate_metaworld_dataset
+    from world_modality.sim.metaworld_tasks import resolve_tasks
+
+    hints, required = _keyword_hints(generate_metaworld_dataset, ("out", "overwrite"))
+    options = _typed_fields(hints, _mapping(section["metaworld"], "dataset.metaworld"), "dataset.metaworld")
+    missing = [name for name in required if name not in options]
+    if missing:
+        raise MatrixConfigError(f"dataset.metaworld: missing field {missing[0]!r}")
+    options["tasks"] = _tasks(options["tasks"], "dataset.metaworld.tasks", resolve_tasks)
+    if "cameras" in options:
+        options["cameras"] = list(options["cameras"])
+    return {"metaworld": options}
+
+
+def _tasks(value: Any, where: str, resolve: Callable[[Any], list[str]]) -> list[str]:
+    if not isinstance(value, (str, list)):
+        raise MatrixConfigError(f"{where}: expected task names (a string or a list), got {value!r}")
+    try:
+        return resolve(value)
+    except ValueError as e:
+        raise MatrixConfigError(f"{where}: {e}") from None
+
+
+def _encoders(top: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``encoders:`` (a list) or the single ``encoder:`` of older matrix files -> name -> options."""
+    if "encoders" in top and "encoder" in top:
+        raise MatrixConfigError("config: give 'encoders' (a list of world encoders) or the older 'encoder' "
+                                "(one encoder), not both")
+    if "encoders" in top:
+        sections = top["encoders"]
+        if not isinstance(sections, list) or not sections:
+            raise MatrixConfigError(f"encoders: expected a non-empty list of encoders, e.g. [{{name: learned}}, "
+                                    f"{{name: state}}], got {sections!r}")
+        wheres = [f"encoders[{i}]" for i in range(len(sections))]
+    elif "encoder" in top:
+        sections, wheres = [top["encoder"]], ["encoder"]
+    else:
+        raise MatrixConfigError(f"config: missing section 'encoders' (sections: {', '.join(SECTIONS)})")
+    out: dict[str, dict[str, Any]] = {}
+    for section, where in zip(sections, wheres):
+        name, options = _encoder(_mapping(section, where), where)
+        if name in out:
+            raise MatrixConfigError(f"{where}.name: encoder {name!r} is listed twice; an arm names its encoder "
+                                    "by name, so each may appear once (compare two settings in two run folders)")
+        out[name] = options
+    return out
+
+
+def _encoder(section: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    from lerobot_policy_world_modality.encoders.spec import ENCODER_NAMES
+
+    from world_modality.latents import compute_latents
+
+    hints, _ = _keyword_hints(compute_latents, ("dataset", "encoder_name", "out", "progress"))
+    options = _typed_fields({"name": str} | hints, section, where)
+    if options.get("name") not in ENCODER_NAMES:
+        raise MatrixConfigError(f"{where}.name: expected one of {', '.join(ENCODER_NAMES)}, got {options.get('name')!r}")
+    return options.pop("name"), options
+
+
+def _arm_encoder(options: dict[str, Any], default: str, encoders: Mapping[str, Any], where: str) -> str:
+    """Pop the encoder an arm (or every arm: ``training``) reads, checking that it is listed."""
+    name = options.pop(ARM_ENCODER, default)
+    if name not in encoders:
+        raise MatrixConfigError(f"{where}.{ARM_ENCODER}: no encoder {name!r} in 'encoders' "
+                                f"(listed: {', '.join(encoders)})")
+    return name
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (not isinstance(value, list) or not value
+            or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in value)):
+        raise MatrixConfigError(f"training.seeds: expected a non-empty list of non-negative integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise MatrixConfigError(f"training.seeds: repeated seed in {value}")
+    return tuple(value)
+
+
+@cache
+def _train_hints() -> dict[str, Any]:
+    from world_modality.training.trainer import TrainOptions
+
+    return _dataclass_hints(TrainOptions, MATRIX_OWNED)
+
+
+@cache
+def train_defaults() -> dict[str, Any]:
+    """TrainOptions' defaults of the fields an arm may set."""
+    from world_modality.training.trainer import TrainOptions
+
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else None)
+            for f in dataclasses.fields(TrainOptions) if f.name not in MATRIX_OWNED}
+
+
+@cache
+def _policy_fields(policy_type: str) -> tuple[type, tuple[str, ...]]:
+    """The policy family's config class and its own settable fields (not LeRobot's base-class ones, not those
+    filled from the data)."""
+    from lerobot.configs import PreTrainedConfig
+
+    from world_modality.training.trainer import policy_config_class
+
+    config_class = policy_config_class(policy_type)
+    base = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    names = tuple(f.name for f in dataclasses.fields(config_class) if f.name not in base and f.name not in POLICY_FROM_DATA)
+    return config_class, names
+
+
+@cache
+def _policy_defaults(policy_type: str) -> dict[str, Any]:
+    config_class, names = _policy_fields(policy_type)
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    return {n: fields[n].default if fields[n].default is not dataclasses.MISSING else None for n in names}
+
+
+@cache
+def _policy_hints(policy_type: str) -> dict[str, Any]:
+    config_class, names = _policy_fields(policy_type)
+    hints = typing.get_type_hints(config_class)
+    return {n: hints[n] for n in names}
+
+
+def _train_fields(options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """TrainOptions keywords from an arm (or the training defaults); policy-config fields go into ``policy``."""
+    from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import MODEL_TYPES
+
+    from world_modality.training.trainer import POLICY_TYPES
+
+    train = _train_hints()
+    policy_type = options.get("policy_type", train_defaults()["policy_type"])
+    if policy_type not in POLICY_TYPES:
+        raise MatrixConfigError(f"{where}.policy_type: expected one of {', '.join(POLICY_TYPES)}, got {policy_type!r}")
+    policy_fields = _policy_hints(policy_type)
+    unknown = [k for k in options if k not in train and k not in policy_fields]
+    if unknown:
+        raise MatrixConfigError(
+            f"{where}: unknown field(s) {unknown}; valid: TrainOptions fields {', '.join(train)} "
+            f"(the matrix sets {', '.join(MATRIX_OWNED)}), {ARM_ENCODER} (the world source the arm reads), "
+            f"and policy config fields {', '.join(policy_fields)}"
+        )
+    out = {name: _check(f"{where}.{name}", value, train[name])
+           for name, value in options.items() if name in train and name != "policy"}
+    policy = dict(_mapping(options.get("policy") or {}, f"{where}.policy"))
+    policy |= {name: value for name, value in options.items() if name not in train}
+    policy = _typed_fields(policy_fields, policy, f"{where}.policy")
+    if "model_type" in out and out["model_type"] not in MODEL_TYPES:
+        raise MatrixConfigError(f"{where}.model_type: expected one of {', '.join(MODEL_TYPES)}, got {out['model_type']!r}")
+    if policy:
+        out["policy"] = policy
+    return out
+
+
+def _memory_modes(top: Mapping[str, Any], name: str, config: MatrixConfig, valid: tuple[str, ...],
+                  what: str) -> dict[str, tuple[str, ...]]:
+    """``arm -> memory modes`` of the ablations or interventions section: only arms with world memory."""
+    out = {}
+    for arm, modes in _mapping(top.get(name) or {}, name).items():
+        where = f"{name}.{arm}"
+        if arm not in config.arms:
+            raise MatrixConfigError(f"{where}: no arm {arm!r} (arms: {', '.join(config.arms)})")
+        if config.rollout_mode(arm) is None:
+            raise MatrixConfigError(f"{where}: arm {arm!r} has no world memory (model_type "
+                                    f"{config.arms[arm].get('model_type')}); {what} need a world-memory arm")
+        if not isinstance(modes, list) or any(m not in valid for m in modes):
+            raise MatrixConfigError(f"{where}: expected a list of memory modes from {', '.join(valid)}, got {modes!r}")
+        out[arm] = tuple(dict.fromkeys(modes))
+    return out
+
+
+def _evaluation(section: Mapping[str, Any], dataset: Mapping[str, Any]) -> EvaluationConfig:
+    from world_modality.latents import SIDECAR
+    from world_modality.sim.metaworld_tasks import resolve_tasks
+
+    ev = _typed(EvaluationConfig, section, "evaluation")
+    for name in ("episodes_per_task", "eval_seed", "workers", "groups", "videos_per_task"):
+        low = 1 if name in ("episodes_per_task", "workers", "groups") else 0
+        if getattr(ev, name) < low:
+            raise MatrixConfigError(f"evaluation.{name}: expected an integer >= {low}, got {getattr(ev, name)!r}")
+    if ev.env not in SUPPORTED_ENVS:
+        raise MatrixConfigError(f"evaluation.env: expected one of {', '.join(SUPPORTED_ENVS)}, got {ev.env!r}")
+    if ev.max_steps is not None and ev.max_steps < 1:
+        raise MatrixConfigError(f"evaluation.max_steps: expected null or an integer >= 1, got {ev.max_steps!r}")
+    if ev.env == "libero":
+        from world_modality.sim.libero_setup import SUITES
+
+        if ev.suite not in SUITES:
+            raise MatrixConfigError(f"evaluation.suite: env libero needs one of {', '.join(SUITES)}, got {ev.suite!r}")
+        if ev.tasks is not None:
+            tasks = ev.tasks.split(",") if isinstance(ev.tasks, str) else ev.tasks
+            ev.tasks = [str(t).strip() for t in tasks]
+        return ev
+    if ev.suite is not None:
+        raise MatrixConfigError(f"evaluation.suite: only for env libero, got suite {ev.suite!r} with env {ev.env!r}")
+    if ev.tasks is None:
+        if "metaworld" in dataset:
+            ev.tasks = list(dataset["metaworld"]["tasks"])
+        else:
+            sidecar = Path(dataset["path"]) / SIDECAR
+            if not sidecar.is_file():
+                raise MatrixConfigError(f"evaluation.tasks: required, since {dataset['path']} was not made by "
+                                        "`wm data metaworld` (no task list in its meta/world_modality.json)")
+            ev.tasks = list(json.loads(sidecar.read_text())["spec"]["tasks"])
+    else:
+        ev.tasks = _tasks(ev.tasks, "evaluation.tasks", resolve_tasks)
+    return ev

@@ -1,0 +1,157 @@
+"""The matrix config: several world sources, the arm's encoder, interventions, the report's baseline, typed
+values, the demo's matrix and the example files."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from world_modality import matrix
+from world_modality.commands.demo import demo_config, register
+from world_modality.matrix import run as matrix_run
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+CONFIG = {
+    "dataset": {"metaworld": {"tasks": "reach", "episodes_per_task": 3, "image_size": 64}},
+    "encoders": [{"name": "learned", "learned_steps": 50}, {"name": "state"}],
+    "training": {"steps": 10, "batch_size": 8},
+    "arms": {
+        "E0": {"model_type": "A"},
+        "E0s": {"model_type": "A", "encoder": "state"},
+        "E2": {"model_type": "F"},
+        "E2s": {"model_type": "F", "encoder": "state"},
+        "E2o": {"model_type": "F", "memory_source": "oracle"},
+    },
+    "ablations": {"E2": ["zero"], "E2o": ["zero", "shuffle"]},
+    "interventions": {"E2": ["zero", "shuffle"]},
+    "evaluation": {"episodes_per_task": 2, "workers": 1},
+}
+ONE_SOURCE_ARMS = {"E0": {"model_type": "A"}, "E2": {"model_type": "F"}}
+
+
+def changed(change=None) -> dict:
+    """A copy of CONFIG, changed in place by ``change``."""
+    raw = copy.deepcopy(CONFIG)
+    if change is not None:
+        change(raw)
+    return raw
+
+
+def test_several_encoders_each_arm_reads_one(tmp_path):
+    config = matrix.parse_config(CONFIG)
+    assert list(config.encoders) == ["learned", "state"] and config.encoders["learned"] == {"learned_steps": 50}
+    assert config.arm_encoders == {"E0": "learned", "E0s": "state", "E2": "learned", "E2s": "state", "E2o": "learned"}
+    assert "encoder" not in config.arms["E2s"]  # the encoder is the matrix's, not a TrainOptions field
+    assert [f.training_memory for f in map(config.arm_facts, config.arms)] == [None, None, "predicted", "predicted",
+                                                                               "oracle"]
+    assert matrix.parse_config(config.to_dict()) == config
+    assert matrix.latents_dir(config, tmp_path, "state") == tmp_path / "latents" / "state"
+    assert matrix.latents_dir(config, tmp_path) == tmp_path / "latents" / "learned"
+    steps = matrix.plan(config, tmp_path)
+    assert [s.name for s in steps if s.stage == "latents"] == ["learned", "state"]
+    assert [s.name for s in steps if s.stage == "offline"] == ["E2 seed 0"]
+    assert "model F on state latents, step 0 of 10" in next(s.detail for s in steps if s.name == "E2s seed 0")
+    assert [s.name for s in steps if s.stage == "eval"] == [
+        "E0 seed 0", "E0s seed 0", "E2 seed 0", "E2:zero seed 0", "E2s seed 0", "E2o seed 0", "E2o:zero seed 0",
+        "E2o:shuffle seed 0"]
+
+
+def test_the_older_single_encoder_section_still_works():
+    old = changed(lambda c: c.update(encoders=[{"name": "state"}], arms=ONE_SOURCE_ARMS, ablations={}, interventions={}))
+    old["encoder"] = old.pop("encoders")[0]
+    config = matrix.parse_config(old)
+    assert config.encoders == {"state": {}} and set(config.arm_encoders.values()) == {"state"}
+    assert matrix.parse_config(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c.update(encoder={"name": "state"}), r"config: give 'encoders' \(a list of world encoders\) or the older 'encoder'"),
+    (lambda c: c.pop("encoders"), r"config: missing section 'encoders'"),
+    (lambda c: c.update(encoders=[]), r"encoders: expected a non-empty list of encoders"),
+    (lambda c: c["encoders"].append({"name": "state", "batch_size": 4}), r"encoders\[2\]\.name: encoder 'state' is listed twice"),
+    (lambda c: c["encoders"][0].update(learned_steps="many"), r"encoders\[0\]\.learned_steps: expected an integer"),
+    (lambda c: c["arms"]["E2"].update(encoder="dinov2"), r"arms\.E2\.encoder: no encoder 'dinov2' in 'encoders' \(listed: learned, state\)"),
+    (lambda c: c["training"].update(encoder="clip"), r"training\.encoder: no encoder 'clip'"),
+    (lambda c: c.update(interventions={"E0": ["zero"]}), r"interventions\.E0: arm 'E0' has no world memory"),
+    (lambda c: c.update(interventions={"E2": ["pred"]}), r"interventions\.E2: expected a list of memory modes from zero, random"),
+    (lambda c: c.update(report={"baseline": "E2"}), r"report\.baseline: baseline 'E2' is not an arm without world memory"),
+    (lambda c: c.update(report={"basline": "E0"}), r"report: unknown field\(s\) \['basline'\]; valid fields: baseline"),
+    (lambda c: c["arms"].update(E0b={"model_type": "A"}), r"report\.baseline: the baseline of arm 'E2' is ambiguous: E0, E0b have "
+                                                        r"no world memory on world source 'learned'"),
+    (lambda c: c["arms"]["E2"].update(memory_source=3), r"arms\.E2\.policy\.memory_source: expected a string, got 3"),
+    (lambda c: c["arms"]["E2"].update(keys={"state": 1}), r"arms\.E2\.keys\.state: expected a string, got 1"),
+    (lambda c: c["arms"]["E2"].update(keys={"camera": "x"}), r"arms\.E2\.keys: unknown field\(s\) \['camera'\]"),
+    (lambda c: c["dataset"]["metaworld"].update(render_quality="ugly"), r"dataset\.metaworld\.render_quality: expected one of fast, default"),
+    (lambda c: c["evaluation"].update(max_steps="long"), r"evaluation\.max_steps: expected an integer or null, got 'long'"),
+])
+def test_config_errors_name_the_field(change, message):
+    with pytest.raises(matrix.MatrixConfigError, match=message):
+        matrix.parse_config(changed(change))
+
+
+def test_a_named_baseline_settles_an_ambiguous_one():
+    raw = changed(lambda c: c["arms"].update(E0b={"model_type": "A"}))
+    raw["report"] = {"baseline": "E0b"}
+    config = matrix.parse_config(raw)
+    assert config.report.baseline == "E0b"
+
+
+def test_rerun_may_add_an_encoder_but_not_change_one_or_an_arms(tmp_path, monkeypatch):
+    monkeypatch.setattr(matrix_run, "plan", lambda config, run_dir: [])
+    one = changed(lambda c: c.update(encoders=c["encoders"][:1], arms=ONE_SOURCE_ARMS, ablations={}, interventions={}))
+    matrix.run_matrix(matrix.parse_config(one), tmp_path)
+    assert yaml.safe_load((tmp_path / "matrix.yaml").read_text())["arms"]["E2"]["encoder"] == "learned"
+    matrix.run_matrix(matrix.parse_config(CONFIG), tmp_path, dry_run=True)  # a new encoder and new arms
+    with pytest.raises(ValueError, match=r"encoders\.learned\.learned_steps: existing 50 vs requested 60"):
+        matrix.run_matrix(matrix.parse_config(changed(lambda c: c["encoders"][0].update(learned_steps=60))), tmp_path)
+    moved = copy.deepcopy(one)
+    moved["encoders"] = [{"name": "learned", "learned_steps": 50}, {"name": "state"}]
+    moved["arms"]["E2"]["encoder"] = "state"
+    with pytest.raises(ValueError, match=r"arms\.E2\.encoder: existing 'learned' vs requested 'state'"):
+        matrix.run_matrix(matrix.parse_config(moved), tmp_path)
+
+
+def test_the_report_takes_the_baseline_named_in_the_run_folder(tmp_path):
+    assert matrix.report_baseline(tmp_path) is None
+    (tmp_path / "matrix.yaml").write_text(yaml.safe_dump({"report": {"baseline": "E0"}}))
+    assert matrix.report_baseline(tmp_path) == "E0"
+
+
+def test_demo_matrix_has_the_oracle_bound_beside_e2(tmp_path):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    config = matrix.parse_config(demo_config(parser.parse_args(["demo"])))
+    assert [config.arm_facts(a).training_memory for a in config.arms] == [None, "predicted", "oracle"]
+    assert config.ablations == {"E2": ("zero",), "E2-oracle": ("zero",)}
+    assert set(config.interventions) == {"E2", "E2-oracle"}
+    assert [label for _, _, label in config.evaluations()] == ["E0", "E2", "E2:zero", "E2-oracle", "E2-oracle:zero"]
+
+
+def test_there_are_example_matrix_files():
+    assert [p.name for p in EXAMPLES] and "mt10_world_memory.yaml" in [p.name for p in EXAMPLES]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_matrix_files_parse(path):
+    config = matrix.load_config(path)
+    assert config.arms and config.encoders
+
+
+def test_mt10_example_is_the_issue_16_experiment():
+    config = matrix.load_config(Path(__file__).resolve().parents[1] / "examples" / "mt10_world_memory.yaml")
+    assert len(config.evaluation.tasks) == 10 and config.evaluation.episodes_per_task >= 20 and len(config.seeds) >= 3
+    assert list(config.encoders) == ["learned", "state"]
+    facts = {a: config.arm_facts(a) for a in config.arms}
+    assert {a for a, f in facts.items() if f.training_memory == "oracle"} == {"E2-oracle", "E2-oracle-state"}
+    assert config.rollout_mode("E1") == "zero" and config.rollout_mode("E0") is None
+    assert all({"zero", "shuffle"} <= set(modes) for modes in config.ablations.values())
+
+
+def test_libero_task_ids_may_be_numbers():
+    raw = changed(lambda c: c.update(evaluation={"env": "libero", "suite": "libero_spatial", "tasks": [0, "1"]}))
+    assert matrix.parse_config(raw).evaluation.tasks == ["0", "1"]
