@@ -223,7 +223,7 @@ def test_config_resolves_arms_tasks_and_evaluations():
     ("evaluation.episodes", 3, r"evaluation: unknown field\(s\) \['episodes'\]"),
     ("evaluation.env", "mujoco", r"evaluation\.env: expected one of metaworld, libero"),
     ("evaluation.env", "libero", r"evaluation\.suite: env libero needs one of libero_spatial"),
-    ("evaluation.suite", "libero_spatial", r"evaluation\.suite: only for env libero"),
+    ("evaluation.suite", "libero_spatial", r"evaluation\.suite: MetaWorld evaluations take no suite"),
     ("evaluation.episodes_per_task", 0, r"evaluation\.episodes_per_task: expected an integer >= 1"),
     ("surprise", {}, r"config: unknown field\(s\) \['surprise'\]"),
 ])

@@ -16,9 +16,9 @@ Run folder::
 
 Config schema (YAML; ``[required]`` marks the only fields without a default)::
 
-    dataset:                     # [required] exactly one of `path` and `metaworld`
+    dataset:                     # [required] exactly one of `path` and a simulator name
       path: DIR                  # an existing LeRobot dataset, used as it is
-      metaworld:                 # or MetaWorld expert demos generated into RUN_DIR/dataset
+      metaworld:                 # or that simulator's expert demos generated into RUN_DIR/dataset
         tasks: reach-v3,push-v3  # [required] names, MT10, MT50 or a group; a string or a list
         episodes_per_task: 5     # [required]
         cameras: [corner2]       # and image_size (128), seed (0), render_quality (fast),

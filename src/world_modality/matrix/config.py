@@ -1,7 +1,7 @@
 """The matrix config: the YAML schema (see `world_modality.matrix`) parsed into typed dataclasses.
 
 Every value is checked against the type annotation of the field it fills (the dataclasses below, `TrainOptions`,
-the policy family's config, `generate_metaworld_dataset`, `compute_latents`), so an error names the field and
+the policy family's config, the simulator's dataset generator, `compute_latents`), so an error names the field and
 what it expects before anything runs.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import inspect
-import json
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
@@ -26,7 +25,6 @@ from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, ROLLO
 from world_modality.report.arms import ArmFacts, arm_kind, resolve_baselines, training_memory
 
 CONFIG_FILE = "matrix.yaml"
-SUPPORTED_ENVS = ("metaworld", "libero")
 SECTIONS = ("dataset", "encoders", "encoder", "training", "arms", "ablations", "interventions", "evaluation", "report")
 # TrainOptions fields the matrix sets itself, and policy-config fields `build_config` fills from the data.
 MATRIX_OWNED = ("dataset", "latents", "out", "seed", "resume")
@@ -65,7 +63,7 @@ class ReportConfig:
 class MatrixConfig:
     """A validated matrix config (build one with `parse_config` or `load_config`)."""
 
-    dataset: dict[str, Any]  # {"path": str} or {"metaworld": generate_metaworld_dataset keywords}
+    dataset: dict[str, Any]  # {"path": str} or {<simulator name>: keywords of its dataset generator}
     encoders: dict[str, dict[str, Any]]  # name -> other compute_latents keywords; the first is the default
     seeds: tuple[int, ...]
     arms: dict[str, dict[str, Any]]  # arm -> TrainOptions keywords (policy overrides under "policy")
@@ -283,27 +281,36 @@ def _dataclass_hints(cls: type, exclude: Collection[str]) -> dict[str, Any]:
 
 
 def _dataset(section: Mapping[str, Any], base_dir: Path | None) -> dict[str, Any]:
-    _known(section, ("path", "metaworld"), "dataset")
+    from world_modality.sim import SIMULATOR_NAMES, get_simulator
+
+    _known(section, ("path", *SIMULATOR_NAMES), "dataset")
     if len(section) != 1:
-        raise MatrixConfigError("dataset: give exactly one of 'path' (an existing dataset) and 'metaworld' (generate one)")
+        raise MatrixConfigError("dataset: give exactly one of 'path' (an existing dataset) and a simulator "
+                                f"({', '.join(SIMULATOR_NAMES)}: generate one)")
     if "path" in section:
         path = Path(_check("dataset.path", section["path"], str | Path)).expanduser()
         path = (base_dir / path if base_dir and not path.is_absolute() else path).resolve()
         if not (path / "meta" / "info.json").is_file():
             raise MatrixConfigError(f"dataset.path: {path} is not a LeRobot dataset (no meta/info.json)")
         return {"path": str(path)}
-    from world_modality.data.metaworld_gen import generate_metaworld_dataset
-    from world_modality.sim.metaworld_tasks import resolve_tasks
-
-    hints, required = _keyword_hints(generate_metaworld_dataset, ("out", "overwrite"))
-    options = _typed_fields(hints, _mapping(section["metaworld"], "dataset.metaworld"), "dataset.metaworld")
-    missing = [name for name in required if name not in options]
+    (name, given), = section.items()
+    simulator = get_simulator(name)
+    where = f"dataset.{name}"
+    hints, required = _keyword_hints(simulator.dataset_generator, ("out", "overwrite"))
+    options = _typed_fields(hints, _mapping(given, where), where)
+    missing = [field_name for field_name in required if field_name not in options]
     if missing:
-        raise MatrixConfigError(f"dataset.metaworld: missing field {missing[0]!r}")
-    options["tasks"] = _tasks(options["tasks"], "dataset.metaworld.tasks", resolve_tasks)
+        raise MatrixConfigError(f"{where}: missing field {missing[0]!r}")
+    if "tasks" in options:
+        options["tasks"] = _tasks(options["tasks"], f"{where}.tasks", simulator.parse_tasks)
     if "cameras" in options:
         options["cameras"] = list(options["cameras"])
-    return {"metaworld": options}
+    return {name: options}
+
+
+def generated_dataset(dataset: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(simulator name, generator options) of a dataset section that generates its data; None for ``path``."""
+    return None if "path" in dataset else next(iter(dataset.items()))
 
 
 def _tasks(value: Any, where: str, resolve: Callable[[Any], list[str]]) -> list[str]:
@@ -420,7 +427,7 @@ def _train_fields(options: Mapping[str, Any], where: str) -> dict[str, Any]:
     """TrainOptions keywords from an arm (or the training defaults); policy-config fields go into ``policy``."""
     from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import MODEL_TYPES
 
-    from world_modality.training.trainer import POLICY_TYPES
+    from lerobot_policy_world_modality import POLICY_TYPES
 
     train = _train_hints()
     policy_type = options.get("policy_type", train_defaults()["policy_type"])
@@ -464,38 +471,29 @@ def _memory_modes(top: Mapping[str, Any], name: str, config: MatrixConfig, valid
 
 
 def _evaluation(section: Mapping[str, Any], dataset: Mapping[str, Any]) -> EvaluationConfig:
-    from world_modality.latents import SIDECAR
-    from world_modality.sim.metaworld_tasks import resolve_tasks
+    from world_modality.sim import SIMULATOR_NAMES, get_simulator
 
     ev = _typed(EvaluationConfig, section, "evaluation")
     for name in ("episodes_per_task", "eval_seed", "workers", "groups", "videos_per_task"):
         low = 1 if name in ("episodes_per_task", "workers", "groups") else 0
         if getattr(ev, name) < low:
             raise MatrixConfigError(f"evaluation.{name}: expected an integer >= {low}, got {getattr(ev, name)!r}")
-    if ev.env not in SUPPORTED_ENVS:
-        raise MatrixConfigError(f"evaluation.env: expected one of {', '.join(SUPPORTED_ENVS)}, got {ev.env!r}")
+    if ev.env not in SIMULATOR_NAMES:
+        raise MatrixConfigError(f"evaluation.env: expected one of {', '.join(SIMULATOR_NAMES)}, got {ev.env!r}")
     if ev.max_steps is not None and ev.max_steps < 1:
         raise MatrixConfigError(f"evaluation.max_steps: expected null or an integer >= 1, got {ev.max_steps!r}")
-    if ev.env == "libero":
-        from world_modality.sim.libero_setup import SUITES
-
-        if ev.suite not in SUITES:
-            raise MatrixConfigError(f"evaluation.suite: env libero needs one of {', '.join(SUITES)}, got {ev.suite!r}")
-        if ev.tasks is not None:
-            tasks = ev.tasks.split(",") if isinstance(ev.tasks, str) else ev.tasks
-            ev.tasks = [str(t).strip() for t in tasks]
+    simulator = get_simulator(ev.env)
+    try:
+        simulator.check_suite(ev.suite)
+    except ValueError as e:
+        raise MatrixConfigError(f"evaluation.suite: {e}") from None
+    if ev.tasks is not None:
+        ev.tasks = _tasks(ev.tasks, "evaluation.tasks", simulator.parse_tasks)
         return ev
-    if ev.suite is not None:
-        raise MatrixConfigError(f"evaluation.suite: only for env libero, got suite {ev.suite!r} with env {ev.env!r}")
-    if ev.tasks is None:
-        if "metaworld" in dataset:
-            ev.tasks = list(dataset["metaworld"]["tasks"])
-        else:
-            sidecar = Path(dataset["path"]) / SIDECAR
-            if not sidecar.is_file():
-                raise MatrixConfigError(f"evaluation.tasks: required, since {dataset['path']} was not made by "
-                                        "`wm data metaworld` (no task list in its meta/world_modality.json)")
-            ev.tasks = list(json.loads(sidecar.read_text())["spec"]["tasks"])
-    else:
-        ev.tasks = _tasks(ev.tasks, "evaluation.tasks", resolve_tasks)
+    generated = generated_dataset(dataset)
+    if generated is not None and generated[0] == ev.env and "tasks" in generated[1]:
+        ev.tasks = list(generated[1]["tasks"])
+    elif generated is None:
+        # None: the simulator's episode list takes the tasks the policy was trained on (if it can tell).
+        ev.tasks = simulator.dataset_tasks(Path(dataset["path"]))
     return ev

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from world_modality.atomic_io import atomic_write_json, atomic_write_text, read_jsonl
-from world_modality.matrix.config import CONFIG_FILE, MatrixConfig, train_defaults, parse_config
+from world_modality.matrix.config import CONFIG_FILE, MatrixConfig, generated_dataset, parse_config, train_defaults
 from world_modality.report.readcheck import ablation_change, ablation_line, gate_line, intervention_path, load_gate_run
 
 EPISODES_FILE = "episodes.jsonl"
@@ -43,10 +43,11 @@ def eval_dir(run_dir: Path, label: str, seed: int) -> Path:
 
 
 def generate_dataset(config: MatrixConfig, run_dir: Path) -> None:
-    """Generate the MetaWorld dataset into RUN_DIR/dataset (resumable)."""
-    from world_modality.data.metaworld_gen import generate_metaworld_dataset
+    """Generate the simulator's expert dataset into RUN_DIR/dataset (resumable)."""
+    from world_modality.sim import get_simulator
 
-    generate_metaworld_dataset(dataset_dir(config, run_dir), **config.dataset["metaworld"])
+    name, options = generated_dataset(config.dataset)
+    get_simulator(name).dataset_generator(dataset_dir(config, run_dir), **options)
 
 
 def compute_world_latents(config: MatrixConfig, run_dir: Path, encoder: str) -> None:
@@ -132,16 +133,17 @@ def plan(config: MatrixConfig, run_dir: str | Path) -> list[Step]:
     """Every step of the matrix in order, each marked done or to do from what RUN_DIR holds."""
     from lerobot_policy_world_modality.latent_cache import SPEC_FILE
 
-    from world_modality.latents import SIDECAR
+    from world_modality.sim import get_simulator
     from world_modality.training.checkpoint import last_checkpoint
 
     run_dir = Path(run_dir).expanduser().resolve()
     steps: list[Step] = []
     data = dataset_dir(config, run_dir)
-    if "metaworld" in config.dataset:
-        mw = config.dataset["metaworld"]
-        steps.append(Step("dataset", "metaworld", (data / SIDECAR).is_file(),
-                          f"{len(mw['tasks'])} task(s) x {mw['episodes_per_task']} expert episodes -> {data}",
+    generated = generated_dataset(config.dataset)
+    if generated is not None:
+        name, options = generated
+        what = ", ".join(f"{key} {value}" for key, value in options.items() if key in ("tasks", "episodes_per_task"))
+        steps.append(Step("dataset", name, get_simulator(name).dataset_complete(data), f"{what} -> {data}",
                           lambda: generate_dataset(config, run_dir)))
     for encoder in config.encoders:
         latents = latents_dir(config, run_dir, encoder)

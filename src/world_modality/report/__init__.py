@@ -11,7 +11,7 @@ checkpoint's gate, TensorBoard logs) and the offline interventions ``RUN_DIR/int
   (`world_modality.report.arms`), which says whether the arm read its memory (`world_modality.report.readcheck`),
   warnings, the tables below, the plots and links to rollout videos;
 - ``arms.csv``: each arm's kind, world source (encoder), training memory, baseline, read-check and success;
-- ``overall.csv``, ``per_task.csv``, ``task_groups.csv`` (MetaWorld only): success with Wilson intervals;
+- ``overall.csv``, ``per_task.csv``, ``task_groups.csv`` (where the simulator defines task groups): success with Wilson intervals;
 - ``comparisons.csv``: paired differences (controls and world-memory arms vs their baseline, world memory vs
   a control on the same world source, each ablation vs its arm) with a paired bootstrap interval and the exact
   McNemar p-value, pooled over training seeds;
@@ -49,6 +49,7 @@ from world_modality.report.readcheck import (
     world_memory_verdict,
 )
 from world_modality.shards import has_results, load_episode_results
+from world_modality.sim import task_groups
 from world_modality.stats import (
     ArmComparison,
     aggregate_over_seeds,
@@ -129,12 +130,13 @@ def write_report(run_dir: str | Path, alpha: float = 0.05, baseline: str | None 
 
     overall = _ordered(success_table(res.records, by=("arm",)), res.labels)
     per_task = _ordered(success_table(res.records, by=("arm", "task")), res.labels)
-    try:
-        groups = _ordered(task_group_table(res.records, by=("arm",)), res.labels)
-    except ValueError as e:  # not MetaWorld tasks
-        groups, group_note = [], f"No MetaWorld task-group rollup: {e}."
-    else:
-        group_note = ""
+    simulator_groups = task_groups(r["suite"] for r in res.records if "suite" in r)
+    groups, group_note = [], "No task-group rollup: the episodes' simulator defines no task groups."
+    if simulator_groups:
+        try:
+            groups, group_note = _ordered(task_group_table(res.records, simulator_groups, by=("arm",)), res.labels), ""
+        except ValueError as e:  # tasks outside the simulator's groups
+            group_note = f"No task-group rollup: {e}."
     comparisons = _comparisons(res, _comparison_pairs(res, facts, baselines))
     comparison_rows = [_comparison_row(a, b, c) for (a, b), c in comparisons.items()]
     warnings += [f"{a} and {b} could not be compared: {c}" for (a, b), c in comparisons.items() if isinstance(c, str)]
