@@ -277,12 +277,12 @@ def test_matrix_evaluates_a_libero_suite(tmp_path, monkeypatch):
     raw = {"dataset": {"path": str(tmp_path)}, "encoder": {"name": "learned"}, "arms": {"E2": {"model_type": "F"}},
            "evaluation": {"env": "libero", "suite": "libero_spatial", "tasks": "0, 1", "episodes_per_task": 2, "max_steps": 50}}
     config = matrix.parse_config(raw)
-    assert config.evaluation["suite"] == "libero_spatial" and config.evaluation["tasks"] == ["0", "1"]
+    assert config.evaluation.suite == "libero_spatial" and config.evaluation.tasks == ["0", "1"]
     assert matrix.parse_config(config.to_dict()).to_dict() == config.to_dict()
     calls = []
     monkeypatch.setattr(rollout, "evaluate_checkpoint", lambda ckpt, **kwargs: calls.append(kwargs))
     monkeypatch.setattr(checkpoint, "last_checkpoint", lambda folder: tmp_path / "checkpoint")
-    matrix.evaluate_arm(config, tmp_path, "E2", 0, None, "E2")
+    matrix.run.evaluate_arm(config, tmp_path, "E2", 0, None, "E2")
     assert calls[0] | {"out_dir": None} == calls[0] | {
         "env": "libero", "suite": "libero_spatial", "tasks": ["0", "1"], "episodes_per_task": 2, "max_steps": 50, "out_dir": None}
 
