@@ -273,6 +273,13 @@ def test_foreign_folder_at_output_is_refused(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_workers_take_the_costliest_tasks_first():
+    assert metaworld_gen.costliest_first(resolve_tasks("reach,box-close,handle-press,push-back")) == [
+        "box-close-v3", "push-back-v3", "reach-v3", "handle-press-v3"
+    ]
+    assert len(metaworld_gen.costliest_first(resolve_tasks("MT50"))) == 50  # every task has a cost
+
+
 def test_task_resolution():
     assert len(resolve_tasks("MT50")) == 50
     assert resolve_tasks("MT10")[:3] == ["reach-v3", "push-v3", "pick-place-v3"]
