@@ -2,6 +2,8 @@
 # Set up everything this project needs (uv, the locked Python environment), then run one job:
 #   bash run.sh main [wm demo options]   the main job on the offline default
 #   bash run.sh test [pytest options]    the test suite without the slow end-to-end tests (-m slow: those alone)
+#   bash run.sh wheelhouse OUT [options] wheels of the locked environment for a machine without a registry
+#                                        (scripts/wheelhouse.py; OUT/install.sh installs them there)
 # Further arguments go to the job. Set-up is idempotent: a second run only checks the environment.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,6 +25,10 @@ PY=$(python_bin)
 if ! "$PY" -m uv --version 2>/dev/null | grep -q "uv $UV_VERSION"; then
     "$PY" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
+if [ "${1:-}" = wheelhouse ]; then
+    shift
+    exec "$PY" scripts/wheelhouse.py "$@"  # needs uv and pip, not the project's environment
+fi
 # Bytecode is compiled at install time: importing torch/lerobot from source files costs ~30 s per process.
 "$PY" -m uv sync --frozen --compile-bytecode --quiet
 
@@ -32,7 +38,7 @@ case "$job" in
     main) exec "$PY" -m uv run --frozen --no-sync wm demo "$@" ;;
     test) exec "$PY" -m uv run --frozen --no-sync pytest -m "not slow" "$@" ;;
     *)
-        echo "usage: bash run.sh main|test [options]" >&2
+        echo "usage: bash run.sh main|test|wheelhouse [options]" >&2
         exit 2
         ;;
 esac

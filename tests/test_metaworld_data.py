@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from conftest import TINY_EPISODES, TINY_SIZE, TINY_TASKS
 from world_modality.sim.metaworld import generate as metaworld_gen
 from world_modality.data.check import DatasetKeys, DatasetSchemaError, check_dataset
+from world_modality.data.merge import DatasetAppender
 from world_modality.sim.metaworld.generate import (
     SIDECAR,
     DatasetSpecMismatch,
     generate_metaworld_dataset,
 )
+from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
 from world_modality.sim.metaworld.env import MetaWorldEnv, RenderSettings
 from world_modality.sim.metaworld.tasks import instruction, resolve_tasks
 
@@ -151,9 +157,11 @@ def test_interrupted_run_resumes_without_regenerating_finished_tasks(tmp_path, m
     monkeypatch.setattr(metaworld_gen, "generate_task", interrupted_after_first_task)
     with pytest.raises(KeyboardInterrupt):
         generate_metaworld_dataset(out, "reach,push", 1, image_size=32)
-    # Nothing at the output path pretends to be a dataset; the finished task is staged.
+    # Nothing at the output path pretends to be a dataset; the finished task is staged as a LeRobot shard.
     assert not out.exists()
-    assert (tmp_path / ".resumable.staging" / "reach-v3.npz").exists()
+    staged = tmp_path / ".resumable.staging"
+    assert (staged / "reach-v3" / "meta" / "info.json").exists() and (staged / "reach-v3.json").exists()
+    assert not (staged / "push-v3.json").exists()
 
     calls.clear()
 
@@ -181,11 +189,57 @@ def test_interruption_while_writing_leaves_no_dataset(tmp_path, monkeypatch):
     assert not out.exists()
 
 
-def test_parallel_workers(tmp_path):
-    out = tmp_path / "parallel"
-    per_task = generate_metaworld_dataset(out, "reach,button-press", 1, image_size=32, workers=2)
-    assert set(per_task) == {"reach-v3", "button-press-v3"}
-    assert _load(out).meta.total_episodes == 2
+def test_parallel_workers_write_the_dataset_one_process_writes(tmp_path, caplog):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    generate_metaworld_dataset(serial, "drawer-close,reach", 1, image_size=32)
+    with caplog.at_level(logging.DEBUG, logger=metaworld_gen.__name__):
+        per_task = generate_metaworld_dataset(parallel, "drawer-close,reach", 1, image_size=32, workers=2)
+    assert set(per_task) == {"reach-v3", "drawer-close-v3"}
+    # The benchmark times episodes by these records.
+    assert {r.getMessage() for r in caplog.records} >= {"drawer-close-v3: episode 1 written", "reach-v3: episode 1 written"}
+    assert dataset_fingerprint(parallel) == dataset_fingerprint(serial)
+    for table in ("data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet"):
+        assert pq.read_table(parallel / table).equals(pq.read_table(serial / table)), table
+    for name in ("meta/info.json", "meta/stats.json", SIDECAR):
+        assert json.loads((parallel / name).read_text()) == json.loads((serial / name).read_text()), name
+    ds = _load(parallel)
+    assert ds.meta.total_episodes == 2 and ds[len(ds) - 1]["task"] == instruction("reach-v3")
+    assert not (tmp_path / ".parallel.staging").exists() and not (tmp_path / ".parallel.writing").exists()
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read()/pread() so far (Linux), page cache included."""
+    return int(re.search(r"rchar: (\d+)", Path("/proc/self/io").read_text()).group(1))
+
+
+def test_bytes_read_per_frame_written_do_not_grow_with_the_episodes(tmp_path, monkeypatch, metaworld_dataset):
+    """Counted, not timed: writing an episode into its shard and appending a shard to the dataset read no
+    more per frame for 4 episodes per task than for 1 (re-reading earlier episodes would). The session's
+    dataset (a fixture) has already imported and run the writer, so one-time reads are not counted."""
+    reads: list[tuple[str, float]] = []
+    write_episode, append = metaworld_gen._write_episode, DatasetAppender.append
+
+    def counted_write(dataset, episode, *args):
+        before = _bytes_read()
+        write_episode(dataset, episode, *args)
+        reads.append(("episode", (_bytes_read() - before) / len(episode["action"])))
+
+    def counted_append(self, shard):
+        frames, before = self._dst.info.total_frames if self._dst else 0, _bytes_read()
+        episodes = append(self, shard)
+        reads.append(("shard", (_bytes_read() - before) / (self._dst.info.total_frames - frames)))
+        return episodes
+
+    monkeypatch.setattr(metaworld_gen, "_write_episode", counted_write)
+    monkeypatch.setattr(DatasetAppender, "append", counted_append)
+    per_frame = {}
+    for episodes in (1, 4):
+        reads.clear()
+        generate_metaworld_dataset(tmp_path / f"e{episodes}", "reach", episodes, image_size=32)
+        per_frame[episodes] = {kind: max(r for k, r in reads if k == kind) for kind in ("episode", "shard")}
+    assert len(reads) == 4 + 1
+    for kind in ("episode", "shard"):
+        assert per_frame[4][kind] <= 1.5 * per_frame[1][kind], per_frame
 
 
 @pytest.mark.parametrize(
@@ -217,6 +271,13 @@ def test_foreign_folder_at_output_is_refused(tmp_path):
     with pytest.raises(DatasetSpecMismatch, match="is not a dataset made by `wm data metaworld`"):
         generate_metaworld_dataset(tmp_path, "reach", 1)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_workers_take_the_costliest_tasks_first():
+    assert metaworld_gen.costliest_first(resolve_tasks("reach,box-close,handle-press,push-back")) == [
+        "box-close-v3", "push-back-v3", "reach-v3", "handle-press-v3"
+    ]
+    assert len(metaworld_gen.costliest_first(resolve_tasks("MT50"))) == 50  # every task has a cost
 
 
 def test_task_resolution():
