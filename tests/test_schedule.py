@@ -185,6 +185,18 @@ def test_invalid_plans_are_refused():
         execute(Plan([]), "threads")
 
 
+def test_the_default_executor_is_concurrent_on_a_gpu_machine_and_ray_with_an_address(monkeypatch):
+    import torch
+
+    from world_modality.schedule import default_executor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_executor() == "local" and default_executor(concurrent=False) == "serial"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_executor() == "serial" and default_executor(concurrent=True) == "local"
+    assert default_executor(address="auto") == "ray"
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
@@ -196,7 +208,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.mark.slow
 def test_a_local_ray_cluster_writes_the_serial_runs_files(ray_cluster, tmp_path):
     serial, on_ray = tmp_path / "serial", tmp_path / "ray"
     execute(fake_plan(serial), "serial")
@@ -273,3 +284,28 @@ def test_a_tiny_matrix_gives_the_same_episodes_and_report_serially_concurrently_
     assert reference["tables"]
     assert outcome(runs["local"]) == reference
     assert outcome(runs["ray"]) == reference
+
+
+@pytest.mark.slow
+def test_wm_eval_on_ray_shards_gives_the_one_process_episodes(ray_cluster, metaworld_dataset, tmp_path):
+    from world_modality.cli import main
+    from world_modality.latents import compute_latents
+    from world_modality.shards import SHARD_FIELDS, load_episode_results
+
+    latents = compute_latents(metaworld_dataset, "state", out=tmp_path / "latents", progress=False)
+    train_tiny(str(metaworld_dataset), str(latents), str(tmp_path / "run"), "F")
+    common = [str(tmp_path / "run"), "--tasks", "reach-v3,pick-place-v3", "--episodes-per-task", "2", "--workers", "1",
+              "--max-steps", "6", "--device", "cpu", "--arm", "E2"]
+    assert main(["eval", *common, "--out", str(tmp_path / "one")]) == 0
+    # The test's Ray instance is already up, so `execute` runs on it ('auto' would join a `ray start` cluster).
+    assert main(["eval", *common, "--out", str(tmp_path / "ray"), "--ray", "auto", "--shards", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "ray").glob("episodes.*")) == ["episodes.shard-1-of-2.jsonl",
+                                                                           "episodes.shard-2-of-2.jsonl"]
+
+    def outcome(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in (*SHARD_FIELDS, "wall_time_s")} for r in records]
+
+    one = outcome(read_jsonl(tmp_path / "one" / "episodes.jsonl"))
+    assert outcome(load_episode_results(tmp_path / "ray")) == one and len(one) == 4
+    with pytest.raises(ValueError, match="--shards splits the evaluation into Ray tasks"):
+        main(["eval", *common, "--out", str(tmp_path / "x"), "--shards", "2", "--debug"])

@@ -341,7 +341,13 @@ def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None]) ->
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False)
+        try:
+            ray.init(address=address, **({} if address else {"include_dashboard": False}))
+        except (ConnectionError, RuntimeError) as e:
+            raise RuntimeError(
+                f"could not join the Ray cluster at {address}: {e}\nRay starts clusters with token authentication: "
+                "run with RAY_AUTH_MODE=token and the head node's ~/.ray/auth_token here (or start every node with "
+                "RAY_AUTH_MODE=disabled on a private network)") from e
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         most_cpus = max(n.get("CPU", 0.0) for n in nodes)
