@@ -3,11 +3,11 @@
 Usage: python benchmarks/bench_train_throughput.py DATASET --latents DIR [--batch-size 64] [--steps 50]
        [--devices cpu,cuda] [--json out.json]
 
-Runs `wm train`'s own step (batch from the latent cache -> LeRobot preprocessor -> forward, backward,
-clip, AdamW) with the default policy config on each device (cuda only when present), after warm-up
-steps. Per step, the time to build and normalise the batch ("data") and the forward/backward/optimizer
-time ("compute", CUDA-synchronised) are measured separately, so a GPU that waits on data shows up as
-a large data share. Reports samples/s per model and the F/A cost ratio (target: <= 1.5).
+Runs `wm train`'s own step (batch gathered from the latent cache on the training device, as `wm train`
+does -> LeRobot preprocessor -> forward, backward, clip, AdamW) with the default policy config on each
+device (cuda only when present), after warm-up steps. Per step, the time to build and normalise the
+batch ("data") and the forward/backward/optimizer time ("compute", CUDA-synchronised) are measured
+separately, so a GPU that waits on data shows up as a large data share. Reports samples/s per model and the F/A cost ratio (target: <= 1.5).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lerobot_policy_world_modality.world_transformer.modeling_world_transformer 
 
 from world_modality.data.check import DatasetKeys, check_dataset
 from lerobot_policy_world_modality.latent_cache import LatentCache
-from world_modality.training.data import LatentBatches, read_frame_table, split_episodes
+from world_modality.training.data import LatentBatches, batch_device, read_frame_table, split_episodes
 from world_modality.training.trainer import TrainOptions, build_config
 
 
@@ -37,7 +37,7 @@ def measure(model_type: str, args, device: torch.device) -> dict[str, float]:
     config = build_config(opts, cache, table.instructions, table.state.shape[1], table.action.shape[1],
                           summary.features, summary.keys.get("image"), device)
     data = LatentBatches(cache, table, keys, split_episodes(table, 0.1)[0], config.chunk_size, config.history_len,
-                         config.num_future)
+                         config.num_future, device=batch_device(None, device))
     torch.manual_seed(0)
     policy = WorldTransformerPolicy(config).to(device).train()
     preprocessor, _ = make_pre_post_processors(config, dataset_stats=data.stats())

@@ -34,7 +34,7 @@ LAYERS: dict[str, list[tuple[str, ...]]] = {
         ("latents", "tokens", "sim"),
         ("training", "coc", "shards"),
         ("rollout",),
-        ("report", "matrix"),
+        ("report", "matrix", "schedule"),
         ("commands", "cli"),
     ],
 }

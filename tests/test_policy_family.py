@@ -312,3 +312,21 @@ def test_frozen_text_encoder_conditions_the_policy_and_stays_out_of_the_checkpoi
     embedded = policy.instruction(texts, torch.device("cpu"))
     assert embedded.shape == (3, TINY["d_model"]) and not torch.allclose(embedded[0], embedded[1])
     assert all(not p.requires_grad for p in policy.instruction._text_model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batches_gathered_on_the_gpu_equal_the_host_batches(metaworld_dataset, latents):
+    """`wm train` gathers the latents-only family's batches on the GPU: the same values as on the host."""
+    keys = DatasetKeys()
+    table, cache = read_frame_table(metaworld_dataset, keys), LatentCache.load(latents)
+    host = LatentBatches(cache, table, keys, [0, 1], 4, 3, 2)
+    on_gpu = LatentBatches(cache.to("cuda"), table, keys, [0, 1], 4, 3, 2, device="cuda")
+    rows = torch.arange(0, 40, 3)
+    expected, batch = host.batch(rows), on_gpu.batch(rows)
+    assert batch.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            assert batch[key].is_cuda and torch.equal(batch[key].cpu(), value), key
+        else:
+            assert batch[key] == value, key

@@ -243,3 +243,88 @@ def test_wm_eval_of_an_ablation_says_whether_it_changed_anything(checkpoints, tm
     assert cli.main(["eval", str(opened), *options, "--out", str(run / "E2" / "seed0")]) == 0
     assert cli.main(["eval", str(opened), *options, "--memory-mode", "zero", "--out", str(run / "E2:zero" / "seed0")]) == 0
     assert "E2:zero changed the outcome of 0 of 2 paired episodes vs E2 (length on 0, actions on 2)" in capsys.readouterr().out
+
+
+class _FakeAdapter:
+    """An env adapter that records what it was asked: which key it was built for, whether it was closed."""
+
+    def __init__(self, log: list):
+        self.log, self.key = log, None
+
+    def reset(self, episode):
+        self.key = self.key or episode.task
+        assert self.key == episode.task, "a cached adapter serves one key only"
+        return {"layout": episode.layout}
+
+    def step(self, action):
+        return {"key": self.key}, False, False
+
+    def peek(self, actions):
+        return actions
+
+    def close(self):
+        self.log.append(("closed", self.key))
+
+
+def test_env_cache_keeps_the_envs_built_first_and_turns_over_the_last_slot():
+    from world_modality.rollout.env_cache import EnvCache
+
+    log = []
+    cache = EnvCache(lambda: _FakeAdapter(log), capacity=2)
+    episode = lambda task, layout=0: EpisodeSpec("metaworld", task, 1000, layout)  # noqa: E731
+    assert cache.reset(episode("a")) == {"layout": 0} and cache.builds == 1
+    assert cache.reset(episode("a", 3)) == {"layout": 3} and cache.builds == 1  # same key: reset, no build
+    assert cache.step(None)[0] == {"key": "a"}
+    cache.reset(episode("b")), cache.reset(episode("c"))  # full: the last used (b) makes room, a stays
+    assert cache.builds == 3 and log == [("closed", "b")]
+    assert cache.step(None)[0] == {"key": "c"}
+    cache.reset(episode("a"))  # the first-built env is still there: a next evaluation starts on it
+    assert cache.builds == 3 and cache.env_builds() == 3
+    cache.close()
+    assert sorted(log) == [("closed", "a"), ("closed", "b"), ("closed", "c")]
+    with pytest.raises(ValueError, match="envs per worker must be at least 1"):
+        EnvCache(lambda: _FakeAdapter(log), capacity=0)
+
+
+def test_evaluations_on_a_shared_pool_match_a_fresh_pool_bit_for_bit(checkpoints, tmp_path, monkeypatch):
+    """A second evaluation on started workers builds no env and gives the episodes, successes, observations
+    and actions of the same evaluation on a fresh pool, although another evaluation stepped those envs first."""
+    import numpy as np
+
+    from world_modality.rollout.policies import LeRobotRolloutPolicy
+    from world_modality.rollout.pools import EnvPools
+
+    trace = []
+    real_act = LeRobotRolloutPolicy.act
+
+    def recording_act(self, observations, instructions, peek):
+        actions = real_act(self, observations, instructions, peek)
+        trace.append((np.stack([o["env_state"] for o in observations]), actions))
+        return actions
+
+    monkeypatch.setattr(LeRobotRolloutPolicy, "act", recording_act)
+    kwargs = dict(arm="E2", tasks="reach-v3,pick-place-v3", episodes_per_task=3, workers=2, max_steps=8)
+
+    def outcome(results: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in read_jsonl(results)]
+
+    with EnvPools() as pools:
+        # The first evaluation runs on a freshly started pool: the reference.
+        fresh = outcome(_eval(checkpoints["F"], tmp_path / "fresh", **kwargs, pools=pools))
+        fresh_trace, trace[:] = list(trace), []
+        [pool] = pools.pools
+        built = pool.env_builds()
+        # Another evaluation steps the same envs through other episodes (longer, another policy) ...
+        _eval(checkpoints["A"], tmp_path / "other", **(kwargs | dict(arm="E0", max_steps=11)), pools=pools)
+        trace[:] = []
+        # ... and the first one again, on the started workers.
+        shared = outcome(_eval(checkpoints["F"], tmp_path / "shared", **kwargs, pools=pools))
+        assert pools.started == 1 and pool.env_builds() == built == 4  # 2 workers x 2 tasks, built once
+        assert shared == fresh and len(shared) == 6
+        assert len(trace) == len(fresh_trace)
+        for (obs, actions), (fresh_obs, fresh_actions) in zip(trace, fresh_trace):
+            np.testing.assert_array_equal(obs, fresh_obs)
+            np.testing.assert_array_equal(actions, fresh_actions)
+        # A pool left with a command in flight (an interrupted evaluation) is replaced, not reused.
+        pool.send("env_builds", {0: None})
+        assert pools.get(pool.simulator.name, pool.render, pool.size) is not pool and pools.started == 2

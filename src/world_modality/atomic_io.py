@@ -1,4 +1,8 @@
-"""Atomic writes: a reader sees the old file or the complete new one, never a partial one."""
+"""Atomic writes: a reader sees the old file or the complete new one, never a partial one.
+
+Torch-free at import (torch only for `save_tensors_atomic`): torch-free tools and short-lived step
+processes (`world_modality.schedule`) use the text and JSONL writers without paying torch's import.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -32,6 +37,8 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
     """Write a safetensors file (with string metadata) so readers never see a partial one."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

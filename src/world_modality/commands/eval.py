@@ -52,6 +52,12 @@ def register(subparsers) -> None:
     p.add_argument("--shard", type=_shard, default=None, metavar="i/N",
                    help="run only shard i of N (1-based: 1/N ... N/N): the episodes at positions i-1, i-1+N, ... of the "
                         "full episode list; all other options must be the same for every shard")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the evaluation as --shards Ray tasks on the cluster at ADDRESS ('auto': the one started on "
+                        "this machine with `ray start --head`); OUT must be on storage every node sees. With --device "
+                        "cuda each task also holds a share of a GPU for the policy")
+    p.add_argument("--shards", type=int, default=None, help="with --ray: Ray tasks to split the evaluation into "
+                                                          "(default 1), each holding --workers CPUs")
     add_common(p)
     p.set_defaults(handler=_eval)
 
@@ -66,13 +72,21 @@ def _shard(text: str):
 
 
 def _eval(args) -> int:
+    from pathlib import Path
+
     from world_modality.atomic_io import read_jsonl
     from world_modality.rollout import evaluate_checkpoint
-    from world_modality.shards import IncompleteShards, load_episode_results
+    from world_modality.shards import IncompleteShards, Shard, load_episode_results
     from world_modality.stats import success_table
 
-    results = evaluate_checkpoint(
-        args.checkpoint,
+    if args.shards is not None and args.ray is None:
+        raise ValueError("--shards splits the evaluation into Ray tasks: give --ray ADDRESS too (on one machine, use "
+                         "--shard i/N per process instead)")
+    if args.ray is not None and args.shard is not None:
+        raise ValueError("--ray runs every shard itself (--shards N); leave out --shard")
+    if args.shards is not None and args.shards < 1:
+        raise ValueError(f"--shards must be at least 1, got {args.shards}")
+    options = dict(
         env=args.env,
         suite=args.suite,
         tasks=args.tasks,
@@ -87,15 +101,28 @@ def _eval(args) -> int:
         device=args.device,
         allow_train_layouts=args.allow_train_layouts,
         max_steps=args.max_steps,
-        shard=args.shard,
         groups=args.groups,
     )
-    if args.shard is None:
+    if args.ray is not None:
+        from world_modality.schedule import Plan, Step, eval_resources, execute
+
+        count = args.shards or 1
+        resources = eval_resources(args.workers, gpu=args.device.startswith("cuda"))
+        # Absolute paths: a task's working folder is Ray's, on whichever node runs it.
+        where = {"checkpoint": str(Path(args.checkpoint).resolve()), "out_dir": str(Path(args.out).resolve())}
+        execute(Plan([Step(f"shard {i}/{count}", "eval", evaluate_checkpoint,
+                           options | where | {"shard": f"{i}/{count}"}, resources=resources)
+                      for i in range(1, count + 1)]), "ray", address=args.ray)
+        results = Path(args.out) / Shard(count, count).file_name
+    else:
+        results = evaluate_checkpoint(args.checkpoint, **options, shard=args.shard)
+    if args.shard is None and args.ray is None:
         merged = read_jsonl(results)
     else:
+        count = args.shard.count if args.shard is not None else args.shards or 1
         try:
             merged = load_episode_results(results.parent)
-            print(f"summary of all {args.shard.count} shards, merged:")
+            print(f"summary of all {count} shards, merged:")
         except IncompleteShards as e:  # the other shards are still running: summarise this one
             print(f"not merged yet: {e}\nsummary of shard {args.shard} only:")
             merged = read_jsonl(results)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from world_modality.rollout.env_cache import DEFAULT_ENVS_PER_WORKER, EnvCache
 from world_modality.sim import get_simulator
 from world_modality.sim.base import RenderSettings
 
@@ -23,10 +24,11 @@ from world_modality.sim.base import RenderSettings
 WORKER_NICENESS = 5
 
 
-def _worker(conn, simulator_name: str, render_dict: dict | None) -> None:
+def _worker(conn, simulator_name: str, render_dict: dict | None, envs_per_worker: int) -> None:
     os.nice(WORKER_NICENESS)
     simulator = get_simulator(simulator_name)
-    adapter = simulator.adapter(simulator.render_from_dict(render_dict) if render_dict else None)
+    render = simulator.render_from_dict(render_dict) if render_dict else None
+    adapter = EnvCache(lambda: simulator.adapter(render), envs_per_worker)
     try:
         while True:
             command, payload = conn.recv()
@@ -45,21 +47,26 @@ def _worker(conn, simulator_name: str, render_dict: dict | None) -> None:
 class EnvPool:
     """``size`` processes of the simulator registered as ``simulator``. ``send`` starts a command (reset, step,
     peek) on a subset of them, which run concurrently; ``receive`` collects the results, so the caller can
-    work (run the policy for other envs) while these envs step.
+    work (run the policy for other envs) while these envs step. A pool outlives an evaluation when handed to
+    several (`world_modality.rollout.pools.EnvPools`): each worker keeps up to ``envs_per_worker`` built envs
+    (`EnvCache`), so a later evaluation of the same tasks resets envs instead of building them.
     """
 
-    def __init__(self, simulator: str, render: RenderSettings | None, size: int):
+    def __init__(self, simulator: str, render: RenderSettings | None, size: int,
+                 envs_per_worker: int = DEFAULT_ENVS_PER_WORKER):
         self.simulator = get_simulator(simulator)  # an unknown name fails here, not in every worker
         if render is not None and render.simulator != simulator:
             raise ValueError(f"render settings of simulator {render.simulator!r} given to a {simulator!r} env pool")
         if size < 1:
             raise ValueError(f"--workers must be at least 1, got {size}")
+        self.render = render
+        self._pending: set[int] = set()  # slots whose result has not been received yet
         ctx = mp.get_context("spawn")  # a fresh OpenGL context per worker
         self._conns, self._procs = [], []
         for _ in range(size):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=_worker, args=(child, simulator, render.to_dict() if render else None), daemon=True
+                target=_worker, args=(child, simulator, render.to_dict() if render else None, envs_per_worker), daemon=True
             )
             proc.start()
             child.close()
@@ -74,12 +81,14 @@ class EnvPool:
         """Start ``command`` (reset, step, peek) on the given slots without waiting for them."""
         for slot, payload in payloads.items():
             self._conns[slot].send((command, payload))
+            self._pending.add(slot)
 
     def receive(self, slots: Iterable[int]) -> dict[int, Any]:
         """The results of the slots' last ``send``, waiting for each."""
         results = {}
         for slot in slots:
             status, value = self._conns[slot].recv()
+            self._pending.discard(slot)
             if status == "error":
                 raise RuntimeError(f"simulator worker {slot} failed:\n{value}")
             results[slot] = value
@@ -99,6 +108,17 @@ class EnvPool:
         """The simulator's own future env states [K, E] under action sequences [K, A], per slot."""
         self.send("peek", {slot: np.asarray(a, dtype=np.float32) for slot, a in actions.items()})
         return self.receive(actions)
+
+    @property
+    def reusable(self) -> bool:
+        """Every worker is alive and no result is outstanding (an interrupted evaluation leaves some:
+        the next one would read them as its own)."""
+        return bool(self._procs) and not self._pending and all(p.is_alive() for p in self._procs)
+
+    def env_builds(self) -> int:
+        """Envs built so far by all workers together."""
+        self.send("env_builds", dict.fromkeys(range(self.size)))
+        return sum(self.receive(range(self.size)).values())
 
     def close(self) -> None:
         for conn, proc in zip(self._conns, self._procs):

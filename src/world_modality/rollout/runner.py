@@ -17,6 +17,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Generator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from world_modality.atomic_io import append_jsonl, read_jsonl
 from world_modality.choices import EVAL
 from world_modality.rollout.envs import EnvPool
 from world_modality.rollout.policies import RolloutPolicy, load_rollout_policy
+from world_modality.rollout.pools import EnvPools
 from world_modality.shards import RESULTS_FILE, Shard, checkpoint_digest, evaluation_id
 from world_modality.sim import DEFAULT_SIMULATOR, get_simulator
 from world_modality.sim.base import EpisodeRequest, EpisodeSpec
@@ -248,6 +250,7 @@ def evaluate_checkpoint(
     max_steps: int | None = EVAL.max_steps,
     shard: str | Shard | None = None,
     groups: int = EVAL.groups,
+    pools: EnvPools | None = None,
 ) -> Path:
     """Closed-loop evaluation of one checkpoint in the simulator registered as ``env``; returns the episodes
     JSONL (resumable).
@@ -255,7 +258,9 @@ def evaluate_checkpoint(
     Every arm evaluated with the same env, tasks, episodes_per_task and eval_seed runs the identical
     episode list, so results pair up by ``episode_id``. With ``shard`` ("i/N", 1-based) only the
     episodes at positions ``i-1, i-1+N, ...`` of that list run, into ``episodes.shard-<i>-of-<N>.jsonl``;
-    `world_modality.shards.load_episode_results` merges the N shard files.
+    `world_modality.shards.load_episode_results` merges the N shard files. ``pools``: started simulator
+    pools to run on and leave running for the next evaluation (a matrix's evaluations share them);
+    without it the evaluation starts its own pool and closes it at the end.
     """
     simulator = get_simulator(env)
     if isinstance(shard, str):
@@ -296,7 +301,8 @@ def evaluate_checkpoint(
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - size))
     try:
-        with EnvPool(env, policy.render, size) as pool:
+        with EnvPools() if pools is None else nullcontext(pools) as shared:
+            pool = shared.get(env, policy.render, size)
             run_episodes(policy, episodes, pool, results, record, videos_per_task, max_steps, episode_fields, groups)
     finally:
         torch.set_num_threads(threads)

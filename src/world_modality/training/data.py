@@ -1,7 +1,9 @@
 """Latents-only training data: cached world latents + the dataset's low-dimensional columns.
 
 State, action, episode and instruction columns are read once from the dataset's parquet files
-(images are never decoded), so a batch is a handful of tensor gathers. Batches use the policy's
+(images are never decoded), so a batch is a handful of tensor gathers; for the latents-only family they
+run on the training device, where the columns and latents are put once (`batch_device`), so a step
+assembles no batch on the host and copies nothing but the drawn row indices to the GPU. Batches use the policy's
 keys: the dataset's state/action/instruction keys, ``<action>_is_pad`` (LeRobot's convention,
 True = padding past the episode end) and the world-latent keys of the world transformer.
 """
@@ -120,18 +122,29 @@ def training_images(dataset: str | Path, config) -> DatasetImages | None:
     return None if config.type == "world_transformer" else DatasetImages(dataset, [config.image_key])
 
 
+def batch_device(images: DatasetImages | None, device: torch.device) -> torch.device:
+    """Where batches are gathered: on the training device when they are latents and columns only (a few
+    tensors of the whole dataset fit there: 500k frames of 1024-dim fp16 latents are 1 GB), on the host
+    for families that decode camera frames there anyway."""
+    return device if images is None else torch.device("cpu")
+
+
 class LatentBatches:
     """Batches of (latent history, state, instruction, action chunk, future latents) for frames of
     the given episodes, from a `LatentCache` and a `FrameTable` of the same dataset."""
 
     def __init__(self, cache: LatentCache, table: FrameTable, keys: DatasetKeys, episodes: list[int],
                  chunk_size: int, history_len: int, num_future: int, images: DatasetImages | None = None,
-                 coc_labels: dict[int, str] | None = None) -> None:
+                 coc_labels: dict[int, str] | None = None, device: torch.device | str = "cpu") -> None:
         if len(cache.z) != len(table.state):
             raise DatasetSchemaError(f"the latent cache has {len(cache.z)} frames, the dataset {len(table.state)}")
         if not torch.equal(torch.as_tensor(cache.episode_index, dtype=torch.long), table.episode_index):
             raise DatasetSchemaError("the latent cache's episode_index column differs from the dataset's")
-        self.cache, self.table, self.keys = cache, table, keys
+        self.cache, self.table, self.keys = cache.to(device), table, keys
+        self.device = torch.device(device)
+        # The columns a batch gathers, on the batch device (the table itself stays on the host).
+        self._state, self._action = table.state.to(device), table.action.to(device)
+        self._episode_index, self._episode_end = table.episode_index.to(device), table.episode_end.to(device)
         self.chunk_size, self.history_len, self.num_future = chunk_size, history_len, num_future
         self.images = images
         self.coc_labels = coc_labels  # episode -> CoC text; batches then carry "coc_text" (None: unlabelled)
@@ -152,19 +165,21 @@ class LatentBatches:
             yield self.batch(rows)
 
     def batch(self, rows: Tensor) -> dict[str, Tensor | list[str]]:
-        offsets = rows[:, None] + torch.arange(self.chunk_size)
-        end = self.table.episode_end[rows][:, None]
+        """The batch of frames ``rows`` (host indices), its tensors on the batch device."""
+        windows = self.cache.windows(rows, self.history_len, self.num_future)
+        at = rows.to(self.device)
+        offsets = at[:, None] + torch.arange(self.chunk_size, device=self.device)
+        end = self._episode_end[at][:, None]
         is_pad = offsets >= end
         offsets = torch.minimum(offsets, end - 1)
-        windows = self.cache.windows(rows, self.history_len, self.num_future)
         extras: dict[str, Tensor | list] = self.images.frames(rows) if self.images is not None else {}
         if self.coc_labels is not None:
             extras["coc_text"] = [self.coc_labels.get(int(e)) for e in self.table.episode_index[rows]]
         return {
             **extras,
-            "episode_index": self.table.episode_index[rows],
-            self.keys.state: self.table.state[rows],
-            self.keys.action: self.table.action[offsets],
+            "episode_index": self._episode_index[at],
+            self.keys.state: self._state[at],
+            self.keys.action: self._action[offsets],
             f"{self.keys.action}_is_pad": is_pad,
             self.keys.instruction: [self.table.instruction[i] for i in rows.tolist()],
             **windows.as_batch(),

@@ -55,7 +55,7 @@ from world_modality.training.checkpoint import (
     run_label,
     save_checkpoint,
 )
-from world_modality.training.data import LatentBatches, read_frame_table, split_episodes, training_images
+from world_modality.training.data import LatentBatches, batch_device, read_frame_table, split_episodes, training_images
 
 
 @dataclass
@@ -237,10 +237,12 @@ def train(opts: TrainOptions) -> Path:
         start_step = 0
     images = training_images(opts.dataset, config)
     labels = _coc_labels(opts, train_episodes)
-    train_data = LatentBatches(cache, table, opts.keys, train_episodes, config.chunk_size, config.history_len,
-                               config.num_future, images, labels)
-    val_data = (LatentBatches(cache, table, opts.keys, val_episodes, config.chunk_size, config.history_len,
-                              config.num_future, images, labels) if val_episodes else None)
+    data_device = batch_device(images, device)
+    batch_cache = cache.to(data_device)  # once: both splits gather from the same tensors
+    train_data = LatentBatches(batch_cache, table, opts.keys, train_episodes, config.chunk_size, config.history_len,
+                               config.num_future, images, labels, data_device)
+    val_data = (LatentBatches(batch_cache, table, opts.keys, val_episodes, config.chunk_size, config.history_len,
+                              config.num_future, images, labels, data_device) if val_episodes else None)
 
     if state is None:
         torch.manual_seed(opts.seed)

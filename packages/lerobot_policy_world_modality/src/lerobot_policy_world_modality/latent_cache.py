@@ -8,6 +8,7 @@ dataset fingerprint, frame count and dim), written last as the completion marker
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,8 @@ class LatentWindows:
 
 
 class LatentCache:
-    """A verified latent cache in memory (cpu): ``z`` [N, D] (storage dtype), row = global frame index."""
+    """A verified latent cache in memory (cpu, or the training device after `to`): ``z`` [N, D] (storage
+    dtype), row = global frame index."""
 
     def __init__(self, path: Path, spec: EncoderSpec, dataset_fingerprint: str, z: torch.Tensor, episode_index: np.ndarray, frame_index: np.ndarray) -> None:
         self.path = path
@@ -103,21 +105,29 @@ class LatentCache:
     def __len__(self) -> int:
         return len(self.z)
 
+    def to(self, device: torch.device | str) -> LatentCache:
+        """This cache with its latents and episode bounds on ``device``: `windows` then gathers there."""
+        moved = copy.copy(self)
+        moved.z, moved._start, moved._end = self.z.to(device), self._start.to(device), self._end.to(device)
+        return moved
+
     @property
     def dim(self) -> int:
         return self.z.shape[1]
 
     def windows(self, indices: torch.Tensor, history_len: int, num_future: int) -> LatentWindows:
         """History z_{t-T+1..t} and future z_{t+1..t+K} for frames t = ``indices`` [B], clamped to
-        each frame's episode, with masks saying which positions are real; on the cpu, one gather each."""
+        each frame's episode, with masks saying which positions are real; one gather each, on the cache's
+        device (the indices are checked on the cpu)."""
         if history_len < 1 or num_future < 0:
             raise ValueError(f"history_len must be >= 1 and num_future >= 0, got {history_len} and {num_future}")
         t = torch.as_tensor(indices, dtype=torch.long).cpu()
         if t.ndim != 1 or (len(t) and (t.min() < 0 or t.max() >= len(self))):
             raise IndexError(f"indices must be a 1-D tensor of frame indices in [0, {len(self)}), got {t.tolist() if t.numel() < 10 else tuple(t.shape)}")
+        t = t.to(self.z.device)
         start, end = self._start[t].unsqueeze(1), self._end[t].unsqueeze(1)
-        history = t.unsqueeze(1) + torch.arange(1 - history_len, 1)
-        future = t.unsqueeze(1) + torch.arange(1, num_future + 1)
+        history = t.unsqueeze(1) + torch.arange(1 - history_len, 1, device=t.device)
+        future = t.unsqueeze(1) + torch.arange(1, num_future + 1, device=t.device)
         return LatentWindows(
             z_history=self.z[torch.maximum(history, start)].float(),
             history_mask=history >= start,

@@ -1,0 +1,382 @@
+"""One scheduling plan for a matrix's work, and the executors that run it (docs/ARCHITECTURE.md, Experiment matrix).
+
+A `Plan` is a list of `Step`s in a serial order: each step names the steps it needs (earlier in the list),
+the resources it holds while it runs (CPUs, a share of GPUs) and a module-level function with its keyword
+arguments. Every step writes its own files, and a step already finished on disk is marked ``done`` when the
+plan is built, so a rerun skips it (resumption). The same plan runs on three executors:
+
+- ``serial``: one step after another in this process, in the plan's order (today's `wm matrix`).
+- ``local``: concurrent on this machine. Steps marked ``isolated`` (training) run each in a process of their
+  own, as soon as their needs are met and their resources (GPUs, CPUs) are free; the other steps
+  (evaluations, the report) run one at a time in this process. So while the CPUs evaluate finished
+  checkpoints, the GPU trains the next arm or seed.
+- ``ray``: every step a Ray task holding its resources (``num_cpus``, ``num_gpus``), its needs passed as
+  object references so Ray starts it when they have finished; on a cluster the run folder must be on storage
+  every node sees, and every node runs the same installed environment.
+
+In this process, evaluations (steps with ``shares_pools``) get one `EnvPools`: evaluations of one episode
+list reuse the started simulator processes. A Ray task starts its own pool.
+
+Results do not depend on the executor: a step's output is a function of its inputs (files of the steps it
+needs, seeds), never of what else runs beside it; reports are built from files only. Isolated steps and Ray
+tasks run in processes of their own, so they share no random-number state or thread settings with this one
+(CPU training is bit-identical only at the same torch thread count: Ray gives a task ``num_cpus`` threads).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EXECUTORS = ("serial", "local", "ray")
+Executor = Literal["serial", "local", "ray"]
+# The GPU share an evaluation's policy holds; a training run on a GPU holds the rest of one GPU, so one
+# evaluation runs beside each training run on a one-GPU machine.
+EVAL_GPU_SHARE = 0.2
+
+
+class PlanError(ValueError):
+    """An invalid plan (the message names the step)."""
+
+
+class StepFailed(RuntimeError):
+    """A step raised; the message names it and carries its traceback."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a step holds while it runs: logical CPUs and GPUs (fractions share a GPU), as Ray counts them."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self):
+        if self.cpus < 0 or self.gpus < 0:
+            raise PlanError(f"resources must be non-negative, got cpus={self.cpus}, gpus={self.gpus}")
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise PlanError(f"more than one GPU must be a whole number, got gpus={self.gpus}")
+
+
+def train_resources(gpu: bool, cpus: float = 1.0) -> Resources:
+    """A training run: on a GPU machine the GPU (less an evaluation's share) and no reserved core (its host
+    thread runs beside the simulator workers, which yield to it: `world_modality.rollout.envs.WORKER_NICENESS`);
+    without a GPU, ``cpus`` cores."""
+    return Resources(cpus=0.0, gpus=1.0 - EVAL_GPU_SHARE) if gpu else Resources(cpus=cpus)
+
+
+def eval_resources(workers: int, gpu: bool) -> Resources:
+    """An evaluation (or one shard of it): a core per simulator worker and, on a GPU machine, a share of a
+    GPU for the policy. Executors cap the cores at what one machine has (more workers than cores is how
+    pipelined lockstep groups are run)."""
+    return Resources(cpus=float(workers), gpus=EVAL_GPU_SHARE if gpu else 0.0)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work: ``fn(**kwargs)`` (plus ``pools=`` when ``shares_pools``)."""
+
+    name: str  # unique in the plan
+    stage: str  # dataset | latents | train | eval | report, or any label
+    fn: Callable[..., Any]  # a module-level function: processes and Ray tasks import it by name
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    resources: Resources = Resources()
+    done: bool = False  # finished on disk when the plan was built: skipped
+    isolated: bool = False  # the local executor runs it in a process of its own (training)
+    shares_pools: bool = False  # takes ``pools`` (started simulator pools; None on Ray: its own)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+
+    def __init__(self, steps: Sequence[Step]):
+        object.__setattr__(self, "steps", tuple(steps))
+        seen: set[str] = set()
+        for step in self.steps:
+            if step.name in seen:
+                raise PlanError(f"two steps are named {step.name!r}; step names must be unique")
+            later = [n for n in step.needs if n not in seen]
+            if later:
+                known = {s.name for s in self.steps}
+                what = "no such step" if any(n not in known for n in later) else "it comes later in the plan"
+                raise PlanError(f"step {step.name!r} needs {later}: {what} (a step may only need steps before it)")
+            if not callable(step.fn) or "<locals>" in getattr(step.fn, "__qualname__", "<locals>"):
+                raise PlanError(f"step {step.name!r}: fn must be a module-level function (processes and Ray tasks "
+                                f"import it by name), got {step.fn!r}")
+            seen.add(step.name)
+
+    @property
+    def todo(self) -> list[Step]:
+        return [s for s in self.steps if not s.done]
+
+
+def default_executor(concurrent: bool | None = None, address: str | None = None) -> Executor:
+    """``ray`` with a cluster address; otherwise ``local`` when ``concurrent`` (by default: when a GPU is
+    present, so the GPU trains while the CPUs evaluate), else ``serial``."""
+    if address is not None:
+        return "ray"
+    if concurrent is None:
+        import torch
+
+        concurrent = torch.cuda.is_available()
+    return "local" if concurrent else "serial"
+
+
+def execute(plan: Plan, executor: Executor = "serial", *, address: str | None = None, cpus: int | None = None,
+            gpus: int | None = None, log: Callable[[str], None] = print) -> None:
+    """Run every step of ``plan`` not yet done. ``address``: the Ray cluster (``auto``: the one started on this
+    machine with ``ray start --head``; None: a local Ray instance). ``cpus``/``gpus``: what the local executor
+    may use (default: this machine's cores and CUDA devices)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; available: {', '.join(EXECUTORS)}")
+    todo = plan.todo
+    log(f"{len(plan.steps)} steps: {len(plan.steps) - len(todo)} done, {len(todo)} to do ({executor})")
+    if not todo:
+        return
+    if executor == "ray":
+        _execute_ray(plan, address, log)
+        return
+    from world_modality.rollout.pools import EnvPools
+
+    with EnvPools() as pools:
+        if executor == "serial":
+            for i, step in enumerate(todo, 1):
+                log(f"[{i}/{len(todo)}] {step.stage} {step.name}" + (f": {step.detail}" if step.detail else ""))
+                _call(step, pools)
+        else:
+            _LocalRun(plan, _capacity(cpus, gpus), pools, log).run()
+
+
+def _call(step: Step, pools: Any) -> None:
+    step.fn(**step.kwargs, **({"pools": pools} if step.shares_pools else {}))
+
+
+def _capacity(cpus: int | None, gpus: int | None) -> Resources:
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return Resources(cpus=float(cpus if cpus is not None else os.cpu_count() or 1), gpus=float(gpus))
+
+
+# --- local: isolated steps in processes of their own, the others one at a time in this process -------
+
+
+def _child(conn, environment: dict[str, str], payload: bytes) -> None:
+    os.environ.update(environment)  # before the step's function touches CUDA
+    fn, kwargs = pickle.loads(payload)
+    try:
+        fn(**kwargs)
+        conn.send(None)
+    except BaseException:
+        conn.send(traceback.format_exc())
+
+
+class _LocalRun:
+    def __init__(self, plan: Plan, capacity: Resources, pools: Any, log: Callable[[str], None]):
+        self.plan, self.pools, self.log = plan, pools, log
+        self.capacity = capacity
+        self.free_cpus = capacity.cpus
+        self.free_gpus = [1.0] * int(capacity.gpus)  # free share of each device
+        self.finished = {s.name for s in plan.steps if s.done}
+        self.waiting = [s for s in plan.steps if not s.done]
+        self.running: dict[str, tuple[Step, list[tuple[int, float]]]] = {}
+        self.processes: dict[str, mp.process.BaseProcess] = {}
+        self.failures: list[str] = []
+        self.changed = threading.Condition()
+        self.started_at = time.perf_counter()
+        self.count = 0
+        for step in self.waiting:
+            self._request(step)  # fail before starting anything
+
+    def _request(self, step: Step) -> Resources:
+        """The step's resources, capped at the machine's (a step asking for more runs alone)."""
+        r = step.resources
+        if r.gpus > 0 and not self.free_gpus:
+            raise PlanError(f"step {step.name!r} needs {r.gpus} GPU(s) and this machine has none; build the plan "
+                            "without GPUs (train_resources(gpu=False), eval_resources(..., gpu=False))")
+        return Resources(cpus=min(r.cpus, self.capacity.cpus), gpus=min(r.gpus, len(self.free_gpus)))
+
+    def _take(self, step: Step) -> list[tuple[int, float]] | None:
+        """Reserve the step's resources: (device, share) pairs, or None when they are not free now.
+        A step in this process uses the first device (a policy's ``auto`` device)."""
+        need = self._request(step)
+        if need.cpus > self.free_cpus:
+            return None
+        if need.gpus == 0:
+            devices: list[tuple[int, float]] = []
+        elif need.gpus >= 1:
+            whole = [d for d, free in enumerate(self.free_gpus) if free >= 1 - 1e-9][: int(need.gpus)]
+            if len(whole) < need.gpus:
+                return None
+            devices = [(d, 1.0) for d in whole]
+        else:
+            candidates = range(len(self.free_gpus)) if step.isolated else [0]
+            fits = [d for d in candidates if self.free_gpus[d] >= need.gpus - 1e-9]
+            if not fits:
+                return None
+            devices = [(max(fits, key=lambda d: self.free_gpus[d]), need.gpus)]
+        self.free_cpus -= need.cpus
+        for device, share in devices:
+            self.free_gpus[device] -= share
+        return devices
+
+    def _release(self, step: Step, devices: list[tuple[int, float]]) -> None:
+        self.free_cpus += self._request(step).cpus
+        for device, share in devices:
+            self.free_gpus[device] += share
+
+    def _ready(self, step: Step) -> bool:
+        return all(n in self.finished for n in step.needs)
+
+    def _announce(self, step: Step) -> None:
+        self.count += 1
+        self.log(f"[{self.count}/{len(self.plan.todo)}] {step.stage} {step.name}"
+                 + (f": {step.detail}" if step.detail else "")
+                 + f" (t={time.perf_counter() - self.started_at:.0f}s)")
+
+    def _start_isolated(self) -> None:
+        """Start every isolated step that is ready and whose resources are free (caller holds the lock)."""
+        for step in list(self.waiting):
+            if not step.isolated or not self._ready(step) or self.failures:
+                continue
+            devices = self._take(step)
+            if devices is None:
+                continue
+            self.waiting.remove(step)
+            self.running[step.name] = (step, devices)
+            self._announce(step)
+            environment = {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d, _ in devices)} if devices else {}
+            ctx = mp.get_context("spawn")
+            parent, child = ctx.Pipe(duplex=False)
+            process = ctx.Process(target=_child, args=(child, environment, pickle.dumps((step.fn, dict(step.kwargs)))),
+                                  name=f"step {step.name}")
+            process.start()
+            child.close()
+            self.processes[step.name] = process
+            threading.Thread(target=self._await, args=(step, parent, process), daemon=True).start()
+
+    def _await(self, step: Step, conn, process) -> None:
+        try:
+            error = conn.recv()
+        except EOFError:
+            process.join()
+            error = f"its process ended with exit code {process.exitcode} before reporting"
+        process.join()
+        self._finish(step, error)
+
+    def _finish(self, step: Step, error: str | None) -> None:
+        with self.changed:
+            _, devices = self.running.pop(step.name)
+            self.processes.pop(step.name, None)
+            self._release(step, devices)
+            if error is None:
+                self.finished.add(step.name)
+            else:
+                self.failures.append(f"step {step.name!r} failed:\n{error}")
+                self.log(f"step {step.name!r} failed; waiting for the running steps to finish")
+            self._start_isolated()
+            self.changed.notify_all()
+
+    def _next_here(self) -> Step | None:
+        """The first ready in-process step whose resources are free, reserved (caller holds the lock)."""
+        for step in self.waiting:
+            if not step.isolated and self._ready(step):
+                devices = self._take(step)
+                if devices is not None:
+                    self.waiting.remove(step)
+                    self.running[step.name] = (step, devices)
+                    self._announce(step)
+                    return step
+        return None
+
+    def _wait_for_work(self) -> Step | None:
+        """The next step to run in this process (resources reserved); None when no step runs or can start."""
+        with self.changed:
+            while True:
+                self._start_isolated()
+                step = None if self.failures else self._next_here()
+                if step is not None or not self.running:
+                    return step
+                self.changed.wait()
+
+    def run(self) -> None:
+        try:
+            while (step := self._wait_for_work()) is not None:
+                try:
+                    _call(step, self.pools)
+                    error = None
+                except Exception:
+                    error = traceback.format_exc()
+                self._finish(step, error)
+        finally:
+            for process in list(self.processes.values()):  # interrupted: stop the steps' processes
+                if process.is_alive():
+                    process.terminate()
+        if self.failures:
+            raise StepFailed("\n".join(self.failures))
+        if self.waiting:  # cannot happen with capped resources; say so rather than return quietly
+            raise RuntimeError(f"steps never became ready: {[s.name for s in self.waiting]}")
+
+
+# --- ray ------------------------------------------------------------------------------------------------
+
+
+def _ray_step(fn: Callable[..., Any], kwargs: Mapping[str, Any], *needs: Any) -> None:
+    """A step as a Ray task; ``needs`` are the results of the steps it needs (Ray starts it after them)."""
+    fn(**kwargs)
+
+
+def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None]) -> None:
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=address, **({} if address else {"include_dashboard": False}))
+        except (ConnectionError, RuntimeError) as e:
+            raise RuntimeError(
+                f"could not join the Ray cluster at {address}: {e}\nRay starts clusters with token authentication: "
+                "run with RAY_AUTH_MODE=token and the head node's ~/.ray/auth_token here (or start every node with "
+                "RAY_AUTH_MODE=disabled on a private network)") from e
+    try:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        most_cpus = max(n.get("CPU", 0.0) for n in nodes)
+        most_gpus = max(n.get("GPU", 0.0) for n in nodes)
+        task = ray.remote(_ray_step)
+        refs: dict[str, Any] = {}
+        names: dict[Any, Step] = {}
+        for step in plan.todo:
+            r = step.resources
+            if r.gpus > most_gpus:
+                raise PlanError(f"step {step.name!r} needs {r.gpus} GPU(s); the Ray cluster's largest node has "
+                                f"{most_gpus:g}: add GPU nodes or build the plan without GPUs")
+            ref = task.options(num_cpus=min(r.cpus, most_cpus), num_gpus=r.gpus, max_retries=0,
+                               name=f"{step.stage} {step.name}").remote(
+                step.fn, dict(step.kwargs), *(refs[n] for n in step.needs if n in refs))
+            refs[step.name] = ref
+            names[ref] = step
+        pending, failures = list(refs.values()), []
+        for i in range(1, len(pending) + 1):
+            [ready], pending = ray.wait(pending, num_returns=1)
+            step = names[ready]
+            try:
+                ray.get(ready)
+                log(f"[{i}/{len(names)}] finished {step.stage} {step.name}")
+            except ray.exceptions.RayError as e:
+                failures.append(f"step {step.name!r} failed:\n{e}")
+        if failures:
+            raise StepFailed("\n".join(failures))
+    finally:
+        if started_here:
+            ray.shutdown()
+

@@ -1,0 +1,311 @@
+"""The scheduling plan and its executors: serial, local (concurrent) and Ray give the same files; reruns skip
+finished steps; the GPU trains while this process evaluates; failures name their step."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from world_modality.atomic_io import append_jsonl, atomic_write_text, read_jsonl
+from world_modality.schedule import (
+    Plan,
+    PlanError,
+    Resources,
+    Step,
+    StepFailed,
+    eval_resources,
+    execute,
+    train_resources,
+)
+
+RUNS = "runs.jsonl"  # every step appends its name when it runs (not part of the compared results)
+ARMS = {"a": (0, 1), "b": (0,)}
+
+
+# --- fake steps: module-level, so processes and Ray tasks import (or are sent) them; torch-free, so a
+# step's process starts in about a second -------------------------------------------------------------
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def make_data(root: str) -> None:
+    append_jsonl(Path(root) / RUNS, {"step": "data"})
+    atomic_write_text(Path(root) / "data.txt", "frames\n")
+
+
+def fake_train(root: str, arm: str, seed: int) -> None:
+    append_jsonl(Path(root) / RUNS, {"step": f"train {arm} {seed}", "pid": os.getpid()})
+    data = (Path(root) / "data.txt").read_text()
+    atomic_write_text(Path(root) / "train" / f"{arm}-{seed}.txt", _digest(data, arm, str(seed)))
+
+
+def fake_eval(root: str, arm: str, seed: int, pools=None) -> None:
+    append_jsonl(Path(root) / RUNS, {"step": f"eval {arm} {seed}", "pid": os.getpid(), "pools": pools is not None})
+    weights = (Path(root) / "train" / f"{arm}-{seed}.txt").read_text()
+    atomic_write_text(Path(root) / "eval" / f"{arm}-{seed}.txt", _digest(weights, "episodes"))
+
+
+def fake_report(root: str) -> None:
+    append_jsonl(Path(root) / RUNS, {"step": "report"})
+    lines = [f"{p.name} {p.read_text()}" for p in sorted((Path(root) / "eval").iterdir())]
+    atomic_write_text(Path(root) / "report.txt", "\n".join(lines) + "\n")
+
+
+def fail(message: str) -> None:
+    raise RuntimeError(message)
+
+
+def fake_plan(root: Path, gpu: bool = False) -> Plan:
+    """A matrix's shape: data -> train per arm x seed -> eval of each checkpoint -> report, with each step
+    marked done when its file exists (as the matrix does)."""
+    root = str(root)
+
+    def exists(*parts: str) -> bool:
+        return Path(root, *parts).is_file()
+
+    steps = [Step("data", "dataset", make_data, {"root": root}, done=exists("data.txt"))]
+    for arm, seeds in ARMS.items():
+        steps += [Step(f"train {arm} {s}", "train", fake_train, {"root": root, "arm": arm, "seed": s}, needs=("data",),
+                       resources=train_resources(gpu), isolated=True, done=exists("train", f"{arm}-{s}.txt"))
+                  for s in seeds]
+    for arm, seeds in ARMS.items():
+        steps += [Step(f"eval {arm} {s}", "eval", fake_eval, {"root": root, "arm": arm, "seed": s},
+                       needs=(f"train {arm} {s}",), resources=eval_resources(2, gpu), shares_pools=True,
+                       done=exists("eval", f"{arm}-{s}.txt")) for s in seeds]
+    steps.append(Step("report", "report", fake_report, {"root": root}, needs=tuple(s.name for s in steps)))
+    return Plan(steps)
+
+
+def results(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.txt"))}
+
+
+def ran(root: Path) -> list[str]:
+    return sorted(r["step"] for r in read_jsonl(root / RUNS))
+
+
+# --- tests -----------------------------------------------------------------------------------------------
+
+
+def test_serial_and_concurrent_runs_write_identical_files_and_a_rerun_runs_only_what_is_missing(tmp_path):
+    serial, local = tmp_path / "serial", tmp_path / "local"
+    execute(fake_plan(serial), "serial")
+    execute(fake_plan(local, gpu=True), "local", cpus=2, gpus=1)  # fake GPU steps touch no device
+    assert results(local) == results(serial) and len(results(serial)) == 1 + 3 + 3 + 1
+    records = read_jsonl(local / RUNS)
+    train_pids = {r["pid"] for r in records if r["step"].startswith("train")}
+    eval_pids = {r["pid"] for r in records if r["step"].startswith("eval")}
+    assert eval_pids == {os.getpid()} and os.getpid() not in train_pids and len(train_pids) == 3  # isolated
+    assert all(r["pools"] for r in records if r["step"].startswith("eval"))  # shared simulator pools
+    # Resumption: a rerun of a finished plan runs nothing but the report (built from files) ...
+    execute(fake_plan(local), "local", cpus=2, gpus=0)
+    assert ran(local) == sorted(ran(serial) + ["report"])
+    # ... and after losing one evaluation's file, that evaluation and the report.
+    (local / "eval" / "b-0.txt").unlink()
+    before = len(read_jsonl(local / RUNS))
+    plan = fake_plan(local)
+    assert [s.name for s in plan.todo] == ["eval b 0", "report"]
+    execute(plan, "local", cpus=2, gpus=0)
+    assert [r["step"] for r in read_jsonl(local / RUNS)][before:] == ["eval b 0", "report"]
+    assert results(local) == results(serial)
+
+
+def wait_for(root: str, mine: str, theirs: str, timeout: float = 60) -> None:
+    """Leave a marker and wait for another step's: finishes only if both steps run at the same time."""
+    atomic_write_text(Path(root) / mine, "here\n")
+    deadline = time.monotonic() + timeout
+    while not (Path(root) / theirs).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{theirs} never appeared: the steps did not run at the same time")
+        time.sleep(0.05)
+
+
+def wait_for_here(root: str, mine: str, theirs: str, pools=None) -> None:
+    wait_for(root, mine, theirs)
+
+
+def test_the_gpu_trains_the_next_run_while_this_process_evaluates(tmp_path):
+    """One GPU: train 1 (isolated) and the evaluation of train 0 (in this process) each wait for the other's
+    marker, so the plan finishes only when they overlap."""
+    root = str(tmp_path)
+    plan = Plan([
+        Step("train 0", "train", make_data, {"root": root}, resources=train_resources(True), isolated=True),
+        Step("train 1", "train", wait_for, {"root": root, "mine": "t1", "theirs": "e0"}, needs=("train 0",),
+             resources=train_resources(True), isolated=True),
+        Step("eval 0", "eval", wait_for_here, {"root": root, "mine": "e0", "theirs": "t1"}, needs=("train 0",),
+             resources=eval_resources(16, True), shares_pools=True),
+    ])
+    start = time.monotonic()
+    execute(plan, "local", cpus=2, gpus=1)
+    assert (tmp_path / "t1").exists() and (tmp_path / "e0").exists() and time.monotonic() - start < 60
+    # Two whole-GPU trainings never share the one GPU: the second waits for the first.
+    exclusive = Plan([
+        Step(f"train {i}", "train", wait_for, {"root": root, "mine": f"x{i}", "theirs": f"x{1 - i}", "timeout": 3},
+             resources=Resources(cpus=0, gpus=1), isolated=True) for i in (0, 1)
+    ])
+    with pytest.raises(StepFailed, match="x1 never appeared: the steps did not run at the same time"):
+        execute(exclusive, "local", cpus=2, gpus=1)
+
+
+def test_a_failed_step_is_named_and_its_dependents_do_not_run(tmp_path):
+    root = str(tmp_path)
+    plan = Plan([
+        Step("data", "dataset", make_data, {"root": root}),
+        Step("train a 0", "train", fail, {"message": "out of memory (fake)"}, needs=("data",), isolated=True),
+        Step("train b 0", "train", fake_train, {"root": root, "arm": "b", "seed": 0}, needs=("data",), isolated=True),
+        Step("eval a 0", "eval", fake_eval, {"root": root, "arm": "a", "seed": 0}, needs=("train a 0",), shares_pools=True),
+    ])
+    for executor in ("serial", "local"):
+        with pytest.raises((StepFailed, RuntimeError), match="out of memory \\(fake\\)"):
+            execute(plan, executor, cpus=2, gpus=0)
+        assert "eval a 0" not in ran(tmp_path)
+    assert "train b 0" in ran(tmp_path)  # the local executor finished the independent step
+
+
+def test_invalid_plans_are_refused():
+    with pytest.raises(PlanError, match="two steps are named 'x'"):
+        Plan([Step("x", "s", make_data), Step("x", "s", make_data)])
+    with pytest.raises(PlanError, match="needs \\['y'\\]: no such step"):
+        Plan([Step("x", "s", make_data, needs=("y",))])
+    with pytest.raises(PlanError, match="needs \\['y'\\]: it comes later"):
+        Plan([Step("x", "s", make_data, needs=("y",)), Step("y", "s", make_data)])
+    with pytest.raises(PlanError, match="module-level function"):
+        Plan([Step("x", "s", lambda: None)])
+    with pytest.raises(PlanError, match="this machine has none"):
+        execute(Plan([Step("x", "train", make_data, {"root": "/nonexistent"}, resources=Resources(gpus=1))]), "local",
+                cpus=2, gpus=0)
+    with pytest.raises(ValueError, match="unknown executor 'threads'"):
+        execute(Plan([]), "threads")
+
+
+def test_the_default_executor_is_concurrent_on_a_gpu_machine_and_ray_with_an_address(monkeypatch):
+    import torch
+
+    from world_modality.schedule import default_executor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_executor() == "local" and default_executor(concurrent=False) == "serial"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_executor() == "serial" and default_executor(concurrent=True) == "local"
+    assert default_executor(address="auto") == "ray"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_a_local_ray_cluster_writes_the_serial_runs_files(ray_cluster, tmp_path):
+    serial, on_ray = tmp_path / "serial", tmp_path / "ray"
+    execute(fake_plan(serial), "serial")
+    execute(fake_plan(on_ray), "ray")
+    assert results(on_ray) == results(serial)
+    assert all(r["pid"] != os.getpid() and not r.get("pools") for r in read_jsonl(on_ray / RUNS) if "pid" in r)
+    (on_ray / "train" / "a-1.txt").unlink()  # a lost checkpoint: its training, evaluation and the report rerun
+    (on_ray / "eval" / "a-1.txt").unlink()
+    plan = fake_plan(on_ray)
+    assert [s.name for s in plan.todo] == ["train a 1", "eval a 1", "report"]
+    execute(plan, "ray")
+    assert results(on_ray) == results(serial)
+
+
+# --- real steps: a tiny matrix (train A and F, evaluate both and an ablation, report) on every executor --
+
+
+def train_tiny(dataset: str, latents: str, out: str, model_type: str) -> None:
+    import torch
+
+    from world_modality.training.trainer import TrainOptions, train
+
+    torch.set_num_threads(1)  # CPU arithmetic is bit-identical only at one thread count (see the module docstring)
+    train(TrainOptions(dataset=dataset, latents=latents, out=out, model_type=model_type, steps=4, batch_size=8,
+                       save_every=4, progress=False, device="cpu"))
+
+
+def eval_tiny(run: str, out: str, arm: str, memory_mode: str | None = None, pools=None) -> None:
+    from world_modality.rollout import evaluate_checkpoint
+    from world_modality.training.checkpoint import last_checkpoint
+
+    evaluate_checkpoint(last_checkpoint(Path(run)), tasks="reach-v3", episodes_per_task=2, workers=1, max_steps=6,
+                        device="cpu", arm=arm, memory_mode=memory_mode, train_seed=0, out_dir=out, pools=pools)
+
+
+def report_tiny(run_dir: str) -> None:
+    from world_modality.report import write_report
+
+    write_report(run_dir)
+
+
+def tiny_matrix(run_dir: Path, dataset: Path, latents: Path) -> Plan:
+    run = lambda *parts: str(run_dir.joinpath(*parts))  # noqa: E731
+    steps = [Step(f"train {arm}", "train", train_tiny, {"dataset": str(dataset), "latents": str(latents),
+                  "out": run("train", arm, "seed0"), "model_type": model}, resources=train_resources(False), isolated=True)
+             for arm, model in (("E0", "A"), ("E2", "F"))]
+    for label, arm, mode in (("E0", "E0", None), ("E2", "E2", None), ("E2:zero", "E2", "zero")):
+        steps.append(Step(f"eval {label}", "eval", eval_tiny, {"run": run("train", arm, "seed0"), "arm": arm,
+                          "out": run("eval", label, "seed0"), "memory_mode": mode}, needs=(f"train {arm}",),
+                          resources=eval_resources(1, False), shares_pools=True))
+    steps.append(Step("report", "report", report_tiny, {"run_dir": str(run_dir)}, needs=tuple(s.name for s in steps)))
+    return Plan(steps)
+
+
+@pytest.mark.slow
+def test_a_tiny_matrix_gives_the_same_episodes_and_report_serially_concurrently_and_on_ray(
+        ray_cluster, metaworld_dataset, tmp_path):
+    from world_modality.latents import compute_latents
+
+    latents = compute_latents(metaworld_dataset, "state", out=tmp_path / "latents", progress=False)
+
+    def outcome(run_dir: Path) -> dict[str, object]:
+        episodes = {str(p.relative_to(run_dir)): [{k: v for k, v in r.items() if k not in ("wall_time_s", "checkpoint")}
+                                                  for r in read_jsonl(p)]
+                    for p in sorted((run_dir / "eval").rglob("episodes.jsonl"))}
+        tables = {p.name: p.read_text() for p in sorted((run_dir / "report").glob("*.csv"))}
+        return {"episodes": episodes, "tables": tables}
+
+    runs = {executor: tmp_path / executor for executor in ("serial", "local", "ray")}
+    for executor, run_dir in runs.items():
+        execute(tiny_matrix(run_dir, metaworld_dataset, latents), executor, cpus=2, gpus=0)
+    reference = outcome(runs["serial"])
+    assert len(reference["episodes"]) == 3 and all(len(v) == 2 for v in reference["episodes"].values())
+    assert reference["tables"]
+    assert outcome(runs["local"]) == reference
+    assert outcome(runs["ray"]) == reference
+
+
+@pytest.mark.slow
+def test_wm_eval_on_ray_shards_gives_the_one_process_episodes(ray_cluster, metaworld_dataset, tmp_path):
+    from world_modality.cli import main
+    from world_modality.latents import compute_latents
+    from world_modality.shards import SHARD_FIELDS, load_episode_results
+
+    latents = compute_latents(metaworld_dataset, "state", out=tmp_path / "latents", progress=False)
+    train_tiny(str(metaworld_dataset), str(latents), str(tmp_path / "run"), "F")
+    common = [str(tmp_path / "run"), "--tasks", "reach-v3,pick-place-v3", "--episodes-per-task", "2", "--workers", "1",
+              "--max-steps", "6", "--device", "cpu", "--arm", "E2"]
+    assert main(["eval", *common, "--out", str(tmp_path / "one")]) == 0
+    # The test's Ray instance is already up, so `execute` runs on it ('auto' would join a `ray start` cluster).
+    assert main(["eval", *common, "--out", str(tmp_path / "ray"), "--ray", "auto", "--shards", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "ray").glob("episodes.*")) == ["episodes.shard-1-of-2.jsonl",
+                                                                           "episodes.shard-2-of-2.jsonl"]
+
+    def outcome(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in (*SHARD_FIELDS, "wall_time_s")} for r in records]
+
+    one = outcome(read_jsonl(tmp_path / "one" / "episodes.jsonl"))
+    assert outcome(load_episode_results(tmp_path / "ray")) == one and len(one) == 4
+    with pytest.raises(ValueError, match="--shards splits the evaluation into Ray tasks"):
+        main(["eval", *common, "--out", str(tmp_path / "x"), "--shards", "2", "--debug"])
