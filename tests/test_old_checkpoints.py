@@ -16,14 +16,6 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "checkpoints"
 FAMILIES = ("world_transformer", "smolvla_world", "qwen_vla_world")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(family: str, tmp_path: Path) -> PreTrainedConfig:
     config = PreTrainedConfig.from_pretrained(ARTIFACTS / family)
     assert config.type == family
@@ -37,16 +29,23 @@ def _config(family: str, tmp_path: Path) -> PreTrainedConfig:
     return config
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_old_checkpoint_loads_and_reproduces_its_outputs(family, tmp_path):
+@pytest.fixture(scope="module", params=FAMILIES)
+def old(request, tmp_path_factory):
+    """(family, the policy loaded from its old checkpoint, the saved batch, the saved flow noise or None)."""
     from lerobot.policies.factory import get_policy_class
 
+    family = request.param
     folder = ARTIFACTS / family
-    policy = get_policy_class(family).from_pretrained(folder, config=_config(family, tmp_path)).eval()
-    reference = json.loads((folder / "reference.json").read_text())
+    config = _config(family, tmp_path_factory.mktemp(family))
+    policy = get_policy_class(family).from_pretrained(folder, config=config).eval()
     tensors = load_file(folder / "inputs.safetensors")
     noise = tensors.pop("noise", None)
-    batch = tensors | json.loads((folder / "inputs.json").read_text())
+    return family, policy, tensors | json.loads((folder / "inputs.json").read_text()), noise
+
+
+def test_old_checkpoint_loads_and_reproduces_its_outputs(old):
+    family, policy, batch, noise = old
+    reference = json.loads((ARTIFACTS / family / "reference.json").read_text())
     assert int(policy.train_step) == reference["train_step"]
     extra = {} if noise is None else {"noise": noise}
     for mode in ("pred", "zero"):
@@ -60,3 +59,13 @@ def test_old_checkpoint_loads_and_reproduces_its_outputs(family, tmp_path):
         _, logs = policy.forward(dict(batch), **({} if noise is None else {"noise": noise, "time": torch.full((len(noise),), 0.5)}))
     for name, value in reference["losses"].items():
         assert logs[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_every_family_refuses_a_padded_current_latent(old):
+    """One history-mask check for all three families: z_t, the Prophet's newest input, must be real."""
+    _, policy, batch, noise = old
+    mask = batch["observation.world_latents_mask"].clone()
+    mask[1, -1] = False
+    extra = {} if noise is None else {"noise": noise}
+    with pytest.raises(ValueError, match="z_t\\) must be real"):
+        policy.predict_action_chunk({**batch, "observation.world_latents_mask": mask}, **extra)
