@@ -22,7 +22,7 @@ from lerobot_policy_world_modality.world_transformer.modeling_world_transformer 
 from world_modality.data.check import DatasetKeys
 from lerobot_policy_world_modality.latent_cache import LatentCache
 from world_modality.latents import compute_latents
-from world_modality.training.checkpoint import check_inputs, load_checkpoint
+from world_modality.training.checkpoint import STATE_FILE, TRAINING_STATE, check_inputs, load_checkpoint
 from world_modality.training.data import LatentBatches, read_frame_table, split_episodes
 from lerobot_policy_world_modality.world_tokens import WorldTokens
 from world_modality.training.trainer import TrainOptions, train, validation_loss
@@ -330,3 +330,61 @@ def test_batches_gathered_on_the_gpu_equal_the_host_batches(metaworld_dataset, l
             assert batch[key].is_cuda and torch.equal(batch[key].cpu(), value), key
         else:
             assert batch[key] == value, key
+
+
+# --- world-memory training recipes through `wm train` (tests/test_world_memory_recipes.py shows them opening the gate)
+
+
+def _weights(checkpoint) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in checkpoint.policy.state_dict().items()}
+
+
+def test_two_stage_training_resumes_in_its_stage(metaworld_dataset, latents, tmp_path, monkeypatch):
+    """Prophet alone for 6 steps, then the policy with the Prophet frozen: a run interrupted after its
+    checkpoint at step 8 and resumed ends with the weights of the uninterrupted run."""
+    import world_modality.training.trainer as trainer
+
+    recipe = {"prophet_pretrain_steps": 6, "prophet_freeze_after_pretrain": True}
+    straight = load_checkpoint(_train(metaworld_dataset, latents, tmp_path / "straight", steps=12, save_every=4,
+                                      policy=recipe))
+    save = trainer.save_checkpoint
+
+    def save_then_stop(run_dir, step, *args):
+        folder = save(run_dir, step, *args)
+        if step == 8:
+            raise KeyboardInterrupt
+        return folder
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _train(metaworld_dataset, latents, tmp_path / "run", steps=12, save_every=4, policy=recipe)
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    resumed = load_checkpoint(_train(metaworld_dataset, latents, tmp_path / "run", steps=12, save_every=4,
+                                     policy=recipe, resume=True))
+    assert int(resumed.policy.train_step) == 12
+    final, expected = _weights(resumed), _weights(straight)
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+    # Stage 1 (step 4): only the Prophet moved. Stage 2 (steps 8 -> 12): the frozen Prophet did not.
+    initial = _fresh_policy(straight).state_dict()
+    step4 = _weights(load_checkpoint(tmp_path / "run" / "checkpoints" / "000004"))
+    step8 = _weights(load_checkpoint(tmp_path / "run" / "checkpoints" / "000008"))
+    prophet = [k for k in initial if k.startswith("world.prophet.")]
+    others = [k for k in initial if not k.startswith("world.prophet.") and k != "train_step"]
+    assert all(torch.equal(step4[k], initial[k]) for k in others) and step4["world.cross_attn.gate"] == 0
+    assert not all(torch.equal(step4[k], initial[k]) for k in prophet)
+    assert all(torch.equal(step8[k], final[k]) for k in prophet)
+    assert not all(torch.equal(step8[k], final[k]) for k in others)
+
+
+def test_wm_train_recipe_options(metaworld_dataset, latents, tmp_path):
+    """`scheduled` without a schedule anneals over the first half of --steps; the gate trains in its own
+    optimizer group at gate_lr_multiplier times the learning rate; a per-channel gate is saved per channel."""
+    run = _train(metaworld_dataset, latents, tmp_path / "run", steps=4, policy={
+        "memory_source": "scheduled", "gate_lr_multiplier": 10.0, "gate_type": "channel", "gate_init": 0.5})
+    checkpoint = load_checkpoint(run)
+    assert (checkpoint.policy.config.memory_schedule_start, checkpoint.policy.config.memory_schedule_end) == (0, 2)
+    groups = torch.load(run / TRAINING_STATE / STATE_FILE, weights_only=False)["optimizer"]["param_groups"]
+    assert [len(g["params"]) for g in groups][1] == 1 and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    gate = checkpoint.policy.world.cross_attn.gate
+    assert gate.shape == (TINY["d_model"],) and not torch.equal(gate, torch.full_like(gate, 0.5))

@@ -213,7 +213,7 @@ def test_inference_reads_one_memory_per_chunk_at_every_denoising_step(vlm_folder
     assert all(memory is calls["read"][0] for memory in calls["read"])
 
     batch = _batch(vlm_folder)
-    z_hist, mask = policy._history(batch)
+    z_hist, mask = policy.history_latents(batch, policy._world_dtype)
     h = torch.randn(3, TINY["chunk_size"], policy.model.vlm_with_expert.expert_hidden_size)
     expected, _ = world(h, z_hist, mode="pred", history_mask=mask)
     torch.testing.assert_close(_ChunkMemory(world, z_hist, mask, None, "pred")(h), expected, rtol=1e-5, atol=1e-5)

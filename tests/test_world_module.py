@@ -423,3 +423,85 @@ def test_scheduled_source_reads_a_step_counter_tensor() -> None:
     for step in (0, 10, 15, 20, 30):
         assert schedule.oracle_fraction(torch.tensor(step)) == schedule.oracle_fraction(step)
     assert MemorySourceSchedule("predicted").oracle_fraction(None) == 0.0
+
+
+# --- gate parametrisation and two-stage training (the recipes; tests/test_world_memory_recipes.py trains them)
+
+
+def test_channel_gate_at_zero_is_bit_identical_and_learns_per_channel() -> None:
+    gca = GatedCrossAttention(D_MODEL, D, num_future=K, gate_type="channel")
+    assert gca.gate.shape == (D_MODEL,) and torch.count_nonzero(gca.gate) == 0
+    h = torch.randn(B, 5, D_MODEL, requires_grad=True)
+    memory = torch.randn(B, K, D)
+    memory[2] = math.nan
+    out, _ = gca(h, memory)
+    assert torch.equal(_bits(out), _bits(h.detach()))
+    out, _ = gca(h, torch.randn(B, K, D))
+    out.square().sum().backward()
+    assert gca.gate.grad.shape == (D_MODEL,) and torch.count_nonzero(gca.gate.grad) == D_MODEL
+    with torch.no_grad():  # one open channel changes that channel only
+        gca.gate[3] = 0.5
+        out, _ = gca(h, memory.nan_to_num())
+    closed = [i for i in range(D_MODEL) if i != 3]
+    assert torch.equal(_bits(out[..., closed]), _bits(h.detach()[..., closed]))
+    assert not torch.equal(out[..., 3], h.detach()[..., 3])
+
+
+def test_channel_gate_backward_matches_finite_differences() -> None:
+    inputs = (
+        torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True),
+        torch.tensor([0.0, 0.2, -0.3, 0.1], dtype=torch.double, requires_grad=True),
+        torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(_GatedResidual.apply, inputs)
+
+
+def test_gate_init_reads_memory_from_the_start_and_gives_up_do_no_harm() -> None:
+    gca = GatedCrossAttention(D_MODEL, D, num_future=K, gate_init=0.1)
+    assert gca.gate.item() == pytest.approx(0.1)
+    assert gca.gate_strength().item() == pytest.approx(math.tanh(0.1))
+    h = torch.randn(B, 5, D_MODEL)
+    out, _ = gca(h, torch.randn(B, K, D))
+    assert not torch.allclose(out, h)
+    out.square().sum().backward()
+    assert torch.count_nonzero(gca.attn.in_proj_weight.grad) > 0  # the attention learns at once
+    with pytest.raises(ValueError, match="gate_type must be one of"):
+        GatedCrossAttention(D_MODEL, D, num_future=K, gate_type="vector")
+
+
+def test_channel_gate_logs_its_root_mean_square() -> None:
+    module = _world_module(gate_type="channel")
+    with torch.no_grad():
+        module.cross_attn.gate.copy_(torch.linspace(-1.0, 1.0, D_MODEL))
+    _, outputs = module(torch.randn(B, 5, D_MODEL), torch.randn(B, 4, D))
+    expected = torch.tanh(torch.linspace(-1.0, 1.0, D_MODEL)).square().mean().sqrt()
+    assert outputs.gate.ndim == 0 and outputs.gate.item() == pytest.approx(expected.item())
+    assert outputs.gate_raw.item() == pytest.approx(torch.linspace(-1.0, 1.0, D_MODEL).square().mean().sqrt().item())
+
+
+def test_frozen_prophet_gets_no_gradient_and_still_reports_its_world_loss() -> None:
+    module = _world_module()
+    with torch.no_grad():
+        module.cross_attn.gate.fill_(1.0)
+    h_out, outputs = module(torch.randn(B, 5, D_MODEL), torch.randn(B, 4, D), torch.randn(B, K, D),
+                            train_prophet=False)
+    (h_out.square().sum() + outputs.world_loss).backward()
+    assert all(p.grad is None for p in module.prophet.parameters())
+    assert module.cross_attn.gate.grad is not None and outputs.world_loss.item() > 0
+
+
+def test_prophet_forward_trains_the_prophet_alone() -> None:
+    module = _world_module()
+    outputs = module.prophet_forward(torch.randn(B, 4, D), torch.randn(B, K, D))
+    outputs.world_loss.backward()
+    assert all(p.grad is not None for p in module.prophet.parameters())
+    assert all(p.grad is None for p in module.cross_attn.parameters())
+    assert outputs.attn_mass is None and outputs.gate.item() == 0.0
+    with pytest.raises(ValueError, match="needs the true future latents"):
+        module.prophet_forward(torch.randn(B, 4, D), None)
+
+
+def test_scheduled_source_without_a_schedule_is_an_error_in_training() -> None:
+    schedule = MemorySourceSchedule("scheduled")
+    with pytest.raises(ValueError, match="trains exactly as 'predicted': set memory_schedule_end"):
+        schedule.oracle_fraction(0)

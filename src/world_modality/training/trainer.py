@@ -10,7 +10,10 @@ result loads with `lerobot-eval` and `from_pretrained`.
 Per step: draw a batch of training frames (uniform, with replacement, from a seeded generator),
 normalise it with the policy's preprocessor, forward, clip gradients, AdamW + warmup/cosine
 (the config's LeRobot presets). Every logged value goes to TensorBoard (and W&B when enabled);
-the held-out episodes' action loss is logged at every checkpoint.
+the held-out episodes' action loss is logged at every checkpoint. The world-memory training recipes (README,
+World-memory training recipes) are options of the policy config: the policy counts its own training steps
+(a buffer saved with its weights), so the recipes' schedules and stages resume where they stopped, and its
+optimizer parameter groups carry the gate's learning-rate multiplier.
 
 Several processes (GPUs, nodes; gloo on CPU): start the same command under ``accelerate launch``, e.g.
 ``accelerate launch --num_processes 4 -m world_modality.cli train ...`` (see the README). ``--batch-size``
@@ -130,7 +133,9 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
     unknown = sorted(set(opts.policy) - known)
     if unknown:
         raise ValueError(f"{opts.policy_type} has no config field(s) {unknown}; its fields: {sorted(known)}")
-    return config_class(**{**{k: v for k, v in from_data.items() if k in known}, **opts.policy})
+    config = config_class(**{**{k: v for k, v in from_data.items() if k in known}, **opts.policy})
+    config.schedule_memory_source_over(opts.steps)  # `scheduled` without a schedule: over the first half
+    return config
 
 
 class _Loggers:
@@ -252,6 +257,8 @@ def train(opts: TrainOptions) -> Path:
         preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=train_data.stats())
     policy.train()
     model = policy if accelerator is None else accelerator.prepare_model(policy)
+    # The policy's parameter groups (the world gate in its own with gate_lr_multiplier); the scheduler
+    # scales every group's learning rate alike.
     optimizer = config.get_optimizer_preset().build(policy.get_optim_params())
     scheduler = config.get_scheduler_preset().build(optimizer, max(opts.steps, 1))
     sampler = torch.Generator().manual_seed(opts.seed)
@@ -300,7 +307,7 @@ def train(opts: TrainOptions) -> Path:
             loss, logs = model(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.get_optim_params(), grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
             optimizer.step()
             scheduler.step()
             if accelerator is not None:  # the global batch's values: the mean of the processes' slices

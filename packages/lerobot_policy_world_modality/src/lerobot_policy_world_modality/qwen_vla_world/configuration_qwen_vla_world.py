@@ -22,12 +22,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from lerobot.configs import NormalizationMode, PreTrainedConfig
+from lerobot.configs import PreTrainedConfig
 from lerobot.configs.types import FeatureType
-from lerobot.optim import AdamWConfig
-from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 
-from lerobot_policy_world_modality.common import CurrentFrameChunkConfig
+from lerobot_policy_world_modality.common import CurrentFrameChunkConfig, WorldMemoryConfig
 from lerobot_policy_world_modality.qwen_vla_world.prompt import (
     DEFAULT_PROMPT_FORMAT,
     PROMPT_VERSION,
@@ -42,7 +40,6 @@ BACKBONES: dict[str, tuple[str, str]] = {
     "qwen2_5_vl_3b_instruct": ("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl"),
 }
 FINETUNE_MODES = ("lora", "frozen")
-ACTION_HEADS = ("mse", "flow")
 TEXT_LOSS_MODES = ("joint_after_act", "separate")
 WRIST_MODES = ("none", "concat")
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
@@ -68,17 +65,15 @@ def canonical_backbone(name: str) -> str:
 
 @PreTrainedConfig.register_subclass("qwen_vla_world")
 @dataclass
-class QwenVLAWorldConfig(CurrentFrameChunkConfig, PreTrainedConfig):
+class QwenVLAWorldConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrainedConfig):
     """F+: Qwen-VL + `<ACT_i>` action queries + world memory + optional chain-of-causation text loss.
 
     Experiments (docs/ARCHITECTURE.md, Experiment matrix): E0 ``use_world_module=False``; E1 ``world_memory_mode_train="zero"``;
     E2 world memory; E3 ``use_world_module=False, lambda_text>0``; E4 E2 + ``lambda_text>0`` (+ FLARE
-    through ``lambda_world``).
+    through ``lambda_world``). The world-memory fields (world module, latents, dataset keys, training
+    recipes) are `WorldMemoryConfig`'s; the chunk (H = the number of `<ACT_i>` tokens), head and optimizer
+    fields `CurrentFrameChunkConfig`'s.
     """
-
-    n_obs_steps: int = 1
-    chunk_size: int = 16  # H: number of <ACT_i> tokens and of actions per chunk
-    n_action_steps: int = 8
 
     # Backbone: a name of BACKBONES, loaded from a local folder holding that checkpoint.
     backbone: str = "qwen3_vl_4b_instruct"
@@ -105,29 +100,14 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, PreTrainedConfig):
     prompt_version: int = PROMPT_VERSION
     act_token_ids: list[int] = field(default_factory=list)  # filled when the policy is built
 
-    # Action head on the <ACT_i> states.
-    action_head: str = "mse"
-    flow_steps: int = 10
+    # Action head (`action_head`) on the <ACT_i> states, projected to this width.
     head_dim: int = 256
     use_proprio: bool = False  # state through a zero-initialised gated residual into the <ACT_i> states
 
-    # World module (E2/E4); d_model is the backbone's hidden size.
+    # World module (E2/E4), read into the <ACT_i> states of the backbone's hidden size.
     use_world_module: bool = True
-    history_len: int = 4  # T
-    num_future: int = 4  # K
-    latent_dim: int = 0  # filled from the encoder spec
-    lambda_world: float = 1.0
-    prophet_dim: int = 256
-    prophet_heads: int = 4
-    prophet_layers: int = 2
+    # The backbones' hidden sizes are 2048-4096: 8 heads keep each head 256-512 wide.
     cross_attn_heads: int = 8
-    prophet_delta: bool = False
-    memory_source: str = "predicted"  # predicted | oracle | scheduled
-    memory_schedule_start: int = 0
-    memory_schedule_end: int = 0
-    detach_prophet_for_policy: bool = False
-    world_memory_mode_train: str = "pred"
-    world_memory_mode_rollout: str = "pred"
 
     # Chain-of-causation text loss: CoC text per sample under `coc_key` (None = no label).
     lambda_text: float = 0.0
@@ -136,36 +116,18 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, PreTrainedConfig):
     require_coc: bool = False
     coc_key: str = "coc_text"
 
-    # Dataset keys and world-latent encoder.
-    encoder_spec: dict | None = None
-    state_key: str = "observation.state"
-    action_key: str = "action"
-    instruction_key: str = "task"
-    image_key: str | None = None
+    # The wrist camera (besides image_key, the main one).
     wrist_key: str | None = None
     wrist_mode: str = "none"  # concat: wrist image beside the main image (widths concatenated)
-    instructions: list[str] = field(default_factory=list)  # informative only: the VLM reads any text
 
-    normalization_mapping: dict[str, NormalizationMode] = field(
-        default_factory=lambda: {
-            # Images go to the Qwen-VL image processor (and the world encoder), which normalise them.
-            "VISUAL": NormalizationMode.IDENTITY,
-            "ENV": NormalizationMode.IDENTITY,
-            "STATE": NormalizationMode.MEAN_STD,
-            "ACTION": NormalizationMode.MEAN_STD,
-        }
-    )
+    optimizer_lr: float = 1e-4  # LoRA fine-tuning of a pretrained VLM: lower than the small family's
 
-    optimizer_lr: float = 1e-4
-    optimizer_weight_decay: float = 1e-4
-    optimizer_grad_clip_norm: float = 1.0
-    scheduler_warmup_steps: int = 100
-    scheduler_decay_steps: int = 10_000
+    world_baseline = "use_world_module=False"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.backbone = canonical_backbone(self.backbone)
-        choices = {"finetune": FINETUNE_MODES, "action_head": ACTION_HEADS, "text_loss_mode": TEXT_LOSS_MODES,
+        choices = {"finetune": FINETUNE_MODES, "text_loss_mode": TEXT_LOSS_MODES,
                    "wrist_mode": WRIST_MODES, "backbone_dtype": BACKBONE_DTYPES, "backbone_init": BACKBONE_INITS,
                    "compile_mode": COMPILE_MODES}
         for name, valid in choices.items():
@@ -175,14 +137,12 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, PreTrainedConfig):
             raise ValueError(f"prompt_version {self.prompt_version} was written by another version of this policy "
                              f"(this one builds version {PROMPT_VERSION}); retrain or use the matching version")
         check_prompt_format(self.prompt_format)
-        if not 1 <= self.n_action_steps <= self.chunk_size:
-            raise ValueError(f"n_action_steps ({self.n_action_steps}) must be in 1..chunk_size ({self.chunk_size})")
-        if self.history_len < 1 or self.num_future < 1 or self.flow_steps < 1 or self.coc_max_tokens < 1:
-            raise ValueError("history_len, num_future, flow_steps and coc_max_tokens must be >= 1")
+        if self.coc_max_tokens < 1:
+            raise ValueError(f"coc_max_tokens must be >= 1, got {self.coc_max_tokens}")
         if self.wrist_mode == "concat" and not self.wrist_key:
             raise ValueError("wrist_mode='concat' needs wrist_key (the dataset's wrist camera key)")
-        if self.lambda_text < 0 or self.lambda_world < 0:
-            raise ValueError("lambda_text and lambda_world must be >= 0")
+        if self.lambda_text < 0:
+            raise ValueError(f"lambda_text must be >= 0, got {self.lambda_text}")
 
     @property
     def uses_world_module(self) -> bool:
@@ -195,21 +155,6 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, PreTrainedConfig):
     @property
     def backbone_model_type(self) -> str:
         return BACKBONES[self.backbone][1]
-
-    @property
-    def latent_source_key(self) -> str | None:
-        """The observation key the world encoder reads at rollout."""
-        return None if self.encoder_spec is None else self.encoder_spec["camera_key"]
-
-    def get_optimizer_preset(self) -> AdamWConfig:
-        return AdamWConfig(lr=self.optimizer_lr, weight_decay=self.optimizer_weight_decay,
-                           grad_clip_norm=self.optimizer_grad_clip_norm)
-
-    def get_scheduler_preset(self) -> CosineDecayWithWarmupSchedulerConfig:
-        return CosineDecayWithWarmupSchedulerConfig(
-            peak_lr=self.optimizer_lr, decay_lr=self.optimizer_lr * 0.1,
-            num_warmup_steps=self.scheduler_warmup_steps, num_decay_steps=self.scheduler_decay_steps,
-        )
 
     def validate_features(self) -> None:
         if self.backbone_path is None:

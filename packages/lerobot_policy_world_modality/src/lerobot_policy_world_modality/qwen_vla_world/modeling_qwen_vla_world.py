@@ -30,7 +30,7 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lerobot_policy_world_modality.common import QueuedActions
+from lerobot_policy_world_modality.common import ActionHeads, QueuedActions, WorldMemoryPolicy
 from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import (
     QwenVLAWorldConfig,
 )
@@ -39,20 +39,10 @@ from lerobot_policy_world_modality.qwen_vla_world.prompt import (
     act_tokens,
     build_prompt,
 )
-from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import (
-    FlowHead,
-)
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 from lerobot_policy_world_modality.encoders.spec import digest
-from lerobot_policy_world_modality.world import WorldModule, WorldModuleConfig, total_loss
-from lerobot_policy_world_modality.world.history import (
-    WORLD_FUTURE,
-    WORLD_FUTURE_MASK,
-    WORLD_LATENTS,
-    WORLD_LATENTS_MASK,
-    LatentHistory,
-    encoder_input,
-)
+from lerobot_policy_world_modality.world import WorldModule, WorldModuleConfig, scalars_to_floats
+from lerobot_policy_world_modality.world.history import WORLD_LATENTS, LatentHistory, encoder_input
 
 ADAPTER_DIR = "backbone_adapter"
 WEIGHTS_FILE = "model.safetensors"
@@ -157,7 +147,7 @@ def _init_act_rows(model: nn.Module, ids: list[int]) -> None:
         table[ids] = (sample.mean(0) + 0.1 * sample.std(0) * noise).to(table.dtype)
 
 
-class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
+class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrainedPolicy):
     """Qwen-VL `<ACT_i>` states (+ proprio, + world memory) -> an action chunk of H normalised actions."""
 
     config_class = QwenVLAWorldConfig
@@ -175,24 +165,15 @@ class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
             self.proprio_gate = nn.Parameter(torch.tensor(0.0))
         self.encoder_spec = EncoderSpec.from_dict(config.encoder_spec) if config.encoder_spec else None
         if config.use_world_module:
-            if self.encoder_spec.output_dim != config.latent_dim:
-                raise ValueError(f"latent_dim {config.latent_dim} != encoder spec output_dim {self.encoder_spec.output_dim}")
             self.world = WorldModule(WorldModuleConfig.from_policy_config(config, hidden))
             self._history = LatentHistory(self.encoder_spec, config.history_len)
             self._frame_encoder: OnlineEncoder | None = None
         self.head_in = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, config.head_dim))
-        if config.action_head == "flow":
-            self.flow_head = FlowHead(config.head_dim, config.action_dim)
-        else:
-            self.mse_head = nn.Linear(config.head_dim, config.action_dim)
-        # Counts training forwards: the step of a `scheduled` memory source, also under lerobot-train.
-        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+        self.build_action_head(config.head_dim)
+        self.register_step_counter()
         self.reset()
 
     # --- LeRobot interface ------------------------------------------------------------------
-
-    def get_optim_params(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
 
     def reset(self) -> None:
         """Start new episodes: forget queued actions and the world-latent history."""
@@ -210,29 +191,19 @@ class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
     def forward(self, batch: dict[str, Any], memory_mode: str | None = None) -> tuple[Tensor, dict[str, float]]:
         """Training loss L = L_action + lambda_world L_world + lambda_text L_text, and logged scalars."""
         actions = batch[self.config.action_key].float()
+        if self.in_prophet_stage():
+            return self.prophet_stage_forward(*self._latent_history(batch), *self.future_latents(batch))
         coc = self._coc_texts(batch)
         joint = coc if self.config.text_loss_mode == "joint_after_act" else None
         h_act, text_loss = self._act_states(batch, joint)
         if coc is not None and self.config.text_loss_mode == "separate":
             text_loss = self._separate_text_loss(batch, coc)
-        logs: dict[str, float] = {}
         h_act, world_out = self._read_world(h_act, batch, memory_mode, self.train_step)
-        world_loss = None
-        if world_out is not None:
-            world_loss = world_out.world_loss
-            logs.update(world_out.log_dict())
-        h = self.head_in(h_act)
-        if self.config.action_head == "flow":
-            per_element = self.flow_head.loss_terms(h, actions)
-        else:
-            per_element = (self.mse_head(h) - actions) ** 2
-        pad_key = f"{self.config.action_key}_is_pad"  # LeRobot's convention: True = padding
-        valid = ~batch[pad_key] if pad_key in batch else torch.ones_like(actions[..., 0], dtype=torch.bool)
-        action_loss = (per_element.mean(-1) * valid).sum() / valid.sum().clamp_min(1)
-        loss = total_loss(action_loss, world_loss, text_loss,
-                          lambda_world=self.config.lambda_world, lambda_text=self.config.lambda_text)
-        if self.training:
-            self.train_step += 1
+        logs = scalars_to_floats(self.world_logs(world_out))
+        world_loss = None if world_out is None else world_out.world_loss
+        action_loss = self.padded_action_loss(self.action_loss_terms(self.head_in(h_act), actions), batch)
+        loss = self.world_loss_total(action_loss, world_loss, text_loss, lambda_text=self.config.lambda_text)
+        self.count_training_step()
         logs["action_loss"] = action_loss.item()
         if text_loss is not None:
             logs["text_loss"] = text_loss.item()
@@ -253,10 +224,7 @@ class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
     def _actions(self, h_act: Tensor, batch: dict[str, Any], memory_mode: str) -> Tensor:
         """Action chunk [B, H, A] from the `<ACT_i>` states: world memory, then the head (sampled for flow)."""
         h_act, _ = self._read_world(h_act, batch, memory_mode, None)
-        h = self.head_in(h_act)
-        if self.config.action_head == "flow":
-            return self.flow_head.sample(h, self.config.action_dim, self.config.flow_steps)
-        return self.mse_head(h)
+        return self.sample_actions(self.head_in(h_act))
 
 
     # --- backbone pass ------------------------------------------------------------------------
@@ -278,15 +246,6 @@ class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"{self.config.image_key!r} must be float images [B, 3, H, W] in [0, 1], got {tuple(image.shape)}")
         return list(image.float())
-
-    def _instructions(self, batch: dict[str, Any], batch_size: int) -> list[str]:
-        texts = batch.get(self.config.instruction_key)
-        if texts is None:
-            raise KeyError(f"the batch has no instruction under {self.config.instruction_key!r}; keys: {sorted(batch)}")
-        texts = [texts] * batch_size if isinstance(texts, str) else list(texts)
-        if len(texts) != batch_size:
-            raise ValueError(f"{len(texts)} instructions for a batch of {batch_size}")
-        return texts
 
     def _backbone_pass(self, images: list[Tensor], prompts: list[str], coc: list[str | None] | None,
                        ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -321,13 +280,13 @@ class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
         """[B, H, d] float hidden states at the `<ACT_i>` tokens (+ the joint CoC loss when ``coc``)."""
         images = self._images(batch)
         prompts = [build_prompt(self.config.prompt_format, text, self.config.chunk_size)
-                   for text in self._instructions(batch, len(images))]
+                   for text in self.instruction_texts(batch, len(images))]
         hidden, prompt_ids, text_loss = self._backbone_pass(images, prompts, coc)
         h, prompt_len = self.config.chunk_size, prompt_ids.shape[1]
         act_slots = prompt_ids[:, prompt_len - h:]
         if not (act_slots == self.act_ids).all() or not ((prompt_ids[..., None] == self.act_ids).sum((1, 2)) == h).all():
             raise ValueError("every prompt must end with <ACT_0> .. <ACT_{H-1}> and hold them once (does an instruction "
-                             f"contain an <ACT_i> token?): instructions {self._instructions(batch, len(images))}")
+                             f"contain an <ACT_i> token?): instructions {self.instruction_texts(batch, len(images))}")
         h_act = hidden[:, prompt_len - h: prompt_len].float()
         if self.config.use_proprio:
             state = self.state_proj(batch[self.config.state_key].float())
@@ -340,7 +299,7 @@ class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
         if not rows:
             return None
         images = self._images(batch)
-        instructions = self._instructions(batch, len(images))
+        instructions = self.instruction_texts(batch, len(images))
         prompts = [build_prompt(self.config.prompt_format, instructions[i], self.config.chunk_size, with_actions=False)
                    for i in rows]
         return self._backbone_pass([images[i] for i in rows], prompts, [coc[i] for i in rows])[2]
@@ -384,35 +343,27 @@ class QwenVLAWorldPolicy(QueuedActions, PreTrainedPolicy):
         if not self.config.use_world_module:
             return h_act, None
         z_hist, hist_mask = self._latent_history(batch)
-        future = batch.get(WORLD_FUTURE)
-        future = None if future is None else future.float()
-        return self.world(h_act, z_hist, future, batch.get(WORLD_FUTURE_MASK), mode=memory_mode, step=step,
-                          history_mask=hist_mask)
+        return self.world(h_act, z_hist, *self.future_latents(batch), mode=memory_mode, step=step,
+                          history_mask=hist_mask, train_prophet=self.trains_prophet)
 
     def _latent_history(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """History [B, T, D] and mask [B, T]: from the batch, or (plain lerobot-train) the current frame
         encoded on its own, the earlier slots masked."""
         if WORLD_LATENTS in batch:
-            z = batch[WORLD_LATENTS].float()
-            mask = batch.get(WORLD_LATENTS_MASK)
-            mask = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device) if mask is None else mask.bool()
-        else:
-            source = self.config.latent_source_key
-            if source not in batch:
-                raise KeyError(f"the batch has neither {WORLD_LATENTS!r} nor the encoder's input {source!r}; "
-                               f"keys: {sorted(batch)}")
-            if self._frame_encoder is None:
-                self._frame_encoder = OnlineEncoder(self.encoder_spec, device=self._device)
-            self._frame_encoder.reset()
-            current = self._frame_encoder(encoder_input(batch[source], self.encoder_spec.name == "state"))
-            current = current.to(self._device, torch.float32)[:, None]
-            z = torch.cat([current.new_zeros(current.shape[0], self.config.history_len - 1, current.shape[2]), current], 1)
-            mask = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
-            mask[:, -1] = True
-        if z.shape[1] > self.config.history_len:
-            raise ValueError(f"latent history of {z.shape[1]} steps, but the policy was built for history_len "
-                             f"{self.config.history_len}")
-        return torch.where(mask[..., None], z, 0.0), mask
+            return self.history_latents(batch)
+        source = self.config.latent_source_key
+        if source not in batch:
+            raise KeyError(f"the batch has neither {WORLD_LATENTS!r} nor the encoder's input {source!r}; "
+                           f"keys: {sorted(batch)}")
+        if self._frame_encoder is None:
+            self._frame_encoder = OnlineEncoder(self.encoder_spec, device=self._device)
+        self._frame_encoder.reset()
+        current = self._frame_encoder(encoder_input(batch[source], self.encoder_spec.name == "state"))
+        current = current.to(self._device, torch.float32)[:, None]
+        z = torch.cat([current.new_zeros(current.shape[0], self.config.history_len - 1, current.shape[2]), current], 1)
+        mask = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
+        mask[:, -1] = True
+        return self.checked_history(z, mask)
 
     # --- checkpoints ------------------------------------------------------------------------------
 

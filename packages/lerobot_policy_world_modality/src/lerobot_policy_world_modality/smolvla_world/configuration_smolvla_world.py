@@ -30,14 +30,14 @@ latent-cache folder, whose ``spec.json`` holds the spec, or a JSON file of the s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lerobot.configs import PreTrainedConfig
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
+from lerobot_policy_world_modality.common import WorldMemoryConfig
 from lerobot_policy_world_modality.encoders import EncoderSpec
-from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES, MemoryMode, MemorySource
 
 LATENT_CACHE_SPEC_FILE = "spec.json"
 
@@ -56,72 +56,34 @@ def read_encoder_spec(path: str | Path) -> dict:
 
 @PreTrainedConfig.register_subclass("smolvla_world")
 @dataclass
-class SmolVLAWorldConfig(SmolVLAConfig):
-    """SmolVLA's configuration plus the world module and the shared world-modality interface."""
+class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
+    """SmolVLA's configuration plus the shared world-memory fields (`WorldMemoryConfig`: world module,
+    latents, dataset keys, training recipes; see the module docstring for where the latents come from)."""
 
-    # World latents: the encoder that produced them (see the module docstring).
-    encoder_spec: dict | None = None
+    # On the command line: a latent-cache folder or a spec JSON file, read into encoder_spec.
     encoder_spec_path: str | None = None
-    latent_dim: int = 0  # filled from the encoder spec
-    history_len: int = 4  # T latents z_{t-T+1..t}
-    num_future: int = 4  # K: the Prophet predicts z_{t+1..t+K}
     world_rollout_temporal_window: int | None = None  # defaults to the spec's temporal window
     # torch.compile of one denoising step (the action expert over the cached VLM prefix, world memory
     # read included): compiled once, replayed `num_steps` times per chunk. LeRobot's own
     # `compile_model` compiles the whole unrolled sampling loop, whose warm-up did not finish in minutes.
     compile_denoise_step: bool = False
 
-    # World module (shared Prophet + gated cross-attention, lerobot_policy_world_modality.world).
-    prophet_dim: int = 256
-    prophet_heads: int = 4
-    prophet_layers: int = 2
-    prophet_delta: bool = False  # predict z_{t+k} - z_t
-    cross_attn_heads: int = 4  # must divide the action expert's width
-    lambda_world: float = 1.0
-    memory_source: str = "predicted"  # predicted | oracle | scheduled
-    memory_schedule_start: int = 0
-    memory_schedule_end: int = 0
-    detach_prophet_for_policy: bool = False
-    world_memory_mode_train: str = "pred"  # `zero` trains E1
-    world_memory_mode_rollout: str = "pred"  # pred | zero | random | shuffle | oracle (| signflip)
-
-    # Dataset keys the policy was trained with (self-describing checkpoints, docs/ARCHITECTURE.md, Checkpoints).
-    state_key: str = "observation.state"
-    action_key: str = "action"
-    instruction_key: str = "task"
-    image_key: str | None = None  # the dataset camera key (e.g. observation.images.corner2)
-    instructions: list[str] = field(default_factory=list)  # unused by the VLM; kept for the interface
+    world_baseline = "LeRobot's `smolvla` policy"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.encoder_spec is None and self.encoder_spec_path is not None:
             self.encoder_spec = read_encoder_spec(self.encoder_spec_path)
-        MemorySource(self.memory_source)
-        if MemoryMode(self.world_memory_mode_train) is MemoryMode.NONE:
-            raise ValueError("world_memory_mode_train 'none' disables the world module: train LeRobot's "
-                             "`smolvla` policy for the baseline (E0)")
-        if self.world_memory_mode_rollout not in ROLLOUT_MODES:
-            raise ValueError(f"world_memory_mode_rollout must be one of {ROLLOUT_MODES}, "
-                             f"got {self.world_memory_mode_rollout!r}")
-        if self.history_len < 1 or self.num_future < 1:
-            raise ValueError(f"history_len and num_future must be >= 1, got {self.history_len} and {self.num_future}")
+        super().__post_init__()
         if self.encoder_spec is not None:
-            self._check_encoder_spec()
-
-    def _check_encoder_spec(self) -> None:
-        spec = EncoderSpec.from_dict(self.encoder_spec)
-        if self.latent_dim == 0:
-            self.latent_dim = spec.output_dim
-        elif self.latent_dim != spec.output_dim:
-            raise ValueError(f"latent_dim {self.latent_dim} != the encoder spec's output_dim {spec.output_dim}")
-        if self.world_rollout_temporal_window is None:
-            self.world_rollout_temporal_window = spec.temporal_window
-        elif self.world_rollout_temporal_window != spec.temporal_window:
-            raise ValueError(
-                f"world_rollout_temporal_window {self.world_rollout_temporal_window} != the encoder spec's "
-                f"temporal_window {spec.temporal_window}: rollouts must encode frames with the window the "
-                "latents were trained with"
-            )
+            temporal_window = self.spec.temporal_window
+            if self.world_rollout_temporal_window is None:
+                self.world_rollout_temporal_window = temporal_window
+            elif self.world_rollout_temporal_window != temporal_window:
+                raise ValueError(
+                    f"world_rollout_temporal_window {self.world_rollout_temporal_window} != the encoder spec's "
+                    f"temporal_window {temporal_window}: rollouts must encode frames with the window the "
+                    "latents were trained with"
+                )
 
     @property
     def uses_world_module(self) -> bool:

@@ -34,6 +34,7 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, VLAFlowMatching
 from torch import Tensor
 
+from lerobot_policy_world_modality.common import WorldMemoryPolicy
 from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
 from lerobot_policy_world_modality.encoders import WorldEncoder, build_encoder
 from lerobot_policy_world_modality.encoders.state import StateEncoder
@@ -42,7 +43,7 @@ from lerobot_policy_world_modality.world import (
     PreparedMemory,
     WorldModule,
     WorldModuleConfig,
-    total_loss,
+    scalars_to_floats,
 )
 from lerobot_policy_world_modality.world.history import (
     WORLD_FUTURE,
@@ -106,7 +107,7 @@ class _ChunkMemory:
         self.built = True
 
 
-class SmolVLAWorldPolicy(SmolVLAPolicy):
+class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
     """SmolVLA + world memory; LeRobot's `forward` / `select_action` / `predict_action_chunk` interface
     with an optional ``memory_mode`` override (the rollout ablations)."""
 
@@ -121,8 +122,7 @@ class SmolVLAWorldPolicy(SmolVLAPolicy):
         self.config = config
         self.init_rtc_processor()
         self.model = WorldFlowMatching(config, rtc_processor=self.rtc_processor)
-        # Counts training forwards: the step of a `scheduled` memory source, also under lerobot-train.
-        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+        self.register_step_counter()
         self.latent_history = LatentHistory(config.spec, config.history_len, config.latent_source_key)
         self._training_encoder: WorldEncoder | None = None
         self.reset()
@@ -143,6 +143,14 @@ class SmolVLAWorldPolicy(SmolVLAPolicy):
         # A checkpoint missing world-module weights must not load as a silently re-initialised policy.
         return super()._load_as_safetensor(model, model_file, map_location, strict=True)
 
+    @property
+    def world_module(self) -> WorldModule:
+        return self.model.world
+
+    def optim_parameters(self) -> list:
+        # As LeRobot's SmolVLA (all parameters, frozen ones included), so earlier runs' optimizer states load.
+        return list(self.parameters())
+
     def reset(self) -> None:
         """Start new episodes: forget queued actions, the latent history and the encoder's frames."""
         super().reset()
@@ -155,22 +163,23 @@ class SmolVLAWorldPolicy(SmolVLAPolicy):
         """SmolVLA's flow-matching loss + lambda_world * the world loss; ``memory_mode`` overrides
         ``world_memory_mode_train`` (validation under controls)."""
         batch, z_hist, hist_mask, z_future, future_mask = self._world_inputs(batch)
+        if self.in_prophet_stage():
+            return self.prophet_stage_forward(z_hist, hist_mask, z_future, future_mask)
         step = self.train_step  # read only by a `scheduled` memory source
         world_outputs = []
 
         def read(h: Tensor) -> Tensor:
             h, world_out = self.model.world(h, z_hist, z_future, future_mask, mode=memory_mode, step=step,
-                                            history_mask=hist_mask)
+                                            history_mask=hist_mask, train_prophet=self.trains_prophet)
             world_outputs.append(world_out)
             return h
 
         with self.model.reading_memory(read):
             action_loss, logs = super().forward(batch, noise=noise, time=time, reduction=reduction)
         (world_out,) = world_outputs
-        loss = total_loss(action_loss, world_out.world_loss, lambda_world=self.config.lambda_world)
-        if self.training:
-            self.train_step += 1
-        logs.update(world_out.log_dict())
+        loss = self.world_loss_total(action_loss, world_out.world_loss)
+        self.count_training_step()
+        logs.update(scalars_to_floats(self.world_logs(world_out)))
         logs["action_loss"] = logs["loss"]
         logs["loss"] = loss.mean().item()
         return loss, logs
@@ -200,27 +209,15 @@ class SmolVLAWorldPolicy(SmolVLAPolicy):
         return self.latent_history.observe(batch, self.model.action_in_proj.weight.device)
 
     def _chunk_memory(self, batch: dict[str, Tensor], memory_mode: str | None) -> _ChunkMemory:
-        z_hist, hist_mask = self._history(batch)
+        z_hist, hist_mask = self.history_latents(batch, self._world_dtype)
         mode = MemoryMode(memory_mode or self.config.world_memory_mode_rollout)
-        return _ChunkMemory(self.model.world, z_hist, hist_mask, batch.get(WORLD_FUTURE), mode)
+        return _ChunkMemory(self.model.world, z_hist, hist_mask, self.future_latents(batch, self._world_dtype)[0], mode)
 
     # --- world latents ------------------------------------------------------------------------
 
     @property
     def _world_dtype(self) -> torch.dtype:
         return self.model.world.prophet.in_proj.weight.dtype
-
-    def _history(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """The latent history [B, T, D] (padding zeroed, in the world module's dtype) and its mask."""
-        z_hist = batch[WORLD_LATENTS]
-        if z_hist.shape[1] > self.config.history_len:
-            raise ValueError(f"latent history of {z_hist.shape[1]} steps, but the policy was built for "
-                             f"history_len {self.config.history_len}")
-        mask = batch.get(WORLD_LATENTS_MASK)
-        mask = torch.ones(z_hist.shape[:2], dtype=torch.bool, device=z_hist.device) if mask is None else mask.bool()
-        if not mask[:, -1].all():
-            raise ValueError("the last latent history entry (z_t) must be real in every sample")
-        return torch.where(mask[..., None], z_hist, 0.0).to(self._world_dtype), mask
 
     def _world_inputs(self, batch: dict[str, Tensor]) -> tuple[dict, Tensor, Tensor, Tensor | None, Tensor | None]:
         """(batch at the current step, history, history mask, future latents, future mask): from
@@ -229,11 +226,7 @@ class SmolVLAWorldPolicy(SmolVLAPolicy):
         if WORLD_LATENTS not in batch:
             batch = {**batch, **self._encode_frames(batch)}
         batch = self._current_step(batch)
-        z_hist, hist_mask = self._history(batch)
-        z_future = batch.get(WORLD_FUTURE)
-        if z_future is not None:
-            z_future = z_future.to(self._world_dtype)
-        return batch, z_hist, hist_mask, z_future, batch.get(WORLD_FUTURE_MASK)
+        return batch, *self.history_latents(batch, self._world_dtype), *self.future_latents(batch, self._world_dtype)
 
     def _current_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Observations loaded at several offsets -> the one at offset 0 (what SmolVLA reads)."""

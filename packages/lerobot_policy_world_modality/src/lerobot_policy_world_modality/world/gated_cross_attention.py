@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 
 class _GatedResidual(torch.autograd.Function):
-    """h + g * a, except that where g == 0 the output is h bit for bit.
+    """h + g * a, except that where g == 0 the output is h bit for bit (per channel for a per-channel g).
 
     Plain `h + 0 * a` is not enough: 0 * NaN = NaN, and `+0.0` turns `-0.0` into `+0.0`.
     A `torch.where` on its own would fix the value but also zero d/dg, freezing a zero-initialised
@@ -28,7 +28,8 @@ class _GatedResidual(torch.autograd.Function):
         ctx, grad: Tensor
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         g, a = ctx.saved_tensors
-        grad_g = (grad.float() * a.float()).sum().to(g.dtype) if ctx.needs_input_grad[1] else None
+        # Summed to the gate's shape: a scalar, or one value per channel (the last dim).
+        grad_g = (grad.float() * a.float()).sum_to_size(g.shape).to(g.dtype) if ctx.needs_input_grad[1] else None
         grad_a = grad * g if ctx.needs_input_grad[2] else None
         return grad, grad_g, grad_a
 
@@ -44,18 +45,27 @@ class PreparedMemory:
     has_memory: Tensor | None  # [B, 1, 1] bool, False for samples without any valid slot
 
 
+GATE_TYPES = ("scalar", "channel")
+
+
 class GatedCrossAttention(nn.Module):
-    """out = h + tanh(gate) * attn(norm(h), memory), with `gate` initialised to 0.
+    """out = h + tanh(gate) * attn(norm(h), memory), with `gate` initialised to `gate_init` (default 0).
 
     At initialisation (and whenever the gate is exactly 0) the policy is unchanged whatever the
     memory holds, NaN and inf included, so adding world memory can never hurt a pretrained policy
     before training has shown it is useful. The gate still receives gradient at 0 (for finite
     memory), while the attention parameters receive none until the gate has moved.
+
+    `gate_type`: `scalar` (one gate) or `channel` (one gate per channel of d_model, each moving on
+    its own). A non-zero `gate_init` lets the attention learn from the first step, but gives up the
+    guarantee: only an exact zero leaves the policy bit for bit unchanged at initialisation.
     """
 
     def __init__(self, d_model: int, d_mem: int, num_future: int, num_heads: int = 4,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, gate_type: str = "scalar", gate_init: float = 0.0) -> None:
         super().__init__()
+        if gate_type not in GATE_TYPES:
+            raise ValueError(f"gate_type must be one of {GATE_TYPES}, got {gate_type!r}")
         self.num_future = num_future
         self.query_norm = nn.LayerNorm(d_model)
         self.mem_norm = nn.LayerNorm(d_mem)
@@ -63,7 +73,13 @@ class GatedCrossAttention(nn.Module):
         # Tells the attention which future step each memory slot holds.
         self.future_emb = nn.Parameter(torch.randn(num_future, d_model) * 0.02)
         self.attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
-        self.gate = nn.Parameter(torch.tensor(0.0))
+        self.gate = nn.Parameter(torch.full((d_model,) if gate_type == "channel" else (), float(gate_init)))
+
+    def gate_strength(self) -> Tensor:
+        """How strongly the memory is read, detached: tanh(gate), or for a per-channel gate the root mean
+        square of tanh(gate) over the channels."""
+        gate = torch.tanh(self.gate.detach())
+        return gate if gate.ndim == 0 else gate.square().mean().sqrt()
 
     def forward(self, h: Tensor, memory: Tensor,
                 memory_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

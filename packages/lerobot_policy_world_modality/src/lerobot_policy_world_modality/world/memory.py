@@ -102,8 +102,12 @@ class MemorySourceSchedule:
             return 1.0
         if step is None:
             raise ValueError("memory source 'scheduled' needs the training step")
-        step = int(step)
         start, end = self.schedule_start_step, self.schedule_end_step
+        if end == 0:
+            raise ValueError("memory source 'scheduled' with memory_schedule_end 0 anneals over no steps and trains "
+                             "exactly as 'predicted': set memory_schedule_end, the step where the oracle fraction "
+                             "reaches 0 (`wm train` sets it to half of --steps when it is left at 0)")
+        step = int(step)
         if step <= start:
             return 1.0
         if step >= end:

@@ -26,6 +26,8 @@ class WorldModuleConfig:
     prophet_heads: int = 4
     prophet_layers: int = 2
     cross_attn_heads: int = 4
+    gate_type: str = "scalar"  # scalar | channel (GatedCrossAttention)
+    gate_init: float = 0.0  # only 0 keeps the bit-identical do-no-harm guarantee
     dropout: float = 0.0
     memory_mode: MemoryMode = MemoryMode.PRED
     memory_source: MemorySourceSchedule = field(default_factory=MemorySourceSchedule)
@@ -50,6 +52,8 @@ class WorldModuleConfig:
             prophet_heads=config.prophet_heads,
             prophet_layers=config.prophet_layers,
             cross_attn_heads=config.cross_attn_heads,
+            gate_type=config.gate_type,
+            gate_init=config.gate_init,
             dropout=dropout,
             memory_mode=MemoryMode(config.world_memory_mode_train),
             memory_source=MemorySourceSchedule(config.memory_source, config.memory_schedule_start,
@@ -76,8 +80,8 @@ class WorldOutputs:
 
     z_pred: Tensor  # [B, K, D_latent]
     memory_mode: MemoryMode
-    gate_raw: Tensor  # scalar, detached
-    gate: Tensor  # tanh(gate_raw), detached
+    gate_raw: Tensor  # scalar, detached (a per-channel gate: the root mean square of its values)
+    gate: Tensor  # tanh(gate_raw), detached (a per-channel gate: GatedCrossAttention.gate_strength)
     oracle_fraction: float  # realised share of samples whose memory was the oracle
     attn_mass: Tensor | None = None  # [K]; None when the injection was skipped
     world_loss: Tensor | None = None  # scalar with grad; None without z_future
@@ -126,6 +130,8 @@ class WorldModule(nn.Module):
             num_future=config.num_future,
             num_heads=config.cross_attn_heads,
             dropout=config.dropout,
+            gate_type=config.gate_type,
+            gate_init=config.gate_init,
         )
 
     def forward(
@@ -140,6 +146,7 @@ class WorldModule(nn.Module):
         history_mask: Tensor | None = None,
         memory_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
+        train_prophet: bool = True,
     ) -> tuple[Tensor, WorldOutputs]:
         """Run the Prophet, build the memory and inject it into `h`.
 
@@ -154,13 +161,16 @@ class WorldModule(nn.Module):
                 when that is intended.
             mode: memory mode; None means `config.memory_mode`.
             step: training step (int or a step-counter tensor), needed by a `scheduled` memory source.
+            train_prophet: False freezes the Prophet (no gradient reaches it; its world loss is
+                still computed, without gradient): the second stage of two-stage training.
 
         In training mode the `pred` memory comes from `config.memory_source` (oracle latents
         substituted per sample by the schedule); in eval mode it is the Prophet's prediction.
         Other modes behave the same in both.
         """
         mode = self.config.memory_mode if mode is None else MemoryMode(mode)
-        z_pred = self.prophet(z_history, history_mask)
+        with torch.set_grad_enabled(train_prophet and torch.is_grad_enabled()):
+            z_pred = self.prophet(z_history, history_mask)
         world_loss = world_loss_per_k = None
         if z_future is not None:
             world_loss, world_loss_per_k = world_cosine_loss(z_pred, z_future, future_mask)
@@ -178,13 +188,30 @@ class WorldModule(nn.Module):
         if memory is not None:
             h_out, weights = self.cross_attn(h, memory, memory_mask)
             attn_mass = weights.detach().float().mean(dim=(0, 1))
+        return h_out, self._outputs(z_pred, mode, oracle_fraction, attn_mass, world_loss, world_loss_per_k)
+
+    def prophet_forward(self, z_history: Tensor, z_future: Tensor, future_mask: Tensor | None = None, *,
+                        history_mask: Tensor | None = None) -> WorldOutputs:
+        """The Prophet alone on the world loss (the first stage of two-stage training): no memory is
+        read, so nothing but the Prophet receives gradient."""
+        if z_future is None:
+            raise ValueError("training the Prophet alone (prophet_pretrain_steps) needs the true future latents "
+                             "(observation.world_future): train on a latent cache (`wm train`, or "
+                             "--policy.latents_path under lerobot-train)")
+        z_pred = self.prophet(z_history, history_mask)
+        world_loss, world_loss_per_k = world_cosine_loss(z_pred, z_future, future_mask)
+        return self._outputs(z_pred, MemoryMode.PRED, 0.0, None, world_loss, world_loss_per_k)
+
+    def _outputs(self, z_pred: Tensor, mode: MemoryMode, oracle_fraction: float, attn_mass: Tensor | None,
+                 world_loss: Tensor | None, world_loss_per_k: Tensor | None) -> WorldOutputs:
+        gate = self.cross_attn.gate.detach()
         # A copy, not a view: the optimizer updates the parameter in place before logging.
-        gate_raw = self.cross_attn.gate.detach().clone()
-        return h_out, WorldOutputs(
+        gate_raw = gate.clone() if gate.ndim == 0 else gate.square().mean().sqrt()
+        return WorldOutputs(
             z_pred=z_pred,
             memory_mode=mode,
             gate_raw=gate_raw,
-            gate=torch.tanh(gate_raw),
+            gate=self.cross_attn.gate_strength(),
             oracle_fraction=oracle_fraction,
             attn_mass=attn_mass,
             world_loss=world_loss,

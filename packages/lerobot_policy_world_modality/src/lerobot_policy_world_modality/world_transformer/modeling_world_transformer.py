@@ -16,12 +16,10 @@ import torch.nn.functional as F
 from lerobot.policies.pretrained import PreTrainedPolicy
 from torch import Tensor, nn
 
-from lerobot_policy_world_modality.common import QueuedActions
+from lerobot_policy_world_modality.common import ActionHeads, QueuedActions, WorldMemoryPolicy
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
     WORLD_FUTURE,
-    WORLD_FUTURE_MASK,
     WORLD_LATENTS,
-    WORLD_LATENTS_MASK,
     WorldTransformerConfig,
 )
 from lerobot_policy_world_modality.encoders import EncoderSpec
@@ -31,7 +29,6 @@ from lerobot_policy_world_modality.world import (
     WorldModule,
     WorldModuleConfig,
     scalars_to_floats,
-    total_loss,
     world_cosine_loss,
 )
 from lerobot_policy_world_modality.world.history import LatentHistory
@@ -90,35 +87,7 @@ class InstructionEmbedding(nn.Module):
         return self.embedding(torch.tensor([self._index[t] for t in texts], device=device))
 
 
-class FlowHead(nn.Module):
-    """Rectified-flow action head: predicts the velocity (a - noise) from x_t = (1-t) noise + t a."""
-
-    def __init__(self, d_model: int, action_dim: int) -> None:
-        super().__init__()
-        self.action_in = nn.Linear(action_dim, d_model)
-        self.time_in = nn.Sequential(nn.Linear(1, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
-        self.net = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 2 * d_model), nn.GELU(),
-                                 nn.Linear(2 * d_model, action_dim))
-
-    def velocity(self, h: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.net(h + self.action_in(x_t) + self.time_in(t[:, None, None].expand(-1, h.shape[1], 1)))
-
-    def loss_terms(self, h: Tensor, actions: Tensor) -> Tensor:
-        """Per-element velocity error [B, H, A] at a uniformly drawn time."""
-        noise = torch.randn_like(actions)
-        t = torch.rand(actions.shape[0], device=actions.device)
-        x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * actions
-        return (self.velocity(h, x_t, t) - (actions - noise)) ** 2
-
-    def sample(self, h: Tensor, action_dim: int, steps: int) -> Tensor:
-        x = torch.randn(h.shape[0], h.shape[1], action_dim, device=h.device, dtype=h.dtype)
-        for i in range(steps):
-            t = torch.full((h.shape[0],), i / steps, device=h.device, dtype=h.dtype)
-            x = x + self.velocity(h, x, t) / steps
-        return x
-
-
-class WorldTransformerPolicy(QueuedActions, PreTrainedPolicy):
+class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrainedPolicy):
     """Transformer over [latent history, state, instruction, (C) world token, H action queries
     (, K future queries for B/B_cont/C)] -> an action chunk of H normalised actions."""
 
@@ -134,8 +103,6 @@ class WorldTransformerPolicy(QueuedActions, PreTrainedPolicy):
         self.config = config
         self.encoder_spec = EncoderSpec.from_dict(config.encoder_spec)
         d, latent_dim = config.d_model, config.latent_dim
-        if self.encoder_spec.output_dim != latent_dim:
-            raise ValueError(f"latent_dim {latent_dim} != encoder spec output_dim {self.encoder_spec.output_dim}")
 
         self.latent_proj = nn.Linear(latent_dim, d)
         self.history_pos = nn.Parameter(torch.randn(config.history_len, d) * 0.02)
@@ -160,19 +127,12 @@ class WorldTransformerPolicy(QueuedActions, PreTrainedPolicy):
         self.out_norm = nn.LayerNorm(d)
         if config.uses_world_module:
             self.world = WorldModule(WorldModuleConfig.from_policy_config(config, d, dropout=config.dropout))
-        if config.action_head == "flow":
-            self.flow_head = FlowHead(d, config.action_dim)
-        else:
-            self.mse_head = nn.Linear(d, config.action_dim)
-        # Counts training forwards: the step of a `scheduled` memory source, also under lerobot-train.
-        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+        self.build_action_head(d)
+        self.register_step_counter()
         self._latents = LatentHistory(self.encoder_spec, config.history_len, config.latent_source_key)
         self.reset()
 
     # --- LeRobot interface ------------------------------------------------------------------
-
-    def get_optim_params(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
 
     def reset(self) -> None:
         """Start a new episode: forget queued actions, the latent history and the encoder's frames."""
@@ -193,30 +153,24 @@ class WorldTransformerPolicy(QueuedActions, PreTrainedPolicy):
             raise KeyError(f"model {self.config.model_type} trains on future latents ({WORLD_FUTURE!r}); the batch has "
                            f"{sorted(batch)}: train with `wm train`, or under lerobot-train pass "
                            "--policy.latents_path=<a `wm latents` cache of the dataset>")
+        z_future, future_mask = self.future_latents(batch)
+        if self.in_prophet_stage():
+            return self.prophet_stage_forward(*self.history_latents(batch), z_future, future_mask)
         h_act, h_future, z_hist, hist_mask = self._trunk(batch)
         logs: dict[str, Tensor | float] = {}
         world_loss = None
         if self.config.uses_world_module:
-            h_act, world_out = self.world(
-                h_act, z_hist, batch.get(WORLD_FUTURE), batch.get(WORLD_FUTURE_MASK),
-                mode=memory_mode, step=self.train_step, history_mask=hist_mask,
-            )
+            h_act, world_out = self.world(h_act, z_hist, z_future, future_mask, mode=memory_mode, step=self.train_step,
+                                          history_mask=hist_mask, train_prophet=self.trains_prophet)
             world_loss = world_out.world_loss
-            logs.update(world_out.log_tensors())
+            logs.update(self.world_logs(world_out))
         elif h_future is not None:
-            world_loss, aux_logs = self._aux_loss(h_future, batch[WORLD_FUTURE], batch.get(WORLD_FUTURE_MASK))
+            world_loss, aux_logs = self._aux_loss(h_future, z_future, future_mask)
             logs.update(aux_logs)
 
-        if self.config.action_head == "flow":
-            per_element = self.flow_head.loss_terms(h_act, actions)
-        else:
-            per_element = (self.mse_head(h_act) - actions) ** 2
-        pad_key = f"{self.config.action_key}_is_pad"  # LeRobot's convention: True = padding
-        valid = ~batch[pad_key] if pad_key in batch else torch.ones_like(actions[..., 0], dtype=torch.bool)
-        action_loss = (per_element.mean(-1) * valid).sum() / valid.sum().clamp_min(1)
-        loss = total_loss(action_loss, world_loss, lambda_world=self.config.lambda_world)
-        if self.training:
-            self.train_step += 1
+        action_loss = self.padded_action_loss(self.action_loss_terms(h_act, actions), batch)
+        loss = self.world_loss_total(action_loss, world_loss)
+        self.count_training_step()
         logs["action_loss"] = action_loss.detach()
         logs["loss"] = loss.detach()
         return loss, scalars_to_floats(logs)
@@ -228,10 +182,8 @@ class WorldTransformerPolicy(QueuedActions, PreTrainedPolicy):
         h_act, _, z_hist, hist_mask = self._trunk(batch)
         if self.config.uses_world_module:
             mode = memory_mode or self.config.world_memory_mode_rollout
-            h_act, _ = self.world(h_act, z_hist, batch.get(WORLD_FUTURE), mode=mode, history_mask=hist_mask)
-        if self.config.action_head == "flow":
-            return self.flow_head.sample(h_act, self.config.action_dim, self.config.flow_steps)
-        return self.mse_head(h_act)
+            h_act, _ = self.world(h_act, z_hist, self.future_latents(batch)[0], mode=mode, history_mask=hist_mask)
+        return self.sample_actions(h_act)
 
 
     # --- internals ----------------------------------------------------------------------------
@@ -240,32 +192,16 @@ class WorldTransformerPolicy(QueuedActions, PreTrainedPolicy):
         """Add the latent history to a rollout batch by encoding its observation online."""
         return self._latents.observe(batch, self.action_queries.device)
 
-    def _instruction_texts(self, batch: dict, batch_size: int) -> list[str]:
-        texts = batch.get(self.config.instruction_key)
-        if texts is None:
-            raise KeyError(f"the batch has no instruction under {self.config.instruction_key!r}; keys: {sorted(batch)}")
-        texts = [texts] * batch_size if isinstance(texts, str) else list(texts)
-        if len(texts) != batch_size:
-            raise ValueError(f"{len(texts)} instructions for a batch of {batch_size}")
-        return texts
-
     def _trunk(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         """Returns action-query states [B, H, d], future-query states [B, K, d] (B/B_cont/C),
         and the history [B, T, D] with its mask [B, T] (padding zeroed)."""
-        z_hist = batch[WORLD_LATENTS].float()
+        z_hist, hist_mask = self.history_latents(batch)
         batch_size, t_ctx, _ = z_hist.shape
-        if t_ctx > self.config.history_len:
-            raise ValueError(f"latent history of {t_ctx} steps, but the policy was built for history_len {self.config.history_len}")
-        hist_mask = batch.get(WORLD_LATENTS_MASK)
-        hist_mask = torch.ones(batch_size, t_ctx, dtype=torch.bool, device=z_hist.device) if hist_mask is None else hist_mask.bool()
-        if not hist_mask[:, -1].all():
-            raise ValueError("the last latent history entry (z_t) must be real in every sample")
-        z_hist = torch.where(hist_mask[..., None], z_hist, 0.0)
         device = z_hist.device
         tokens = [
             self.latent_proj(z_hist) + self.history_pos[self.config.history_len - t_ctx:] + self.type_emb[_HISTORY],
             (self.state_proj(batch[self.config.state_key].float()) + self.type_emb[_STATE])[:, None],
-            (self.instruction(self._instruction_texts(batch, batch_size), device) + self.type_emb[_INSTRUCTION])[:, None],
+            (self.instruction(self.instruction_texts(batch, batch_size), device) + self.type_emb[_INSTRUCTION])[:, None],
         ]
         if self.config.model_type == "C":
             tokens.append((self.token_emb(self._assign_tokens(z_hist[:, -1])) + self.type_emb[_WORLD_TOKEN])[:, None])

@@ -1,0 +1,20 @@
+"""What the plugin's policy families share: the world-memory config and policy mixin, chunked actions, heads."""
+
+from lerobot_policy_world_modality.common.chunks import ACTION_HEADS, CurrentFrameChunkConfig, QueuedActions
+from lerobot_policy_world_modality.common.heads import ActionHeads, FlowHead
+from lerobot_policy_world_modality.common.world_memory import (
+    SCHEDULED_ORACLE_SHARE,
+    WorldMemoryConfig,
+    WorldMemoryPolicy,
+)
+
+__all__ = [
+    "ACTION_HEADS",
+    "SCHEDULED_ORACLE_SHARE",
+    "ActionHeads",
+    "CurrentFrameChunkConfig",
+    "FlowHead",
+    "QueuedActions",
+    "WorldMemoryConfig",
+    "WorldMemoryPolicy",
+]
