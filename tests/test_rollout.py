@@ -129,6 +129,8 @@ def test_interrupted_evaluation_resumes_without_duplicates(checkpoints, tmp_path
     with pytest.raises(KeyboardInterrupt):
         _eval(checkpoints["A"], tmp_path, arm="E0", episodes_per_task=3, workers=1)
     assert len(read_jsonl(tmp_path / runner.RESULTS_FILE)) == 1
+    with open(tmp_path / runner.RESULTS_FILE, "ab") as f:  # the next line, torn by a kill -9 halfway through its write
+        f.write(b'{"arm": "E0", "episode_id": "metaworld|reach-v3|1000|1", "succ')
     monkeypatch.setattr(runner, "append_jsonl", real_append)
     results = _eval(checkpoints["A"], tmp_path, arm="E0", episodes_per_task=3, workers=1)
     ids = [r["episode_id"] for r in read_jsonl(results)]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from world_modality.atomic_io import append_jsonl
+from world_modality.atomic_io import append_jsonl, drop_torn_last_line
 from world_modality.coc.backend import CocBackend
 from world_modality.coc.episodes import EpisodeSource
-from world_modality.coc.labels import drop_unfinished_line, read_coc_labels
+from world_modality.coc.labels import read_coc_labels
 
 
 def generate_coc_labels(
@@ -37,7 +37,7 @@ def generate_coc_labels(
     if unknown:
         raise ValueError(f"episode(s) {unknown} are not in {source.root}; it has episodes {available[0]}..{available[-1]}")
 
-    if drop_unfinished_line(out):
+    if drop_torn_last_line(out):
         print(f"{out}: dropped an unfinished last line left by an interrupted run")
     existing = read_coc_labels(out) if out.exists() else {}
     other = sorted({label.backend for label in existing.values()} - {backend.name})

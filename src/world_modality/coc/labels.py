@@ -8,11 +8,11 @@ unfinished last line without its newline: readers ignore that one, and every oth
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from world_modality.atomic_io import JsonlError, jsonl_lines
 
 
 class CocLabelError(ValueError):
@@ -54,13 +54,6 @@ def parse_label(record, where: str) -> CocLabel:
     return CocLabel(episode, text, backend, tuple(keyframes))
 
 
-def _complete_lines(path: Path) -> list[str]:
-    """The file's newline-terminated lines; an unterminated last line is an unfinished append."""
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    return complete.decode().splitlines()
-
-
 def read_coc_labels(path: str | Path) -> dict[int, CocLabel]:
     """Every label of a file by episode index, validated; raises CocLabelError naming the line."""
     path = Path(path)
@@ -68,12 +61,12 @@ def read_coc_labels(path: str | Path) -> dict[int, CocLabel]:
         raise FileNotFoundError(f"no CoC label file at {path}; make one with `wm coc generate DATASET --out {path}`")
     labels: dict[int, CocLabel] = {}
     first_line: dict[int, int] = {}
-    for number, line in enumerate(_complete_lines(path), start=1):
+    try:
+        lines = list(jsonl_lines(path))
+    except JsonlError as e:
+        raise CocLabelError(str(e)) from None
+    for number, record in lines:
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CocLabelError(f"{where}: not valid JSON ({e.msg})") from None
         label = parse_label(record, where)
         if label.episode_index in labels:
             raise CocLabelError(
@@ -107,22 +100,3 @@ def coc_texts_for(labels: dict[int, str], episode_indices: Iterable[int], requir
                 "`wm coc generate DATASET --out LABELS` (it resumes and fills in what is missing), or train without --require-coc"
             )
     return texts
-
-
-def drop_unfinished_line(path: str | Path) -> bool:
-    """Cut an unterminated last line (left by a killed append) so the next append starts a fresh line.
-
-    Returns whether something was cut.
-    """
-    path = Path(path)
-    if not path.exists():
-        return False
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    if keep == len(data):
-        return False
-    with open(path, "r+b") as f:
-        f.truncate(keep)
-        f.flush()
-        os.fsync(f.fileno())
-    return True

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
 
+from world_modality.atomic_io import atomic_path
 from world_modality.coc.episodes import EpisodeSource
 from world_modality.coc.labels import CocLabel, read_coc_labels
 
@@ -31,16 +30,8 @@ def save_keyframe_strip(frames: list[np.ndarray], frame_indices: list[int], path
     fig.suptitle("\n".join(lines), fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temporary name only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from world_modality import __version__
-from world_modality.atomic_io import atomic_write_json, save_tensors_atomic
+from world_modality.atomic_io import atomic_write_json, commit_folder, save_tensors_atomic, temp_folder
 from world_modality.data.check import CAMERA_DTYPES, camera_name
 from world_modality.data.readers import EpisodeReader, SideBySideReader
 from world_modality.devices import resolve_device
@@ -151,15 +150,13 @@ def _own_encoder(
     folder = base / f"{name}-encoder-{digest(settings)}"
     if (folder / "config.json").exists():
         return folder
-    tmp = base / f".{folder.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_folder(folder)
     if name == "state":
         fit_state_encoder(np.concatenate(reader.read(reader.episodes)), tmp, state_key=reader.key)
     else:
         episodes = _training_episodes(reader.episodes, LEARNED_MAX_TRAIN_FRAMES)
         train_learned_encoder(reader.read(episodes), tmp, steps=steps, seed=seed, device=device, progress=progress, **options)
-    os.replace(tmp, folder)
-    return folder
+    return commit_folder(tmp, folder)
 
 
 def _training_episodes(episodes: pd.DataFrame, max_frames: int) -> pd.DataFrame:

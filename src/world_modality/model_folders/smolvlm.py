@@ -20,8 +20,9 @@ LeRobot's SmolVLA look up (``tokenizer.fake_image_token_id``, ``tokenizer.global
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from world_modality.atomic_io import atomic_write_json
 
 SIZES = ("tiny", "500m")
 
@@ -143,7 +144,5 @@ def write_smolvlm_folder(path: str | Path, size: str = "tiny") -> Path:
     )
     config.save_pretrained(out)
     # Provenance: what wrote the folder, so nobody mistakes it for a pretrained checkpoint.
-    (out / "world_modality_smolvlm.json").write_text(
-        json.dumps({"size": size, "weights": "none (random init by the consumer)"}, indent=2)
-    )
+    atomic_write_json(out / "world_modality_smolvlm.json", {"size": size, "weights": "none (random init by the consumer)"})
     return out

@@ -33,9 +33,9 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from world_modality.atomic_io import atomic_path, atomic_write_text
 from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
 
-from world_modality.atomic_io import atomic_write_text
 from world_modality.report.arms import ArmFacts, ArmKind, arm_kind, resolve_baselines, training_memory
 from world_modality.report.readcheck import (
     GATE_TAG,
@@ -359,13 +359,10 @@ def _pyplot() -> Any:
 
 
 def _save_png(fig: Any, path: Path) -> Path:
-    """Write the figure atomically (a temporary file renamed into place)."""
-    plt = _pyplot()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    """Write the figure atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
     return path
 
 

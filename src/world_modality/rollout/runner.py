@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from world_modality.atomic_io import append_jsonl, read_jsonl
+from world_modality.atomic_io import append_jsonl, atomic_path, read_jsonl
 from world_modality.choices import EVAL
 from world_modality.rollout.envs import EnvPool
 from world_modality.rollout.policies import RolloutPolicy, load_rollout_policy
@@ -44,20 +44,17 @@ def arm_label(arm: str, memory_mode: str | None, own_mode: str) -> str:
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> None:
-    """H.264 mp4 through PyAV (bundled FFmpeg), written to a temp name and renamed."""
+    """H.264 mp4 through PyAV (bundled FFmpeg), written atomically."""
     import av
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
     height, width = frames[0].shape[:2]
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_path(path, suffix=".mp4") as tmp, av.open(str(tmp), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
         for frame in frames:
             padded = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)))
             container.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
         container.mux(stream.encode())
-    tmp.replace(path)
 
 
 def completed_episodes(results: Path, arm: str, train_seed: int) -> set[str]:

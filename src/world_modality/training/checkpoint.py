@@ -17,8 +17,6 @@ replaced atomically, so an interruption at any moment leaves the previous checkp
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -31,7 +29,7 @@ from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 
 from world_modality import __version__
-from world_modality.atomic_io import atomic_write_json
+from world_modality.atomic_io import atomic_symlink, atomic_write_json, commit_folder, temp_folder
 from world_modality.data.check import DatasetKeys
 from lerobot_policy_world_modality.encoders import EncoderSpec
 
@@ -72,8 +70,7 @@ def save_checkpoint(run_dir: Path, step: int, policy: PreTrainedPolicy, preproce
     """Write checkpoint ``step`` atomically and point ``last`` at it; returns its folder."""
     root = checkpoints_dir(run_dir)
     final = root / f"{step:06d}"
-    tmp = root / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_folder(final)
     pretrained = tmp / PRETRAINED
     policy.save_pretrained(pretrained)
     preprocessor.save_pretrained(pretrained)
@@ -87,12 +84,8 @@ def save_checkpoint(run_dir: Path, step: int, policy: PreTrainedPolicy, preproce
     })
     (tmp / TRAINING_STATE).mkdir()
     torch.save(training_state, tmp / TRAINING_STATE / STATE_FILE)
-    shutil.rmtree(final, ignore_errors=True)  # a rerun of the same step after an interrupted resume
-    os.replace(tmp, final)
-    link_tmp = root / ".last.tmp"
-    link_tmp.unlink(missing_ok=True)
-    link_tmp.symlink_to(final.name)
-    os.replace(link_tmp, root / "last")
+    commit_folder(tmp, final)  # replaces a checkpoint of the same step (a rerun after an interrupted resume)
+    atomic_symlink(root / "last", final.name)
     return final
 
 

