@@ -157,6 +157,54 @@ def test_memory_mode_flag_reaches_the_policy(checkpoints, tmp_path, monkeypatch)
     assert record["arm"] == "E2:zero" and record["base_arm"] == "E2" and record["memory_mode"] == "zero"
 
 
+def test_memory_controls_are_reproducible_from_the_episode(checkpoints, tmp_path, monkeypatch):
+    """The same evaluation twice gives the same episodes and actions under the random controls: their draws
+    follow the episode (its id and the training seed), not the global RNG (per sample, whatever shares the
+    batch: tests/test_world_module.py)."""
+    import numpy as np
+
+    from world_modality.rollout.policies import LeRobotRolloutPolicy
+
+    real_load, real_reset, real_act = runner.load_rollout_policy, LeRobotRolloutPolicy.reset, LeRobotRolloutPolicy.act
+    actions: dict[int, list[np.ndarray]] = {}
+
+    def load_with_open_gate(*args, **kwargs):
+        policy = real_load(*args, **kwargs)
+        with torch.no_grad():  # an open gate: the control's content reaches the actions
+            policy.policy.world.cross_attn.gate.fill_(1.0)
+        return policy
+
+    def reset(self, seeds=None):
+        self.seeds = seeds
+        real_reset(self, seeds)
+
+    def act(self, observations, instructions, peek):
+        out = real_act(self, observations, instructions, peek)
+        for seed, action in zip(self.seeds, out):
+            actions.setdefault(seed, []).append(action)
+        return out
+
+    monkeypatch.setattr(runner, "load_rollout_policy", load_with_open_gate)
+    monkeypatch.setattr(LeRobotRolloutPolicy, "reset", reset)
+    monkeypatch.setattr(LeRobotRolloutPolicy, "act", act)
+
+    def run(name, mode):
+        actions.clear()
+        torch.manual_seed(len(name))  # a different global RNG state in every run
+        records = read_jsonl(_eval(checkpoints["F"], tmp_path / name, arm="E2", memory_mode=mode))
+        return {r["episode_id"]: (r["success"], r["steps"]) for r in records}, {s: np.stack(a) for s, a in actions.items()}
+
+    _, pred_actions = run("pred", "pred")
+    for mode in ("random", "shuffle"):
+        first, first_actions = run(f"{mode}-first", mode)
+        second, second_actions = run(f"{mode}-second-run", mode)
+        assert first == second and len(first) == 2
+        assert first_actions.keys() == second_actions.keys() == pred_actions.keys() and len(first_actions) == 2
+        for seed, a in first_actions.items():
+            np.testing.assert_array_equal(a, second_actions[seed])
+            assert not np.allclose(a, pred_actions[seed], atol=1e-4)  # the control is in effect
+
+
 def test_mismatches_are_refused(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="needs a world-memory policy.*world_transformer/A"):
         _eval(checkpoints["A"], tmp_path, arm="E0", memory_mode="zero")

@@ -185,6 +185,26 @@ def test_rollout_memory_mode_changes_actions_once_gate_opens(vlm_folder, spec):
     assert torch.equal(e1.predict_action_chunk(dict(batch), noise=_noise()), zero)
 
 
+def test_rollout_generators_make_flow_noise_and_random_memory_the_episodes_own(vlm_folder, spec):
+    """Rollouts pass one generator per episode: the chunk (flow noise and `random` memory) follows each
+    episode's generator, not the global RNG, and one episode's seed leaves the others' actions alone."""
+    from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS
+
+    policy = _world_policy(vlm_folder, spec)
+    with torch.no_grad():
+        policy.model.world.cross_attn.gate.fill_(1.0)
+
+    def chunk(seeds, global_seed):
+        torch.manual_seed(global_seed)
+        batch = _batch(vlm_folder) | {ROLLOUT_GENERATORS: [torch.Generator().manual_seed(s) for s in seeds]}
+        return policy.predict_action_chunk(batch, memory_mode="random")
+
+    first, again, other = chunk([1, 2, 3], 0), chunk([1, 2, 3], 1), chunk([1, 2, 4], 2)
+    assert torch.equal(first, again)
+    torch.testing.assert_close(other[:2], first[:2], rtol=0, atol=1e-6)
+    assert not torch.allclose(other[2], first[2], atol=1e-3)
+
+
 def test_inference_reads_one_memory_per_chunk_at_every_denoising_step(vlm_folder, spec, monkeypatch):
     """One Prophet pass and one projected memory per chunk, read at each of the `num_steps` denoising
     steps; what is read equals what the shared WorldModule itself injects in eval mode."""

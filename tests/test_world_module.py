@@ -256,6 +256,33 @@ def test_random_matches_mean_and_std() -> None:
     assert torch.equal(noise, apply_memory_mode("random", predicted, generator=_gen(2)))
 
 
+@pytest.mark.parametrize("mode", ["random", "shuffle"])
+def test_per_sample_generators_make_each_samples_control_its_own(mode: str) -> None:
+    """Rollouts pass one generator per episode: each sample gets the mode as at batch size 1, drawn from its
+    own generator, whatever the other samples of the batch are."""
+    predicted = torch.randn(B, K, D, generator=_gen(7))
+    together = apply_memory_mode(mode, predicted, generator=[_gen(10 + i) for i in range(B)])
+    for i in range(B):
+        alone = apply_memory_mode(mode, predicted[i : i + 1], generator=_gen(10 + i))
+        torch.testing.assert_close(together[i : i + 1], alone, rtol=0, atol=0)
+    other_batch = torch.cat([predicted[:1], torch.randn(B - 1, K, D, generator=_gen(8))])
+    first = apply_memory_mode(mode, other_batch, generator=[_gen(10 + i) for i in range(B)])[0]
+    assert torch.equal(first, together[0])  # sample 0 does not see who its batch-mates are
+    assert not torch.equal(together[0], apply_memory_mode(mode, predicted[:1], generator=_gen(99))[0])
+    with pytest.raises(ValueError, match="3 memory generators for a batch of 4"):
+        apply_memory_mode(mode, predicted, generator=[_gen(i) for i in range(3)])
+
+
+def test_rollout_noise_draws_each_row_from_its_episodes_generator() -> None:
+    from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, rollout_noise
+
+    noise = rollout_noise({ROLLOUT_GENERATORS: [_gen(1), _gen(2)]}, (2, 3, 5), "cpu")
+    assert torch.equal(noise[1], torch.randn(3, 5, generator=_gen(2)))
+    assert torch.equal(noise[0], torch.randn(3, 5, generator=_gen(1)))
+    torch.manual_seed(0)
+    assert torch.equal(rollout_noise({}, (2, 3, 5), "cpu"), torch.randn(2, 3, 5, generator=_gen(0)))
+
+
 # --- memory source schedule ------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from lerobot.utils.constants import OBS_ENV_STATE
 
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 from lerobot_policy_world_modality.world import MemoryMode
-from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_LATENTS, LatentHistory
+from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, WORLD_FUTURE, WORLD_LATENTS, LatentHistory
 from world_modality.data.check import camera_name
 from world_modality.devices import resolve_device
 from world_modality.sim import render_from_dict
@@ -37,7 +37,8 @@ class RolloutPolicy(Protocol):
     instructions: list[str]  # instructions the policy was trained on
     own_memory_mode: str  # the memory mode it acts with when none is forced ("none": no world memory)
 
-    def reset(self) -> None: ...
+    # New episodes; seeds (one per env of the batch, `EpisodeSpec.rollout_seed`) seed each env's random draws.
+    def reset(self, seeds: list[int] | None = None) -> None: ...
     def fork(self) -> RolloutPolicy: ...  # same weights, own per-episode state
     def act(self, observations: list[dict[str, Any]], instructions: list[str], peek: Peek) -> np.ndarray: ...
 
@@ -60,9 +61,10 @@ class LeRobotRolloutPolicy:
     own_memory_mode: str = "none"
     _oracle_encoder: Any = None
 
-    def reset(self) -> None:
+    def reset(self, seeds: list[int] | None = None) -> None:
         self.policy.reset()
         self._oracle_queue: deque[torch.Tensor] = deque()
+        self._generators = None if seeds is None else [torch.Generator().manual_seed(s) for s in seeds]
 
     def fork(self) -> LeRobotRolloutPolicy:
         """This policy over the same weights with its own per-episode state (`fork_episode_state`)."""
@@ -83,6 +85,8 @@ class LeRobotRolloutPolicy:
         if self.uses_env_state:
             batch[OBS_ENV_STATE] = torch.from_numpy(np.stack([o["env_state"] for o in observations]))
         batch = self.preprocessor(batch)
+        if self._generators is not None:
+            batch[ROLLOUT_GENERATORS] = self._generators
         if self.memory_mode == "oracle":
             action = self._oracle_action(batch, peek)
         else:

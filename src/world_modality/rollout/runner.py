@@ -101,7 +101,7 @@ def run_episodes(
     slot_groups = env_groups(pool.size, groups)
     queue = deque(_task_ordered(todo))
     policies = [policy] + [policy.fork() for _ in slot_groups[1:]]
-    rollouts = [_group_rollout(p, slots, queue, pool, video_budget, results, max_steps, finished)
+    rollouts = [_group_rollout(p, slots, queue, pool, video_budget, results, max_steps, finished, record["train_seed"])
                 for p, slots in zip(policies, slot_groups)]
     try:
         _drive(pool, rollouts)
@@ -173,6 +173,7 @@ def _group_rollout(
     results: Path,
     max_steps: int | None,
     finished: Callable[[dict], None],
+    train_seed: int,
 ) -> Generator[PoolRequest, dict[int, Any], None]:
     """One lockstep group: takes batches of episodes off the shared queue until it is empty, yielding its
     reset and step requests and reporting each finished episode. Only peeks (oracle memory, rare) are
@@ -180,9 +181,9 @@ def _group_rollout(
     while queue:
         batch = dict(zip(slots, [queue.popleft() for _ in range(min(len(slots), len(queue)))]))
         obs = yield "reset", batch
-        policy.reset()
-        start = time.perf_counter()  # after reset: building a task's env (~1.5 s) is set-up, not rollout
         order = list(batch)
+        policy.reset([batch[s].rollout_seed(train_seed) for s in order])
+        start = time.perf_counter()  # after reset: building a task's env (~1.5 s) is set-up, not rollout
         texts = [pool.simulator.instruction(batch[s]) for s in order]
         filming = {}
         for slot, ep in batch.items():

@@ -9,6 +9,7 @@ simulator itself (MuJoCo, LIBERO) only when an env is built.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,6 +38,13 @@ class EpisodeSpec:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"episode_id": self.episode_id}
+
+    def rollout_seed(self, train_seed: int) -> int:
+        """Seed of this episode's random draws at rollout (memory controls `random` / `shuffle`, flow noise): a
+        function of the episode and the training seed alone, so every run (any batch, worker count, shard or
+        resume) draws the same."""
+        digest = hashlib.sha256(f"{self.episode_id}|train_seed={train_seed}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") >> 1  # torch seeds are < 2**63
 
 
 @dataclass(frozen=True)

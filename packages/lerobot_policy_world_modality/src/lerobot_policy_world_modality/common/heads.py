@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+
+from lerobot_policy_world_modality.world.history import rollout_noise
 
 
 class FlowHead(nn.Module):
@@ -26,8 +30,9 @@ class FlowHead(nn.Module):
         x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * actions
         return (self.velocity(h, x_t, t) - (actions - noise)) ** 2
 
-    def sample(self, h: Tensor, action_dim: int, steps: int) -> Tensor:
-        x = torch.randn(h.shape[0], h.shape[1], action_dim, device=h.device, dtype=h.dtype)
+    def sample(self, h: Tensor, action_dim: int, steps: int, batch: dict[str, Any]) -> Tensor:
+        """Euler integration from noise (drawn by `rollout_noise`: the batch's per-episode generators)."""
+        x = rollout_noise(batch, (h.shape[0], h.shape[1], action_dim), h.device, h.dtype)
         for i in range(steps):
             t = torch.full((h.shape[0],), i / steps, device=h.device, dtype=h.dtype)
             x = x + self.velocity(h, x, t) / steps
@@ -50,8 +55,8 @@ class ActionHeads:
             return self.flow_head.loss_terms(h, actions)
         return (self.mse_head(h) - actions) ** 2
 
-    def sample_actions(self, h: Tensor) -> Tensor:
+    def sample_actions(self, h: Tensor, batch: dict[str, Any]) -> Tensor:
         """The head's action chunk [B, H, A] (sampled for `flow`)."""
         if self.config.action_head == "flow":
-            return self.flow_head.sample(h, self.config.action_dim, self.config.flow_steps)
+            return self.flow_head.sample(h, self.config.action_dim, self.config.flow_steps, batch)
         return self.mse_head(h)

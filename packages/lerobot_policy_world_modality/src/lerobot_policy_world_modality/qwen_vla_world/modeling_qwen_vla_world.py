@@ -42,7 +42,7 @@ from lerobot_policy_world_modality.qwen_vla_world.prompt import (
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 from lerobot_policy_world_modality.encoders.spec import digest
 from lerobot_policy_world_modality.world import WorldModule, WorldModuleConfig, scalars_to_floats
-from lerobot_policy_world_modality.world.history import WORLD_LATENTS, LatentHistory, encoder_input
+from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, WORLD_LATENTS, LatentHistory, encoder_input
 
 ADAPTER_DIR = "backbone_adapter"
 WEIGHTS_FILE = "model.safetensors"
@@ -224,7 +224,7 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
     def _actions(self, h_act: Tensor, batch: dict[str, Any], memory_mode: str) -> Tensor:
         """Action chunk [B, H, A] from the `<ACT_i>` states: world memory, then the head (sampled for flow)."""
         h_act, _ = self._read_world(h_act, batch, memory_mode, None)
-        return self.sample_actions(self.head_in(h_act))
+        return self.sample_actions(self.head_in(h_act), batch)
 
 
     # --- backbone pass ------------------------------------------------------------------------
@@ -344,7 +344,7 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
             return h_act, None
         z_hist, hist_mask = self._latent_history(batch)
         return self.world(h_act, z_hist, *self.future_latents(batch), mode=memory_mode, step=step,
-                          history_mask=hist_mask, train_prophet=self.trains_prophet)
+                          history_mask=hist_mask, train_prophet=self.trains_prophet, generator=batch.get(ROLLOUT_GENERATORS))
 
     def _latent_history(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """History [B, T, D] and mask [B, T]: from the batch, or (plain lerobot-train) the current frame

@@ -46,12 +46,14 @@ from lerobot_policy_world_modality.world import (
     scalars_to_floats,
 )
 from lerobot_policy_world_modality.world.history import (
+    ROLLOUT_GENERATORS,
     WORLD_FUTURE,
     WORLD_FUTURE_MASK,
     WORLD_LATENTS,
     WORLD_LATENTS_MASK,
     LatentHistory,
     encoder_input,
+    rollout_noise,
 )
 
 MemoryReader = Callable[[Tensor], Tensor]
@@ -91,8 +93,9 @@ class _ChunkMemory:
     runs no Prophet."""
 
     def __init__(self, world: WorldModule, z_history: Tensor, history_mask: Tensor, z_future: Tensor | None,
-                 mode: MemoryMode) -> None:
+                 mode: MemoryMode, generators: list[torch.Generator] | None = None) -> None:
         self.world, self.z_history, self.history_mask, self.z_future, self.mode = world, z_history, history_mask, z_future, mode
+        self.generators = generators
         self.memory: PreparedMemory | None = None
         self.built = False
 
@@ -103,7 +106,8 @@ class _ChunkMemory:
 
     @torch.compiler.disable  # a compiled denoising step only reads the memory; building it stays eager
     def _build(self) -> None:
-        self.memory = self.world.prepare_memory(self.z_history, self.history_mask, self.z_future, self.mode)
+        self.memory = self.world.prepare_memory(self.z_history, self.history_mask, self.z_future, self.mode,
+                                                self.generators)
         self.built = True
 
 
@@ -192,7 +196,7 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
         """Normalised action chunk [B, H, A]; ``memory_mode`` defaults to ``world_memory_mode_rollout``."""
         batch = self.observe(batch)
         with self.model.reading_memory(self._chunk_memory(batch, memory_mode)):
-            return super().predict_action_chunk(batch, noise=noise, **kwargs)
+            return super().predict_action_chunk(batch, noise=self._flow_noise(batch, noise), **kwargs)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], memory_mode: str | None = None, noise: Tensor | None = None,
@@ -201,17 +205,26 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
         when the queue of ``n_action_steps`` actions is empty."""
         batch = self.observe(batch)
         with self.model.reading_memory(self._chunk_memory(batch, memory_mode)):
-            return super().select_action(batch, noise=noise, **kwargs)
+            return super().select_action(batch, noise=self._flow_noise(batch, noise), **kwargs)
 
     def observe(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Add the world-latent history to a rollout batch, encoding the current observation online
         with the checkpoint's encoder spec (unchanged when the batch already holds latents)."""
         return self.latent_history.observe(batch, self.model.action_in_proj.weight.device)
 
+    def _flow_noise(self, batch: dict[str, Tensor], noise: Tensor | None) -> Tensor | None:
+        """The chunk's initial flow noise: as given, else from the rollout's per-episode generators; None
+        (SmolVLA draws it from the global RNG) without them."""
+        if noise is not None or ROLLOUT_GENERATORS not in batch:
+            return noise
+        shape = (len(batch[ROLLOUT_GENERATORS]), self.config.chunk_size, self.config.max_action_dim)
+        return rollout_noise(batch, shape, self.model.action_in_proj.weight.device)  # float32, as SmolVLA draws it
+
     def _chunk_memory(self, batch: dict[str, Tensor], memory_mode: str | None) -> _ChunkMemory:
         z_hist, hist_mask = self.history_latents(batch, self._world_dtype)
         mode = MemoryMode(memory_mode or self.config.world_memory_mode_rollout)
-        return _ChunkMemory(self.model.world, z_hist, hist_mask, self.future_latents(batch, self._world_dtype)[0], mode)
+        return _ChunkMemory(self.model.world, z_hist, hist_mask, self.future_latents(batch, self._world_dtype)[0], mode,
+                            batch.get(ROLLOUT_GENERATORS))
 
     # --- world latents ------------------------------------------------------------------------
 

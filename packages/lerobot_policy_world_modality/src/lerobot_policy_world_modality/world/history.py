@@ -21,6 +21,22 @@ WORLD_LATENTS = "observation.world_latents"  # [B, T, D] history ending at z_t
 WORLD_LATENTS_MASK = "observation.world_latents_mask"  # [B, T]
 WORLD_FUTURE = "observation.world_future"  # [B, K, D] true z_{t+1..t+K}
 WORLD_FUTURE_MASK = "observation.world_future_mask"  # [B, K]
+# Rollouts: one torch.Generator per env, seeded from its episode (never through the processors). Every random
+# draw of acting (memory controls, flow noise) comes from them, so an episode's actions depend on the episode
+# alone, not on the global RNG or on which other episodes share the lockstep batch.
+ROLLOUT_GENERATORS = "rollout_generators"
+
+
+def rollout_noise(batch: dict[str, Any], shape: tuple[int, ...], device: torch.device | str,
+                  dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard normal noise [B, *shape]: sample i from the batch's generator i (`ROLLOUT_GENERATORS`),
+    from the global RNG when the batch has none (training, lerobot-eval)."""
+    generators = batch.get(ROLLOUT_GENERATORS)
+    if generators is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} rollout generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(device, dtype)
 
 
 def encoder_input(observation: Tensor, is_state: bool) -> Tensor:

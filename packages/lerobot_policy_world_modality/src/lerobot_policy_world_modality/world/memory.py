@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from lerobot_policy_world_modality.memory_modes import MemoryMode, MemorySource
+
+_DRAWING_MODES = (MemoryMode.RANDOM, MemoryMode.SHUFFLE)
 
 
 def _rng_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
@@ -34,8 +37,11 @@ def _cyclic_derangement(n: int, generator: torch.Generator | None,
 
 
 def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor | None = None,
-                      generator: torch.Generator | None = None) -> Tensor | None:
+                      generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor | None:
     """Turn the predicted memory [B, K, D] into what the policy reads under `mode`.
+
+    `generator` is one generator for the whole batch, or a sequence of B generators (rollouts: one per
+    episode): then each sample gets the mode on its own, as at batch size 1, drawing from its generator.
 
     - `random`: N(mean, std) with mean and (population) std per feature dim, taken over batch and
       K of the detached prediction; the noise carries no gradient.
@@ -46,6 +52,11 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
     - `none`: returns None, meaning the injection is skipped.
     """
     mode = MemoryMode(mode)
+    if generator is not None and not isinstance(generator, torch.Generator) and mode in _DRAWING_MODES:
+        generators = list(generator)
+        if len(generators) != predicted.shape[0]:
+            raise ValueError(f"{len(generators)} memory generators for a batch of {predicted.shape[0]}")
+        return torch.cat([apply_memory_mode(mode, predicted[i : i + 1], None, g) for i, g in enumerate(generators)])
     match mode:
         case MemoryMode.PRED:
             return predicted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -145,7 +146,7 @@ class WorldModule(nn.Module):
         *,
         history_mask: Tensor | None = None,
         memory_mask: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         train_prophet: bool = True,
     ) -> tuple[Tensor, WorldOutputs]:
         """Run the Prophet, build the memory and inject it into `h`.
@@ -163,6 +164,8 @@ class WorldModule(nn.Module):
             step: training step (int or a step-counter tensor), needed by a `scheduled` memory source.
             train_prophet: False freezes the Prophet (no gradient reaches it; its world loss is
                 still computed, without gradient): the second stage of two-stage training.
+            generator: the draws of `random` / `shuffle` (and of a scheduled source); a sequence of B
+                generators applies the mode per sample (`apply_memory_mode`).
 
         In training mode the `pred` memory comes from `config.memory_source` (oracle latents
         substituted per sample by the schedule); in eval mode it is the Prophet's prediction.
@@ -221,7 +224,7 @@ class WorldModule(nn.Module):
     @torch.no_grad()
     def prepare_memory(self, z_history: Tensor, history_mask: Tensor | None = None,
                        z_future: Tensor | None = None, mode: MemoryMode | str | None = None,
-                       generator: torch.Generator | None = None) -> PreparedMemory | None:
+                       generator: torch.Generator | Sequence[torch.Generator] | None = None) -> PreparedMemory | None:
         """Inference: the memory `forward` reads in eval mode (one Prophet pass; one draw for the
         `random` and `shuffle` controls), projected once for any number of `read_memory` calls;
         None for mode `none` (no injection)."""

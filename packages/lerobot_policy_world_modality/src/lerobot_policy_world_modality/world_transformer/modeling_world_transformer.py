@@ -31,7 +31,7 @@ from lerobot_policy_world_modality.world import (
     scalars_to_floats,
     world_cosine_loss,
 )
-from lerobot_policy_world_modality.world.history import LatentHistory
+from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, LatentHistory
 
 _HISTORY, _STATE, _INSTRUCTION, _WORLD_TOKEN = range(4)  # token-type embedding rows
 
@@ -182,8 +182,9 @@ class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreT
         h_act, _, z_hist, hist_mask = self._trunk(batch)
         if self.config.uses_world_module:
             mode = memory_mode or self.config.world_memory_mode_rollout
-            h_act, _ = self.world(h_act, z_hist, self.future_latents(batch)[0], mode=mode, history_mask=hist_mask)
-        return self.sample_actions(h_act)
+            h_act, _ = self.world(h_act, z_hist, self.future_latents(batch)[0], mode=mode, history_mask=hist_mask,
+                                  generator=batch.get(ROLLOUT_GENERATORS))
+        return self.sample_actions(h_act, batch)
 
 
     # --- internals ----------------------------------------------------------------------------
