@@ -342,7 +342,8 @@ def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None]) ->
     started_here = not ray.is_initialized()
     if started_here:
         try:
-            ray.init(address=address, **({} if address else {"include_dashboard": False}))
+            # A local instance (no address) stays on the loopback interface: nothing outside this machine joins it.
+            ray.init(address=address, **({} if address else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}))
         except (ConnectionError, RuntimeError) as e:
             raise RuntimeError(
                 f"could not join the Ray cluster at {address}: {e}\nRay starts clusters with token authentication: "
