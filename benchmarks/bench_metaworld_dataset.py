@@ -7,9 +7,10 @@ Usage: python benchmarks/bench_metaworld_dataset.py --tasks MT50 --episodes 20 -
 Runs ``generate_metaworld_dataset`` into a fresh folder and times every episode as it reaches its shard
 (the generator's DEBUG records). Reported: start-up (to the first episode), the time and frames of the
 first and of the last 10% of episodes (each from the episode before the window to its last one), the
-tail after the last episode (appending the remaining shards, finalizing) and the total. ``--baseline``
-then re-records exactly the dataset's episodes with the scripted experts alone (no writing, same number
-of processes), so what writing adds is visible.
+tail after the last episode (appending the remaining shards, finalizing) and the total, in wall time and
+in CPU time of all processes (robust on a shared machine). ``--baseline`` then re-records exactly the
+dataset's episodes with the scripted experts alone (no writing, same number of processes), so what
+writing adds is visible. ``--json`` also keeps every episode's time.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
 
+from world_modality.data.merge import DatasetAppender
 from world_modality.sim.metaworld import generate as metaworld_gen
 from world_modality.sim.metaworld.env import MetaWorldEnv, RenderSettings
 
@@ -37,6 +40,27 @@ class _EpisodeTimes(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage().endswith(" written"):
             self.written.append((record.created, record.args[0]))
+
+
+def _timed_appends(spans: list[tuple[float, float]]) -> None:
+    """Record (start, end) of every shard appended to the dataset (in this process)."""
+    append = DatasetAppender.append
+
+    def timed(self, shard):
+        start = time.time()
+        episodes = append(self, shard)
+        spans.append((start, time.time()))
+        return episodes
+
+    DatasetAppender.append = timed
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (the workers)."""
+    return sum(
+        (usage.ru_utime + usage.ru_stime)
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
 
 
 def _window(times: list[float], frames: list[int], start: int, stop: int) -> dict:
@@ -64,10 +88,13 @@ def _baseline(sidecar: dict, workers: int) -> dict:
         (task, [(e["seed"], e["layout_index"]) for e in sidecar["episodes"] if e["task"] == task], sidecar["spec"]["render"])
         for task in sidecar["spec"]["tasks"]
     ]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
         frames = sum(pool.map(_record, jobs, chunksize=1))
-    return {"seconds": time.perf_counter() - start, "frames": frames}
+        pool.close()
+        pool.join()  # children count in RUSAGE_CHILDREN once waited for
+    cpu = _cpu_seconds() - cpu
+    return {"seconds": time.perf_counter() - start, "cpu_s": cpu, "cpu_ms_per_frame": 1000 * cpu / frames, "frames": frames}
 
 
 def main() -> None:
@@ -86,13 +113,15 @@ def main() -> None:
     logger = logging.getLogger(metaworld_gen.__name__)
     logger.addHandler(times)
     logger.setLevel(logging.DEBUG)
+    appends: list[tuple[float, float]] = []
+    _timed_appends(appends)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep or Path(tmp) / "dataset")
-        start = time.time()
+        start, cpu = time.time(), _cpu_seconds()
         metaworld_gen.generate_metaworld_dataset(
             out, args.tasks, args.episodes, image_size=args.image_size, storage=args.storage, workers=args.workers
         )
-        end = time.time()
+        end, cpu = time.time(), _cpu_seconds() - cpu
         sidecar = json.loads((out / metaworld_gen.SIDECAR).read_text())
         baseline = _baseline(sidecar, args.workers) if args.baseline else None
 
@@ -117,15 +146,22 @@ def main() -> None:
         "first_10pct": _window(stamps, frames, 1, 1 + k),
         "last_10pct": _window(stamps, frames, n - k, n),
         "tail_after_last_episode_s": end - stamps[-1],
+        "appending_shards_s": {
+            "total": sum(b - a for a, b in appends),
+            "after_last_episode": sum(b - max(a, stamps[-1]) for a, b in appends if b > stamps[-1]),
+        },
         "total_s": end - start,
+        "cpu_s": cpu,
+        "cpu_ms_per_frame": 1000 * cpu / sum(frames),
     }
     result["last_vs_first_10pct_time"] = result["last_10pct"]["seconds"] / result["first_10pct"]["seconds"]
     if baseline:
         result["experts_alone"] = baseline
-        result["writing_adds"] = result["total_s"] / baseline["seconds"] - 1
+        result["writing_adds"] = {"wall": result["total_s"] / baseline["seconds"] - 1, "cpu": cpu / baseline["cpu_s"] - 1}
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        timeline = [[round(t - start, 2), task] for t, task in times.written]
+        Path(args.json).write_text(json.dumps({**result, "episode_written_at_s": timeline}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@ LeRobot's ``aggregate_datasets`` does the same bookkeeping, but its data step re
 through ``datasets`` and rewrites the growing destination file for each source (measured: ~11 ms per
 128 px frame on the project's CPU machine, super-linear in the shards). Here the shards' parquet row
 groups are copied with pyarrow into open writers (images stay the stored PNG bytes; only ``index``,
-``episode_index`` and ``task_index`` are renumbered, by LeRobot's ``update_data_df``), and everything
-else is LeRobot's own: ``aggregate_videos`` (one video file per shard) and ``update_meta_data`` for the
-episode table. The dataset stats are aggregated episode by episode from the renumbered episode stats, as
-LeRobot's recording writer does (``finalize_aggregation`` would aggregate the shards' stats, whose
-``index``/``episode_index``/``task_index`` describe each shard's own numbering).
+``episode_index`` and ``task_index`` are renumbered, as LeRobot's ``update_data_df`` does), and
+everything else is LeRobot's own: ``aggregate_videos`` (one video file per shard) and
+``update_meta_data`` for the episode table. The dataset stats are aggregated from the renumbered episode
+stats, as LeRobot's recording writer does (``finalize_aggregation`` would aggregate the shards' stats,
+whose ``index``/``episode_index``/``task_index`` describe each shard's own numbering).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 
@@ -126,7 +127,7 @@ class DatasetAppender:
 
     def append(self, shard: Path) -> int:
         """Append all episodes of the LeRobot dataset at ``shard``; returns how many."""
-        from lerobot.datasets.aggregate import aggregate_videos, update_data_df, update_meta_data
+        from lerobot.datasets.aggregate import aggregate_videos, update_meta_data
         from lerobot.datasets.utils import DEFAULT_DATA_PATH, DEFAULT_EPISODES_PATH
 
         src = _shard_metadata(Path(shard), self.repo_id)
@@ -145,18 +146,15 @@ class DatasetAppender:
             src, dst, self._videos_idx, dst.video_files_size_in_mb, dst.chunks_size, concatenate_videos=False
         )
 
+        # A shard's task index -> the dataset's (what LeRobot's update_data_df does, without pandas per row group).
+        task_map = dst.tasks.loc[src.tasks.sort_values("task_index").index, "task_index"].to_numpy()
         src_to_dst = {}
         for chunk, file in _files(src.episodes, "data"):
             path = src.root / DEFAULT_DATA_PATH.format(chunk_index=chunk, file_index=file)
             src_to_dst[(chunk, file)] = self._data.place(path.stat().st_size)
             parquet = pq.ParquetFile(path)
             for group in range(parquet.num_row_groups):  # one episode each, as LeRobot writes them
-                table = parquet.read_row_group(group)
-                renumbered = update_data_df(table.select(["index", "episode_index", "task_index"]).to_pandas(), src, dst)
-                for name in renumbered.columns:
-                    position = table.schema.get_field_index(name)
-                    table = table.set_column(position, table.schema.field(position), pa.array(renumbered[name], table.schema.field(position).type))
-                self._data.write(table)
+                self._data.write(_renumbered(parquet.read_row_group(group), dst.info.total_episodes, dst.info.total_frames, task_map))
 
         data_idx = {"chunk": self._data.chunk, "file": self._data.file, "src_to_dst": src_to_dst}
         for chunk, file in _files(src.episodes, "meta/episodes"):
@@ -177,9 +175,8 @@ class DatasetAppender:
         from lerobot.utils.utils import unflatten_dict
 
         columns = [name for name in episodes.column_names if name.startswith("stats/")]
-        for row in episodes.select(columns).to_pylist():
-            stats = unflatten_dict({name: np.array(value) for name, value in row.items()})["stats"]
-            self._stats = stats if self._stats is None else aggregate_stats([self._stats, stats])
+        rows = [unflatten_dict({name: np.array(value) for name, value in row.items()})["stats"] for row in episodes.select(columns).to_pylist()]
+        self._stats = aggregate_stats(rows if self._stats is None else [self._stats, *rows])
 
     def finalize(self) -> None:
         from lerobot.datasets.io_utils import write_info, write_stats, write_tasks
@@ -194,6 +191,19 @@ class DatasetAppender:
         write_tasks(self._dst.tasks, self.root)
         write_info(info, self.root)
         write_stats(self._stats, self.root)
+
+
+def _renumbered(table: pa.Table, episode_offset: int, frame_offset: int, task_map: np.ndarray) -> pa.Table:
+    """A shard's rows with the dataset's episode, frame and task indices."""
+    new = {
+        "episode_index": pc.add(table["episode_index"], episode_offset),
+        "index": pc.add(table["index"], frame_offset),
+        "task_index": pa.array(task_map[table["task_index"].to_numpy()], table.schema.field("task_index").type),
+    }
+    for name, column in new.items():
+        position = table.schema.get_field_index(name)
+        table = table.set_column(position, table.schema.field(position), column)
+    return table
 
 
 def _files(episodes, prefix: str) -> list[tuple[int, int]]:
