@@ -38,6 +38,24 @@ def test_missing_setup_and_bad_assets_fail_loudly(tmp_path, monkeypatch):
     assert not (tmp_path / "home" / "setup.json").exists()
 
 
+def test_asset_installer_runs_from_any_folder_under_pyenv(tmp_path, monkeypatch):
+    """A `uv` on PATH that does not run (pyenv's shim outside the project folder) is passed over for the
+    interpreter's own uv or pip, so `wm libero setup` works from any folder."""
+    from world_modality.sim.libero_setup import _installer
+
+    shim = tmp_path / "shims" / "uv"
+    shim.parent.mkdir()
+    shim.write_text("#!/bin/sh\necho 'pyenv: uv: command not found' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("UV", raising=False)
+    monkeypatch.chdir(tmp_path)
+    command = _installer()
+    assert str(shim) not in command and command[-1] == "--target"
+    program = command[: command.index("install")]
+    assert subprocess.run([*program, "--help"], capture_output=True, check=False).returncode == 0
+
+
 def test_libero_import_never_prompts(tmp_path):
     """Without any config and with stdin closed, LIBERO's catalogue loads through our config folder."""
     env = {k: v for k, v in os.environ.items() if k != "LIBERO_CONFIG_PATH"} | {"HOME": str(tmp_path), HOME_ENV: str(tmp_path / "h")}

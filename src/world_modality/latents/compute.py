@@ -75,9 +75,10 @@ def compute_latents(
 
     ``encoder_path`` is the encoder's local checkpoint folder. Without one, ``state`` fits its
     statistics and ``learned`` trains itself (``learned_steps``, ``seed`` and ``learned_options``,
-    keyword arguments of `train_learned_encoder`) on this dataset, the folder going beside the
-    cache; ``dinov2`` and ``vjepa2`` need one. ``camera_key`` defaults to the first camera (to
-    ``observation.environment_state`` for ``state``); ``temporal_window`` to the encoder's default.
+    keyword arguments of `train_learned_encoder`) on this dataset, its folder going inside ``out``
+    (default: the dataset's ``world_latents/``, beside the caches); ``dinov2`` and ``vjepa2`` need one.
+    ``camera_key`` defaults to the first camera (to ``observation.environment_state`` for ``state``);
+    ``temporal_window`` to the encoder's default.
     """
     if batch_size < 1 or chunk_episodes < 1:
         raise ValueError(f"batch_size and chunk_episodes must be >= 1, got {batch_size} and {chunk_episodes}")
@@ -93,7 +94,7 @@ def compute_latents(
     out_path = Path(out).expanduser().resolve() if out else None
     if encoder_path is None and encoder_name in ("state", "learned"):
         encoder_path = _own_encoder(
-            reader, encoder_name, fingerprint, out_path.parent if out_path else root / LATENTS_DIR,
+            reader, encoder_name, fingerprint, out_path or root / LATENTS_DIR,
             torch_device, learned_steps, seed, dict(learned_options or {}), progress,
         )
     options: dict[str, Any] = {"camera_key": key, "render": _render_settings(root, key)}

