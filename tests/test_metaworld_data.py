@@ -204,7 +204,7 @@ def test_parallel_workers_write_the_dataset_one_process_writes(tmp_path, caplog)
         assert json.loads((parallel / name).read_text()) == json.loads((serial / name).read_text()), name
     ds = _load(parallel)
     assert ds.meta.total_episodes == 2 and ds[len(ds) - 1]["task"] == instruction("reach-v3")
-    assert not (tmp_path / ".parallel.staging").exists() and not (tmp_path / ".parallel.writing").exists()
+    assert not (tmp_path / ".parallel.staging").exists() and not (tmp_path / ".parallel.tmp").exists()
 
 
 def _bytes_read() -> int:

@@ -4,7 +4,7 @@ Work is staged per task: each task's successful episodes are written, as they ar
 LeRobot's own writer into a dataset shard ``.<name>.staging/<task>/`` next to the output (in the worker
 process that generates the task, so frames are encoded in parallel), and ``<task>.json`` beside it marks
 the task done; an interrupted run resumes by skipping those tasks. The shards are appended in task order
-to ``.<name>.writing`` as soon as they and all tasks before them are staged (world_modality.data.merge,
+to ``.<name>.tmp`` (`atomic_io.temp_folder`) as soon as they and all tasks before them are staged (world_modality.data.merge,
 constant cost per episode), and that folder is renamed to the output path when every task is in, so a
 dataset at the output path is always complete. The dataset does not depend on the worker count.
 """
@@ -27,7 +27,7 @@ from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 from tqdm import tqdm
 
 from world_modality import __version__
-from world_modality.atomic_io import atomic_write_json
+from world_modality.atomic_io import atomic_write_json, commit_folder, temp_folder
 from world_modality.data.merge import DatasetAppender
 from world_modality.sim.metaworld.env import (
     ACTION_DIM,
@@ -200,9 +200,7 @@ def generate_task(
             env.close()
         if shard is not None:
             shard.finalize()
-            if (staging_dir / task).exists():
-                shutil.rmtree(staging_dir / task)  # a shard whose summary an interruption kept from being written
-            os.replace(writing, staging_dir / task)
+            commit_folder(writing, staging_dir / task)  # replaces a shard whose summary an interruption kept from being written
     summary = {"task": task, "kept": len(episodes), "discarded": attempts - len(episodes), "attempts": attempts, "episodes": episodes}
     atomic_write_json(staging_dir / f"{task}.json", summary)
     return summary
@@ -351,9 +349,7 @@ def generate_metaworld_dataset(
     staged = [t for t in spec.tasks if _staged_summary(staging, t)]
     if staged:
         print(f"resuming: {len(staged)} of {len(spec.tasks)} tasks already generated")
-    tmp = out.parent / f".{out.name}.writing"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # an interrupted merge; the shards it read are still staged
+    tmp = temp_folder(out)  # an interrupted merge left there is removed; the shards it read are still staged
     dataset = DatasetAppender(tmp, repo_id=f"local/{out.name}")
     summaries = []
     total = len(spec.tasks) * spec.episodes_per_task
@@ -367,7 +363,7 @@ def generate_metaworld_dataset(
         raise RuntimeError(f"the scripted expert never succeeded on {empty}; no episodes to write")
     dataset.finalize()
     atomic_write_json(tmp / SIDECAR, _sidecar(spec, summaries))
-    os.replace(tmp, out)
+    commit_folder(tmp, out)
     shutil.rmtree(staging)
     per_task = {s["task"]: {k: s[k] for k in ("kept", "discarded", "attempts")} for s in summaries}
     for task, s in per_task.items():
