@@ -41,7 +41,7 @@ def test_missing_setup_and_bad_assets_fail_loudly(tmp_path, monkeypatch):
 def test_asset_installer_runs_from_any_folder_under_pyenv(tmp_path, monkeypatch):
     """A `uv` on PATH that does not run (pyenv's shim outside the project folder) is passed over for the
     interpreter's own uv or pip, so `wm libero setup` works from any folder."""
-    from world_modality.sim.libero_setup import _installer
+    from world_modality.sim.libero.setup import _installer
 
     shim = tmp_path / "shims" / "uv"
     shim.parent.mkdir()
