@@ -20,6 +20,8 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
+from world_modality.choices import EVAL
+from world_modality.sim import DEFAULT_SIMULATOR
 from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, ROLLOUT_MODES
 
 from world_modality.report.arms import ArmFacts, arm_kind, resolve_baselines, training_memory
@@ -42,16 +44,16 @@ class MatrixConfigError(ValueError):
 class EvaluationConfig:
     """Where and how every arm is evaluated; all arms and ablations run the same episode list."""
 
-    env: str = "metaworld"
+    env: str = DEFAULT_SIMULATOR
     suite: str | None = None  # LIBERO only
     tasks: str | list[str | int] | None = None  # resolved to a list (MetaWorld: default the dataset's tasks;
     # LIBERO: task names or ids in the suite)
-    episodes_per_task: int = 10
-    eval_seed: int = 1000
-    workers: int = 2
-    groups: int = 1
-    videos_per_task: int = 0
-    max_steps: int | None = None
+    episodes_per_task: int = EVAL.episodes_per_task
+    eval_seed: int = EVAL.eval_seed
+    workers: int = EVAL.workers
+    groups: int = EVAL.groups
+    videos_per_task: int = EVAL.videos_per_task
+    max_steps: int | None = EVAL.max_steps
 
 
 @dataclass
