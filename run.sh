@@ -10,11 +10,13 @@ cd "$(dirname "$0")"
 
 UV_VERSION=0.13.9
 python_bin() {
-    # .python-version selects 3.12 under pyenv; without pyenv, look for python3.12 directly.
+    # .python-version selects 3.12 under pyenv; without pyenv, look for python3.12 directly. A virtual
+    # environment's python (as inside `uv run`) has no pip: take the interpreter it was made from.
     for candidate in python3 python3.12; do
-        if command -v "$candidate" >/dev/null 2>&1 &&
-            "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
-            echo "$candidate"
+        if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c '
+import sys
+sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+            "$candidate" -c 'import sys; print(sys._base_executable if sys.prefix != sys.base_prefix else sys.executable)'
             return
         fi
     done

@@ -20,6 +20,7 @@ from world_modality.schedule import (
     StepFailed,
     eval_resources,
     execute,
+    init_ray,
     train_resources,
 )
 
@@ -203,7 +204,7 @@ def ray_cluster():
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")  # loopback only
+    init_ray(num_cpus=2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -336,19 +336,34 @@ def _ray_step(fn: Callable[..., Any], kwargs: Mapping[str, Any], *needs: Any) ->
     fn(**kwargs)
 
 
+def init_ray(address: str | None = None, **options: Any) -> None:
+    """Join the Ray cluster at ``address``, or start a local instance (None) on the loopback interface only,
+    so nothing outside this machine joins it. Workers use the interpreter Ray runs under: the cluster's
+    nodes hold the locked environment (README: the offline install)."""
+    # Under `uv run`, Ray would otherwise start every worker through `uv run` again, which needs a `uv`
+    # executable on PATH and may re-resolve the environment: workers then fail to start where neither holds.
+    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
+    import ray
+    from ray._private import ray_constants
+
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False  # read at import: Ray may be imported already
+    if not address:
+        options = {"include_dashboard": False, "_node_ip_address": "127.0.0.1", **options}
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError) as e:
+        raise RuntimeError(
+            f"could not join the Ray cluster at {address}: {e}\nRay starts clusters with token authentication: "
+            "run with RAY_AUTH_MODE=token and the head node's ~/.ray/auth_token here (or start every node with "
+            "RAY_AUTH_MODE=disabled on a private network)") from e
+
+
 def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None]) -> None:
     import ray
 
     started_here = not ray.is_initialized()
     if started_here:
-        try:
-            # A local instance (no address) stays on the loopback interface: nothing outside this machine joins it.
-            ray.init(address=address, **({} if address else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}))
-        except (ConnectionError, RuntimeError) as e:
-            raise RuntimeError(
-                f"could not join the Ray cluster at {address}: {e}\nRay starts clusters with token authentication: "
-                "run with RAY_AUTH_MODE=token and the head node's ~/.ray/auth_token here (or start every node with "
-                "RAY_AUTH_MODE=disabled on a private network)") from e
+        init_ray(address)
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         most_cpus = max(n.get("CPU", 0.0) for n in nodes)
