@@ -256,6 +256,18 @@ def test_random_matches_mean_and_std() -> None:
     assert torch.equal(noise, apply_memory_mode("random", predicted, generator=_gen(2)))
 
 
+def test_random_of_one_memory_vector_is_noise_with_its_mean_and_std() -> None:
+    """A rollout's episode with K == 1 reads one vector: its random control must still be noise."""
+    predicted = 1.5 + 2.0 * torch.randn(1, 1, 4096, generator=_gen(3))
+    noise = apply_memory_mode("random", predicted, generator=_gen(4))
+    assert not torch.allclose(noise, predicted)
+    assert abs(noise.mean().item() - predicted.mean().item()) < 0.15
+    assert abs(noise.std().item() / predicted.std().item() - 1.0) < 0.1
+    many = torch.randn(B, 1, D, generator=_gen(5))
+    per_episode = apply_memory_mode("random", many, generator=[_gen(10 + i) for i in range(B)])
+    assert not any(torch.allclose(per_episode[i], many[i]) for i in range(B))
+
+
 @pytest.mark.parametrize("mode", ["random", "shuffle"])
 def test_per_sample_generators_make_each_samples_control_its_own(mode: str) -> None:
     """Rollouts pass one generator per episode: each sample gets the mode as at batch size 1, drawn from its

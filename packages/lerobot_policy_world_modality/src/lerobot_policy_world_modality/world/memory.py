@@ -44,7 +44,8 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
     episode): then each sample gets the mode on its own, as at batch size 1, drawing from its generator.
 
     - `random`: N(mean, std) with mean and (population) std per feature dim, taken over batch and
-      K of the detached prediction; the noise carries no gradient.
+      K of the detached prediction; the noise carries no gradient. A single vector (B == K == 1) gives
+      one mean and std over its features instead.
     - `shuffle`: each sample gets another sample's memory (a random derangement of the batch).
       With batch size 1 the K future slots are deranged instead (each slot gets another step's
       prediction); with B == K == 1 there is nothing to shuffle and it raises.
@@ -64,8 +65,11 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
             return torch.zeros_like(predicted)
         case MemoryMode.RANDOM:
             stats = predicted.detach().float()
-            mean = stats.mean(dim=(0, 1), keepdim=True)
-            std = stats.std(dim=(0, 1), keepdim=True, correction=0)
+            # One memory vector (a rollout's episode with K == 1) has no spread per feature: noise with its own
+            # mean and zero std would be the prediction itself, and the control would not be one.
+            over = (0, 1) if predicted.shape[0] * predicted.shape[1] > 1 else (0, 1, 2)
+            mean = stats.mean(dim=over, keepdim=True)
+            std = stats.std(dim=over, keepdim=True, correction=0)
             noise = torch.randn(predicted.shape, generator=generator,
                                 device=_rng_device(generator, predicted.device))
             return (mean + std * noise.to(predicted.device)).to(predicted.dtype)
