@@ -200,7 +200,7 @@ def test_the_default_executor_is_concurrent_on_a_gpu_machine_and_ray_with_an_add
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
