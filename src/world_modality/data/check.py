@@ -150,6 +150,12 @@ def _instructions(root: Path, features: dict, key: str, existing: str) -> list[s
             )
         tasks = list(task_instructions(root).values())
     elif key in features:
+        if features[key].get("dtype") != "string":
+            raise DatasetSchemaError(
+                f"instruction key {key!r} is a {features[key].get('dtype')} feature of shape {tuple(features[key].get('shape') or ())}, "
+                f"not text. Pass --instruction-key with a string feature or 'task' (LeRobot's instruction, from meta/tasks.parquet); "
+                f"string features here: {[k for k, ft in features.items() if ft.get('dtype') == 'string'] or 'none'}"
+            )
         data_files = sorted((root / "data").rglob("*.parquet"))
         column = pd.concat(pd.read_parquet(f, columns=[key]) for f in data_files)[key]
         tasks = sorted({str(v) for v in column})

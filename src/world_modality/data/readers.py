@@ -42,6 +42,7 @@ class EpisodeReader:
         files = sorted((self.root / "meta" / "episodes").rglob("*.parquet"))
         table = pd.concat([pd.read_parquet(f, columns=columns) for f in files]).sort_values("dataset_from_index")
         table = table.reset_index(drop=True)
+        self._by_index = table.set_index("episode_index", drop=False)
         starts, ends = table["dataset_from_index"].to_numpy(), table["dataset_to_index"].to_numpy()
         total = int(self.info["total_frames"])
         if len(table) == 0 or starts[0] != 0 or ends[-1] != total or (starts[1:] != ends[:-1]).any():
@@ -56,7 +57,9 @@ class EpisodeReader:
         return int(self.info["total_frames"])
 
     def read(self, episodes: pd.DataFrame) -> list[np.ndarray]:
-        """Per episode (rows of `episodes`, in order): uint8 frames [T, H, W, 3] or vectors [T, D]."""
+        """Per episode (rows of `episodes`, in order; only their ``episode_index`` is read, so rows of another
+        camera's reader do too): uint8 frames [T, H, W, 3] or vectors [T, D]."""
+        episodes = self._by_index.loc[episodes["episode_index"].to_numpy()]
         tables = {}
         columns = ["index", "episode_index"] + (["timestamp"] if self.dtype == "video" else [self.key])
         for (chunk, file), group in episodes.groupby(["data/chunk_index", "data/file_index"]):
@@ -94,7 +97,8 @@ class EpisodeReader:
                 video_key=self.key, chunk_index=int(episode[prefix + "chunk_index"]), file_index=int(episode[prefix + "file_index"])
             )
             timestamps = (table.column("timestamp").to_numpy() + episode[prefix + "from_timestamp"]).tolist()
-            frames = decode_video_frames(path, timestamps, _VIDEO_TOLERANCE_S, return_uint8=True)
+            # PyAV ships its own FFmpeg; torchcodec needs the system's (and prints pages when it lacks them).
+            frames = decode_video_frames(path, timestamps, _VIDEO_TOLERANCE_S, backend="pyav", return_uint8=True)
             return frames.permute(0, 2, 3, 1).numpy()
         column = table.column(self.key).combine_chunks()
         return column.flatten().to_numpy().reshape(len(column), -1).astype(np.float32)  # a writable copy

@@ -70,6 +70,7 @@ def compute_latents(
     learned_options: Mapping[str, Any] | None = None,
     chunk_episodes: int = 32,
     progress: bool = True,
+    instruction_key: str = "task",
 ) -> Path:
     """Encode every frame of ``dataset`` and return the cache folder (resumable; a complete cache is reused).
 
@@ -78,7 +79,8 @@ def compute_latents(
     keyword arguments of `train_learned_encoder`) on this dataset, its folder going inside ``out``
     (default: the dataset's ``world_latents/``, beside the caches); ``dinov2`` and ``vjepa2`` need one.
     ``camera_key`` defaults to the first camera (to ``observation.environment_state`` for ``state``);
-    ``temporal_window`` to the encoder's default.
+    ``temporal_window`` to the encoder's default. ``instruction_key`` names where the dataset keeps its instructions
+    (a simulator's dataset checks read them: LIBERO's rotation check renders their scenes).
     """
     if batch_size < 1 or chunk_episodes < 1:
         raise ValueError(f"batch_size and chunk_episodes must be >= 1, got {batch_size} and {chunk_episodes}")
@@ -97,7 +99,7 @@ def compute_latents(
             reader, encoder_name, fingerprint, out_path or root / LATENTS_DIR,
             torch_device, learned_steps, seed, dict(learned_options or {}), progress,
         )
-    options: dict[str, Any] = {"camera_key": key, "render": _render_settings(root, key)}
+    options: dict[str, Any] = {"camera_key": key, "render": _render_settings(root, key, instruction_key)}
     if temporal_window is not None:
         options["temporal_window"] = temporal_window
     if not is_state:
@@ -122,11 +124,11 @@ def _first_camera(root: Path) -> str:
     return cameras[0]
 
 
-def _render_settings(root: Path, key: str) -> dict[str, Any]:
+def _render_settings(root: Path, key: str, instruction_key: str) -> dict[str, Any]:
     """The render record of a dataset from a simulator (what the env must render at rollout for the
     latents to match); {} for other datasets. A wrist_mode=concat key adds its virtual camera, which the
     env must render too."""
-    render = dataset_render(root) or {}
+    render = dataset_render(root, instruction_key) or {}
     if CONCAT_SEPARATOR in key and render:
         render = render | {"cameras": [*render["cameras"], camera_name(key)]}
     return render

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lerobot.utils.constants import OBS_ENV_STATE
 
+from lerobot_policy_world_modality.common import INSTRUCTION_BATCH_KEY
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 from lerobot_policy_world_modality.world import MemoryMode
 from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, WORLD_FUTURE, WORLD_LATENTS, LatentHistory
@@ -52,7 +53,6 @@ class LeRobotRolloutPolicy:
     postprocessor: Any
     camera_keys: dict[str, str]  # batch key -> camera name
     state_key: str
-    instruction_key: str
     uses_env_state: bool
     render: RenderSettings | None
     dataset: Path | None
@@ -77,7 +77,7 @@ class LeRobotRolloutPolicy:
     def act(self, observations: list[dict[str, Any]], instructions: list[str], peek: Peek) -> np.ndarray:
         batch: dict[str, Any] = {
             self.state_key: torch.from_numpy(np.stack([o["state"] for o in observations])),
-            self.instruction_key: list(instructions),
+            INSTRUCTION_BATCH_KEY: list(instructions),
         }
         for key, camera in self.camera_keys.items():
             frames = torch.from_numpy(np.stack([o["frames"][camera] for o in observations]))
@@ -165,7 +165,6 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         postprocessor=ckpt.postprocessor,
         camera_keys=camera_keys,
         state_key=config.state_key,
-        instruction_key=config.instruction_key,
         uses_env_state=spec["camera_key"] == OBS_ENV_STATE,
         render=render,
         dataset=dataset,
