@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lerobot_policy_world_modality.encoders.spec import ENCODER_NAMES
-from world_modality.commands import add_common
+from world_modality.commands import add_common, add_no_verify
 
 
 def register(subparsers) -> None:
@@ -35,6 +35,7 @@ def register(subparsers) -> None:
                         "its rotation check renders their scenes)")
     parser.add_argument("--probe", action="store_true", help="then report a linear probe's R^2 from latents to object positions (MetaWorld datasets)")
     add_common(parser)
+    add_no_verify(parser)
     parser.set_defaults(handler=_latents)
 
 

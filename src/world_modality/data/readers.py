@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, resolve_dataset_root
+from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_info, resolve_dataset_root
 from lerobot_policy_world_modality.encoders.spec import camera_parts, side_by_side
 
 _VIDEO_TOLERANCE_S = 1e-4  # LeRobotDataset's default
@@ -26,7 +25,7 @@ class EpisodeReader:
 
     def __init__(self, dataset: str | Path, key: str) -> None:
         self.root, _ = resolve_dataset_root(dataset)
-        self.info: dict[str, Any] = json.loads((self.root / "meta" / "info.json").read_text())
+        self.info: dict[str, Any] = dataset_info(self.root)
         features = self.info["features"]
         if key not in features:
             raise DatasetSchemaError(f"key {key!r} is not in the dataset {self.root}; existing keys: {', '.join(sorted(features))}")

@@ -26,12 +26,13 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from world_modality import __version__
-from world_modality.atomic_io import atomic_write_json, commit_folder, save_tensors_atomic, temp_folder
+from world_modality.atomic_io import atomic_write_json, commit_folder, record_digests, save_tensors_atomic, temp_folder
 from world_modality.data.check import CAMERA_DTYPES, camera_name
+from world_modality.data.integrity import verify_dataset
 from world_modality.data.readers import EpisodeReader, SideBySideReader
 from world_modality.devices import resolve_device
 from world_modality.sim import dataset_render
-from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint, resolve_dataset_root
+from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint, dataset_info, resolve_dataset_root
 from lerobot_policy_world_modality.encoders import (
     EncoderSpec,
     ImageEncoder,
@@ -43,7 +44,8 @@ from lerobot_policy_world_modality.encoders import (
     window_indices,
 )
 from lerobot_policy_world_modality.encoders.spec import CONCAT_SEPARATOR, digest
-from lerobot_policy_world_modality.latent_cache import LATENTS_FILE, SPEC_FILE, LatentCacheMismatch, tensors_metadata
+from lerobot_policy_world_modality.file_digests import DamagedFileError, file_record
+from lerobot_policy_world_modality.latent_cache import DIGESTS_KEY, LATENTS_FILE, SPEC_FILE, LatentCache, LatentCacheMismatch, tensors_metadata
 
 LATENTS_DIR = "world_latents"
 CHUNKS_DIR = "chunks"
@@ -85,6 +87,7 @@ def compute_latents(
     if batch_size < 1 or chunk_episodes < 1:
         raise ValueError(f"batch_size and chunk_episodes must be >= 1, got {batch_size} and {chunk_episodes}")
     root, _ = resolve_dataset_root(dataset)
+    verify_dataset(root)
     torch_device = resolve_device(device)
     key = camera_key or (OBS_ENV_STATE if encoder_name == "state" else _first_camera(root))
     reader = EpisodeReader(root, key) if CONCAT_SEPARATOR not in key else SideBySideReader(root, key)
@@ -117,7 +120,7 @@ def compute_latents(
 
 
 def _first_camera(root: Path) -> str:
-    features = json.loads((root / "meta" / "info.json").read_text())["features"]
+    features = dataset_info(root)["features"]
     cameras = [k for k, ft in features.items() if ft.get("dtype") in CAMERA_DTYPES]
     if not cameras:
         raise DatasetSchemaError(f"{root} has no image or video feature; its keys are: {', '.join(sorted(features))}")
@@ -159,6 +162,7 @@ def _own_encoder(
     else:
         episodes = _training_episodes(reader.episodes, LEARNED_MAX_TRAIN_FRAMES)
         train_learned_encoder(reader.read(episodes), tmp, steps=steps, seed=seed, device=device, progress=progress, **options)
+    record_digests(tmp)
     return commit_folder(tmp, folder)
 
 
@@ -175,6 +179,12 @@ def _complete(out: Path, header: dict[str, str]) -> bool:
     diffs = [f"{k}: existing {stored.get(k)!r} vs requested {v!r}" for k, v in header.items() if stored.get(k) != v]
     if diffs:
         raise LatentCacheMismatch(f"{out} already holds latents of another encoder or dataset ({'; '.join(diffs)}); choose another --out or delete it")
+    try:
+        LatentCache.verify(out, stored)
+    except DamagedFileError as e:
+        print(f"recomputing the damaged cache: {e}")
+        (out / SPEC_FILE).unlink()
+        return False
     return True
 
 
@@ -260,6 +270,7 @@ def _assemble(out: Path, spec: EncoderSpec, reader: EpisodeReader, chunks: list[
         out / SPEC_FILE,
         {
             **header,
+            DIGESTS_KEY: {LATENTS_FILE: file_record(out / LATENTS_FILE)},
             "encoder": spec.to_dict(),
             "dataset_root": str(reader.root),
             "num_frames": len(z),

@@ -21,7 +21,7 @@ import pandas as pd
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
-from world_modality.atomic_io import atomic_write_json, commit_folder, temp_folder
+from world_modality.atomic_io import atomic_write_json, commit_folder, record_digests, temp_folder
 from world_modality.data.check import DatasetSummary, camera_name
 
 IMAGE_KEY = f"{OBS_IMAGES}.image"  # agentview
@@ -228,4 +228,5 @@ def generate_libero_dataset(
             finally:
                 env.close()
     dataset.finalize()
+    record_digests(tmp)
     return commit_folder(tmp, out)
