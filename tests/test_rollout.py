@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from world_modality.atomic_io import read_jsonl
+from world_modality.atomic_io import read_jsonl, record_digests
 from world_modality.rollout import evaluate_checkpoint, runner
 from world_modality.sim.base import EpisodeSpec
 from world_modality.sim.metaworld.episodes import metaworld_episodes
@@ -219,6 +219,7 @@ def test_mismatches_are_refused(checkpoints, tmp_path):
     config = json.loads(config_path.read_text())
     config["image_key"] = "observation.images.gripperPOV"
     config_path.write_text(json.dumps(config))
+    record_digests(config_path.parent)  # a checkpoint written this way (an edited one is refused as damaged)
     with pytest.raises(ValueError, match="reads camera 'gripperPOV' but its encoder spec records no render settings"):
         _eval(broken, tmp_path / "b", arm="E2")
 
@@ -280,6 +281,7 @@ def test_wm_eval_of_an_ablation_says_whether_it_changed_anything(checkpoints, tm
         (key,) = [k for k in weights if k.endswith("cross_attn.gate")]
         weights[key] = torch.tensor(value)
         save_file(weights, pretrained / "model.safetensors")
+        record_digests(pretrained)  # a checkpoint written with this gate (an edited one is refused as damaged)
         return pretrained
 
     options = ["--tasks", "reach-v3", "--episodes-per-task", "2", "--max-steps", str(SHORT), "--workers", "1",

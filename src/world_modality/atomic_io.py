@@ -2,9 +2,10 @@
 
 Every file the pipeline writes goes through here: text and JSON (`atomic_write_text` / `atomic_write_json`),
 files written by another library to a path we give it (`atomic_path`: safetensors, npz, png, mp4, torch),
-whole folders (`temp_folder` + `commit_folder`: datasets, latent caches, checkpoints, encoder folders) and
-symlinks (`atomic_symlink`). JSONL episode files are appended line by line (`append_jsonl`), and reading them
-(`read_jsonl`) tolerates only what an interrupted append can leave: an unfinished last line.
+whole folders (`temp_folder` + `commit_folder`: datasets, checkpoints, encoder folders; `record_digests` first
+records what they hold, so readers can tell a damaged file) and symlinks (`atomic_symlink`). JSONL episode
+files are appended line by line (`append_jsonl`), and reading them (`read_jsonl`) tolerates only what an
+interrupted append can leave: an unfinished last line.
 
 Torch-free at import (torch only for `save_tensors_atomic`): torch-free tools and short-lived step
 processes (`world_modality.schedule`) use the text and JSONL writers without paying torch's import.
@@ -91,6 +92,16 @@ def commit_folder(tmp: str | Path, final: str | Path) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
+
+
+def record_digests(folder: str | Path) -> None:
+    """Record the size and digest of every file of a folder being built (before `commit_folder`), so readers can
+    tell a damaged file (`lerobot_policy_world_modality.file_digests.verify_folder`)."""
+    # Imported here: the plugin package's import pulls in LeRobot, and this module stays light at import.
+    from lerobot_policy_world_modality.file_digests import DIGEST_ALGORITHM, DIGESTS_FILE, folder_records
+
+    folder = Path(folder)
+    atomic_write_json(folder / DIGESTS_FILE, {"algorithm": DIGEST_ALGORITHM, "files": folder_records(folder)})
 
 
 def _fsync(path: Path) -> None:

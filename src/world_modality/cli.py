@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import warnings
 
 from world_modality import commands
 
+# Errors that say what is wrong in their message (bad input, damaged or missing files): one paragraph, exit 2,
+# no traceback unless --debug. Anything else is a bug and shows its traceback.
+KNOWN_ERRORS = (ValueError, OSError, RuntimeError)
 # Subcommands in pipeline order; any other module in world_modality.commands follows alphabetically.
 PIPELINE_ORDER = ("data", "latents", "tokens", "train", "intervene", "eval", "report", "matrix", "demo")
 
@@ -36,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     from world_modality import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", dest="debug_all", action="store_true", help="show the full traceback on errors (any command)")
+    parser.add_argument("--no-verify", dest="skip_all_verification", action="store_true",
+                        help="do not check files the pipeline wrote against the digests recorded when they were written")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in command_modules():
         importlib.import_module(f"world_modality.commands.{name}").register(subparsers)
@@ -52,16 +59,25 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     # ... which numpy then reports once per float type; expected, so not shown.
     warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
+    from lerobot_policy_world_modality.file_digests import NO_VERIFY_ENV
+
+    skip = args.skip_all_verification or getattr(args, "skip_verification", False)
+    set_here = skip and NO_VERIFY_ENV not in os.environ
+    if set_here:  # an environment variable, so simulator and data-loader processes skip too
+        os.environ[NO_VERIFY_ENV] = "1"
     try:
         return args.handler(args) or 0
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as e:
-        if getattr(args, "debug", False):
+    except KNOWN_ERRORS as e:
+        if args.debug_all or getattr(args, "debug", False):
             raise
         print(f"wm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if set_here:
+            del os.environ[NO_VERIFY_ENV]
 
 
 if __name__ == "__main__":

@@ -39,7 +39,12 @@ def register(subparsers) -> None:
     check = sub.add_parser(
         "check",
         help="validate a LeRobot dataset against what the pipeline needs",
-        description="Check keys, dimensions and instructions of a LeRobot v3 dataset and print a summary.",
+        description=(
+            "Check keys, dimensions and instructions of a LeRobot v3 dataset, then read every file of it (every parquet "
+            "decoded, every image and video frame decoded) and check the files against the sizes and sha256 recorded "
+            "when it was generated (datasets written by `wm data metaworld` / `wm libero dataset`); print a summary. "
+            "A damaged file is named."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     check.add_argument("dataset", metavar="PATH_OR_REPO_ID", help="dataset folder, or a repo id already in the local LeRobot cache")
@@ -73,7 +78,11 @@ def _metaworld(args) -> int:
 
 
 def _check(args) -> int:
+    from lerobot_policy_world_modality.dataset_files import resolve_dataset_root
+    from world_modality.data.integrity import read_every_file, verify_dataset
     from world_modality.sim import check_dataset
+
+    recorded = verify_dataset(resolve_dataset_root(args.dataset)[0])  # before anything reads its files
 
     summary = check_dataset(
         args.dataset,
@@ -88,5 +97,8 @@ def _check(args) -> int:
         ),
     )
     print(summary.format())
+    files = read_every_file(summary.root)
+    print(f"files     {files} read and decoded" + (", sizes and sha256 as recorded when written" if recorded else
+                                                  " (it holds no recorded digests: written elsewhere or by an earlier version)"))
     print("OK: the dataset has what the pipeline needs")
     return 0

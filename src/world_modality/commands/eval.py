@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
 from world_modality.choices import EVAL
-from world_modality.commands import add_common
+from world_modality.commands import add_common, add_no_verify
 from world_modality.sim import DEFAULT_SIMULATOR, SIMULATOR_NAMES, evaluation_suites
 
 
@@ -59,6 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--shards", type=int, default=None, help="with --ray: Ray tasks to split the evaluation into "
                                                           "(default 1), each holding --workers CPUs")
     add_common(p)
+    add_no_verify(p)
     p.set_defaults(handler=_eval)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from world_modality.commands import add_common
+from world_modality.commands import add_common, add_no_verify
 from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES
 
 
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--action-key", default=None, help="default: the checkpoint's")
     parser.add_argument("--instruction-key", default=None, help="default: the checkpoint's")
     add_common(parser)
+    add_no_verify(parser)
     parser.set_defaults(handler=_intervene)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lerobot_policy_world_modality.encoders.spec import ENCODER_NAMES
-from world_modality.commands import add_common
+from world_modality.commands import add_common, add_no_verify
 
 
 def register(subparsers) -> None:
@@ -31,8 +31,11 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, metavar="DIR", help="cache folder; unset: DATASET/world_latents/<encoder>-<spec hash>")
     parser.add_argument("--learned-steps", type=int, default=1500, metavar="N", help="training steps of the learned encoder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the learned encoder's training")
+    parser.add_argument("--instruction-key", default="task", help="where the dataset keeps its instructions (LIBERO-format data: "
+                        "its rotation check renders their scenes)")
     parser.add_argument("--probe", action="store_true", help="then report a linear probe's R^2 from latents to object positions (MetaWorld datasets)")
     add_common(parser)
+    add_no_verify(parser)
     parser.set_defaults(handler=_latents)
 
 
@@ -51,6 +54,7 @@ def _latents(args) -> int:
         out=args.out,
         learned_steps=args.learned_steps,
         seed=args.seed,
+        instruction_key=args.instruction_key,
     )
     cache = LatentCache.load(path, dataset=args.dataset)
     print(f"latents cached in {path}")

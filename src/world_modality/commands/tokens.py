@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from world_modality.commands import add_common
+from world_modality.commands import add_common, add_no_verify
 
 
 def register(subparsers) -> None:
@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="k-means seed")
     parser.add_argument("--out", default=None, metavar="DIR", help="tokens folder; unset: LATENTS_DIR/tokens-k<K>-seed<S>")
     add_common(parser)
+    add_no_verify(parser)
     parser.set_defaults(handler=_tokens)
 
 

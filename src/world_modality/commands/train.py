@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lerobot_policy_world_modality import POLICY_TYPES
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import MODEL_TYPES
-from world_modality.commands import add_common
+from world_modality.commands import add_common, add_no_verify
 from world_modality.data.check import DatasetKeys
 
 # Config fields with their own flag (where the chosen family has them); any other field goes through --set.
@@ -74,6 +74,7 @@ def register(subparsers) -> None:
                         help="any other policy config field (VALUE parsed as JSON when it parses)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(parser)
+    add_no_verify(parser)
     parser.set_defaults(handler=_train)
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
-from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, resolve_dataset_root
+from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_info, resolve_dataset_root
 
 CAMERA_DTYPES = ("image", "video")
 
@@ -77,8 +76,8 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
     Checks of data from a simulator (and its render record) are `world_modality.sim.check_dataset`'s."""
     keys = keys or DatasetKeys()
     root, repo_id = resolve_dataset_root(path_or_repo_id)
-    info = json.loads((root / "meta" / "info.json").read_text())
-    version = str(info.get("codebase_version", "?"))
+    info = dataset_info(root)
+    version = str(info["codebase_version"])
     if not version.startswith("v3"):
         raise DatasetSchemaError(
             f"{root} is a LeRobot {version} dataset; the pipeline reads v3.x. Convert it with LeRobot's "
@@ -150,6 +149,12 @@ def _instructions(root: Path, features: dict, key: str, existing: str) -> list[s
             )
         tasks = list(task_instructions(root).values())
     elif key in features:
+        if features[key].get("dtype") != "string":
+            raise DatasetSchemaError(
+                f"instruction key {key!r} is a {features[key].get('dtype')} feature of shape {tuple(features[key].get('shape') or ())}, "
+                f"not text. Pass --instruction-key with a string feature or 'task' (LeRobot's instruction, from meta/tasks.parquet); "
+                f"string features here: {[k for k, ft in features.items() if ft.get('dtype') == 'string'] or 'none'}"
+            )
         data_files = sorted((root / "data").rglob("*.parquet"))
         column = pd.concat(pd.read_parquet(f, columns=[key]) for f in data_files)[key]
         tasks = sorted({str(v) for v in column})

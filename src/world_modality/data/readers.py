@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, resolve_dataset_root
+from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_info, resolve_dataset_root
 from lerobot_policy_world_modality.encoders.spec import camera_parts, side_by_side
 
 _VIDEO_TOLERANCE_S = 1e-4  # LeRobotDataset's default
@@ -26,7 +25,7 @@ class EpisodeReader:
 
     def __init__(self, dataset: str | Path, key: str) -> None:
         self.root, _ = resolve_dataset_root(dataset)
-        self.info: dict[str, Any] = json.loads((self.root / "meta" / "info.json").read_text())
+        self.info: dict[str, Any] = dataset_info(self.root)
         features = self.info["features"]
         if key not in features:
             raise DatasetSchemaError(f"key {key!r} is not in the dataset {self.root}; existing keys: {', '.join(sorted(features))}")
@@ -42,6 +41,7 @@ class EpisodeReader:
         files = sorted((self.root / "meta" / "episodes").rglob("*.parquet"))
         table = pd.concat([pd.read_parquet(f, columns=columns) for f in files]).sort_values("dataset_from_index")
         table = table.reset_index(drop=True)
+        self._by_index = table.set_index("episode_index", drop=False)
         starts, ends = table["dataset_from_index"].to_numpy(), table["dataset_to_index"].to_numpy()
         total = int(self.info["total_frames"])
         if len(table) == 0 or starts[0] != 0 or ends[-1] != total or (starts[1:] != ends[:-1]).any():
@@ -56,7 +56,9 @@ class EpisodeReader:
         return int(self.info["total_frames"])
 
     def read(self, episodes: pd.DataFrame) -> list[np.ndarray]:
-        """Per episode (rows of `episodes`, in order): uint8 frames [T, H, W, 3] or vectors [T, D]."""
+        """Per episode (rows of `episodes`, in order; only their ``episode_index`` is read, so rows of another
+        camera's reader do too): uint8 frames [T, H, W, 3] or vectors [T, D]."""
+        episodes = self._by_index.loc[episodes["episode_index"].to_numpy()]
         tables = {}
         columns = ["index", "episode_index"] + (["timestamp"] if self.dtype == "video" else [self.key])
         for (chunk, file), group in episodes.groupby(["data/chunk_index", "data/file_index"]):
@@ -94,7 +96,8 @@ class EpisodeReader:
                 video_key=self.key, chunk_index=int(episode[prefix + "chunk_index"]), file_index=int(episode[prefix + "file_index"])
             )
             timestamps = (table.column("timestamp").to_numpy() + episode[prefix + "from_timestamp"]).tolist()
-            frames = decode_video_frames(path, timestamps, _VIDEO_TOLERANCE_S, return_uint8=True)
+            # PyAV ships its own FFmpeg; torchcodec needs the system's (and prints pages when it lacks them).
+            frames = decode_video_frames(path, timestamps, _VIDEO_TOLERANCE_S, backend="pyav", return_uint8=True)
             return frames.permute(0, 2, 3, 1).numpy()
         column = table.column(self.key).combine_chunks()
         return column.flatten().to_numpy().reshape(len(column), -1).astype(np.float32)  # a writable copy

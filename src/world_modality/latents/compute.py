@@ -26,12 +26,13 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from world_modality import __version__
-from world_modality.atomic_io import atomic_write_json, commit_folder, save_tensors_atomic, temp_folder
+from world_modality.atomic_io import atomic_write_json, commit_folder, record_digests, save_tensors_atomic, temp_folder
 from world_modality.data.check import CAMERA_DTYPES, camera_name
+from world_modality.data.integrity import verify_dataset
 from world_modality.data.readers import EpisodeReader, SideBySideReader
 from world_modality.devices import resolve_device
 from world_modality.sim import dataset_render
-from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint, resolve_dataset_root
+from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint, dataset_info, resolve_dataset_root
 from lerobot_policy_world_modality.encoders import (
     EncoderSpec,
     ImageEncoder,
@@ -43,7 +44,8 @@ from lerobot_policy_world_modality.encoders import (
     window_indices,
 )
 from lerobot_policy_world_modality.encoders.spec import CONCAT_SEPARATOR, digest
-from lerobot_policy_world_modality.latent_cache import LATENTS_FILE, SPEC_FILE, LatentCacheMismatch, tensors_metadata
+from lerobot_policy_world_modality.file_digests import DamagedFileError, file_record
+from lerobot_policy_world_modality.latent_cache import DIGESTS_KEY, LATENTS_FILE, SPEC_FILE, LatentCache, LatentCacheMismatch, tensors_metadata
 
 LATENTS_DIR = "world_latents"
 CHUNKS_DIR = "chunks"
@@ -70,6 +72,7 @@ def compute_latents(
     learned_options: Mapping[str, Any] | None = None,
     chunk_episodes: int = 32,
     progress: bool = True,
+    instruction_key: str = "task",
 ) -> Path:
     """Encode every frame of ``dataset`` and return the cache folder (resumable; a complete cache is reused).
 
@@ -78,11 +81,13 @@ def compute_latents(
     keyword arguments of `train_learned_encoder`) on this dataset, its folder going inside ``out``
     (default: the dataset's ``world_latents/``, beside the caches); ``dinov2`` and ``vjepa2`` need one.
     ``camera_key`` defaults to the first camera (to ``observation.environment_state`` for ``state``);
-    ``temporal_window`` to the encoder's default.
+    ``temporal_window`` to the encoder's default. ``instruction_key`` names where the dataset keeps its instructions
+    (a simulator's dataset checks read them: LIBERO's rotation check renders their scenes).
     """
     if batch_size < 1 or chunk_episodes < 1:
         raise ValueError(f"batch_size and chunk_episodes must be >= 1, got {batch_size} and {chunk_episodes}")
     root, _ = resolve_dataset_root(dataset)
+    verify_dataset(root)
     torch_device = resolve_device(device)
     key = camera_key or (OBS_ENV_STATE if encoder_name == "state" else _first_camera(root))
     reader = EpisodeReader(root, key) if CONCAT_SEPARATOR not in key else SideBySideReader(root, key)
@@ -97,7 +102,7 @@ def compute_latents(
             reader, encoder_name, fingerprint, out_path or root / LATENTS_DIR,
             torch_device, learned_steps, seed, dict(learned_options or {}), progress,
         )
-    options: dict[str, Any] = {"camera_key": key, "render": _render_settings(root, key)}
+    options: dict[str, Any] = {"camera_key": key, "render": _render_settings(root, key, instruction_key)}
     if temporal_window is not None:
         options["temporal_window"] = temporal_window
     if not is_state:
@@ -115,18 +120,18 @@ def compute_latents(
 
 
 def _first_camera(root: Path) -> str:
-    features = json.loads((root / "meta" / "info.json").read_text())["features"]
+    features = dataset_info(root)["features"]
     cameras = [k for k, ft in features.items() if ft.get("dtype") in CAMERA_DTYPES]
     if not cameras:
         raise DatasetSchemaError(f"{root} has no image or video feature; its keys are: {', '.join(sorted(features))}")
     return cameras[0]
 
 
-def _render_settings(root: Path, key: str) -> dict[str, Any]:
+def _render_settings(root: Path, key: str, instruction_key: str) -> dict[str, Any]:
     """The render record of a dataset from a simulator (what the env must render at rollout for the
     latents to match); {} for other datasets. A wrist_mode=concat key adds its virtual camera, which the
     env must render too."""
-    render = dataset_render(root) or {}
+    render = dataset_render(root, instruction_key) or {}
     if CONCAT_SEPARATOR in key and render:
         render = render | {"cameras": [*render["cameras"], camera_name(key)]}
     return render
@@ -157,6 +162,7 @@ def _own_encoder(
     else:
         episodes = _training_episodes(reader.episodes, LEARNED_MAX_TRAIN_FRAMES)
         train_learned_encoder(reader.read(episodes), tmp, steps=steps, seed=seed, device=device, progress=progress, **options)
+    record_digests(tmp)
     return commit_folder(tmp, folder)
 
 
@@ -173,6 +179,12 @@ def _complete(out: Path, header: dict[str, str]) -> bool:
     diffs = [f"{k}: existing {stored.get(k)!r} vs requested {v!r}" for k, v in header.items() if stored.get(k) != v]
     if diffs:
         raise LatentCacheMismatch(f"{out} already holds latents of another encoder or dataset ({'; '.join(diffs)}); choose another --out or delete it")
+    try:
+        LatentCache.verify(out, stored)
+    except DamagedFileError as e:
+        print(f"recomputing the damaged cache: {e}")
+        (out / SPEC_FILE).unlink()
+        return False
     return True
 
 
@@ -258,6 +270,7 @@ def _assemble(out: Path, spec: EncoderSpec, reader: EpisodeReader, chunks: list[
         out / SPEC_FILE,
         {
             **header,
+            DIGESTS_KEY: {LATENTS_FILE: file_record(out / LATENTS_FILE)},
             "encoder": spec.to_dict(),
             "dataset_root": str(reader.root),
             "num_frames": len(z),

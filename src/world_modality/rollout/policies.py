@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from lerobot.utils.constants import OBS_ENV_STATE
 
+from lerobot_policy_world_modality.common import INSTRUCTION_BATCH_KEY
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 from lerobot_policy_world_modality.world import MemoryMode
 from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, WORLD_FUTURE, WORLD_LATENTS, LatentHistory
 from world_modality.data.check import camera_name
 from world_modality.devices import resolve_device
-from world_modality.sim import render_from_dict
-from world_modality.sim.base import RenderSettings
+from world_modality.sim import get_simulator, render_from_dict
+from world_modality.sim.base import PolicyInterface, RenderSettings
 
 
 # The simulator's own future: action sequences [N, K, A] of the N envs -> their env states [N, K, E].
@@ -52,7 +53,6 @@ class LeRobotRolloutPolicy:
     postprocessor: Any
     camera_keys: dict[str, str]  # batch key -> camera name
     state_key: str
-    instruction_key: str
     uses_env_state: bool
     render: RenderSettings | None
     dataset: Path | None
@@ -77,7 +77,7 @@ class LeRobotRolloutPolicy:
     def act(self, observations: list[dict[str, Any]], instructions: list[str], peek: Peek) -> np.ndarray:
         batch: dict[str, Any] = {
             self.state_key: torch.from_numpy(np.stack([o["state"] for o in observations])),
-            self.instruction_key: list(instructions),
+            INSTRUCTION_BATCH_KEY: list(instructions),
         }
         for key, camera in self.camera_keys.items():
             frames = torch.from_numpy(np.stack([o["frames"][camera] for o in observations]))
@@ -124,29 +124,28 @@ def fork_episode_state(policy: torch.nn.Module) -> torch.nn.Module:
     return fork
 
 
-def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto") -> LeRobotRolloutPolicy:
-    """Load a checkpoint for closed-loop evaluation, with its observation conventions."""
-    from world_modality.training.checkpoint import load_checkpoint, run_label
+def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto",
+                        env: str | None = None) -> LeRobotRolloutPolicy:
+    """Load a checkpoint for closed-loop evaluation, with its observation conventions. Everything its config decides
+    (memory mode, cameras, the simulator ``env`` it runs in, state and action sizes) is checked before any weights
+    load, and so before any simulator starts."""
+    from world_modality.training.checkpoint import checkpoint_config, load_checkpoint, run_label
 
-    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
-    config = ckpt.policy.config
+    pretrained, config = checkpoint_config(checkpoint)
     if memory_mode is not None:
         MemoryMode(memory_mode)  # validates the name, listing the valid ones
         if not config.uses_world_module:
             raise ValueError(
                 f"--memory-mode {memory_mode} needs a world-memory policy (world_transformer F, smolvla_world, "
-                f"qwen_vla_world); {ckpt.path} is {run_label(config)}, which has no memory to intervene on"
+                f"qwen_vla_world); {pretrained} is {run_label(config)}, which has no memory to intervene on"
             )
     spec = config.encoder_spec
-    oracle_encoder = None
-    if memory_mode == "oracle":
-        if spec["name"] != "state":
-            raise ValueError(
-                f"--memory-mode oracle needs true future latents; at rollout they exist only for the `state` "
-                f"encoder (the simulator's own future states), and {ckpt.path} uses {spec['name']!r}. "
-                "Use `wm intervene --mode oracle` for the offline oracle."
-            )
-        oracle_encoder = OnlineEncoder(EncoderSpec.from_dict(spec))
+    if memory_mode == "oracle" and spec["name"] != "state":
+        raise ValueError(
+            f"--memory-mode oracle needs true future latents; at rollout they exist only for the `state` "
+            f"encoder (the simulator's own future states), and {pretrained} uses {spec['name']!r}. "
+            "Use `wm intervene --mode oracle` for the offline oracle."
+        )
     render = render_from_dict(spec["render"]) if spec.get("render") else None
     camera_keys = {}
     # The world encoder's camera, and the cameras a VLM family reads itself (same render settings).
@@ -154,10 +153,23 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         camera = camera_name(key)
         if render is None or camera not in render.cameras:
             raise ValueError(
-                f"checkpoint {ckpt.path} reads camera {camera!r} but its encoder spec records no render settings "
+                f"checkpoint {pretrained} reads camera {camera!r} but its encoder spec records no render settings "
                 f"for it (render: {spec.get('render')}); it cannot be evaluated in simulation with matching frames"
             )
         camera_keys[key] = camera
+    if env is not None:
+        trained_on = render.simulator if render is not None else env
+        if trained_on != env:
+            raise ValueError(f"checkpoint {checkpoint} was trained on {trained_on} data (its encoder spec's render record), "
+                             f"but --env is {env}; evaluate it with --env {trained_on}")
+        features = {**config.input_features, **config.output_features}
+        get_simulator(env).check_policy(PolicyInterface(
+            checkpoint=str(pretrained), render=spec.get("render"),
+            state_dim=features[config.state_key].shape[0] if config.state_key in features else None,
+            action_dim=features[config.action_key].shape[0] if config.action_key in features else None,
+        ))
+    ckpt = load_checkpoint(pretrained, device=resolve_device(device))
+    oracle_encoder = OnlineEncoder(EncoderSpec.from_dict(spec)) if memory_mode == "oracle" else None
     dataset = Path(ckpt.meta["dataset"]) if ckpt.meta.get("dataset") else None
     return LeRobotRolloutPolicy(
         policy=ckpt.policy,
@@ -165,7 +177,6 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         postprocessor=ckpt.postprocessor,
         camera_keys=camera_keys,
         state_key=config.state_key,
-        instruction_key=config.instruction_key,
         uses_env_state=spec["camera_key"] == OBS_ENV_STATE,
         render=render,
         dataset=dataset,

@@ -263,11 +263,7 @@ def evaluate_checkpoint(
     simulator = get_simulator(env)
     if isinstance(shard, str):
         shard = Shard.parse(shard)
-    policy = load_rollout_policy(checkpoint, memory_mode, device)
-    trained_on = policy.render.simulator if policy.render is not None else env
-    if trained_on != env:
-        raise ValueError(f"checkpoint {checkpoint} was trained on {trained_on} data (its encoder spec's render record), "
-                         f"but --env is {env}; evaluate it with --env {trained_on}")
+    policy = load_rollout_policy(checkpoint, memory_mode, device, env)
     episodes = simulator.evaluation_episodes(EpisodeRequest(
         tasks=tasks, episodes_per_task=episodes_per_task, eval_seed=eval_seed, suite=suite,
         allow_train_layouts=allow_train_layouts, dataset=policy.dataset, instructions=tuple(policy.instructions),

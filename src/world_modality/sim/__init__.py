@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,12 +82,14 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
     return dataclasses.replace(summary, render=next(iter(renders.values()), None))
 
 
-def dataset_render(path_or_repo_id: str | Path) -> dict | None:
-    """The render record of a dataset from a simulator, after that simulator's checks; None for other data."""
-    from lerobot_policy_world_modality.dataset_files import resolve_dataset_root
+def dataset_render(path_or_repo_id: str | Path, instruction_key: str = "task") -> dict | None:
+    """The render record of a dataset from a simulator, after that simulator's checks (which read the instructions
+    under ``instruction_key``); None for other data."""
+    from lerobot_policy_world_modality.dataset_files import dataset_info, resolve_dataset_root
+    from world_modality.data.check import DatasetKeys
 
     root, _ = resolve_dataset_root(path_or_repo_id)
-    features = json.loads((root / "meta" / "info.json").read_text())["features"]
+    features = dataset_info(root)["features"]
     if not any(simulator.looks_like_own(root, features) for simulator in simulators()):
         return None
-    return check_dataset(root).render
+    return check_dataset(root, DatasetKeys(instruction=instruction_key)).render

@@ -60,6 +60,26 @@ class EpisodeRequest:
     instructions: tuple[str, ...] = ()  # the instructions the policy was trained on
 
 
+@dataclass(frozen=True)
+class PolicyInterface:
+    """What a checkpoint's config says it exchanges with a simulator, known before any weights load: checked
+    (`Simulator.check_policy`) before any simulator process starts."""
+
+    checkpoint: str  # for messages
+    render: dict | None  # its encoder spec's render record (None: it reads no camera)
+    state_dim: int | None  # the proprio state it reads (None: none)
+    action_dim: int | None
+
+    def check_dims(self, simulator: str, state_dim: int, action_dim: int) -> None:
+        """Refuse a policy whose state or action size differs from the simulator's."""
+        diffs = [f"its {role} has {found} dims, the simulator's {expected}"
+                 for role, found, expected in (("state", self.state_dim, state_dim), ("action", self.action_dim, action_dim))
+                 if found is not None and found != expected]
+        if diffs:
+            raise ValueError(f"checkpoint {self.checkpoint} does not fit the {simulator} simulator: {'; '.join(diffs)}. "
+                             "Evaluate it on the simulator its training data came from (--env)")
+
+
 class RenderSettings(Protocol):
     """What a simulator renders for a policy; recorded in the encoder spec's ``render`` (``to_dict``)."""
 
@@ -123,10 +143,13 @@ class Simulator(ABC):
     adapter: Callable[[RenderSettings | None], EnvAdapter]
     # The function that writes a LeRobot dataset from this simulator: ``(out, **its own keywords)``.
     dataset_generator: Callable[..., Any]
+    # The sizes of the proprio state it gives a policy and of the action it takes.
+    state_dim: int
+    action_dim: int
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        missing = [attribute for attribute in ("name", "adapter", "dataset_generator") if not hasattr(cls, attribute)]
+        missing = [attribute for attribute in ("name", "adapter", "dataset_generator", "state_dim", "action_dim") if not hasattr(cls, attribute)]
         if missing:
             raise TypeError(f"the simulator {cls.__name__} does not set {', '.join(missing)}")
 
@@ -181,6 +204,16 @@ class Simulator(ABC):
     def check_dataset(self, summary: DatasetSummary, keys: DatasetKeys) -> dict | None:
         """This simulator's checks of a dataset that looks like its own (raising DatasetSchemaError); returns
         the dataset's render record, or None when the data turns out not to be this simulator's."""
+
+    # --- policies ----------------------------------------------------------------------------------------
+
+    def check_policy(self, policy: PolicyInterface) -> None:
+        """Raise a ValueError saying what does not fit when a checkpoint cannot run in this simulator: cameras and
+        image size it cannot render (`render_from_dict` validates them), state and action sizes other than its
+        ``state_dim`` / ``action_dim``. Cheap: no env is built."""
+        if policy.render is not None:
+            self.render_from_dict(policy.render)
+        policy.check_dims(self.name, self.state_dim, self.action_dim)
 
     # --- reports -----------------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ Layout of a run folder::
     RUN_DIR/checkpoints/last -> <step:06d>
 
 Each checkpoint is written into a temporary folder and renamed into place, and ``last`` is
-replaced atomically, so an interruption at any moment leaves the previous checkpoint usable.
+replaced atomically, so an interruption at any moment leaves the previous checkpoint usable. Both sub-folders
+record the size and sha256 of their files (``file_digests.json``), checked when they are loaded.
 """
 
 from __future__ import annotations
@@ -24,19 +25,23 @@ from typing import Any
 
 import lerobot_policy_world_modality  # noqa: F401  (registers the plugin's policy types with LeRobot)
 import torch
+from safetensors import SafetensorError
 from lerobot.configs import PreTrainedConfig
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 
 from world_modality import __version__
-from world_modality.atomic_io import atomic_symlink, atomic_write_json, commit_folder, temp_folder
+from world_modality.atomic_io import atomic_symlink, atomic_write_json, commit_folder, record_digests, temp_folder
 from world_modality.data.check import DatasetKeys
 from lerobot_policy_world_modality.encoders import EncoderSpec
+from lerobot_policy_world_modality.file_digests import verify_folder
 
 PRETRAINED = "pretrained_model"
 TRAINING_STATE = "training_state"
 META_FILE = "world_modality.json"
 STATE_FILE = "training_state.pt"
+RETRAIN = ("This checkpoint cannot be trusted: restore the folder from a copy, or retrain (a `wm train --resume` run "
+           "continues from an earlier checkpoint once this one's folder is deleted)")
 
 
 @dataclass
@@ -84,6 +89,8 @@ def save_checkpoint(run_dir: Path, step: int, policy: PreTrainedPolicy, preproce
     })
     (tmp / TRAINING_STATE).mkdir()
     torch.save(training_state, tmp / TRAINING_STATE / STATE_FILE)
+    record_digests(pretrained)
+    record_digests(tmp / TRAINING_STATE)
     commit_folder(tmp, final)  # replaces a checkpoint of the same step (a rerun after an interrupted resume)
     atomic_symlink(root / "last", final.name)
     return final
@@ -99,19 +106,31 @@ def resolve_pretrained(path: str | Path) -> Path:
                             f"its {PRETRAINED}/ or checkpoints/last/{PRETRAINED}/)")
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load policy, processors and provenance; every weight must be present (strict)."""
+def checkpoint_config(path: str | Path) -> tuple[Path, PreTrainedConfig]:
+    """The pretrained folder, its recorded files verified, and its policy config, without loading any weights (so
+    what the config alone decides is checked before the expensive part)."""
     pretrained = resolve_pretrained(path)
+    verify_folder(pretrained, RETRAIN)
     config = PreTrainedConfig.from_pretrained(pretrained)
     if not hasattr(config, "encoder_spec") or not hasattr(config, "uses_world_module"):
         raise ValueError(f"{pretrained} holds a {config.type!r} policy, which is not a world-modality policy family "
                          "(world_transformer, smolvla_world, qwen_vla_world)")
+    return pretrained, config
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load policy, processors and provenance; every weight must be present (strict), every recorded file intact."""
+    pretrained, config = checkpoint_config(path)
     config.device = str(device)
-    policy = get_policy_class(config.type).from_pretrained(pretrained, config=config, strict=True)
-    preprocessor, postprocessor = make_pre_post_processors(
-        config, pretrained_path=str(pretrained),
-        preprocessor_overrides={"device_processor": {"device": str(device)}},
-    )
+    try:
+        policy = get_policy_class(config.type).from_pretrained(pretrained, config=config, strict=True)
+        preprocessor, postprocessor = make_pre_post_processors(
+            config, pretrained_path=str(pretrained),
+            preprocessor_overrides={"device_processor": {"device": str(device)}},
+        )
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:  # a file that does not read
+        raise ValueError(f"cannot load the checkpoint {pretrained} ({type(e).__name__}: {e}): a weights or processor file is "
+                         f"damaged or incomplete. {RETRAIN}.") from e
     return Checkpoint(pretrained, policy, preprocessor, postprocessor, json.loads((pretrained / META_FILE).read_text()))
 
 

@@ -4,7 +4,8 @@ State, action, episode and instruction columns are read once from the dataset's 
 (images are never decoded), so a batch is a handful of tensor gathers; for the latents-only family they
 run on the training device, where the columns and latents are put once (`batch_device`), so a step
 assembles no batch on the host and copies nothing but the drawn row indices to the GPU. Batches use the policy's
-keys: the dataset's state/action/instruction keys, ``<action>_is_pad`` (LeRobot's convention,
+keys: the dataset's state/action keys, the instruction texts under LeRobot's ``task`` (read from any dataset
+column), ``<action>_is_pad`` (LeRobot's convention,
 True = padding past the episode end) and the world-latent keys of the world transformer.
 """
 
@@ -26,6 +27,7 @@ from world_modality.data.check import (
     resolve_dataset_root,
     task_instructions,
 )
+from lerobot_policy_world_modality.common import INSTRUCTION_BATCH_KEY
 from lerobot_policy_world_modality.latent_cache import LatentCache
 
 
@@ -181,7 +183,7 @@ class LatentBatches:
             self.keys.state: self._state[at],
             self.keys.action: self._action[offsets],
             f"{self.keys.action}_is_pad": is_pad,
-            self.keys.instruction: [self.table.instruction[i] for i in rows.tolist()],
+            INSTRUCTION_BATCH_KEY: [self.table.instruction[i] for i in rows.tolist()],
             **windows.as_batch(),
         }
 

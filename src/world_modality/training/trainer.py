@@ -44,12 +44,15 @@ from lerobot_policy_world_modality.world_transformer.configuration_world_transfo
 from tqdm.auto import tqdm
 
 from world_modality.data.check import DatasetKeys
+from world_modality.data.integrity import verify_dataset
 from world_modality.devices import resolve_device
 from world_modality.sim import check_dataset
 from lerobot_policy_world_modality.encoders.spec import encoder_input_shape
 from lerobot_policy_world_modality.latent_cache import LatentCache
-from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
+from lerobot_policy_world_modality.dataset_files import dataset_fingerprint, resolve_dataset_root
+from lerobot_policy_world_modality.file_digests import verify_folder
 from world_modality.training.checkpoint import (
+    RETRAIN,
     STATE_FILE,
     TRAINING_STATE,
     check_inputs,
@@ -217,6 +220,7 @@ def train(opts: TrainOptions) -> Path:
     if last is not None and not opts.resume:
         raise FileExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
                               "it or choose another --out")
+    verify_dataset(resolve_dataset_root(opts.dataset)[0])  # before anything reads its files
     summary = check_dataset(opts.dataset, opts.keys)
     cache = LatentCache.load(opts.latents, dataset=opts.dataset)
     table = read_frame_table(opts.dataset, opts.keys)
@@ -231,6 +235,7 @@ def train(opts: TrainOptions) -> Path:
             raise ValueError(f"resuming {run_dir}: the training split differs from the checkpoint's "
                              f"({len(checkpoint.meta['train_episodes'])} vs {len(train_episodes)} episodes); "
                              "pass the same dataset and --val-fraction")
+        verify_folder(last / TRAINING_STATE, RETRAIN)
         state = torch.load(last / TRAINING_STATE / STATE_FILE, weights_only=False)
         start_step = state["step"]
     else:

@@ -4,7 +4,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
+
+# What every LeRobot v3 meta/info.json holds and the pipeline reads.
+INFO_KEYS = ("codebase_version", "features", "fps", "total_episodes", "total_frames", "data_path")
 
 
 class DatasetSchemaError(ValueError):
@@ -31,6 +36,25 @@ def resolve_dataset_root(path_or_repo_id: str | Path) -> tuple[Path, str]:
         "Datasets are never downloaded here; copy it to a local folder and pass that path."
     )
 
+
+def dataset_info(dataset: str | Path) -> dict[str, Any]:
+    """A dataset's meta/info.json, or a `DatasetSchemaError` saying what it lacks."""
+    root, _ = resolve_dataset_root(dataset)
+    path = root / "meta" / "info.json"
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetSchemaError(f"{path} is not valid JSON ({e}): the dataset's metadata is damaged; copy the dataset "
+                                 "again from its source or regenerate it") from None
+    missing = [k for k in INFO_KEYS if not isinstance(info, dict) or k not in info]
+    if missing or not isinstance(info["features"], dict) or not info["features"]:
+        found = ", ".join(sorted(info)) if isinstance(info, dict) and info else "nothing"
+        raise DatasetSchemaError(
+            f"{path} is not a LeRobot v3 dataset's info.json: it lacks {', '.join(missing) or 'features (empty)'} "
+            f"(it holds {found}). Write datasets with LeRobot (LeRobotDataset.create / `wm data metaworld`), or convert "
+            "an older one with `lerobot.scripts.convert_dataset_v21_to_v30`."
+        )
+    return info
 
 
 def dataset_fingerprint(dataset: str | Path) -> str:

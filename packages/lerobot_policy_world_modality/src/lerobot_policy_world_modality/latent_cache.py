@@ -3,7 +3,7 @@ training and to the policies as history/future windows without decoding images.
 
 A cache folder holds ``latents.safetensors`` (``z`` [N, D] in the spec's storage dtype, ``episode_index``
 and ``frame_index`` [N]; row = global frame index) and ``spec.json`` (the encoder spec, its hash, the
-dataset fingerprint, frame count and dim), written last as the completion marker.
+dataset fingerprint, frame count and dim, the latents file's size and sha256), written last as the completion marker.
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from lerobot_policy_world_modality.dataset_files import dataset_fingerprint, resolve_dataset_root
+from lerobot_policy_world_modality.dataset_files import dataset_fingerprint, dataset_info
 from lerobot_policy_world_modality.encoders import EncoderSpec
+from lerobot_policy_world_modality.file_digests import DamagedFileError, verify_files
 from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
 LATENTS_FILE = "latents.safetensors"
 SPEC_FILE = "spec.json"
+DIGESTS_KEY = "file_digests"  # in spec.json: the latents file's size and digest (caches written before it: none)
+RECOMPUTE = "Recompute the cache: rerun the `wm latents` command that made it (it rebuilds a damaged cache)"
 
 
 class LatentCacheMismatch(ValueError):
@@ -80,7 +83,11 @@ class LatentCache:
             )
         meta = json.loads((path / SPEC_FILE).read_text())
         spec = EncoderSpec.from_dict(meta["encoder"])
-        tensors = load_file(path / LATENTS_FILE)
+        cls.verify(path, meta)
+        try:
+            tensors = load_file(path / LATENTS_FILE)
+        except SafetensorError as e:
+            raise DamagedFileError(f"{path / LATENTS_FILE} does not load ({e}): the file is damaged. {RECOMPUTE}.") from None
         z = tensors["z"]
         checks = [
             ("spec hash (spec.json vs its encoder spec)", meta["spec_hash"], spec.spec_hash()),
@@ -90,7 +97,7 @@ class LatentCache:
             ("dtype (latents vs encoder spec)", str(z.dtype).removeprefix("torch."), spec.dtype),
         ]
         if dataset is not None:
-            reader_info = json.loads((resolve_dataset_root(dataset)[0] / "meta" / "info.json").read_text())
+            reader_info = dataset_info(dataset)
             checks += [
                 ("frames (cache vs dataset)", meta["num_frames"], int(reader_info["total_frames"])),
                 ("dataset fingerprint (cache vs dataset)", meta["dataset_fingerprint"], dataset_fingerprint(dataset)),
@@ -101,6 +108,11 @@ class LatentCache:
         if expect_spec is not None:
             expect_spec.check_compatible(spec, f"latent cache {path}")
         return cls(path, spec, meta["dataset_fingerprint"], z, tensors["episode_index"].numpy(), tensors["frame_index"].numpy())
+
+    @staticmethod
+    def verify(path: Path, meta: dict) -> None:
+        """The latents file against the size and digest its spec.json recorded (`DamagedFileError` naming it)."""
+        verify_files(path, meta.get(DIGESTS_KEY, {}), RECOMPUTE)
 
     def __len__(self) -> int:
         return len(self.z)

@@ -21,7 +21,7 @@ import pandas as pd
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
-from world_modality.atomic_io import atomic_write_json, commit_folder, temp_folder
+from world_modality.atomic_io import atomic_write_json, commit_folder, record_digests, temp_folder
 from world_modality.data.check import DatasetSummary, camera_name
 
 IMAGE_KEY = f"{OBS_IMAGES}.image"  # agentview
@@ -55,10 +55,11 @@ def rotation_scores(frames: list[np.ndarray], reference_raw: np.ndarray) -> tupl
     return float(np.mean([(f * raw).sum() for f in small])), float(np.mean([(f * rotated).sum() for f in small]))
 
 
-def detect_rotation(root: Path, camera_keys: list[str], episodes: int = 3) -> dict[str, bool]:
+def detect_rotation(root: Path, camera_keys: list[str], instruction_key: str = "task", episodes: int = 3) -> dict[str, bool]:
     """Per camera key: whether the dataset's frames are rotated 180 degrees from LIBERO's raw render.
 
-    The first frames of up to ``episodes`` episodes of the dataset's first task are compared with the
+    The first frames of up to ``episodes`` episodes of the dataset's first task (its instruction under
+    ``instruction_key``) are compared with the
     simulator's render of that task (init state 0, settled), raw and rotated; objects move between
     init states but table, walls and robot dominate both images. An unclear verdict is an error.
     """
@@ -67,7 +68,7 @@ def detect_rotation(root: Path, camera_keys: list[str], episodes: int = 3) -> di
 
     readers = {key: EpisodeReader(root, key) for key in camera_keys}
     table = next(iter(readers.values())).episodes
-    tasks = _episode_tasks(root)
+    tasks = _episode_tasks(root, instruction_key)
     first_task = tasks[int(table["episode_index"].iloc[0])]
     chosen = table[[tasks[int(e)] == first_task for e in table["episode_index"]]].iloc[:episodes]
     found = libero_instructions([first_task])
@@ -96,14 +97,20 @@ def detect_rotation(root: Path, camera_keys: list[str], episodes: int = 3) -> di
     return verdict
 
 
-def _episode_tasks(root: Path) -> dict[int, str]:
-    """episode index -> its instruction (LeRobot v3: meta/episodes' ``tasks`` list)."""
+def _episode_tasks(root: Path, instruction_key: str) -> dict[int, str]:
+    """episode index -> its instruction: LeRobot v3's meta/episodes ``tasks`` list for ``task``, else the first
+    frame's value of the data column ``instruction_key``."""
+    if instruction_key != "task":
+        files = sorted((root / "data").rglob("*.parquet"))
+        table = pd.concat([pd.read_parquet(f, columns=["episode_index", "index", instruction_key]) for f in files])
+        first = table.sort_values("index").drop_duplicates("episode_index")
+        return {int(e): str(t) for e, t in zip(first["episode_index"], first[instruction_key])}
     files = sorted((root / "meta" / "episodes").rglob("*.parquet"))
     table = pd.concat([pd.read_parquet(f, columns=["episode_index", "tasks"]) for f in files])
     return {int(e): str(next(iter(t))) for e, t in zip(table["episode_index"], table["tasks"])}
 
 
-def libero_render_record(root: Path, features: dict, fingerprint: str) -> dict:
+def libero_render_record(root: Path, features: dict, fingerprint: str, instruction_key: str = "task") -> dict:
     """The render record of a LIBERO-format dataset (cameras, size, rotation), or an error when its
     images are not in LeRobot's rotated convention, which the LIBERO env renders. The detection is
     cached in the dataset folder, keyed by the dataset fingerprint."""
@@ -115,7 +122,7 @@ def libero_render_record(root: Path, features: dict, fingerprint: str) -> dict:
     if stored.get("fingerprint") == fingerprint and sorted(stored["rotated"]) == sorted(cameras):
         rotated = stored["rotated"]
     else:
-        rotated = detect_rotation(root, cameras)
+        rotated = detect_rotation(root, cameras, instruction_key)
         atomic_write_json(cached, {"fingerprint": fingerprint, "rotated": rotated})
     upside_down = [k for k, r in rotated.items() if not r]
     if upside_down:
@@ -148,7 +155,7 @@ def check_libero_dataset(summary: DatasetSummary, required: bool) -> dict | None
     if unknown:
         raise DatasetSchemaError(
             f"{len(unknown)} instruction(s) are not LIBERO tasks' (e.g. {unknown[:3]}); a LIBERO dataset's instructions "
-            "(under 'task') must be the tasks' language, e.g. 'pick up the black bowl between the plate and the ramekin and place it on the plate'"
+            f"(under {summary.keys['instruction']!r}) must be the tasks' language, e.g. 'pick up the black bowl between the plate and the ramekin and place it on the plate'"
         )
     for role, dim, what in (("state", STATE_DIM, "eef_pos(3) + axis-angle(3) + gripper_qpos(2)"), ("action", ACTION_DIM, "6 delta pose + gripper")):
         key = summary.keys[role]
@@ -156,7 +163,7 @@ def check_libero_dataset(summary: DatasetSummary, required: bool) -> dict | None
         if shape != (dim,):
             raise DatasetSchemaError(f"LIBERO {role} {key!r} has shape {shape}, expected ({dim},): {what}")
     try:
-        return libero_render_record(summary.root, summary.features, dataset_fingerprint(summary.root))
+        return libero_render_record(summary.root, summary.features, dataset_fingerprint(summary.root), summary.keys["instruction"])
     except ValueError as e:
         raise DatasetSchemaError(str(e)) from None
 
@@ -221,4 +228,5 @@ def generate_libero_dataset(
             finally:
                 env.close()
     dataset.finalize()
+    record_digests(tmp)
     return commit_folder(tmp, out)

@@ -9,7 +9,7 @@ from world_modality.data.check import DatasetKeys, DatasetSummary
 from world_modality.sim.base import EpisodeRequest, EpisodeSpec, Simulator
 from world_modality.sim.libero.adapter import LiberoAdapter
 from world_modality.sim.libero.data import check_libero_dataset, generate_libero_dataset, looks_like_libero
-from world_modality.sim.libero.env import LiberoRenderSettings, suite_tasks, task_instruction
+from world_modality.sim.libero.env import ACTION_DIM, STATE_DIM, LiberoRenderSettings, suite_tasks, task_instruction
 from world_modality.sim.libero.episodes import libero_episodes
 from world_modality.sim.libero.setup import NAME, SUITES
 
@@ -18,6 +18,7 @@ class Libero(Simulator):
     name = NAME
     suites = SUITES
     adapter = LiberoAdapter
+    state_dim, action_dim = STATE_DIM, ACTION_DIM
     dataset_generator = staticmethod(generate_libero_dataset)
 
     def owns_render(self, record: dict) -> bool:

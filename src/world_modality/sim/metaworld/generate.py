@@ -27,7 +27,7 @@ from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 from tqdm import tqdm
 
 from world_modality import __version__
-from world_modality.atomic_io import atomic_write_json, commit_folder, temp_folder
+from world_modality.atomic_io import atomic_write_json, commit_folder, record_digests, temp_folder
 from world_modality.data.merge import DatasetAppender
 from world_modality.sim.metaworld.env import (
     ACTION_DIM,
@@ -363,6 +363,7 @@ def generate_metaworld_dataset(
         raise RuntimeError(f"the scripted expert never succeeded on {empty}; no episodes to write")
     dataset.finalize()
     atomic_write_json(tmp / SIDECAR, _sidecar(spec, summaries))
+    record_digests(tmp)
     commit_folder(tmp, out)
     shutil.rmtree(staging)
     per_task = {s["task"]: {k: s[k] for k in ("kept", "discarded", "attempts")} for s in summaries}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from world_modality.sim.base import EpisodeRequest, EpisodeSpec, Simulator
 from world_modality.sim.metaworld.adapter import MetaWorldAdapter
-from world_modality.sim.metaworld.env import NAME, RenderSettings
+from world_modality.sim.metaworld.env import ACTION_DIM, NAME, STATE_DIM, RenderSettings
 from world_modality.sim.metaworld.episodes import metaworld_episodes, training_layouts
 from world_modality.sim.metaworld.generate import SIDECAR, generate_metaworld_dataset
 from world_modality.sim.metaworld.tasks import difficulty_groups, instruction, resolve_tasks
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 class MetaWorld(Simulator):
     name = NAME
     adapter = MetaWorldAdapter
+    state_dim, action_dim = STATE_DIM, ACTION_DIM
     dataset_generator = staticmethod(generate_metaworld_dataset)
 
     def owns_render(self, record: dict) -> bool:

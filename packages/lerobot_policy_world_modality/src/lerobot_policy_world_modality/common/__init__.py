@@ -3,6 +3,7 @@
 from lerobot_policy_world_modality.common.chunks import ACTION_HEADS, CurrentFrameChunkConfig, QueuedActions
 from lerobot_policy_world_modality.common.heads import ActionHeads, FlowHead
 from lerobot_policy_world_modality.common.world_memory import (
+    INSTRUCTION_BATCH_KEY,
     SCHEDULED_ORACLE_SHARE,
     WorldMemoryConfig,
     WorldMemoryPolicy,
@@ -10,6 +11,7 @@ from lerobot_policy_world_modality.common.world_memory import (
 
 __all__ = [
     "ACTION_HEADS",
+    "INSTRUCTION_BATCH_KEY",
     "SCHEDULED_ORACLE_SHARE",
     "ActionHeads",
     "CurrentFrameChunkConfig",

@@ -39,6 +39,9 @@ from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTU
 # `memory_source: scheduled` without an explicit schedule: oracle fraction 1 -> 0 over this share of training.
 SCHEDULED_ORACLE_SHARE = 0.5
 LAMBDA_WORLD_SCHEDULES = ("constant", "linear")
+# The batch key of the instruction texts, whatever dataset column they were read from (the config's
+# ``instruction_key``): LeRobot's processors pass only their own complementary keys through, `task` among them.
+INSTRUCTION_BATCH_KEY = "task"
 
 
 @dataclass
@@ -55,7 +58,7 @@ class WorldMemoryConfig:
     latent_dim: int = 0  # filled from the encoder spec
     state_key: str = "observation.state"
     action_key: str = "action"
-    instruction_key: str = "task"
+    instruction_key: str = "task"  # the dataset column; batches carry the texts under INSTRUCTION_BATCH_KEY
     image_key: str | None = None  # the dataset's camera key (None for a policy reading state latents only)
     # The training dataset's instructions: the world transformer's vocabulary; informative for the VLMs.
     instructions: list[str] = field(default_factory=list)
@@ -260,9 +263,9 @@ class WorldMemoryPolicy:
 
     def instruction_texts(self, batch: dict, batch_size: int) -> list[str]:
         """One instruction per sample (a single string is repeated)."""
-        texts = batch.get(self.config.instruction_key)
+        texts = batch.get(INSTRUCTION_BATCH_KEY)
         if texts is None:
-            raise KeyError(f"the batch has no instruction under {self.config.instruction_key!r}; keys: {sorted(batch)}")
+            raise KeyError(f"the batch has no instruction under {INSTRUCTION_BATCH_KEY!r}; keys: {sorted(batch)}")
         texts = [texts] * batch_size if isinstance(texts, str) else list(texts)
         if len(texts) != batch_size:
             raise ValueError(f"{len(texts)} instructions for a batch of {batch_size}")

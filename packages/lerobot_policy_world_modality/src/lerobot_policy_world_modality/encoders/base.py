@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from lerobot.utils.constants import OBS_IMAGES
 
+from lerobot_policy_world_modality.file_digests import verify_folder
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec, digest
 
 DEFAULT_CAMERA_KEY = f"{OBS_IMAGES}.corner2"
@@ -116,6 +117,8 @@ def read_checkpoint_config(checkpoint_path: str | Path, model_type: str, *, need
             else f"{str(checkpoint_path)!r} is not a directory"
         )
         raise FileNotFoundError(f"expected a local {model_type!r} checkpoint folder (with config.json): {hint}")
+    verify_folder(path, "Rebuild the encoder: delete its folder and rerun `wm latents` (the state and learned encoders are "
+                        "made again from the dataset)")  # folders `wm latents` wrote hold their digests
     found = sorted(p.name for p in path.iterdir())
     config_file = path / "config.json"
     if not config_file.is_file():

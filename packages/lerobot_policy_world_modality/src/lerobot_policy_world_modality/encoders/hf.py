@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import Dinov2Model, PreTrainedModel, VJEPA2Model
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -27,6 +28,15 @@ def _preprocessor_config(path: Path) -> dict[str, Any]:
 def _crop_side(preprocessor: dict[str, Any]) -> int | None:
     crop = preprocessor.get("crop_size")
     return crop["height"] if isinstance(crop, dict) else crop
+
+
+def _load_weights(model_class: type[PreTrainedModel], path: Path) -> PreTrainedModel:
+    """The model of a local folder; a weights file that does not load is an error naming the folder."""
+    try:
+        return model_class.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise ValueError(f"the weights in {path} do not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                         f"the file is damaged or incomplete; copy the model folder again from its source") from e
 
 
 class _PretrainedEncoder(ImageEncoder):
@@ -82,7 +92,7 @@ class Dinov2Encoder(_PretrainedEncoder):
             dtype=dtype,
             render=render or {},
         )
-        model = Dinov2Model.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        model = _load_weights(Dinov2Model, path)
         return cls(model, spec, device, preprocessor, batch_size)
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -132,7 +142,7 @@ class VJEPA2Encoder(_PretrainedEncoder):
             dtype=dtype,
             render=render or {},
         )
-        model = VJEPA2Model.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        model = _load_weights(VJEPA2Model, path)
         return cls(model, spec, device, _preprocessor_config(path), batch_size)
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
