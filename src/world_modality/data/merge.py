@@ -162,7 +162,8 @@ class DatasetAppender:
             where = self._episodes.place(path.stat().st_size)
             episodes = update_meta_data(pd.read_parquet(path), dst, {"chunk": 0, "file": 0}, data_idx, self._videos_idx)
             episodes["meta/episodes/chunk_index"], episodes["meta/episodes/file_index"] = where
-            table = pa.Table.from_pandas(episodes, preserve_index=False)
+            # Without pandas' schema metadata, as LeRobot's recording writer stores the episode table.
+            table = pa.Table.from_pandas(episodes, preserve_index=False).replace_schema_metadata(None)
             self._episodes.write(table)
             self._add_stats(table)
 
