@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,9 +16,11 @@ from PIL import Image
 
 from world_modality import cli, matrix
 from world_modality.matrix import run as matrix_run
-from world_modality.atomic_io import append_jsonl, read_jsonl
+from conftest import SUBPROCESS_ENV
+from world_modality.atomic_io import append_jsonl, atomic_write_json, read_jsonl
 from world_modality.report import write_report
 
+REPO = Path(__file__).resolve().parents[1]
 TASKS = ("reach-v3", "pick-place-v3")  # easy, hard
 EPISODES = 10
 EVAL_SEED = 1000
@@ -350,3 +355,33 @@ def test_rerun_refuses_a_changed_config(tmp_path, monkeypatch):
     todo = [s.name for s in matrix.run_matrix(matrix.parse_config(grown), run, dry_run=True) if not s.done]
     assert todo == ["train E1 seed 0", "train E1 seed 1", "eval E2:shuffle seed 0", "eval E2:shuffle seed 1",
                     "eval E1 seed 0", "eval E1 seed 1", "report"]
+
+
+def test_bench_matrix_prints_stage_times_and_projects_a_bigger_matrix(tmp_path, monkeypatch):
+    """benchmarks/bench_matrix.py on a run folder whose steps took set times: per-unit rates per stage (training
+    per model), priced linearly over a bigger matrix's plan."""
+    FakeStages(monkeypatch)
+    run = tmp_path / "run"
+    matrix.run_matrix(matrix.parse_config(CONFIG), run)
+    seconds = {"dataset": 60.0, "latents": 12.0, "report": 5.0}  # 6 episodes: 10 s and 2 s per episode
+    profile = matrix.load_profile(run)
+    for name, record in profile.items():
+        stage = record["stage"]
+        wall = {"train": 10.0 if " E0 " in name else 20.0, "eval": 40.0}.get(stage, seconds.get(stage))
+        record["end"] = record["start"] + wall
+        record["wall_s"] = wall  # training: 1 s per step (model A), 2 s (model F); evaluation: 2 s per episode
+    atomic_write_json(run / matrix.PROFILE_FILE, {"steps": profile})
+    target = config_with("training.seeds", [0, 1, 2])
+    target["dataset"]["metaworld"]["episodes_per_task"] = 6
+    (tmp_path / "target.yaml").write_text(yaml.safe_dump(target))
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_matrix.py"), str(run), "--target",
+                          str(tmp_path / "target.yaml"), "--json", str(tmp_path / "bench.json")],
+                         env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "eval           6     240.0s" in out and "total: serial 0.17 h" in out
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["rates"] == {"dataset": 10.0, "latents": 2.0, "train": 1.5, "train world_transformer/A": 1.0,
+                               "train world_transformer/F": 2.0, "eval": 2.0, "report": 5.0}
+    projection = result["projection"]
+    assert {stage: row["seconds"] for stage, row in projection["stages"].items()} == {
+        "dataset": 120.0, "latents": 24.0, "train": 3 * 10 * 1.0 + 3 * 10 * 2.0, "eval": 3 * 3 * 20 * 2.0, "report": 5.0}
+    assert projection["serial_s"] == 120 + 24 + 90 + 360 + 5 and projection["concurrent_s"] == 120 + 24 + 360 + 5
