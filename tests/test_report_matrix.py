@@ -385,3 +385,20 @@ def test_bench_matrix_prints_stage_times_and_projects_a_bigger_matrix(tmp_path, 
     assert {stage: row["seconds"] for stage, row in projection["stages"].items()} == {
         "dataset": 120.0, "latents": 24.0, "train": 3 * 10 * 1.0 + 3 * 10 * 2.0, "eval": 3 * 3 * 20 * 2.0, "report": 5.0}
     assert projection["serial_s"] == 120 + 24 + 90 + 360 + 5 and projection["concurrent_s"] == 120 + 24 + 360 + 5
+
+
+def test_the_matrix_file_or_the_machine_chooses_the_executor(tmp_path, monkeypatch):
+    import torch
+
+    FakeStages(monkeypatch)
+    chosen = []
+    monkeypatch.setattr(matrix_run, "execute", lambda plan, executor, **options: chosen.append(executor))
+    for concurrent in (True, False):
+        matrix.run_matrix(matrix.parse_config(config_with("evaluation.concurrent", concurrent)), tmp_path / str(concurrent))
+    matrix.run_matrix(matrix.parse_config(CONFIG), tmp_path / "cpu")  # no GPU here: one step after another
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine trains beside evaluation
+    plan = matrix.run_matrix(matrix.parse_config(CONFIG), tmp_path / "gpu")
+    assert chosen == ["local", "serial", "serial", "local"]
+    train = next(s for s in plan if s.name == "train E2 seed 0")
+    evaluation = next(s for s in plan if s.name == "eval E2:zero seed 0")
+    assert train.isolated and train.resources.gpus > 0 and evaluation.shares_pools and 0 < evaluation.resources.gpus < 1
