@@ -1,7 +1,11 @@
 """The experiment matrix (docs/ARCHITECTURE.md, Experiment matrix): one declarative YAML file -> a dataset, world
 latents of one or more encoders, every arm x training seed trained, every evaluation run on the same episode list,
 and the report. Only what is missing runs: finished steps are skipped, an interrupted training resumes from its
-last checkpoint and an interrupted evaluation from its episodes file. `config` parses the file, `run` runs it.
+last checkpoint and an interrupted evaluation from its episodes file; a training that runs again discards its
+seed's earlier evaluations. The steps are one scheduling plan (`world_modality.schedule`): on a GPU machine (or
+with `evaluation.concurrent: true`) the GPU trains the next arm or seed while the CPUs evaluate finished
+checkpoints on one set of started simulator processes; `--ray ADDRESS` runs every step as a Ray task. Each
+step's wall times go to RUN_DIR/profile.json. `config` parses the file, `run` plans and runs it.
 
 Run folder::
 
