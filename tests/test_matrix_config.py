@@ -13,6 +13,7 @@ import yaml
 from world_modality import matrix
 from world_modality.commands.demo import demo_config, register
 from world_modality.matrix import run as matrix_run
+from world_modality.schedule import Plan
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 
@@ -52,13 +53,14 @@ def test_several_encoders_each_arm_reads_one(tmp_path):
     assert matrix.parse_config(config.to_dict()) == config
     assert matrix.latents_dir(config, tmp_path, "state") == tmp_path / "latents" / "state"
     assert matrix.latents_dir(config, tmp_path) == tmp_path / "latents" / "learned"
-    steps = matrix.plan(config, tmp_path)
-    assert [s.name for s in steps if s.stage == "latents"] == ["learned", "state"]
-    assert [s.name for s in steps if s.stage == "offline"] == ["E2 seed 0"]
-    assert "model F on state latents, step 0 of 10" in next(s.detail for s in steps if s.name == "E2s seed 0")
+    steps = matrix.plan(config, tmp_path).steps
+    assert [s.name for s in steps if s.stage == "latents"] == ["latents learned", "latents state"]
+    assert [s.name for s in steps if s.stage == "offline"] == ["intervene E2 seed 0"]
+    assert "model F on state latents, step 0 of 10" in next(s.detail for s in steps if s.name == "train E2s seed 0")
+    assert next(s.needs for s in steps if s.name == "train E2s seed 0") == ("latents state",)
     assert [s.name for s in steps if s.stage == "eval"] == [
-        "E0 seed 0", "E0s seed 0", "E2 seed 0", "E2:zero seed 0", "E2s seed 0", "E2o seed 0", "E2o:zero seed 0",
-        "E2o:shuffle seed 0"]
+        "eval E0 seed 0", "eval E0s seed 0", "eval E2 seed 0", "eval E2:zero seed 0", "eval E2s seed 0",
+        "eval E2o seed 0", "eval E2o:zero seed 0", "eval E2o:shuffle seed 0"]
 
 
 def test_the_older_single_encoder_section_still_works():
@@ -102,7 +104,7 @@ def test_a_named_baseline_settles_an_ambiguous_one():
 
 
 def test_rerun_may_add_an_encoder_but_not_change_one_or_an_arms(tmp_path, monkeypatch):
-    monkeypatch.setattr(matrix_run, "plan", lambda config, run_dir: [])
+    monkeypatch.setattr(matrix_run, "plan", lambda config, run_dir, gpus: Plan([]))
     one = changed(lambda c: c.update(encoders=c["encoders"][:1], arms=ONE_SOURCE_ARMS, ablations={}, interventions={}))
     matrix.run_matrix(matrix.parse_config(one), tmp_path)
     assert yaml.safe_load((tmp_path / "matrix.yaml").read_text())["arms"]["E2"]["encoder"] == "learned"

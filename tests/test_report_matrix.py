@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,9 +16,11 @@ from PIL import Image
 
 from world_modality import cli, matrix
 from world_modality.matrix import run as matrix_run
-from world_modality.atomic_io import append_jsonl, read_jsonl
+from conftest import SUBPROCESS_ENV
+from world_modality.atomic_io import append_jsonl, atomic_write_json, read_jsonl
 from world_modality.report import write_report
 
+REPO = Path(__file__).resolve().parents[1]
 TASKS = ("reach-v3", "pick-place-v3")  # easy, hard
 EPISODES = 10
 EVAL_SEED = 1000
@@ -225,6 +231,7 @@ def test_config_resolves_arms_tasks_and_evaluations():
     ("evaluation.env", "libero", r"evaluation\.suite: env libero needs one of libero_spatial"),
     ("evaluation.suite", "libero_spatial", r"evaluation\.suite: MetaWorld evaluations take no suite"),
     ("evaluation.episodes_per_task", 0, r"evaluation\.episodes_per_task: expected an integer >= 1"),
+    ("evaluation.concurrent", "maybe", r"evaluation\.concurrent: expected a boolean or null, got 'maybe'"),
     ("surprise", {}, r"config: unknown field\(s\) \['surprise'\]"),
 ])
 def test_config_errors_name_the_field(path, value, message):
@@ -239,8 +246,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["matrix", str(config_file), "--out", str(run), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "13 steps: 0 done, 13 to do" in out  # dataset, latents, 2 arms x 2 seeds, 3 evals x 2 seeds, report
-    assert "[todo] train    E2 seed 1                model F, step 0 of 10" in out
-    assert "[todo] eval     E2:zero seed 0           memory zero, 0 of 20 episodes" in out
+    assert "[todo] train E2 seed 1                  model F, step 0 of 10" in out
+    assert "[todo] eval E2:zero seed 0              memory zero, 0 of 20 episodes" in out
     assert not run.exists()
 
 
@@ -266,7 +273,8 @@ class FakeStages:
         self.calls.append(("train", arm, seed))
         fake_checkpoint(matrix.train_dir(run_dir, arm, seed), config.arms[arm]["steps"])
 
-    def evaluate_arm(self, config, run_dir, arm, seed, memory_mode, label):
+    def evaluate_arm(self, config, run_dir, arm, seed, memory_mode, label, pools=None):
+        assert pools is not None  # the matrix's evaluations share one set of started simulator pools
         self.calls.append(("eval", label, seed))
         path = matrix.eval_dir(run_dir, label, seed) / "episodes.jsonl"
         done = {r["episode_id"] for r in read_jsonl(path)}
@@ -300,13 +308,35 @@ def test_run_matrix_runs_only_what_is_missing(tmp_path, monkeypatch):
     steps = matrix.run_matrix(config, run)
     assert stages.calls == [] and all(s.done for s in steps if s.stage != "report")
 
-    # An interrupted training (step 5 of 10) resumes; a half-finished evaluation is completed.
+    # An interrupted training (step 5 of 10) resumes, and its seed's evaluations rerun on its new last checkpoint;
+    # a half-finished evaluation is completed.
     fake_checkpoint(matrix.train_dir(run, "E2", 1), 5)
     episodes = matrix.eval_dir(run, "E2:zero", 0) / "episodes.jsonl"
     episodes.write_text("".join(episodes.read_text().splitlines(keepends=True)[:7]))
     matrix.run_matrix(config, run)
-    assert stages.calls == [("train", "E2", 1), ("eval", "E2:zero", 0)]
+    assert stages.calls == [("train", "E2", 1), ("eval", "E2", 1), ("eval", "E2:zero", 0), ("eval", "E2:zero", 1)]
     assert len(episodes.read_text().splitlines()) == 20
+
+    # A lost checkpoint: its training, its evaluations (their stale episodes removed first) and the report rerun.
+    stages.calls.clear()
+    shutil.rmtree(matrix.train_dir(run, "E2", 0))
+    stale = episode("E2:zero", "reach-v3", 99, True)  # an episode only the old checkpoint's results hold
+    append_jsonl(episodes, stale)
+    todo = [s.name for s in matrix.run_matrix(config, run) if not s.done]
+    assert todo == ["train E2 seed 0", "eval E2 seed 0", "eval E2:zero seed 0", "report"]
+    assert stages.calls == [("train", "E2", 0), ("eval", "E2", 0), ("eval", "E2:zero", 0)]
+    assert stale not in read_jsonl(episodes) and len(read_jsonl(episodes)) == 20
+
+    # Every step's wall-clock times are in the run folder's profile, the last run's replacing earlier ones.
+    profile = matrix.load_profile(run)
+    assert set(profile) == {s.name for s in matrix.plan(config, run).steps}
+    assert all(0 <= r["wall_s"] == r["end"] - r["start"] for r in profile.values())
+    assert profile["eval E2:zero seed 0"]["work"] == {"episodes": 20} and profile["report"]["executor"] == "serial"
+    assert profile["train E2 seed 0"]["start"] > profile["train E2 seed 1"]["end"]
+    rows = {r["stage"]: r for r in matrix.stage_times(profile.values())}
+    assert list(rows) == ["dataset", "latents", "train", "eval", "report"]
+    assert rows["eval"]["steps"] == 6 and rows["eval"]["work"] == {"episodes": 120}
+    assert rows["train"]["work"] == {"steps": 10 + 10 + 10 + 5}  # E2 seed 1 last ran from step 5
 
 
 def test_rerun_refuses_a_changed_config(tmp_path, monkeypatch):
@@ -323,5 +353,52 @@ def test_rerun_refuses_a_changed_config(tmp_path, monkeypatch):
     grown["arms"]["E1"] = {"model_type": "F", "world_memory_mode_train": "zero", "world_memory_mode_rollout": "zero"}
     grown["ablations"]["E2"] = ["zero", "shuffle"]
     todo = [s.name for s in matrix.run_matrix(matrix.parse_config(grown), run, dry_run=True) if not s.done]
-    assert todo == ["E1 seed 0", "E1 seed 1", "E2:shuffle seed 0", "E2:shuffle seed 1", "E1 seed 0", "E1 seed 1",
-                    "report"]
+    assert todo == ["train E1 seed 0", "train E1 seed 1", "eval E2:shuffle seed 0", "eval E2:shuffle seed 1",
+                    "eval E1 seed 0", "eval E1 seed 1", "report"]
+
+
+def test_bench_matrix_prints_stage_times_and_projects_a_bigger_matrix(tmp_path, monkeypatch):
+    """benchmarks/bench_matrix.py on a run folder whose steps took set times: per-unit rates per stage (training
+    per model), priced linearly over a bigger matrix's plan."""
+    FakeStages(monkeypatch)
+    run = tmp_path / "run"
+    matrix.run_matrix(matrix.parse_config(CONFIG), run)
+    seconds = {"dataset": 60.0, "latents": 12.0, "report": 5.0}  # 6 episodes: 10 s and 2 s per episode
+    profile = matrix.load_profile(run)
+    for name, record in profile.items():
+        stage = record["stage"]
+        wall = {"train": 10.0 if " E0 " in name else 20.0, "eval": 40.0}.get(stage, seconds.get(stage))
+        record["end"] = record["start"] + wall
+        record["wall_s"] = wall  # training: 1 s per step (model A), 2 s (model F); evaluation: 2 s per episode
+    atomic_write_json(run / matrix.PROFILE_FILE, {"steps": profile})
+    target = config_with("training.seeds", [0, 1, 2])
+    target["dataset"]["metaworld"]["episodes_per_task"] = 6
+    (tmp_path / "target.yaml").write_text(yaml.safe_dump(target))
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_matrix.py"), str(run), "--target",
+                          str(tmp_path / "target.yaml"), "--json", str(tmp_path / "bench.json")],
+                         env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "eval           6     240.0s" in out and "total: serial 0.17 h" in out
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["rates"] == {"dataset": 10.0, "latents": 2.0, "train": 1.5, "train world_transformer/A": 1.0,
+                               "train world_transformer/F": 2.0, "eval": 2.0, "report": 5.0}
+    projection = result["projection"]
+    assert {stage: row["seconds"] for stage, row in projection["stages"].items()} == {
+        "dataset": 120.0, "latents": 24.0, "train": 3 * 10 * 1.0 + 3 * 10 * 2.0, "eval": 3 * 3 * 20 * 2.0, "report": 5.0}
+    assert projection["serial_s"] == 120 + 24 + 90 + 360 + 5 and projection["concurrent_s"] == 120 + 24 + 360 + 5
+
+
+def test_the_matrix_file_or_the_machine_chooses_the_executor(tmp_path, monkeypatch):
+    import torch
+
+    FakeStages(monkeypatch)
+    chosen = []
+    monkeypatch.setattr(matrix_run, "execute", lambda plan, executor, **options: chosen.append(executor))
+    for concurrent in (True, False):
+        matrix.run_matrix(matrix.parse_config(config_with("evaluation.concurrent", concurrent)), tmp_path / str(concurrent))
+    matrix.run_matrix(matrix.parse_config(CONFIG), tmp_path / "cpu")  # no GPU here: one step after another
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine trains beside evaluation
+    plan = matrix.run_matrix(matrix.parse_config(CONFIG), tmp_path / "gpu")
+    assert chosen == ["local", "serial", "serial", "local"]
+    train = next(s for s in plan if s.name == "train E2 seed 0")
+    evaluation = next(s for s in plan if s.name == "eval E2:zero seed 0")
+    assert train.isolated and train.resources.gpus > 0 and evaluation.shares_pools and 0 < evaluation.resources.gpus < 1

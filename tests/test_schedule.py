@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from world_modality.atomic_io import append_jsonl, atomic_write_text, read_jsonl
 from world_modality.schedule import (
@@ -223,7 +224,7 @@ def test_a_local_ray_cluster_writes_the_serial_runs_files(ray_cluster, tmp_path)
     assert results(on_ray) == results(serial)
 
 
-# --- real steps: a tiny matrix (train A and F, evaluate both and an ablation, report) on every executor --
+# --- real steps: a tiny matrix file (train A and F, evaluate both and an ablation, report) on every executor --
 
 
 def train_tiny(dataset: str, latents: str, out: str, model_type: str) -> None:
@@ -236,39 +237,26 @@ def train_tiny(dataset: str, latents: str, out: str, model_type: str) -> None:
                        save_every=4, progress=False, device="cpu"))
 
 
-def eval_tiny(run: str, out: str, arm: str, memory_mode: str | None = None, pools=None) -> None:
-    from world_modality.rollout import evaluate_checkpoint
-    from world_modality.training.checkpoint import last_checkpoint
-
-    evaluate_checkpoint(last_checkpoint(Path(run)), tasks="reach-v3", episodes_per_task=2, workers=1, max_steps=6,
-                        device="cpu", arm=arm, memory_mode=memory_mode, train_seed=0, out_dir=out, pools=pools)
-
-
-def report_tiny(run_dir: str) -> None:
-    from world_modality.report import write_report
-
-    write_report(run_dir)
+def tiny_matrix_file(path: Path, dataset: Path, concurrent: bool) -> Path:
+    path.write_text(yaml.safe_dump({
+        "dataset": {"path": str(dataset)},  # its 2 tasks are the evaluation's
+        "encoders": [{"name": "state", "device": "cpu"}],
+        "training": {"steps": 4, "batch_size": 8, "save_every": 4, "device": "cpu", "progress": False},
+        "arms": {"E0": {"model_type": "A"}, "E2": {"model_type": "F"}},
+        "ablations": {"E2": ["zero"]},
+        "evaluation": {"episodes_per_task": 2, "workers": 1, "max_steps": 6, "concurrent": concurrent},
+    }))
+    return path
 
 
-def tiny_matrix(run_dir: Path, dataset: Path, latents: Path) -> Plan:
-    run = lambda *parts: str(run_dir.joinpath(*parts))  # noqa: E731
-    steps = [Step(f"train {arm}", "train", train_tiny, {"dataset": str(dataset), "latents": str(latents),
-                  "out": run("train", arm, "seed0"), "model_type": model}, resources=train_resources(False), isolated=True)
-             for arm, model in (("E0", "A"), ("E2", "F"))]
-    for label, arm, mode in (("E0", "E0", None), ("E2", "E2", None), ("E2:zero", "E2", "zero")):
-        steps.append(Step(f"eval {label}", "eval", eval_tiny, {"run": run("train", arm, "seed0"), "arm": arm,
-                          "out": run("eval", label, "seed0"), "memory_mode": mode}, needs=(f"train {arm}",),
-                          resources=eval_resources(1, False), shares_pools=True))
-    steps.append(Step("report", "report", report_tiny, {"run_dir": str(run_dir)}, needs=tuple(s.name for s in steps)))
-    return Plan(steps)
+@pytest.mark.slow  # ~4 min on the 2-core CI machine: three runs, each starting simulator, training and Ray processes
+def test_a_tiny_matrix_file_gives_the_same_episodes_and_report_serially_concurrently_and_on_ray(
+        ray_cluster, metaworld_dataset, one_thread, monkeypatch, tmp_path):
+    from world_modality.cli import main
+    from world_modality.matrix import load_profile
 
-
-@pytest.mark.slow
-def test_a_tiny_matrix_gives_the_same_episodes_and_report_serially_concurrently_and_on_ray(
-        ray_cluster, metaworld_dataset, tmp_path):
-    from world_modality.latents import compute_latents
-
-    latents = compute_latents(metaworld_dataset, "state", out=tmp_path / "latents", progress=False)
+    # One torch thread everywhere: here (serial), in the training processes (local) and in Ray tasks (num_cpus 1).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     def outcome(run_dir: Path) -> dict[str, object]:
         episodes = {str(p.relative_to(run_dir)): [{k: v for k, v in r.items() if k not in ("wall_time_s", "checkpoint")}
@@ -279,9 +267,15 @@ def test_a_tiny_matrix_gives_the_same_episodes_and_report_serially_concurrently_
 
     runs = {executor: tmp_path / executor for executor in ("serial", "local", "ray")}
     for executor, run_dir in runs.items():
-        execute(tiny_matrix(run_dir, metaworld_dataset, latents), executor, cpus=2, gpus=0)
+        config = tiny_matrix_file(tmp_path / f"{executor}.yaml", metaworld_dataset, concurrent=executor == "local")
+        # The test's Ray instance is already up, so `--ray auto` runs on it (as `wm eval --ray` below).
+        assert main(["matrix", str(config), "--out", str(run_dir), *(["--ray", "auto"] if executor == "ray" else [])]) == 0
+        profile = load_profile(run_dir)
+        assert {r["executor"] for r in profile.values()} == {executor}
+        assert set(profile) == {"latents state", "train E0 seed 0", "train E2 seed 0", "eval E0 seed 0", "eval E2 seed 0",
+                                "eval E2:zero seed 0", "report"}
     reference = outcome(runs["serial"])
-    assert len(reference["episodes"]) == 3 and all(len(v) == 2 for v in reference["episodes"].values())
+    assert len(reference["episodes"]) == 3 and all(len(v) == 4 for v in reference["episodes"].values())
     assert reference["tables"]
     assert outcome(runs["local"]) == reference
     assert outcome(runs["ray"]) == reference

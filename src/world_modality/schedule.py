@@ -31,7 +31,8 @@ import pickle
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -92,6 +93,7 @@ class Step:
     isolated: bool = False  # the local executor runs it in a process of its own (training)
     shares_pools: bool = False  # takes ``pools`` (started simulator pools; None on Ray: its own)
     detail: str = ""
+    work: Mapping[str, int] = field(default_factory=dict)  # what it does, e.g. {"episodes": 20}: for profiles
 
 
 @dataclass(frozen=True)
@@ -131,33 +133,53 @@ def default_executor(concurrent: bool | None = None, address: str | None = None)
     return "local" if concurrent else "serial"
 
 
+StepDone = Callable[[Step, float, float], None]
+
+
 def execute(plan: Plan, executor: Executor = "serial", *, address: str | None = None, cpus: int | None = None,
-            gpus: int | None = None, log: Callable[[str], None] = print) -> None:
+            gpus: int | None = None, log: Callable[[str], None] = print, on_done: StepDone | None = None) -> None:
     """Run every step of ``plan`` not yet done. ``address``: the Ray cluster (``auto``: the one started on this
     machine with ``ray start --head``; None: a local Ray instance). ``cpus``/``gpus``: what the local executor
-    may use (default: this machine's cores and CUDA devices)."""
+    may use (default: this machine's cores and CUDA devices). ``on_done(step, start, end)``: called (from one
+    thread at a time) when a step has finished, with its wall-clock start and end (`time.time`; a process of
+    its own counts from its start, a Ray task from when it began running)."""
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; available: {', '.join(EXECUTORS)}")
     todo = plan.todo
     log(f"{len(plan.steps)} steps: {len(plan.steps) - len(todo)} done, {len(todo)} to do ({executor})")
     if not todo:
         return
+    on_done = on_done or (lambda step, start, end: None)
     if executor == "ray":
-        _execute_ray(plan, address, log)
+        _execute_ray(plan, address, log, on_done)
         return
     from world_modality.rollout.pools import EnvPools
 
     with EnvPools() as pools:
         if executor == "serial":
             for i, step in enumerate(todo, 1):
-                log(f"[{i}/{len(todo)}] {step.stage} {step.name}" + (f": {step.detail}" if step.detail else ""))
+                log(f"[{i}/{len(todo)}] {step.name}" + (f": {step.detail}" if step.detail else ""))
+                start = time.time()
                 _call(step, pools)
+                on_done(step, start, time.time())
         else:
-            _LocalRun(plan, _capacity(cpus, gpus), pools, log).run()
+            _LocalRun(plan, _capacity(cpus, gpus), pools, log, on_done).run()
 
 
 def _call(step: Step, pools: Any) -> None:
     step.fn(**step.kwargs, **({"pools": pools} if step.shares_pools else {}))
+
+
+def gpus_available(executor: Executor) -> bool:
+    """Whether the plan's steps may hold GPUs: this machine's CUDA devices, or on Ray (joined already) the
+    cluster's."""
+    if executor == "ray":
+        import ray
+
+        return ray.cluster_resources().get("GPU", 0) > 0
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _capacity(cpus: int | None, gpus: int | None) -> Resources:
@@ -182,14 +204,15 @@ def _child(conn, environment: dict[str, str], payload: bytes) -> None:
 
 
 class _LocalRun:
-    def __init__(self, plan: Plan, capacity: Resources, pools: Any, log: Callable[[str], None]):
-        self.plan, self.pools, self.log = plan, pools, log
+    def __init__(self, plan: Plan, capacity: Resources, pools: Any, log: Callable[[str], None], on_done: StepDone):
+        self.plan, self.pools, self.log, self.on_done = plan, pools, log, on_done
         self.capacity = capacity
         self.free_cpus = capacity.cpus
         self.free_gpus = [1.0] * int(capacity.gpus)  # free share of each device
         self.finished = {s.name for s in plan.steps if s.done}
         self.waiting = [s for s in plan.steps if not s.done]
         self.running: dict[str, tuple[Step, list[tuple[int, float]]]] = {}
+        self.started: dict[str, float] = {}  # wall-clock start of each running step
         self.processes: dict[str, mp.process.BaseProcess] = {}
         self.failures: list[str] = []
         self.changed = threading.Condition()
@@ -239,8 +262,9 @@ class _LocalRun:
         return all(n in self.finished for n in step.needs)
 
     def _announce(self, step: Step) -> None:
+        self.started[step.name] = time.time()
         self.count += 1
-        self.log(f"[{self.count}/{len(self.plan.todo)}] {step.stage} {step.name}"
+        self.log(f"[{self.count}/{len(self.plan.todo)}] {step.name}"
                  + (f": {step.detail}" if step.detail else "")
                  + f" (t={time.perf_counter() - self.started_at:.0f}s)")
 
@@ -279,8 +303,10 @@ class _LocalRun:
             _, devices = self.running.pop(step.name)
             self.processes.pop(step.name, None)
             self._release(step, devices)
+            start = self.started.pop(step.name)
             if error is None:
                 self.finished.add(step.name)
+                self.on_done(step, start, time.time())
             else:
                 self.failures.append(f"step {step.name!r} failed:\n{error}")
                 self.log(f"step {step.name!r} failed; waiting for the running steps to finish")
@@ -331,9 +357,28 @@ class _LocalRun:
 # --- ray ------------------------------------------------------------------------------------------------
 
 
-def _ray_step(fn: Callable[..., Any], kwargs: Mapping[str, Any], *needs: Any) -> None:
-    """A step as a Ray task; ``needs`` are the results of the steps it needs (Ray starts it after them)."""
+def _ray_step(fn: Callable[..., Any], kwargs: Mapping[str, Any], *needs: Any) -> tuple[float, float]:
+    """A step as a Ray task; ``needs`` are the results of the steps it needs (Ray starts it after them).
+    Returns its wall-clock start and end."""
+    start = time.time()
     fn(**kwargs)
+    return start, time.time()
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Ray joined for the block: the cluster at ``address`` (see `init_ray`), unless this process has
+    joined one already (then it stays joined)."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        init_ray(address)
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def init_ray(address: str | None = None, **options: Any) -> None:
@@ -358,13 +403,10 @@ def init_ray(address: str | None = None, **options: Any) -> None:
             "RAY_AUTH_MODE=disabled on a private network)") from e
 
 
-def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None]) -> None:
+def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None], on_done: StepDone) -> None:
     import ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        init_ray(address)
-    try:
+    with ray_session(address):
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         most_cpus = max(n.get("CPU", 0.0) for n in nodes)
         most_gpus = max(n.get("GPU", 0.0) for n in nodes)
@@ -377,7 +419,7 @@ def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None]) ->
                 raise PlanError(f"step {step.name!r} needs {r.gpus} GPU(s); the Ray cluster's largest node has "
                                 f"{most_gpus:g}: add GPU nodes or build the plan without GPUs")
             ref = task.options(num_cpus=min(r.cpus, most_cpus), num_gpus=r.gpus, max_retries=0,
-                               name=f"{step.stage} {step.name}").remote(
+                               name=step.name).remote(
                 step.fn, dict(step.kwargs), *(refs[n] for n in step.needs if n in refs))
             refs[step.name] = ref
             names[ref] = step
@@ -386,13 +428,11 @@ def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None]) ->
             [ready], pending = ray.wait(pending, num_returns=1)
             step = names[ready]
             try:
-                ray.get(ready)
-                log(f"[{i}/{len(names)}] finished {step.stage} {step.name}")
+                start, end = ray.get(ready)
+                log(f"[{i}/{len(names)}] finished {step.name}")
+                on_done(step, start, end)
             except ray.exceptions.RayError as e:
                 failures.append(f"step {step.name!r} failed:\n{e}")
         if failures:
             raise StepFailed("\n".join(failures))
-    finally:
-        if started_here:
-            ray.shutdown()
 

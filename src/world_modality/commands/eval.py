@@ -111,7 +111,7 @@ def _eval(args) -> int:
         resources = eval_resources(args.workers, gpu=args.device.startswith("cuda"))
         # Absolute paths: a task's working folder is Ray's, on whichever node runs it.
         where = {"checkpoint": str(Path(args.checkpoint).resolve()), "out_dir": str(Path(args.out).resolve())}
-        execute(Plan([Step(f"shard {i}/{count}", "eval", evaluate_checkpoint,
+        execute(Plan([Step(f"eval shard {i}/{count}", "eval", evaluate_checkpoint,
                            options | where | {"shard": f"{i}/{count}"}, resources=resources)
                       for i in range(1, count + 1)]), "ray", address=args.ray)
         results = Path(args.out) / Shard(count, count).file_name

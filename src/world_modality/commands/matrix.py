@@ -20,6 +20,11 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, metavar="RUN_DIR",
                         help="run folder (default: outputs/matrix/<CONFIG file name without suffix>)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (what is done, what is to do) and stop")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="run every step as a Ray task on the cluster at ADDRESS ('auto': the one started on this "
+                             "machine with `ray start --head`): each training run holding a GPU, each evaluation its "
+                             "workers' CPUs and, on GPU nodes, a share of a GPU for the policy; RUN_DIR (and the "
+                             "dataset) must be on storage every node sees")
     add_common(parser)
     parser.set_defaults(handler=_matrix)
 
@@ -29,7 +34,7 @@ def _matrix(args) -> int:
     run_dir = Path(args.out) if args.out else Path("outputs/matrix") / config_path.stem
     config = matrix.load_config(config_path)
     print(f"run folder: {run_dir.resolve()}")
-    matrix.run_matrix(config, run_dir, dry_run=args.dry_run)
+    matrix.run_matrix(config, run_dir, dry_run=args.dry_run, address=args.ray)
     if not args.dry_run:
         print(f"report: {run_dir.resolve() / 'report' / 'report.md'}")
     return 0

@@ -1,7 +1,11 @@
 """The experiment matrix (docs/ARCHITECTURE.md, Experiment matrix): one declarative YAML file -> a dataset, world
 latents of one or more encoders, every arm x training seed trained, every evaluation run on the same episode list,
 and the report. Only what is missing runs: finished steps are skipped, an interrupted training resumes from its
-last checkpoint and an interrupted evaluation from its episodes file. `config` parses the file, `run` runs it.
+last checkpoint and an interrupted evaluation from its episodes file; a training that runs again discards its
+seed's earlier evaluations. The steps are one scheduling plan (`world_modality.schedule`): on a GPU machine (or
+with `evaluation.concurrent: true`) the GPU trains the next arm or seed while the CPUs evaluate finished
+checkpoints on one set of started simulator processes; `--ray ADDRESS` runs every step as a Ray task. Each
+step's wall times go to RUN_DIR/profile.json. `config` parses the file, `run` plans and runs it.
 
 Run folder::
 
@@ -13,6 +17,7 @@ Run folder::
     RUN_DIR/eval/<label>/seed<k>/episodes.jsonl  one JSON line per episode (+ videos/); the label is the arm
                                                  (its own rollout memory mode) or <arm>:<mode> (an ablation)
     RUN_DIR/report/                              report.md, CSV tables and PNG plots (`wm report`)
+    RUN_DIR/profile.json                         each step's wall-clock start and end, and the work it did
 
 Config schema (YAML; ``[required]`` marks the only fields without a default)::
 
@@ -52,6 +57,8 @@ Config schema (YAML; ``[required]`` marks the only fields without a default)::
       groups: 1                  # pipelined lockstep groups of the workers (wm eval --groups)
       videos_per_task: 0
       max_steps: null            # default: the simulator's episode limit
+      concurrent: null           # true: train the next arm or seed while the CPUs evaluate finished checkpoints;
+                                 # default: true with a GPU (`wm matrix --ray ADDRESS` runs every step on Ray)
     report:
       baseline: null             # the arm every other arm is compared with; default: per arm, the one arm
                                  # without world memory on its world source, else the one arm without world
@@ -74,8 +81,8 @@ from world_modality.matrix.config import (
     parse_config,
     report_baseline,
 )
+from world_modality.matrix.profile import PROFILE_FILE, load_profile, stage_times
 from world_modality.matrix.run import (
-    Step,
     check_run_dir,
     dataset_dir,
     eval_dir,
@@ -91,17 +98,19 @@ __all__ = [
     "EvaluationConfig",
     "MatrixConfig",
     "MatrixConfigError",
+    "PROFILE_FILE",
     "ReportConfig",
-    "Step",
     "check_run_dir",
     "dataset_dir",
     "eval_dir",
     "format_plan",
     "latents_dir",
     "load_config",
+    "load_profile",
     "parse_config",
     "plan",
     "report_baseline",
     "run_matrix",
+    "stage_times",
     "train_dir",
 ]

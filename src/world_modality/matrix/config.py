@@ -54,6 +54,9 @@ class EvaluationConfig:
     groups: int = EVAL.groups
     videos_per_task: int = EVAL.videos_per_task
     max_steps: int | None = EVAL.max_steps
+    # Train the next arm or seed while the CPUs evaluate finished checkpoints (`world_modality.schedule`'s local
+    # executor); None: when a GPU is present. Results are the same either way.
+    concurrent: bool | None = None
 
 
 @dataclass

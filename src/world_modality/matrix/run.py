@@ -1,12 +1,12 @@
-"""Running a matrix: the run folder's layout, the steps (each done or to do from what the folder holds) and
-the loop that does the missing ones. See `world_modality.matrix` for the layout and the config schema."""
+"""Running a matrix: the run folder's layout, the matrix's scheduling plan (each step done or to do from what
+the folder holds) and running it on one of `world_modality.schedule`'s executors. See `world_modality.matrix`
+for the layout and the config schema."""
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,24 @@ import yaml
 
 from world_modality.atomic_io import atomic_write_json, atomic_write_text, read_jsonl
 from world_modality.matrix.config import CONFIG_FILE, MatrixConfig, generated_dataset, parse_config, train_defaults
+from world_modality.matrix.profile import Profile, format_stage_times, stage_times
 from world_modality.report.readcheck import ablation_change, ablation_line, gate_line, intervention_path, load_gate_run
+from world_modality.schedule import (
+    Plan,
+    Resources,
+    Step,
+    default_executor,
+    eval_resources,
+    execute,
+    gpus_available,
+    ray_session,
+    train_resources,
+)
 
 EPISODES_FILE = "episodes.jsonl"
 # Settings a rerun may change: they do not change any result (``name@section`` limits one to a section).
 FREE_FIELDS = frozenset({"workers", "groups", "videos_per_task", "device", "progress", "wandb", "log_every", "save_every",
-                         "val_batch_size", "batch_size@encoders", "chunk_episodes"})
+                         "val_batch_size", "batch_size@encoders", "chunk_episodes", "concurrent"})
 
 
 # --- the run folder and its steps ------------------------------------------------------------------------
@@ -86,9 +98,11 @@ def intervene_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int) -> N
     atomic_write_json(intervention_path(run_dir, arm, seed), result)
 
 
-def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memory_mode: str | None, label: str) -> None:
-    """Evaluate the last checkpoint of an arm's seed (resumable) into RUN_DIR/eval/<label>/seed<k>; an ablation
-    says whether it left every paired episode as the arm's own."""
+def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memory_mode: str | None, label: str,
+                 pools: Any = None) -> None:
+    """Evaluate the last checkpoint of an arm's seed (resumable) into RUN_DIR/eval/<label>/seed<k> on the started
+    simulator ``pools`` (an `EnvPools`; None: its own); an ablation says whether it left every paired episode as
+    the arm's own."""
     from world_modality.rollout import evaluate_checkpoint
     from world_modality.training.checkpoint import last_checkpoint
 
@@ -99,7 +113,7 @@ def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memor
     results = evaluate_checkpoint(
         checkpoint, env=ev.env, suite=ev.suite, tasks=ev.tasks, episodes_per_task=ev.episodes_per_task,
         memory_mode=memory_mode, arm=arm, train_seed=seed, out_dir=eval_dir(run_dir, label, seed), workers=ev.workers,
-        groups=ev.groups, eval_seed=ev.eval_seed, videos_per_task=ev.videos_per_task, max_steps=ev.max_steps)
+        groups=ev.groups, eval_seed=ev.eval_seed, videos_per_task=ev.videos_per_task, max_steps=ev.max_steps, pools=pools)
     if label != arm:
         own = read_jsonl(eval_dir(run_dir, arm, seed) / EPISODES_FILE)
         print(f"seed {seed}: {ablation_line(ablation_change(own, read_jsonl(results), label), arm)}")
@@ -111,17 +125,6 @@ def write_run_report(config: MatrixConfig, run_dir: Path) -> None:
     write_report(run_dir, baseline=config.report.baseline)
 
 
-@dataclass
-class Step:
-    """One unit of work of the matrix: its state on disk and how to do it."""
-
-    stage: str  # dataset | latents | train | offline (wm intervene) | eval | report
-    name: str
-    done: bool
-    detail: str
-    run: Callable[[], None] = field(repr=False)
-
-
 def _intervention_done(path: Path, modes: tuple[str, ...], step: int) -> bool:
     if not path.is_file():
         return False
@@ -129,26 +132,59 @@ def _intervention_done(path: Path, modes: tuple[str, ...], step: int) -> bool:
     return result.get("training_step") == step and set(modes) <= set(result.get("ratio_to_pred", {}))
 
 
-def plan(config: MatrixConfig, run_dir: str | Path) -> list[Step]:
-    """Every step of the matrix in order, each marked done or to do from what RUN_DIR holds."""
+def train_step(config: MatrixConfig, run_dir: Path, arm: str, seed: int) -> None:
+    """The plan's training step: `train_arm`, after discarding the evaluations and interventions of the arm's
+    seed. They belong to its final checkpoint, and a training that runs (afresh after a lost checkpoint, or
+    from an earlier one) makes a new one: its results would otherwise pass for the new checkpoint's."""
+    stale = [eval_dir(run_dir, label, seed) for base, _, label in config.evaluations() if base == arm]
+    for path in filter(Path.exists, [*stale, intervention_path(run_dir, arm, seed)]):
+        print(f"{arm} seed {seed} is trained again: removing {path}, the results of an earlier checkpoint")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    train_arm(config, run_dir, arm, seed)
+
+
+def _on_gpu(device: str | None, gpus: bool) -> bool:
+    """Whether a step run on ``device`` (a config's device option; default ``auto``) holds a GPU."""
+    device = str(device or "auto")
+    return device.startswith("cuda") or (device == "auto" and gpus)
+
+
+def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None) -> Plan:
+    """Every step of the matrix in the serial order, each marked done or to do from what RUN_DIR holds, with the
+    steps it needs and the resources it holds (``gpus``: whether GPUs are there to hold; default: this machine's).
+
+    Training steps run in processes of their own (`world_modality.schedule`); an evaluation of a checkpoint whose
+    training is to do is to do as well, so a lost checkpoint reruns its training, evaluations and the report."""
     from lerobot_policy_world_modality.latent_cache import SPEC_FILE
 
     from world_modality.sim import get_simulator
     from world_modality.training.checkpoint import last_checkpoint
 
+    if gpus is None:
+        gpus = gpus_available("serial")
     run_dir = Path(run_dir).expanduser().resolve()
+    where = {"config": config, "run_dir": run_dir}
     steps: list[Step] = []
     data = dataset_dir(config, run_dir)
     generated = generated_dataset(config.dataset)
-    if generated is not None:
+    dataset_needs: tuple[str, ...] = ()
+    if generated is None:
+        episodes = json.loads((data / "meta" / "info.json").read_text())["total_episodes"]
+    else:
         name, options = generated
         what = ", ".join(f"{key} {value}" for key, value in options.items() if key in ("tasks", "episodes_per_task"))
-        steps.append(Step("dataset", name, get_simulator(name).dataset_complete(data), f"{what} -> {data}",
-                          lambda: generate_dataset(config, run_dir)))
-    for encoder in config.encoders:
+        episodes = len(get_simulator(name).parse_tasks(options["tasks"])) * options["episodes_per_task"]
+        steps.append(Step("dataset", "dataset", generate_dataset, where, done=get_simulator(name).dataset_complete(data),
+                          resources=Resources(cpus=float(options.get("workers", 1))), detail=f"{name}: {what} -> {data}",
+                          work={"episodes": episodes}))
+        dataset_needs = ("dataset",)
+    for encoder, options in config.encoders.items():
         latents = latents_dir(config, run_dir, encoder)
-        steps.append(Step("latents", encoder, (latents / SPEC_FILE).is_file(), f"-> {latents}",
-                          lambda encoder=encoder: compute_world_latents(config, run_dir, encoder)))
+        steps.append(Step(f"latents {encoder}", "latents", compute_world_latents, where | {"encoder": encoder},
+                          needs=dataset_needs, done=(latents / SPEC_FILE).is_file(), isolated=True,
+                          resources=train_resources(_on_gpu(options.get("device"), gpus)), detail=f"-> {latents}",
+                          work={"episodes": episodes}))
+    trained: dict[tuple[str, int], bool] = {}
     for arm, options in config.arms.items():
         total = options.get("steps", train_defaults()["steps"])
         for seed in config.seeds:
@@ -157,40 +193,49 @@ def plan(config: MatrixConfig, run_dir: str | Path) -> list[Step]:
             if at > total:
                 raise ValueError(f"{train_dir(run_dir, arm, seed)} was trained to step {at}, beyond the {total} "
                                  f"steps the config asks of arm {arm!r}; use another run folder")
+            trained[arm, seed] = at == total
             kind = options.get("policy_type", "world_transformer")
             if kind == "world_transformer":
                 kind = f"model {options.get('model_type') or 'F'}"
             if len(config.encoders) > 1:
                 kind += f" on {config.arm_encoders[arm]} latents"
-            detail = f"{kind}, step {at} of {total}"
-            steps.append(Step("train", f"{arm} seed {seed}", at == total, detail + (" (resume)" if 0 < at < total else ""),
-                              lambda arm=arm, seed=seed: train_arm(config, run_dir, arm, seed)))
+            detail = f"{kind}, step {at} of {total}" + (" (resume)" if 0 < at < total else "")
+            steps.append(Step(f"train {arm} seed {seed}", "train", train_step, where | {"arm": arm, "seed": seed},
+                              needs=(f"latents {config.arm_encoders[arm]}",), done=at == total, isolated=True,
+                              resources=train_resources(_on_gpu(options.get("device"), gpus)), detail=detail,
+                              work={"steps": total - at}))
     for arm, modes in config.interventions.items():
         total = config.arms[arm].get("steps", train_defaults()["steps"])
         for seed in config.seeds:
             path = intervention_path(run_dir, arm, seed)
-            steps.append(Step("offline", f"{arm} seed {seed}", _intervention_done(path, modes, total),
-                              f"wm intervene: validation loss under {', '.join(modes)} vs pred -> {path}",
-                              lambda arm=arm, seed=seed: intervene_arm(config, run_dir, arm, seed)))
+            steps.append(Step(f"intervene {arm} seed {seed}", "offline", intervene_arm, where | {"arm": arm, "seed": seed},
+                              needs=(f"train {arm} seed {seed}",),
+                              done=trained[arm, seed] and _intervention_done(path, modes, total),
+                              resources=eval_resources(1, _on_gpu(config.arms[arm].get("device"), gpus)),
+                              detail=f"wm intervene: validation loss under {', '.join(modes)} vs pred -> {path}"))
     ev = config.evaluation
     expected = len(ev.tasks) * ev.episodes_per_task
     for arm, mode, label in config.evaluations():
         for seed in config.seeds:
             have = len({r.get("episode_id") for r in read_jsonl(eval_dir(run_dir, label, seed) / EPISODES_FILE)})
+            done = trained[arm, seed] and have >= expected
             detail = (f"memory {mode or config.rollout_mode(arm) or 'none'}, {have} of {expected} episodes "
                       f"({len(ev.tasks)} task(s) x {ev.episodes_per_task}, eval_seed {ev.eval_seed})")
-            steps.append(Step("eval", f"{label} seed {seed}", have >= expected, detail,
-                              lambda arm=arm, seed=seed, mode=mode, label=label:
-                              evaluate_arm(config, run_dir, arm, seed, mode, label)))
-    steps.append(Step("report", "report", False, f"-> {run_dir / 'report' / 'report.md'}",
-                      lambda: write_run_report(config, run_dir)))
-    return steps
+            # An ablation ends by comparing itself with the arm's own evaluation: it runs after it.
+            needs = (f"train {arm} seed {seed}",) + ((f"eval {arm} seed {seed}",) if label != arm else ())
+            steps.append(Step(f"eval {label} seed {seed}", "eval", evaluate_arm,
+                              where | {"arm": arm, "seed": seed, "memory_mode": mode, "label": label}, needs=needs,
+                              done=done, resources=eval_resources(ev.workers, gpus), shares_pools=True, detail=detail,
+                              work={"episodes": expected if not trained[arm, seed] else max(0, expected - have)}))
+    steps.append(Step("report", "report", write_run_report, where, needs=tuple(s.name for s in steps),
+                      detail=f"-> {run_dir / 'report' / 'report.md'}"))
+    return Plan(steps)
 
 
-def format_plan(steps: list[Step]) -> str:
-    todo = sum(not s.done for s in steps)
-    lines = [f"{len(steps)} steps: {len(steps) - todo} done, {todo} to do"]
-    lines += [f"  [{'done' if s.done else 'todo'}] {s.stage:8s} {s.name:24s} {s.detail}" for s in steps]
+def format_plan(plan: Plan) -> str:
+    todo = len(plan.todo)
+    lines = [f"{len(plan.steps)} steps: {len(plan.steps) - todo} done, {todo} to do"]
+    lines += [f"  [{'done' if s.done else 'todo'}] {s.name:32s} {s.detail}" for s in plan.steps]
     return "\n".join(lines)
 
 
@@ -221,22 +266,26 @@ def _diff(old: Any, new: Any, where: str) -> list[str]:
     return [] if old == new else [f"{where}: existing {old!r} vs requested {new!r}"]
 
 
-def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False) -> list[Step]:
-    """Run every missing step of the matrix into ``run_dir`` (or, with ``dry_run``, only plan them).
+def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False, address: str | None = None,
+               concurrent: bool | None = None) -> tuple[Step, ...]:
+    """Run every missing step of the matrix into ``run_dir`` (or, with ``dry_run``, only plan them), on the Ray
+    cluster at ``address`` if given, else on this machine: concurrently (training beside evaluation) when
+    ``concurrent`` (default: the config's ``evaluation.concurrent``, else when a GPU is present), else serially.
+    Each step's wall-clock start and end go to RUN_DIR/profile.json; a summary per stage is printed at the end.
 
-    Returns the plan as it stood before running; the report is always rewritten.
+    Returns the plan's steps as they stood before running; the report is always rewritten.
     """
     run_dir = Path(run_dir).expanduser().resolve()
     check_run_dir(config, run_dir)
-    steps = plan(config, run_dir)
-    print(format_plan(steps))
-    if dry_run:
-        return steps
-    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
-    todo = [s for s in steps if not s.done]
-    for i, step in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {step.stage} {step.name}: {step.detail}", flush=True)
-        start = time.monotonic()
-        step.run()
-        print(f"[{i}/{len(todo)}] {step.stage} {step.name}: done in {(time.monotonic() - start) / 60:.1f} min", flush=True)
-    return steps
+    concurrent = config.evaluation.concurrent if concurrent is None else concurrent
+    executor = default_executor(concurrent, address) if not dry_run else "serial"
+    with ray_session(address) if executor == "ray" else nullcontext():
+        steps = plan(config, run_dir, gpus=gpus_available(executor))
+        print(format_plan(steps))
+        if dry_run:
+            return steps.steps
+        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        profile = Profile(run_dir, executor)
+        execute(steps, executor, address=address, log=lambda line: print(line, flush=True), on_done=profile.record)
+    print(format_stage_times(stage_times(profile.this_run)))
+    return steps.steps
