@@ -172,6 +172,20 @@ def test_a_damaged_checkpoint_is_refused_before_any_simulator_starts(run, tmp_pa
         assert status == 2 and "cannot load the checkpoint" in one_paragraph(err)
 
 
+def test_a_damaged_checkpoint_is_refused_by_lerobots_own_loading(run, tmp_path, monkeypatch):
+    """Outside `wm` (lerobot-eval, a user's script) the plugin's `from_pretrained` checks the same digests."""
+    from lerobot_policy_world_modality.file_digests import NO_VERIFY_ENV, DamagedFileError
+    from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+
+    pretrained = copy_of(run, tmp_path, "run") / "checkpoints" / "last" / "pretrained_model"
+    assert WorldTransformerPolicy.from_pretrained(pretrained).config.uses_world_module
+    flip(pretrained / "model.safetensors")
+    with pytest.raises(DamagedFileError, match="model.safetensors is damaged.*cannot be trusted"):
+        WorldTransformerPolicy.from_pretrained(pretrained)
+    monkeypatch.setenv(NO_VERIFY_ENV, "1")  # the user's way around it, named in the message
+    WorldTransformerPolicy.from_pretrained(pretrained)
+
+
 def test_a_damaged_training_state_is_refused_on_resume(metaworld_dataset, latents, run, tmp_path, capsys):
     checkpoint = copy_of(run, tmp_path, "run")
     state = checkpoint / "checkpoints" / "last" / "training_state" / "training_state.pt"

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lerobot_policy_world_modality.encoders import EncoderSpec
+from lerobot_policy_world_modality.file_digests import verify_folder
 from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES, MemoryMode, MemorySource
 from lerobot_policy_world_modality.world import WorldModule, WorldOutputs, total_loss
 from lerobot_policy_world_modality.world.gated_cross_attention import GATE_TYPES
@@ -153,10 +156,22 @@ class WorldMemoryConfig:
             self.memory_schedule_end = max(1, round(SCHEDULED_ORACLE_SHARE * total_steps))
 
 
+# What to do about a policy folder whose files differ from those recorded when it was saved.
+DAMAGED_POLICY = "This policy folder cannot be trusted: restore it from a copy, or retrain it"
+
+
 class WorldMemoryPolicy:
     """Policy mixin of every family: what surrounds the world module. A family provides ``config``
     (a `WorldMemoryConfig`) and its `WorldModule` as ``world`` (or overrides ``world_module``), and calls
     `register_step_counter` in its ``__init__``."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_name_or_path: str | Path, *args: Any, **kwargs: Any):
+        """LeRobot's loading, after checking a local folder against the digests recorded when it was written (so
+        `lerobot-eval` and any other loader refuse a damaged checkpoint as `wm` does)."""
+        if Path(pretrained_name_or_path).is_dir():
+            verify_folder(pretrained_name_or_path, DAMAGED_POLICY)
+        return super().from_pretrained(pretrained_name_or_path, *args, **kwargs)
 
     @property
     def world_module(self) -> WorldModule | None:
