@@ -12,6 +12,7 @@ import yaml
 
 from world_modality import matrix
 from world_modality.commands.demo import demo_config, register
+from world_modality.report.arms import resolve_baselines
 from world_modality.matrix import run as matrix_run
 from world_modality.schedule import Plan
 
@@ -124,14 +125,20 @@ def test_the_report_takes_the_baseline_named_in_the_run_folder(tmp_path):
     assert matrix.report_baseline(tmp_path) == "E0"
 
 
-def test_demo_matrix_has_the_oracle_bound_beside_e2(tmp_path):
+def test_demo_matrix_has_a_read_oracle_bound_beside_e2_each_with_the_baseline_of_its_world_source(tmp_path):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     config = matrix.parse_config(demo_config(parser.parse_args(["demo"])))
-    assert [config.arm_facts(a).training_memory for a in config.arms] == [None, "predicted", "oracle"]
-    assert config.ablations == {"E2": ("zero",), "E2-oracle": ("zero",)}
-    assert set(config.interventions) == {"E2", "E2-oracle"}
-    assert [label for _, _, label in config.evaluations()] == ["E0", "E2", "E2:zero", "E2-oracle", "E2-oracle:zero"]
+    facts = {a: config.arm_facts(a) for a in config.arms}
+    assert {a: (f.training_memory, f.world_source) for a, f in facts.items()} == {
+        "E0": (None, "learned"), "E2": ("predicted", "learned"),
+        "E0-state": (None, "state"), "E2-oracle-state": ("oracle", "state")}
+    assert config.arms["E2-oracle-state"]["policy"]["gate_lr_multiplier"] == 10.0
+    assert resolve_baselines(list(facts.values())) == {"E2": "E0", "E2-oracle-state": "E0-state"}
+    assert config.ablations == {"E2": ("zero",), "E2-oracle-state": ("zero",)}
+    assert set(config.interventions) == {"E2", "E2-oracle-state"}
+    assert [label for _, _, label in config.evaluations()] == [
+        "E0", "E0-state", "E2", "E2:zero", "E2-oracle-state", "E2-oracle-state:zero"]
 
 
 def test_there_are_example_matrix_files():
