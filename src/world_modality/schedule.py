@@ -127,9 +127,7 @@ def default_executor(concurrent: bool | None = None, address: str | None = None)
     if address is not None:
         return "ray"
     if concurrent is None:
-        import torch
-
-        concurrent = torch.cuda.is_available()
+        concurrent = gpus_available("local")
     return "local" if concurrent else "serial"
 
 
