@@ -379,7 +379,8 @@ def test_two_stage_training_resumes_in_its_stage(metaworld_dataset, latents, tmp
 
 def test_wm_train_recipe_options(metaworld_dataset, latents, tmp_path):
     """`scheduled` without a schedule anneals over the first half of --steps; the gate trains in its own
-    optimizer group at gate_lr_multiplier times the learning rate; a per-channel gate is saved per channel."""
+    optimizer group at gate_lr_multiplier times the learning rate; a per-channel gate is saved per channel, and
+    `wm intervene` reports its strength (the RMS of tanh over the channels)."""
     run = _train(metaworld_dataset, latents, tmp_path / "run", steps=4, policy={
         "memory_source": "scheduled", "gate_lr_multiplier": 10.0, "gate_type": "channel", "gate_init": 0.5})
     checkpoint = load_checkpoint(run)
@@ -388,3 +389,7 @@ def test_wm_train_recipe_options(metaworld_dataset, latents, tmp_path):
     assert [len(g["params"]) for g in groups][1] == 1 and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
     gate = checkpoint.policy.world.cross_attn.gate
     assert gate.shape == (TINY["d_model"],) and not torch.equal(gate, torch.full_like(gate, 0.5))
+    from world_modality.training.intervene import intervene
+
+    reported = intervene(run, metaworld_dataset, latents, ["zero"])["gate"]
+    assert reported == pytest.approx(gate.detach().tanh().square().mean().sqrt().item())
