@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -402,3 +403,76 @@ def test_the_matrix_file_or_the_machine_chooses_the_executor(tmp_path, monkeypat
     train = next(s for s in plan if s.name == "train E2 seed 0")
     evaluation = next(s for s in plan if s.name == "eval E2:zero seed 0")
     assert train.isolated and train.resources.gpus > 0 and evaluation.shares_pools and 0 < evaluation.resources.gpus < 1
+
+
+# --- results-only export ---------------------------------------------------------------------------------------
+
+
+def run_piece(run: Path, monkeypatch, seed: int, gate: float) -> Path:
+    """A matrix run folder of one training seed (fake stages), its E2 checkpoint holding weights with ``gate``, a
+    long gate curve peaking mid-training, and an intervention result."""
+    from safetensors.numpy import save_file
+    from torch.utils.tensorboard import SummaryWriter
+
+    FakeStages(monkeypatch)
+    matrix.run_matrix(matrix.parse_config(config_with("training.seeds", [seed])), run)
+    for arm in ("E0", "E2"):
+        pretrained = matrix.train_dir(run, arm, seed) / "checkpoints" / "last" / "pretrained_model"
+        pretrained.mkdir()
+        config = {"type": "world_transformer", "model_type": "A" if arm == "E0" else "F",
+                  "encoder_spec": {"name": "learned"}, "memory_source": "predicted", "world_memory_mode_train": "pred"}
+        (pretrained / "config.json").write_text(json.dumps(config))
+        (pretrained / "world_modality.json").write_text("{}")
+        weights = {"model.action_queries": np.zeros((2, 3), np.float32)}
+        if arm == "E2":
+            weights["model.world.cross_attn.gate"] = np.array(gate, np.float32)
+        save_file(weights, str(pretrained / "model.safetensors"))
+        writer = SummaryWriter(str(matrix.train_dir(run, arm, seed) / "tensorboard"))
+        for step in range(1, 2001):
+            writer.add_scalar("train/loss", 1.0 / step, step)
+            if arm == "E2":  # rises to 0.3 at step 777, then falls to 0.1
+                writer.add_scalar("train/world_gate", 0.3 * step / 777 if step <= 777 else 0.1, step)
+        writer.close()
+    atomic_write_json(run / "intervene" / "E2" / f"seed{seed}.json", {"training_step": 10, "ratio_to_pred": {"zero": 1.2}})
+    write_report(run)
+    return run
+
+
+def test_export_keeps_what_the_report_reads_and_merges_pieces(tmp_path, monkeypatch):
+    from world_modality.matrix.export import MAX_CURVE_POINTS
+    from world_modality.report.readcheck import GATE_TAG, load_gate_run, read_scalars
+
+    dest = tmp_path / "results"
+    first = run_piece(tmp_path / "first", monkeypatch, seed=0, gate=0.2)
+    assert cli.main(["report", str(first), "--export", str(dest)]) == 0
+    # The same report from the export: gate, read-check and success, without a single weights file.
+    assert not list(dest.rglob("*.safetensors")) and not (dest / "dataset").exists()
+    assert (pd.read_csv(dest / "report" / "arms.csv").equals(pd.read_csv(first / "report" / "arms.csv")))
+    gate = load_gate_run(dest / "train" / "E2" / "seed0")
+    assert gate.final == pytest.approx(np.tanh(0.2)) and gate.peak == pytest.approx(0.3)
+    steps, values = read_scalars(dest / "train" / "E2" / "seed0" / "tensorboard", [GATE_TAG])[GATE_TAG]
+    assert len(steps) <= MAX_CURVE_POINTS + 1 and steps[0] == 1 and steps[-1] == 2000 and 777 in steps
+    # The matrix does not run in it: it would train again and discard the results.
+    with pytest.raises(ValueError, match="exported by `wm report --export`, without checkpoints"):
+        matrix.run_matrix(matrix.parse_config(CONFIG), dest)
+
+    # A second piece (another seed) merges in: one report pooled over both seeds.
+    second = run_piece(tmp_path / "second", monkeypatch, seed=1, gate=0.05)
+    assert cli.main(["report", str(second), "--export", str(dest)]) == 0
+    assert matrix.load_config(dest / "matrix.yaml").seeds == (0, 1)
+    seeds = pd.read_csv(dest / "report" / "seeds.csv").set_index("arm")
+    assert seeds.loc["E2", "pooled_n"] == 40 and seeds.loc["E2", "seeds"] == 2
+    assert "40 paired episodes" in (dest / "report" / "report.md").read_text()
+    from world_modality.matrix.export import export_results
+
+    assert export_results(first, dest) == []  # exporting a piece again changes nothing
+    # A piece with other results for a seed DEST holds is refused, and DEST is left as it was.
+    episodes = matrix.eval_dir(first, "E2", 0) / "episodes.jsonl"
+    episodes.write_text(episodes.read_text().replace('"success": true', '"success": false', 1))
+    with pytest.raises(ValueError, match=r"already holds eval/E2/seed0 with other results"):
+        export_results(first, dest)
+    with pytest.raises(ValueError, match=r"evaluation\.eval_seed: existing 1000 vs requested 7"):
+        changed = run_piece(tmp_path / "third", monkeypatch, seed=2, gate=0.1)
+        (changed / "matrix.yaml").write_text(yaml.safe_dump(config_with("evaluation.eval_seed", 7) | {"training": {"seeds": [2]}}))
+        export_results(changed, dest)
+    assert not (dest / "eval" / "E2" / "seed2").exists()

@@ -29,6 +29,11 @@ def register(subparsers) -> None:
     parser.add_argument("--baseline", default=None, metavar="ARM",
                         help="the arm without world memory every other arm is compared with (default: the matrix "
                              "file's report.baseline, else per arm the one arm without world memory on its world source)")
+    parser.add_argument("--export", default=None, metavar="DEST",
+                        help="copy RUN_DIR's results (episodes, interventions, checkpoint configs, thinned loss and "
+                             "gate curves; no dataset, latents or weights) into DEST, merged with the pieces DEST "
+                             "already holds (other seeds or arms of the same dataset and episode list), and write "
+                             "DEST's report instead")
     add_common(parser)
     parser.set_defaults(handler=_report)
 
@@ -37,6 +42,13 @@ def _report(args) -> int:
     from world_modality.matrix import report_baseline
     from world_modality.report import write_report
 
-    baseline = args.baseline or report_baseline(args.run_dir)
-    print(f"report written to {write_report(args.run_dir, alpha=args.alpha, baseline=baseline)}")
+    run_dir = args.run_dir
+    if args.export:
+        from world_modality.matrix.export import export_results
+
+        added = export_results(run_dir, args.export)
+        print(f"{len(added)} result folder(s) and file(s) exported to {args.export}" + "".join(f"\n  {a}" for a in added))
+        run_dir = args.export
+    baseline = args.baseline or report_baseline(run_dir)
+    print(f"report written to {write_report(run_dir, alpha=args.alpha, baseline=baseline)}")
     return 0

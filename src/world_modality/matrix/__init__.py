@@ -73,6 +73,7 @@ workers, groups, devices, video counts or the report's baseline, is allowed.
 
 from world_modality.matrix.config import (
     CONFIG_FILE,
+    RESULTS_ONLY_FILE,
     EvaluationConfig,
     MatrixConfig,
     MatrixConfigError,
@@ -99,6 +100,7 @@ __all__ = [
     "MatrixConfig",
     "MatrixConfigError",
     "PROFILE_FILE",
+    "RESULTS_ONLY_FILE",
     "ReportConfig",
     "check_run_dir",
     "dataset_dir",

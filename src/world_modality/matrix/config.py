@@ -27,6 +27,8 @@ from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, ROLLO
 from world_modality.report.arms import ArmFacts, arm_kind, resolve_baselines, training_memory
 
 CONFIG_FILE = "matrix.yaml"
+# Marks a folder of results exported by `wm report --export`: no checkpoints, so `wm matrix` must not run in it.
+RESULTS_ONLY_FILE = "RESULTS_ONLY"
 SECTIONS = ("dataset", "encoders", "encoder", "training", "arms", "ablations", "interventions", "evaluation", "report")
 # TrainOptions fields the matrix sets itself, and policy-config fields `build_config` fills from the data.
 MATRIX_OWNED = ("dataset", "latents", "out", "seed", "resume")

@@ -13,7 +13,14 @@ from typing import Any
 import yaml
 
 from world_modality.atomic_io import atomic_write_json, atomic_write_text, read_jsonl
-from world_modality.matrix.config import CONFIG_FILE, MatrixConfig, generated_dataset, parse_config, train_defaults
+from world_modality.matrix.config import (
+    CONFIG_FILE,
+    RESULTS_ONLY_FILE,
+    MatrixConfig,
+    generated_dataset,
+    parse_config,
+    train_defaults,
+)
 from world_modality.matrix.profile import Profile, format_stage_times, stage_times
 from world_modality.report.readcheck import ablation_change, ablation_line, gate_line, intervention_path, load_gate_run
 from world_modality.schedule import (
@@ -276,6 +283,10 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
     Returns the plan's steps as they stood before running; the report is always rewritten.
     """
     run_dir = Path(run_dir).expanduser().resolve()
+    if (run_dir / RESULTS_ONLY_FILE).exists():
+        raise ValueError(f"{run_dir} holds results exported by `wm report --export`, without checkpoints: the matrix "
+                         "would train every arm again there and discard them. Run it into another --out, then "
+                         f"`wm report THAT_FOLDER --export {run_dir}` to merge its results in.")
     check_run_dir(config, run_dir)
     concurrent = config.evaluation.concurrent if concurrent is None else concurrent
     executor = default_executor(concurrent, address) if not dry_run else "serial"

@@ -49,6 +49,8 @@ GATE_TAG = "train/world_gate"  # TensorBoard tag of tanh(gate), logged by `wm tr
 GATE_PARAMETER = "cross_attn.gate"  # the gated cross-attention's gate, in every policy family's weights
 INTERVENTIONS_DIR = "intervene"  # RUN_DIR/intervene/<arm>/seed<k>.json: `wm intervene --json` results
 WEIGHTS_FILE = "model.safetensors"
+# Beside a checkpoint's configs in a results-only export (`wm report --export`): its gate, the weights left out.
+GATE_FILE = "world_gate.json"
 
 Record = Mapping[str, Any]
 
@@ -67,12 +69,14 @@ def intervention_path(run_dir: Path, arm: str, seed: int) -> Path:
 
 
 def checkpoint_gate(pretrained: Path) -> float | None:
-    """|tanh(gate)| of a checkpoint's weights (RMS over the gate's elements); None without a world module."""
+    """|tanh(gate)| of a checkpoint's weights (RMS over the gate's elements), or as an export recorded it without
+    them; None without a world module."""
     from safetensors import safe_open
 
     path = Path(pretrained) / WEIGHTS_FILE
     if not path.is_file():
-        return None
+        recorded = Path(pretrained) / GATE_FILE
+        return json.loads(recorded.read_text())["abs_tanh_gate"] if recorded.is_file() else None
     with safe_open(str(path), framework="numpy") as f:
         gates = [f.get_tensor(k) for k in f.keys() if k.endswith(GATE_PARAMETER)]
     if not gates:

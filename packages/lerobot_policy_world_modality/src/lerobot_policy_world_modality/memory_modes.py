@@ -29,7 +29,7 @@ class MemoryMode(_StrictStrEnum):
     ZERO = "zero"  # zeros
     RANDOM = "random"  # Gaussian noise with the prediction's per-feature mean/std
     SIGNFLIP = "signflip"  # the prediction negated
-    SHUFFLE = "shuffle"  # another sample's (or, at batch size 1, another step's) prediction
+    SHUFFLE = "shuffle"  # another sample's (or, for a sample on its own, as at rollout, another step's) prediction
     ORACLE = "oracle"  # the true future latents
     NONE = "none"  # no injection: the baseline path
 

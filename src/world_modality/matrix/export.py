@@ -1,0 +1,144 @@
+"""Results-only copies of matrix run folders (`wm report RUN_DIR --export DEST`).
+
+A run folder holds gigabytes of dataset, latents and weights beside a few megabytes of results. The export
+copies what `wm report` reads: the per-episode results (eval/), the `wm intervene` results (intervene/), each
+training run's last-checkpoint configs (the arm's world source and training memory) and its TensorBoard curves
+of the loss and the gate, thinned to at most `MAX_CURVE_POINTS` points per curve (the last point and the gate's
+peak kept), and the last checkpoint's gate in place of its weights (`GATE_FILE`; without weights, as in a run
+folder copied without them, the report takes the final gate from the curve). Exporting several run folders into one DEST merges them, so an experiment run in pieces on different
+machines (other seeds, other arms, same dataset and episode list) gets one report.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from world_modality.atomic_io import atomic_write_json, atomic_write_text, commit_folder, temp_folder
+from world_modality.matrix.config import CONFIG_FILE, RESULTS_ONLY_FILE, load_config, parse_config
+from world_modality.matrix.run import check_run_dir
+
+MAX_CURVE_POINTS = 500  # enough for the report's plots; a full curve has one point per training step
+
+
+def export_results(run_dir: str | Path, dest: str | Path) -> list[str]:
+    """Copy the results of matrix run folder ``run_dir`` into ``dest`` (created, or merged with the pieces it
+    holds); returns what was added. A piece ``dest`` already holds with other content is an error."""
+    run_dir, dest = Path(run_dir).expanduser().resolve(), Path(dest).expanduser().resolve()
+    if run_dir == dest:
+        raise ValueError(f"--export needs another folder than the run folder {run_dir}")
+    if not (run_dir / "eval").is_dir():
+        raise FileNotFoundError(f"{run_dir} has no eval/ folder: not a matrix run folder with results")
+    config = _merged_config(run_dir, dest)
+    pieces = [(p, dest / p.relative_to(run_dir)) for p in sorted((run_dir / "eval").glob("*/seed*")) if p.is_dir()]
+    pieces += [(p, dest / p.relative_to(run_dir)) for p in sorted((run_dir / "intervene").glob("*/seed*.json"))]
+    runs = [p for p in sorted((run_dir / "train").glob("*/seed*")) if p.is_dir()]
+    for source, target in pieces:
+        if target.exists() and not _same(source, target):
+            raise ValueError(f"{dest} already holds {target.relative_to(dest)} with other results than {source}: "
+                             "export pieces with other seeds or arms, or remove it from there to replace it")
+    added = []
+    for source, target in pieces:
+        if not target.exists():
+            _copy(source, target)
+            added.append(str(target.relative_to(dest)))
+    for run in runs:
+        if _export_training_run(run, dest / run.relative_to(run_dir)):
+            added.append(str((dest / run.relative_to(run_dir)).relative_to(dest)))
+    if config is not None:
+        atomic_write_text(dest / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(dest / RESULTS_ONLY_FILE, "Results exported by `wm report --export` (no dataset, latents or "
+                                                "weights): `wm report` reads this folder; `wm matrix` does not run in it.\n")
+    return added
+
+
+def _merged_config(run_dir: Path, dest: Path) -> dict[str, Any] | None:
+    """The matrix file of ``dest`` after the export: the union of its pieces' arms, seeds, encoders, ablations and
+    interventions (refused when they disagree on anything that changes results)."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        return None
+    config = load_config(run_dir / CONFIG_FILE)
+    if not (dest / CONFIG_FILE).is_file():
+        return config.to_dict()
+    check_run_dir(config, dest)
+    old, new = load_config(dest / CONFIG_FILE).to_dict(), config.to_dict()
+    encoders = {e["name"]: e for e in old["encoders"]} | {e["name"]: e for e in new["encoders"]}
+    merged = old | {
+        "encoders": list(encoders.values()),
+        "training": {"seeds": sorted(set(old["training"]["seeds"]) | set(new["training"]["seeds"]))},
+        "arms": old["arms"] | new["arms"],
+    }
+    for section in ("ablations", "interventions"):
+        merged[section] = {arm: list(dict.fromkeys([*old[section].get(arm, []), *new[section].get(arm, [])]))
+                           for arm in old[section] | new[section]}
+    parse_config(merged)  # the union must itself be a valid matrix file
+    return merged
+
+
+def _same(source: Path, target: Path) -> bool:
+    if source.is_file():
+        return target.is_file() and filecmp.cmp(source, target, shallow=False)
+    compared = filecmp.dircmp(source, target)
+    return (not compared.left_only and not compared.right_only and not compared.diff_files and not compared.funny_files
+            and all(_same(source / d, target / d) for d in compared.common_dirs))
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy a file or folder so that an interrupted export leaves no partial piece behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_file():
+        atomic_write_text(target, source.read_text())
+        return
+    tmp = temp_folder(target)
+    shutil.copytree(source, tmp)
+    commit_folder(tmp, target)
+
+
+def _export_training_run(run: Path, target: Path) -> bool:
+    """The last checkpoint's JSON files (configs and provenance, no weights) and the thinned curves of one training
+    run; False when ``target`` already holds that checkpoint (an error when it holds another)."""
+    from world_modality.report import LOSS_TAGS
+    from world_modality.report.readcheck import GATE_FILE, GATE_TAG, checkpoint_gate, read_scalars
+    from world_modality.training.checkpoint import PRETRAINED, checkpoints_dir, last_checkpoint
+
+    last = last_checkpoint(run)
+    if last is None:
+        return False
+    configs = sorted((last / PRETRAINED).glob("*.json"))
+    held = last_checkpoint(target) if target.exists() else None
+    if held is not None:
+        if held.name == last.name and all(_same(c, held / PRETRAINED / c.name) for c in configs):
+            return False
+        raise ValueError(f"{target} already holds checkpoint {held.name} of another training run than {run}: "
+                         "export pieces with other seeds or arms, or remove it from there to replace it")
+    tmp = temp_folder(target)
+    pretrained = checkpoints_dir(tmp) / last.name / PRETRAINED
+    pretrained.mkdir(parents=True)
+    for path in configs:
+        shutil.copy2(path, pretrained / path.name)
+    gate = checkpoint_gate(last / PRETRAINED)
+    if gate is not None:
+        atomic_write_json(pretrained / GATE_FILE, {"abs_tanh_gate": abs(gate)})
+    (checkpoints_dir(tmp) / "last").symlink_to(last.name)
+    if (run / "tensorboard").is_dir():
+        _write_thinned_curves(read_scalars(run / "tensorboard", (*LOSS_TAGS, GATE_TAG)), tmp / "tensorboard", GATE_TAG)
+    commit_folder(tmp, target)  # replaces a checkpoint-less leftover
+    return True
+
+
+def _write_thinned_curves(curves: dict[str, tuple[list[int], list[float]]], out: Path, peak_tag: str) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out))
+    for tag, (steps, values) in curves.items():
+        keep = set(np.linspace(0, len(steps) - 1, min(len(steps), MAX_CURVE_POINTS)).round().astype(int).tolist())
+        if tag == peak_tag and values:
+            keep.add(int(np.argmax(np.abs(values))))
+        for i in sorted(keep):
+            writer.add_scalar(tag, values[i], steps[i])
+    writer.close()
