@@ -158,9 +158,9 @@ def test_memory_mode_flag_reaches_the_policy(checkpoints, tmp_path, monkeypatch)
 
 
 def test_memory_controls_are_reproducible_from_the_episode(checkpoints, tmp_path, monkeypatch):
-    """The same evaluation twice gives the same episodes and actions under the random controls: their draws
-    follow the episode (its id and the training seed), not the global RNG (per sample, whatever shares the
-    batch: tests/test_world_module.py)."""
+    """The same evaluation twice gives the same episodes and actions under the random controls (`other`: another
+    episode's memory, from the checkpoint's held-out episodes): their draws follow the episode (its id and the
+    training seed), not the global RNG (per sample, whatever shares the batch: tests/test_world_module.py)."""
     import numpy as np
 
     from world_modality.rollout.policies import LeRobotRolloutPolicy
@@ -195,7 +195,7 @@ def test_memory_controls_are_reproducible_from_the_episode(checkpoints, tmp_path
         return {r["episode_id"]: (r["success"], r["steps"]) for r in records}, {s: np.stack(a) for s, a in actions.items()}
 
     _, pred_actions = run("pred", "pred")
-    for mode in ("random", "shuffle"):
+    for mode in ("random", "shuffle", "other"):
         first, first_actions = run(f"{mode}-first", mode)
         second, second_actions = run(f"{mode}-second-run", mode)
         assert first == second and len(first) == 2
@@ -205,13 +205,22 @@ def test_memory_controls_are_reproducible_from_the_episode(checkpoints, tmp_path
             assert not np.allclose(a, pred_actions[seed], atol=1e-4)  # the control is in effect
 
 
-def test_mismatches_are_refused(checkpoints, tmp_path):
+def test_mismatches_are_refused(checkpoints, tmp_path, capsys):
     with pytest.raises(ValueError, match="needs a world-memory policy.*world_transformer/A"):
         _eval(checkpoints["A"], tmp_path, arm="E0", memory_mode="zero")
     with pytest.raises(ValueError, match="not trained on \\['door-open-v3'\\]"):
         _eval(checkpoints["F"], tmp_path, arm="E2", tasks="door-open")
     with pytest.raises(ValueError, match="valid|pred"):
         _eval(checkpoints["F"], tmp_path, arm="E2", memory_mode="telepathy")
+    with pytest.raises(ValueError, match="--memory-bank is read by --memory-mode other only"):
+        _eval(checkpoints["F"], tmp_path, arm="E2", memory_mode="zero", memory_bank=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"is not a complete latent cache .*make one with `wm latents`"):
+        _eval(checkpoints["F"], tmp_path, arm="E2", memory_mode="other", memory_bank=tmp_path)
+    from world_modality import cli
+
+    assert cli.main(["eval", str(checkpoints["F"]), "--memory-mode", "other", "--memory-bank", str(tmp_path), "--out",
+                     str(tmp_path / "cli"), "--device", "cpu"]) != 0
+    assert f"{tmp_path} is not a complete latent cache" in capsys.readouterr().err
     # A checkpoint whose camera was not rendered for its data cannot be evaluated with matching frames.
     broken = tmp_path / "broken"
     shutil.copytree(checkpoints["F"], broken)
@@ -380,3 +389,31 @@ def test_evaluations_on_a_shared_pool_match_a_fresh_pool_bit_for_bit(checkpoints
         # A pool left with a command in flight (an interrupted evaluation) is replaced, not reused.
         pool.send("env_builds", {0: None})
         assert pools.get(pool.simulator.name, pool.render, pool.size) is not pool and pools.started == 2
+
+
+def test_other_memory_comes_from_the_held_out_episodes_or_the_given_cache(checkpoints, state_latents, tmp_path):
+    import numpy as np
+
+    from lerobot_policy_world_modality.latent_cache import LatentCache
+    from world_modality.rollout.policies import MEMORY_BANK_FRAMES, load_rollout_policy
+    from world_modality.training.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(checkpoints["F"]).meta
+    cache = LatentCache.load(state_latents)
+    rows = np.flatnonzero(np.isin(cache.episode_index, meta["val_episodes"]))
+    held_out = {tuple(z) for z in cache.z[torch.from_numpy(rows)].float().tolist()}
+    policy = load_rollout_policy(checkpoints["F"], "other", device="cpu")
+    bank, mask = policy.policy.world.memory_bank
+    assert policy.memory_bank == meta["latents"] and len(bank) == min(MEMORY_BANK_FRAMES, len(rows))
+    assert all(tuple(z) in held_out for z in bank[:, -1].tolist())  # z_t of every donor: a held-out frame
+    # A given cache: every frame may give, so the bank fills up from the training episodes too.
+    given = load_rollout_policy(checkpoints["F"], "other", device="cpu", memory_bank=state_latents)
+    assert given.memory_bank == str(state_latents) and len(given.policy.world.memory_bank[0]) == min(MEMORY_BANK_FRAMES, len(cache))
+    # A checkpoint whose training latents are not on this machine names the way out.
+    moved = tmp_path / "moved"
+    shutil.copytree(checkpoints["F"], moved)
+    meta_file = next(moved.rglob("world_modality.json"))
+    meta_file.write_text(json.dumps(json.loads(meta_file.read_text()) | {"latents": str(tmp_path / "gone")}))
+    record_digests(meta_file.parent)
+    with pytest.raises(FileNotFoundError, match="which are not on this machine; give --memory-bank LATENTS"):
+        load_rollout_policy(moved, "other", device="cpu")

@@ -199,7 +199,7 @@ def test_prepared_memory_read_matches_forward_with_masks() -> None:
 
 def test_memory_mode_names_and_parse_error() -> None:
     assert [m.value for m in MemoryMode] == [
-        "pred", "zero", "random", "signflip", "shuffle", "oracle", "none"
+        "pred", "zero", "random", "signflip", "shuffle", "oracle", "other", "none"
     ]
     assert MemoryMode("signflip") is MemoryMode.SIGNFLIP
     with pytest.raises(ValueError) as err:
@@ -544,3 +544,38 @@ def test_scheduled_source_without_a_schedule_is_an_error_in_training() -> None:
     schedule = MemorySourceSchedule("scheduled")
     with pytest.raises(ValueError, match="trains exactly as 'predicted': set memory_schedule_end"):
         schedule.oracle_fraction(0)
+
+
+def test_other_reads_the_prediction_from_another_episodes_history() -> None:
+    """Mode `other`: each sample reads the Prophet's prediction from a bank history drawn by its own generator, so
+    an episode's memory comes from another episode and does not depend on its batch neighbours."""
+    module = _world_module(gate_init=0.5).eval()
+    bank, bank_mask = torch.randn(50, 4, D), torch.ones(50, 4, dtype=torch.bool)
+    bank_mask[:, 0] = False  # a history padded at its episode's start
+    h, z_history = torch.randn(B, 5, D_MODEL), torch.randn(B, 4, D)
+    with pytest.raises(ValueError, match="has no memory bank: give it latent histories of other episodes"):
+        module(h, z_history, mode="other", generator=[_gen(s) for s in range(B)])
+    module.use_memory_bank(bank, bank_mask)
+    memory = module._memory(MemoryMode.OTHER, module.prophet(z_history), None, [_gen(s) for s in range(B)])
+    rows = [torch.randint(50, (1,), generator=_gen(s)).item() for s in range(B)]
+    torch.testing.assert_close(memory, module.prophet(bank[rows], bank_mask[rows]))
+    # Sample 2 alone, or beside other episodes: the same memory, so the same output.
+    out, _ = module(h, z_history, mode="other", generator=[_gen(s) for s in range(B)])
+    alone, _ = module(h[2:3], z_history[2:3], mode="other", generator=[_gen(2)])
+    torch.testing.assert_close(out[2:3], alone)
+    assert not torch.allclose(out, module(h, z_history, mode="pred")[0])
+    prepared = module.prepare_memory(z_history, mode="other", generator=[_gen(s) for s in range(B)])
+    torch.testing.assert_close(module.read_memory(h, prepared), out)
+    with pytest.raises(ValueError, match="needs the world module's memory bank"):
+        apply_memory_mode("other", torch.randn(B, K, D))
+    with pytest.raises(ValueError, match=r"non-empty \[N, T, D\] history"):
+        module.use_memory_bank(bank, bank_mask[:, :2])
+
+
+def test_other_is_a_rollout_control_only() -> None:
+    from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, ROLLOUT_MODES
+    from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import WorldTransformerConfig
+
+    assert "other" in ROLLOUT_MODES and "other" not in INTERVENTION_MODES
+    with pytest.raises(ValueError, match="world_memory_mode_train 'other' is a rollout control"):
+        WorldTransformerConfig(world_memory_mode_train="other")

@@ -38,6 +38,10 @@ def register(subparsers) -> None:
     p.add_argument("--episodes-per-task", type=int, default=EVAL.episodes_per_task)
     p.add_argument("--memory-mode", default=None, choices=ROLLOUT_MODES,
                    help="world-memory ablation at rollout (default: the checkpoint's world_memory_mode_rollout)")
+    p.add_argument("--memory-bank", default=None, metavar="LATENTS",
+                   help="--memory-mode other (another episode's memory, the across-episode content control): the "
+                        "`wm latents` cache whose latent histories the Prophet predicts from (default: the held-out "
+                        "episodes of the checkpoint's training latents)")
     p.add_argument("--arm", default="policy", help="arm name recorded with each episode (e.g. E0, E2)")
     p.add_argument("--train-seed", type=int, default=0, help="training seed recorded with each episode")
     p.add_argument("--out", required=True, help="output folder (episodes.jsonl, videos/)")
@@ -93,6 +97,7 @@ def _eval(args) -> int:
         tasks=args.tasks,
         episodes_per_task=args.episodes_per_task,
         memory_mode=args.memory_mode,
+        memory_bank=None if args.memory_bank is None else str(Path(args.memory_bank).resolve()),
         arm=args.arm,
         train_seed=args.train_seed,
         out_dir=args.out,

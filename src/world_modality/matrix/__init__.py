@@ -44,7 +44,7 @@ Config schema (YAML; ``[required]`` marks the only fields without a default)::
       E2-state: {model_type: F, encoder: state}          # `encoder`: the world source the arm reads
       E2-oracle: {model_type: F, memory_source: oracle}  # trained on the true future latents: the upper bound
     ablations:                   # arm -> rollout memory modes evaluated besides the arm's own
-      E2: [zero, random, shuffle]  # pred | zero | random | signflip | shuffle | oracle (world-memory arms)
+      E2: [zero, random, shuffle]  # pred | zero | random | signflip | shuffle | oracle | other (world-memory arms)
     interventions:               # arm -> `wm intervene` modes: validation action loss with the memory replaced,
       E2: [zero, shuffle]        # offline and cheap (zero | random | signflip | shuffle | oracle)
     evaluation:

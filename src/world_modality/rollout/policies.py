@@ -59,6 +59,7 @@ class LeRobotRolloutPolicy:
     instructions: list[str] = field(default_factory=list)
     memory_mode: str | None = None
     own_memory_mode: str = "none"
+    memory_bank: str | None = None  # the latent cache memory mode `other` draws other episodes' histories from
     _oracle_encoder: Any = None
 
     def reset(self, seeds: list[int] | None = None) -> None:
@@ -124,14 +125,23 @@ def fork_episode_state(policy: torch.nn.Module) -> torch.nn.Module:
     return fork
 
 
+# Frames whose latent histories memory mode `other` draws from: enough donors that an evaluation's episodes rarely
+# share one, and a bank that stays small (1024 x history_len x latent_dim floats).
+MEMORY_BANK_FRAMES = 1024
+
+
 def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto",
-                        env: str | None = None) -> LeRobotRolloutPolicy:
+                        env: str | None = None, memory_bank: str | Path | None = None) -> LeRobotRolloutPolicy:
     """Load a checkpoint for closed-loop evaluation, with its observation conventions. Everything its config decides
     (memory mode, cameras, the simulator ``env`` it runs in, state and action sizes) is checked before any weights
-    load, and so before any simulator starts."""
+    load, and so before any simulator starts. Memory mode `other` reads the Prophet's predictions from latent
+    histories of other episodes: the held-out episodes of the checkpoint's training latents, or every frame of the
+    latent cache ``memory_bank``."""
     from world_modality.training.checkpoint import checkpoint_config, load_checkpoint, run_label
 
     pretrained, config = checkpoint_config(checkpoint)
+    if memory_bank is not None and memory_mode != MemoryMode.OTHER:
+        raise ValueError(f"--memory-bank is read by --memory-mode other only (got --memory-mode {memory_mode})")
     if memory_mode is not None:
         MemoryMode(memory_mode)  # validates the name, listing the valid ones
         if not config.uses_world_module:
@@ -169,6 +179,8 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
             action_dim=features[config.action_key].shape[0] if config.action_key in features else None,
         ))
     ckpt = load_checkpoint(pretrained, device=resolve_device(device))
+    if memory_mode == MemoryMode.OTHER:
+        memory_bank = _use_memory_bank(ckpt, memory_bank)
     oracle_encoder = OnlineEncoder(EncoderSpec.from_dict(spec)) if memory_mode == "oracle" else None
     dataset = Path(ckpt.meta["dataset"]) if ckpt.meta.get("dataset") else None
     return LeRobotRolloutPolicy(
@@ -184,4 +196,33 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         memory_mode=memory_mode,
         _oracle_encoder=oracle_encoder,
         own_memory_mode=config.world_memory_mode_rollout if config.uses_world_module else "none",
+        memory_bank=None if memory_bank is None else str(memory_bank),
     )
+
+
+def _use_memory_bank(ckpt: Any, latents: str | Path | None) -> Path:
+    """Give the checkpoint's world module the latent histories of `MEMORY_BANK_FRAMES` frames (seeded draw) of other
+    episodes: of ``latents``, else the held-out episodes of its training latents. Returns the cache used."""
+    from lerobot_policy_world_modality.latent_cache import LatentCache
+    from lerobot_policy_world_modality.world import WorldModule
+
+    held_out = None
+    if latents is None:
+        latents, held_out = ckpt.meta.get("latents"), ckpt.meta.get("val_episodes")
+        if not latents or not held_out:
+            raise ValueError(f"--memory-mode other reads other episodes' latent histories, and {ckpt.path} records no "
+                             "training latents with held-out episodes; give --memory-bank LATENTS (a `wm latents` "
+                             "cache made with its encoder)")
+        if not Path(latents).is_dir():
+            raise FileNotFoundError(f"--memory-mode other: {ckpt.path} was trained on the latents {latents}, which are "
+                                    "not on this machine; give --memory-bank LATENTS (a `wm latents` cache made with "
+                                    "its encoder)")
+    cache = LatentCache.load(latents, expect_spec=EncoderSpec.from_dict(ckpt.policy.config.encoder_spec))
+    rows = np.flatnonzero(np.isin(cache.episode_index, held_out)) if held_out else np.arange(len(cache))
+    pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:MEMORY_BANK_FRAMES].numpy()
+    config = ckpt.policy.config
+    windows = cache.windows(torch.from_numpy(rows[pick]), config.history_len, config.num_future)
+    world = next(m for m in ckpt.policy.modules() if isinstance(m, WorldModule))
+    device = next(world.parameters()).device
+    world.use_memory_bank(windows.z_history.to(device), windows.history_mask.to(device))
+    return Path(latents)

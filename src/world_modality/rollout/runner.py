@@ -249,6 +249,7 @@ def evaluate_checkpoint(
     shard: str | Shard | None = None,
     groups: int = EVAL.groups,
     pools: EnvPools | None = None,
+    memory_bank: str | Path | None = None,
 ) -> Path:
     """Closed-loop evaluation of one checkpoint in the simulator registered as ``env``; returns the episodes
     JSONL (resumable).
@@ -258,12 +259,13 @@ def evaluate_checkpoint(
     episodes at positions ``i-1, i-1+N, ...`` of that list run, into ``episodes.shard-<i>-of-<N>.jsonl``;
     `world_modality.shards.load_episode_results` merges the N shard files. ``pools``: started simulator
     pools to run on and leave running for the next evaluation (a matrix's evaluations share them);
-    without it the evaluation starts its own pool and closes it at the end.
+    without it the evaluation starts its own pool and closes it at the end. ``memory_bank``: the latent cache memory
+    mode `other` draws other episodes' histories from (default: the checkpoint's held-out training episodes).
     """
     simulator = get_simulator(env)
     if isinstance(shard, str):
         shard = Shard.parse(shard)
-    policy = load_rollout_policy(checkpoint, memory_mode, device, env)
+    policy = load_rollout_policy(checkpoint, memory_mode, device, env, memory_bank)
     episodes = simulator.evaluation_episodes(EpisodeRequest(
         tasks=tasks, episodes_per_task=episodes_per_task, eval_seed=eval_seed, suite=suite,
         allow_train_layouts=allow_train_layouts, dataset=policy.dataset, instructions=tuple(policy.instructions),
@@ -282,7 +284,7 @@ def evaluate_checkpoint(
         "memory_mode": memory_mode or policy.own_memory_mode,
         "train_seed": train_seed,
         "checkpoint": str(Path(checkpoint).resolve()),
-    }
+    } | ({"memory_bank": str(Path(policy.memory_bank).resolve())} if policy.memory_bank else {})
     episode_fields = None
     if shard is not None:
         results = out_dir / shard.file_name
@@ -314,7 +316,7 @@ def _shard_episodes(
     """A shard's episodes, their positions in the full list, and the record fields naming the evaluation."""
     from world_modality.training.checkpoint import resolve_pretrained
 
-    options = {k: record[k] for k in ("arm", "memory_mode", "train_seed")} | {"max_steps": max_steps}
+    options = {k: record[k] for k in ("arm", "memory_mode", "train_seed", "memory_bank") if k in record} | {"max_steps": max_steps}
     eval_id = evaluation_id(checkpoint_digest(resolve_pretrained(checkpoint)), [ep.episode_id for ep in episodes], options)
     earlier = {r["evaluation_id"] for r in read_jsonl(results)
                if r.get("arm") == record["arm"] and r.get("train_seed") == record["train_seed"]}

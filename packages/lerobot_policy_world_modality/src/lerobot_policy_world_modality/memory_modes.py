@@ -21,8 +21,8 @@ class _StrictStrEnum(StrEnum):
 class MemoryMode(_StrictStrEnum):
     """What the gated cross-attention reads; one set of names for training, validation and rollout.
 
-    `zero` alone is a weak control (it shifts the input distribution); `random`, `signflip` and
-    `shuffle` keep memory-like statistics, so only they show whether the *content* matters.
+    `zero` alone is a weak control (it shifts the input distribution); `random`, `signflip`, `shuffle` and
+    `other` keep memory-like statistics, so only they show whether the *content* matters.
     """
 
     PRED = "pred"  # the Prophet's prediction
@@ -31,6 +31,10 @@ class MemoryMode(_StrictStrEnum):
     SIGNFLIP = "signflip"  # the prediction negated
     SHUFFLE = "shuffle"  # another sample's (or, for a sample on its own, as at rollout, another step's) prediction
     ORACLE = "oracle"  # the true future latents
+    # Another episode's prediction: the Prophet's, from the latent history of a held-out frame drawn per sample
+    # (`WorldModule.use_memory_bank`). The across-episode content control at rollout, where `shuffle` and
+    # `random` see one episode only and keep its content.
+    OTHER = "other"
     NONE = "none"  # no injection: the baseline path
 
 
@@ -44,5 +48,5 @@ class MemorySource(_StrictStrEnum):
 
 # Modes a rollout or evaluation may force on a world-memory policy (`none` is the baseline's own path).
 ROLLOUT_MODES = tuple(m.value for m in MemoryMode if m is not MemoryMode.NONE)
-# Controls compared against `pred` by `wm intervene`.
-INTERVENTION_MODES = tuple(m for m in ROLLOUT_MODES if m != MemoryMode.PRED)
+# Controls compared against `pred` by `wm intervene` (offline, `shuffle` already gives another sample's memory).
+INTERVENTION_MODES = tuple(m for m in ROLLOUT_MODES if m not in (MemoryMode.PRED, MemoryMode.OTHER))

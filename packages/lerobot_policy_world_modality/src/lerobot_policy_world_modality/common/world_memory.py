@@ -80,7 +80,7 @@ class WorldMemoryConfig:
     memory_schedule_end: int = 0
     detach_prophet_for_policy: bool = False
     world_memory_mode_train: str = "pred"  # `zero` trains E1 (the capacity control)
-    world_memory_mode_rollout: str = "pred"  # pred | zero | random | shuffle | oracle | signflip
+    world_memory_mode_rollout: str = "pred"  # pred | zero | random | shuffle | oracle | signflip | other
 
     # Training recipes (module docstring).
     gate_type: str = "scalar"  # scalar | channel
@@ -97,6 +97,9 @@ class WorldMemoryConfig:
     def __post_init__(self) -> None:
         super().__post_init__()
         MemorySource(self.memory_source)
+        if MemoryMode(self.world_memory_mode_train) is MemoryMode.OTHER:
+            raise ValueError("world_memory_mode_train 'other' is a rollout control (another episode's memory), not a "
+                             "training mode: train on `pred`, or `zero` for the capacity control")
         if MemoryMode(self.world_memory_mode_train) is MemoryMode.NONE:
             raise ValueError(f"world_memory_mode_train 'none' disables the world module: for the baseline (E0) "
                              f"train {self.world_baseline}")

@@ -87,6 +87,9 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
             return _check_oracle(oracle, predicted, "memory mode 'oracle'")
         case MemoryMode.NONE:
             return None
+        case MemoryMode.OTHER:
+            raise ValueError("memory mode 'other' reads another episode's memory: it needs the world module's memory "
+                             "bank (`WorldModule.use_memory_bank`), not `apply_memory_mode`")
 
 
 @dataclass

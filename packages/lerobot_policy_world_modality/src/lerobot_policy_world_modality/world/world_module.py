@@ -134,6 +134,36 @@ class WorldModule(nn.Module):
             gate_type=config.gate_type,
             gate_init=config.gate_init,
         )
+        # Latent histories of other episodes for memory mode `other` (`use_memory_bank`); not saved with the weights.
+        self.memory_bank: tuple[Tensor, Tensor] | None = None
+
+    def use_memory_bank(self, z_history: Tensor, history_mask: Tensor) -> None:
+        """Latent histories [N, T, D] (mask [N, T], True where real) of frames of other episodes: memory mode
+        `other` reads the Prophet's prediction from one of them, drawn per sample, in place of the sample's own."""
+        if z_history.ndim != 3 or history_mask.shape != z_history.shape[:2] or len(z_history) == 0:
+            raise ValueError(f"a memory bank is a non-empty [N, T, D] history with an [N, T] mask; got "
+                             f"{tuple(z_history.shape)} and {tuple(history_mask.shape)}")
+        self.memory_bank = (z_history, history_mask.bool())
+
+    def _memory(self, mode: MemoryMode, predicted: Tensor, z_future: Tensor | None,
+                generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor | None:
+        """What the policy reads under ``mode``: `apply_memory_mode`, or another episode's prediction for `other`."""
+        if mode is not MemoryMode.OTHER:
+            return apply_memory_mode(mode, predicted, z_future, generator)
+        if self.memory_bank is None:
+            raise ValueError("memory mode 'other' reads another episode's memory, and this world module has no memory "
+                             "bank: give it latent histories of other episodes first (`wm eval --memory-mode other` "
+                             "takes them from the checkpoint's held-out episodes, or --memory-bank LATENTS)")
+        bank, bank_mask = self.memory_bank
+        generators = (list(generator) if generator is not None and not isinstance(generator, torch.Generator)
+                      else [generator] * len(predicted))
+        if len(generators) != len(predicted):
+            raise ValueError(f"{len(generators)} memory generators for a batch of {len(predicted)}")
+        # One draw per sample from its own generator: an episode's donors do not depend on its batch neighbours.
+        rows = torch.cat([torch.randint(len(bank), (1,), generator=g, device=g.device if g is not None else "cpu")
+                          for g in generators]).to(bank.device)
+        donors = self.prophet(bank[rows].to(predicted.device, predicted.dtype), bank_mask[rows].to(predicted.device))
+        return donors.detach()
 
     def forward(
         self,
@@ -184,7 +214,7 @@ class WorldModule(nn.Module):
             predicted, oracle_fraction = self.config.memory_source.mix(
                 predicted, z_future, step, generator
             )
-        memory = apply_memory_mode(mode, predicted, z_future, generator)
+        memory = self._memory(mode, predicted, z_future, generator)
 
         attn_mass = None
         h_out = h
@@ -231,7 +261,7 @@ class WorldModule(nn.Module):
         mode = self.config.memory_mode if mode is None else MemoryMode(mode)
         z_pred = self.prophet(z_history, history_mask)
         z_future = None if z_future is None else z_future.to(z_pred.dtype)
-        memory = apply_memory_mode(mode, z_pred, z_future, generator)
+        memory = self._memory(mode, z_pred, z_future, generator)
         return None if memory is None else self.cross_attn.prepare(memory)
 
     def read_memory(self, h: Tensor, memory: PreparedMemory | None) -> Tensor:
