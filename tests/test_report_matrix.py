@@ -471,6 +471,15 @@ def test_export_keeps_what_the_report_reads_and_merges_pieces(tmp_path, monkeypa
     episodes.write_text(episodes.read_text().replace('"success": true', '"success": false', 1))
     with pytest.raises(ValueError, match=r"already holds eval/E2/seed0 with other results"):
         export_results(first, dest)
+    # So is another training run of a seed DEST holds, before anything of the piece is copied.
+    other_run = run_piece(tmp_path / "other-run", monkeypatch, seed=1, gate=0.05)
+    config_file = next((other_run / "train" / "E2" / "seed1").rglob("config.json"))
+    config_file.write_text(config_file.read_text().replace('"predicted"', '"oracle"'))
+    shutil.rmtree(dest / "eval" / "E0" / "seed1")
+    with pytest.raises(ValueError, match=r"already holds train/E2/seed1 with other results"):
+        export_results(other_run, dest)
+    assert not (dest / "eval" / "E0" / "seed1").exists()
+    shutil.copytree(other_run / "eval" / "E0" / "seed1", dest / "eval" / "E0" / "seed1")
     with pytest.raises(ValueError, match=r"evaluation\.eval_seed: existing 1000 vs requested 7"):
         changed = run_piece(tmp_path / "third", monkeypatch, seed=2, gate=0.1)
         (changed / "matrix.yaml").write_text(yaml.safe_dump(config_with("evaluation.eval_seed", 7) | {"training": {"seeds": [2]}}))

@@ -37,19 +37,22 @@ def export_results(run_dir: str | Path, dest: str | Path) -> list[str]:
     config = _merged_config(run_dir, dest)
     pieces = [(p, dest / p.relative_to(run_dir)) for p in sorted((run_dir / "eval").glob("*/seed*")) if p.is_dir()]
     pieces += [(p, dest / p.relative_to(run_dir)) for p in sorted((run_dir / "intervene").glob("*/seed*.json"))]
-    runs = [p for p in sorted((run_dir / "train").glob("*/seed*")) if p.is_dir()]
-    for source, target in pieces:
-        if target.exists() and not _same(source, target):
-            raise ValueError(f"{dest} already holds {target.relative_to(dest)} with other results than {source}: "
-                             "export pieces with other seeds or arms, or remove it from there to replace it")
+    runs = [(p, dest / p.relative_to(run_dir)) for p in sorted((run_dir / "train").glob("*/seed*")) if p.is_dir()]
+    # Every conflict is found before anything is written: a refused export leaves DEST as it was.
+    conflicts = [target for source, target in pieces if target.exists() and not _same(source, target)]
+    conflicts += [target for run, target in runs if _held_checkpoint(run, target) is False]
+    if conflicts:
+        raise ValueError(f"{dest} already holds {', '.join(str(t.relative_to(dest)) for t in conflicts)} with other "
+                         f"results than {run_dir}: export pieces with other seeds or arms, or remove those from there "
+                         "to replace them")
     added = []
     for source, target in pieces:
         if not target.exists():
             _copy(source, target)
             added.append(str(target.relative_to(dest)))
-    for run in runs:
-        if _export_training_run(run, dest / run.relative_to(run_dir)):
-            added.append(str((dest / run.relative_to(run_dir)).relative_to(dest)))
+    for run, target in runs:
+        if _held_checkpoint(run, target) is None and _export_training_run(run, target):
+            added.append(str(target.relative_to(dest)))
     if config is not None:
         atomic_write_text(dest / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
     atomic_write_text(dest / RESULTS_ONLY_FILE, "Results exported by `wm report --export` (no dataset, latents or "
@@ -99,9 +102,20 @@ def _copy(source: Path, target: Path) -> None:
     commit_folder(tmp, target)
 
 
+def _held_checkpoint(run: Path, target: Path) -> bool | None:
+    """Whether an export ``target`` holds the last checkpoint of training run ``run`` (True), another one (False), or
+    none (None)."""
+    from world_modality.training.checkpoint import PRETRAINED, last_checkpoint
+
+    last, held = last_checkpoint(run), last_checkpoint(target) if target.exists() else None
+    if held is None or last is None:
+        return None
+    return held.name == last.name and all(_same(c, held / PRETRAINED / c.name) for c in (last / PRETRAINED).glob("*.json"))
+
+
 def _export_training_run(run: Path, target: Path) -> bool:
     """The last checkpoint's JSON files (configs and provenance, no weights) and the thinned curves of one training
-    run; False when ``target`` already holds that checkpoint (an error when it holds another)."""
+    run into ``target``; False when the run has no checkpoint."""
     from world_modality.report import LOSS_TAGS
     from world_modality.report.readcheck import GATE_FILE, GATE_TAG, checkpoint_gate, read_scalars
     from world_modality.training.checkpoint import PRETRAINED, checkpoints_dir, last_checkpoint
@@ -110,12 +124,6 @@ def _export_training_run(run: Path, target: Path) -> bool:
     if last is None:
         return False
     configs = sorted((last / PRETRAINED).glob("*.json"))
-    held = last_checkpoint(target) if target.exists() else None
-    if held is not None:
-        if held.name == last.name and all(_same(c, held / PRETRAINED / c.name) for c in configs):
-            return False
-        raise ValueError(f"{target} already holds checkpoint {held.name} of another training run than {run}: "
-                         "export pieces with other seeds or arms, or remove it from there to replace it")
     tmp = temp_folder(target)
     pretrained = checkpoints_dir(tmp) / last.name / PRETRAINED
     pretrained.mkdir(parents=True)
