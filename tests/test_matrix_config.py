@@ -135,10 +135,11 @@ def test_demo_matrix_has_a_read_oracle_bound_beside_e2_each_with_the_baseline_of
         "E0-state": (None, "state"), "E2-oracle-state": ("oracle", "state")}
     assert config.arms["E2-oracle-state"]["policy"]["gate_lr_multiplier"] == 10.0
     assert resolve_baselines(list(facts.values())) == {"E2": "E0", "E2-oracle-state": "E0-state"}
-    assert config.ablations == {"E2": ("zero",), "E2-oracle-state": ("zero",)}
+    assert config.ablations == {"E2": ("zero", "other"), "E2-oracle-state": ("zero", "other")}
     assert set(config.interventions) == {"E2", "E2-oracle-state"}
     assert [label for _, _, label in config.evaluations()] == [
-        "E0", "E0-state", "E2", "E2:zero", "E2-oracle-state", "E2-oracle-state:zero"]
+        "E0", "E0-state", "E2", "E2:zero", "E2:other", "E2-oracle-state", "E2-oracle-state:zero",
+        "E2-oracle-state:other"]
 
 
 def test_there_are_example_matrix_files():

@@ -3,7 +3,8 @@
 MetaWorld expert dataset -> `learned` and `state` world latents -> E0 (model A) and E2 (model F) on `learned`,
 E0-state and the oracle-trained bound E2-oracle-state (model F trained on the true future states, acting on its
 own predictions) on `state` -> offline interventions
-and paired closed-loop evaluation of every arm and each world-memory arm with zero memory -> report, whose
+and paired closed-loop evaluation of every arm and each world-memory arm with zero memory and with another
+episode's memory (`other`) -> report, whose
 verdicts and read-check (did each world-memory arm read its memory?) the demo prints. Every stage is resumable
 (it is `wm matrix` underneath), and options scale it up.
 """
@@ -40,7 +41,8 @@ def register(subparsers) -> None:
             "and `state` world latents, train the baseline E0 (model A) and the world-memory E2 (model F) on `learned`, "
             "and E0-state and the oracle-trained bound E2-oracle-state (model F trained on the true future states) "
             "on `state`, evaluate every arm and each "
-            "world-memory arm with zero memory on the same episodes, and write RUN_DIR/report/report.md; its "
+            "world-memory arm with zero memory and with another episode's memory on the same episodes, and write "
+            "RUN_DIR/report/report.md; its "
             "verdicts and read-check are printed at the end. "
             "Interrupted runs resume: rerun the same command. Scale up with the options (e.g. --tasks MT50 "
             "--episodes-per-task 50 --train-steps 20000 --seeds 3 --device cuda)."
@@ -81,7 +83,7 @@ def demo_config(args) -> dict:
             "device": args.device,
         },
         "arms": {**BASELINE_ARMS, **WORLD_ARMS},
-        "ablations": {arm: ["zero"] for arm in WORLD_ARMS},
+        "ablations": {arm: ["zero", "other"] for arm in WORLD_ARMS},
         "interventions": {arm: ["zero", "shuffle"] for arm in WORLD_ARMS},
         "evaluation": {
             "env": "metaworld",
