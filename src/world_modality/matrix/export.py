@@ -5,8 +5,9 @@ copies what `wm report` reads: the per-episode results (eval/), the `wm interven
 training run's last-checkpoint configs (the arm's world source and training memory) and its TensorBoard curves
 of the loss and the gate, thinned to at most `MAX_CURVE_POINTS` points per curve (the last point and the gate's
 peak kept), and the last checkpoint's gate in place of its weights (`GATE_FILE`; without weights, as in a run
-folder copied without them, the report takes the final gate from the curve). Exporting several run folders into one DEST merges them, so an experiment run in pieces on different
-machines (other seeds, other arms, same dataset and episode list) gets one report.
+folder copied without them, the report takes the final gate from the curve). Exporting several run folders into
+one DEST merges them, so an experiment run in pieces on different machines (other seeds, other arms, same dataset
+and episode list) gets one report.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def export_results(run_dir: str | Path, dest: str | Path) -> list[str]:
     runs = [(p, dest / p.relative_to(run_dir)) for p in sorted((run_dir / "train").glob("*/seed*")) if p.is_dir()]
     # Every conflict is found before anything is written: a refused export leaves DEST as it was.
     conflicts = [target for source, target in pieces if target.exists() and not _same(source, target)]
-    conflicts += [target for run, target in runs if _held_checkpoint(run, target) is False]
+    held = {target: _held_checkpoint(run, target) for run, target in runs}
+    conflicts += [target for target, state in held.items() if state is False]
     if conflicts:
         raise ValueError(f"{dest} already holds {', '.join(str(t.relative_to(dest)) for t in conflicts)} with other "
                          f"results than {run_dir}: export pieces with other seeds or arms, or remove those from there "
@@ -51,7 +53,7 @@ def export_results(run_dir: str | Path, dest: str | Path) -> list[str]:
             _copy(source, target)
             added.append(str(target.relative_to(dest)))
     for run, target in runs:
-        if _held_checkpoint(run, target) is None and _export_training_run(run, target):
+        if held[target] is None and _export_training_run(run, target):
             added.append(str(target.relative_to(dest)))
     if config is not None:
         atomic_write_text(dest / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lerobot_policy_world_modality.memory_modes import MemoryMode, MemorySource
 
-_DRAWING_MODES = (MemoryMode.RANDOM, MemoryMode.SHUFFLE)
+_DRAWING_MODES = (MemoryMode.RANDOM, MemoryMode.SHUFFLE, MemoryMode.OTHER)
 
 
 def _rng_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
@@ -37,7 +37,8 @@ def _cyclic_derangement(n: int, generator: torch.Generator | None,
 
 
 def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor | None = None,
-                      generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor | None:
+                      generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                      bank: Tensor | None = None) -> Tensor | None:
     """Turn the predicted memory [B, K, D] into what the policy reads under `mode`.
 
     `generator` is one generator for the whole batch, or a sequence of B generators (rollouts: one per
@@ -50,6 +51,8 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
       With batch size 1 the K future slots are deranged instead (each slot gets another step's
       prediction); with B == K == 1 there is nothing to shuffle and it raises.
     - `oracle`: returns `oracle` (cast to the prediction's dtype); raises if it is None.
+    - `other`: each sample gets one of ``bank`` [N, K, D], the predictions for other episodes' histories
+      (`WorldModule.use_memory_bank`), drawn from its generator; raises without a bank.
     - `none`: returns None, meaning the injection is skipped.
     """
     mode = MemoryMode(mode)
@@ -57,7 +60,7 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
         generators = list(generator)
         if len(generators) != predicted.shape[0]:
             raise ValueError(f"{len(generators)} memory generators for a batch of {predicted.shape[0]}")
-        return torch.cat([apply_memory_mode(mode, predicted[i : i + 1], None, g) for i, g in enumerate(generators)])
+        return torch.cat([apply_memory_mode(mode, predicted[i : i + 1], None, g, bank) for i, g in enumerate(generators)])
     match mode:
         case MemoryMode.PRED:
             return predicted
@@ -88,8 +91,14 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
         case MemoryMode.NONE:
             return None
         case MemoryMode.OTHER:
-            raise ValueError("memory mode 'other' reads another episode's memory: it needs the world module's memory "
-                             "bank (`WorldModule.use_memory_bank`), not `apply_memory_mode`")
+            if bank is None:
+                raise ValueError("memory mode 'other' reads another episode's memory, so it needs the world module's "
+                                 "memory bank, and it has no memory bank: give it latent histories of other episodes "
+                                 "first (`WorldModule.use_memory_bank`; `wm eval --memory-mode other` takes them from "
+                                 "the checkpoint's held-out episodes, or --memory-bank LATENTS)")
+            rows = torch.randint(len(bank), (predicted.shape[0],), generator=generator,
+                                 device=_rng_device(generator, torch.device("cpu")))
+            return bank[rows.to(bank.device)].to(predicted.device, predicted.dtype)
 
 
 @dataclass

@@ -134,36 +134,28 @@ class WorldModule(nn.Module):
             gate_type=config.gate_type,
             gate_init=config.gate_init,
         )
-        # Latent histories of other episodes for memory mode `other` (`use_memory_bank`); not saved with the weights.
+        # Latent histories of other episodes for memory mode `other`, and the Prophet's predictions for them
+        # (`use_memory_bank`); not saved with the weights.
         self.memory_bank: tuple[Tensor, Tensor] | None = None
+        self._bank_memory: Tensor | None = None
 
+    @torch.no_grad()
     def use_memory_bank(self, z_history: Tensor, history_mask: Tensor) -> None:
         """Latent histories [N, T, D] (mask [N, T], True where real) of frames of other episodes: memory mode
-        `other` reads the Prophet's prediction from one of them, drawn per sample, in place of the sample's own."""
+        `other` reads the Prophet's prediction for one of them, drawn per sample, in place of the sample's own.
+        The predictions are made here, once, by the Prophet as it stands (at rollout its weights are frozen)."""
         if z_history.ndim != 3 or history_mask.shape != z_history.shape[:2] or len(z_history) == 0:
             raise ValueError(f"a memory bank is a non-empty [N, T, D] history with an [N, T] mask; got "
                              f"{tuple(z_history.shape)} and {tuple(history_mask.shape)}")
         self.memory_bank = (z_history, history_mask.bool())
+        training = self.prophet.training
+        self._bank_memory = self.prophet.eval()(z_history, history_mask.bool())
+        self.prophet.train(training)
 
     def _memory(self, mode: MemoryMode, predicted: Tensor, z_future: Tensor | None,
                 generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor | None:
-        """What the policy reads under ``mode``: `apply_memory_mode`, or another episode's prediction for `other`."""
-        if mode is not MemoryMode.OTHER:
-            return apply_memory_mode(mode, predicted, z_future, generator)
-        if self.memory_bank is None:
-            raise ValueError("memory mode 'other' reads another episode's memory, and this world module has no memory "
-                             "bank: give it latent histories of other episodes first (`wm eval --memory-mode other` "
-                             "takes them from the checkpoint's held-out episodes, or --memory-bank LATENTS)")
-        bank, bank_mask = self.memory_bank
-        generators = (list(generator) if generator is not None and not isinstance(generator, torch.Generator)
-                      else [generator] * len(predicted))
-        if len(generators) != len(predicted):
-            raise ValueError(f"{len(generators)} memory generators for a batch of {len(predicted)}")
-        # One draw per sample from its own generator: an episode's donors do not depend on its batch neighbours.
-        rows = torch.cat([torch.randint(len(bank), (1,), generator=g, device=g.device if g is not None else "cpu")
-                          for g in generators]).to(bank.device)
-        donors = self.prophet(bank[rows].to(predicted.device, predicted.dtype), bank_mask[rows].to(predicted.device))
-        return donors.detach()
+        """What the policy reads under ``mode`` (`apply_memory_mode`, with this module's memory bank)."""
+        return apply_memory_mode(mode, predicted, z_future, generator, self._bank_memory)
 
     def forward(
         self,
