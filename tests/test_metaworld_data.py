@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -309,18 +308,17 @@ def test_check_refuses_empty_instructions(metaworld_dataset, tmp_path):
         check_dataset(copy)
 
 
-def test_cli_help_and_check(metaworld_dataset):
-    env = dict(os.environ)
-    for args in (["--help"], ["data", "--help"], ["data", "metaworld", "--help"], ["data", "check", "--help"]):
-        out = subprocess.run([sys.executable, "-m", "world_modality.cli", *args], capture_output=True, text=True, env=env)
-        assert out.returncode == 0 and "usage: wm" in out.stdout
-    out = subprocess.run(
-        [sys.executable, "-m", "world_modality.cli", "data", "check", str(metaworld_dataset), "--instruction-key", "instruction"],
-        capture_output=True, text=True, env=env,
-    )
-    assert out.returncode == 2 and "existing keys" in out.stderr
-    out = subprocess.run(
-        [sys.executable, "-m", "world_modality.cli", "data", "metaworld", "--tasks", "nope", "--out", "/tmp/unused-wm"],
-        capture_output=True, text=True, env=env,
-    )
-    assert out.returncode == 2 and "unknown MetaWorld task or task set 'nope'" in out.stderr
+def test_cli_help_and_check(metaworld_dataset, capsys):
+    from world_modality import cli
+
+    # The installed entry point as a process once; the rest in this process (each process costs the imports).
+    out = subprocess.run([sys.executable, "-m", "world_modality.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "usage: wm" in out.stdout
+    for args in (["data", "--help"], ["data", "metaworld", "--help"], ["data", "check", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(args)
+        assert exit_.value.code == 0 and "usage: wm" in capsys.readouterr().out
+    assert cli.main(["data", "check", str(metaworld_dataset), "--instruction-key", "instruction"]) == 2
+    assert "existing keys" in capsys.readouterr().err
+    assert cli.main(["data", "metaworld", "--tasks", "nope", "--out", "/tmp/unused-wm"]) == 2
+    assert "unknown MetaWorld task or task set 'nope'" in capsys.readouterr().err

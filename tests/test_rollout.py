@@ -164,6 +164,7 @@ def test_memory_controls_are_reproducible_from_the_episode(checkpoints, tmp_path
     import numpy as np
 
     from world_modality.rollout.policies import LeRobotRolloutPolicy
+    from world_modality.rollout.pools import EnvPools
 
     real_load, real_reset, real_act = runner.load_rollout_policy, LeRobotRolloutPolicy.reset, LeRobotRolloutPolicy.act
     actions: dict[int, list[np.ndarray]] = {}
@@ -188,21 +189,22 @@ def test_memory_controls_are_reproducible_from_the_episode(checkpoints, tmp_path
     monkeypatch.setattr(LeRobotRolloutPolicy, "reset", reset)
     monkeypatch.setattr(LeRobotRolloutPolicy, "act", act)
 
-    def run(name, mode):
+    def run(name, mode, pools):
         actions.clear()
         torch.manual_seed(len(name))  # a different global RNG state in every run
-        records = read_jsonl(_eval(checkpoints["F"], tmp_path / name, arm="E2", memory_mode=mode))
+        records = read_jsonl(_eval(checkpoints["F"], tmp_path / name, arm="E2", memory_mode=mode, pools=pools))
         return {r["episode_id"]: (r["success"], r["steps"]) for r in records}, {s: np.stack(a) for s, a in actions.items()}
 
-    _, pred_actions = run("pred", "pred")
-    for mode in ("random", "shuffle", "other"):
-        first, first_actions = run(f"{mode}-first", mode)
-        second, second_actions = run(f"{mode}-second-run", mode)
-        assert first == second and len(first) == 2
-        assert first_actions.keys() == second_actions.keys() == pred_actions.keys() and len(first_actions) == 2
-        for seed, a in first_actions.items():
-            np.testing.assert_array_equal(a, second_actions[seed])
-            assert not np.allclose(a, pred_actions[seed], atol=1e-4)  # the control is in effect
+    with EnvPools() as pools:  # one simulator pool for the seven evaluations (bit-identical to fresh ones)
+        _, pred_actions = run("pred", "pred", pools)
+        for mode in ("random", "shuffle", "other"):
+            first, first_actions = run(f"{mode}-first", mode, pools)
+            second, second_actions = run(f"{mode}-second-run", mode, pools)
+            assert first == second and len(first) == 2
+            assert first_actions.keys() == second_actions.keys() == pred_actions.keys() and len(first_actions) == 2
+            for seed, a in first_actions.items():
+                np.testing.assert_array_equal(a, second_actions[seed])
+                assert not np.allclose(a, pred_actions[seed], atol=1e-4)  # the control is in effect
 
 
 def test_mismatches_are_refused(checkpoints, tmp_path, capsys):
