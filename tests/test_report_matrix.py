@@ -140,15 +140,32 @@ def test_report_unequal_episode_sets_and_zero_success(tmp_path):
     write_episodes(tmp_path, "E2", OUTCOMES["E2"], skip=5)  # one episode short
     md = write_report(tmp_path).read_text()
     assert "No verdict on world memory: E2 and E0 could not be compared" in md
-    assert "not run on the same episodes (20 distinct (episode, training seed) pairs in all; per arm: " \
+    assert "not run on the same episodes with training seed 0 (20 distinct episodes in all; per arm: " \
            "E0 20 (0 missing), E2 19 (1 missing))" in md
+    assert "hold different training seeds" not in md
     assert "E0 succeeded on none of its episodes" in md
     comparisons = pd.read_csv(tmp_path / "report" / "comparisons.csv")
     assert "were not run on the same episodes" in comparisons.loc[0, "error"]
-    assert "| E2 | E0 | - | - | - | not compared |" in md
+    assert "| E2 | E0 | - | - | - | - | not compared |" in md
     assert_png(tmp_path / "report" / "success.png")
     assert not (tmp_path / "report" / "training_curves.png").exists()
     assert "No training logs found" in md
+
+
+def test_report_pairs_arms_on_the_training_seeds_both_hold(tmp_path):
+    """An experiment run in pieces: E2 holds seed 0 only, E0 seeds 0 and 1. E2 is compared with E0 on seed 0's
+    pairs, and the report says which seed was left out, instead of refusing the comparison."""
+    write_episodes(tmp_path, "E0", OUTCOMES["E0"], train_seed=0)
+    write_episodes(tmp_path, "E0", {"reach-v3": range(10), "pick-place-v3": range(10)}, train_seed=1)  # 20/20
+    write_episodes(tmp_path, "E2", OUTCOMES["E2"], train_seed=0)
+    md = write_report(tmp_path).read_text()
+    assert "hold different training seeds (E0 0, 1; E2 0)" in md
+    assert "not run on the same episodes" not in md
+    comparisons = pd.read_csv(tmp_path / "report" / "comparisons.csv")
+    row = comparisons.set_index(["arm", "versus"]).loc[("E2", "E0")]
+    assert row["n_pairs"] == 20 and row["diff"] == pytest.approx(0.45)  # seed 0 alone: 12/20 vs 3/20
+    assert "20 paired episodes; E0's training seed 1 left out: E2 lacks it)" in md
+    assert "| E2 | E0 | 0 | 20 | 60.0% | 15.0% | +45.0 |" in md
 
 
 def test_report_aggregates_training_seeds(tmp_path):

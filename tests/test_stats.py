@@ -189,6 +189,24 @@ def test_compare_arms_pairs_by_train_seed():
     assert c.mcnemar == McNemarResult(b01=1, b10=0, p_value=1.0)
 
 
+def test_compare_arms_pairs_on_the_training_seeds_both_arms_hold():
+    def rows(arm, seed, outcomes):
+        return [{"arm": arm, "episode_id": f"reach-v3|{i}|1000", "train_seed": seed, "success": ok}
+                for i, ok in enumerate(outcomes)]
+
+    results = rows("E0", 0, [False, False, True]) + rows("E0", 1, [True] * 3) + rows("E2", 0, [True] * 3)
+    c = compare_arms(results, "E0", "E2")
+    assert c.n_pairs == 3 and (c.summary_a.successes, c.summary_b.successes) == (1, 3)
+    assert c.seeds_left_out == (("E0", 1),)
+    assert "3 paired episodes; E0's training seed 1 left out: E2 lacks it)" in verdict(c)
+    assert compare_arms(results + rows("E2", 1, [True] * 3), "E0", "E2").seeds_left_out == ()
+    with pytest.raises(ValueError, match=r"hold no training seed in common \('E0': 0, 1; 'E2': 2\)"):
+        compare_arms(rows("E0", 0, [True]) + rows("E0", 1, [True]) + rows("E2", 2, [True]), "E0", "E2")
+    # Within a seed both hold the episode lists must still agree.
+    with pytest.raises(ValueError, match=r"1 episode\(s\) of 'E0' missing from 'E2'"):
+        compare_arms(results + rows("E2", 1, [True] * 2), "E0", "E2")
+
+
 def test_compare_arms_rejects_unequal_episode_sets():
     a, b = pairs(b01=2, b10=1, both=3, neither=4)
     e2 = records("E2", b)

@@ -1,6 +1,7 @@
 """Statistics for paired closed-loop evaluation (docs/ARCHITECTURE.md, Experiment matrix).
 
-Results are per-episode records (see ``Record``). Arms are compared on the same list of episodes:
+Results are per-episode records (see ``Record``). Arms are compared on the same list of episodes (per training
+seed, over the seeds both arms hold):
 success rates with Wilson intervals, an exact McNemar test and a paired bootstrap interval on the
 difference.
 """
@@ -115,6 +116,11 @@ class ArmComparison:
     diff_ci_high: float
     confidence: float
     mcnemar: McNemarResult
+    train_seeds: tuple[Hashable, ...]
+    """The training seeds paired (those both arms hold)."""
+    seeds_left_out: tuple[tuple[str, Hashable], ...] = ()
+    """``(arm, training seed)`` of the seeds only one arm holds, left out of the pairs (an experiment run in
+    pieces: one arm's seed not run yet)."""
 
 
 def compare_arms(
@@ -125,12 +131,21 @@ def compare_arms(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> ArmComparison:
-    """Compare two arms on episodes paired by ``(episode_id, train_seed)``.
+    """Compare two arms on episodes paired by ``(episode_id, train_seed)``, over the training seeds both arms
+    hold (a seed only one arm holds is left out and named in ``seeds_left_out``).
 
-    Raises ValueError when the arms' episode sets differ or an arm repeats an episode.
+    Raises ValueError when the arms hold no training seed in common, when their episode sets differ within a
+    seed both hold (another episode list, or an evaluation not finished), or when an arm repeats an episode.
     """
     results = list(results)
     by_key_a, by_key_b = _episodes(results, arm_a), _episodes(results, arm_b)
+    seeds_a, seeds_b = {seed for _, seed in by_key_a}, {seed for _, seed in by_key_b}
+    shared = seeds_a & seeds_b
+    if not shared:
+        raise ValueError(f"arms {arm_a!r} and {arm_b!r} hold no training seed in common ({arm_a!r}: "
+                         f"{_seed_list(seeds_a)}; {arm_b!r}: {_seed_list(seeds_b)}): nothing to pair")
+    by_key_a = {k: v for k, v in by_key_a.items() if k[1] in shared}
+    by_key_b = {k: v for k, v in by_key_b.items() if k[1] in shared}
     only_a, only_b = by_key_a.keys() - by_key_b.keys(), by_key_b.keys() - by_key_a.keys()
     if only_a or only_b:
         raise ValueError(
@@ -139,6 +154,8 @@ def compare_arms(
             f"{len(only_b)} episode(s) of {arm_b!r} missing from {arm_a!r} "
             f"(e.g. {sorted(only_a | only_b, key=repr)[:3]})"
         )
+    left_out = tuple((arm, seed) for arm, seeds in ((arm_a, seeds_a), (arm_b, seeds_b))
+                     for seed in sorted(seeds - shared, key=repr))
     keys = sorted(by_key_a, key=repr)  # independent of record order, so the bootstrap is too
     a, b = [by_key_a[k] for k in keys], [by_key_b[k] for k in keys]
     boot = paired_bootstrap_diff(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed)
@@ -153,7 +170,13 @@ def compare_arms(
         diff_ci_high=boot.ci_high,
         confidence=confidence,
         mcnemar=mcnemar_exact(a, b),
+        train_seeds=tuple(sorted(shared, key=repr)),
+        seeds_left_out=left_out,
     )
+
+
+def _seed_list(seeds: Iterable[Hashable]) -> str:
+    return ", ".join("none" if s is None else str(s) for s in sorted(seeds, key=repr))
 
 
 def significant(comparison: ArmComparison, alpha: float = 0.05) -> bool:
@@ -168,7 +191,10 @@ def comparison_numbers(comparison: ArmComparison, alpha: float = 0.05) -> str:
         f"{c.summary_b.rate:.1%} vs {c.summary_a.rate:.1%} success "
         f"(difference {100 * c.diff:+.1f} points, {c.confidence:.0%} CI "
         f"[{100 * c.diff_ci_low:+.1f}, {100 * c.diff_ci_high:+.1f}]; "
-        f"exact McNemar p={c.mcnemar.p_value:.3g}, alpha={alpha:g}, {c.n_pairs} paired episodes)"
+        f"exact McNemar p={c.mcnemar.p_value:.3g}, alpha={alpha:g}, {c.n_pairs} paired episodes"
+        + "".join(f"; {arm}'s training seed {seed} left out: {c.arm_b if arm == c.arm_a else c.arm_a} lacks it"
+                  for arm, seed in c.seeds_left_out)
+        + ")"
     )
 
 

@@ -65,7 +65,7 @@ REQUIRED_FIELDS = ("arm", "episode_id", "success", "task", "train_seed")
 # E1 the capacity control by convention; any other arm is taken as a world-memory arm.
 LEGACY_KINDS = {"E0": ArmKind.BASELINE, "E1": ArmKind.CONTROL}
 LOSS_TAGS = ("train/loss", "train/action_loss", "val/action_loss")
-COMPARISON_COLUMNS = ("n_pairs", "rate", "rate_versus", "diff", "diff_ci_low", "diff_ci_high", "only_arm_succeeded",
+COMPARISON_COLUMNS = ("train_seeds", "n_pairs", "rate", "rate_versus", "diff", "diff_ci_low", "diff_ci_high", "only_arm_succeeded",
                       "only_versus_succeeded", "mcnemar_p")
 
 
@@ -232,22 +232,34 @@ def _ordered(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, An
     return sorted(rows, key=lambda r: labels.index(r["arm"]))
 
 
-def _episode_keys(res: Results) -> dict[str, set[tuple[Any, Any]]]:
-    keys: dict[str, set[tuple[Any, Any]]] = {label: set() for label in res.labels}
+def _episode_keys(res: Results) -> dict[str, dict[Any, set[Any]]]:
+    """Per arm, per training seed: the episodes it holds."""
+    keys: dict[str, dict[Any, set[Any]]] = {label: {} for label in res.labels}
     for r in res.records:
-        keys[r["arm"]].add((r["episode_id"], r["train_seed"]))
+        keys[r["arm"]].setdefault(r["train_seed"], set()).add(r["episode_id"])
     return keys
 
 
 def _episode_set_warnings(res: Results) -> list[str]:
     keys = _episode_keys(res)
-    union = set().union(*keys.values())
-    if all(k == union for k in keys.values()):
-        return []
-    counts = ", ".join(f"{label} {len(keys[label])} ({len(union - keys[label])} missing)" for label in res.labels)
-    return [f"The arms were not run on the same episodes ({len(union)} distinct (episode, training seed) pairs "
-            f"in all; per arm: {counts}). Paired comparisons between mismatched arms are not computed; finish "
-            "the missing evaluations (rerun `wm matrix`) and report again."]
+    seeds = sorted({seed for per_seed in keys.values() for seed in per_seed}, key=repr)
+    warnings = []
+    if any(set(per_seed) != set(seeds) for per_seed in keys.values()):
+        held = "; ".join(f"{label} {', '.join(map(str, sorted(keys[label], key=repr)))}" for label in res.labels)
+        warnings.append(f"The arms hold different training seeds ({held}): each paired comparison uses the seeds "
+                        "both of its arms hold (its pair count says how many), and each arm's pooled success is over "
+                        "its own seeds; run the missing seeds (`wm matrix`, or a piece merged with `wm report "
+                        "--export`) to compare over all of them.")
+    for seed in seeds:
+        held = {label: per_seed[seed] for label, per_seed in keys.items() if seed in per_seed}
+        union = set().union(*held.values())
+        if any(episodes != union for episodes in held.values()):
+            counts = ", ".join(f"{label} {len(e)} ({len(union - e)} missing)" for label, e in held.items())
+            warnings.append(f"The arms were not run on the same episodes with training seed {seed} ({len(union)} "
+                            f"distinct episodes in all; per arm: {counts}). Paired comparisons between mismatched "
+                            "arms are not computed; finish the missing evaluations (rerun `wm matrix`) and report "
+                            "again.")
+    return warnings
 
 
 def _zero_success_warnings(res: Results) -> list[str]:
@@ -285,7 +297,7 @@ def _comparison_row(a: str, b: str, c: ArmComparison | str) -> dict[str, Any]:
     if isinstance(c, str):
         return {"arm": b, "versus": a} | dict.fromkeys(COMPARISON_COLUMNS) | {"error": c}
     return {
-        "arm": b, "versus": a, "n_pairs": c.n_pairs, "rate": c.summary_b.rate, "rate_versus": c.summary_a.rate,
+        "arm": b, "versus": a, "train_seeds": " ".join(map(str, c.train_seeds)), "n_pairs": c.n_pairs, "rate": c.summary_b.rate, "rate_versus": c.summary_a.rate,
         "diff": c.diff, "diff_ci_low": c.diff_ci_low, "diff_ci_high": c.diff_ci_high,
         "only_arm_succeeded": c.mcnemar.b01, "only_versus_succeeded": c.mcnemar.b10,
         "mcnemar_p": c.mcnemar.p_value, "error": "",
@@ -514,10 +526,10 @@ def _markdown(run_dir: Path, res: Results, alpha: float, warnings: list[str], ta
     if plots["success"]:
         lines += ["![success per arm](success.png)", ""]
     lines += ["## Paired comparisons", "",
-              "Difference = arm minus versus, on the same (episode, training seed) pairs; 95% paired bootstrap "
-              f"interval; two-sided exact McNemar test (alpha = {alpha:g}).", "",
-              _md_table(["arm", "versus", "pairs", "arm success", "versus success", "difference (points)", "95% CI",
-                         "only arm / only versus succeeded", "McNemar p"],
+              "Difference = arm minus versus, on the same (episode, training seed) pairs of the training seeds both "
+              f"arms hold; 95% paired bootstrap interval; two-sided exact McNemar test (alpha = {alpha:g}).", "",
+              _md_table(["arm", "versus", "training seeds", "pairs", "arm success", "versus success",
+                         "difference (points)", "95% CI", "only arm / only versus succeeded", "McNemar p"],
                         [_comparison_md(r) for r in tables["comparisons"]]) if tables["comparisons"]
               else "No pairs to compare (needs an arm without world memory with another arm, or an ablation with "
                    "its arm).", ""]
@@ -573,7 +585,7 @@ def report_summary(markdown: str) -> str:
 
 def _comparison_md(r: dict[str, Any]) -> list[str]:
     if r["error"]:
-        return [r["arm"], r["versus"], "-", "-", "-", "not compared", r["error"], "-", "-"]
-    return [r["arm"], r["versus"], str(r["n_pairs"]), _pct(r["rate"]), _pct(r["rate_versus"]),
+        return [r["arm"], r["versus"], "-", "-", "-", "-", "not compared", r["error"], "-", "-"]
+    return [r["arm"], r["versus"], r["train_seeds"].replace(" ", ", "), str(r["n_pairs"]), _pct(r["rate"]), _pct(r["rate_versus"]),
             f"{100 * r['diff']:+.1f}", _ci(r["diff_ci_low"], r["diff_ci_high"]),
             f"{r['only_arm_succeeded']} / {r['only_versus_succeeded']}", f"{r['mcnemar_p']:.3g}"]
