@@ -455,7 +455,7 @@ def run_piece(run: Path, monkeypatch, seed: int, gate: float) -> Path:
     return run
 
 
-def test_export_keeps_what_the_report_reads_and_merges_pieces(tmp_path, monkeypatch):
+def test_export_keeps_what_the_report_reads_and_merges_pieces(tmp_path, monkeypatch, capsys):
     from world_modality.matrix.export import MAX_CURVE_POINTS
     from world_modality.report.readcheck import GATE_TAG, load_gate_run, read_scalars
 
@@ -472,6 +472,11 @@ def test_export_keeps_what_the_report_reads_and_merges_pieces(tmp_path, monkeypa
     # The matrix does not run in it: it would train again and discard the results.
     with pytest.raises(ValueError, match="exported by `wm report --export`, without checkpoints"):
         matrix.run_matrix(matrix.parse_config(CONFIG), dest)
+    # Its plan says which pieces remain: seed 0's runs and evaluations are held, seed 1's are not.
+    plan = {s.name: s.done for s in matrix.run_matrix(matrix.parse_config(CONFIG), dest, dry_run=True)}
+    assert plan["train E2 seed 0"] and plan["eval E2:zero seed 0"] and plan["eval E0 seed 0"]
+    assert not plan["train E2 seed 1"] and not plan["eval E2:zero seed 1"] and not plan["eval E0 seed 1"]
+    assert "run the others into another --out and merge them" in capsys.readouterr().out
 
     # A second piece (another seed) merges in: one report pooled over both seeds.
     second = run_piece(tmp_path / "second", monkeypatch, seed=1, gate=0.05)

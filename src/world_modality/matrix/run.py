@@ -283,7 +283,12 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
     Returns the plan's steps as they stood before running; the report is always rewritten.
     """
     run_dir = Path(run_dir).expanduser().resolve()
-    if (run_dir / RESULTS_ONLY_FILE).exists():
+    exported = (run_dir / RESULTS_ONLY_FILE).exists()
+    if exported and dry_run:  # the plan against an export: which pieces of the experiment remain
+        print(f"{run_dir} holds results exported by `wm report --export` (no dataset, latents or weights): the runs "
+              "and evaluations marked done are held there; run the others into another --out and merge them with "
+              f"`wm report THAT_FOLDER --export {run_dir}`.")
+    elif exported:
         raise ValueError(f"{run_dir} holds results exported by `wm report --export`, without checkpoints: the matrix "
                          "would train every arm again there and discard them. Run it into another --out, then "
                          f"`wm report THAT_FOLDER --export {run_dir}` to merge its results in.")
