@@ -65,8 +65,8 @@ REQUIRED_FIELDS = ("arm", "episode_id", "success", "task", "train_seed")
 # E1 the capacity control by convention; any other arm is taken as a world-memory arm.
 LEGACY_KINDS = {"E0": ArmKind.BASELINE, "E1": ArmKind.CONTROL}
 LOSS_TAGS = ("train/loss", "train/action_loss", "val/action_loss")
-COMPARISON_COLUMNS = ("train_seeds", "n_pairs", "rate", "rate_versus", "diff", "diff_ci_low", "diff_ci_high", "only_arm_succeeded",
-                      "only_versus_succeeded", "mcnemar_p")
+COMPARISON_COLUMNS = ("train_seeds", "n_pairs", "rate", "rate_versus", "diff", "diff_ci_low", "diff_ci_high",
+                      "only_arm_succeeded", "only_versus_succeeded", "mcnemar_p")
 
 
 @dataclass
@@ -297,7 +297,8 @@ def _comparison_row(a: str, b: str, c: ArmComparison | str) -> dict[str, Any]:
     if isinstance(c, str):
         return {"arm": b, "versus": a} | dict.fromkeys(COMPARISON_COLUMNS) | {"error": c}
     return {
-        "arm": b, "versus": a, "train_seeds": " ".join(map(str, c.train_seeds)), "n_pairs": c.n_pairs, "rate": c.summary_b.rate, "rate_versus": c.summary_a.rate,
+        "arm": b, "versus": a, "train_seeds": " ".join(map(str, c.train_seeds)), "n_pairs": c.n_pairs,
+        "rate": c.summary_b.rate, "rate_versus": c.summary_a.rate,
         "diff": c.diff, "diff_ci_low": c.diff_ci_low, "diff_ci_high": c.diff_ci_high,
         "only_arm_succeeded": c.mcnemar.b01, "only_versus_succeeded": c.mcnemar.b10,
         "mcnemar_p": c.mcnemar.p_value, "error": "",
@@ -586,6 +587,7 @@ def report_summary(markdown: str) -> str:
 def _comparison_md(r: dict[str, Any]) -> list[str]:
     if r["error"]:
         return [r["arm"], r["versus"], "-", "-", "-", "-", "not compared", r["error"], "-", "-"]
-    return [r["arm"], r["versus"], r["train_seeds"].replace(" ", ", "), str(r["n_pairs"]), _pct(r["rate"]), _pct(r["rate_versus"]),
+    return [r["arm"], r["versus"], r["train_seeds"].replace(" ", ", "), str(r["n_pairs"]), _pct(r["rate"]),
+            _pct(r["rate_versus"]),
             f"{100 * r['diff']:+.1f}", _ci(r["diff_ci_low"], r["diff_ci_high"]),
             f"{r['only_arm_succeeded']} / {r['only_versus_succeeded']}", f"{r['mcnemar_p']:.3g}"]
