@@ -4,6 +4,7 @@ baselines whatever the arms are called, and `wm train`'s gate line."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,29 @@ def test_report_read_and_borderline_arms_whatever_their_names(tmp_path):
     assert lines[1].startswith("**Did world memory help? mem2:** inconclusive: whether mem2 read its world memory is "
                                "unclear (too little evidence")
     assert "| mem2 | world memory | - | - | base | borderline (too little evidence" in md
+
+
+def test_a_gain_over_the_baseline_is_weighed_against_the_capacity_control(tmp_path):
+    """A read memory that beats the baseline but not the capacity control (the same module, memory zeroed): the
+    headline says the gain may be the module's capacity; one that beats both says so too."""
+    write_eval(tmp_path, records("base", set(range(10)), "none"))
+    write_eval(tmp_path, records("ctl", set(range(22)), "zero"))
+    write_eval(tmp_path, records("mem", set(range(24)), "pred"))
+    write_gate_log(tmp_path, "mem", [0.01, 0.05, 0.04])
+    write_intervention(tmp_path, "mem", {"shuffle": 1.4})
+    md = write_report(tmp_path).read_text()
+    headline = next(line for line in md.splitlines() if line.startswith("**Did world memory help? mem:**"))
+    assert "mem helped compared with base" in headline and "mem read its world memory" in headline
+    assert headline.endswith("Against the capacity control ctl (the same world module, its memory zeroed): No "
+                             "significant difference between mem and ctl: 60.0% vs 55.0% success (difference +5.0 "
+                             "points, 95% CI [+0.0, +12.5]; exact McNemar p=0.5, alpha=0.05, 40 paired episodes). The "
+                             "gain over base may be the module's capacity, not its memory.")
+    shutil.rmtree(tmp_path / "eval" / "ctl")
+    write_eval(tmp_path, records("ctl", set(range(10)), "zero"))
+    headline = next(line for line in write_report(tmp_path).read_text().splitlines()
+                    if line.startswith("**Did world memory help? mem:**"))
+    assert "It also beat the capacity control ctl: 60.0% vs 25.0% success" in headline
+    assert "may be the module's capacity" not in headline
 
 
 def test_gate_comes_from_the_last_checkpoint_and_facts_from_its_config(tmp_path):

@@ -54,6 +54,8 @@ from world_modality.stats import (
     ArmComparison,
     aggregate_over_seeds,
     compare_arms,
+    comparison_numbers,
+    significant,
     success_table,
     task_group_table,
     verdict,
@@ -481,7 +483,8 @@ def _verdicts(res: Results, facts: dict[str, ArmFacts], baselines: dict[str, str
             lines.append(f"**No verdict on world memory: {arm} and {base} could not be compared ({c}).**")
         else:
             lines.append(f"**Did world memory help? {_describe(facts[arm])}:** "
-                         f"{world_memory_verdict(c, checks[arm], alpha)}")
+                         f"{world_memory_verdict(c, checks[arm], alpha)}"
+                         f"{_capacity_note(arm, c, facts, comparisons, alpha)}")
     lines.append("")
     for (a, b), c in comparisons.items():
         if not isinstance(c, ArmComparison) or (facts.get(b) and facts[b].kind is ArmKind.WORLD and baselines[b] == a):
@@ -497,6 +500,25 @@ def _verdicts(res: Results, facts: dict[str, ArmFacts], baselines: dict[str, str
         else:
             lines.append(f"- Rollout ablation ({b} vs {a}): {verdict(c, alpha)}")
     return lines
+
+
+def _capacity_note(arm: str, against_baseline: ArmComparison, facts: dict[str, ArmFacts],
+                   comparisons: dict[tuple[str, str], ArmComparison | str], alpha: float) -> str:
+    """When a world-memory arm beat its baseline: how it fared against the capacity control (the same world module
+    with its memory zeroed), since a gain over a baseline without the module may be the module's capacity alone."""
+    if not (significant(against_baseline, alpha) and against_baseline.diff > 0):
+        return ""
+    notes = []
+    for (control, b), c in comparisons.items():
+        if b != arm or not isinstance(c, ArmComparison) or facts[control].kind is not ArmKind.CONTROL:
+            continue
+        if significant(c, alpha) and c.diff > 0:
+            notes.append(f" It also beat the capacity control {control}: {comparison_numbers(c, alpha)}.")
+        else:
+            notes.append(f" Against the capacity control {control} (the same world module, its memory zeroed): "
+                         f"{verdict(c, alpha)} The gain over {against_baseline.arm_a} may be the module's capacity, "
+                         "not its memory.")
+    return "".join(notes)
 
 
 def _markdown(run_dir: Path, res: Results, alpha: float, warnings: list[str], tables: dict[str, list[dict[str, Any]]],
