@@ -132,6 +132,7 @@ def test_report_numbers_verdict_ablations_and_plots(run_dir):
     assert "[reach-v3 seed 1000 layout 0 (train seed 0)](../eval/E2/seed0/videos/reach-v3_1000_0.mp4)" in md
     assert "(../eval/E2%3Azero/seed0/videos/reach-v3_1000_0.mp4)" in md
     assert "Warning" not in md
+    assert str(run_dir) not in md  # no machine's path: a committed report reads the same everywhere
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 

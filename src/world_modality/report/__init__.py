@@ -527,7 +527,7 @@ def _markdown(run_dir: Path, res: Results, alpha: float, warnings: list[str], ta
     n_seeds = len({r["train_seed"] for r in res.records})
     lines = [f"# World-memory report: {run_dir.name}", "",
              f"{len(res.records)} closed-loop episodes, {len(res.labels)} arm(s), {n_seeds} training seed(s); "
-             f"built from `{run_dir / 'eval'}` only.", "", "## Verdict", "", *verdicts, ""]
+             "built from the run folder's per-episode files (`eval/`) only.", "", "## Verdict", "", *verdicts, ""]
     if warnings:
         lines += ["## Warnings", "", *(f"- **Warning:** {w}" for w in warnings), ""]
     lines += ["## Arms, world sources and read-check", "",
