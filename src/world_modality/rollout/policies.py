@@ -202,7 +202,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
 
 def _use_memory_bank(ckpt: Any, latents: str | Path | None) -> Path:
     """Give the checkpoint's world module the latent histories of `MEMORY_BANK_FRAMES` frames (seeded draw) of other
-    episodes: of ``latents``, else the held-out episodes of its training latents. Returns the cache used."""
+    episodes: of ``latents``, else the held-out episodes of its training latents. Returns the cache used (absolute)."""
     from lerobot_policy_world_modality.latent_cache import LatentCache
     from lerobot_policy_world_modality.world import WorldModule
 
@@ -225,4 +225,4 @@ def _use_memory_bank(ckpt: Any, latents: str | Path | None) -> Path:
     world = next(m for m in ckpt.policy.modules() if isinstance(m, WorldModule))
     device = next(world.parameters()).device
     world.use_memory_bank(windows.z_history.to(device), windows.history_mask.to(device))
-    return Path(latents)
+    return Path(latents).resolve()

@@ -284,7 +284,7 @@ def evaluate_checkpoint(
         "memory_mode": memory_mode or policy.own_memory_mode,
         "train_seed": train_seed,
         "checkpoint": str(Path(checkpoint).resolve()),
-    } | ({"memory_bank": str(Path(policy.memory_bank).resolve())} if policy.memory_bank else {})
+    } | ({"memory_bank": policy.memory_bank} if policy.memory_bank else {})
     episode_fields = None
     if shard is not None:
         results = out_dir / shard.file_name
@@ -316,7 +316,8 @@ def _shard_episodes(
     """A shard's episodes, their positions in the full list, and the record fields naming the evaluation."""
     from world_modality.training.checkpoint import resolve_pretrained
 
-    options = {k: record[k] for k in ("arm", "memory_mode", "train_seed", "memory_bank") if k in record} | {"max_steps": max_steps}
+    options = {k: record[k] for k in ("arm", "memory_mode", "train_seed", "memory_bank") if k in record}
+    options["max_steps"] = max_steps
     eval_id = evaluation_id(checkpoint_digest(resolve_pretrained(checkpoint)), [ep.episode_id for ep in episodes], options)
     earlier = {r["evaluation_id"] for r in read_jsonl(results)
                if r.get("arm") == record["arm"] and r.get("train_seed") == record["train_seed"]}
