@@ -488,7 +488,7 @@ def test_export_keeps_what_the_report_reads_and_merges_pieces(tmp_path, monkeypa
     assert "40 paired episodes" in (dest / "report" / "report.md").read_text()
     from world_modality.matrix.export import export_results
 
-    assert export_results(first, dest) == []  # exporting a piece again changes nothing
+    assert export_results(first, dest).added == []  # exporting a piece again changes nothing
     # A piece with other results for a seed DEST holds is refused, and DEST is left as it was.
     episodes = matrix.eval_dir(first, "E2", 0) / "episodes.jsonl"
     episodes.write_text(episodes.read_text().replace('"success": true', '"success": false', 1))
@@ -508,3 +508,54 @@ def test_export_keeps_what_the_report_reads_and_merges_pieces(tmp_path, monkeypa
         (changed / "matrix.yaml").write_text(yaml.safe_dump(config_with("evaluation.eval_seed", 7) | {"training": {"seeds": [2]}}))
         export_results(changed, dest)
     assert not (dest / "eval" / "E2" / "seed2").exists()
+
+
+def test_export_leaves_out_what_is_not_finished(tmp_path, monkeypatch):
+    from world_modality.matrix.export import export_results
+
+    run = run_piece(tmp_path / "run", monkeypatch, seed=0, gate=0.2)
+    episodes = matrix.eval_dir(run, "E2:zero", 0) / "episodes.jsonl"
+    episodes.write_text("".join(episodes.read_text().splitlines(keepends=True)[:5]))  # an evaluation under way
+    meta = matrix.train_dir(run, "E0", 0) / "checkpoints" / "last" / "pretrained_model" / "world_modality.json"
+    meta.write_text(json.dumps({"training_step": 5, "total_steps": 10}))  # a training under way
+    exported = export_results(run, tmp_path / "results")
+    assert exported.unfinished == [f"eval/E2:zero/seed0 (5 of {2 * EPISODES} episodes)",
+                                   "train/E0/seed0 (step 5 of 10)"]
+    assert "eval/E2/seed0" in exported.added and "train/E2/seed0" in exported.added
+    assert not (tmp_path / "results" / "eval" / "E2:zero").exists()
+    assert not (tmp_path / "results" / "train" / "E0").exists()
+    assert "left out, not finished:\n  eval/E2:zero/seed0" in exported.summary("DEST")
+
+
+class BreakingStages(FakeStages):
+    """FakeStages whose evaluation ``lost`` (label, seed) writes one episode, then fails: a machine lost mid-run."""
+
+    lost: tuple[str, int] | None = ("E2:zero", 1)
+
+    def evaluate_arm(self, config, run_dir, arm, seed, memory_mode, label, pools=None):
+        if (label, seed) == self.lost:
+            first = episode(label, "reach-v3", 0, True, seed)
+            append_jsonl(matrix.eval_dir(run_dir, label, seed) / "episodes.jsonl", first)
+            raise RuntimeError("machine lost")
+        super().evaluate_arm(config, run_dir, arm, seed, memory_mode, label, pools)
+
+
+def test_matrix_export_keeps_each_finished_step_when_the_run_breaks_off(tmp_path, monkeypatch, capsys):
+    stages = BreakingStages(monkeypatch)  # the last evaluation (E2:zero, seed 1) breaks off
+    config, run, dest = matrix.parse_config(CONFIG), tmp_path / "run", tmp_path / "results"
+    with pytest.raises(Exception, match="machine lost"):
+        matrix.run_matrix(config, run, export=dest)
+    held = {p.relative_to(dest).as_posix() for p in dest.glob("*/*/seed*")}
+    assert held == {f"{kind}/{arm}/seed{seed}" for seed in (0, 1) for kind, arm in
+                    [("train", "E0"), ("train", "E2"), ("eval", "E0"), ("eval", "E2")]} | {"eval/E2:zero/seed0"}
+    assert "eval E2:zero seed 0: exported to" in capsys.readouterr().out
+    # Resumed (on this or another machine with the run folder): the rest joins the export, which gets the report.
+    stages.lost = None
+    matrix.run_matrix(config, run, export=dest)
+    assert (dest / "eval" / "E2:zero" / "seed1").is_dir()
+    assert pd.read_csv(dest / "report" / "arms.csv").equals(pd.read_csv(run / "report" / "arms.csv"))
+    # An export fetched off the machine merges on like a run folder.
+    assert cli.main(["report", str(dest), "--export", str(tmp_path / "merged")]) == 0
+    assert pd.read_csv(tmp_path / "merged" / "report" / "arms.csv").equals(pd.read_csv(run / "report" / "arms.csv"))
+    with pytest.raises(ValueError, match="another folder than the run folder"):
+        matrix.run_matrix(config, run, export=run)

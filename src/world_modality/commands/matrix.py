@@ -25,6 +25,10 @@ def register(subparsers) -> None:
                              "machine with `ray start --head`): each training run holding a GPU, each evaluation its "
                              "workers' CPUs and, on GPU nodes, a share of a GPU for the policy; RUN_DIR (and the "
                              "dataset) must be on storage every node sees")
+    parser.add_argument("--export", default=None, metavar="DEST",
+                        help="merge each finished training, intervention and evaluation into the results-only folder "
+                             "DEST as it ends (as `wm report RUN_DIR --export DEST` does), and write DEST's report at "
+                             "the end: for machines that may not outlive the run (only the steps under way are lost)")
     add_common(parser)
     parser.set_defaults(handler=_matrix)
 
@@ -34,7 +38,8 @@ def _matrix(args) -> int:
     run_dir = Path(args.out) if args.out else Path("outputs/matrix") / config_path.stem
     config = matrix.load_config(config_path)
     print(f"run folder: {run_dir.resolve()}")
-    matrix.run_matrix(config, run_dir, dry_run=args.dry_run, address=args.ray)
+    matrix.run_matrix(config, run_dir, dry_run=args.dry_run, address=args.ray,
+                      export=None if args.dry_run else args.export)
     if not args.dry_run:
         print(f"report: {run_dir.resolve() / 'report' / 'report.md'}")
     return 0

@@ -46,8 +46,7 @@ def _report(args) -> int:
     if args.export:
         from world_modality.matrix.export import export_results
 
-        added = export_results(run_dir, args.export)
-        print(f"{len(added)} result folder(s) and file(s) exported to {args.export}" + "".join(f"\n  {a}" for a in added))
+        print(export_results(run_dir, args.export).summary(args.export))
         run_dir = args.export
     baseline = args.baseline or report_baseline(run_dir)
     print(f"report written to {write_report(run_dir, alpha=args.alpha, baseline=baseline)}")

@@ -7,13 +7,17 @@ of the loss and the gate, thinned to at most `MAX_CURVE_POINTS` points per curve
 peak kept), and the last checkpoint's gate in place of its weights (`GATE_FILE`; without weights, as in a run
 folder copied without them, the report takes the final gate from the curve). Exporting several run folders into
 one DEST merges them, so an experiment run in pieces on different machines (other seeds, other arms, same dataset
-and episode list) gets one report.
+and episode list) gets one report. Only finished pieces are copied: an evaluation with all its episodes, a training
+run at its last step; one still under way (or interrupted) is left out and named, so exporting while the matrix runs
+(`wm matrix --export`) never puts a piece into DEST that would later differ from its finished self.
 """
 
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +26,52 @@ import yaml
 
 from world_modality.atomic_io import atomic_write_json, atomic_write_text, commit_folder, temp_folder
 from world_modality.matrix.config import CONFIG_FILE, RESULTS_ONLY_FILE, load_config, parse_config
-from world_modality.matrix.run import check_run_dir
+from world_modality.matrix.run import check_run_dir, episodes_held
 
 MAX_CURVE_POINTS = 500  # enough for the report's plots; a full curve has one point per training step
 
 
-def export_results(run_dir: str | Path, dest: str | Path) -> list[str]:
-    """Copy the results of matrix run folder ``run_dir`` into ``dest`` (created, or merged with the pieces it
-    holds); returns what was added. A piece ``dest`` already holds with other content is an error."""
+@dataclass(frozen=True)
+class Export:
+    """What one export did: the pieces it copied into DEST, and those of the run folder it left out because they
+    are not finished (each with how far it got)."""
+
+    added: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
+
+    def summary(self, dest: str | Path) -> str:
+        lines = [f"{len(self.added)} result folder(s) and file(s) exported to {dest}", *(f"  {a}" for a in self.added)]
+        if self.unfinished:
+            lines += ["left out, not finished:", *(f"  {u}" for u in self.unfinished)]
+        return "\n".join(lines)
+
+
+def export_results(run_dir: str | Path, dest: str | Path) -> Export:
+    """Copy the finished results of matrix run folder ``run_dir`` into ``dest`` (created, or merged with the pieces
+    it holds). A piece ``dest`` already holds with other content is an error."""
     run_dir, dest = Path(run_dir).expanduser().resolve(), Path(dest).expanduser().resolve()
     if run_dir == dest:
         raise ValueError(f"--export needs another folder than the run folder {run_dir}")
-    if not (run_dir / "eval").is_dir():
-        raise FileNotFoundError(f"{run_dir} has no eval/ folder: not a matrix run folder with results")
+    if not (run_dir / "eval").is_dir() and not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} has neither eval/ nor {CONFIG_FILE}: not a matrix run folder")
     config = _merged_config(run_dir, dest)
-    pieces = [(p, dest / p.relative_to(run_dir)) for p in sorted((run_dir / "eval").glob("*/seed*")) if p.is_dir()]
+    unfinished: list[str] = []
+    expected = _episodes_per_evaluation(run_dir)
+    pieces = []
+    for piece in sorted(p for p in (run_dir / "eval").glob("*/seed*") if p.is_dir()):
+        held = episodes_held(piece)
+        if expected is not None and held < expected:
+            unfinished.append(f"{piece.relative_to(run_dir)} ({held} of {expected} episodes)")
+        else:
+            pieces.append((piece, dest / piece.relative_to(run_dir)))
     pieces += [(p, dest / p.relative_to(run_dir)) for p in sorted((run_dir / "intervene").glob("*/seed*.json"))]
-    runs = [(p, dest / p.relative_to(run_dir)) for p in sorted((run_dir / "train").glob("*/seed*")) if p.is_dir()]
+    runs = []
+    for run in sorted(p for p in (run_dir / "train").glob("*/seed*") if p.is_dir()):
+        progress = _training_progress(run)
+        if progress is None:
+            runs.append((run, dest / run.relative_to(run_dir)))
+        else:
+            unfinished.append(f"{run.relative_to(run_dir)} ({progress})")
     # Every conflict is found before anything is written: a refused export leaves DEST as it was.
     conflicts = [target for source, target in pieces if target.exists() and not _same(source, target)]
     held = {target: _held_checkpoint(run, target) for run, target in runs}
@@ -59,7 +92,29 @@ def export_results(run_dir: str | Path, dest: str | Path) -> list[str]:
         atomic_write_text(dest / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
     atomic_write_text(dest / RESULTS_ONLY_FILE, "Results exported by `wm report --export` (no dataset, latents or "
                                                 "weights): `wm report` reads this folder; `wm matrix` does not run in it.\n")
-    return added
+    return Export(added, unfinished)
+
+
+def _episodes_per_evaluation(run_dir: Path) -> int | None:
+    """How many episodes a finished evaluation of ``run_dir`` holds (None without its matrix file)."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        return None
+    evaluation = load_config(run_dir / CONFIG_FILE).evaluation
+    return len(evaluation.tasks) * evaluation.episodes_per_task
+
+
+def _training_progress(run: Path) -> str | None:
+    """None when training run ``run`` is finished (its last checkpoint at its last step), else how far it got.
+    A checkpoint without a step record (not written by `wm train`) counts as finished."""
+    from world_modality.training.checkpoint import META_FILE, PRETRAINED, last_checkpoint
+
+    last = last_checkpoint(run)
+    if last is None:
+        return "no checkpoint yet"
+    meta_file = last / PRETRAINED / META_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    step, total = meta.get("training_step"), meta.get("total_steps")
+    return f"step {step} of {total}" if step is not None and total is not None and step < total else None
 
 
 def _merged_config(run_dir: Path, dest: Path) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from world_modality.matrix.config import (
     MatrixConfig,
     generated_dataset,
     parse_config,
+    report_baseline,
     train_defaults,
 )
 from world_modality.matrix.profile import Profile, format_stage_times, stage_times
@@ -42,6 +43,11 @@ FREE_FIELDS = frozenset({"workers", "groups", "videos_per_task", "device", "prog
 
 
 # --- the run folder and its steps ------------------------------------------------------------------------
+
+
+def episodes_held(evaluation: Path) -> int:
+    """How many distinct episodes evaluation folder ``evaluation`` (eval/<label>/seed<k>) holds."""
+    return len({r.get("episode_id") for r in read_jsonl(evaluation / EPISODES_FILE)})
 
 
 def dataset_dir(config: MatrixConfig, run_dir: Path) -> Path:
@@ -224,7 +230,7 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None) ->
     expected = len(ev.tasks) * ev.episodes_per_task
     for arm, mode, label in config.evaluations():
         for seed in config.seeds:
-            have = len({r.get("episode_id") for r in read_jsonl(eval_dir(run_dir, label, seed) / EPISODES_FILE)})
+            have = episodes_held(eval_dir(run_dir, label, seed))
             done = trained[arm, seed] and have >= expected
             detail = (f"memory {mode or config.rollout_mode(arm) or 'none'}, {have} of {expected} episodes "
                       f"({len(ev.tasks)} task(s) x {ev.episodes_per_task}, eval_seed {ev.eval_seed})")
@@ -274,11 +280,14 @@ def _diff(old: Any, new: Any, where: str) -> list[str]:
 
 
 def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False, address: str | None = None,
-               concurrent: bool | None = None) -> tuple[Step, ...]:
+               concurrent: bool | None = None, export: str | Path | None = None) -> tuple[Step, ...]:
     """Run every missing step of the matrix into ``run_dir`` (or, with ``dry_run``, only plan them), on the Ray
     cluster at ``address`` if given, else on this machine: concurrently (training beside evaluation) when
     ``concurrent`` (default: the config's ``evaluation.concurrent``, else when a GPU is present), else serially.
     Each step's wall-clock start and end go to RUN_DIR/profile.json; a summary per stage is printed at the end.
+    With ``export``, each finished training, intervention and evaluation is merged into that results-only folder
+    as soon as it ends (`world_modality.matrix.export`), and its report is written at the end: on a machine that
+    may not outlive the run, only the steps under way are lost with it.
 
     Returns the plan's steps as they stood before running; the report is always rewritten.
     """
@@ -300,8 +309,38 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
         print(format_plan(steps))
         if dry_run:
             return steps.steps
-        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         profile = Profile(run_dir, executor)
-        execute(steps, executor, address=address, log=lambda line: print(line, flush=True), on_done=profile.record)
+        on_done = profile.record if export is None else _exporting(profile.record, config, run_dir, Path(export))
+        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        execute(steps, executor, address=address, log=lambda line: print(line, flush=True), on_done=on_done)
     print(format_stage_times(stage_times(profile.this_run)))
+    if export is not None:  # what finished before this run, too
+        from world_modality.matrix.export import export_results
+        from world_modality.report import write_report
+
+        print(export_results(run_dir, export).summary(export))
+        print(f"export's report: {write_report(export, baseline=report_baseline(export))}")
     return steps.steps
+
+
+# Steps whose results an export holds (the dataset, latents and run report stay in the run folder).
+EXPORTED_STAGES = frozenset({"train", "offline", "eval"})
+
+
+def _exporting(record: Any, config: MatrixConfig, run_dir: Path, export: Path) -> Any:
+    """``record`` (a step-done callback), followed by merging the run folder's finished results into ``export``."""
+    from world_modality.matrix.export import export_results
+
+    export = export.expanduser().resolve()
+    if export == run_dir:
+        raise ValueError(f"--export needs another folder than the run folder {run_dir}")
+    check_run_dir(config, export)  # refused now, not after the first training
+
+    def on_done(step: Step, start: float, end: float) -> None:
+        record(step, start, end)
+        if step.stage in EXPORTED_STAGES:
+            added = export_results(run_dir, export).added
+            print(f"{step.name}: exported to {export}" + (f" ({', '.join(added)})" if added else " (nothing new)"),
+                  flush=True)
+
+    return on_done
