@@ -542,20 +542,23 @@ class BreakingStages(FakeStages):
 
 def test_matrix_export_keeps_each_finished_step_when_the_run_breaks_off(tmp_path, monkeypatch, capsys):
     stages = BreakingStages(monkeypatch)  # the last evaluation (E2:zero, seed 1) breaks off
-    config, run, dest = matrix.parse_config(CONFIG), tmp_path / "run", tmp_path / "results"
-    with pytest.raises(Exception, match="machine lost"):
-        matrix.run_matrix(config, run, export=dest)
+    file, run, dest = tmp_path / "matrix.yaml", tmp_path / "run", tmp_path / "results"
+    file.write_text(yaml.safe_dump(CONFIG))
+    command = ["matrix", str(file), "--out", str(run), "--export", str(dest)]
+    assert cli.main(command) != 0
+    printed = capsys.readouterr()
+    assert "machine lost" in printed.err and "eval E2:zero seed 0: exported to" in printed.out
     held = {p.relative_to(dest).as_posix() for p in dest.glob("*/*/seed*")}
     assert held == {f"{kind}/{arm}/seed{seed}" for seed in (0, 1) for kind, arm in
                     [("train", "E0"), ("train", "E2"), ("eval", "E0"), ("eval", "E2")]} | {"eval/E2:zero/seed0"}
-    assert "eval E2:zero seed 0: exported to" in capsys.readouterr().out
     # Resumed (on this or another machine with the run folder): the rest joins the export, which gets the report.
     stages.lost = None
-    matrix.run_matrix(config, run, export=dest)
+    assert cli.main(command) == 0
     assert (dest / "eval" / "E2:zero" / "seed1").is_dir()
+    assert f"export's report: {dest / 'report' / 'report.md'}" in capsys.readouterr().out
     assert pd.read_csv(dest / "report" / "arms.csv").equals(pd.read_csv(run / "report" / "arms.csv"))
     # An export fetched off the machine merges on like a run folder.
     assert cli.main(["report", str(dest), "--export", str(tmp_path / "merged")]) == 0
     assert pd.read_csv(tmp_path / "merged" / "report" / "arms.csv").equals(pd.read_csv(run / "report" / "arms.csv"))
-    with pytest.raises(ValueError, match="another folder than the run folder"):
-        matrix.run_matrix(config, run, export=run)
+    assert cli.main(["matrix", str(file), "--out", str(run), "--export", str(run)]) != 0
+    assert "--export needs another folder than the run folder" in capsys.readouterr().err

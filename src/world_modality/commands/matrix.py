@@ -38,8 +38,14 @@ def _matrix(args) -> int:
     run_dir = Path(args.out) if args.out else Path("outputs/matrix") / config_path.stem
     config = matrix.load_config(config_path)
     print(f"run folder: {run_dir.resolve()}")
-    matrix.run_matrix(config, run_dir, dry_run=args.dry_run, address=args.ray,
-                      export=None if args.dry_run else args.export)
+    exporter = None
+    if args.export and not args.dry_run:
+        from world_modality.matrix.export import StepExporter
+
+        exporter = StepExporter(config, run_dir, args.export)
+    matrix.run_matrix(config, run_dir, dry_run=args.dry_run, address=args.ray, on_step_done=exporter)
     if not args.dry_run:
         print(f"report: {run_dir.resolve() / 'report' / 'report.md'}")
+    if exporter is not None:
+        print(f"export's report: {exporter.finish()}")
     return 0

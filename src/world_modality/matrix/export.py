@@ -25,8 +25,16 @@ import numpy as np
 import yaml
 
 from world_modality.atomic_io import atomic_write_json, atomic_write_text, commit_folder, temp_folder
-from world_modality.matrix.config import CONFIG_FILE, RESULTS_ONLY_FILE, load_config, parse_config
+from world_modality.matrix.config import (
+    CONFIG_FILE,
+    RESULTS_ONLY_FILE,
+    MatrixConfig,
+    load_config,
+    parse_config,
+    report_baseline,
+)
 from world_modality.matrix.run import check_run_dir, episodes_held
+from world_modality.schedule import Step
 
 MAX_CURVE_POINTS = 500  # enough for the report's plots; a full curve has one point per training step
 
@@ -93,6 +101,36 @@ def export_results(run_dir: str | Path, dest: str | Path) -> Export:
     atomic_write_text(dest / RESULTS_ONLY_FILE, "Results exported by `wm report --export` (no dataset, latents or "
                                                 "weights): `wm report` reads this folder; `wm matrix` does not run in it.\n")
     return Export(added, unfinished)
+
+
+# Steps whose results an export holds (the dataset, latents and the run's own report stay in the run folder).
+EXPORTED_STAGES = frozenset({"train", "offline", "eval"})
+
+
+class StepExporter:
+    """`wm matrix --export DEST`: a step-done callback (`run_matrix`'s ``on_step_done``) that merges the run
+    folder's finished results into DEST after each training, intervention and evaluation, so that on a machine
+    lost mid-run only the steps under way are lost; `finish` exports what finished before this run too and writes
+    DEST's report."""
+
+    def __init__(self, config: MatrixConfig, run_dir: str | Path, dest: str | Path):
+        self.run_dir, self.dest = Path(run_dir).expanduser().resolve(), Path(dest).expanduser().resolve()
+        if self.dest == self.run_dir:
+            raise ValueError(f"--export needs another folder than the run folder {self.run_dir}")
+        check_run_dir(config, self.dest)  # refused now, not after the first training
+
+    def __call__(self, step: Step, start: float, end: float) -> None:
+        if step.stage in EXPORTED_STAGES:
+            added = export_results(self.run_dir, self.dest).added
+            print(f"{step.name}: exported to {self.dest}" + (f" ({', '.join(added)})" if added else " (nothing new)"),
+                  flush=True)
+
+    def finish(self) -> Path:
+        """The last export, and DEST's report; returns the report's path."""
+        from world_modality.report import write_report
+
+        print(export_results(self.run_dir, self.dest).summary(self.dest))
+        return write_report(self.dest, baseline=report_baseline(self.dest))
 
 
 def _episodes_per_evaluation(run_dir: Path) -> int | None:

@@ -19,7 +19,6 @@ from world_modality.matrix.config import (
     MatrixConfig,
     generated_dataset,
     parse_config,
-    report_baseline,
     train_defaults,
 )
 from world_modality.matrix.profile import Profile, format_stage_times, stage_times
@@ -28,6 +27,7 @@ from world_modality.schedule import (
     Plan,
     Resources,
     Step,
+    StepDone,
     default_executor,
     eval_resources,
     execute,
@@ -280,14 +280,13 @@ def _diff(old: Any, new: Any, where: str) -> list[str]:
 
 
 def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False, address: str | None = None,
-               concurrent: bool | None = None, export: str | Path | None = None) -> tuple[Step, ...]:
+               concurrent: bool | None = None, on_step_done: StepDone | None = None) -> tuple[Step, ...]:
     """Run every missing step of the matrix into ``run_dir`` (or, with ``dry_run``, only plan them), on the Ray
     cluster at ``address`` if given, else on this machine: concurrently (training beside evaluation) when
     ``concurrent`` (default: the config's ``evaluation.concurrent``, else when a GPU is present), else serially.
     Each step's wall-clock start and end go to RUN_DIR/profile.json; a summary per stage is printed at the end.
-    With ``export``, each finished training, intervention and evaluation is merged into that results-only folder
-    as soon as it ends (`world_modality.matrix.export`), and its report is written at the end: on a machine that
-    may not outlive the run, only the steps under way are lost with it.
+    ``on_step_done(step, start, end)`` is called after each finished step, as the executor's ``on_done`` (e.g.
+    `world_modality.matrix.export.StepExporter`).
 
     Returns the plan's steps as they stood before running; the report is always rewritten.
     """
@@ -310,37 +309,14 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
         if dry_run:
             return steps.steps
         profile = Profile(run_dir, executor)
-        on_done = profile.record if export is None else _exporting(profile.record, config, run_dir, Path(export))
+
+        def on_done(step: Step, start: float, end: float) -> None:
+            profile.record(step, start, end)
+            if on_step_done is not None:
+                on_step_done(step, start, end)
+
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         execute(steps, executor, address=address, log=lambda line: print(line, flush=True), on_done=on_done)
     print(format_stage_times(stage_times(profile.this_run)))
-    if export is not None:  # what finished before this run, too
-        from world_modality.matrix.export import export_results
-        from world_modality.report import write_report
-
-        print(export_results(run_dir, export).summary(export))
-        print(f"export's report: {write_report(export, baseline=report_baseline(export))}")
     return steps.steps
 
-
-# Steps whose results an export holds (the dataset, latents and run report stay in the run folder).
-EXPORTED_STAGES = frozenset({"train", "offline", "eval"})
-
-
-def _exporting(record: Any, config: MatrixConfig, run_dir: Path, export: Path) -> Any:
-    """``record`` (a step-done callback), followed by merging the run folder's finished results into ``export``."""
-    from world_modality.matrix.export import export_results
-
-    export = export.expanduser().resolve()
-    if export == run_dir:
-        raise ValueError(f"--export needs another folder than the run folder {run_dir}")
-    check_run_dir(config, export)  # refused now, not after the first training
-
-    def on_done(step: Step, start: float, end: float) -> None:
-        record(step, start, end)
-        if step.stage in EXPORTED_STAGES:
-            added = export_results(run_dir, export).added
-            print(f"{step.name}: exported to {export}" + (f" ({', '.join(added)})" if added else " (nothing new)"),
-                  flush=True)
-
-    return on_done
