@@ -5,7 +5,8 @@ last checkpoint and an interrupted evaluation from its episodes file; a training
 seed's earlier evaluations. The steps are one scheduling plan (`world_modality.schedule`): on a GPU machine (or
 with `evaluation.concurrent: true`) the GPU trains the next arm or seed while the CPUs evaluate finished
 checkpoints on one set of started simulator processes; `--ray ADDRESS` runs every step as a Ray task. Each
-step's wall times go to RUN_DIR/profile.json. `config` parses the file, `run` plans and runs it.
+step's wall times go to RUN_DIR/profile.json. `--export DEST` merges each finished training, intervention and
+evaluation into a results-only folder as it ends (`export`). `config` parses the file, `run` plans and runs it.
 
 Run folder::
 
