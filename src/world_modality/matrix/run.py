@@ -308,6 +308,7 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
         print(format_plan(steps))
         if dry_run:
             return steps.steps
+        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         profile = Profile(run_dir, executor)
 
         def on_done(step: Step, start: float, end: float) -> None:
@@ -315,8 +316,6 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
             if on_step_done is not None:
                 on_step_done(step, start, end)
 
-        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         execute(steps, executor, address=address, log=lambda line: print(line, flush=True), on_done=on_done)
     print(format_stage_times(stage_times(profile.this_run)))
     return steps.steps
-
