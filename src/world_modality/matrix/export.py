@@ -33,7 +33,7 @@ from world_modality.matrix.config import (
     parse_config,
     report_baseline,
 )
-from world_modality.matrix.run import check_run_dir, episodes_held
+from world_modality.matrix.run import check_run_dir, episodes_held, episodes_per_evaluation
 from world_modality.schedule import Step
 
 MAX_CURVE_POINTS = 500  # enough for the report's plots; a full curve has one point per training step
@@ -62,9 +62,10 @@ def export_results(run_dir: str | Path, dest: str | Path) -> Export:
         raise ValueError(f"--export needs another folder than the run folder {run_dir}")
     if not (run_dir / "eval").is_dir() and not (run_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} has neither eval/ nor {CONFIG_FILE}: not a matrix run folder")
-    config = _merged_config(run_dir, dest)
+    run_config = load_config(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else None
+    config = None if run_config is None else _merged_config(run_config, dest)
     unfinished: list[str] = []
-    expected = _episodes_per_evaluation(run_dir)
+    expected = None if run_config is None else episodes_per_evaluation(run_config)
     pieces = []
     for piece in sorted(p for p in (run_dir / "eval").glob("*/seed*") if p.is_dir()):
         held = episodes_held(piece)
@@ -133,14 +134,6 @@ class StepExporter:
         return write_report(self.dest, baseline=report_baseline(self.dest))
 
 
-def _episodes_per_evaluation(run_dir: Path) -> int | None:
-    """How many episodes a finished evaluation of ``run_dir`` holds (None without its matrix file)."""
-    if not (run_dir / CONFIG_FILE).is_file():
-        return None
-    evaluation = load_config(run_dir / CONFIG_FILE).evaluation
-    return len(evaluation.tasks) * evaluation.episodes_per_task
-
-
 def _training_progress(run: Path) -> str | None:
     """None when training run ``run`` is finished (its last checkpoint at its last step), else how far it got.
     A checkpoint without a step record (not written by `wm train`) counts as finished."""
@@ -155,12 +148,9 @@ def _training_progress(run: Path) -> str | None:
     return f"step {step} of {total}" if step is not None and total is not None and step < total else None
 
 
-def _merged_config(run_dir: Path, dest: Path) -> dict[str, Any] | None:
-    """The matrix file of ``dest`` after the export: the union of its pieces' arms, seeds, encoders, ablations and
-    interventions (refused when they disagree on anything that changes results)."""
-    if not (run_dir / CONFIG_FILE).is_file():
-        return None
-    config = load_config(run_dir / CONFIG_FILE)
+def _merged_config(config: MatrixConfig, dest: Path) -> dict[str, Any]:
+    """The matrix file of ``dest`` after exporting a run of ``config``: the union of its pieces' arms, seeds,
+    encoders, ablations and interventions (refused when they disagree on anything that changes results)."""
     if not (dest / CONFIG_FILE).is_file():
         return config.to_dict()
     check_run_dir(config, dest)

@@ -45,6 +45,11 @@ FREE_FIELDS = frozenset({"workers", "groups", "videos_per_task", "device", "prog
 # --- the run folder and its steps ------------------------------------------------------------------------
 
 
+def episodes_per_evaluation(config: MatrixConfig) -> int:
+    """How many episodes a finished evaluation of the matrix holds: every task x episodes_per_task."""
+    return len(config.evaluation.tasks) * config.evaluation.episodes_per_task
+
+
 def episodes_held(evaluation: Path) -> int:
     """How many distinct episodes evaluation folder ``evaluation`` (eval/<label>/seed<k>) holds."""
     return len({r.get("episode_id") for r in read_jsonl(evaluation / EPISODES_FILE)})
@@ -227,7 +232,7 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None) ->
                               resources=eval_resources(1, _on_gpu(config.arms[arm].get("device"), gpus)),
                               detail=f"wm intervene: validation loss under {', '.join(modes)} vs pred -> {path}"))
     ev = config.evaluation
-    expected = len(ev.tasks) * ev.episodes_per_task
+    expected = episodes_per_evaluation(config)
     for arm, mode, label in config.evaluations():
         for seed in config.seeds:
             have = episodes_held(eval_dir(run_dir, label, seed))
