@@ -555,7 +555,9 @@ def test_matrix_export_keeps_each_finished_step_when_the_run_breaks_off(tmp_path
     stages.lost = None
     assert cli.main(command) == 0
     assert (dest / "eval" / "E2:zero" / "seed1").is_dir()
-    assert f"export's report: {dest / 'report' / 'report.md'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"export's report: {dest / 'report' / 'report.md'}" in printed
+    assert f"nothing new to export: {dest} already holds every finished result" in printed  # each step went as it ended
     assert pd.read_csv(dest / "report" / "arms.csv").equals(pd.read_csv(run / "report" / "arms.csv"))
     # An export fetched off the machine merges on like a run folder.
     assert cli.main(["report", str(dest), "--export", str(tmp_path / "merged")]) == 0

@@ -48,7 +48,10 @@ class Export:
     unfinished: list[str] = field(default_factory=list)
 
     def summary(self, dest: str | Path) -> str:
-        lines = [f"{len(self.added)} result folder(s) and file(s) exported to {dest}", *(f"  {a}" for a in self.added)]
+        if self.added:
+            lines = [f"{len(self.added)} result folder(s) and file(s) exported to {dest}", *(f"  {a}" for a in self.added)]
+        else:  # e.g. `wm matrix --export`'s last export, after every step was exported as it ended
+            lines = [f"nothing new to export: {dest} already holds every finished result"]
         if self.unfinished:
             lines += ["left out, not finished:", *(f"  {u}" for u in self.unfinished)]
         return "\n".join(lines)
