@@ -171,6 +171,39 @@ def test_the_committed_mt10_results_take_the_example_files_remaining_pieces():
     assert (results / matrix.RESULTS_ONLY_FILE).is_file() and not list(results.rglob("*.safetensors"))
 
 
+def test_a_piece_holds_its_arms_seeds_memory_modes_and_encoders_only():
+    repo = Path(__file__).resolve().parents[1]
+    config = matrix.load_config(repo / "examples" / "mt10_world_memory.yaml")
+    piece = config.piece(arms=["E2-oracle-state", "E0"], seeds=[2])
+    assert list(piece.arms) == ["E0", "E2-oracle-state"] and piece.seeds == (2,)  # the file's order
+    assert list(piece.encoders) == ["learned", "state"] and piece.arm_encoders == {"E0": "learned", "E2-oracle-state": "state"}
+    assert piece.ablations == {"E2-oracle-state": ("zero", "shuffle", "other")}
+    assert piece.interventions == {"E2-oracle-state": ("zero", "shuffle", "random")}
+    assert piece.arms["E2-oracle-state"] == config.arms["E2-oracle-state"] and piece.evaluation == config.evaluation
+    assert matrix.parse_config(piece.to_dict()) == piece  # written as a run folder's matrix.yaml and read back
+    state_only = config.piece(arms=["E2-state"])
+    assert list(state_only.encoders) == ["state"] and state_only.seeds == config.seeds  # no learned latents to compute
+    # A piece merges with the committed results like the whole file.
+    matrix.check_run_dir(piece, repo / "docs" / "results" / "mt10_world_memory")
+    assert config.piece() == config
+
+
+def test_a_piece_keeps_the_baseline_only_if_it_holds_it():
+    config = matrix.parse_config(changed(lambda c: c.update(report={"baseline": "E0"})))
+    assert config.piece(arms=["E0", "E2"]).report.baseline == "E0"
+    assert config.piece(arms=["E2s"]).report.baseline is None
+
+
+@pytest.mark.parametrize("arms, seeds, message", [
+    (["E9"], None, r"no arm E9 in this matrix \(it has E0, E0s, E2, E2s, E2o"),
+    (None, [7], r"no training seed 7 in this matrix \(it has 0\)"),
+    ([], None, "a piece needs at least one arm and one training seed"),
+])
+def test_a_piece_refuses_what_the_matrix_lacks(arms, seeds, message):
+    with pytest.raises(matrix.MatrixConfigError, match=message):
+        matrix.parse_config(CONFIG).piece(arms=arms, seeds=seeds)
+
+
 def test_libero_task_ids_may_be_numbers():
     raw = changed(lambda c: c.update(evaluation={"env": "libero", "suite": "libero_spatial", "tasks": [0, "1"]}))
     assert matrix.parse_config(raw).evaluation.tasks == ["0", "1"]

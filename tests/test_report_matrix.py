@@ -358,6 +358,23 @@ def test_run_matrix_runs_only_what_is_missing(tmp_path, monkeypatch):
     assert rows["train"]["work"] == {"steps": 10 + 10 + 10 + 5}  # E2 seed 1 last ran from step 5
 
 
+def test_matrix_runs_a_piece_of_the_file_and_the_file_completes_it(tmp_path, monkeypatch, capsys):
+    stages = FakeStages(monkeypatch)
+    file, run = tmp_path / "matrix.yaml", tmp_path / "run"
+    file.write_text(yaml.safe_dump(CONFIG))
+    assert cli.main(["matrix", str(file), "--out", str(run), "--arms", "E2", "--seeds", "1"]) == 0
+    assert f"piece of {file}: arms E2; training seeds 1" in capsys.readouterr().out
+    assert stages.calls == [("dataset",), ("latents",), ("train", "E2", 1), ("eval", "E2", 1), ("eval", "E2:zero", 1)]
+    stages.calls.clear()
+    assert cli.main(["matrix", str(file), "--out", str(run)]) == 0  # the whole file: only the rest runs
+    assert sorted(stages.calls) == sorted([("train", "E0", 0), ("train", "E0", 1), ("train", "E2", 0), ("eval", "E0", 0),
+                                           ("eval", "E0", 1), ("eval", "E2", 0), ("eval", "E2:zero", 0)])
+    assert cli.main(["matrix", str(file), "--out", str(run), "--arms", "E0,E9"]) != 0
+    assert "no arm E9 in this matrix (it has E0, E2)" in capsys.readouterr().err
+    assert cli.main(["matrix", str(file), "--out", str(run), "--seeds", "one"]) != 0
+    assert "--seeds: expected a comma-separated list of ints, got 'one'" in capsys.readouterr().err
+
+
 def test_rerun_refuses_a_changed_config(tmp_path, monkeypatch):
     FakeStages(monkeypatch)
     run = tmp_path / "run"

@@ -29,6 +29,10 @@ def register(subparsers) -> None:
                         help="merge each finished training, intervention and evaluation into the results-only folder "
                              "DEST as it ends (as `wm report RUN_DIR --export DEST` does), and write DEST's report at "
                              "the end: for machines that may not outlive the run (only the steps under way are lost)")
+    parser.add_argument("--arms", default=None, metavar="ARM[,ARM...]",
+                        help="run only these arms (with their ablations and interventions): a piece of the matrix "
+                             "that merges with the others (same run folder, or --export into one DEST)")
+    parser.add_argument("--seeds", default=None, metavar="SEED[,SEED...]", help="run only these training seeds")
     add_common(parser)
     parser.set_defaults(handler=_matrix)
 
@@ -37,6 +41,10 @@ def _matrix(args) -> int:
     config_path = Path(args.config)
     run_dir = Path(args.out) if args.out else Path("outputs/matrix") / config_path.stem
     config = matrix.load_config(config_path)
+    if args.arms is not None or args.seeds is not None:
+        config = config.piece(arms=_listed(args.arms, str, "--arms"), seeds=_listed(args.seeds, int, "--seeds"))
+        print(f"piece of {config_path}: arms {', '.join(config.arms)}; training seeds "
+              f"{', '.join(map(str, config.seeds))}")
     print(f"run folder: {run_dir.resolve()}")
     exporter = None
     if args.export and not args.dry_run:
@@ -49,3 +57,13 @@ def _matrix(args) -> int:
     if exporter is not None:
         print(f"export's report: {exporter.finish()}")
     return 0
+
+
+def _listed(value: str | None, kind: type, flag: str) -> list | None:
+    """A comma-separated command-line list (None when not given)."""
+    if value is None:
+        return None
+    try:
+        return [kind(item.strip()) for item in value.split(",") if item.strip()]
+    except ValueError:
+        raise matrix.MatrixConfigError(f"{flag}: expected a comma-separated list of {kind.__name__}s, got {value!r}") from None

@@ -12,7 +12,7 @@ import dataclasses
 import inspect
 import types
 import typing
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
@@ -92,6 +92,31 @@ class MatrixConfig:
             "evaluation": dataclasses.asdict(self.evaluation),
             "report": dataclasses.asdict(self.report),
         }
+
+    def piece(self, arms: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> MatrixConfig:
+        """The part of this matrix with only ``arms`` and ``seeds`` (None: all): their ablations, interventions and
+        the encoders they read; a run of it merges with runs of the other pieces (one run folder, or exports).
+        The report's baseline stays only if the piece holds it."""
+        for given, held, what in ((arms, self.arms, "arm"), (seeds, self.seeds, "training seed")):
+            unknown = [x for x in given or () if x not in held]
+            if unknown:
+                raise MatrixConfigError(f"no {what} {', '.join(map(str, unknown))} in this matrix "
+                                        f"(it has {', '.join(map(str, held))})")
+        if (arms is not None and not arms) or (seeds is not None and not seeds):
+            raise MatrixConfigError("a piece needs at least one arm and one training seed")
+        kept = [arm for arm in self.arms if arms is None or arm in arms]
+        read = {self.arm_encoders[arm] for arm in kept}
+        baseline = self.report.baseline if self.report.baseline in kept else None
+        return dataclasses.replace(
+            self,
+            encoders={name: options for name, options in self.encoders.items() if name in read},
+            seeds=tuple(seed for seed in self.seeds if seeds is None or seed in seeds),
+            arms={arm: self.arms[arm] for arm in kept},
+            arm_encoders={arm: self.arm_encoders[arm] for arm in kept},
+            ablations={arm: modes for arm, modes in self.ablations.items() if arm in kept},
+            interventions={arm: modes for arm, modes in self.interventions.items() if arm in kept},
+            report=dataclasses.replace(self.report, baseline=baseline),
+        )
 
     def rollout_mode(self, arm: str) -> str | None:
         """The arm's own rollout memory mode (None without world memory)."""
