@@ -365,10 +365,19 @@ def test_matrix_runs_a_piece_of_the_file_and_the_file_completes_it(tmp_path, mon
     assert cli.main(["matrix", str(file), "--out", str(run), "--arms", "E2", "--seeds", "1"]) == 0
     assert f"piece of {file}: arms E2; training seeds 1" in capsys.readouterr().out
     assert stages.calls == [("dataset",), ("latents",), ("train", "E2", 1), ("eval", "E2", 1), ("eval", "E2:zero", 1)]
+    assert cli.main(["matrix", str(file), "--out", str(run), "--arms", "E0", "--seeds", "1"]) == 0
+    # The run folder's matrix.yaml is the union of its pieces, so a rerun of the first piece with other settings
+    # is refused although the last piece did not hold its arm.
+    held = matrix.load_config(run / "matrix.yaml")
+    assert list(held.arms) == ["E2", "E0"] and held.seeds == (1,) and held.ablations == {"E2": ("pred", "zero")}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config_with("arms.E2.lambda_world", 1.0)))
+    assert cli.main(["matrix", str(changed), "--out", str(run), "--arms", "E2", "--seeds", "1", "--dry-run"]) != 0
+    assert "arms.E2.policy.lambda_world: existing 0.5 vs requested 1.0" in capsys.readouterr().err
     stages.calls.clear()
     assert cli.main(["matrix", str(file), "--out", str(run)]) == 0  # the whole file: only the rest runs
-    assert sorted(stages.calls) == sorted([("train", "E0", 0), ("train", "E0", 1), ("train", "E2", 0), ("eval", "E0", 0),
-                                           ("eval", "E0", 1), ("eval", "E2", 0), ("eval", "E2:zero", 0)])
+    assert sorted(stages.calls) == sorted([("train", "E0", 0), ("train", "E2", 0), ("eval", "E0", 0), ("eval", "E2", 0),
+                                           ("eval", "E2:zero", 0)])
     assert cli.main(["matrix", str(file), "--out", str(run), "--arms", "E0,E9"]) != 0
     assert "no arm E9 in this matrix (it has E0, E2)" in capsys.readouterr().err
     assert cli.main(["matrix", str(file), "--out", str(run), "--seeds", "one"]) != 0

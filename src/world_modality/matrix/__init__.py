@@ -11,7 +11,8 @@ file (`MatrixConfig.piece`). `config` parses the file, `run` plans and runs it.
 
 Run folder::
 
-    RUN_DIR/matrix.yaml                          the resolved config; a rerun must agree with it
+    RUN_DIR/matrix.yaml                          the resolved config (the union of the pieces run here); a rerun
+                                                 must agree with it
     RUN_DIR/dataset/                             the generated MetaWorld dataset (absent with dataset.path)
     RUN_DIR/latents/<encoder>/                   a world-latent cache per encoder (a trained/fitted encoder beside it)
     RUN_DIR/train/<arm>/seed<k>/                 a `wm train` run folder (checkpoints/, tensorboard/)

@@ -19,7 +19,6 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
@@ -30,10 +29,9 @@ from world_modality.matrix.config import (
     RESULTS_ONLY_FILE,
     MatrixConfig,
     load_config,
-    parse_config,
     report_baseline,
 )
-from world_modality.matrix.run import check_run_dir, episodes_held, episodes_per_evaluation
+from world_modality.matrix.run import check_run_dir, episodes_held, episodes_per_evaluation, merged_config
 from world_modality.schedule import Step
 
 MAX_CURVE_POINTS = 500  # enough for the report's plots; a full curve has one point per training step
@@ -66,7 +64,7 @@ def export_results(run_dir: str | Path, dest: str | Path) -> Export:
     if not (run_dir / "eval").is_dir() and not (run_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} has neither eval/ nor {CONFIG_FILE}: not a matrix run folder")
     run_config = load_config(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else None
-    config = None if run_config is None else _merged_config(run_config, dest)
+    config = None if run_config is None else merged_config(run_config, dest)
     unfinished: list[str] = []
     expected = None if run_config is None else episodes_per_evaluation(run_config)
     pieces = []
@@ -149,26 +147,6 @@ def _training_progress(run: Path) -> str | None:
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     step, total = meta.get("training_step"), meta.get("total_steps")
     return f"step {step} of {total}" if step is not None and total is not None and step < total else None
-
-
-def _merged_config(config: MatrixConfig, dest: Path) -> dict[str, Any]:
-    """The matrix file of ``dest`` after exporting a run of ``config``: the union of its pieces' arms, seeds,
-    encoders, ablations and interventions (refused when they disagree on anything that changes results)."""
-    if not (dest / CONFIG_FILE).is_file():
-        return config.to_dict()
-    check_run_dir(config, dest)
-    old, new = load_config(dest / CONFIG_FILE).to_dict(), config.to_dict()
-    encoders = {e["name"]: e for e in old["encoders"]} | {e["name"]: e for e in new["encoders"]}
-    merged = old | {
-        "encoders": list(encoders.values()),
-        "training": {"seeds": sorted(set(old["training"]["seeds"]) | set(new["training"]["seeds"]))},
-        "arms": old["arms"] | new["arms"],
-    }
-    for section in ("ablations", "interventions"):
-        merged[section] = {arm: list(dict.fromkeys([*old[section].get(arm, []), *new[section].get(arm, [])]))
-                           for arm in old[section] | new[section]}
-    parse_config(merged)  # the union must itself be a valid matrix file
-    return merged
 
 
 def _same(source: Path, target: Path) -> bool:

@@ -18,6 +18,7 @@ from world_modality.matrix.config import (
     RESULTS_ONLY_FILE,
     MatrixConfig,
     generated_dataset,
+    load_config,
     parse_config,
     train_defaults,
 )
@@ -275,6 +276,29 @@ def check_run_dir(config: MatrixConfig, run_dir: Path) -> None:
                          + "\nUse another --out, or restore those settings.")
 
 
+def merged_config(config: MatrixConfig, folder: Path) -> dict[str, Any]:
+    """The matrix file of a run folder or export after running or exporting ``config`` into it: the union of its
+    pieces' arms, seeds, encoders, ablations and interventions (refused when they disagree on anything that changes
+    results), so that a rerun of any piece is checked against what the folder holds. The report's baseline is
+    ``config``'s when it names one, else the folder's."""
+    if not (folder / CONFIG_FILE).is_file():
+        return config.to_dict()
+    check_run_dir(config, folder)
+    old, new = load_config(folder / CONFIG_FILE).to_dict(), config.to_dict()
+    encoders = {e["name"]: e for e in old["encoders"]} | {e["name"]: e for e in new["encoders"]}
+    merged = old | {
+        "encoders": list(encoders.values()),
+        "training": {"seeds": sorted(set(old["training"]["seeds"]) | set(new["training"]["seeds"]))},
+        "arms": old["arms"] | new["arms"],
+        "report": new["report"] if new["report"]["baseline"] is not None else old["report"],
+    }
+    for section in ("ablations", "interventions"):
+        merged[section] = {arm: list(dict.fromkeys([*old[section].get(arm, []), *new[section].get(arm, [])]))
+                           for arm in old[section] | new[section]}
+    parse_config(merged)  # the union must itself be a valid matrix file
+    return merged
+
+
 def _diff(old: Any, new: Any, where: str) -> list[str]:
     leaf = where.rsplit(".", 1)[-1]
     if leaf in FREE_FIELDS or f"{leaf}@{where.split('.', 1)[0]}" in FREE_FIELDS:
@@ -313,7 +337,8 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
         print(format_plan(steps))
         if dry_run:
             return steps.steps
-        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        # The union with earlier pieces run here: a later piece's rerun is checked against all of them.
+        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(merged_config(config, run_dir), sort_keys=False))
         profile = Profile(run_dir, executor)
 
         def on_done(step: Step, start: float, end: float) -> None:
