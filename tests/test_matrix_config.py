@@ -105,7 +105,7 @@ def test_a_named_baseline_settles_an_ambiguous_one():
 
 
 def test_rerun_may_add_an_encoder_but_not_change_one_or_an_arms(tmp_path, monkeypatch):
-    monkeypatch.setattr(matrix_run, "plan", lambda config, run_dir, gpus: Plan([]))
+    monkeypatch.setattr(matrix_run, "plan", lambda config, run_dir, gpus, held: Plan([]))
     one = changed(lambda c: c.update(encoders=c["encoders"][:1], arms=ONE_SOURCE_ARMS, ablations={}, interventions={}))
     matrix.run_matrix(matrix.parse_config(one), tmp_path)
     assert yaml.safe_load((tmp_path / "matrix.yaml").read_text())["arms"]["E2"]["encoder"] == "learned"

@@ -288,13 +288,22 @@ class FakeStages:
         matrix.latents_dir(config, run_dir, encoder).mkdir(parents=True)
         (matrix.latents_dir(config, run_dir, encoder) / "spec.json").write_text("{}")
 
+    weights_digest: str | None = None  # when set, each checkpoint records its weights' digest as `wm train` does
+
     def train_arm(self, config, run_dir, arm, seed):
         self.calls.append(("train", arm, seed))
         fake_checkpoint(matrix.train_dir(run_dir, arm, seed), config.arms[arm]["steps"])
+        if self.weights_digest is not None:
+            pretrained = matrix.train_dir(run_dir, arm, seed) / "checkpoints" / "last" / "pretrained_model"
+            pretrained.mkdir(exist_ok=True)
+            (pretrained / "world_modality.json").write_text(json.dumps({"dataset": str(run_dir / "dataset")}))
+            atomic_write_json(pretrained / "file_digests.json", {"algorithm": "sha256", "files": {
+                "model.safetensors": {"sha256": self.weights_digest, "size": 1}}})
 
-    def evaluate_arm(self, config, run_dir, arm, seed, memory_mode, label, pools=None):
+    def evaluate_arm(self, config, run_dir, arm, seed, memory_mode, label, pools=None, held=None):
         assert pools is not None  # the matrix's evaluations share one set of started simulator pools
         self.calls.append(("eval", label, seed))
+        self.held = held
         path = matrix.eval_dir(run_dir, label, seed) / "episodes.jsonl"
         done = {r["episode_id"] for r in read_jsonl(path)}
         for task in config.evaluation.tasks:
@@ -558,12 +567,12 @@ class BreakingStages(FakeStages):
 
     lost: tuple[str, int] | None = ("E2:zero", 1)
 
-    def evaluate_arm(self, config, run_dir, arm, seed, memory_mode, label, pools=None):
+    def evaluate_arm(self, config, run_dir, arm, seed, memory_mode, label, pools=None, held=None):
         if (label, seed) == self.lost:
             first = episode(label, "reach-v3", 0, True, seed)
             append_jsonl(matrix.eval_dir(run_dir, label, seed) / "episodes.jsonl", first)
             raise RuntimeError("machine lost")
-        super().evaluate_arm(config, run_dir, arm, seed, memory_mode, label, pools)
+        super().evaluate_arm(config, run_dir, arm, seed, memory_mode, label, pools, held)
 
 
 def test_matrix_export_keeps_each_finished_step_when_the_run_breaks_off(tmp_path, monkeypatch, capsys):
@@ -590,3 +599,66 @@ def test_matrix_export_keeps_each_finished_step_when_the_run_breaks_off(tmp_path
     assert pd.read_csv(tmp_path / "merged" / "report" / "arms.csv").equals(pd.read_csv(run / "report" / "arms.csv"))
     assert cli.main(["matrix", str(file), "--out", str(run), "--export", str(run)]) != 0
     assert "--export needs another folder than the run folder" in capsys.readouterr().err
+
+
+def test_matrix_export_on_a_fresh_machine_runs_only_what_dest_lacks(tmp_path, monkeypatch, capsys):
+    """A machine lost mid-run, and a fresh one with a copy of DEST but not the run folder: only the results DEST
+    lacks are run, an arm trained again only for them, and its results join DEST only if its weights reproduce
+    DEST's."""
+    stages = BreakingStages(monkeypatch)  # E2:zero seed 1 breaks off
+    stages.weights_digest = "a" * 64
+    file, dest = tmp_path / "matrix.yaml", tmp_path / "results"
+    file.write_text(yaml.safe_dump(CONFIG))
+    assert cli.main(["matrix", str(file), "--out", str(tmp_path / "lost"), "--export", str(dest)]) != 0
+    stages.lost, stages.calls = None, []
+    fresh = ["matrix", str(file), "--out", str(tmp_path / "fresh"), "--export", str(dest)]
+    assert cli.main([*fresh, "--dry-run"]) == 0
+    plan = " ".join(capsys.readouterr().out.split())
+    assert f"[done] train E0 seed 1 model A: {dest} holds every result of it" in plan
+    assert f"[done] eval E2 seed 1 memory pred, held in {dest}" in plan
+    assert "[todo] train E2 seed 1" in plan and "[todo] eval E2:zero seed 1" in plan and "[todo] dataset" in plan
+    assert stages.calls == []
+    assert cli.main(fresh) == 0
+    assert stages.calls == [("dataset",), ("latents",), ("train", "E2", 1), ("eval", "E2:zero", 1)]
+    assert stages.held == dest  # where the ablation finds the arm's own evaluation to compare with
+    assert episodes_of(dest / "eval" / "E2:zero" / "seed1") == 2 * EPISODES
+    assert pd.read_csv(dest / "report" / "seeds.csv").set_index("arm").loc["E2:zero", "pooled_n"] == 4 * EPISODES
+    # With everything held, a fresh machine has nothing to do: not even the dataset and latents.
+    stages.calls = []
+    assert cli.main(["matrix", str(file), "--out", str(tmp_path / "idle"), "--export", str(dest)]) == 0
+    assert stages.calls == []
+    plan = " ".join(capsys.readouterr().out.split())
+    assert f"[done] dataset not needed: {dest} holds every result that reads it" in plan
+    assert f"[done] report no evaluation here: {dest} holds them" in plan and f"export's report: {dest}" in plan
+    # A machine whose training gives other weights: refused after the training, before its evaluation runs.
+    shutil.rmtree(dest / "eval" / "E2:zero" / "seed1")
+    stages.weights_digest, stages.calls = "b" * 64, []
+    assert cli.main(["matrix", str(file), "--out", str(tmp_path / "other-gpu"), "--export", str(dest)]) != 0
+    error = capsys.readouterr().err
+    assert "already holds train/E2/seed1 with other results" in error and "cannot add evaluations to it" in error
+    assert stages.calls == [("dataset",), ("latents",), ("train", "E2", 1)]
+    assert not (dest / "eval" / "E2:zero" / "seed1").exists()
+
+
+def episodes_of(evaluation: Path) -> int:
+    return len(read_jsonl(evaluation / "episodes.jsonl"))
+
+
+def test_an_ablation_compares_itself_with_the_arm_s_own_evaluation_held_in_the_export(tmp_path, monkeypatch, capsys):
+    import world_modality.rollout as rollout
+
+    config, run, dest = matrix.parse_config(CONFIG), tmp_path / "run", tmp_path / "results"
+    fake_checkpoint(matrix.train_dir(run, "E2", 1), 10)
+    for task in config.evaluation.tasks:
+        for i in range(EPISODES):
+            append_jsonl(matrix.eval_dir(dest, "E2", 1) / "episodes.jsonl", episode("E2", task, i, i in OUTCOMES["E2"][task], 1))
+
+    def evaluate_checkpoint(checkpoint, *, out_dir, **options):
+        for task in config.evaluation.tasks:
+            for i in range(EPISODES):
+                append_jsonl(Path(out_dir) / "episodes.jsonl", episode("E2:zero", task, i, i in OUTCOMES["E2:zero"][task], 1))
+        return Path(out_dir) / "episodes.jsonl"
+
+    monkeypatch.setattr(rollout, "evaluate_checkpoint", evaluate_checkpoint)
+    matrix_run.evaluate_arm(config, run, "E2", 1, "zero", "E2:zero", held=dest)
+    assert "seed 1: E2:zero changed the outcome of 8 of 20 paired episodes vs E2" in capsys.readouterr().out

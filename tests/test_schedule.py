@@ -171,6 +171,19 @@ def test_a_failed_step_is_named_and_its_dependents_do_not_run(tmp_path):
     assert "train b 0" in ran(tmp_path)  # the local executor finished the independent step
 
 
+def test_a_step_whose_result_on_done_refuses_fails_and_its_dependents_do_not_run(tmp_path):
+    """`wm matrix --export` refuses a training that does not reproduce the export's: the step then fails."""
+    def refuse_training(step, start, end):
+        if step.stage == "train":
+            raise ValueError("other weights than DEST's (fake)")
+
+    plan = fake_plan(tmp_path)
+    for executor in ("serial", "local"):
+        with pytest.raises((StepFailed, ValueError), match="other weights than DEST's \\(fake\\)"):
+            execute(plan, executor, cpus=2, gpus=0, on_done=refuse_training)
+        assert not any(step.startswith("eval") for step in ran(tmp_path))
+
+
 def test_invalid_plans_are_refused():
     with pytest.raises(PlanError, match="two steps are named 'x'"):
         Plan([Step("x", "s", make_data), Step("x", "s", make_data)])

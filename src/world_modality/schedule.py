@@ -303,8 +303,12 @@ class _LocalRun:
             self._release(step, devices)
             start = self.started.pop(step.name)
             if error is None:
+                try:  # e.g. an export that refuses the step's result: the steps that need it must not run
+                    self.on_done(step, start, time.time())
+                except Exception as exc:  # noqa: BLE001 - reported as the step's failure
+                    error = f"after it ended: {type(exc).__name__}: {exc}"
+            if error is None:
                 self.finished.add(step.name)
-                self.on_done(step, start, time.time())
             else:
                 self.failures.append(f"step {step.name!r} failed:\n{error}")
                 self.log(f"step {step.name!r} failed; waiting for the running steps to finish")

@@ -28,7 +28,10 @@ def register(subparsers) -> None:
     parser.add_argument("--export", default=None, metavar="DEST",
                         help="merge each finished training, intervention and evaluation into the results-only folder "
                              "DEST as it ends (as `wm report RUN_DIR --export DEST` does), and write DEST's report at "
-                             "the end: for machines that may not outlive the run (only the steps under way are lost)")
+                             "the end: for machines that may not outlive the run (only the steps under way are lost). "
+                             "What DEST already holds is not run again: with a copy of DEST on a fresh machine, the "
+                             "run does only the rest, training an arm again only for results DEST lacks (accepted "
+                             "when its weights reproduce DEST's bit for bit)")
     parser.add_argument("--arms", default=None, metavar="ARM[,ARM...]",
                         help="run only these arms (with their ablations and interventions): a piece of the matrix "
                              "that merges with the others (same run folder, or --export into one DEST)")
@@ -51,8 +54,8 @@ def _matrix(args) -> int:
         from world_modality.matrix.export import StepExporter
 
         exporter = StepExporter(config, run_dir, args.export)
-    matrix.run_matrix(config, run_dir, dry_run=args.dry_run, address=args.ray, on_step_done=exporter)
-    if not args.dry_run:
+    matrix.run_matrix(config, run_dir, dry_run=args.dry_run, address=args.ray, on_step_done=exporter, held=args.export)
+    if not args.dry_run and (run_dir / "report" / "report.md").is_file():
         print(f"report: {run_dir.resolve() / 'report' / 'report.md'}")
     if exporter is not None:
         print(f"export's report: {exporter.finish()}")

@@ -6,8 +6,9 @@ seed's earlier evaluations. The steps are one scheduling plan (`world_modality.s
 with `evaluation.concurrent: true`) the GPU trains the next arm or seed while the CPUs evaluate finished
 checkpoints on one set of started simulator processes; `--ray ADDRESS` runs every step as a Ray task. Each
 step's wall times go to RUN_DIR/profile.json. `--export DEST` merges each finished training, intervention and
-evaluation into a results-only folder as it ends (`export`); `--arms A,B --seeds 2` runs only that piece of the
-file (`MatrixConfig.piece`). `config` parses the file, `run` plans and runs it.
+evaluation into a results-only folder as it ends (`export`), and what DEST holds is not run again (a fresh
+machine with a copy of DEST does only the rest); `--arms A,B --seeds 2` runs only that piece of the file
+(`MatrixConfig.piece`). `config` parses the file, `run` plans and runs it.
 
 Run folder::
 

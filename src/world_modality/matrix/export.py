@@ -85,11 +85,14 @@ def export_results(run_dir: str | Path, dest: str | Path) -> Export:
     # Every conflict is found before anything is written: a refused export leaves DEST as it was.
     conflicts = [target for source, target in pieces if target.exists() and not _same(source, target)]
     held = {target: _held_checkpoint(run, target) for run, target in runs}
-    conflicts += [target for target, state in held.items() if state is False]
-    if conflicts:
-        raise ValueError(f"{dest} already holds {', '.join(str(t.relative_to(dest)) for t in conflicts)} with other "
-                         f"results than {run_dir}: export pieces with other seeds or arms, or remove those from there "
-                         "to replace them")
+    retrained = [target for target, state in held.items() if state is False]
+    if conflicts or retrained:
+        raise ValueError(f"{dest} already holds {', '.join(str(t.relative_to(dest)) for t in conflicts + retrained)} "
+                         f"with other results than {run_dir}: export pieces with other seeds or arms, or remove those "
+                         "from there to replace them" + (
+                             "; a training run again that gave other weights than DEST's (another GPU or other "
+                             "library versions do not reproduce it bit for bit) cannot add evaluations to it: run "
+                             "them where DEST's training ran" if retrained else ""))
     added = []
     for source, target in pieces:
         if not target.exists():
@@ -170,13 +173,31 @@ def _copy(source: Path, target: Path) -> None:
 
 def _held_checkpoint(run: Path, target: Path) -> bool | None:
     """Whether an export ``target`` holds the last checkpoint of training run ``run`` (True), another one (False), or
-    none (None)."""
+    none (None). The same checkpoint is the same step with the same weights: a training run again on another machine
+    (`wm matrix --export` into an export that holds it) is the same when it reproduced the weights bit for bit, although
+    its configs name other folders. Checkpoints without weight digests compare their configs."""
     from world_modality.training.checkpoint import PRETRAINED, last_checkpoint
 
     last, held = last_checkpoint(run), last_checkpoint(target) if target.exists() else None
     if held is None or last is None:
         return None
-    return held.name == last.name and all(_same(c, held / PRETRAINED / c.name) for c in (last / PRETRAINED).glob("*.json"))
+    if held.name != last.name:
+        return False
+    weights, held_weights = _weight_digests(last / PRETRAINED), _weight_digests(held / PRETRAINED)
+    if weights and held_weights:
+        return weights == held_weights
+    return all(_same(c, held / PRETRAINED / c.name) for c in (last / PRETRAINED).glob("*.json"))
+
+
+def _weight_digests(pretrained: Path) -> dict[str, str]:
+    """The sha256 of each weights file (``*.safetensors``) a checkpoint's digest file records; empty without one."""
+    from lerobot_policy_world_modality.file_digests import DIGESTS_FILE
+
+    path = pretrained / DIGESTS_FILE
+    if not path.is_file():
+        return {}
+    files = json.loads(path.read_text())["files"]
+    return {name: record["sha256"] for name, record in files.items() if name.endswith(".safetensors")}
 
 
 def _export_training_run(run: Path, target: Path) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +119,10 @@ def intervene_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int) -> N
 
 
 def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memory_mode: str | None, label: str,
-                 pools: Any = None) -> None:
+                 pools: Any = None, held: Path | None = None) -> None:
     """Evaluate the last checkpoint of an arm's seed (resumable) into RUN_DIR/eval/<label>/seed<k> on the started
     simulator ``pools`` (an `EnvPools`; None: its own); an ablation says whether it left every paired episode as
-    the arm's own."""
+    the arm's own (read from ``held``, the export the plan took as done, when RUN_DIR lacks them)."""
     from world_modality.rollout import evaluate_checkpoint
     from world_modality.training.checkpoint import last_checkpoint
 
@@ -134,7 +135,10 @@ def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memor
         memory_mode=memory_mode, arm=arm, train_seed=seed, out_dir=eval_dir(run_dir, label, seed), workers=ev.workers,
         groups=ev.groups, eval_seed=ev.eval_seed, videos_per_task=ev.videos_per_task, max_steps=ev.max_steps, pools=pools)
     if label != arm:
-        own = read_jsonl(eval_dir(run_dir, arm, seed) / EPISODES_FILE)
+        own_file = eval_dir(run_dir, arm, seed) / EPISODES_FILE
+        if not own_file.is_file() and held is not None:
+            own_file = eval_dir(held, arm, seed) / EPISODES_FILE
+        own = read_jsonl(own_file)
         print(f"seed {seed}: {ablation_line(ablation_change(own, read_jsonl(results), label), arm)}")
 
 
@@ -168,12 +172,17 @@ def _on_gpu(device: str | None, gpus: bool) -> bool:
     return device.startswith("cuda") or (device == "auto" and gpus)
 
 
-def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None) -> Plan:
+def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, held: str | Path | None = None) -> Plan:
     """Every step of the matrix in the serial order, each marked done or to do from what RUN_DIR holds, with the
     steps it needs and the resources it holds (``gpus``: whether GPUs are there to hold; default: this machine's).
 
     Training steps run in processes of their own (`world_modality.schedule`); an evaluation of a checkpoint whose
-    training is to do is to do as well, so a lost checkpoint reruns its training, evaluations and the report."""
+    training is to do is to do as well, so a lost checkpoint reruns its training, evaluations and the report.
+
+    ``held``: an export (`wm matrix --export DEST`) whose finished evaluations and interventions are done too, so a
+    run on a fresh machine does only what DEST lacks: a training only when one of its evaluations or interventions
+    is left (its export then checks that the weights reproduce DEST's run), the dataset and latents only when a
+    step to do needs them."""
     from lerobot_policy_world_modality.latent_cache import SPEC_FILE
 
     from world_modality.sim import get_simulator
@@ -203,6 +212,19 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None) ->
                           needs=dataset_needs, done=(latents / SPEC_FILE).is_file(), isolated=True,
                           resources=train_resources(_on_gpu(options.get("device"), gpus)), detail=f"-> {latents}",
                           work={"episodes": episodes}))
+    held = Path(held).expanduser().resolve() if held is not None else None
+    ev = config.evaluation
+    expected = episodes_per_evaluation(config)
+    totals = {arm: options.get("steps", train_defaults()["steps"]) for arm, options in config.arms.items()}
+    evaluation_held = {(label, seed): held is not None and episodes_held(eval_dir(held, label, seed)) >= expected
+                       for _, _, label in config.evaluations() for seed in config.seeds}
+    intervention_held = {(arm, seed): held is not None and _intervention_done(intervention_path(held, arm, seed), modes,
+                                                                              totals[arm])
+                         for arm, modes in config.interventions.items() for seed in config.seeds}
+    # A training is needed here only for results ``held`` lacks.
+    needed = {(base, seed) for base, _, label in config.evaluations() for seed in config.seeds
+              if not evaluation_held[label, seed]}
+    needed |= {key for key, done in intervention_held.items() if not done}
     trained: dict[tuple[str, int], bool] = {}
     for arm, options in config.arms.items():
         total = options.get("steps", train_defaults()["steps"])
@@ -212,43 +234,67 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None) ->
             if at > total:
                 raise ValueError(f"{train_dir(run_dir, arm, seed)} was trained to step {at}, beyond the {total} "
                                  f"steps the config asks of arm {arm!r}; use another run folder")
-            trained[arm, seed] = at == total
+            trained[arm, seed] = at == total or (arm, seed) not in needed
             kind = options.get("policy_type", "world_transformer")
             if kind == "world_transformer":
                 kind = f"model {options.get('model_type') or 'F'}"
             if len(config.encoders) > 1:
                 kind += f" on {config.arm_encoders[arm]} latents"
             detail = f"{kind}, step {at} of {total}" + (" (resume)" if 0 < at < total else "")
+            if at < total and (arm, seed) not in needed:
+                detail = f"{kind}: {held} holds every result of it"
             steps.append(Step(f"train {arm} seed {seed}", "train", train_step, where | {"arm": arm, "seed": seed},
-                              needs=(f"latents {config.arm_encoders[arm]}",), done=at == total, isolated=True,
+                              needs=(f"latents {config.arm_encoders[arm]}",), done=trained[arm, seed], isolated=True,
                               resources=train_resources(_on_gpu(options.get("device"), gpus)), detail=detail,
                               work={"steps": total - at}))
     for arm, modes in config.interventions.items():
-        total = config.arms[arm].get("steps", train_defaults()["steps"])
         for seed in config.seeds:
             path = intervention_path(run_dir, arm, seed)
+            detail = f"wm intervene: validation loss under {', '.join(modes)} vs pred -> {path}"
             steps.append(Step(f"intervene {arm} seed {seed}", "offline", intervene_arm, where | {"arm": arm, "seed": seed},
                               needs=(f"train {arm} seed {seed}",),
-                              done=trained[arm, seed] and _intervention_done(path, modes, total),
+                              done=intervention_held[arm, seed] or (trained[arm, seed]
+                                                                    and _intervention_done(path, modes, totals[arm])),
                               resources=eval_resources(1, _on_gpu(config.arms[arm].get("device"), gpus)),
-                              detail=f"wm intervene: validation loss under {', '.join(modes)} vs pred -> {path}"))
-    ev = config.evaluation
-    expected = episodes_per_evaluation(config)
+                              detail=f"held in {held}" if intervention_held[arm, seed] else detail))
     for arm, mode, label in config.evaluations():
         for seed in config.seeds:
             have = episodes_held(eval_dir(run_dir, label, seed))
-            done = trained[arm, seed] and have >= expected
+            done = evaluation_held[label, seed] or (trained[arm, seed] and have >= expected)
             detail = (f"memory {mode or config.rollout_mode(arm) or 'none'}, {have} of {expected} episodes "
                       f"({len(ev.tasks)} task(s) x {ev.episodes_per_task}, eval_seed {ev.eval_seed})")
+            if evaluation_held[label, seed]:
+                detail = f"memory {mode or config.rollout_mode(arm) or 'none'}, held in {held}"
             # An ablation ends by comparing itself with the arm's own evaluation: it runs after it.
             needs = (f"train {arm} seed {seed}",) + ((f"eval {arm} seed {seed}",) if label != arm else ())
             steps.append(Step(f"eval {label} seed {seed}", "eval", evaluate_arm,
-                              where | {"arm": arm, "seed": seed, "memory_mode": mode, "label": label}, needs=needs,
-                              done=done, resources=eval_resources(ev.workers, gpus), shares_pools=True, detail=detail,
+                              where | {"arm": arm, "seed": seed, "memory_mode": mode, "label": label, "held": held},
+                              needs=needs, done=done, resources=eval_resources(ev.workers, gpus), shares_pools=True,
+                              detail=detail,
                               work={"episodes": expected if not trained[arm, seed] else max(0, expected - have)}))
+    # With every evaluation held and none here, DEST's report is the one to read (`StepExporter.finish`).
+    nothing_here = held is not None and all(s.done for s in steps if s.stage == "eval") and not any(
+        (run_dir / "eval").glob(f"*/*/{EPISODES_FILE}"))
+    if held is not None:
+        steps = _without_unneeded_inputs(steps, held)
     steps.append(Step("report", "report", write_run_report, where, needs=tuple(s.name for s in steps),
-                      detail=f"-> {run_dir / 'report' / 'report.md'}"))
+                      done=nothing_here, detail=f"no evaluation here: {held} holds them" if nothing_here else
+                      f"-> {run_dir / 'report' / 'report.md'}"))
     return Plan(steps)
+
+
+def _without_unneeded_inputs(steps: list[Step], held: Path) -> list[Step]:
+    """The dataset and latents steps marked done when no step to do needs them (``held`` holds every result)."""
+    by_name = {s.name: s for s in steps}
+    needed: set[str] = set()
+    todo = [s for s in steps if not s.done and s.stage not in ("dataset", "latents")]
+    while todo:
+        for name in todo.pop().needs:
+            if name not in needed:
+                needed.add(name)
+                todo.append(by_name[name])
+    return [replace(s, done=True, detail=f"not needed: {held} holds every result that reads it")
+            if s.stage in ("dataset", "latents") and not s.done and s.name not in needed else s for s in steps]
 
 
 def format_plan(plan: Plan) -> str:
@@ -309,13 +355,15 @@ def _diff(old: Any, new: Any, where: str) -> list[str]:
 
 
 def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False, address: str | None = None,
-               concurrent: bool | None = None, on_step_done: StepDone | None = None) -> tuple[Step, ...]:
+               concurrent: bool | None = None, on_step_done: StepDone | None = None,
+               held: str | Path | None = None) -> tuple[Step, ...]:
     """Run every missing step of the matrix into ``run_dir`` (or, with ``dry_run``, only plan them), on the Ray
     cluster at ``address`` if given, else on this machine: concurrently (training beside evaluation) when
     ``concurrent`` (default: the config's ``evaluation.concurrent``, else when a GPU is present), else serially.
     Each step's wall-clock start and end go to RUN_DIR/profile.json; a summary per stage is printed at the end.
     ``on_step_done(step, start, end)`` is called after each finished step, as the executor's ``on_done`` (e.g.
-    `world_modality.matrix.export.StepExporter`).
+    `world_modality.matrix.export.StepExporter`). ``held``: that export, whose finished results count as done
+    (`plan`): with the exporter, which refuses a training run again here unless it reproduces DEST's weights.
 
     Returns the plan's steps as they stood before running; the report is always rewritten.
     """
@@ -330,10 +378,12 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
                          "would train every arm again there and discard them. Run it into another --out, then "
                          f"`wm report THAT_FOLDER --export {run_dir}` to merge its results in.")
     check_run_dir(config, run_dir)
+    if held is not None:
+        check_run_dir(config, Path(held).expanduser().resolve())  # its results count as this config's
     concurrent = config.evaluation.concurrent if concurrent is None else concurrent
     executor = default_executor(concurrent, address) if not dry_run else "serial"
     with ray_session(address) if executor == "ray" else nullcontext():
-        steps = plan(config, run_dir, gpus=gpus_available(executor))
+        steps = plan(config, run_dir, gpus=gpus_available(executor), held=held)
         print(format_plan(steps))
         if dry_run:
             return steps.steps
