@@ -227,7 +227,7 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
     needed |= {key for key, done in intervention_held.items() if not done}
     trained: dict[tuple[str, int], bool] = {}
     for arm, options in config.arms.items():
-        total = options.get("steps", train_defaults()["steps"])
+        total = totals[arm]
         for seed in config.seeds:
             last = last_checkpoint(train_dir(run_dir, arm, seed))
             at = int(last.name) if last is not None else 0
