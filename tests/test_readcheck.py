@@ -222,7 +222,8 @@ def test_gate_comes_from_the_last_checkpoint_and_facts_from_its_config(tmp_path)
     write_checkpoint(tmp_path, "E2", 0.2, config)
     write_checkpoint(tmp_path, "E0", None, config | {"model_type": "A"})
     run = load_gate_run(tmp_path / "train" / "E2" / "seed0")
-    assert run == GateRun(pytest.approx(np.tanh(0.2)), pytest.approx(6e-4), 10)
+    # The logged curve peaks at 6e-4; the checkpoint's gate, above it, is the peak (never a peak below the end).
+    assert run == GateRun(pytest.approx(np.tanh(0.2)), pytest.approx(np.tanh(0.2)), 10)
     assert checkpoint_gate(tmp_path / "train" / "E0" / "seed0" / "checkpoints" / "last" / "pretrained_model") is None
     md = write_report(tmp_path).read_text()
     # An open gate against unchanged rollouts: conflicting evidence, so borderline, not "not read".

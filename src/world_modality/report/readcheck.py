@@ -4,7 +4,7 @@ A comparison of a world-memory arm with its baseline says something about world 
 its memory. Three kinds of evidence, each judged against a named threshold:
 
 - the gate: |tanh(gate)| at the end of training (the last checkpoint's weights; the root mean square over the
-  gate's elements, which is |tanh(gate)| for the scalar gate) and its peak during training (TensorBoard);
+  gate's elements, which is |tanh(gate)| for the scalar gate) and its peak during training (TensorBoard and the end);
 - the rollout ablations: how many paired episodes change outcome (and length, and actions) when the memory is
   replaced at rollout (zero, shuffle, random, signflip, oracle) instead of the arm's own;
 - the offline intervention gap (`wm intervene`): the validation action loss with the memory's content removed
@@ -100,7 +100,7 @@ class GateRun:
     """One training run's gate: at its end and its largest value during training."""
 
     final: float | None  # |tanh(gate)| of the last checkpoint (else the last logged value)
-    peak: float | None  # the largest logged |tanh(gate)|
+    peak: float | None  # the largest |tanh(gate)|, logged or final
     step: int | None  # the training step of ``final``
 
 
@@ -120,7 +120,8 @@ def load_gate_run(train_run: Path, trajectory: tuple[Sequence[int], Sequence[flo
         final, step = abs(values[-1]), steps[-1]
     if final is None:
         return None
-    return GateRun(final, max(abs(v) for v in values) if values else None, step)
+    # A step logs the gate before its update, so the last checkpoint's value can exceed every logged one.
+    return GateRun(final, max([final, *map(abs, values)]) if values else None, step)
 
 
 def gate_vote(runs: Mapping[Hashable, GateRun | None]) -> bool | None:
