@@ -191,13 +191,10 @@ def _held_checkpoint(run: Path, target: Path) -> bool | None:
 
 def _weight_digests(pretrained: Path) -> dict[str, str]:
     """The sha256 of each weights file (``*.safetensors``) a checkpoint's digest file records; empty without one."""
-    from lerobot_policy_world_modality.file_digests import DIGESTS_FILE
+    from lerobot_policy_world_modality.file_digests import DIGEST_ALGORITHM, recorded_files
 
-    path = pretrained / DIGESTS_FILE
-    if not path.is_file():
-        return {}
-    files = json.loads(path.read_text())["files"]
-    return {name: record["sha256"] for name, record in files.items() if name.endswith(".safetensors")}
+    files = recorded_files(pretrained) or {}
+    return {name: record[DIGEST_ALGORITHM] for name, record in files.items() if name.endswith(".safetensors")}
 
 
 def _export_training_run(run: Path, target: Path) -> bool:

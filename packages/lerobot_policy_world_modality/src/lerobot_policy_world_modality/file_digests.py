@@ -77,17 +77,27 @@ def verify_files(folder: str | Path, records: dict[str, dict[str, Any]], remedy:
         )
 
 
+def recorded_files(folder: str | Path) -> dict[str, dict[str, Any]] | None:
+    """``relative path -> file_record`` as a folder's ``file_digests.json`` records them; None when it has none
+    (written elsewhere), `DamagedFileError` when that file cannot be read."""
+    record = Path(folder) / DIGESTS_FILE
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise DamagedFileError(f"{record} is damaged ({e}).") from None
+
+
 def verify_folder(folder: str | Path, remedy: str) -> bool:
     """Check a folder against its ``file_digests.json``; returns False when it has none (written elsewhere)."""
-    folder = Path(folder)
-    record = folder / DIGESTS_FILE
-    if not record.is_file():
-        return False
     try:
-        records = json.loads(record.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        records = recorded_files(folder)
+    except DamagedFileError as e:
         if verification_skipped():
             return True
-        raise DamagedFileError(f"{record} is damaged ({e}). {remedy} (or pass --no-verify to skip the check).") from None
+        raise DamagedFileError(f"{e} {remedy} (or pass --no-verify to skip the check).") from None
+    if records is None:
+        return False
     verify_files(folder, records, remedy)
     return True
