@@ -662,3 +662,20 @@ def test_an_ablation_compares_itself_with_the_arm_s_own_evaluation_held_in_the_e
     monkeypatch.setattr(rollout, "evaluate_checkpoint", evaluate_checkpoint)
     matrix_run.evaluate_arm(config, run, "E2", 1, "zero", "E2:zero", held=dest)
     assert "seed 1: E2:zero changed the outcome of 8 of 20 paired episodes vs E2" in capsys.readouterr().out
+
+
+def test_an_ablation_without_the_arm_s_own_evaluation_says_so_instead_of_comparing_no_pairs(tmp_path, monkeypatch, capsys):
+    import world_modality.rollout as rollout
+
+    config, run = matrix.parse_config(CONFIG), tmp_path / "run"
+    fake_checkpoint(matrix.train_dir(run, "E2", 1), 10)
+
+    def evaluate_checkpoint(checkpoint, *, out_dir, **options):
+        append_jsonl(Path(out_dir) / "episodes.jsonl", episode("E2:zero", config.evaluation.tasks[0], 0, True, 1))
+        return Path(out_dir) / "episodes.jsonl"
+
+    monkeypatch.setattr(rollout, "evaluate_checkpoint", evaluate_checkpoint)
+    matrix_run.evaluate_arm(config, run, "E2", 1, "zero", "E2:zero", held=tmp_path / "empty-export")
+    out = capsys.readouterr().out
+    assert "seed 1: E2:zero not compared with E2: no evaluation of E2 at" in out and "evaluate E2 first" in out
+    assert "changed the outcome" not in out

@@ -138,6 +138,12 @@ def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memor
         own_file = eval_dir(run_dir, arm, seed) / EPISODES_FILE
         if not own_file.is_file() and held is not None:
             own_file = eval_dir(held, arm, seed) / EPISODES_FILE
+        if not own_file.is_file():
+            # Reachable only outside the plan (which evaluates the arm before its ablations): a comparison over
+            # no pairs would read as "changed nothing".
+            print(f"seed {seed}: {label} not compared with {arm}: no evaluation of {arm} at {own_file} "
+                  f"(evaluate {arm} first; the report pairs them once both exist)")
+            return
         own = read_jsonl(own_file)
         print(f"seed {seed}: {ablation_line(ablation_change(own, read_jsonl(results), label), arm)}")
 
