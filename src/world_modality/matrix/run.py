@@ -139,8 +139,8 @@ def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memor
         if not own_file.is_file() and held is not None:
             own_file = eval_dir(held, arm, seed) / EPISODES_FILE
         if not own_file.is_file():
-            # Reachable only outside the plan (which evaluates the arm before its ablations): a comparison over
-            # no pairs would read as "changed nothing".
+            # Reachable only outside the plan (which evaluates the arm before its ablations). `ablation_line` would
+            # say only "no paired episodes"; name the file looked for and the remedy, as `wm eval` does.
             print(f"seed {seed}: {label} not compared with {arm}: no evaluation of {arm} at {own_file} "
                   f"(evaluate {arm} first; the report pairs them once both exist)")
             return
