@@ -136,6 +136,47 @@ def test_report_numbers_verdict_ablations_and_plots(run_dir):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_plots_stay_legible_per_evaluation_and_per_arm():
+    """The plots of a large matrix: one bar per evaluation in report order, coloured by its rollout memory mode;
+    one legend entry per arm (not per run); the gate as |tanh| on a log axis with the read-check's thresholds."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from world_modality.report import GATE_OPEN, GATE_SHUT, MODE_COLOURS, _curve_figure, _gate_figure, _success_figure
+
+    overall = [{"arm": arm, "rate": rate, "ci_low": rate - 0.1, "ci_high": rate + 0.1, "successes": int(20 * rate),
+                "n": 20} for arm, rate in (("E0", 0.5), ("E2", 0.6), ("E2:zero", 0.3))]
+    fig = _success_figure(overall, {"E0": "none", "E2": None, "E2:zero": "zero"})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["E0", "E2", "E2:zero"]
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the first evaluation on top
+    assert [bar.get_width() for bar in ax.patches] == pytest.approx([0.5, 0.6, 0.3])
+    assert ax.patches[2].get_facecolor() == pytest.approx(to_rgba(MODE_COLOURS["zero"], 0.85))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["none", "own", "zero"]
+    assert "30.0% (6/20)" in [t.get_text() for t in ax.texts]
+
+    steps = [0, 10, 20]
+    curves = {f"{arm} seed {seed}": {"train/loss": (steps, [1.0, 0.5, 0.1])} for arm in ("E0", "E10", "E2")
+              for seed in (0, 1)}
+    curves["E2 seed 0"]["train/world_gate"] = (steps, [0.0, -0.004, -0.02])
+    curves["E2 seed 1"]["train/world_gate"] = (steps, [0.0, 0.0002, 0.0005])
+    fig = _curve_figure(curves, ("train/loss", "val/action_loss"))
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 6  # a tag no run logged gets no panel
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["E0", "E2", "E10"]
+    assert fig.axes[0].get_yscale() == "log"
+    run_colours = [line.get_color() for line in fig.axes[0].lines]
+    assert run_colours[0] == run_colours[1] != run_colours[2]  # an arm's seeds alike, arms apart
+
+    fig = _gate_figure(curves)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["E2"]  # only arms that logged a gate
+    assert ax.get_yscale() == "log"
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([0.0, 0.004, 0.02])
+    assert {tuple(line.get_ydata()) for line in ax.lines[2:]} == {(GATE_OPEN, GATE_OPEN), (GATE_SHUT, GATE_SHUT)}
+    assert _gate_figure({"E0 seed 0": {"train/loss": (steps, [1.0, 0.5, 0.1])}}) is None
+    plt.close("all")
+
+
 def test_report_unequal_episode_sets_and_zero_success(tmp_path):
     write_episodes(tmp_path, "E0", {t: range(0) for t in TASKS})  # never succeeds
     write_episodes(tmp_path, "E2", OUTCOMES["E2"], skip=5)  # one episode short

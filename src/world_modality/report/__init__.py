@@ -17,7 +17,8 @@ checkpoint's gate, TensorBoard logs) and the offline interventions ``RUN_DIR/int
   McNemar p-value, pooled over training seeds;
 - ``ablations.csv``: each world-memory arm under every rollout memory mode;
 - ``seeds.csv`` (several training seeds): per-seed rates, their mean and std, and the pooled interval;
-- ``success.png``, ``training_curves.png``, ``world_gate.png`` (tanh of the gate, model F arms).
+- ``success.png`` (one bar per evaluation, coloured by rollout memory mode), ``training_curves.png`` (one colour per
+  arm) and ``world_gate.png`` (|tanh(gate)| of the world-memory arms, log scale, with the read-check's thresholds).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
 
 from world_modality.report.arms import ArmFacts, ArmKind, arm_kind, resolve_baselines, training_memory
 from world_modality.report.readcheck import (
+    GATE_OPEN,
+    GATE_SHUT,
     GATE_TAG,
     OfflineGap,
     ReadCheck,
@@ -151,9 +154,9 @@ def write_report(run_dir: str | Path, alpha: float = 0.05, baseline: str | None 
     for name, rows in tables.items():
         if rows:
             atomic_write_text(out / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False))
-    plots = {"success": _plot_success(overall, out / "success.png")}
-    plots["training_curves"] = _plot_curves(curves, LOSS_TAGS, out / "training_curves.png")
-    plots["world_gate"] = _plot_curves(curves, (GATE_TAG,), out / "world_gate.png", ylabel="tanh(gate)")
+    plots = {"success": _save_figure(_success_figure(overall, res.mode), out / "success.png"),
+             "training_curves": _save_figure(_curve_figure(curves, LOSS_TAGS), out / "training_curves.png"),
+             "world_gate": _save_figure(_gate_figure(curves), out / "world_gate.png")}
 
     verdicts = _verdicts(res, facts, baselines, checks, comparisons, alpha)
     md = _markdown(run_dir, res, alpha, warnings, tables, group_note, verdicts, checks, plots, out)
@@ -381,19 +384,35 @@ def _save_png(fig: Any, path: Path) -> Path:
     return path
 
 
-def _plot_success(overall: list[dict[str, Any]], path: Path) -> Path:
+# Fixed colours per rollout memory mode, so the same mode reads the same in every report.
+MODE_COLOURS = {"own": "tab:blue", "pred": "tab:blue", "none": "tab:gray", "zero": "tab:red",
+                "shuffle": "tab:orange", "other": "tab:purple", "random": "tab:brown", "oracle": "tab:green"}
+
+
+def _success_figure(overall: list[dict[str, Any]], mode: dict[str, str | None]) -> Any:
+    """One horizontal bar per evaluation (report order, top to bottom), coloured by its rollout memory mode,
+    with its Wilson interval and "rate (successes/episodes)": readable at 40+ evaluations."""
     plt = _pyplot()
     labels = [r["arm"] for r in overall]
-    rates = [r["rate"] for r in overall]
+    modes = [mode.get(label) or "own" for label in labels]
+    fig, ax = plt.subplots(figsize=(8.0, 1.2 + 0.3 * len(labels)))
+    y = list(range(len(labels)))
     err = [[r["rate"] - r["ci_low"] for r in overall], [r["ci_high"] - r["rate"] for r in overall]]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 1), 3.5))
-    ax.bar(labels, rates, yerr=err, capsize=4, color="tab:blue", alpha=0.8)
-    for x, r in enumerate(overall):
-        ax.text(x, r["ci_high"] + 0.02, f"{r['rate']:.0%}", ha="center", fontsize=8)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("success rate (Wilson 95% CI)")
-    ax.set_title("Closed-loop success per arm")
-    return _save_png(fig, path)
+    ax.barh(y, [r["rate"] for r in overall], xerr=err, capsize=2, alpha=0.85,
+            color=[MODE_COLOURS.get(m, "tab:olive") for m in modes])
+    for k, r in enumerate(overall):
+        ax.text(min(r["ci_high"] + 0.01, 1.0), k, f"{r['rate']:.1%} ({r['successes']}/{r['n']})", va="center", fontsize=7)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlim(0, 1.2)
+    ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_xlabel("success rate (Wilson 95% CI)")
+    ax.set_title("Closed-loop success per evaluation")
+    ax.grid(axis="x", alpha=0.3)
+    present = list(dict.fromkeys(modes))
+    handles = [plt.Rectangle((0, 0), 1, 1, color=MODE_COLOURS.get(m, "tab:olive"), alpha=0.85) for m in present]
+    ax.legend(handles, present, title="memory at rollout", fontsize=7, title_fontsize=7, loc="lower right")
+    return fig
 
 
 Curves = dict[str, dict[str, tuple[list[int], list[float]]]]
@@ -408,24 +427,69 @@ def _training_scalars(run_dir: Path) -> Curves:
     return curves
 
 
-def _plot_curves(curves: Curves, tags: Sequence[str], path: Path, ylabel: str | None = None) -> Path | None:
-    """One panel per tag that some run logged, one line per run; None when no run logged any."""
+def _runs_by_arm(curves: Curves) -> dict[str, list[str]]:
+    """``arm -> its runs`` ("<arm> seed <k>"), arms in natural order (E0 before E0-state, E2 before E10)."""
+    arms: dict[str, list[str]] = {}
+    for run in curves:
+        arms.setdefault(run.rsplit(" seed ", 1)[0], []).append(run)
+    return {arm: arms[arm] for arm in sorted(arms, key=_natural)}
+
+
+def _curve_figure(curves: Curves, tags: Sequence[str], magnitude: bool = False) -> Any | None:
+    """One panel per tag that some run logged; one colour per arm, its seeds alike, and one legend entry per arm
+    beside the panels (dozens of runs stay legible). Log scale where every value is positive (losses span
+    orders of magnitude); ``magnitude`` plots |value|, which the gate's read-check judges. None when no run
+    logged any of the tags."""
     plt = _pyplot()
     present = [t for t in tags if any(t in c for c in curves.values())]
     if not present:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.2), squeeze=False)
+    arms = {arm: runs for arm, runs in _runs_by_arm(curves).items() if any(t in curves[r] for r in runs for t in present)}
+    tab20 = plt.get_cmap("tab20").colors
+    palette = tab20[0::2] + tab20[1::2]  # ten distinct hues first, then their light shades
+    fig, axes = plt.subplots(1, len(present), figsize=(max(6.5, 4.5 * len(present)), 3.6), squeeze=False)
     for ax, tag in zip(axes[0], present):
-        for run, c in curves.items():
-            if tag in c:
-                steps, values = c[tag]
-                ax.plot(steps, values, label=run, linewidth=1, marker="o" if len(steps) < 30 else None, markersize=3)
-        ax.set_title(tag)
+        values_seen: list[float] = []
+        for k, (arm, runs) in enumerate(arms.items()):
+            style = {"color": palette[k % len(palette)], "linestyle": "-" if k < len(palette) else "--"}
+            for n, run in enumerate(r for r in runs if tag in curves[r]):
+                steps, values = curves[run][tag]
+                values = [abs(v) for v in values] if magnitude else list(values)
+                values_seen += values
+                ax.plot(steps, values, label=arm if n == 0 else None, linewidth=1,
+                        marker="o" if len(steps) < 30 else None, markersize=3, **style)
+        if values_seen and (min(values_seen) > 0 or (magnitude and max(values_seen) > 0)):
+            ax.set_yscale("log")  # a log axis leaves out non-positive points (a gate's exact 0 at step 0)
+        ax.set_title(f"|{tag}|" if magnitude else tag)
         ax.set_xlabel("step")
-        if ylabel:
-            ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
-    return _save_png(fig, path)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:  # an arm may log only some tags
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7, title="arm (all seeds)",
+               title_fontsize=7, ncol=1 + len(labels) // 25)
+    fig.tight_layout()
+    return fig
+
+
+def _gate_figure(curves: Curves) -> Any | None:
+    """|tanh(gate)| over training on a log scale, with the read-check's open and shut thresholds marked."""
+    fig = _curve_figure(curves, (GATE_TAG,), magnitude=True)
+    if fig is None:
+        return None
+    ax = fig.axes[0]
+    ax.axhline(GATE_OPEN, color="black", linestyle=":", linewidth=1)
+    ax.axhline(GATE_SHUT, color="black", linestyle="--", linewidth=1)
+    ax.text(1.0, GATE_OPEN, f" open ({GATE_OPEN:g})", transform=ax.get_yaxis_transform(), fontsize=7, va="bottom", ha="right")
+    ax.text(1.0, GATE_SHUT, f" shut ({GATE_SHUT:g})", transform=ax.get_yaxis_transform(), fontsize=7, va="top", ha="right")
+    ax.set_ylabel("|tanh(gate)| (read-check thresholds)")
+    return fig
+
+
+def _save_figure(fig: Any | None, path: Path) -> Path | None:
+    return None if fig is None else _save_png(fig, path)
 
 
 # --- markdown ----------------------------------------------------------------------------------------------
@@ -583,7 +647,8 @@ def _markdown(run_dir: Path, res: Results, alpha: float, warnings: list[str], ta
     else:
         lines += [f"No training logs found under `{run_dir / 'train'}`.", ""]
     if plots["world_gate"]:
-        lines += ["World-memory gate value tanh(gate) over training (0 = memory ignored):", "",
+        lines += ["World-memory gate |tanh(gate)| over training (0 = memory ignored; the read-check calls a gate "
+                  f"open from {GATE_OPEN:g} and shut below {GATE_SHUT:g}):", "",
                   "![world gate](world_gate.png)", ""]
     if res.videos:
         lines += ["## Rollout videos", ""]
