@@ -401,7 +401,8 @@ def _success_figure(overall: list[dict[str, Any]], mode: dict[str, str | None]) 
     ax.barh(y, [r["rate"] for r in overall], xerr=err, capsize=2, alpha=0.85,
             color=[MODE_COLOURS.get(m, "tab:olive") for m in modes])
     for k, r in enumerate(overall):
-        ax.text(min(r["ci_high"] + 0.01, 1.0), k, f"{r['rate']:.1%} ({r['successes']}/{r['n']})", va="center", fontsize=7)
+        ax.text(min(r["ci_high"] + 0.01, 1.0), k, f"{r['rate']:.1%} ({r['successes']}/{r['n']})", va="center",
+                fontsize=7)
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.set_xlim(0, 1.2)
@@ -444,7 +445,8 @@ def _curve_figure(curves: Curves, tags: Sequence[str], magnitude: bool = False) 
     present = [t for t in tags if any(t in c for c in curves.values())]
     if not present:
         return None
-    arms = {arm: runs for arm, runs in _runs_by_arm(curves).items() if any(t in curves[r] for r in runs for t in present)}
+    arms = {arm: runs for arm, runs in _runs_by_arm(curves).items()
+            if any(t in curves[r] for r in runs for t in present)}
     tab20 = plt.get_cmap("tab20").colors
     palette = tab20[0::2] + tab20[1::2]  # ten distinct hues first, then their light shades
     fig, axes = plt.subplots(1, len(present), figsize=(max(6.5, 4.5 * len(present)), 3.6), squeeze=False)
@@ -482,8 +484,8 @@ def _gate_figure(curves: Curves) -> Any | None:
     ax = fig.axes[0]
     ax.axhline(GATE_OPEN, color="black", linestyle=":", linewidth=1)
     ax.axhline(GATE_SHUT, color="black", linestyle="--", linewidth=1)
-    ax.text(1.0, GATE_OPEN, f" open ({GATE_OPEN:g})", transform=ax.get_yaxis_transform(), fontsize=7, va="bottom", ha="right")
-    ax.text(1.0, GATE_SHUT, f" shut ({GATE_SHUT:g})", transform=ax.get_yaxis_transform(), fontsize=7, va="top", ha="right")
+    for value, name, side in ((GATE_OPEN, "open", "bottom"), (GATE_SHUT, "shut", "top")):
+        ax.text(1.0, value, f"{name} ({value:g})", transform=ax.get_yaxis_transform(), fontsize=7, va=side, ha="right")
     ax.set_ylabel("|tanh(gate)| (read-check thresholds)")
     return fig
 
