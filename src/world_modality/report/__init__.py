@@ -401,18 +401,18 @@ def _success_figure(overall: list[dict[str, Any]], mode: dict[str, str | None]) 
     ax.barh(y, [r["rate"] for r in overall], xerr=err, capsize=2, alpha=0.85,
             color=[MODE_COLOURS.get(m, "tab:olive") for m in modes])
     for k, r in enumerate(overall):
-        ax.text(min(r["ci_high"] + 0.01, 1.0), k, f"{r['rate']:.1%} ({r['successes']}/{r['n']})", va="center",
-                fontsize=7)
+        ax.text(r["ci_high"] + 0.015, k, f"{r['rate']:.1%} ({r['successes']}/{r['n']})", va="center", fontsize=7)
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_ylim(len(labels) - 0.5, -0.5)
-    ax.set_xlim(0, 1.2)
+    ax.set_xlim(0, 1.25)
     ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_xlabel("success rate (Wilson 95% CI)")
     ax.set_title("Closed-loop success per evaluation")
     ax.grid(axis="x", alpha=0.3)
     present = list(dict.fromkeys(modes))
     handles = [plt.Rectangle((0, 0), 1, 1, color=MODE_COLOURS.get(m, "tab:olive"), alpha=0.85) for m in present]
-    ax.legend(handles, present, title="memory at rollout", fontsize=7, title_fontsize=7, loc="lower right")
+    ax.legend(handles, present, title="memory at rollout", fontsize=7, title_fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.0, 1.0))  # beside the bars: inside it would cover their labels
     return fig
 
 
