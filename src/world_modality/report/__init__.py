@@ -35,7 +35,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from world_modality.atomic_io import atomic_path, atomic_write_text
-from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
+from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES, MemoryMode
 
 from world_modality.report.arms import ArmFacts, ArmKind, arm_kind, resolve_baselines, training_memory
 from world_modality.report.readcheck import (
@@ -154,9 +154,9 @@ def write_report(run_dir: str | Path, alpha: float = 0.05, baseline: str | None 
     for name, rows in tables.items():
         if rows:
             atomic_write_text(out / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False))
-    plots = {"success": _save_figure(_success_figure(overall, res.mode), out / "success.png"),
-             "training_curves": _save_figure(_curve_figure(curves, LOSS_TAGS), out / "training_curves.png"),
-             "world_gate": _save_figure(_gate_figure(curves), out / "world_gate.png")}
+    plots = {"success": _save_png(_success_figure(overall, res.mode), out / "success.png"),
+             "training_curves": _save_png(_curve_figure(curves, LOSS_TAGS), out / "training_curves.png"),
+             "world_gate": _save_png(_gate_figure(curves), out / "world_gate.png")}
 
     verdicts = _verdicts(res, facts, baselines, checks, comparisons, alpha)
     md = _markdown(run_dir, res, alpha, warnings, tables, group_note, verdicts, checks, plots, out)
@@ -376,17 +376,21 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save_png(fig: Any, path: Path) -> Path:
-    """Write the figure atomically."""
+def _save_png(fig: Any | None, path: Path) -> Path | None:
+    """Write the figure atomically; None (nothing to plot) writes nothing."""
+    if fig is None:
+        return None
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
     return path
 
 
-# Fixed colours per rollout memory mode, so the same mode reads the same in every report.
-MODE_COLOURS = {"own": "tab:blue", "pred": "tab:blue", "none": "tab:gray", "zero": "tab:red",
-                "shuffle": "tab:orange", "other": "tab:purple", "random": "tab:brown", "oracle": "tab:green"}
+# Fixed colours per memory mode, so the same mode reads the same in every report; "own": a record without a
+# recorded mode (the checkpoint's own).
+MODE_COLOURS = {"own": "tab:blue", MemoryMode.PRED: "tab:blue", MemoryMode.NONE: "tab:gray",
+                MemoryMode.ZERO: "tab:red", MemoryMode.SHUFFLE: "tab:orange", MemoryMode.OTHER: "tab:purple",
+                MemoryMode.RANDOM: "tab:brown", MemoryMode.SIGNFLIP: "tab:pink", MemoryMode.ORACLE: "tab:green"}
 
 
 def _success_figure(overall: list[dict[str, Any]], mode: dict[str, str | None]) -> Any:
@@ -399,7 +403,7 @@ def _success_figure(overall: list[dict[str, Any]], mode: dict[str, str | None]) 
     y = list(range(len(labels)))
     err = [[r["rate"] - r["ci_low"] for r in overall], [r["ci_high"] - r["rate"] for r in overall]]
     ax.barh(y, [r["rate"] for r in overall], xerr=err, capsize=2, alpha=0.85,
-            color=[MODE_COLOURS.get(m, "tab:olive") for m in modes])
+            color=[MODE_COLOURS[m] for m in modes])
     for k, r in enumerate(overall):
         ax.text(r["ci_high"] + 0.015, k, f"{r['rate']:.1%} ({r['successes']}/{r['n']})", va="center", fontsize=7)
     ax.set_yticks(y, labels, fontsize=8)
@@ -410,7 +414,7 @@ def _success_figure(overall: list[dict[str, Any]], mode: dict[str, str | None]) 
     ax.set_title("Closed-loop success per evaluation")
     ax.grid(axis="x", alpha=0.3)
     present = list(dict.fromkeys(modes))
-    handles = [plt.Rectangle((0, 0), 1, 1, color=MODE_COLOURS.get(m, "tab:olive"), alpha=0.85) for m in present]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=MODE_COLOURS[m], alpha=0.85) for m in present]
     ax.legend(handles, present, title="memory at rollout", fontsize=7, title_fontsize=7, loc="upper left",
               bbox_to_anchor=(1.0, 1.0))  # beside the bars: inside it would cover their labels
     return fig
@@ -449,29 +453,25 @@ def _curve_figure(curves: Curves, tags: Sequence[str], magnitude: bool = False) 
             if any(t in curves[r] for r in runs for t in present)}
     tab20 = plt.get_cmap("tab20").colors
     palette = tab20[0::2] + tab20[1::2]  # ten distinct hues first, then their light shades
+    styles = {arm: {"color": palette[k % len(palette)], "linestyle": "-" if k < len(palette) else "--"}
+              for k, arm in enumerate(arms)}
     fig, axes = plt.subplots(1, len(present), figsize=(max(6.5, 4.5 * len(present)), 3.6), squeeze=False)
     for ax, tag in zip(axes[0], present):
         values_seen: list[float] = []
-        for k, (arm, runs) in enumerate(arms.items()):
-            style = {"color": palette[k % len(palette)], "linestyle": "-" if k < len(palette) else "--"}
-            for n, run in enumerate(r for r in runs if tag in curves[r]):
+        for arm, runs in arms.items():
+            for run in (r for r in runs if tag in curves[r]):
                 steps, values = curves[run][tag]
                 values = [abs(v) for v in values] if magnitude else list(values)
                 values_seen += values
-                ax.plot(steps, values, label=arm if n == 0 else None, linewidth=1,
-                        marker="o" if len(steps) < 30 else None, markersize=3, **style)
+                ax.plot(steps, values, linewidth=1, marker="o" if len(steps) < 30 else None, markersize=3,
+                        **styles[arm])
         if values_seen and (min(values_seen) > 0 or (magnitude and max(values_seen) > 0)):
             ax.set_yscale("log")  # a log axis leaves out non-positive points (a gate's exact 0 at step 0)
         ax.set_title(f"|{tag}|" if magnitude else tag)
         ax.set_xlabel("step")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:  # an arm may log only some tags
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(h)
-                labels.append(label)
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7, title="arm (all seeds)",
-               title_fontsize=7, ncol=1 + len(labels) // 25)
+    handles = [plt.Line2D([], [], linewidth=1, **style) for style in styles.values()]
+    fig.legend(handles, list(styles), loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7,
+               title="arm (all seeds)", title_fontsize=7, ncol=1 + len(styles) // 25)
     fig.tight_layout()
     return fig
 
@@ -488,10 +488,6 @@ def _gate_figure(curves: Curves) -> Any | None:
         ax.text(1.0, value, f"{name} ({value:g})", transform=ax.get_yaxis_transform(), fontsize=7, va=side, ha="right")
     ax.set_ylabel("|tanh(gate)| (read-check thresholds)")
     return fig
-
-
-def _save_figure(fig: Any | None, path: Path) -> Path | None:
-    return None if fig is None else _save_png(fig, path)
 
 
 # --- markdown ----------------------------------------------------------------------------------------------
