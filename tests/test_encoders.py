@@ -237,6 +237,27 @@ def test_state_encoder(tmp_path):
     torch.testing.assert_close(online(states[0]), z[:1].half())
 
 
+def test_state_latents_stay_finite_in_float16(tmp_path):
+    """A dimension that barely varied in training (std just above the floor) standardises a small shift at rollout
+    into a value past float16's range: the stored latent saturates at float16's largest value instead of becoming inf
+    (which turned the policy's actions into NaN); in-range dimensions are stored as before."""
+    rng = np.random.default_rng(0)
+    states = rng.normal(0.0, 1.0, size=(200, 39))
+    states[:, 5] = 0.25 + rng.normal(0.0, 2e-6, size=200)  # e.g. a quaternion component the demos never turned
+    spec = build_encoder("state", checkpoint_path=fit_state_encoder(states, tmp_path)).spec
+    online = OnlineEncoder(EncoderSpec.from_dict(spec.to_dict()))
+    shifted = states[:2].copy()
+    shifted[0, 5] += 0.5
+    shifted[1, 5] -= 0.5
+    z = online(shifted)
+    assert z.dtype == torch.float16 and torch.isfinite(z).all()
+    assert z[0, 5] == torch.finfo(torch.float16).max and z[1, 5] == -torch.finfo(torch.float16).max
+    exact = online.encoder.encode_state(shifted)
+    torch.testing.assert_close(z[:, :5], exact[:, :5].half(), rtol=0, atol=0)
+    nan = online(np.full((1, 39), np.nan))
+    assert nan.isnan().all()  # NaN is not hidden: a rollout stops the episode that meets it
+
+
 # ---- learned encoder ----------------------------------------------------------------------------
 
 

@@ -354,3 +354,20 @@ def test_tampered_tokens_are_rejected(state_cache, tmp_path):
     (path / "spec.json").write_text(json.dumps({**meta, "tokens": {**meta["tokens"], "codebook_size": 5}}))
     with pytest.raises(TokensMismatch, match=r"centroids \(K, dim\): \(4, 39\) vs \(5, 39\)"):
         WorldTokens.load(path)
+
+
+def test_nan_latents_are_refused_not_cached(metaworld_dataset, tmp_path, monkeypatch, capsys):
+    """An encoder that gives NaN for some frames (NaN in the dataset, a broken encoder) ends `wm latents` with one
+    paragraph, and no cache is written."""
+    real = StateEncoder.encode_state
+
+    def encode_state(self, states):
+        z = real(self, states)
+        z[3] = float("nan")
+        return z
+
+    monkeypatch.setattr(StateEncoder, "encode_state", encode_state)
+    out = tmp_path / "nan"
+    assert main(["latents", str(metaworld_dataset), "--encoder", "state", "--device", "cpu", "--out", str(out)]) == 2
+    assert "the state encoder gave NaN latents for 1 frames" in capsys.readouterr().err
+    assert not (out / "spec.json").exists()

@@ -419,3 +419,49 @@ def test_other_memory_comes_from_the_held_out_episodes_or_the_given_cache(checkp
     record_digests(meta_file.parent)
     with pytest.raises(FileNotFoundError, match="which are not on this machine; give --memory-bank LATENTS"):
         load_rollout_policy(moved, "other", device="cpu")
+
+
+def test_an_episodes_actions_do_not_depend_on_what_shares_its_batch(checkpoints, tmp_path, monkeypatch):
+    """The same checkpoint on the same episodes gives every episode the same action digest with one worker, two
+    workers, two lockstep groups and two shards merged, although each puts the episode beside other episodes (a
+    batch's partial last fill included) and some episodes end early: one meets a NaN world latent at its third step,
+    which stops that episode (recorded as a failure, saying why) instead of acting on NaN."""
+    import numpy as np
+
+    from world_modality.rollout.policies import LeRobotRolloutPolicy
+    from world_modality.shards import load_episode_results
+
+    episodes = [EpisodeSpec("metaworld", "reach-v3", 1000, layout) for layout in range(5)]
+    broken = episodes[1].rollout_seed(0)  # this episode's environment state turns NaN at its third step
+    real_reset, real_act = LeRobotRolloutPolicy.reset, LeRobotRolloutPolicy.act
+    calls: dict[int, int] = {}
+
+    def reset(self, seeds=None):
+        self.seeds = seeds
+        real_reset(self, seeds)
+
+    def act(self, observations, instructions, peek):
+        observations = list(observations)
+        for row, seed in enumerate(self.seeds):
+            calls[seed] = calls.get(seed, 0) + 1 if row < len(observations) else calls.get(seed, 0)
+            if seed == broken and calls[seed] >= 3:
+                observations[row] = {**observations[row], "env_state": np.full_like(observations[row]["env_state"], np.nan)}
+        return real_act(self, observations, instructions, peek)
+
+    monkeypatch.setattr(LeRobotRolloutPolicy, "reset", reset)
+    monkeypatch.setattr(LeRobotRolloutPolicy, "act", act)
+    kwargs = dict(arm="E2", episodes_per_task=5, max_steps=12)
+
+    def outcomes(records):
+        calls.clear()
+        return {r["episode_id"]: (r["action_digest"], r["steps"], r["success"], r.get("stopped")) for r in records}
+
+    one = outcomes(read_jsonl(_eval(checkpoints["F"], tmp_path / "one", workers=1, **kwargs)))
+    assert one[episodes[1].episode_id][1:] == (2, False, "non-finite world latent at step 2")
+    assert all(steps == 12 and stopped is None for eid, (_, steps, _, stopped) in one.items() if eid != episodes[1].episode_id)
+    assert len(set(digest for digest, *_ in one.values())) == 5
+    for name, options in {"two": dict(workers=2), "groups": dict(workers=3, groups=2)}.items():
+        assert outcomes(read_jsonl(_eval(checkpoints["F"], tmp_path / name, **options, **kwargs))) == one, name
+    for shard in ("1/2", "2/2"):
+        _eval(checkpoints["F"], tmp_path / "shards", workers=2, shard=shard, **kwargs)
+    assert outcomes(load_episode_results(tmp_path / "shards")) == one

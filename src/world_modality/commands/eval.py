@@ -141,6 +141,10 @@ def _eval(args) -> int:
     for row in success_table(records, by=("task",)) + success_table(records, by=("arm",)):
         name = row.get("task", f"overall ({label})")
         print(f"{name:32s} {row['successes']:4d}/{row['n']:<4d} {row['rate']:6.1%}  95% CI [{row['ci_low']:.1%}, {row['ci_high']:.1%}]")
+    stopped = [r for r in records if r.get("stopped")]
+    if stopped:
+        print(f"{len(stopped)} of {len(records)} episodes stopped early, counted as failures: "
+              + "; ".join(f"{r['episode_id']} ({r['stopped']})" for r in stopped[:5]) + ("; ..." if len(stopped) > 5 else ""))
     if label != args.arm:  # an ablation: did it change anything against the arm's own memory?
         print(_against_own(merged, Path(args.out), label, args.arm, args.train_seed, records))
     print(f"results: {results}")

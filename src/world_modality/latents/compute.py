@@ -234,18 +234,27 @@ def _encode_episodes(encoder: WorldEncoder, inputs: list[np.ndarray], batch_size
 
     Image windows come from `window_indices`, the definition rollouts share through `OnlineEncoder`.
     """
-    dtype = encoder.spec.torch_dtype
     data = torch.from_numpy(np.concatenate(inputs))
     if isinstance(encoder, StateEncoder):
         for batch in data.split(batch_size):
-            yield encoder.encode_state(batch).to("cpu", dtype)
+            yield _stored(encoder, encoder.encode_state(batch))
         return
     assert isinstance(encoder, ImageEncoder)
     offsets = np.cumsum([0] + [len(x) for x in inputs[:-1]])
     m = encoder.spec.temporal_window
     windows = torch.from_numpy(np.concatenate([window_indices(len(x), m) + o for x, o in zip(inputs, offsets)]))
     for rows in windows.split(batch_size):
-        yield encoder.encode(data[rows]).to("cpu", dtype)
+        yield _stored(encoder, encoder.encode(data[rows]))
+
+
+def _stored(encoder: WorldEncoder, z: torch.Tensor) -> torch.Tensor:
+    """A batch of latents as the cache stores them (on cpu); NaN, which no storage dtype can hold as a value a policy
+    can act on, is refused (out-of-range values saturate: `EncoderSpec.to_storage`)."""
+    if z.isnan().any():
+        raise ValueError(f"the {encoder.spec.name} encoder gave NaN latents for {int(z.isnan().any(-1).sum())} frames of "
+                         "this dataset (NaN in its frames or states, or a broken encoder); check the dataset with "
+                         "`wm data check`, or the encoder folder")
+    return encoder.spec.to_storage(z).cpu()
 
 
 def _check_chunk(path: Path, header: dict[str, str]) -> None:

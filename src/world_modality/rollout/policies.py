@@ -28,8 +28,23 @@ from world_modality.sim import get_simulator, render_from_dict
 from world_modality.sim.base import PolicyInterface, RenderSettings
 
 
-# The simulator's own future: action sequences [N, K, A] of the N envs -> their env states [N, K, E].
-Peek = Callable[[np.ndarray], np.ndarray]
+# The simulator's own future: action sequences [N, K, A] of the given rows of the batch -> their env states [N, K, E].
+Peek = Callable[[list[int], np.ndarray], np.ndarray]
+
+# Rows of one policy call at rollout, per device type. An episode's actions must be the same bits whatever shares its
+# lockstep batch (worker count, groups, shards, a batch's partial last fill, episodes that end early), and matrix
+# kernels pick their blocking, so their rounding, by the shape and by a row's place in it (on CPU a row moved within a
+# batch of 3 changes its bits). So every call has one shape: on CPU one row; on CUDA, where a call's cost barely
+# grows with its rows, a fixed 16 (unused rows padded), the row's place not changing its bits there
+# (benchmarks/bench_rollout_invariance.py checks both on the GPU).
+INFERENCE_ROWS = {"cpu": 1, "cuda": 16}
+# Intra-op threads of the policy at rollout: the CPU kernels' blocking, so their rounding, also follows the thread
+# count, which must then not follow the worker count.
+INFERENCE_THREADS = 1
+
+
+def inference_rows(device: torch.device) -> int:
+    return INFERENCE_ROWS.get(device.type, 1)
 
 
 class RolloutPolicy(Protocol):
@@ -42,11 +57,25 @@ class RolloutPolicy(Protocol):
     def reset(self, seeds: list[int] | None = None) -> None: ...
     def fork(self) -> RolloutPolicy: ...  # same weights, own per-episode state
     def act(self, observations: list[dict[str, Any]], instructions: list[str], peek: Peek) -> np.ndarray: ...
+    # Rows of the last `act` that met a non-finite world latent or action, with what it was: their episodes stop.
+    def nonfinite_rows(self) -> dict[int, str]: ...
+
+
+@dataclass
+class _RowBlock:
+    """The episode state of `LeRobotRolloutPolicy.rows` consecutive envs: a fork of the policy over the shared weights,
+    each env's random generator (unused rows: their own), the oracle chunk queue."""
+
+    policy: Any
+    generators: list[torch.Generator] | None
+    oracle_encoder: Any = None
+    oracle_queue: deque[torch.Tensor] = field(default_factory=deque)
 
 
 @dataclass
 class LeRobotRolloutPolicy:
-    """A LeRobot policy + processors fed env observations as a LeRobot batch (lockstep over envs)."""
+    """A LeRobot policy + processors fed env observations as a LeRobot batch (lockstep over envs), in calls of a fixed
+    number of rows (`INFERENCE_ROWS`), each block of envs with its own episode state over the shared weights."""
 
     policy: Any
     preprocessor: Any
@@ -60,22 +89,57 @@ class LeRobotRolloutPolicy:
     memory_mode: str | None = None
     own_memory_mode: str = "none"
     memory_bank: str | None = None  # the latent cache memory mode `other` draws other episodes' histories from
+    rows: int = 1  # rows of every policy call
     _oracle_encoder: Any = None
+    _seeds: list[int] | None = None
+    _blocks: list[_RowBlock] = field(default_factory=list)
+    _nonfinite: dict[int, str] = field(default_factory=dict)
 
     def reset(self, seeds: list[int] | None = None) -> None:
-        self.policy.reset()
-        self._oracle_queue: deque[torch.Tensor] = deque()
-        self._generators = None if seeds is None else [torch.Generator().manual_seed(s) for s in seeds]
+        """New episodes: the blocks of envs are made at the first `act`, when the batch's size is known."""
+        self._seeds = seeds
+        self._blocks = []
+        self._nonfinite = {}
 
     def fork(self) -> LeRobotRolloutPolicy:
-        """This policy over the same weights with its own per-episode state (`fork_episode_state`)."""
-        oracle = self._oracle_encoder.fork() if self._oracle_encoder is not None else None
-        fork = dataclasses.replace(self, policy=fork_episode_state(self.policy), _oracle_encoder=oracle)
-        fork.reset()
-        return fork
+        """This policy over the same weights with its own per-episode state."""
+        return dataclasses.replace(self, _seeds=None, _blocks=[], _nonfinite={})
+
+    def nonfinite_rows(self) -> dict[int, str]:
+        return dict(self._nonfinite)
 
     @torch.no_grad()
     def act(self, observations: list[dict[str, Any]], instructions: list[str], peek: Peek) -> np.ndarray:
+        n = len(observations)
+        if not self._blocks:
+            self._blocks = [self._new_block(lo, n) for lo in range(0, n, self.rows)]
+        self._nonfinite = {}
+        actions = []
+        for index, block in enumerate(self._blocks):
+            rows = list(range(index * self.rows, min(n, (index + 1) * self.rows)))
+            padded = rows + [rows[-1]] * (self.rows - len(rows))  # the unused rows repeat the last env
+            action, latent_finite = self._act_block(block, [observations[r] for r in padded],
+                                                    [instructions[r] for r in padded], rows, peek)
+            action = action[: len(rows)]
+            for i, row in enumerate(rows):
+                if latent_finite is not None and not latent_finite[i]:
+                    self._nonfinite[row] = "world latent"
+                elif not np.isfinite(action[i]).all():
+                    self._nonfinite[row] = "action"
+            actions.append(action)
+        return np.concatenate(actions)
+
+    def _new_block(self, lo: int, n: int) -> _RowBlock:
+        generators = None
+        if self._seeds is not None:
+            seeds = self._seeds[lo: lo + self.rows]
+            generators = [torch.Generator().manual_seed(s) for s in seeds + [0] * (self.rows - len(seeds))]
+        oracle = self._oracle_encoder.fork() if self._oracle_encoder is not None else None
+        return _RowBlock(policy=fork_episode_state(self.policy), generators=generators, oracle_encoder=oracle)
+
+    def _act_block(self, block: _RowBlock, observations: list[dict[str, Any]], instructions: list[str], rows: list[int],
+                   peek: Peek) -> tuple[np.ndarray, np.ndarray | None]:
+        """Actions [rows, A] of one block, and whether each row's latest world latent is finite (None: no latents)."""
         batch: dict[str, Any] = {
             self.state_key: torch.from_numpy(np.stack([o["state"] for o in observations])),
             INSTRUCTION_BATCH_KEY: list(instructions),
@@ -86,30 +150,36 @@ class LeRobotRolloutPolicy:
         if self.uses_env_state:
             batch[OBS_ENV_STATE] = torch.from_numpy(np.stack([o["env_state"] for o in observations]))
         batch = self.preprocessor(batch)
-        if self._generators is not None:
-            batch[ROLLOUT_GENERATORS] = self._generators
+        if block.generators is not None:
+            batch[ROLLOUT_GENERATORS] = block.generators
         if self.memory_mode == "oracle":
-            action = self._oracle_action(batch, peek)
+            action = self._oracle_action(block, batch, rows, peek)
         else:
             kwargs = {"memory_mode": self.memory_mode} if self.memory_mode is not None else {}
-            action = self.postprocessor(self.policy.select_action(batch, **kwargs))
-        return action.float().cpu().numpy()
+            action = self.postprocessor(block.policy.select_action(batch, **kwargs))
+        histories = [h.latest_finite() for h in vars(block.policy).values() if isinstance(h, LatentHistory)]
+        latent_finite = None
+        if any(h is not None for h in histories):
+            latent_finite = torch.stack([h for h in histories if h is not None]).all(0).cpu().numpy()
+        return action.float().cpu().numpy(), latent_finite
 
-    def _oracle_action(self, batch: dict[str, Any], peek: Peek) -> torch.Tensor:
+    def _oracle_action(self, block: _RowBlock, batch: dict[str, Any], rows: list[int], peek: Peek) -> torch.Tensor:
         """Oracle memory: the chunk the policy would act with (predicted memory) is executed K steps
         ahead in a copy of each env's simulator state; the true future states, encoded like the
         training latents, become the memory of the chunk that is actually executed."""
-        config = self.policy.config
-        batch = self.policy.observe(batch)  # one history entry per env step, as select_action does
-        if not self._oracle_queue:
-            planned = self.postprocessor(self.policy.predict_action_chunk(batch, "pred"))[:, : config.num_future]
-            futures = torch.as_tensor(peek(planned.float().cpu().numpy()))
+        policy = block.policy
+        config = policy.config
+        batch = policy.observe(batch)  # one history entry per env step, as select_action does
+        if not block.oracle_queue:
+            planned = self.postprocessor(policy.predict_action_chunk(batch, "pred"))[:, : config.num_future]
+            futures = np.asarray(peek(rows, planned[: len(rows)].float().cpu().numpy()))
+            futures = np.concatenate([futures, np.repeat(futures[-1:], self.rows - len(rows), 0)])  # the unused rows
             n, k, _ = futures.shape
-            z = self._oracle_encoder(futures.reshape(n * k, -1)).reshape(n, k, -1)
+            z = block.oracle_encoder(torch.from_numpy(futures).reshape(n * k, -1)).reshape(n, k, -1)
             batch = {**batch, WORLD_FUTURE: z.to(batch[WORLD_LATENTS].device, torch.float32)}
-            chunk = self.policy.predict_action_chunk(batch, "oracle")[:, : config.n_action_steps]
-            self._oracle_queue.extend(chunk.transpose(0, 1))
-        return self.postprocessor(self._oracle_queue.popleft())
+            chunk = policy.predict_action_chunk(batch, "oracle")[:, : config.n_action_steps]
+            block.oracle_queue.extend(chunk.transpose(0, 1))
+        return self.postprocessor(block.oracle_queue.popleft())
 
 
 def fork_episode_state(policy: torch.nn.Module) -> torch.nn.Module:
@@ -178,7 +248,8 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
             state_dim=features[config.state_key].shape[0] if config.state_key in features else None,
             action_dim=features[config.action_key].shape[0] if config.action_key in features else None,
         ))
-    ckpt = load_checkpoint(pretrained, device=resolve_device(device))
+    torch_device = resolve_device(device)
+    ckpt = load_checkpoint(pretrained, device=torch_device)
     if memory_mode == MemoryMode.OTHER:
         memory_bank = _use_memory_bank(ckpt, memory_bank)
     oracle_encoder = OnlineEncoder(EncoderSpec.from_dict(spec)) if memory_mode == "oracle" else None
@@ -197,6 +268,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
         _oracle_encoder=oracle_encoder,
         own_memory_mode=config.world_memory_mode_rollout if config.uses_world_module else "none",
         memory_bank=None if memory_bank is None else str(memory_bank),
+        rows=inference_rows(torch_device),
     )
 
 

@@ -13,7 +13,6 @@ runs its share of the full episode list into its own file (see `world_modality.s
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Generator
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from world_modality.atomic_io import append_jsonl, atomic_path, read_jsonl
 from world_modality.choices import EVAL
 from world_modality.rollout.envs import EnvPool
-from world_modality.rollout.policies import RolloutPolicy, load_rollout_policy
+from world_modality.rollout.policies import INFERENCE_THREADS, RolloutPolicy, load_rollout_policy
 from world_modality.rollout.pools import EnvPools
 from world_modality.shards import RESULTS_FILE, Shard, checkpoint_digest, evaluation_id
 from world_modality.sim import DEFAULT_SIMULATOR, get_simulator
@@ -92,6 +91,9 @@ def run_episodes(
     def finished(line: dict) -> None:
         nonlocal successes
         line = {**record, **line, **(episode_fields or {}).get(line["episode_id"], {})}
+        if "stopped" in line:
+            bar.write(f"{line['episode_id']}: stopped, {line['stopped']} (counted as a failure; the checkpoint or what "
+                      "it reads is broken: its world latents or actions are not numbers)")
         append_jsonl(results, line)
         written.append(line)
         successes += bool(line["success"])
@@ -195,14 +197,36 @@ def _group_rollout(
         # A digest of each episode's actions: the read-check counts the paired episodes whose actions differ.
         digests = {slot: hashlib.blake2b(digest_size=8) for slot in batch}
 
-        def peek(plans: np.ndarray) -> np.ndarray:
+        def peek(rows: list[int], plans: np.ndarray) -> np.ndarray:
             # Envs whose episode has ended have no future: their last state stands in (their actions are unused).
-            futures = pool.peek({s: plans[i] for i, s in enumerate(order) if s in active})
+            slots = [order[r] for r in rows]
+            futures = pool.peek({s: plans[i] for i, s in enumerate(slots) if s in active})
             k = plans.shape[1]
-            return np.stack([futures[s] if s in futures else np.repeat(obs[s]["env_state"][None], k, 0) for s in order])
+            return np.stack([futures[s] if s in futures else np.repeat(obs[s]["env_state"][None], k, 0) for s in slots])
+
+        def end(slot: int, success: bool, stopped: str | None = None) -> None:
+            active.discard(slot)
+            ep = batch[slot]
+            video = None
+            if slot in filming:
+                video = f"videos/{ep.task}_{ep.seed}_{ep.layout}.mp4"
+                write_video(results.parent / video, filming.pop(slot))
+            finished({
+                **ep.to_dict(),
+                "success": success,
+                "steps": steps[slot],
+                "wall_time_s": round(time.perf_counter() - start, 3),
+                "video": video,
+                "action_digest": digests[slot].hexdigest(),
+            } | ({"stopped": stopped} if stopped else {}))
 
         while active:
             actions = policy.act([obs[s] for s in order], texts, peek)
+            for row, what in policy.nonfinite_rows().items():
+                if order[row] in active:  # never act on NaN: the episode ends here, failed, saying why
+                    end(order[row], False, f"non-finite {what} at step {steps[order[row]]}")
+            if not active:
+                break
             sent = {s: np.asarray(actions[i], dtype=np.float32) for i, s in enumerate(order) if s in active}
             for slot, action in sent.items():
                 digests[slot].update(action.tobytes())
@@ -213,20 +237,7 @@ def _group_rollout(
                 if slot in filming:
                     filming[slot].append(next(iter(o["frames"].values())))
                 if done or success or (max_steps is not None and steps[slot] >= max_steps):
-                    active.discard(slot)
-                    ep = batch[slot]
-                    video = None
-                    if slot in filming:
-                        video = f"videos/{ep.task}_{ep.seed}_{ep.layout}.mp4"
-                        write_video(results.parent / video, filming.pop(slot))
-                    finished({
-                        **ep.to_dict(),
-                        "success": bool(success),
-                        "steps": steps[slot],
-                        "wall_time_s": round(time.perf_counter() - start, 3),
-                        "video": video,
-                        "action_digest": digests[slot].hexdigest(),
-                    })
+                    end(slot, bool(success))
 
 
 def evaluate_checkpoint(
@@ -292,10 +303,8 @@ def evaluate_checkpoint(
     size = max(1, min(workers, len(episodes)))
     groups = min(groups, size)
     env_groups(size, groups)  # refuse a bad --groups before starting simulator processes
-    # The simulator processes need the cores: batched inference of a small policy gains little from
-    # intra-op threads that would compete with them.
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - size))
+    torch.set_num_threads(INFERENCE_THREADS)
     try:
         with EnvPools() if pools is None else nullcontext(pools) as shared:
             pool = shared.get(env, policy.render, size)

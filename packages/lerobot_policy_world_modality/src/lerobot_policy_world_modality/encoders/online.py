@@ -35,7 +35,7 @@ def encode_episode(encoder: ImageEncoder, episode_frames: Frames) -> torch.Tenso
     frames = torch.as_tensor(episode_frames)
     indices = torch.from_numpy(window_indices(len(frames), encoder.spec.temporal_window))
     latents = [encoder.encode(frames[chunk]) for chunk in indices.split(encoder.batch_size)]
-    return torch.cat(latents).to(encoder.spec.torch_dtype)
+    return encoder.spec.to_storage(torch.cat(latents))
 
 
 class OnlineEncoder:
@@ -78,7 +78,7 @@ class OnlineEncoder:
     def __call__(self, observation: Frames) -> torch.Tensor:
         if isinstance(self.encoder, StateEncoder):
             states = torch.as_tensor(observation)
-            return self.encoder.encode_state(states.reshape(-1, states.shape[-1])).to(self.spec.torch_dtype)
+            return self.spec.to_storage(self.encoder.encode_state(states.reshape(-1, states.shape[-1])))
         frames = torch.as_tensor(observation).to(self.encoder.device)
         if frames.ndim == 3:
             frames = frames.unsqueeze(0)
@@ -88,4 +88,4 @@ class OnlineEncoder:
             raise ValueError(f"expected frames {tuple(self._window[:, -1].shape)} as in this episode's first call, got {tuple(frames.shape)}; call reset() between episodes")
         else:
             self._window = torch.cat([self._window[:, 1:], frames.unsqueeze(1)], dim=1)
-        return self.encoder.encode(self._window).to(self.spec.torch_dtype)
+        return self.spec.to_storage(self.encoder.encode(self._window))

@@ -96,6 +96,14 @@ class EncoderSpec:
         """The storage dtype as a torch dtype."""
         return getattr(torch, self.dtype)
 
+    def to_storage(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents in the storage dtype, as the cache holds them and rollouts see them. Values beyond the dtype's
+        range saturate at its largest finite value instead of becoming inf: float16 ends at 65504, which a state
+        dimension standardised by a near-zero training std reaches on a small shift. NaN stays NaN (a rollout stops
+        the episode that meets one; `wm latents` refuses it)."""
+        limit = torch.finfo(self.torch_dtype).max
+        return z.clamp(-limit, limit).to(self.torch_dtype)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of every field."""
         return asdict(self)

@@ -277,7 +277,7 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
             windows = frames.unfold(1, m, 1).permute(0, 1, 5, 2, 3, 4)  # [B, T+K, m, H, W, 3]
             z = self._training_encoder.encode(windows.flatten(0, 1))
         # Stored as the cache stores it, so online and cached latents are the same numbers.
-        z = z.to(spec.torch_dtype).float().reshape(batch_size, -1, z.shape[-1])
+        z = spec.to_storage(z).float().reshape(batch_size, -1, z.shape[-1])
         real = ~is_pad[:, m - 1:].bool()  # a latent is real when its own (last) frame is
         return {
             WORLD_LATENTS: z[:, :t],

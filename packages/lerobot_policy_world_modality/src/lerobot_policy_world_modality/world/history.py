@@ -99,3 +99,8 @@ class LatentHistory:
         self._history = torch.cat([self._history[:, 1:], z[:, None]], dim=1)
         self._mask = torch.cat([self._mask[:, 1:], self._mask.new_ones(z.shape[0], 1)], dim=1)
         return {**batch, WORLD_LATENTS: self._history, WORLD_LATENTS_MASK: self._mask}
+
+    def latest_finite(self) -> Tensor | None:
+        """Per env, whether its latest latent is finite (None before the first step): a rollout must not act on a
+        latent that is NaN or inf."""
+        return None if self._history is None else self._history[:, -1].isfinite().all(dim=-1)
