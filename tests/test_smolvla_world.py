@@ -179,6 +179,57 @@ def test_small_backbone_trains_and_acts_at_metaworld_size(tmp_path, spec):
     assert action.shape == (1, 4) and torch.isfinite(action).all()
 
 
+def test_without_world_module_it_is_lerobots_smolvla(vlm_folder, tmp_path):
+    """E0 (`use_world_module=False`) is LeRobot's SmolVLA: from the same config and seed the same parameters
+    (names, shapes, values, trainability) and state dict; a LeRobot SmolVLA's saved weights load into it strictly;
+    and on the same batch the same loss and gradients, the same chunks and the same `select_action` actions, bit
+    for bit, with noise given or drawn from the same seed."""
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import SmolVLAWorldPolicy
+
+    torch.manual_seed(0)
+    plain = _plain_smolvla(vlm_folder)
+    e0 = _world_policy(vlm_folder, None, seed=0, use_world_module=False)
+    assert e0.world_module is None and e0.config.observation_delta_indices == plain.config.observation_delta_indices
+    ours, theirs = e0.state_dict(), plain.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+    assert [(n, p.requires_grad) for n, p in e0.named_parameters()] == [(n, p.requires_grad) for n, p in plain.named_parameters()]
+
+    # Weights of another seed, saved by LeRobot, then loaded by our policy (strict: nothing missing or extra).
+    torch.manual_seed(1)
+    SmolVLAPolicy(plain.config).save_pretrained(tmp_path / "lerobot_smolvla")
+    plain = SmolVLAPolicy.from_pretrained(tmp_path / "lerobot_smolvla", config=plain.config).eval()
+    e0 = SmolVLAWorldPolicy.from_pretrained(tmp_path / "lerobot_smolvla", config=e0.config).eval()
+    assert all(torch.equal(e0.state_dict()[name], value) for name, value in plain.state_dict().items())
+
+    batch = _batch(vlm_folder, with_latents=False)
+    losses = []
+    for policy in (plain, e0):
+        policy.train()
+        torch.manual_seed(2)  # flow noise and time drawn inside, as in lerobot-train
+        loss, _ = policy.forward(dict(batch))
+        loss.backward()
+        losses.append(loss.detach())
+        policy.eval()
+    assert torch.equal(*losses)
+    assert torch.equal(e0.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[0],
+                       plain.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[0])
+    grads = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
+    assert grads and all(torch.equal(p.grad, grads[n]) for n, p in e0.named_parameters() if p.grad is not None)
+    assert {n for n, p in e0.named_parameters() if p.grad is not None} == set(grads)
+
+    assert torch.equal(e0.predict_action_chunk(dict(batch), noise=_noise()), plain.predict_action_chunk(dict(batch), noise=_noise()))
+    observation = {k: v for k, v in batch.items() if not k.startswith("action")}
+    actions = {}
+    for name, policy in (("lerobot", plain), ("e0", e0)):
+        policy.reset()
+        torch.manual_seed(3)  # each chunk's noise drawn from the global RNG, as in lerobot-eval
+        actions[name] = torch.stack([policy.select_action(dict(observation)) for _ in range(TINY["n_action_steps"] + 2)])
+    assert torch.equal(actions["e0"], actions["lerobot"])
+
+
 # --- (b) memory modes --------------------------------------------------------------------------
 
 
