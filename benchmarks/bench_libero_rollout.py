@@ -168,7 +168,7 @@ def main() -> None:
         args.tasks, args.episodes_per_task, args.image_size, args.max_steps, args.device = "0", 2, 64, 4, "cpu"
         args.workers, args.groups = 2, 2
 
-    from world_modality.rendering import ensure_headless_rendering
+    from lerobot_policy_world_modality.rendering import ensure_headless_rendering
     from world_modality.sim.libero.setup import setup
 
     print(f"MUJOCO_GL={ensure_headless_rendering()}")

@@ -20,7 +20,7 @@ ROOTS = {
 # package above it ("" is the distribution's own __init__); a module may import its own layer and those below.
 LAYERS: dict[str, list[tuple[str, ...]]] = {
     PLUGIN: [
-        ("memory_modes", "file_digests"),
+        ("memory_modes", "file_digests", "rendering", "video_decoding"),
         ("encoders",),
         ("world", "dataset_files"),
         ("latent_cache", "world_tokens"),
@@ -29,7 +29,7 @@ LAYERS: dict[str, list[tuple[str, ...]]] = {
         ("",),
     ],
     PIPELINE: [
-        ("", "atomic_io", "devices", "rendering", "choices"),
+        ("", "atomic_io", "devices", "choices"),
         ("data", "stats", "model_folders"),
         ("latents", "tokens", "sim"),
         ("training", "coc", "shards"),

@@ -131,7 +131,7 @@ def _grey(frame: np.ndarray) -> np.ndarray:
 def test_env_applies_init_state_renders_upright_and_steps(libero_home):
     """libero_spatial task 0: the init state is the scene after reset; frames are LeRobot's rotated
     convention (upright); a few actions step; check_success() is read."""
-    from world_modality.rendering import ensure_headless_rendering
+    from lerobot_policy_world_modality.rendering import ensure_headless_rendering
 
     ensure_headless_rendering()  # before MuJoCo is imported
     import mujoco

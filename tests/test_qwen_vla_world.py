@@ -6,6 +6,7 @@ byte-level BPE tokenizer; world latents come from a `state` encoder fitted on ra
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -47,10 +48,10 @@ def encoder_spec(tmp_path_factory):
     return StateEncoder.load(path).spec.to_dict()
 
 
-def make_config(folders, encoder_spec, backbone="qwen3_vl", **overrides) -> QwenVLAWorldConfig:
+def make_config(folders, encoder_spec, backbone="qwen3_vl", image_size=64, **overrides) -> QwenVLAWorldConfig:
     features = {
-        IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
-        WRIST_KEY: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
+        IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, image_size, image_size)),
+        WRIST_KEY: PolicyFeature(FeatureType.VISUAL, (3, image_size, image_size)),
         "observation.state": PolicyFeature(FeatureType.STATE, (STATE_DIM,)),
         OBS_ENV_STATE: PolicyFeature(FeatureType.ENV, (ENV_DIM,)),
     }
@@ -70,11 +71,11 @@ def make_policy(folders, encoder_spec, backbone="qwen3_vl", seed=0, **overrides)
     return QwenVLAWorldPolicy(make_config(folders, encoder_spec, backbone, **overrides))
 
 
-def make_batch(seed=0, coc=None, with_latents=True) -> dict:
+def make_batch(seed=0, coc=None, with_latents=True, image_size=64) -> dict:
     g = torch.Generator().manual_seed(seed)
     batch = {
-        IMAGE_KEY: torch.rand(BATCH, 3, 64, 64, generator=g),
-        WRIST_KEY: torch.rand(BATCH, 3, 64, 64, generator=g),
+        IMAGE_KEY: torch.rand(BATCH, 3, image_size, image_size, generator=g),
+        WRIST_KEY: torch.rand(BATCH, 3, image_size, image_size, generator=g),
         "observation.state": torch.randn(BATCH, STATE_DIM, generator=g),
         OBS_ENV_STATE: torch.randn(BATCH, ENV_DIM, generator=g),
         "action": torch.randn(BATCH, CHUNK, ACTION_DIM, generator=g),
@@ -145,6 +146,34 @@ def test_full_size_architectures(tmp_path, backbone, size, billions):
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.01)
+
+
+def test_small_folder_trains_and_acts_at_metaworld_size(tmp_path, encoder_spec):
+    """The `small` Qwen3-VL folder (random weights; what trains from scratch here): 20-60M parameters, 64 image
+    tokens from a 128 px MetaWorld frame as the released processor gives them, and a qwen_vla_world on it
+    takes a training step and acts on CPU."""
+    from transformers import AutoConfig
+
+    folder = write_qwen_vl_folder(tmp_path / "small", "qwen3_vl", "small")
+    assert list(folder.glob("*.safetensors"))  # backbone_path=DIR is all a real Qwen3-VL folder changes
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    assert config.get_text_config().num_hidden_layers == ARCHITECTURES[("qwen3_vl", "small")]["text"]["num_hidden_layers"]
+    policy = make_policy({"qwen3_vl": folder}, encoder_spec, image_size=128)
+    backbone = sum(p.numel() for n, p in policy.backbone.get_base_model().named_parameters() if "lora_" not in n
+                   and "trainable_tokens" not in n)
+    assert 20e6 < backbone < 60e6, backbone
+    batch = make_batch(image_size=128)
+    inputs = policy.processor(images=[batch[IMAGE_KEY][0]], text=["<|image_pad|>"], return_tensors="pt", do_rescale=False)
+    assert inputs["image_grid_thw"].prod().item() // 4 == 64
+
+    [logs] = train_steps(policy, batch, steps=1)
+    assert math.isfinite(logs["loss"])
+    lora = [p for n, p in policy.named_parameters() if "lora_B" in n]
+    assert lora and any(p.abs().sum() > 0 for p in lora)  # a step moved the adapters off their zero start
+    policy.reset()
+    rollout = {k: v for k, v in make_batch(image_size=128, with_latents=False).items() if not k.startswith("action")}
+    action = policy.select_action(rollout)
+    assert action.shape == (BATCH, ACTION_DIM) and torch.isfinite(action).all()
 
 
 def test_unknown_sizes_and_backbone_names(tmp_path):

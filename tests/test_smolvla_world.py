@@ -8,6 +8,7 @@ a learned world encoder trained for two steps, and the session's MetaWorld datas
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -62,22 +63,22 @@ def spec(latent_cache) -> dict:
     return LatentCache.load(latent_cache).spec.to_dict()
 
 
-def _features():
+def _features(image_size=64):
     from lerobot.configs.types import FeatureType, PolicyFeature
 
     inputs = {
         "observation.state": PolicyFeature(FeatureType.STATE, (4,)),
         ENV_STATE: PolicyFeature(FeatureType.ENV, (39,)),
-        CAMERA: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
+        CAMERA: PolicyFeature(FeatureType.VISUAL, (3, image_size, image_size)),
     }
     return inputs, {"action": PolicyFeature(FeatureType.ACTION, (4,))}
 
 
-def _world_policy(vlm_folder, spec, seed=0, **overrides):
+def _world_policy(vlm_folder, spec, seed=0, image_size=64, **overrides):
     from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
     from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import SmolVLAWorldPolicy
 
-    inputs, outputs = _features()
+    inputs, outputs = _features(image_size)
     config = SmolVLAWorldConfig(input_features=inputs, output_features=outputs, vlm_model_name=str(vlm_folder),
                                 encoder_spec=spec, device="cpu", **{**TINY, **TINY_WORLD, **overrides})
     torch.manual_seed(seed)
@@ -94,7 +95,7 @@ def _plain_smolvla(vlm_folder):
     return SmolVLAPolicy(config).eval()
 
 
-def _batch(vlm_folder, batch_size=3, seed=0, with_latents=True) -> dict:
+def _batch(vlm_folder, batch_size=3, seed=0, with_latents=True, image_size=64) -> dict:
     """A preprocessed batch: normalised state/action, images in [0, 1], tokenised task, cached latents."""
     from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
     from transformers import AutoTokenizer
@@ -107,7 +108,7 @@ def _batch(vlm_folder, batch_size=3, seed=0, with_latents=True) -> dict:
     batch = {
         "observation.state": torch.randn(batch_size, 4, generator=g),
         ENV_STATE: torch.randn(batch_size, 39, generator=g),
-        CAMERA: torch.rand(batch_size, 3, 64, 64, generator=g),
+        CAMERA: torch.rand(batch_size, 3, image_size, image_size, generator=g),
         "action": torch.randn(batch_size, 4, 4, generator=g),
         "action_is_pad": torch.zeros(batch_size, 4, dtype=torch.bool),
         OBS_LANGUAGE_TOKENS: tokens["input_ids"],
@@ -151,6 +152,82 @@ def test_gate_zero_acts_exactly_like_lerobot_smolvla(vlm_folder, spec):
         world.model.world.prophet.out_head.bias.fill_(float("nan"))
     chunk = world.predict_action_chunk(dict(batch), noise=_noise())
     assert torch.isfinite(chunk).all() and torch.equal(chunk, reference)
+
+
+def test_small_backbone_trains_and_acts_at_metaworld_size(tmp_path, spec):
+    """The `small` SmolVLM2 folder (random weights; what trains from scratch here): a smolvla_world on it has
+    20-60M parameters; at MetaWorld's 128 px frames on SmolVLA's default 512 px canvas each frame is 64 image
+    tokens; with nothing frozen it takes a training step (every part gets gradients) and acts on CPU."""
+    from world_modality.model_folders.smolvlm import write_smolvlm_folder
+
+    folder = write_smolvlm_folder(tmp_path / "small", "small")
+    small = {**TINY, "resize_imgs_with_padding": (512, 512)}  # SmolVLA's default canvas
+    policy = _world_policy(folder, spec, image_size=128, freeze_vision_encoder=False, train_expert_only=False, **small)
+    assert 20e6 < sum(p.numel() for p in policy.parameters()) < 60e6
+    batch = _batch(folder, batch_size=2, image_size=128)
+    images, _ = policy.prepare_images(batch)
+    assert images[0].shape[-2:] == (512, 512) and policy.model.vlm_with_expert.embed_image(images[0]).shape[1] == 64
+
+    loss, logs = policy.train().forward(dict(batch))
+    loss.backward()
+    assert math.isfinite(loss.item()) and math.isfinite(logs["world_loss"])
+    vlm = policy.model.vlm_with_expert
+    for part in (vlm.get_vlm_model().vision_model, vlm.get_vlm_model().text_model, vlm.lm_expert, policy.model.world):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    policy.eval().reset()
+    action = policy.select_action({k: v[:1] for k, v in batch.items() if not k.startswith("action")})
+    assert action.shape == (1, 4) and torch.isfinite(action).all()
+
+
+def test_without_world_module_it_is_lerobots_smolvla(vlm_folder, tmp_path):
+    """E0 (`use_world_module=False`) is LeRobot's SmolVLA: from the same config and seed the same parameters
+    (names, shapes, values, trainability) and state dict; a LeRobot SmolVLA's saved weights load into it strictly;
+    and on the same batch the same loss and gradients, the same chunks and the same `select_action` actions, bit
+    for bit, with noise given or drawn from the same seed."""
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import SmolVLAWorldPolicy
+
+    torch.manual_seed(0)
+    plain = _plain_smolvla(vlm_folder)
+    e0 = _world_policy(vlm_folder, None, seed=0, use_world_module=False)
+    assert e0.world_module is None and e0.config.observation_delta_indices == plain.config.observation_delta_indices
+    ours, theirs = e0.state_dict(), plain.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+    assert [(n, p.requires_grad) for n, p in e0.named_parameters()] == [(n, p.requires_grad) for n, p in plain.named_parameters()]
+
+    # Weights of another seed, saved by LeRobot, then loaded by our policy (strict: nothing missing or extra).
+    torch.manual_seed(1)
+    SmolVLAPolicy(plain.config).save_pretrained(tmp_path / "lerobot_smolvla")
+    plain = SmolVLAPolicy.from_pretrained(tmp_path / "lerobot_smolvla", config=plain.config).eval()
+    e0 = SmolVLAWorldPolicy.from_pretrained(tmp_path / "lerobot_smolvla", config=e0.config).eval()
+    assert all(torch.equal(e0.state_dict()[name], value) for name, value in plain.state_dict().items())
+
+    batch = _batch(vlm_folder, with_latents=False)
+    losses = []
+    for policy in (plain, e0):
+        policy.train()
+        torch.manual_seed(2)  # flow noise and time drawn inside, as in lerobot-train
+        loss, _ = policy.forward(dict(batch))
+        loss.backward()
+        losses.append(loss.detach())
+        policy.eval()
+    assert torch.equal(*losses)
+    assert torch.equal(e0.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[0],
+                       plain.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[0])
+    grads = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
+    assert grads and all(torch.equal(p.grad, grads[n]) for n, p in e0.named_parameters() if p.grad is not None)
+    assert {n for n, p in e0.named_parameters() if p.grad is not None} == set(grads)
+
+    assert torch.equal(e0.predict_action_chunk(dict(batch), noise=_noise()), plain.predict_action_chunk(dict(batch), noise=_noise()))
+    observation = {k: v for k, v in batch.items() if not k.startswith("action")}
+    actions = {}
+    for name, policy in (("lerobot", plain), ("e0", e0)):
+        policy.reset()
+        torch.manual_seed(3)  # each chunk's noise drawn from the global RNG, as in lerobot-eval
+        actions[name] = torch.stack([policy.select_action(dict(observation)) for _ in range(TINY["n_action_steps"] + 2)])
+    assert torch.equal(actions["e0"], actions["lerobot"])
 
 
 # --- (b) memory modes --------------------------------------------------------------------------

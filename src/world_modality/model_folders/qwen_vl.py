@@ -1,7 +1,8 @@
-"""Qwen-VL model folders written in code: the published architectures, or tiny ones for tests.
+"""Qwen-VL model folders written in code: the published architectures, a small one that trains here, or tiny
+ones for tests.
 
-`write_qwen_vl_folder` writes a Hugging Face folder (config.json, processor/tokenizer files, and for
-``size="tiny"`` random weights) that `AutoProcessor.from_pretrained` and
+`write_qwen_vl_folder` writes a Hugging Face folder (config.json, processor/tokenizer files, and for the
+random sizes ``tiny`` and ``small`` random weights) that `AutoProcessor.from_pretrained` and
 `AutoModelForImageTextToText.from_pretrained` load offline. Nothing is downloaded: the full sizes
 hard-code the architecture values of the published Instruct checkpoints, so a GPU benchmark can
 instantiate the real architecture with random weights; the tokenizer is a byte-level BPE built
@@ -9,6 +10,13 @@ with the `tokenizers` library (its merges learned from the MetaWorld task descri
 Qwen-VL's special tokens and a ChatML chat template. Token ids therefore differ from the released
 tokenizer (the config's special-token ids follow this tokenizer); the vocabulary size of a full size
 stays the published one, so embedding and LM-head shapes are real.
+
+``small`` (Qwen3-VL only) is a backbone that trains from scratch here, where no pretrained weights can be
+downloaded: ~26M parameters, a 384-wide text model of 8 layers (6 heads / 2 KV heads) and a 4-layer, 256-wide
+vision tower with the published patching (16 px patches, 2x2 merge) and image processing, so a 128 px frame,
+which the released processor scales to 256 px, gives 64 image tokens, as the released models' processor gives
+them. Its folder holds random weights (seeded), so real weights replace it by their folder
+(``backbone_path=DIR``) and nothing else.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from copy import deepcopy
 from pathlib import Path
 
 BACKBONES = ("qwen3_vl", "qwen2_5_vl")
-SIZES = {"qwen3_vl": ("tiny", "2b", "4b", "8b"), "qwen2_5_vl": ("tiny", "3b")}
+SIZES = {"qwen3_vl": ("tiny", "small", "2b", "4b", "8b"), "qwen2_5_vl": ("tiny", "3b")}
+# Sizes of random architectures (not published ones): their folders hold random weights and their own vocabulary.
+RANDOM_SIZES = ("tiny", "small")
 
 # Qwen-VL's special tokens, in the released vocabulary's order.
 SPECIAL_TOKENS = (
@@ -80,6 +90,15 @@ ARCHITECTURES: dict[tuple[str, str], dict] = {
                  "rope_parameters": {**_QWEN3_VL_TEXT_COMMON["rope_parameters"], "mrope_section": [4, 2, 2]}},
         "vision": {**_QWEN3_VL_VISION_COMMON, "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
                    "deepstack_visual_indexes": [1], "out_hidden_size": 64, "num_position_embeddings": 256},
+        "tie_word_embeddings": True,
+    },
+    # Small: trains from scratch in minutes (module docstring); mrope_section sums to head_dim / 2.
+    ("qwen3_vl", "small"): {
+        "text": {**_QWEN3_VL_TEXT_COMMON, "hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 8,
+                 "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 4096,
+                 "rope_parameters": {**_QWEN3_VL_TEXT_COMMON["rope_parameters"], "mrope_section": [12, 10, 10]}},
+        "vision": {**_QWEN3_VL_VISION_COMMON, "depth": 4, "hidden_size": 256, "intermediate_size": 1024, "num_heads": 4,
+                   "deepstack_visual_indexes": [1, 2], "out_hidden_size": 384, "num_position_embeddings": 576},
         "tie_word_embeddings": True,
     },
     ("qwen2_5_vl", "3b"): {
@@ -162,7 +181,7 @@ def model_config(backbone: str, size: str, tokenizer):
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
     text = arch["text"]
-    if size == "tiny":
+    if size in RANDOM_SIZES:
         text["vocab_size"] = len(tokenizer)
     text.update(bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     text["tie_word_embeddings"] = arch["tie_word_embeddings"]
@@ -197,7 +216,7 @@ def write_qwen_vl_folder(path: str | Path, backbone: str = "qwen3_vl", size: str
                          weights: bool | None = None, seed: int = 0) -> Path:
     """Write a loadable Qwen-VL folder; returns its path.
 
-    ``weights`` (default: only for ``size="tiny"``) also writes random weights (model.safetensors);
+    ``weights`` (default: for the random sizes, `RANDOM_SIZES`) also writes random weights (model.safetensors);
     without them, instantiate the model from the config (``AutoModelForImageTextToText.from_config``).
     """
     import torch
@@ -209,7 +228,7 @@ def write_qwen_vl_folder(path: str | Path, backbone: str = "qwen3_vl", size: str
     tokenizer = build_tokenizer()
     config = model_config(backbone, size, tokenizer)
     build_processor(backbone, size, tokenizer).save_pretrained(path)
-    if weights if weights is not None else size == "tiny":
+    if weights if weights is not None else size in RANDOM_SIZES:
         torch.manual_seed(seed)
         AutoModelForImageTextToText.from_config(config).save_pretrained(path)
     else:
@@ -222,4 +241,4 @@ def _check(backbone: str, size: str) -> None:
         raise ValueError(f"unknown Qwen-VL backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
     if size not in SIZES[backbone]:
         raise ValueError(f"{backbone} has no size {size!r}; valid: {', '.join(SIZES[backbone])} "
-                         f"(Qwen3-VL comes in 2B/4B/8B, Qwen2.5-VL here in 3B; 'tiny' is for tests)")
+                         f"(Qwen3-VL comes in 2B/4B/8B, Qwen2.5-VL here in 3B; 'small' trains from scratch, 'tiny' is for tests)")

@@ -8,6 +8,13 @@ config with random weights (``load_vlm_weights=False``); with ``load_vlm_weights
 real checkpoint's ``model.safetensors`` in the folder.
 
 - ``tiny``: a few narrow layers, for CPU tests (64 px vision tower, 4 text layers).
+- ``small``: a backbone that trains from scratch here (no pretrained weights can be downloaded): ~23M
+  parameters in the VLM, ~30M in a SmolVLA built on it. Its vision tower (4 layers, 256 wide) takes
+  SmolVLA's default 512 px canvas in 32 px patches, so a 128 px MetaWorld frame, which SmolVLA scales up to
+  512 px, is read in 8 px patches (16 x 16) and the connector's 2x pixel shuffle gives 64 image tokens;
+  the text model is 384 wide with 8 layers (6 heads / 2 KV heads), and SmolVLA's action expert follows
+  it (8 layers, 0.75 of its width). Real SmolVLM2 weights replace it by their folder
+  (``vlm_model_name=DIR``, ``load_vlm_weights=true``) and nothing else.
 - ``500m``: the SmolVLM2-500M-Video-Instruct architecture (SigLIP 768 x 12 layers at 512 px with
   16 px patches and a 4x pixel-shuffle connector; SmolLM2-360M text model: 960 wide, 32 layers,
   15 heads / 5 KV heads) with random weights, so benchmarks measure the real cost.
@@ -24,7 +31,7 @@ from pathlib import Path
 
 from world_modality.atomic_io import atomic_write_json
 
-SIZES = ("tiny", "500m")
+SIZES = ("tiny", "small", "500m")
 
 # Named special tokens of SmolVLM2's tokenizer: the processor and SmolVLA read them as
 # `tokenizer.<name>` and `tokenizer.<name>_id`.
@@ -46,6 +53,14 @@ _ARCHITECTURES = {
                    "image_size": 64, "patch_size": 16},
         "scale_factor": 2,
         "tokenizer_vocab": 600,
+    },
+    "small": {
+        "text": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 6,
+                 "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 2048, "rope_theta": 100000.0},
+        "vision": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
+                   "image_size": 512, "patch_size": 32},
+        "scale_factor": 2,
+        "tokenizer_vocab": 2000,
     },
     "500m": {
         "text": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,

@@ -16,7 +16,7 @@ from functools import cache
 import numpy as np
 
 from lerobot_policy_world_modality.encoders.spec import camera_parts, side_by_side
-from world_modality.rendering import ensure_headless_rendering
+from lerobot_policy_world_modality.rendering import ensure_headless_rendering
 from world_modality.sim.libero.setup import NAME, SUITES, import_libero
 
 # LeRobot's LIBERO camera names -> LIBERO's observation keys.

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from world_modality.rendering import ensure_headless_rendering
+from lerobot_policy_world_modality.rendering import ensure_headless_rendering
 
 NAME = "metaworld"
 LAYOUTS_PER_SEED = 50

@@ -1,7 +1,9 @@
 """Configuration of SmolVLA-world: LeRobot's SmolVLA whose action expert reads predicted world memory.
 
 Arms of the experiment matrix (docs/ARCHITECTURE.md, Experiment matrix):
-- E0: LeRobot's own ``--policy.type=smolvla`` (no world module; not a mode of this class).
+- E0: ``use_world_module=False``, which is LeRobot's SmolVLA itself: built from the same config and seed, or
+  loaded from the same weights, it has the parameters and state dict of ``--policy.type=smolvla`` (no world
+  module, no step counter; weights load either way, strictly) and gives its actions and losses (tested).
 - E1: ``smolvla_world`` with ``world_memory_mode_train=zero`` and ``world_memory_mode_rollout=zero``
   (the same parameters, memory content withheld: the capacity control).
 - E2: ``smolvla_world`` with predicted memory (the defaults).
@@ -67,8 +69,10 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
     # read included): compiled once, replayed `num_steps` times per chunk. LeRobot's own
     # `compile_model` compiles the whole unrolled sampling loop, whose warm-up did not finish in minutes.
     compile_denoise_step: bool = False
+    # False: no world module, LeRobot's SmolVLA (the E0 baseline; module docstring).
+    use_world_module: bool = True
 
-    world_baseline = "LeRobot's `smolvla` policy"
+    world_baseline = "use_world_module=False (LeRobot's SmolVLA)"
 
     def __post_init__(self) -> None:
         if self.encoder_spec is None and self.encoder_spec_path is not None:
@@ -87,7 +91,7 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
 
     @property
     def uses_world_module(self) -> bool:
-        return True
+        return self.use_world_module
 
     @property
     def spec(self) -> EncoderSpec:
@@ -97,9 +101,9 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
         return EncoderSpec.from_dict(self.encoder_spec)
 
     @property
-    def latent_source_key(self) -> str:
-        """The observation the world encoder reads (a camera, or the environment state)."""
-        return self.spec.camera_key
+    def latent_source_key(self) -> str | None:
+        """The observation the world encoder reads (a camera, or the environment state); None without one."""
+        return self.spec.camera_key if self.use_world_module else None
 
     @property
     def temporal_window(self) -> int:
@@ -113,10 +117,12 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
 
     @property
     def observation_delta_indices(self) -> list[int]:
-        return self.online_frame_offsets
+        return self.online_frame_offsets if self.use_world_module else super().observation_delta_indices
 
     def validate_features(self) -> None:
         super().validate_features()
+        if not self.use_world_module:
+            return
         spec = self.spec
         if self.image_key is not None and self.image_key not in self.image_features:
             raise ValueError(f"image_key {self.image_key!r} is not among the camera features {sorted(self.image_features)}")

@@ -14,7 +14,8 @@ Why there and not on the expert's output states before ``action_out_proj``:
   prefix, so the expert can relate predicted futures to what it sees; at the output the memory could
   only shift the final linear velocity read-out.
 With the gate at exactly 0 the gated residual returns its input bit for bit (NaN memory included),
-so the policy is LeRobot's SmolVLA with the same weights (tested).
+so the policy is LeRobot's SmolVLA with the same weights (tested). With ``use_world_module=False`` (E0) there
+is no world module, no hook and no step counter: LeRobot's SmolVLA, parameter for parameter (tested).
 
 Training calls the `WorldModule` as is (Prophet, memory mode / oracle schedule, world loss, injection).
 Inference computes the memory once per action chunk (one Prophet pass; one draw for the `random` and
@@ -60,11 +61,13 @@ MemoryReader = Callable[[Tensor], Tensor]
 
 
 class WorldFlowMatching(VLAFlowMatching):
-    """SmolVLA's flow-matching model with the world module reading into the action-expert queries."""
+    """SmolVLA's flow-matching model with the world module reading into the action-expert queries (SmolVLA's own
+    without a world module)."""
 
     def __init__(self, config: SmolVLAWorldConfig, rtc_processor=None) -> None:
         super().__init__(config, rtc_processor=rtc_processor)
-        self.world = WorldModule(WorldModuleConfig.from_policy_config(config, self.vlm_with_expert.expert_hidden_size))
+        self.world = (WorldModule(WorldModuleConfig.from_policy_config(config, self.vlm_with_expert.expert_hidden_size))
+                      if config.use_world_module else None)
         self._read_memory: MemoryReader | None = None
         if config.compile_denoise_step:
             self.denoise_step = torch.compile(self.denoise_step)
@@ -81,6 +84,8 @@ class WorldFlowMatching(VLAFlowMatching):
 
     def embed_suffix(self, noisy_actions, timestep):
         embs, pad_masks, att_masks = super().embed_suffix(noisy_actions, timestep)
+        if self.world is None:
+            return embs, pad_masks, att_masks
         if self._read_memory is None:
             raise RuntimeError("WorldFlowMatching was called outside `reading_memory`: go through "
                                "SmolVLAWorldPolicy (forward / predict_action_chunk / select_action)")
@@ -126,8 +131,9 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
         self.config = config
         self.init_rtc_processor()
         self.model = WorldFlowMatching(config, rtc_processor=self.rtc_processor)
-        self.register_step_counter()
-        self.latent_history = LatentHistory(config.spec, config.history_len, config.latent_source_key)
+        if config.use_world_module:  # without it, nothing beside SmolVLA's own state (E0 loads its weights as they are)
+            self.register_step_counter()
+            self.latent_history = LatentHistory(config.spec, config.history_len, config.latent_source_key)
         self._training_encoder: WorldEncoder | None = None
         self.reset()
 
@@ -148,7 +154,7 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
         return super()._load_as_safetensor(model, model_file, map_location, strict=True)
 
     @property
-    def world_module(self) -> WorldModule:
+    def world_module(self) -> WorldModule | None:
         return self.model.world
 
     def optim_parameters(self) -> list:
@@ -158,14 +164,17 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
     def reset(self) -> None:
         """Start new episodes: forget queued actions, the latent history and the encoder's frames."""
         super().reset()
-        self.latent_history.reset()
+        if self.config.use_world_module:
+            self.latent_history.reset()
 
     # --- training -----------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, Tensor], memory_mode: str | None = None, noise=None, time=None,
                 reduction: str = "mean") -> tuple[Tensor, dict[str, float]]:
         """SmolVLA's flow-matching loss + lambda_world * the world loss; ``memory_mode`` overrides
-        ``world_memory_mode_train`` (validation under controls)."""
+        ``world_memory_mode_train`` (validation under controls). Without a world module: SmolVLA's loss."""
+        if not self.config.use_world_module:
+            return super().forward(batch, noise=noise, time=time, reduction=reduction)
         batch, z_hist, hist_mask, z_future, future_mask = self._world_inputs(batch)
         if self.in_prophet_stage():
             return self.prophet_stage_forward(z_hist, hist_mask, z_future, future_mask)
@@ -194,8 +203,7 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
     def predict_action_chunk(self, batch: dict[str, Tensor], memory_mode: str | None = None, noise: Tensor | None = None,
                              **kwargs) -> Tensor:
         """Normalised action chunk [B, H, A]; ``memory_mode`` defaults to ``world_memory_mode_rollout``."""
-        batch = self.observe(batch)
-        with self.model.reading_memory(self._chunk_memory(batch, memory_mode)):
+        with self._reading_world(batch, memory_mode) as batch:
             return super().predict_action_chunk(batch, noise=self._flow_noise(batch, noise), **kwargs)
 
     @torch.no_grad()
@@ -203,9 +211,19 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
                       **kwargs) -> Tensor:
         """One action per call; every observation enters the latent history, a chunk is predicted
         when the queue of ``n_action_steps`` actions is empty."""
+        with self._reading_world(batch, memory_mode) as batch:
+            return super().select_action(batch, noise=self._flow_noise(batch, noise), **kwargs)
+
+    @contextmanager
+    def _reading_world(self, batch: dict[str, Tensor], memory_mode: str | None) -> Iterator[dict[str, Tensor]]:
+        """The rollout batch with its latent history, and the chunk's memory read by every suffix embedding
+        within the block; the batch as it is without a world module."""
+        if not self.config.use_world_module:
+            yield batch
+            return
         batch = self.observe(batch)
         with self.model.reading_memory(self._chunk_memory(batch, memory_mode)):
-            return super().select_action(batch, noise=self._flow_noise(batch, noise), **kwargs)
+            yield batch
 
     def observe(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Add the world-latent history to a rollout batch, encoding the current observation online

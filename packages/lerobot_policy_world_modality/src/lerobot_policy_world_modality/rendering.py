@@ -1,11 +1,14 @@
-"""Headless rendering backend selection for MuJoCo.
+"""Headless rendering backend selection for MuJoCo, for `wm` and for LeRobot's own tools alike.
 
-MuJoCo reads ``MUJOCO_GL`` once, at import, so the choice must be made before any simulator module
-is imported. Every entry point that renders calls :func:`ensure_headless_rendering` first.
+MuJoCo reads ``MUJOCO_GL`` once, at import (PyOpenGL reads ``PYOPENGL_PLATFORM`` likewise), so the choice
+must be made before either is imported. `wm`'s env constructors call :func:`ensure_headless_rendering` first;
+under `lerobot-eval`, whose envs are LeRobot's, the plugin's import (LeRobot's plugin discovery, before any env
+is made) calls :func:`choose_before_mujoco_import`, which makes the same choice when MuJoCo is first imported.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import subprocess
 import sys
@@ -16,6 +19,8 @@ _MISSING_PACKAGE = {
     "osmesa": "libosmesa6 (Debian: apt-get install libosmesa6)",
 }
 _PROBE = "import mujoco; ctx = mujoco.GLContext(16, 16); ctx.make_current(); ctx.free()"
+# The modules that fix the OpenGL platform when they are imported.
+_GL_MODULES = ("mujoco", "OpenGL")
 
 
 class RenderingBackendError(RuntimeError):
@@ -52,3 +57,25 @@ def ensure_headless_rendering() -> str:
         + "\n".join(errors)
         + "\nInstall one of the packages above, or set MUJOCO_GL yourself."
     )
+
+
+class _ChooseBackendOnFirstImport(importlib.abc.MetaPathFinder):
+    """Runs :func:`ensure_headless_rendering` just before MuJoCo or PyOpenGL is first imported, then steps
+    aside (it finds nothing itself: the import goes on as usual). Nothing is probed in a process that never
+    imports them, and the clear error, if no backend works, comes where the simulator is loaded."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in _GL_MODULES:
+            ensure_headless_rendering()
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+        return None
+
+
+def choose_before_mujoco_import() -> None:
+    """Make :func:`ensure_headless_rendering`'s choice before MuJoCo (or PyOpenGL) is imported in this process;
+    nothing to do once either is, or once this has been arranged."""
+    if any(name in sys.modules for name in _GL_MODULES):
+        return
+    if not any(isinstance(finder, _ChooseBackendOnFirstImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ChooseBackendOnFirstImport())
