@@ -171,7 +171,7 @@ def test_report_of_an_unread_memory_is_inconclusive(tmp_path):
     assert "offline action loss without the memory's content x1.002 (zero, seed 0): flat (within 1%)" in verdict
     assert "No significant difference between E2 and E0" not in md
     assert "- Rollout ablation (E2:zero vs E2): E2:zero changed the outcome of 0 of 40" in md
-    assert "| E2 | world memory | - | - | E0 | not read | 52.5% | [37.5, 67.1] | 21/40 |" in md
+    assert "| E2 | world memory | - | - | - | E0 | not read | 52.5% | [37.5, 67.1] | 21/40 |" in md
     arms = pd.read_csv(tmp_path / "report" / "arms.csv").set_index("arm")
     assert arms.loc["E2", "read_check"] == "not read" and arms.loc["E2", "baseline"] == "E0"
     assert report_summary(md).startswith("## Verdict") and "## Arms, world sources and read-check" in report_summary(md)
@@ -193,7 +193,7 @@ def test_report_read_and_borderline_arms_whatever_their_names(tmp_path):
     assert "mem read its world memory (evidence: |tanh(gate)| at the end of training 0.04 (seed 0, peak 0.05): open" in lines[0]
     assert lines[1].startswith("**Did world memory help? mem2:** inconclusive: whether mem2 read its world memory is "
                                "unclear (too little evidence")
-    assert "| mem2 | world memory | - | - | base | borderline (too little evidence" in md
+    assert "| mem2 | world memory | - | - | - | base | borderline (too little evidence" in md
 
 
 def test_a_gain_over_the_baseline_is_weighed_against_the_capacity_control(tmp_path):
@@ -231,9 +231,9 @@ def test_gate_comes_from_the_last_checkpoint_and_facts_from_its_config(tmp_path)
     assert checkpoint_gate(tmp_path / "train" / "E0" / "seed0" / "checkpoints" / "last" / "pretrained_model") is None
     md = write_report(tmp_path).read_text()
     # An open gate against unchanged rollouts: conflicting evidence, so borderline, not "not read".
-    assert "| E2 | world memory | state | oracle | E0 | borderline (conflicting: read according to the gate, not read " \
+    assert "| E2 | world memory | world_transformer | state | oracle | E0 | borderline (conflicting: read according to the gate, not read " \
            "according to the rollout ablations and the offline interventions) |" in md
-    assert "| E0 | baseline | state | - | - |" in md
+    assert "| E0 | baseline | world_transformer | state | - | - |" in md
     assert "Did world memory help? E2 (state latents, trained on oracle memory):** inconclusive: whether E2" in md
 
 
@@ -252,6 +252,38 @@ def test_baselines_per_world_source_and_ambiguity():
     assert resolve_baselines([ArmFacts("F", ArmKind.WORLD)]) == {"F": None}
     assert [arm_kind(m) for m in (None, "none", "zero", "shuffle", "pred", "oracle")] == [
         ArmKind.BASELINE, ArmKind.BASELINE, ArmKind.CONTROL, ArmKind.CONTROL, ArmKind.WORLD, ArmKind.WORLD]
+
+
+def test_an_arm_is_judged_against_its_own_familys_baseline_and_backbone():
+    """A SmolVLA-world arm's baseline is the SmolVLA arm on its backbone, never model A nor SmolVLA on another VLM;
+    an arm of a family without a baseline has none, and naming another family's arm as the baseline is refused."""
+    from lerobot_policy_world_modality.families import PolicyFamily, policy_family
+
+    small, real = (policy_family("smolvla_world", {"vlm_model_name": f"/models/{name}/"}) for name in ("small", "500m"))
+    assert small == PolicyFamily("smolvla", "small") == policy_family("smolvla", {"vlm_model_name": "/elsewhere/small"})
+    qwen = policy_family("qwen_vla_world", {"backbone": "qwen3_vl_2b_instruct", "backbone_path": None})
+    assert qwen == PolicyFamily("qwen_vla", "qwen3_vl_2b_instruct") and str(qwen) == "qwen_vla (qwen3_vl_2b_instruct)"
+    small_family = PolicyFamily("world_transformer")
+    arms = [ArmFacts("E0", ArmKind.BASELINE, "learned", family=small_family),
+            ArmFacts("E2", ArmKind.WORLD, "learned", family=small_family),
+            ArmFacts("S-E0", ArmKind.BASELINE, "learned", family=small),
+            ArmFacts("S-E1", ArmKind.CONTROL, "learned", family=small),
+            ArmFacts("S-E2", ArmKind.WORLD, "learned", family=small),
+            ArmFacts("R-E2", ArmKind.WORLD, "learned", family=real),
+            ArmFacts("Q-E2", ArmKind.WORLD, "learned", family=qwen)]
+    assert resolve_baselines(arms) == {"E2": "E0", "S-E1": "S-E0", "S-E2": "S-E0", "R-E2": None, "Q-E2": None}
+    with pytest.raises(ValueError, match=r"baseline 'E0' is a world_transformer arm, and S-E1 \(smolvla \(small\)\), "
+                                         r"S-E2 .* of another family or backbone"):
+        resolve_baselines(arms, "E0")
+    with pytest.raises(ValueError, match="unknown policy type 'act'"):
+        policy_family("act", {})
+
+
+def test_every_policy_type_has_a_family():
+    from lerobot_policy_world_modality import POLICY_TYPES
+    from lerobot_policy_world_modality.families import FAMILY_OF_TYPE
+
+    assert set(POLICY_TYPES) <= set(FAMILY_OF_TYPE)
 
 
 def test_report_refuses_an_ambiguous_baseline_and_takes_a_named_one(tmp_path):

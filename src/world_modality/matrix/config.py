@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from world_modality.choices import EVAL
 from world_modality.sim import DEFAULT_SIMULATOR
+from lerobot_policy_world_modality.families import policy_family
 from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, ROLLOUT_MODES
 
 from world_modality.report.arms import ArmFacts, arm_kind, resolve_baselines, training_memory
@@ -130,15 +131,14 @@ class MatrixConfig:
         return policy.get("world_memory_mode_rollout", defaults["world_memory_mode_rollout"])
 
     def arm_facts(self, arm: str) -> ArmFacts:
-        """What the report needs to know of an arm: its kind, world source and training memory."""
+        """What the report needs to know of an arm: its kind, world source, training memory and policy family."""
         kind = arm_kind(self.rollout_mode(arm))
+        policy_type = self.arms[arm].get("policy_type", train_defaults()["policy_type"])
+        policy = _policy_defaults(policy_type) | self.arms[arm].get("policy", {})
         memory = None
         if self.rollout_mode(arm) is not None:
-            policy = self.arms[arm].get("policy", {})
-            defaults = _policy_defaults(self.arms[arm].get("policy_type", train_defaults()["policy_type"]))
-            memory = training_memory(policy.get("memory_source", defaults["memory_source"]),
-                                     policy.get("world_memory_mode_train", defaults["world_memory_mode_train"]))
-        return ArmFacts(arm, kind, self.arm_encoders[arm], memory)
+            memory = training_memory(policy["memory_source"], policy["world_memory_mode_train"])
+        return ArmFacts(arm, kind, self.arm_encoders[arm], memory, policy_family(policy_type, policy))
 
     def evaluations(self) -> list[tuple[str, str | None, str]]:
         """(arm, memory_mode, label) of every evaluation: the arm's own mode (None), then its ablations."""

@@ -35,6 +35,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from world_modality.atomic_io import atomic_path, atomic_write_text
+from lerobot_policy_world_modality.families import FAMILY_OF_TYPE, policy_family
 from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES, MemoryMode
 
 from world_modality.report.arms import ArmFacts, ArmKind, arm_kind, resolve_baselines, training_memory
@@ -201,7 +202,8 @@ def arm_facts(run_dir: Path, res: Results) -> dict[str, ArmFacts]:
         source = (config.get("encoder_spec") or {}).get("name")
         memory = (training_memory(config["memory_source"], config["world_memory_mode_train"])
                   if kind is not ArmKind.BASELINE and "memory_source" in config else None)
-        out[arm] = ArmFacts(arm, kind, source, memory)
+        family = policy_family(config["type"], config) if config.get("type") in FAMILY_OF_TYPE else None
+        out[arm] = ArmFacts(arm, kind, source, memory, family)
     return out
 
 
@@ -277,12 +279,12 @@ def _zero_success_warnings(res: Results) -> list[str]:
 
 def _comparison_pairs(res: Results, facts: dict[str, ArmFacts], baselines: dict[str, str | None]) -> list[tuple[str, str]]:
     """(a, b) pairs compared as b - a: world-memory arms, then controls, vs their baseline; each world-memory
-    arm vs each control on its world source; each ablation vs its arm."""
+    arm vs each control of its family on its world source; each ablation vs its arm."""
     order = sorted(baselines, key=lambda arm: facts[arm].kind is not ArmKind.WORLD)
     pairs = [(baselines[arm], arm) for arm in order if baselines[arm] is not None]
     controls = [f for f in facts.values() if f.kind is ArmKind.CONTROL]
     pairs += [(c.name, w.name) for w in facts.values() if w.kind is ArmKind.WORLD for c in controls
-              if c.world_source == w.world_source]
+              if c.world_source == w.world_source and c.same_family(w)]
     return pairs + [(res.base[label], label) for label in res.labels
                     if label != res.base[label] and res.base[label] in facts]
 
@@ -333,13 +335,15 @@ def _ablation_rows(res: Results, overall: list[dict[str, Any]],
 
 def _arm_rows(res: Results, overall: list[dict[str, Any]], facts: dict[str, ArmFacts],
               baselines: dict[str, str | None], checks: dict[str, ReadCheck]) -> list[dict[str, Any]]:
-    """One row per arm: kind, world source, training memory, baseline, read-check and success (own memory)."""
+    """One row per arm: kind, policy family (backbone), world source, training memory, baseline, read-check and success
+    (own memory)."""
     by_label = {r["arm"]: r for r in overall}
     rows = []
     for arm, f in facts.items():
         s, check = by_label[arm], checks.get(arm)
         rows.append({
-            "arm": arm, "kind": str(f.kind), "world_source": f.world_source or "", "training_memory": f.training_memory or "",
+            "arm": arm, "kind": str(f.kind), "family": str(f.family or ""), "world_source": f.world_source or "",
+            "training_memory": f.training_memory or "",
             "rollout_memory": res.mode[arm] or "", "baseline": baselines.get(arm) or "",
             "read_check": check.summary() if check else "", "read_check_evidence": check.evidence() if check else "",
             "n": s["n"], "successes": s["successes"], "rate": s["rate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
@@ -596,9 +600,9 @@ def _markdown(run_dir: Path, res: Results, alpha: float, warnings: list[str], ta
               "Success with the arm's own memory (Wilson 95% interval, pooled over training seeds). Read-check: "
               "did the arm read its world memory (gate, rollout ablations, offline interventions; "
               "`world_modality.report.readcheck`)?", "",
-              _md_table(["arm", "kind", "world source", "training memory", "baseline", "read-check", "success",
-                         "95% CI", "successes / episodes"],
-                        [[r["arm"], r["kind"], r["world_source"] or "-", r["training_memory"] or "-",
+              _md_table(["arm", "kind", "family (backbone)", "world source", "training memory", "baseline",
+                         "read-check", "success", "95% CI", "successes / episodes"],
+                        [[r["arm"], r["kind"], r["family"] or "-", r["world_source"] or "-", r["training_memory"] or "-",
                           r["baseline"] or "-", r["read_check"] or "-", _pct(r["rate"]), _ci(r["ci_low"], r["ci_high"]),
                           f"{r['successes']}/{r['n']}"] for r in tables["arms"]]), ""]
     lines += [f"- {arm}: **{check.summary()}**. Evidence: {check.evidence()}." for arm, check in checks.items()]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from lerobot_policy_world_modality.families import PolicyFamily
 from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, MemoryMode
 
 # Rollout memory modes that carry none of the memory's content: an arm acting with one is a control (E1).
@@ -40,25 +41,40 @@ class ArmFacts:
     kind: ArmKind
     world_source: str | None = None  # the encoder whose latents the arm reads (None: unknown)
     training_memory: str | None = None  # see `training_memory`; None for a baseline or when unknown
+    family: PolicyFamily | None = None  # the policy family and backbone (None: unknown, as in older result files)
+
+    def same_family(self, other: ArmFacts) -> bool:
+        """Whether the two arms may be compared as arm and baseline or control: the same policy family on the same
+        backbone (an arm of unknown family matches any)."""
+        return self.family is None or other.family is None or self.family == other.family
 
 
 def resolve_baselines(arms: Sequence[ArmFacts], baseline: str | None = None) -> dict[str, str | None]:
     """The baseline arm of every control and world-memory arm (None where the run has none).
 
-    ``baseline`` names it for every arm; without it, an arm's baseline is the one arm without world memory
-    that reads the same world source, else the one arm without world memory at all. Raises ValueError when
-    ``baseline`` is not an arm without world memory, or when the choice is ambiguous."""
+    Only an arm of the same policy family on the same backbone is a baseline (`ArmFacts.same_family`). ``baseline``
+    names it for every arm; without it, an arm's baseline is its family's one arm without world memory that reads
+    the same world source, else its family's one arm without world memory. Raises ValueError when ``baseline`` is
+    not an arm without world memory or is of another family than an arm, or when the choice is ambiguous."""
     baselines = [a for a in arms if a.kind is ArmKind.BASELINE]
     others = [a for a in arms if a.kind is not ArmKind.BASELINE]
     if baseline is not None:
-        if baseline not in [a.name for a in baselines]:
+        named = next((a for a in baselines if a.name == baseline), None)
+        if named is None:
             kinds = ", ".join(f"{a.name} ({a.kind})" for a in arms)
             raise ValueError(f"baseline {baseline!r} is not an arm without world memory (arms: {kinds})")
+        foreign = [f"{a.name} ({a.family})" for a in others if not a.same_family(named)]
+        if foreign:
+            raise ValueError(f"baseline {baseline!r} is a {named.family} arm, and {', '.join(foreign)} of another "
+                             "family or backbone: an arm is judged against the baseline of its own family on its own "
+                             "backbone. Leave the baseline unnamed (each arm then takes its own family's arm without "
+                             "world memory) or add such an arm")
         return {a.name: baseline for a in others}
     out: dict[str, str | None] = {}
     for arm in others:
-        same_source = [b for b in baselines if arm.world_source is not None and b.world_source == arm.world_source]
-        candidates = same_source or baselines
+        family = [b for b in baselines if b.same_family(arm)]
+        same_source = [b for b in family if arm.world_source is not None and b.world_source == arm.world_source]
+        candidates = same_source or family
         if len(candidates) > 1:
             where = f" on world source {arm.world_source!r}" if same_source else ""
             raise ValueError(

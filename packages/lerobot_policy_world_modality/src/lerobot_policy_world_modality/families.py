@@ -1,0 +1,47 @@
+"""Policy families and their backbones: which arms of an experiment may be compared with which.
+
+A world-memory arm is judged against the baseline and the capacity control of its own family on its own backbone
+(docs/ARCHITECTURE.md, Experiment matrix): SmolVLA-world against LeRobot's SmolVLA on the same VLM, F+ against F+
+without the world module on the same Qwen-VL, the small family against model A. The family of a policy follows from
+its config alone (the policy type and its backbone field), as a plain mapping: a checkpoint's ``config.json``, or a
+matrix arm's fields. Torch-free, so reports and matrix files are checked without loading a model library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+# Policy type -> its family. LeRobot's own `smolvla` is SmolVLA-world with the world module off (its E0).
+FAMILY_OF_TYPE = {
+    "world_transformer": "world_transformer",
+    "smolvla": "smolvla",
+    "smolvla_world": "smolvla",
+    "qwen_vla_world": "qwen_vla",
+}
+# The config fields that name a family's backbone: a local folder (or a hub id), in order of precedence.
+BACKBONE_FIELDS = {"smolvla": ("vlm_model_name",), "qwen_vla": ("backbone_path", "backbone")}
+
+
+@dataclass(frozen=True)
+class PolicyFamily:
+    name: str  # a value of FAMILY_OF_TYPE
+    backbone: str | None = None  # the backbone's folder or model name (None: the family has none)
+
+    def __str__(self) -> str:
+        return self.name if self.backbone is None else f"{self.name} ({self.backbone})"
+
+
+def policy_family(policy_type: str, fields: Mapping[str, Any]) -> PolicyFamily:
+    """The family of a policy of type ``policy_type`` whose config holds ``fields`` (with its defaults filled in).
+    The backbone is named by its folder's name, so the same backbone copied to another path (another machine of
+    an experiment run in pieces) is the same backbone."""
+    if policy_type not in FAMILY_OF_TYPE:
+        raise ValueError(f"unknown policy type {policy_type!r}; known: {', '.join(FAMILY_OF_TYPE)}")
+    family = FAMILY_OF_TYPE[policy_type]
+    for name in BACKBONE_FIELDS.get(family, ()):
+        if fields.get(name):
+            return PolicyFamily(family, PurePath(str(fields[name]).rstrip("/")).name)
+    return PolicyFamily(family)
