@@ -207,3 +207,80 @@ def test_a_piece_refuses_what_the_matrix_lacks(arms, seeds, message):
 def test_libero_task_ids_may_be_numbers():
     raw = changed(lambda c: c.update(evaluation={"env": "libero", "suite": "libero_spatial", "tasks": [0, "1"]}))
     assert matrix.parse_config(raw).evaluation.tasks == ["0", "1"]
+
+
+VLA_ARMS = {
+    "S-E0": {"policy_type": "smolvla_world", "backbone": "smol", "use_world_module": False},
+    "S-E1": {"policy_type": "smolvla_world", "backbone": "smol", "world_memory_mode_train": "zero",
+             "world_memory_mode_rollout": "zero"},
+    "S-E2": {"policy_type": "smolvla_world", "backbone": "smol", "memory_source": "scheduled"},
+    "Q-E0": {"policy_type": "qwen_vla_world", "backbone": "qwen", "use_world_module": False},
+    "Q-E2": {"policy_type": "qwen_vla_world", "backbone": "qwen", "memory_source": "scheduled"},
+}
+BACKBONES = {"smol": {"write": "smolvlm", "size": "tiny"}, "qwen": {"write": "qwen3_vl", "size": "tiny"}}
+
+
+def vla_config(change=None) -> dict:
+    raw = changed(lambda c: c.update(backbones=copy.deepcopy(BACKBONES), arms=c["arms"] | copy.deepcopy(VLA_ARMS)))
+    if change is not None:
+        change(raw)
+    return raw
+
+
+def test_three_families_in_one_matrix_each_judged_against_its_own(tmp_path):
+    """World-transformer, SmolVLA-world and F+ arms in one file: each world-memory arm's baseline (and capacity
+    control) is of its own family on its own backbone; the backbones the matrix writes are steps its trainings need,
+    and each arm's policy reads its backbone's folder."""
+    from lerobot_policy_world_modality.families import PolicyFamily
+
+    config = matrix.parse_config(vla_config())
+    assert matrix.parse_config(config.to_dict()) == config
+    facts = [config.arm_facts(arm) for arm in config.arms]
+    assert resolve_baselines(facts) == {"E2": "E0", "E2s": "E0s", "E2o": "E0", "S-E1": "S-E0", "S-E2": "S-E0",
+                                        "Q-E2": "Q-E0"}
+    assert config.arm_facts("S-E2").family == PolicyFamily("smolvla", "smol")
+    assert config.arm_facts("Q-E0").family == PolicyFamily("qwen_vla", "qwen")
+    assert config.arm_facts("E2").family == PolicyFamily("world_transformer")
+    options = config.policy_options("S-E2", tmp_path)
+    assert options["policy"] | {"vlm_model_name": str(tmp_path / "backbones" / "smol"), "load_vlm_weights": False} \
+        == options["policy"] and options["policy"]["memory_source"] == "scheduled"
+    assert config.policy_options("Q-E2", tmp_path)["policy"]["backbone_path"] == str(tmp_path / "backbones" / "qwen")
+    steps = {s.name: s for s in matrix_run.plan(config, tmp_path, gpus=False).steps}
+    assert not steps["backbone smol"].done and "backbone smol" in steps["train S-E2 seed 0"].needs
+    assert "backbone qwen" in steps["train Q-E0 seed 0"].needs and "backbone smol" not in steps["train E2 seed 0"].needs
+    piece = config.piece(arms=["S-E0", "S-E2"])
+    assert list(piece.backbones) == ["smol"] and matrix.parse_config(piece.to_dict()) == piece
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["report"].update(baseline="E0") if "report" in c else c.update(report={"baseline": "E0"}),
+     r"report.baseline: baseline 'E0' is a world_transformer arm, and .*S-E2 \(smolvla \(smol\)\).* of another family"),
+    (lambda c: c["arms"]["S-E2"].update(backbone="qwen"),
+     r"arms.S-E2.backbone: qwen is a qwen3_vl folder, a backbone of the qwen_vla family; a smolvla_world arm reads a "
+     r"smolvlm backbone"),
+    (lambda c: c["arms"]["S-E2"].update(backbone="nope"), r"arms.S-E2.backbone: no backbone 'nope' in 'backbones'"),
+    (lambda c: c["arms"]["E2"].update(backbone="smol"), r"arms.E2.backbone: a world_transformer policy has no backbone"),
+    (lambda c: c["arms"]["S-E2"].pop("backbone"),
+     r"arms.S-E2.vlm_model_name: .*SmolVLM2-500M-Video-Instruct is not a Hugging Face model folder .*nothing is "
+     r"downloaded"),
+    (lambda c: c["backbones"].update(real={"path": "/nonexistent/SmolVLM2"}),
+     r"backbones.real.path: /nonexistent/SmolVLM2 is not a Hugging Face model folder"),
+    (lambda c: c["backbones"].update(big={"write": "smolvlm", "size": "500m"}),
+     r"backbones.big: expected path: DIR, or a random backbone \(write: smolvlm, size: tiny \| small"),
+])
+def test_bad_backbones_and_cross_family_baselines_are_refused_before_anything_runs(change, message):
+    with pytest.raises(matrix.MatrixConfigError, match=message):
+        matrix.parse_config(vla_config(change))
+
+
+def test_a_backbone_folder_of_real_weights_is_checked_for_its_family(tmp_path):
+    from world_modality.model_folders import write_random_backbone
+
+    folder = write_random_backbone("qwen3_vl", "tiny", tmp_path / "Qwen3-VL-2B-Instruct")
+    config = matrix.parse_config(vla_config(lambda c: c["backbones"].update(qwen={"path": str(folder)})))
+    assert str(config.arm_facts("Q-E2").family) == "qwen_vla (Qwen3-VL-2B-Instruct)"
+    steps = {s.name for s in matrix_run.plan(config, tmp_path / "run", gpus=False).steps}
+    assert "backbone qwen" not in steps and "backbone smol" in steps  # a folder given is not written
+    with pytest.raises(matrix.MatrixConfigError, match=r"backbones.smol.path: .* holds a 'qwen3_vl' model, a backbone "
+                                                        r"of the qwen_vla family|arms.S-E0.backbone: smol is a qwen3_vl"):
+        matrix.parse_config(vla_config(lambda c: c["backbones"].update(smol={"path": str(folder)})))

@@ -22,7 +22,14 @@ from typing import Any
 import yaml
 from world_modality.choices import EVAL
 from world_modality.sim import DEFAULT_SIMULATOR
-from lerobot_policy_world_modality.families import policy_family
+from lerobot_policy_world_modality.families import (
+    BACKBONE_FIELDS,
+    FAMILY_OF_TYPE,
+    FOLDER_FAMILIES,
+    PolicyFamily,
+    backbone_fields,
+    policy_family,
+)
 from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, ROLLOUT_MODES
 
 from world_modality.report.arms import ArmFacts, arm_kind, resolve_baselines, training_memory
@@ -30,13 +37,16 @@ from world_modality.report.arms import ArmFacts, arm_kind, resolve_baselines, tr
 CONFIG_FILE = "matrix.yaml"
 # Marks a folder of results exported by `wm report --export`: no checkpoints, so `wm matrix` must not run in it.
 RESULTS_ONLY_FILE = "RESULTS_ONLY"
-SECTIONS = ("dataset", "encoders", "encoder", "training", "arms", "ablations", "interventions", "evaluation", "report")
+SECTIONS = ("dataset", "encoders", "encoder", "backbones", "training", "arms", "ablations", "interventions", "evaluation",
+            "report")
 # TrainOptions fields the matrix sets itself, and policy-config fields `build_config` fills from the data.
 MATRIX_OWNED = ("dataset", "latents", "out", "seed", "resume")
 POLICY_FROM_DATA = ("model_type", "instructions", "latent_dim", "encoder_spec", "state_key", "action_key",
                     "instruction_key", "image_key", "input_features", "output_features", "device",
                     "scheduler_decay_steps", "codebook_size")
 ARM_ENCODER = "encoder"  # the arm (or training) field naming the encoder whose latents the arm reads
+ARM_BACKBONE = "backbone"  # the arm (or training) field naming the `backbones:` entry a VLA-family arm reads
+BACKBONES_DIR = "backbones"  # RUN_DIR/backbones/<name>: the random backbone folders a matrix writes
 
 
 class MatrixConfigError(ValueError):
@@ -62,6 +72,32 @@ class EvaluationConfig:
     concurrent: bool | None = None
 
 
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A VLA family's backbone: a local Hugging Face folder (``path``: real weights), or a random-initialised folder of
+    ``model_type`` and ``size`` that the matrix writes into RUN_DIR/backbones/<name> (`write_random_backbone`)."""
+
+    name: str
+    model_type: str  # the folder's config.json model_type (smolvlm, qwen3_vl, qwen2_5_vl)
+    path: str | None = None
+    size: str | None = None
+
+    @property
+    def family(self) -> str:
+        return FOLDER_FAMILIES[self.model_type]
+
+    @property
+    def label(self) -> str:
+        """The backbone as a policy family names it: its folder's name."""
+        return Path(self.path).name if self.path else self.name
+
+    def folder(self, run_dir: Path) -> Path:
+        return Path(self.path) if self.path else run_dir / BACKBONES_DIR / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path} if self.path else {"write": self.model_type, "size": self.size}
+
+
 @dataclass
 class ReportConfig:
     baseline: str | None = None  # the arm every other arm is compared with (default: `resolve_baselines`)
@@ -80,6 +116,8 @@ class MatrixConfig:
     interventions: dict[str, tuple[str, ...]] = field(default_factory=dict)  # arm -> `wm intervene` modes
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    backbones: dict[str, BackboneSpec] = field(default_factory=dict)
+    arm_backbones: dict[str, str] = field(default_factory=dict)  # VLA-family arm -> the backbone it reads
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain YAML-able data; `parse_config` of it gives an equal config."""
@@ -87,12 +125,14 @@ class MatrixConfig:
             "dataset": self.dataset,
             "encoders": [{"name": name, **options} for name, options in self.encoders.items()],
             "training": {"seeds": list(self.seeds)},
-            "arms": {arm: {**options, ARM_ENCODER: self.arm_encoders[arm]} for arm, options in self.arms.items()},
+            "arms": {arm: {**options, ARM_ENCODER: self.arm_encoders[arm]}
+                     | ({ARM_BACKBONE: self.arm_backbones[arm]} if arm in self.arm_backbones else {})
+                     for arm, options in self.arms.items()},
             "ablations": {arm: list(modes) for arm, modes in self.ablations.items()},
             "interventions": {arm: list(modes) for arm, modes in self.interventions.items()},
             "evaluation": dataclasses.asdict(self.evaluation),
             "report": dataclasses.asdict(self.report),
-        }
+        } | ({"backbones": {name: spec.to_dict() for name, spec in self.backbones.items()}} if self.backbones else {})
 
     def piece(self, arms: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> MatrixConfig:
         """The part of this matrix with only ``arms`` and ``seeds`` (None: all): their ablations, interventions and
@@ -107,10 +147,13 @@ class MatrixConfig:
             raise MatrixConfigError("a piece needs at least one arm and one training seed")
         kept = [arm for arm in self.arms if arms is None or arm in arms]
         read = {self.arm_encoders[arm] for arm in kept}
+        backbones = {self.arm_backbones[arm] for arm in kept if arm in self.arm_backbones}
         baseline = self.report.baseline if self.report.baseline in kept else None
         return dataclasses.replace(
             self,
             encoders={name: options for name, options in self.encoders.items() if name in read},
+            backbones={name: spec for name, spec in self.backbones.items() if name in backbones},
+            arm_backbones={arm: name for arm, name in self.arm_backbones.items() if arm in kept},
             seeds=tuple(seed for seed in self.seeds if seeds is None or seed in seeds),
             arms={arm: self.arms[arm] for arm in kept},
             arm_encoders={arm: self.arm_encoders[arm] for arm in kept},
@@ -138,7 +181,19 @@ class MatrixConfig:
         memory = None
         if self.rollout_mode(arm) is not None:
             memory = training_memory(policy["memory_source"], policy["world_memory_mode_train"])
-        return ArmFacts(arm, kind, self.arm_encoders[arm], memory, policy_family(policy_type, policy))
+        family = policy_family(policy_type, policy)
+        if arm in self.arm_backbones:
+            family = PolicyFamily(family.name, self.backbones[self.arm_backbones[arm]].label)
+        return ArmFacts(arm, kind, self.arm_encoders[arm], memory, family)
+
+    def policy_options(self, arm: str, run_dir: Path) -> dict[str, Any]:
+        """The arm's TrainOptions keywords with its backbone's folder (in ``run_dir`` when the matrix writes it) set
+        in its policy config."""
+        options = dict(self.arms[arm])
+        if arm in self.arm_backbones:
+            spec = self.backbones[self.arm_backbones[arm]]
+            options["policy"] = options.get("policy", {}) | backbone_fields(spec.family, spec.folder(run_dir))
+        return options
 
     def evaluations(self) -> list[tuple[str, str | None, str]]:
         """(arm, memory_mode, label) of every evaluation: the arm's own mode (None), then its ablations."""
@@ -179,23 +234,29 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> MatrixConfig:
             raise MatrixConfigError(f"config: missing section {name!r} (sections: {', '.join(SECTIONS)})")
     dataset = _dataset(_mapping(top["dataset"], "dataset"), base_dir)
     encoders = _encoders(top)
+    backbones = _backbones(_mapping(top.get("backbones") or {}, "backbones"), base_dir)
     training = dict(_mapping(top.get("training") or {}, "training"))
     seeds = _seeds(training.pop("seeds", [0]))
     default_encoder = _arm_encoder(training, next(iter(encoders)), encoders, "training")
+    default_backbone = training.pop(ARM_BACKBONE, None)
     defaults = _train_fields(training, "training")
     arms_raw = _mapping(top["arms"], "arms")
     if not arms_raw:
         raise MatrixConfigError("arms: name at least one arm, e.g. E0: {model_type: A}")
-    arms, arm_encoders = {}, {}
+    arms, arm_encoders, arm_backbones = {}, {}, {}
     for name, options in arms_raw.items():
         if not isinstance(name, str) or not name or ":" in name or "/" in name:
             raise MatrixConfigError(f"arms: arm names must be non-empty strings without ':' or '/', got {name!r}")
         options = dict(_mapping(options or {}, f"arms.{name}"))
         arm_encoders[name] = _arm_encoder(options, default_encoder, encoders, f"arms.{name}")
+        backbone = options.pop(ARM_BACKBONE, None)
         arm = _train_fields(options, f"arms.{name}")
         policy = {**defaults.get("policy", {}), **arm.get("policy", {})}
         arms[name] = {**defaults, **arm} | ({"policy": policy} if policy else {})
-    config = MatrixConfig(dataset, encoders, seeds, arms, arm_encoders)
+        backbone = _arm_backbone(arms[name], backbone, default_backbone, backbones, base_dir, f"arms.{name}")
+        if backbone is not None:
+            arm_backbones[name] = backbone
+    config = MatrixConfig(dataset, encoders, seeds, arms, arm_encoders, backbones=backbones, arm_backbones=arm_backbones)
     config.ablations = _memory_modes(top, "ablations", config, ROLLOUT_MODES, "rollout ablations")
     config.interventions = _memory_modes(top, "interventions", config, INTERVENTION_MODES, "offline interventions")
     config.evaluation = _evaluation(_mapping(top.get("evaluation") or {}, "evaluation"), dataset)
@@ -398,6 +459,81 @@ def _arm_encoder(options: dict[str, Any], default: str, encoders: Mapping[str, A
         raise MatrixConfigError(f"{where}.{ARM_ENCODER}: no encoder {name!r} in 'encoders' "
                                 f"(listed: {', '.join(encoders)})")
     return name
+
+
+def _backbones(section: Mapping[str, Any], base_dir: Path | None) -> dict[str, BackboneSpec]:
+    """``backbones:`` name -> {path: DIR} (a local folder, e.g. real weights) or {write: MODEL_TYPE, size: SIZE} (a
+    random-initialised folder the matrix writes)."""
+    from world_modality.model_folders import RANDOM_BACKBONES, folder_model_type
+
+    out = {}
+    for name, entry in section.items():
+        where = f"backbones.{name}"
+        if not isinstance(name, str) or not name or "/" in name:
+            raise MatrixConfigError(f"backbones: names must be non-empty strings without '/', got {name!r}")
+        entry = _typed_fields({"path": str, "write": str, "size": str}, _mapping(entry, where), where)
+        if "path" in entry:
+            if set(entry) != {"path"}:
+                raise MatrixConfigError(f"{where}: give either path (a local backbone folder) or write and size (a "
+                                        "random backbone the matrix writes), not both")
+            path = Path(entry["path"]).expanduser()
+            path = (base_dir / path if base_dir and not path.is_absolute() else path).resolve()
+            try:
+                model_type = folder_model_type(path)
+            except FileNotFoundError as e:
+                raise MatrixConfigError(f"{where}.path: {e}") from None
+            if model_type not in FOLDER_FAMILIES:
+                raise MatrixConfigError(f"{where}.path: {path} holds a {model_type!r} model, not a backbone of a VLA "
+                                        f"family (model types: {', '.join(FOLDER_FAMILIES)})")
+            out[name] = BackboneSpec(name, model_type, path=str(path))
+        else:
+            model_type, size = entry.get("write"), entry.get("size")
+            if size not in RANDOM_BACKBONES.get(model_type, ()):
+                known = "; ".join(f"write: {t}, size: {' | '.join(sizes)}" for t, sizes in RANDOM_BACKBONES.items())
+                raise MatrixConfigError(f"{where}: expected path: DIR, or a random backbone ({known}); got {dict(entry)}")
+            out[name] = BackboneSpec(name, model_type, size=size)
+    return out
+
+
+def _arm_backbone(options: dict[str, Any], name: str | None, default: str | None, backbones: Mapping[str, BackboneSpec],
+                  base_dir: Path | None, where: str) -> str | None:
+    """The `backbones:` entry a VLA-family arm reads: its own ``name``, else the training section's ``default`` (None:
+    the folder its own policy fields name, which must exist and be of its family); refuses a backbone of another
+    family, or one named for an arm of a family without backbones."""
+    from world_modality.model_folders import folder_model_type
+
+    policy_type = options.get("policy_type", train_defaults()["policy_type"])
+    family = FAMILY_OF_TYPE[policy_type]
+    if family not in BACKBONE_FIELDS:
+        if name is not None:
+            raise MatrixConfigError(f"{where}.{ARM_BACKBONE}: a {policy_type} policy has no backbone")
+        return None
+    name = name if name is not None else default
+    if name is not None:
+        if name not in backbones:
+            raise MatrixConfigError(f"{where}.{ARM_BACKBONE}: no backbone {name!r} in 'backbones' "
+                                    f"(listed: {', '.join(backbones) or 'none'})")
+        if backbones[name].family != family:
+            raise MatrixConfigError(f"{where}.{ARM_BACKBONE}: {name} is a {backbones[name].model_type} folder, a "
+                                    f"backbone of the {backbones[name].family} family; a {policy_type} arm reads a "
+                                    f"{' or '.join(t for t, f in FOLDER_FAMILIES.items() if f == family)} backbone")
+        return name
+    field_name = BACKBONE_FIELDS[family][0]
+    folder = (options.get("policy") or {}).get(field_name) or _policy_defaults(policy_type).get(field_name)
+    if folder is None:
+        raise MatrixConfigError(f"{where}: a {policy_type} arm reads a backbone: name a `backbones:` entry with "
+                                f"{ARM_BACKBONE}: NAME (or set {field_name} to a local folder)")
+    path = Path(folder).expanduser()
+    path = base_dir / path if base_dir and not path.is_absolute() else path
+    try:
+        model_type = folder_model_type(path)
+    except FileNotFoundError as e:
+        raise MatrixConfigError(f"{where}.{field_name}: {e} (nothing is downloaded; or name a `backbones:` entry with "
+                                f"{ARM_BACKBONE}: NAME, e.g. a random `small` one to train from scratch)") from None
+    if FOLDER_FAMILIES.get(model_type) != family:
+        raise MatrixConfigError(f"{where}.{field_name}: {path} holds a {model_type!r} model, not a backbone of a "
+                                f"{policy_type} policy")
+    return None
 
 
 def _seeds(value: Any) -> tuple[int, ...]:

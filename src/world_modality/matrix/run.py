@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from world_modality.atomic_io import atomic_write_json, atomic_write_text, read_jsonl
+from world_modality.atomic_io import atomic_write_json, atomic_write_text, commit_folder, read_jsonl, temp_folder
 from world_modality.matrix.config import (
     CONFIG_FILE,
     RESULTS_ONLY_FILE,
@@ -82,6 +82,17 @@ def generate_dataset(config: MatrixConfig, run_dir: Path) -> None:
     get_simulator(name).dataset_generator(dataset_dir(config, run_dir), **options)
 
 
+def write_backbone(config: MatrixConfig, run_dir: Path, backbone: str) -> None:
+    """Write a random-initialised backbone folder into RUN_DIR/backbones/<name> (the same files on every machine)."""
+    from world_modality.model_folders import write_random_backbone
+
+    spec = config.backbones[backbone]
+    final = spec.folder(run_dir)
+    tmp = temp_folder(final)
+    write_random_backbone(spec.model_type, spec.size, tmp)
+    commit_folder(tmp, final)
+
+
 def compute_world_latents(config: MatrixConfig, run_dir: Path, encoder: str) -> None:
     """Cache the world latents of the dataset into RUN_DIR/latents/<encoder> (resumable)."""
     from world_modality.latents import compute_latents
@@ -96,7 +107,7 @@ def train_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int) -> None:
     from world_modality.data.check import DatasetKeys
     from world_modality.training.trainer import TrainOptions, train
 
-    options = dict(config.arms[arm])
+    options = config.policy_options(arm, run_dir)
     if "keys" in options:
         options["keys"] = DatasetKeys(**options["keys"])
     out = train_dir(run_dir, arm, seed)
@@ -218,6 +229,12 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
                           needs=dataset_needs, done=(latents / SPEC_FILE).is_file(), isolated=True,
                           resources=train_resources(_on_gpu(options.get("device"), gpus)), detail=f"-> {latents}",
                           work={"episodes": episodes}))
+    for name, spec in config.backbones.items():
+        if spec.path is None:
+            folder = spec.folder(run_dir)
+            steps.append(Step(f"backbone {name}", "backbone", write_backbone, where | {"backbone": name},
+                              done=(folder / "config.json").is_file(),
+                              detail=f"random {spec.model_type} {spec.size} -> {folder}"))
     held = Path(held).expanduser().resolve() if held is not None else None
     ev = config.evaluation
     expected = episodes_per_evaluation(config)
@@ -249,8 +266,11 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
             detail = f"{kind}, step {at} of {total}" + (" (resume)" if 0 < at < total else "")
             if at < total and (arm, seed) not in needed:
                 detail = f"{kind}: {held} holds every result of it"
+            backbone = config.backbones.get(config.arm_backbones.get(arm, ""))
+            needs = (f"latents {config.arm_encoders[arm]}",)
+            needs += (f"backbone {backbone.name}",) if backbone is not None and backbone.path is None else ()
             steps.append(Step(f"train {arm} seed {seed}", "train", train_step, where | {"arm": arm, "seed": seed},
-                              needs=(f"latents {config.arm_encoders[arm]}",), done=trained[arm, seed], isolated=True,
+                              needs=needs, done=trained[arm, seed], isolated=True,
                               resources=train_resources(_on_gpu(options.get("device"), gpus)), detail=detail,
                               work={"steps": total - at}))
     for arm, modes in config.interventions.items():
@@ -293,14 +313,15 @@ def _without_unneeded_inputs(steps: list[Step], held: Path) -> list[Step]:
     """The dataset and latents steps marked done when no step to do needs them (``held`` holds every result)."""
     by_name = {s.name: s for s in steps}
     needed: set[str] = set()
-    todo = [s for s in steps if not s.done and s.stage not in ("dataset", "latents")]
+    todo = [s for s in steps if not s.done and s.stage not in ("dataset", "latents", "backbone")]
     while todo:
         for name in todo.pop().needs:
             if name not in needed:
                 needed.add(name)
                 todo.append(by_name[name])
     return [replace(s, done=True, detail=f"not needed: {held} holds every result that reads it")
-            if s.stage in ("dataset", "latents") and not s.done and s.name not in needed else s for s in steps]
+            if s.stage in ("dataset", "latents", "backbone") and not s.done and s.name not in needed else s
+            for s in steps]
 
 
 def format_plan(plan: Plan) -> str:
@@ -320,6 +341,8 @@ def check_run_dir(config: MatrixConfig, run_dir: Path) -> None:
                                                                 "evaluation")
     for encoder in old.encoders.keys() & new.encoders.keys():
         diffs += _diff(old.encoders[encoder], new.encoders[encoder], f"encoders.{encoder}")
+    for backbone in old.backbones.keys() & new.backbones.keys():
+        diffs += _diff(old.backbones[backbone].to_dict(), new.backbones[backbone].to_dict(), f"backbones.{backbone}")
     old_arms, new_arms = old.to_dict()["arms"], new.to_dict()["arms"]
     for arm in old_arms.keys() & new_arms.keys():
         diffs += _diff(old_arms[arm], new_arms[arm], f"arms.{arm}")
@@ -344,6 +367,8 @@ def merged_config(config: MatrixConfig, folder: Path) -> dict[str, Any]:
         "arms": old["arms"] | new["arms"],
         "report": new["report"] if new["report"]["baseline"] is not None else old["report"],
     }
+    backbones = old.get("backbones", {}) | new.get("backbones", {})
+    merged |= {"backbones": backbones} if backbones else {}
     for section in ("ablations", "interventions"):
         merged[section] = {arm: list(dict.fromkeys([*old[section].get(arm, []), *new[section].get(arm, [])]))
                            for arm in old[section] | new[section]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 # Policy type -> its family. LeRobot's own `smolvla` is SmolVLA-world with the world module off (its E0).
@@ -45,3 +45,16 @@ def policy_family(policy_type: str, fields: Mapping[str, Any]) -> PolicyFamily:
         if fields.get(name):
             return PolicyFamily(family, PurePath(str(fields[name]).rstrip("/")).name)
     return PolicyFamily(family)
+
+
+# A backbone folder's model_type (its config.json) -> the family whose policies read it.
+FOLDER_FAMILIES = {"smolvlm": "smolvla", "qwen3_vl": "qwen_vla", "qwen2_5_vl": "qwen_vla"}
+
+
+def backbone_fields(family: str, folder: Path) -> dict[str, Any]:
+    """The policy-config fields that make a policy of ``family`` use the backbone in ``folder``."""
+    if family == "smolvla":  # SmolVLA builds its VLM from the folder's config and reads weights only when told to
+        return {"vlm_model_name": str(folder), "load_vlm_weights": any(folder.glob("*.safetensors"))}
+    if family == "qwen_vla":
+        return {"backbone_path": str(folder)}
+    raise ValueError(f"policies of the {family} family have no backbone")
