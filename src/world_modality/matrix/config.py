@@ -259,6 +259,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> MatrixConfig:
     config = MatrixConfig(dataset, encoders, seeds, arms, arm_encoders, backbones=backbones, arm_backbones=arm_backbones)
     config.ablations = _memory_modes(top, "ablations", config, ROLLOUT_MODES, "rollout ablations")
     config.interventions = _memory_modes(top, "interventions", config, INTERVENTION_MODES, "offline interventions")
+    _check_cameras(config)
     config.evaluation = _evaluation(_mapping(top.get("evaluation") or {}, "evaluation"), dataset)
     config.report = _typed(ReportConfig, _mapping(top.get("report") or {}, "report"), "report")
     try:
@@ -536,6 +537,33 @@ def _arm_backbone(options: dict[str, Any], name: str | None, default: str | None
     return None
 
 
+def _check_cameras(config: MatrixConfig) -> None:
+    """Refuse an arm that reads a camera the dataset (given by path) lacks: its keys' image or wrist camera, or its
+    encoder's camera (each side of a side-by-side one)."""
+    from lerobot_policy_world_modality.dataset_files import dataset_info
+    from lerobot_policy_world_modality.encoders.spec import camera_parts
+
+    from world_modality.data.check import CAMERA_DTYPES
+
+    if "path" not in config.dataset:
+        return  # a generated dataset renders the cameras its generator is given
+    read: dict[str, tuple[str, str]] = {}  # where -> (arm, camera key)
+    for arm, options in config.arms.items():
+        keys = options.get("keys") or {}
+        read |= {f"arms.{arm}.keys.{role}": (arm, keys[role]) for role in ("image", "wrist") if keys.get(role)}
+        encoder_camera = config.encoders[config.arm_encoders[arm]].get("camera_key")
+        if encoder_camera:
+            read |= {f"encoders.{config.arm_encoders[arm]}.camera_key": (arm, key) for key in camera_parts(encoder_camera)}
+    if not read:
+        return
+    features = dataset_info(Path(config.dataset["path"])).get("features", {})
+    cameras = [key for key, feature in features.items() if feature.get("dtype") in CAMERA_DTYPES]
+    for where, (arm, key) in read.items():
+        if key not in cameras:
+            raise MatrixConfigError(f"{where}: arm {arm} reads the camera {key!r}, which the dataset "
+                                    f"{config.dataset['path']} does not have (its cameras: {', '.join(cameras) or 'none'})")
+
+
 def _seeds(value: Any) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
@@ -662,6 +690,12 @@ def _evaluation(section: Mapping[str, Any], dataset: Mapping[str, Any]) -> Evalu
     if generated is not None and generated[0] == ev.env and "tasks" in generated[1]:
         ev.tasks = list(generated[1]["tasks"])
     elif generated is None:
-        # None: the simulator's episode list takes the tasks the policy was trained on (if it can tell).
-        ev.tasks = simulator.dataset_tasks(Path(dataset["path"]))
+        # The tasks the dataset holds demos of: those its policies were trained on.
+        try:
+            ev.tasks = simulator.dataset_tasks(Path(dataset["path"]), ev.suite)
+        except ValueError as e:
+            raise MatrixConfigError(f"evaluation.tasks: {e}") from None
+        if ev.tasks is None:
+            raise MatrixConfigError(f"evaluation.tasks: the dataset {dataset['path']} does not say which {ev.env} tasks "
+                                    "it holds; name the tasks to evaluate")
     return ev

@@ -208,6 +208,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
     histories of other episodes: the held-out episodes of the checkpoint's training latents, or every frame of the
     latent cache ``memory_bank``."""
     from world_modality.training.checkpoint import checkpoint_config, load_checkpoint, run_label
+    from world_modality.training.data import policy_cameras
 
     pretrained, config = checkpoint_config(checkpoint)
     if memory_bank is not None and memory_mode != MemoryMode.OTHER:
@@ -229,7 +230,7 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
     render = render_from_dict(spec["render"]) if spec.get("render") else None
     camera_keys = {}
     # The world encoder's camera, and the cameras a VLM family reads itself (same render settings).
-    for key in dict.fromkeys(k for k in (config.image_key, getattr(config, "wrist_key", None)) if k is not None):
+    for key in dict.fromkeys(k for k in (config.image_key, *policy_cameras(config)) if k is not None):
         camera = camera_name(key)
         if render is None or camera not in render.cameras:
             raise ValueError(

@@ -193,8 +193,9 @@ class Simulator(ABC):
         """Whether ``root`` holds a finished dataset written by `dataset_generator`."""
 
     @abstractmethod
-    def dataset_tasks(self, root: Path) -> list[str] | None:
-        """The task names of a dataset this simulator's generator wrote (None when it did not, or does not say)."""
+    def dataset_tasks(self, root: Path, suite: str | None = None) -> list[str] | None:
+        """The tasks (of ``suite``, for a simulator with suites) a dataset holds demos of: the default evaluation tasks
+        of a policy trained on it (None when the data does not say)."""
 
     @abstractmethod
     def looks_like_own(self, root: Path, features: dict) -> bool:

@@ -27,7 +27,10 @@ from world_modality.data.check import (
     resolve_dataset_root,
     task_instructions,
 )
+from lerobot.configs.types import FeatureType
+
 from lerobot_policy_world_modality.common import INSTRUCTION_BATCH_KEY
+from lerobot_policy_world_modality.encoders.spec import CONCAT_SEPARATOR
 from lerobot_policy_world_modality.latent_cache import LatentCache
 
 
@@ -120,8 +123,16 @@ class DatasetImages:
 
 
 def training_images(dataset: str | Path, config) -> DatasetImages | None:
-    """The camera frames a policy reads in training: none for the world transformer (latents only)."""
-    return None if config.type == "world_transformer" else DatasetImages(dataset, [config.image_key])
+    """The camera frames a policy reads in training: none for the world transformer (latents only), else every
+    dataset camera among its visual inputs."""
+    return None if config.type == "world_transformer" else DatasetImages(dataset, policy_cameras(config))
+
+
+def policy_cameras(config) -> list[str]:
+    """The dataset cameras a policy reads as images: its image key and its other visual inputs (a wrist camera), not
+    the side-by-side view a world encoder may be given (that one is its latents' source, made from these)."""
+    visual = [key for key, feature in config.input_features.items() if feature.type is FeatureType.VISUAL]
+    return [key for key in dict.fromkeys([config.image_key, *visual]) if key and CONCAT_SEPARATOR not in key]
 
 
 def batch_device(images: DatasetImages | None, device: torch.device) -> torch.device:

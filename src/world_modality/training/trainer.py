@@ -98,22 +98,25 @@ def policy_config_class(policy_type: str) -> type[PreTrainedConfig]:
 
 
 def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str], state_dim: int, action_dim: int,
-                 features: dict[str, dict], camera: str | None, device: torch.device,
+                 features: dict[str, dict], cameras: list[str], device: torch.device,
                  codebook_size: int = 0) -> PreTrainedConfig:
     """The policy config of a new run: architecture from the options, inputs from the data.
 
     The world transformer reads the world latents only (its image key is the encoder's camera, None
-    for the state encoder); the VLM families also read ``camera`` (a dataset camera key)."""
+    for the state encoder); the VLM families also read ``cameras`` (dataset camera keys: the main camera, then the
+    wrist camera when the dataset keys name one)."""
     spec = cache.spec
     is_image = spec.name != "state"
     inputs, outputs = features_for(opts.keys.state, state_dim, opts.keys.action, action_dim, spec.camera_key,
                                    encoder_input_shape(features, spec.camera_key), is_image)
     image_key = spec.camera_key if is_image else None
+    wrist_key = None
     if opts.policy_type != "world_transformer":
-        if camera is None:
+        if not cameras:
             raise ValueError(f"{opts.policy_type} reads a camera image, and the dataset has no camera feature")
-        image_key = camera
-        inputs[camera] = PolicyFeature(type=FeatureType.VISUAL, shape=tuple(features[camera]["shape"]))
+        image_key, wrist_key = cameras[0], (cameras[1:] or [None])[0]
+        for camera in cameras:
+            inputs[camera] = PolicyFeature(type=FeatureType.VISUAL, shape=tuple(features[camera]["shape"]))
     config_class = policy_config_class(opts.policy_type)
     known = {f.name for f in dataclasses.fields(config_class)}
     from_data = {
@@ -124,6 +127,7 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
         "action_key": opts.keys.action,
         "instruction_key": opts.keys.instruction,
         "image_key": image_key,
+        "wrist_key": wrist_key,
         "input_features": inputs,
         "output_features": outputs,
         "device": str(device),
@@ -241,7 +245,8 @@ def train(opts: TrainOptions) -> Path:
     else:
         codebook = _codebook(opts, cache) if opts.model_type in ("B", "C") else None
         config = build_config(opts, cache, table.instructions, table.state.shape[1], table.action.shape[1],
-                              summary.features, summary.keys.get("image"), device,
+                              summary.features, [summary.keys[k] for k in ("image", "wrist") if summary.keys.get(k)],
+                              device,
                               0 if codebook is None else len(codebook))
         state = None
         start_step = 0

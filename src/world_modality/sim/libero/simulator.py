@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from world_modality.data.check import DatasetKeys, DatasetSummary
+from world_modality.data.check import DatasetKeys, DatasetSummary, task_instructions
 from world_modality.sim.base import EpisodeRequest, EpisodeSpec, Simulator
 from world_modality.sim.libero.adapter import LiberoAdapter
 from world_modality.sim.libero.data import check_libero_dataset, generate_libero_dataset, looks_like_libero
@@ -56,8 +56,17 @@ class Libero(Simulator):
     def dataset_complete(self, root: Path) -> bool:
         return (Path(root) / "meta" / "info.json").is_file()  # the generator renames a finished dataset into place
 
-    def dataset_tasks(self, root: Path) -> list[str] | None:
-        return None  # the data records instructions, which `evaluation_episodes` maps to the suite's tasks
+    def dataset_tasks(self, root: Path, suite: str | None = None) -> list[str] | None:
+        """The suite's tasks whose instructions the dataset's `task` column holds (LIBERO data records instructions,
+        not task names); None without a suite or an instruction table."""
+        if suite is None or not (Path(root) / "meta" / "tasks.parquet").is_file():
+            return None
+        instructions = set(task_instructions(Path(root)).values())
+        tasks = [t.name for t in suite_tasks(suite) if t.language in instructions]
+        if not tasks:
+            raise ValueError(f"the dataset {root} holds demos of none of {suite}'s tasks (its instructions: "
+                             f"{sorted(instructions)[:3]}...); evaluate the suite it was recorded in")
+        return tasks
 
     def looks_like_own(self, root: Path, features: dict) -> bool:
         return looks_like_libero(features)

@@ -54,7 +54,7 @@ class MetaWorld(Simulator):
     def dataset_complete(self, root: Path) -> bool:
         return (Path(root) / SIDECAR).is_file()
 
-    def dataset_tasks(self, root: Path) -> list[str] | None:
+    def dataset_tasks(self, root: Path, suite: str | None = None) -> list[str] | None:
         return training_layouts(Path(root))[0] or None
 
     def looks_like_own(self, root: Path, features: dict) -> bool:
