@@ -152,5 +152,6 @@ def test_an_output_folder_is_marked_only_when_this_tool_creates_it(tmp_path):
     output_folder(tmp_path / "theirs", "evaluation")
     assert output_kind(tmp_path / "theirs") is None and output_kind(tmp_path / "missing") is None
     (tmp_path / "file").write_text("")
-    with pytest.raises(UnwritableOutput, match="cannot write to .*file/out: a file stands where a folder is expected"):
-        output_folder(tmp_path / "file" / "out", "evaluation")
+    for where in (tmp_path / "file", tmp_path / "file" / "out"):
+        with pytest.raises(UnwritableOutput, match=f"cannot write to {where}: a file stands where a folder is expected"):
+            output_folder(where, "evaluation")

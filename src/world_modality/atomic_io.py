@@ -147,6 +147,8 @@ def output_folder(path: str | Path, kind: str) -> Path:
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the folder must be
+        raise UnwritableOutput(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
     except OSError as e:
         raise UnwritableOutput(e.errno, e.strerror, str(path)) from None
     if created:
