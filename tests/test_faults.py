@@ -5,23 +5,35 @@ generated dataset, a latent cache, a checkpoint's weights, processor or training
 an episodes file; datasets without features; broken model folders; checkpoints that do not fit the simulator;
 a changed instruction key. Errors are one paragraph on stderr, exit status 2, no traceback (``--debug`` shows it),
 raised before any simulator starts. The kill -9 tests (slow) kill `wm data metaworld`, `wm latents`, `wm train`
-and `wm eval` at a random point and check that the rerun gives the undamaged result.
+and `wm eval` at a random point and check that the rerun gives the undamaged result. Every command that writes
+refuses a second writer of its output (naming the first) and takes over the lock of a killed one; a write that fails
+midway (a file-size limit: the kernel cuts writes short, as on a full disk) ends the command with one paragraph,
+counts nothing half-written as done, and the same command again gives the uninterrupted result; a read-only output
+is refused before any work, and `--overwrite` replaces only a dataset this tool wrote.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import random
+import re
+import resource
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import SUBPROCESS_ENV
 from lerobot_cli import REPO
@@ -373,3 +385,289 @@ def test_kill_9_during_wm_eval_then_rerun_gives_the_same_episodes(run, tmp_path)
     reference, rerun = ([tuple(r[f] for f in fields) for r in read_jsonl(out / "episodes.jsonl")]
                         for out in (tmp_path / "reference", tmp_path / "killed"))
     assert len(rerun) == len(set(rerun)) == 4 and sorted(rerun) == sorted(reference)
+
+
+# --- one writer per output: a second writer is refused, naming the first; a dead writer's lock is taken over ----
+
+LOCK_HOLDER = Path(__file__).with_name("lock_holder.py")
+
+
+@contextmanager
+def held_by_another_process(path: Path, file: bool = False) -> Iterator[subprocess.Popen]:
+    """Another process holding the writer lock of ``path`` (as a `wm` command writing it would) for the block."""
+    proc = subprocess.Popen([sys.executable, str(LOCK_HOLDER), str(path), *(["file"] if file else [])], env=SUBPROCESS_ENV,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "held\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.stdin.close()
+            proc.wait(timeout=60)
+
+
+def refusal_naming(err: str, pid: int, command: str) -> str:
+    """The one-paragraph refusal of a second writer: it names the first's command, pid, host and start time."""
+    line = one_paragraph(err)
+    assert f"by another process: `{command}" in line and f"(pid {pid} on {socket.gethostname()}, started " in line, line
+    assert "One writer at a time" in line and "remove" not in line
+    return line
+
+
+def tiny_matrix(path: Path, dataset: Path) -> Path:
+    path.write_text(yaml.safe_dump({"dataset": {"path": str(dataset)}, "encoders": [{"name": "state"}],
+                                    "arms": {"E0": {"model_type": "A"}}, "evaluation": {"episodes_per_task": 1}}))
+    return path
+
+
+# Every command that writes: (its arguments, the output it holds, whether that output is a file), for an OUT.
+WRITERS = {
+    "data metaworld": lambda f, out: (["data", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--out", out], out, False),
+    "latents": lambda f, out: (["latents", f.dataset, "--encoder", "state", "--out", out], out, False),
+    "tokens": lambda f, out: (["tokens", f.latents, "--codebook-size", "4", "--out", out], out, False),
+    "train": lambda f, out: (train_args(f.dataset, f.latents, out), out, False),
+    "intervene": lambda f, out: (["intervene", f.run, "--dataset", f.dataset, "--latents", f.latents, "--json", out], out, True),
+    "eval": lambda f, out: (eval_args(f.run, out), out / "episodes.jsonl", True),
+    "eval shard": lambda f, out: ([*eval_args(f.run, out), "--shard", "2/3"], out / "episodes.shard-2-of-3.jsonl", True),
+    "report --export": lambda f, out: (["report", f.run, "--export", out], out, False),
+    "matrix": lambda f, out: (["matrix", f.matrix, "--out", out], out, False),
+    "matrix --export": lambda f, out: (["matrix", f.matrix, "--out", out.with_name("run"), "--export", out], out, False),
+    "demo": lambda f, out: (["demo", "--out", out], out, False),
+    "coc generate": lambda f, out: (["coc", "generate", f.dataset, "--out", out], out, True),
+    "libero dataset": lambda f, out: (["libero", "dataset", "--out", out], out, False),
+    "libero pack-assets": lambda f, out: (["libero", "pack-assets", "--out", out], out, False),
+}
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_every_command_that_writes_refuses_a_second_writer_before_any_work(metaworld_dataset, latents, run, tmp_path,
+                                                                           capsys, no_simulator, command):
+    from types import SimpleNamespace
+
+    inputs = SimpleNamespace(dataset=metaworld_dataset, latents=latents, run=run,
+                             matrix=tiny_matrix(tmp_path / "matrix.yaml", metaworld_dataset))
+    args, held, file = WRITERS[command](inputs, tmp_path / "out")
+    with held_by_another_process(held, file) as first:
+        status, err = wm(capsys, *args)
+    assert status == 2
+    refusal_naming(err, first.pid, f"{LOCK_HOLDER.name} {held}")
+    assert not held.exists() and not (tmp_path / "run").exists()  # nothing written
+    assert not list(tmp_path.rglob("*.wm-lock"))  # and no lock left behind
+
+
+def test_two_shards_share_a_folder_but_not_a_results_file(run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    with held_by_another_process(out / "episodes.shard-1-of-2.jsonl", file=True) as first:
+        status, err = wm(capsys, *eval_args(run, out), "--shard", "1/2")
+        refusal_naming(err, first.pid, LOCK_HOLDER.name)
+        assert status == 2
+        # The other shard (of 2 episodes, so it has one), beside it.
+        assert wm(capsys, *eval_args(run, out), "--episodes-per-task", "2", "--shard", "2/2")[0] == 0
+    assert [p.name for p in out.glob("episodes*")] == ["episodes.shard-2-of-2.jsonl"]
+
+
+def test_a_matrix_and_a_command_run_by_hand_inside_its_run_folder_refuse_each_other(metaworld_dataset, run, tmp_path,
+                                                                                      capsys, no_simulator):
+    """The hierarchy: a writer of a run folder holds everything in it (its own steps write there: see
+    tests/test_schedule.py), so `wm eval` into one of its evaluation folders is refused, and a matrix is refused a run
+    folder in which a command run by hand writes."""
+    config, run_dir = tiny_matrix(tmp_path / "matrix.yaml", metaworld_dataset), tmp_path / "run"
+    evaluation = run_dir / "eval" / "E0" / "seed0"
+    with held_by_another_process(run_dir) as matrix_run:
+        status, err = wm(capsys, *eval_args(run, evaluation))
+        line = refusal_naming(err, matrix_run.pid, LOCK_HOLDER.name)
+        assert status == 2 and f"{evaluation / 'episodes.jsonl'} is inside {run_dir}, which is being written" in line
+    with held_by_another_process(evaluation / "episodes.jsonl", file=True) as by_hand:
+        status, err = wm(capsys, "matrix", config, "--out", run_dir)
+        line = refusal_naming(err, by_hand.pid, LOCK_HOLDER.name)
+        assert status == 2 and f"{run_dir} holds {evaluation / 'episodes.jsonl'}, which is being written" in line
+    assert not (run_dir / "matrix.yaml").exists()
+
+
+def test_the_lock_of_a_killed_writer_is_taken_over(metaworld_dataset, latents, tmp_path, capsys):
+    out = tmp_path / "run"
+    with held_by_another_process(out) as first:
+        first.kill()  # kill -9: the lock file and its record stay, the kernel lets the lock go
+        first.wait()
+        assert (tmp_path / ".run.wm-lock").is_file()
+        status, err = wm(capsys, *train_args(metaworld_dataset, latents, out))
+    assert status == 0 and f"taking over the lock of `{LOCK_HOLDER.name} {out}` (pid {first.pid}" in err
+    assert (out / "checkpoints" / "last").is_dir() and not (tmp_path / ".run.wm-lock").exists()
+
+
+def test_a_lock_of_another_host_is_refused_with_the_file_to_remove(metaworld_dataset, latents, tmp_path, capsys):
+    """Whether a process on another machine (shared storage) still runs cannot be told: the message says which file to
+    remove once it is known to have ended."""
+    out, lock = tmp_path / "run", tmp_path / ".run.wm-lock"
+    lock.write_text(json.dumps({"path": str(out), "host": "node-7", "pid": 4242, "command": "wm train ...",
+                                "started": "2026-12-01 10:00:00 UTC", "token": "0123456789abcdef"}))
+    status, err = wm(capsys, *train_args(metaworld_dataset, latents, out))
+    line = one_paragraph(err)
+    assert status == 2 and "`wm train ...` (pid 4242 on node-7, started 2026-12-01 10:00:00 UTC)" in line
+    assert f"runs on another host, so whether it still runs cannot be told from here: once you know it does not, " \
+           f"remove {lock}" in line
+    lock.unlink()
+    assert wm(capsys, *train_args(metaworld_dataset, latents, out))[0] == 0
+
+
+@pytest.mark.slow
+def test_two_wm_evals_into_one_out_the_second_is_refused_and_every_episode_is_recorded_once(run, tmp_path, capsys):
+    """The failure this fixes: both ran and every episode was recorded twice (the report then counted 0/2 where 0/1
+    ran). Two real `wm eval` processes."""
+    from world_modality.atomic_io import read_jsonl
+
+    out = tmp_path / "eval"
+    args = ["eval", run, "--tasks", "reach-v3", "--episodes-per-task", "3", "--max-steps", "100", "--workers", "1",
+            "--device", "cpu", "--out", out]
+    first = subprocess.Popen([str(WM), *map(str, args)], env=SUBPROCESS_ENV, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    lock = out / ".episodes.jsonl.wm-lock"
+    while first.poll() is None and not (lock.is_file() and lock.stat().st_size):
+        time.sleep(0.05)
+    status, err = wm(capsys, *args)  # a second `wm eval`, in this process, while the first runs
+    assert status == 2 and first.poll() is None
+    refusal_naming(err, first.pid, f"wm eval {run}")
+    assert first.wait(timeout=900) == 0, first.stderr.read()[-2000:]
+    assert wm(capsys, *args)[0] == 0  # the same command again: nothing left to run
+    episodes = [r["episode_id"] for r in read_jsonl(out / "episodes.jsonl")]
+    assert len(episodes) == len(set(episodes)) == 3
+
+
+# --- write failures: one paragraph naming the file and the cause, nothing counted as done, the rerun exact ------
+
+
+@contextmanager
+def file_size_limit(size: int) -> Iterator[None]:
+    """For the block, no file this process (or one it starts) writes may grow past ``size`` bytes, as `ulimit -f`
+    sets: the kernel cuts a write short at the limit and fails the next one with EFBIG (Python ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def failed_write(capsys, args: list, size: int) -> tuple[str, str, str]:
+    """`wm ARGS` under a file-size limit: it must end with exit status 2; returns (its error paragraph, stdout,
+    stderr)."""
+    capsys.readouterr()
+    with file_size_limit(size):
+        status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    line = one_paragraph(err)
+    assert status == 2 and "file too large" in line and "(EFBIG)" in line and "run the same command again" in line, err
+    return line, out, err
+
+
+def test_a_write_failure_in_wm_eval_ends_it_and_the_rerun_completes_exactly(run, tmp_path, capsys):
+    """The failure this fixes: a full disk cut the episodes file mid-line (a write may write part of its data and
+    return without error), the progress bar reached 10/10 and `wm eval` exited 0."""
+    from world_modality.atomic_io import read_jsonl
+
+    def args(out: Path) -> list:
+        return ["eval", run, "--tasks", "reach-v3", "--episodes-per-task", "16", "--max-steps", "2", "--workers", "1",
+                "--device", "cpu", "--out", out]
+
+    def episodes(out: Path) -> list[tuple]:
+        return [tuple(r[k] for k in ("episode_id", "success", "steps", "action_digest"))
+                for r in read_jsonl(out / "episodes.jsonl")]
+
+    assert wm(capsys, *args(tmp_path / "reference"))[0] == 0
+    line_size = (tmp_path / "reference" / "episodes.jsonl").stat().st_size / 16
+    results = tmp_path / "full" / "episodes.jsonl"
+    # Room for 12.5 lines (and for the checkpoint's config, which LeRobot copies to a temporary file when it loads it).
+    line, out, err = failed_write(capsys, args(tmp_path / "full"), int(12.5 * line_size))
+    assert f"could not write {results}" in line and "results:" not in out and "12/16" in err and "13/16" not in err
+    assert results.read_bytes().endswith(b"\n") and len(episodes(tmp_path / "full")) == 12  # no half line counted
+    assert wm(capsys, *args(tmp_path / "full"))[0] == 0
+    assert episodes(tmp_path / "full") == episodes(tmp_path / "reference")
+
+
+def test_a_write_failure_in_wm_latents_ends_it_and_the_rerun_completes_exactly(metaworld_dataset, latents, tmp_path,
+                                                                               capsys):
+    """It ended in a safetensors traceback (the library reports the OS error in its own exception)."""
+    from lerobot_policy_world_modality.latent_cache import SPEC_FILE, LatentCache
+
+    out = tmp_path / "latents"
+    args = ["latents", metaworld_dataset, "--encoder", "state", "--out", out]
+    line, _, _ = failed_write(capsys, args, 8000)
+    assert f"could not write {out / 'chunks'}/episodes-" in line and not (out / SPEC_FILE).exists()
+    assert wm(capsys, *args)[0] == 0
+    assert torch.equal(LatentCache.load(out, dataset=metaworld_dataset).z, LatentCache.load(latents).z)
+
+
+def test_a_write_failure_in_wm_train_ends_it_and_the_rerun_completes_exactly(metaworld_dataset, latents, run, tmp_path,
+                                                                             capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    line, out_text, _ = failed_write(capsys, train_args(metaworld_dataset, latents, out), 64_000)
+    assert f"could not write {out / 'checkpoints' / '000002'}" in line and "checkpoint:" not in out_text
+    assert not (out / "checkpoints" / "last").exists()  # no checkpoint counts as written
+    assert wm(capsys, *train_args(metaworld_dataset, latents, out))[0] == 0
+    weights = [load_file(r / "checkpoints" / "last" / "pretrained_model" / "model.safetensors") for r in (run, out)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_write_failure_in_wm_data_metaworld_ends_it_and_the_rerun_completes_exactly(tmp_path, capsys):
+    args = ["data", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--image-size", "32", "--out"]
+    assert wm(capsys, *args, tmp_path / "reference")[0] == 0
+    line, _, _ = failed_write(capsys, [*args, tmp_path / "full"], 60_000)
+    assert f"could not write {tmp_path / '.full.staging' / 'reach-v3'}" in line and not (tmp_path / "full").exists()
+    assert wm(capsys, *args, tmp_path / "full")[0] == 0
+    assert dataset_content(tmp_path / "full") == dataset_content(tmp_path / "reference")
+
+
+def without_root_override() -> None:
+    """In a child process before it starts its program: as root, drop the capability that writes into read-only
+    folders (CAP_DAC_OVERRIDE, from the bounding set: the program starts without it), as an ordinary user lacks it."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(24, 1, 0, 0, 0) != 0:  # PR_CAPBSET_DROP, CAP_DAC_OVERRIDE
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE)")
+
+
+def test_a_read_only_output_is_refused_before_any_work(metaworld_dataset, latents, run, tmp_path):
+    """It was replaced (`wm data metaworld` removed the empty read-only folder and wrote its dataset there). The
+    commands run in a process without root's override of permissions, where a read-only folder is one."""
+    CAP_SETPCAP = 8  # needed to drop a capability from the bounding set
+    if os.geteuid() == 0 and not int(re.search(r"CapEff:\s*(\w+)", Path("/proc/self/status").read_text())[1], 16) \
+            & (1 << CAP_SETPCAP):
+        pytest.skip("root that cannot drop CAP_DAC_OVERRIDE writes into read-only folders")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    commands = [["data", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--out", read_only],
+                train_args(metaworld_dataset, latents, read_only / "run"), eval_args(run, read_only / "eval")]
+    script = "import json, sys\nfrom world_modality.cli import main\nprint(json.dumps([main(a) for a in json.loads(sys.argv[1])]))"
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps([[str(a) for a in c] for c in commands])],
+                          env=SUBPROCESS_ENV, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          preexec_fn=without_root_override)
+    assert json.loads(proc.stdout.splitlines()[-1]) == [2, 2, 2], proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 3 and "Traceback" not in proc.stderr
+    for error, where in zip(errors, [read_only, read_only, read_only / "eval"]):
+        assert f"cannot write to {where}: permission denied (EACCES); nothing was done" in error
+    assert list(read_only.iterdir()) == []
+
+
+def test_overwrite_replaces_only_a_dataset_this_tool_wrote(metaworld_dataset, run, tmp_path, capsys):
+    """`--overwrite` (which the tool suggests for a dataset of another spec) removed any folder, with the user's files."""
+    from world_modality.sim.metaworld.generate import SIDECAR
+
+    args = ["data", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--image-size", "32", "--overwrite",
+            "--out"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    status, err = wm(capsys, *args, mine)
+    assert status == 2 and "(it holds files this tool did not write); --overwrite replaces only a dataset this tool " \
+                           "wrote" in one_paragraph(err)
+    training_run = copy_of(run, tmp_path, "run")
+    status, err = wm(capsys, *args, training_run)
+    assert status == 2 and "(it holds a training run written by `wm`)" in one_paragraph(err)
+    assert (mine / "notes.txt").read_text() == "mine" and (training_run / "checkpoints" / "last").is_dir()
+    dataset = copy_of(metaworld_dataset, tmp_path, "dataset")  # a dataset it wrote, of another spec: replaced
+    assert wm(capsys, *args, dataset)[0] == 0
+    assert json.loads((dataset / SIDECAR).read_text())["spec"]["tasks"] == ["reach-v3"]

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import TINY_EPISODES, TINY_SIZE, TINY_TASKS
+from world_modality.atomic_io import UnwritableOutput
 from world_modality.sim.metaworld import generate as metaworld_gen
 from world_modality.data.check import DatasetKeys, DatasetSchemaError, check_dataset
 from world_modality.data.merge import DatasetAppender
@@ -261,7 +262,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, kwargs, messa
 def test_unwritable_output_is_refused(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(PermissionError, match="is not writable"):
+    with pytest.raises(UnwritableOutput, match=f"cannot write to {blocker}: a file stands where a folder is expected"):
         generate_metaworld_dataset(blocker / "ds", "reach", 1)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from world_modality.atomic_io import append_jsonl, atomic_write_text, read_jsonl
+from world_modality.locks import TOKENS_ENV, writer_lock
 from world_modality.schedule import (
     Plan,
     PlanError,
@@ -62,6 +64,18 @@ def fake_report(root: str) -> None:
 
 def fail(message: str) -> None:
     raise RuntimeError(message)
+
+
+def locked_write(root: str, name: str) -> None:
+    """A step writing its own output inside the one its driver holds, holding that output's lock as `wm` writers do."""
+    with writer_lock(Path(root) / name) as out:
+        atomic_write_text(out / "pid.txt", f"{os.getpid()}\n")
+
+
+def locked_plan(root: Path) -> Plan:
+    return Plan([Step("in this process", "eval", locked_write, {"root": str(root), "name": "here"}),
+                 Step("in its own process", "train", locked_write, {"root": str(root), "name": "isolated"},
+                      isolated=True)])
 
 
 def fake_plan(root: Path, gpu: bool = False) -> Plan:
@@ -235,6 +249,24 @@ def test_a_local_ray_cluster_writes_the_serial_runs_files(ray_cluster, tmp_path)
     assert [s.name for s in plan.todo] == ["train a 1", "eval a 1", "report"]
     execute(plan, "ray")
     assert results(on_ray) == results(serial)
+
+
+@pytest.mark.parametrize("executor", ["serial", "local", "ray"])
+def test_steps_write_inside_the_output_their_driver_holds_and_no_one_else_does(executor, request, tmp_path):
+    """A matrix holds its run folder while its steps (in this process, in processes of their own, as Ray tasks) write
+    into it, each holding its own output; a process outside (a command run by hand) is refused."""
+    if executor == "ray":
+        request.getfixturevalue("ray_cluster")
+    run = tmp_path / "run"
+    with writer_lock(run):
+        execute(locked_plan(run), executor)
+        outside = subprocess.run([sys.executable, str(Path(__file__).with_name("lock_holder.py")), str(run / "other")],
+                                 env={k: v for k, v in os.environ.items() if k != TOKENS_ENV}, capture_output=True,
+                                 text=True, timeout=60)
+    pids = {int((run / name / "pid.txt").read_text()) for name in ("here", "isolated")}
+    assert (os.getpid() in pids) == (executor != "ray") and len(pids) == (1 if executor == "serial" else 2)
+    assert outside.returncode != 0 and f"{run / 'other'} is inside {run}, which is being written" in outside.stderr
+    assert not list(tmp_path.rglob("*.wm-lock"))  # every lock let go
 
 
 # --- real steps: a tiny matrix file (train A and F, evaluate both and an ablation, report) on every executor --

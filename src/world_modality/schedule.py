@@ -36,6 +36,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from world_modality.atomic_io import WriteError
+from world_modality.locks import WriterLocked, held_tokens, within
+
 EXECUTORS = ("serial", "local", "ray")
 Executor = Literal["serial", "local", "ray"]
 # The GPU share an evaluation's policy holds; a training run on a GPU holds the rest of one GPU, so one
@@ -197,8 +200,14 @@ def _child(conn, environment: dict[str, str], payload: bytes) -> None:
     try:
         fn(**kwargs)
         conn.send(None)
-    except BaseException:
-        conn.send(traceback.format_exc())
+    except BaseException as e:
+        conn.send(_failure(e))
+
+
+def _failure(error: BaseException) -> str:
+    """How a step's failure is reported: a failed write or a refused output by its own paragraph (it says what
+    to do), anything else by its traceback."""
+    return str(error) if isinstance(error, (WriteError, WriterLocked)) else traceback.format_exc()
 
 
 class _LocalRun:
@@ -310,7 +319,8 @@ class _LocalRun:
             if error is None:
                 self.finished.add(step.name)
             else:
-                self.failures.append(f"step {step.name!r} failed:\n{error}")
+                separator = "\n" if "\n" in error else " "  # a traceback below, a paragraph on the line
+                self.failures.append(f"step {step.name!r} failed:{separator}{error}")
                 self.log(f"step {step.name!r} failed; waiting for the running steps to finish")
             self._start_isolated()
             self.changed.notify_all()
@@ -343,8 +353,8 @@ class _LocalRun:
                 try:
                     _call(step, self.pools)
                     error = None
-                except Exception:
-                    error = traceback.format_exc()
+                except Exception as e:
+                    error = _failure(e)
                 self._finish(step, error)
         finally:
             for process in list(self.processes.values()):  # interrupted: stop the steps' processes
@@ -359,11 +369,12 @@ class _LocalRun:
 # --- ray ------------------------------------------------------------------------------------------------
 
 
-def _ray_step(fn: Callable[..., Any], kwargs: Mapping[str, Any], *needs: Any) -> tuple[float, float]:
-    """A step as a Ray task; ``needs`` are the results of the steps it needs (Ray starts it after them).
-    Returns its wall-clock start and end."""
+def _ray_step(fn: Callable[..., Any], kwargs: Mapping[str, Any], writer_tokens: str, *needs: Any) -> tuple[float, float]:
+    """A step as a Ray task, writing within the outputs its driver holds (``writer_tokens``: `locks.held_tokens`);
+    ``needs`` are the results of the steps it needs (Ray starts it after them). Returns its wall-clock start and end."""
     start = time.time()
-    fn(**kwargs)
+    with within(writer_tokens):
+        fn(**kwargs)
     return start, time.time()
 
 
@@ -422,7 +433,7 @@ def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None], on
                                 f"{most_gpus:g}: add GPU nodes or build the plan without GPUs")
             ref = task.options(num_cpus=min(r.cpus, most_cpus), num_gpus=r.gpus, max_retries=0,
                                name=step.name).remote(
-                step.fn, dict(step.kwargs), *(refs[n] for n in step.needs if n in refs))
+                step.fn, dict(step.kwargs), held_tokens(), *(refs[n] for n in step.needs if n in refs))
             refs[step.name] = ref
             names[ref] = step
         pending, failures = list(refs.values()), []

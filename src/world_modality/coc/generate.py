@@ -15,6 +15,7 @@ from world_modality.atomic_io import append_jsonl, drop_torn_last_line
 from world_modality.coc.backend import CocBackend
 from world_modality.coc.episodes import EpisodeSource
 from world_modality.coc.labels import read_coc_labels
+from world_modality.locks import writer_lock
 
 
 def generate_coc_labels(
@@ -28,7 +29,12 @@ def generate_coc_labels(
     """Label ``episodes`` (default: all) into the JSONL ``out``; returns counts of what was done."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    out = Path(out)
+    with writer_lock(out, folder=False):
+        return _generate(dataset, backend, Path(out), episodes, batch_size, camera_key)
+
+
+def _generate(dataset: str | Path, backend: CocBackend, out: Path, episodes: list[int] | None, batch_size: int,
+              camera_key: str | None) -> dict:
     source = EpisodeSource(dataset, state_key=backend.state_key, camera_key=camera_key)
     backend.check(source)
     available = source.episode_indices

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     gen.add_argument("--storage", choices=("image", "video"), default="image", help="image: lossless PNG frames; video: AV1 mp4 (smaller, lossy)")
     gen.add_argument("--workers", type=int, default=1, help="parallel worker processes (one task each)")
     gen.add_argument("--out", default="outputs/datasets/metaworld", help="output dataset folder")
-    gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset or staged run with a different spec")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset or staged run with a different spec "
+                     "(only a dataset this tool wrote: never a folder of other files)")
     add_common(gen)
     gen.set_defaults(handler=_metaworld)
 

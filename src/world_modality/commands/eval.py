@@ -110,15 +110,24 @@ def _eval(args) -> int:
         groups=args.groups,
     )
     if args.ray is not None:
+        from contextlib import ExitStack
+
+        from world_modality.atomic_io import output_folder
+        from world_modality.locks import writer_lock
+        from world_modality.rollout.runner import EVALUATION_KIND
         from world_modality.schedule import Plan, Step, eval_resources, execute
 
         count = args.shards or 1
         resources = eval_resources(args.workers, gpu=args.device.startswith("cuda"))
         # Absolute paths: a task's working folder is Ray's, on whichever node runs it.
         where = {"checkpoint": str(Path(args.checkpoint).resolve()), "out_dir": str(Path(args.out).resolve())}
-        execute(Plan([Step(f"eval shard {i}/{count}", "eval", evaluate_checkpoint,
-                           options | where | {"shard": f"{i}/{count}"}, resources=resources)
-                      for i in range(1, count + 1)]), "ray", address=args.ray)
+        out = output_folder(args.out, EVALUATION_KIND)
+        with ExitStack() as held:  # every shard's results file, for the tasks that write them
+            for i in range(1, count + 1):
+                held.enter_context(writer_lock(out / Shard(i, count).file_name, folder=False))
+            execute(Plan([Step(f"eval shard {i}/{count}", "eval", evaluate_checkpoint,
+                               options | where | {"shard": f"{i}/{count}"}, resources=resources)
+                          for i in range(1, count + 1)]), "ray", address=args.ray)
         results = Path(args.out) / Shard(count, count).file_name
     else:
         results = evaluate_checkpoint(args.checkpoint, **options, shard=args.shard)

@@ -39,15 +39,20 @@ def register(subparsers) -> None:
 
 def _intervene(args) -> int:
     import json
+    from contextlib import ExitStack
 
     from world_modality.atomic_io import atomic_write_json
+    from world_modality.locks import writer_lock
     from world_modality.training.intervene import format_table, intervene
 
-    result = intervene(args.checkpoint, args.dataset, args.latents, args.mode, batch_size=args.batch_size,
-                       seed=args.seed, device=args.device,
-                       keys={"state": args.state_key, "action": args.action_key, "instruction": args.instruction_key})
-    print(format_table(result))
-    print(json.dumps(result, indent=2))
-    if args.json:
-        atomic_write_json(args.json, result)
+    with ExitStack() as held:
+        if args.json:  # refused now (another writer, not writable), not after the work
+            held.enter_context(writer_lock(args.json, folder=False))
+        result = intervene(args.checkpoint, args.dataset, args.latents, args.mode, batch_size=args.batch_size,
+                           seed=args.seed, device=args.device,
+                           keys={"state": args.state_key, "action": args.action_key, "instruction": args.instruction_key})
+        print(format_table(result))
+        print(json.dumps(result, indent=2))
+        if args.json:
+            atomic_write_json(args.json, result)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 from pathlib import Path
 
 from world_modality import matrix
@@ -49,16 +50,20 @@ def _matrix(args) -> int:
         print(f"piece of {config_path}: arms {', '.join(config.arms)}; training seeds "
               f"{', '.join(map(str, config.seeds))}")
     print(f"run folder: {run_dir.resolve()}")
-    exporter = None
-    if args.export and not args.dry_run:
-        from world_modality.matrix.export import StepExporter
+    with ExitStack() as held:
+        exporter = None
+        if args.export and not args.dry_run:
+            from world_modality.locks import writer_lock
+            from world_modality.matrix.export import StepExporter
 
-        exporter = StepExporter(config, run_dir, args.export)
-    matrix.run_matrix(config, run_dir, dry_run=args.dry_run, address=args.ray, on_step_done=exporter, held=args.export)
-    if not args.dry_run and (run_dir / "report" / "report.md").is_file():
-        print(f"report: {run_dir.resolve() / 'report' / 'report.md'}")
-    if exporter is not None:
-        print(f"export's report: {exporter.finish()}")
+            held.enter_context(writer_lock(args.export))  # for the whole run: each step's export, then its report
+            exporter = StepExporter(config, run_dir, args.export)
+        matrix.run_matrix(config, run_dir, dry_run=args.dry_run, address=args.ray, on_step_done=exporter,
+                          held=args.export)
+        if not args.dry_run and (run_dir / "report" / "report.md").is_file():
+            print(f"report: {run_dir.resolve() / 'report' / 'report.md'}")
+        if exporter is not None:
+            print(f"export's report: {exporter.finish()}")
     return 0
 
 

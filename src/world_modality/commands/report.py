@@ -39,15 +39,21 @@ def register(subparsers) -> None:
 
 
 def _report(args) -> int:
+    if not args.export:  # a reader: the report of a finished folder takes no lock
+        _write(args.run_dir, args)
+        return 0
+    from world_modality.locks import writer_lock
+    from world_modality.matrix.export import export_results
+
+    with writer_lock(args.export):  # one writer of DEST: its export and its report
+        print(export_results(args.run_dir, args.export).summary(args.export))
+        _write(args.export, args)
+    return 0
+
+
+def _write(run_dir: str, args) -> None:
     from world_modality.matrix import report_baseline
     from world_modality.report import write_report
 
-    run_dir = args.run_dir
-    if args.export:
-        from world_modality.matrix.export import export_results
-
-        print(export_results(run_dir, args.export).summary(args.export))
-        run_dir = args.export
     baseline = args.baseline or report_baseline(run_dir)
     print(f"report written to {write_report(run_dir, alpha=args.alpha, baseline=baseline)}")
-    return 0

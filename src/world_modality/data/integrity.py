@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from lerobot_policy_world_modality.dataset_files import dataset_info
 from lerobot_policy_world_modality.file_digests import DamagedFileError, verify_folder
 
+DATASET_KIND = "dataset"  # the `atomic_io.OUTPUT_MARKER` of a dataset a simulator package generated
 REGENERATE = ("Regenerate the dataset (rerun `wm data metaworld` / `wm libero dataset` into a new --out) or copy it "
               "again from its source")
 

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,20 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from world_modality import __version__
-from world_modality.atomic_io import atomic_write_json, commit_folder, record_digests, save_tensors_atomic, temp_folder
+from world_modality.atomic_io import (
+    atomic_write_json,
+    commit_folder,
+    output_folder,
+    record_digests,
+    save_tensors_atomic,
+    temp_folder,
+    writing,
+)
 from world_modality.data.check import CAMERA_DTYPES, camera_name
 from world_modality.data.integrity import verify_dataset
 from world_modality.data.readers import EpisodeReader, SideBySideReader
 from world_modality.devices import resolve_device
+from world_modality.locks import writer_lock
 from world_modality.sim import dataset_render
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint, dataset_info, resolve_dataset_root
 from lerobot_policy_world_modality.encoders import (
@@ -48,6 +58,7 @@ from lerobot_policy_world_modality.file_digests import DamagedFileError, file_re
 from lerobot_policy_world_modality.latent_cache import DIGESTS_KEY, LATENTS_FILE, SPEC_FILE, LatentCache, LatentCacheMismatch, tensors_metadata
 
 LATENTS_DIR = "world_latents"
+LATENTS_KIND = "latent cache"  # its folder's `atomic_io.OUTPUT_MARKER`
 CHUNKS_DIR = "chunks"
 # The learned encoder trains on about this many frames at most (every k-th episode) to bound memory.
 LEARNED_MAX_TRAIN_FRAMES = 40_000
@@ -96,27 +107,35 @@ def compute_latents(
         kind = "a vector feature such as observation.environment_state" if is_state else "a camera (image or video) feature"
         raise DatasetSchemaError(f"the {encoder_name} encoder reads {kind}; {key!r} is a {reader.dtype} feature")
     fingerprint = dataset_fingerprint(root)
-    out_path = Path(out).expanduser().resolve() if out else None
-    if encoder_path is None and encoder_name in ("state", "learned"):
-        encoder_path = _own_encoder(
-            reader, encoder_name, fingerprint, out_path or root / LATENTS_DIR,
-            torch_device, learned_steps, seed, dict(learned_options or {}), progress,
-        )
-    options: dict[str, Any] = {"camera_key": key, "render": _render_settings(root, key, instruction_key)}
-    if temporal_window is not None:
-        options["temporal_window"] = temporal_window
-    if not is_state:
-        options["batch_size"] = batch_size
-    encoder = build_encoder(encoder_name, encoder_path, torch_device, **options)
-    out_path = out_path or default_latents_dir(root, encoder.spec)
-    header = {"spec_hash": encoder.spec.spec_hash(), "dataset_fingerprint": fingerprint}
-    if _complete(out_path, header):
-        print(f"{out_path} is already complete for this encoder and dataset; nothing to do.")
-        return out_path
-    chunks = _chunks(out_path / CHUNKS_DIR, reader.episodes, chunk_episodes)
-    _encode_chunks(encoder, reader, chunks, header, batch_size, progress)
-    _assemble(out_path, encoder.spec, reader, chunks, header)
+    # One writer per cache: a given --out is held from the start (its own encoder is built inside it); the default
+    # folder, named by the encoder's spec, once the encoder is built (its own encoder's folder held meanwhile).
+    with ExitStack() as held:
+        out_path = _cache_folder(held, out) if out else None
+        if encoder_path is None and encoder_name in ("state", "learned"):
+            encoder_path = _own_encoder(
+                reader, encoder_name, fingerprint, out_path or root / LATENTS_DIR,
+                torch_device, learned_steps, seed, dict(learned_options or {}), progress,
+            )
+        options: dict[str, Any] = {"camera_key": key, "render": _render_settings(root, key, instruction_key)}
+        if temporal_window is not None:
+            options["temporal_window"] = temporal_window
+        if not is_state:
+            options["batch_size"] = batch_size
+        encoder = build_encoder(encoder_name, encoder_path, torch_device, **options)
+        out_path = out_path or _cache_folder(held, default_latents_dir(root, encoder.spec))
+        header = {"spec_hash": encoder.spec.spec_hash(), "dataset_fingerprint": fingerprint}
+        if _complete(out_path, header):
+            print(f"{out_path} is already complete for this encoder and dataset; nothing to do.")
+            return out_path
+        chunks = _chunks(out_path / CHUNKS_DIR, reader.episodes, chunk_episodes)
+        _encode_chunks(encoder, reader, chunks, header, batch_size, progress)
+        _assemble(out_path, encoder.spec, reader, chunks, header)
     return out_path
+
+
+def _cache_folder(held: ExitStack, path: str | Path) -> Path:
+    """Hold cache folder ``path`` until ``held`` closes, and create it (marked as ours) if missing."""
+    return output_folder(held.enter_context(writer_lock(path)), LATENTS_KIND)
 
 
 def _first_camera(root: Path) -> str:
@@ -156,14 +175,18 @@ def _own_encoder(
     folder = base / f"{name}-encoder-{digest(settings)}"
     if (folder / "config.json").exists():
         return folder
-    tmp = temp_folder(folder)
-    if name == "state":
-        fit_state_encoder(np.concatenate(reader.read(reader.episodes)), tmp, state_key=reader.key)
-    else:
-        episodes = _training_episodes(reader.episodes, LEARNED_MAX_TRAIN_FRAMES)
-        train_learned_encoder(reader.read(episodes), tmp, steps=steps, seed=seed, device=device, progress=progress, **options)
-    record_digests(tmp)
-    return commit_folder(tmp, folder)
+    with writer_lock(folder):
+        tmp = temp_folder(folder)
+        if name == "state":
+            states = np.concatenate(reader.read(reader.episodes))
+            with writing(folder):
+                fit_state_encoder(states, tmp, state_key=reader.key)
+        else:
+            frames = reader.read(_training_episodes(reader.episodes, LEARNED_MAX_TRAIN_FRAMES))
+            with writing(folder):
+                train_learned_encoder(frames, tmp, steps=steps, seed=seed, device=device, progress=progress, **options)
+        record_digests(tmp)
+        return commit_folder(tmp, folder)
 
 
 def _training_episodes(episodes: pd.DataFrame, max_frames: int) -> pd.DataFrame:

@@ -23,7 +23,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from world_modality.atomic_io import atomic_write_json, atomic_write_text, commit_folder, temp_folder
+from world_modality.atomic_io import (
+    OUTPUT_MARKER,
+    atomic_write_json,
+    atomic_write_text,
+    commit_folder,
+    output_folder,
+    temp_folder,
+    writing,
+)
+from world_modality.locks import LOCK_SUFFIX, writer_lock
 from world_modality.matrix.config import (
     CONFIG_FILE,
     RESULTS_ONLY_FILE,
@@ -35,6 +44,7 @@ from world_modality.matrix.run import check_run_dir, episodes_held, episodes_per
 from world_modality.schedule import Step
 
 MAX_CURVE_POINTS = 500  # enough for the report's plots; a full curve has one point per training step
+EXPORT_KIND = "results export"  # its folder's `atomic_io.OUTPUT_MARKER`
 
 
 @dataclass(frozen=True)
@@ -57,10 +67,15 @@ class Export:
 
 def export_results(run_dir: str | Path, dest: str | Path) -> Export:
     """Copy the finished results of matrix run folder ``run_dir`` into ``dest`` (created, or merged with the pieces
-    it holds). A piece ``dest`` already holds with other content is an error."""
+    it holds; held while it is written). A piece ``dest`` already holds with other content is an error."""
     run_dir, dest = Path(run_dir).expanduser().resolve(), Path(dest).expanduser().resolve()
     if run_dir == dest:
         raise ValueError(f"--export needs another folder than the run folder {run_dir}")
+    with writer_lock(dest):
+        return _export(run_dir, dest)
+
+
+def _export(run_dir: Path, dest: Path) -> Export:
     if not (run_dir / "eval").is_dir() and not (run_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} has neither eval/ nor {CONFIG_FILE}: not a matrix run folder")
     run_config = load_config(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else None
@@ -93,6 +108,7 @@ def export_results(run_dir: str | Path, dest: str | Path) -> Export:
                              "; a training run again that gave other weights than DEST's (another GPU or other "
                              "library versions do not reproduce it bit for bit) cannot add evaluations to it: run "
                              "them where DEST's training ran" if retrained else ""))
+    output_folder(dest, EXPORT_KIND)
     added = []
     for source, target in pieces:
         if not target.exists():
@@ -156,8 +172,14 @@ def _same(source: Path, target: Path) -> bool:
     if source.is_file():
         return target.is_file() and filecmp.cmp(source, target, shallow=False)
     compared = filecmp.dircmp(source, target)
-    return (not compared.left_only and not compared.right_only and not compared.diff_files and not compared.funny_files
+    return (not _results(compared.left_only) and not _results(compared.right_only) and not compared.diff_files
+            and not compared.funny_files
             and all(_same(source / d, target / d) for d in compared.common_dirs))
+
+
+def _results(names: list[str]) -> list[str]:
+    """The names of results among a folder's: its marker (`wm` wrote it) and a lock (being written) are not."""
+    return [name for name in names if name != OUTPUT_MARKER and not name.endswith(LOCK_SUFFIX)]
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -167,7 +189,8 @@ def _copy(source: Path, target: Path) -> None:
         atomic_write_text(target, source.read_text())
         return
     tmp = temp_folder(target)
-    shutil.copytree(source, tmp)
+    with writing(target):
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(f"*{LOCK_SUFFIX}"))
     commit_folder(tmp, target)
 
 

@@ -13,7 +13,15 @@ from typing import Any
 
 import yaml
 
-from world_modality.atomic_io import atomic_write_json, atomic_write_text, commit_folder, read_jsonl, temp_folder
+from world_modality.atomic_io import (
+    atomic_write_json,
+    atomic_write_text,
+    commit_folder,
+    output_folder,
+    read_jsonl,
+    temp_folder,
+)
+from world_modality.locks import writer_lock
 from world_modality.matrix.config import (
     CONFIG_FILE,
     RESULTS_ONLY_FILE,
@@ -39,6 +47,7 @@ from world_modality.schedule import (
 )
 
 EPISODES_FILE = "episodes.jsonl"
+MATRIX_RUN_KIND = "matrix run"  # its folder's `atomic_io.OUTPUT_MARKER`
 # Settings a rerun may change: they do not change any result (``name@section`` limits one to a section).
 FREE_FIELDS = frozenset({"workers", "groups", "videos_per_task", "device", "progress", "wandb", "log_every", "save_every",
                          "val_batch_size", "batch_size@encoders", "chunk_episodes", "concurrent"})
@@ -396,9 +405,19 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
     `world_modality.matrix.export.StepExporter`). ``held``: that export, whose finished results count as done
     (`plan`): with the exporter, which refuses a training run again here unless it reproduces DEST's weights.
 
-    Returns the plan's steps as they stood before running; the report is always rewritten.
+    Returns the plan's steps as they stood before running; the report is always rewritten. The run folder is held
+    (`world_modality.locks`) while it runs: a second matrix, or a command writing into it by hand, is refused,
+    while the matrix's own steps write inside it.
     """
     run_dir = Path(run_dir).expanduser().resolve()
+    if dry_run:
+        return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held)
+    with writer_lock(run_dir):
+        return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held)
+
+
+def _run_matrix(config: MatrixConfig, run_dir: Path, dry_run: bool, address: str | None, concurrent: bool | None,
+                on_step_done: StepDone | None, held: str | Path | None) -> tuple[Step, ...]:
     exported = (run_dir / RESULTS_ONLY_FILE).exists()
     if exported and dry_run:  # the plan against an export: which pieces of the experiment remain
         print(f"{run_dir} holds results exported by `wm report --export` (no dataset, latents or weights): the runs "
@@ -418,6 +437,7 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
         print(format_plan(steps))
         if dry_run:
             return steps.steps
+        output_folder(run_dir, MATRIX_RUN_KIND)
         # The union with earlier pieces run here: a later piece's rerun is checked against all of them.
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(merged_config(config, run_dir), sort_keys=False))
         profile = Profile(run_dir, executor)

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from world_modality.atomic_io import append_jsonl, atomic_path, read_jsonl
+from world_modality.atomic_io import append_jsonl, atomic_path, output_folder, read_jsonl
 from world_modality.choices import EVAL
+from world_modality.locks import writer_lock
 from world_modality.rollout.envs import EnvPool
 from world_modality.rollout.policies import INFERENCE_THREADS, RolloutPolicy, load_rollout_policy
 from world_modality.rollout.pools import EnvPools
@@ -34,6 +35,7 @@ from world_modality.sim import DEFAULT_SIMULATOR, get_simulator
 from world_modality.sim.base import EpisodeRequest, EpisodeSpec
 
 VIDEO_FPS = 30
+EVALUATION_KIND = "evaluation"  # its folder's `atomic_io.OUTPUT_MARKER`
 
 
 def arm_label(arm: str, memory_mode: str | None, own_mode: str) -> str:
@@ -273,9 +275,20 @@ def evaluate_checkpoint(
     without it the evaluation starts its own pool and closes it at the end. ``memory_bank``: the latent cache memory
     mode `other` draws other episodes' histories from (default: the checkpoint's held-out training episodes).
     """
-    simulator = get_simulator(env)
     if isinstance(shard, str):
         shard = Shard.parse(shard)
+    out_dir = output_folder(out_dir, EVALUATION_KIND)
+    # One writer per results file: the shards of one evaluation may share a folder.
+    with writer_lock(out_dir / (shard.file_name if shard is not None else RESULTS_FILE), folder=False) as results:
+        return _evaluate(checkpoint, env, suite, tasks, episodes_per_task, memory_mode, arm, train_seed, results, workers,
+                         eval_seed, videos_per_task, device, allow_train_layouts, max_steps, shard, groups, pools,
+                         memory_bank)
+
+
+def _evaluate(checkpoint, env, suite, tasks, episodes_per_task, memory_mode, arm, train_seed, results, workers,
+              eval_seed, videos_per_task, device, allow_train_layouts, max_steps, shard, groups, pools,
+              memory_bank) -> Path:
+    simulator = get_simulator(env)
     policy = load_rollout_policy(checkpoint, memory_mode, device, env, memory_bank)
     episodes = simulator.evaluation_episodes(EpisodeRequest(
         tasks=tasks, episodes_per_task=episodes_per_task, eval_seed=eval_seed, suite=suite,
@@ -287,8 +300,6 @@ def evaluate_checkpoint(
             f"the policy was not trained on {unknown} (its instructions: {policy.instructions}); "
             "evaluate on its training tasks or train on these"
         )
-    out_dir = Path(out_dir)
-    results = out_dir / RESULTS_FILE
     record = {
         "arm": arm_label(arm, memory_mode, policy.own_memory_mode),
         "base_arm": arm,
@@ -298,7 +309,6 @@ def evaluate_checkpoint(
     } | ({"memory_bank": policy.memory_bank} if policy.memory_bank else {})
     episode_fields = None
     if shard is not None:
-        results = out_dir / shard.file_name
         episodes, episode_fields, record = _shard_episodes(checkpoint, episodes, shard, record, max_steps, results)
     size = max(1, min(workers, len(episodes)))
     groups = min(groups, size)

@@ -31,7 +31,7 @@ from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 
 from world_modality import __version__
-from world_modality.atomic_io import atomic_symlink, atomic_write_json, commit_folder, record_digests, temp_folder
+from world_modality.atomic_io import atomic_symlink, atomic_write_json, commit_folder, record_digests, temp_folder, writing
 from world_modality.data.check import DatasetKeys
 from lerobot_policy_world_modality.encoders import EncoderSpec
 from lerobot_policy_world_modality.file_digests import verify_folder
@@ -77,18 +77,20 @@ def save_checkpoint(run_dir: Path, step: int, policy: PreTrainedPolicy, preproce
     final = root / f"{step:06d}"
     tmp = temp_folder(final)
     pretrained = tmp / PRETRAINED
-    policy.save_pretrained(pretrained)
-    preprocessor.save_pretrained(pretrained)
-    postprocessor.save_pretrained(pretrained)
-    atomic_write_json(pretrained / META_FILE, {
-        **meta,
-        "training_step": step,
-        "world_modality_version": __version__,
-        "lerobot_version": version("lerobot"),
-        "torch_version": torch.__version__,
-    })
-    (tmp / TRAINING_STATE).mkdir()
-    torch.save(training_state, tmp / TRAINING_STATE / STATE_FILE)
+    with writing(final):  # a failure leaves the temporary folder, removed by the next attempt, and `last` as it was
+        policy.save_pretrained(pretrained)
+        preprocessor.save_pretrained(pretrained)
+        postprocessor.save_pretrained(pretrained)
+        atomic_write_json(pretrained / META_FILE, {
+            **meta,
+            "training_step": step,
+            "world_modality_version": __version__,
+            "lerobot_version": version("lerobot"),
+            "torch_version": torch.__version__,
+        })
+        (tmp / TRAINING_STATE).mkdir()
+        with open(tmp / TRAINING_STATE / STATE_FILE, "wb") as f:  # a file object: a failed write raises its OSError
+            torch.save(training_state, f)
     record_digests(pretrained)
     record_digests(tmp / TRAINING_STATE)
     commit_folder(tmp, final)  # replaces a checkpoint of the same step (a rerun after an interrupted resume)

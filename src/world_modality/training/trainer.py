@@ -43,9 +43,11 @@ from lerobot_policy_world_modality import POLICY_TYPES
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import features_for
 from tqdm.auto import tqdm
 
+from world_modality.atomic_io import output_folder, writing
 from world_modality.data.check import DatasetKeys
 from world_modality.data.integrity import verify_dataset
 from world_modality.devices import resolve_device
+from world_modality.locks import writer_lock
 from world_modality.sim import check_dataset
 from lerobot_policy_world_modality.encoders.spec import encoder_input_shape
 from lerobot_policy_world_modality.latent_cache import LatentCache
@@ -151,7 +153,9 @@ class _Loggers:
     def __init__(self, run_dir: Path, wandb: bool, config: dict[str, Any], resume_step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        self.folder = run_dir / "tensorboard"
+        with writing(self.folder):
+            self.tb = SummaryWriter(str(self.folder), purge_step=resume_step + 1 if resume_step else None)
         self.wandb = None
         if wandb:
             import wandb as wandb_lib
@@ -160,13 +164,15 @@ class _Loggers:
                                         name=run_dir.name, resume="allow", id=run_dir.name)
 
     def log(self, values: dict[str, float], step: int, prefix: str) -> None:
-        for key, value in values.items():
-            self.tb.add_scalar(f"{prefix}/{key}", value, step)
+        with writing(self.folder):  # the event file is written by a thread: its failure shows at the next call
+            for key, value in values.items():
+                self.tb.add_scalar(f"{prefix}/{key}", value, step)
         if self.wandb is not None:
             self.wandb.log({f"{prefix}/{k}": v for k, v in values.items()}, step=step)
 
     def close(self) -> None:
-        self.tb.close()
+        with writing(self.folder):
+            self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
 
@@ -201,10 +207,21 @@ def _accelerator(device: torch.device):
     return Accelerator(cpu=device.type == "cpu", kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
+TRAINING_RUN_KIND = "training run"  # its folder's `atomic_io.OUTPUT_MARKER`
+
+
 def train(opts: TrainOptions) -> Path:
     """Train one configuration into ``opts.out``; with ``resume``, continue from its last checkpoint
     (same data, options and RNG streams) up to ``opts.steps``. Returns the last checkpoint folder.
-    Under ``accelerate launch`` every process runs this; see the module docstring."""
+    Under ``accelerate launch`` every process runs this; see the module docstring. The run folder is held
+    (`world_modality.locks`) by the main process, the one that writes it."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        return _train(opts)
+    with writer_lock(opts.out):
+        return _train(opts)
+
+
+def _train(opts: TrainOptions) -> Path:
     run_dir = Path(opts.out).expanduser()
     device = resolve_device(opts.device)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
@@ -300,7 +317,7 @@ def train(opts: TrainOptions) -> Path:
         "train_episodes": train_episodes,
         "val_episodes": val_episodes,
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(run_dir, TRAINING_RUN_KIND)
     loggers = (_Loggers(run_dir, opts.wandb, {k: v for k, v in meta.items() if not k.endswith("_episodes")}, start_step)
                if is_main else None)
     grad_clip = config.optimizer_grad_clip_norm

