@@ -16,6 +16,7 @@ Run folder::
                                                  must agree with it
     RUN_DIR/dataset/                             the generated MetaWorld dataset (absent with dataset.path)
     RUN_DIR/latents/<encoder>/                   a world-latent cache per encoder (a trained/fitted encoder beside it)
+    RUN_DIR/backbones/<name>/                    a random backbone folder the matrix wrote (`backbones:` with write)
     RUN_DIR/train/<arm>/seed<k>/                 a `wm train` run folder (checkpoints/, tensorboard/)
     RUN_DIR/intervene/<arm>/seed<k>.json         a `wm intervene` result (arms in `interventions`)
     RUN_DIR/eval/<label>/seed<k>/episodes.jsonl  one JSON line per episode (+ videos/); the label is the arm
@@ -37,6 +38,10 @@ Config schema (YAML; ``[required]`` marks the only fields without a default)::
         learned_steps: 1500      # any other keyword of compute_latents: encoder_path, camera_key,
                                  # temporal_window, batch_size, device, seed, learned_options, ...
       - name: state              # (older files' `encoder: {name: ...}`, one mapping, still works)
+    backbones:                   # the VLA families' backbones; an arm reads one with `backbone: NAME`
+      smolvlm2-small: {write: smolvlm, size: small}   # random weights, written into RUN_DIR/backbones/<name>
+                                 # (smolvlm: tiny | small; qwen3_vl: tiny | small; qwen2_5_vl: tiny)
+      qwen3vl-2b: {path: /models/Qwen3-VL-2B-Instruct}  # a local Hugging Face folder (real weights)
     training:                    # defaults for every arm
       seeds: [0, 1, 2]           # training seeds (default [0])
       steps: 1000                # any TrainOptions or policy-config field, as in `arms`
@@ -47,6 +52,8 @@ Config schema (YAML; ``[required]`` marks the only fields without a default)::
       E2: {model_type: F}        # (of the arm's policy family) may also be given directly: they go into `policy`
       E2-state: {model_type: F, encoder: state}          # `encoder`: the world source the arm reads
       E2-oracle: {model_type: F, memory_source: oracle}  # trained on the true future latents: the upper bound
+      S-E0: {policy_type: smolvla_world, backbone: smolvlm2-small, use_world_module: false}  # LeRobot's SmolVLA
+      S-E2: {policy_type: smolvla_world, backbone: smolvlm2-small}  # judged against S-E0, its own family's
     ablations:                   # arm -> rollout memory modes evaluated besides the arm's own
       E2: [zero, random, shuffle]  # pred | zero | random | signflip | shuffle | oracle | other (world-memory arms)
     interventions:               # arm -> `wm intervene` modes: validation action loss with the memory replaced,
@@ -64,9 +71,10 @@ Config schema (YAML; ``[required]`` marks the only fields without a default)::
       concurrent: null           # true: train the next arm or seed while the CPUs evaluate finished checkpoints;
                                  # default: true with a GPU (`wm matrix --ray ADDRESS` runs every step on Ray)
     report:
-      baseline: null             # the arm every other arm is compared with; default: per arm, the one arm
-                                 # without world memory on its world source, else the one arm without world
-                                 # memory (several candidates: an error asking for this field)
+      baseline: null             # the arm every other arm is compared with; default: per arm, the one arm of
+                                 # its policy family and backbone without world memory on its world source, else
+                                 # that family's one arm without world memory (several candidates: an error asking
+                                 # for this field; one of another family than an arm it would judge: an error)
 
 The matrix owns TrainOptions' dataset, latents, out, seed and resume. Every world-memory arm gets a verdict
 against its baseline, with a read-check (did it read its memory? from its gate, its ablations and its
