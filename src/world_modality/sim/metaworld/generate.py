@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from world_modality import __version__
 from world_modality.atomic_io import atomic_write_json, commit_folder, record_digests, temp_folder
+from world_modality.choices import Count, NonNegative, check_ranges
 from world_modality.data.merge import DatasetAppender
 from world_modality.sim.metaworld.env import (
     ACTION_DIM,
@@ -319,16 +320,17 @@ def _sidecar(spec: MetaWorldDatasetSpec, summaries: list[dict]) -> dict:
 def generate_metaworld_dataset(
     out: str | Path,
     tasks: str | list[str],
-    episodes_per_task: int,
+    episodes_per_task: Count,
     cameras: tuple[str, ...] = ("corner2",),
     image_size: int = 128,
-    seed: int = 0,
+    seed: NonNegative = 0,
     render_quality: Literal["fast", "default"] = "fast",
     storage: Literal["video", "image"] = "image",
-    workers: int = 1,
+    workers: Count = 1,
     overwrite: bool = False,
 ) -> dict:
     """Generate (or resume generating) an expert dataset; returns the per-task summary."""
+    check_ranges(generate_metaworld_dataset, locals())
     spec = MetaWorldDatasetSpec(
         tasks=tuple(resolve_tasks(tasks)),
         episodes_per_task=episodes_per_task,
@@ -336,8 +338,6 @@ def generate_metaworld_dataset(
         render=RenderSettings.preset(render_quality, cameras=tuple(cameras), width=image_size, height=image_size),
         storage=storage,
     )
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
     out = Path(out).resolve()
     _check_writable(out)
     if _prepare_output(out, spec, overwrite):
