@@ -82,7 +82,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(parser)
     add_no_verify(parser)
-    parser.set_defaults(handler=_train)
+    parser.set_defaults(handler=_train, resume_flags=("--resume",))
 
 
 def _policy_overrides(args, policy_type: str) -> dict:

@@ -18,6 +18,7 @@ import os
 import queue
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,7 @@ from world_modality import __version__
 from world_modality.atomic_io import atomic_write_json, commit_folder, record_digests, temp_folder
 from world_modality.choices import Count, NonNegative, check_ranges
 from world_modality.data.merge import DatasetAppender
+from world_modality.interrupts import child_processes, exit_on_sigterm
 from world_modality.sim.metaworld.env import (
     ACTION_DIM,
     ENV_STATE_DIM,
@@ -406,7 +408,10 @@ def _summaries_in_order(spec: MetaWorldDatasetSpec, staging: Path, workers: int)
                 yield from ready()
             return
         ctx = mp.get_context("spawn")  # fresh OpenGL contexts per worker; fork would share them
-        with ctx.Manager() as manager, ctx.Pool(min(workers, len(todo))) as pool:
+        with ExitStack() as running:
+            with child_processes():  # interrupts reach this process alone, which stops the pool
+                manager = running.enter_context(ctx.Manager())
+                pool = running.enter_context(ctx.Pool(min(workers, len(todo)), initializer=exit_on_sigterm))
             q = manager.Queue()
             results = pool.imap_unordered(_worker, [(t, spec.to_dict(), str(staging), q) for t in costliest_first(todo)])
             for _ in todo:
