@@ -64,3 +64,29 @@ def test_evaluation_choices_and_defaults_have_one_home():
     assert signature["env"].default == DEFAULT_SIMULATOR
     for name, default in vars(EVAL).items():
         assert options[name].default == default == signature[name].default, name
+
+
+def test_count_flags_have_the_range_their_library_options_declare():
+    """A count's range (`world_modality.choices.AtLeast`) is declared once, on the option of the library that reads it;
+    the command line's flag refuses the same values (as does a matrix file: tests/test_matrix_config.py)."""
+    import typing
+
+    from world_modality.choices import bounds
+    from world_modality.latents import compute_latents
+    from world_modality.rollout import evaluate_checkpoint
+    from world_modality.sim.metaworld.generate import generate_metaworld_dataset
+    from world_modality.training.trainer import TrainOptions
+
+    data = _options("data")["data_command"]
+    metaworld = {a.dest: a for a in data.choices["metaworld"]._actions}
+    flags = {
+        TrainOptions: (_options("train"), ("steps", "batch_size", "save_every", "log_every")),
+        evaluate_checkpoint: (_options("eval"), ("episodes_per_task", "workers", "groups", "max_steps", "eval_seed",
+                                                 "videos_per_task")),
+        generate_metaworld_dataset: (metaworld, ("episodes_per_task", "workers", "seed")),
+        compute_latents: (_options("latents"), ("batch_size", "learned_steps", "temporal_window")),
+    }
+    for target, (options, names) in flags.items():
+        hints = typing.get_type_hints(target, include_extras=True)
+        for name in names:
+            assert bounds(hints[name]) == [options[name].type], (target, name)

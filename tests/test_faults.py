@@ -96,7 +96,7 @@ def no_simulator(monkeypatch):
         raise AssertionError("a simulator was started before the error")
 
     monkeypatch.setattr(runner, "EnvPool", refuse)
-    monkeypatch.setattr(runner, "EnvPools", refuse)
+    monkeypatch.setattr(runner.EnvPools, "__init__", refuse)
 
 
 def eval_args(checkpoint: Path, out: Path) -> list[str]:
@@ -292,6 +292,145 @@ def test_a_changed_instruction_key_is_refused_on_resume(libero_home, tmp_path, c
                      "--instruction-key", INSTRUCTION_COLUMN)
     line = one_paragraph(err)
     assert status == 2 and f"instruction key: checkpoint 'task', given '{INSTRUCTION_COLUMN}'" in line
+
+
+# --- bad input refused up front, naming the field and the fix --------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["train", "D", "--latents", "L", "--out", "R", "--steps", "0"], "--steps"),
+    (["train", "D", "--latents", "L", "--out", "R", "--batch-size", "0"], "--batch-size"),
+    (["train", "D", "--latents", "L", "--out", "R", "--save-every", "-1"], "--save-every"),
+    (["eval", "C", "--out", "O", "--episodes-per-task", "0"], "--episodes-per-task"),
+    (["eval", "C", "--out", "O", "--workers", "0"], "--workers"),
+    (["eval", "C", "--out", "O", "--groups", "0"], "--groups"),
+    (["eval", "C", "--out", "O", "--max-steps", "0"], "--max-steps"),
+    (["eval", "C", "--out", "O", "--ray", "auto", "--shards", "0"], "--shards"),
+    (["data", "metaworld", "--episodes-per-task", "0"], "--episodes-per-task"),
+    (["data", "metaworld", "--workers", "0"], "--workers"),
+    (["latents", "D", "--encoder", "state", "--batch-size", "0"], "--batch-size"),
+    (["latents", "D", "--encoder", "learned", "--learned-steps", "0"], "--learned-steps"),
+    (["tokens", "L", "--codebook-size", "0"], "--codebook-size"),
+    (["intervene", "C", "--dataset", "D", "--latents", "L", "--batch-size", "0"], "--batch-size"),
+    (["demo", "--train-steps", "0"], "--train-steps"),
+    (["demo", "--seeds", "0"], "--seeds"),
+])
+def test_a_count_below_one_on_the_command_line_is_refused_naming_the_flag_and_the_range(args, flag, capsys):
+    """Read before anything is imported or opened (the paths here do not exist): the flag and its range."""
+    with pytest.raises(SystemExit) as refused:
+        main(args)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "Traceback" not in err
+    assert f"error: argument {flag}: expected an integer >= 1, got {args[-1]}" in err
+
+
+def test_counts_below_one_in_the_python_api_are_refused_before_any_work(metaworld_dataset, tmp_path, no_simulator):
+    from world_modality.latents import compute_latents
+    from world_modality.rollout import evaluate_checkpoint
+    from world_modality.training.trainer import TrainOptions
+
+    with pytest.raises(ValueError, match=r"^steps: expected an integer >= 1, got -5$"):
+        TrainOptions(dataset="D", latents="L", out="R", steps=-5)
+    with pytest.raises(ValueError, match=r"^batch_size: expected an integer >= 1, got 0$"):
+        TrainOptions(dataset="D", latents="L", out="R", batch_size=0)
+    with pytest.raises(ValueError, match=r"^episodes_per_task: expected an integer >= 1, got 0$"):
+        evaluate_checkpoint(tmp_path / "no-checkpoint", episodes_per_task=0, arm="E0", train_seed=0, out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"^batch_size: expected an integer >= 1, got 0$"):
+        compute_latents(metaworld_dataset, "state", batch_size=0, out=tmp_path / "lat")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (["--model-type", "A"], "model_type: the run's 'F', given 'A'"),
+    (["--policy", "smolvla_world"], "policy_type: the run's 'world_transformer', given 'smolvla_world'"),
+    (["--batch-size", "16"], "batch_size: the run's 8, given 16"),
+    (["--seed", "3"], "seed: the run's 0, given 3"),
+    (["--chunk-size", "8"], "chunk_size: the run's 16, given 8"),
+    (["--set", "lambda_world=0.5", "--set", "history_len=4"], "lambda_world: the run's 1.0, given 0.5)"),
+])
+def test_a_flag_that_contradicts_the_run_being_resumed_is_refused_naming_both_values(metaworld_dataset, latents, run,
+                                                                                     tmp_path, capsys, given, expected):
+    resumed = copy_of(run, tmp_path, "run")
+    args = ["train", metaworld_dataset, "--latents", latents, "--steps", "4", "--save-every", "2", "--device", "cpu",
+            "--no-progress", "--out", resumed, "--resume", *given]
+    status, err = wm(capsys, *args)
+    line = one_paragraph(err)
+    assert status == 2 and f"resuming {resumed}: options contradict the run ({expected}" in line
+    assert "leave these options out" in line
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["000002", "last"]  # before any work
+
+
+def test_a_resumed_run_keeps_its_own_settings_for_flags_left_out(metaworld_dataset, latents, run, tmp_path, capsys):
+    """Flags left out take the run's values (its batch size 8, not the default 64); those given equal to the run's
+    pass."""
+    resumed = copy_of(run, tmp_path, "run")
+    common = ["train", metaworld_dataset, "--latents", latents, "--save-every", "2", "--device", "cpu", "--no-progress",
+              "--out", resumed, "--resume"]
+    assert wm(capsys, *common, "--steps", "4")[0] == 0
+    assert wm(capsys, *common, "--steps", "6", "--model-type", "F", "--batch-size", "8", "--set", "history_len=4")[0] == 0
+    meta = json.loads((resumed / "checkpoints" / "last" / "pretrained_model" / "world_modality.json").read_text())
+    config = json.loads((resumed / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
+    assert (meta["training_step"], meta["batch_size"], meta["seed"], config["model_type"]) == (6, 8, 0, "F")
+
+
+@pytest.fixture
+def weights_never_load(monkeypatch):
+    """Fails the test if a checkpoint's weights would load: every refusal must come before that."""
+    from world_modality.training import checkpoint
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the error")
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", refuse)
+
+
+def test_wm_eval_refuses_unknown_tasks_and_bad_counts_before_loading_weights(run, tmp_path, capsys, no_simulator,
+                                                                              weights_never_load):
+    from world_modality.rollout import evaluate_checkpoint
+
+    status, err = wm(capsys, *eval_args(run, tmp_path / "eval")[:2], "--tasks", "push-v3", "--device", "cpu",
+                     "--out", tmp_path / "eval")
+    assert status == 2 and "the policy was not trained on ['push-v3']" in one_paragraph(err)
+    status, err = wm(capsys, *eval_args(run, tmp_path / "eval")[:2], "--tasks", "no-such-task", "--out", tmp_path / "eval")
+    assert status == 2 and "no-such-task" in one_paragraph(err)
+    with pytest.raises(ValueError, match=r"^workers: expected an integer >= 1, got 0$"):
+        evaluate_checkpoint(run, workers=0, arm="E0", train_seed=0, out_dir=tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.fixture(scope="module")
+def one_instruction_dataset(libero_home, tmp_path_factory) -> Path:
+    """A LIBERO-schema dataset whose every episode has the task 'do the task', with the real instructions in a text
+    column that differs between its two episodes."""
+    from test_video_datasets import write_video_dataset
+
+    rng = np.random.default_rng(0)
+    frames = [[rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)] * 2 for _ in range(2)]
+    return write_video_dataset(tmp_path_factory.mktemp("instructions") / "data", *frames, task="do the task",
+                               instruction=["put red on blue", "put blue on red"])
+
+
+def test_one_instruction_for_every_episode_beside_a_varying_text_column_is_refused(one_instruction_dataset, tmp_path,
+                                                                                     capsys):
+    from test_video_datasets import INSTRUCTION_COLUMN
+
+    dataset = one_instruction_dataset
+    expected = (f"every episode has the same instruction under 'task' ('do the task'), while the text column "
+                f"'{INSTRUCTION_COLUMN}' differs between episodes (2 values: 'put blue on red', 'put red on blue')")
+    latents = tmp_path / "latents"
+    for args in (["data", "check", dataset],
+                 ["latents", dataset, "--encoder", "state", "--camera-key", "observation.state", "--out", latents],
+                 train_args(dataset, latents, tmp_path / "run")):
+        status, err = wm(capsys, *args)
+        line = one_paragraph(err)
+        assert status == 2 and expected in line, args
+        assert f"Pass --instruction-key {INSTRUCTION_COLUMN}" in line and "or --single-instruction" in line
+    assert not latents.exists() and not (tmp_path / "run").exists()  # refused before any work
+    # Either fix: the column that varies, or saying that one instruction is meant.
+    assert wm(capsys, "data", "check", dataset, "--instruction-key", INSTRUCTION_COLUMN)[0] == 0
+    assert wm(capsys, "data", "check", dataset, "--single-instruction")[0] == 0
+    assert wm(capsys, "latents", dataset, "--encoder", "state", "--camera-key", "observation.state", "--out", latents,
+              "--single-instruction")[0] == 0
 
 
 # --- kill -9 at a random point, then the same command again ---------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -93,11 +94,60 @@ def test_the_older_single_encoder_section_still_works():
     (lambda c: c["arms"]["E2"].update(keys={"state": 1}), r"arms\.E2\.keys\.state: expected a string, got 1"),
     (lambda c: c["arms"]["E2"].update(keys={"camera": "x"}), r"arms\.E2\.keys: unknown field\(s\) \['camera'\]"),
     (lambda c: c["dataset"]["metaworld"].update(render_quality="ugly"), r"dataset\.metaworld\.render_quality: expected one of fast, default"),
-    (lambda c: c["evaluation"].update(max_steps="long"), r"evaluation\.max_steps: expected an integer or null, got 'long'"),
+    (lambda c: c["evaluation"].update(max_steps="long"), r"evaluation\.max_steps: expected an integer >= 1 or null, got 'long'"),
 ])
 def test_config_errors_name_the_field(change, message):
     with pytest.raises(matrix.MatrixConfigError, match=message):
         matrix.parse_config(changed(change))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c["arms"]["E2"].update(steps=0), r"arms\.E2\.steps: expected an integer >= 1, got 0"),
+    (lambda c: c["arms"]["E2"].update(steps=-5), r"arms\.E2\.steps: expected an integer >= 1, got -5"),
+    (lambda c: c["training"].update(batch_size=0), r"training\.batch_size: expected an integer >= 1, got 0"),
+    (lambda c: c["training"].update(save_every=0), r"training\.save_every: expected an integer >= 1, got 0"),
+    (lambda c: c["evaluation"].update(episodes_per_task=0), r"evaluation\.episodes_per_task: expected an integer >= 1"),
+    (lambda c: c["evaluation"].update(workers=0), r"evaluation\.workers: expected an integer >= 1, got 0"),
+    (lambda c: c["evaluation"].update(groups=-1), r"evaluation\.groups: expected an integer >= 1, got -1"),
+    (lambda c: c["evaluation"].update(max_steps=0), r"evaluation\.max_steps: expected an integer >= 1 or null, got 0"),
+    (lambda c: c["evaluation"].update(videos_per_task=-1), r"evaluation\.videos_per_task: expected an integer >= 0"),
+    (lambda c: c["dataset"]["metaworld"].update(episodes_per_task=0),
+     r"dataset\.metaworld\.episodes_per_task: expected an integer >= 1, got 0"),
+    (lambda c: c["dataset"]["metaworld"].update(workers=0), r"dataset\.metaworld\.workers: expected an integer >= 1"),
+    (lambda c: c["encoders"][0].update(learned_steps=0), r"encoders\[0\]\.learned_steps: expected an integer >= 1"),
+    (lambda c: c["encoders"][1].update(batch_size=0), r"encoders\[1\]\.batch_size: expected an integer >= 1"),
+    (lambda c: c["encoders"][1].update(temporal_window=0), r"encoders\[1\]\.temporal_window: expected an integer >= 1 or null"),
+])
+def test_counts_below_their_range_are_refused_naming_the_field_and_the_range(change, message):
+    """Counts (steps, batch sizes, episodes, workers, ...) are declared with their range once
+    (`world_modality.choices.Count`); a matrix file below it is refused when read, before any work."""
+    with pytest.raises(matrix.MatrixConfigError, match=message):
+        matrix.parse_config(changed(change))
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("arms:\n  E0: {model_type: A}\n  E2: {model_type: F}\n  E2: {model_type: F, steps: 5}\n", 4,
+     r"key 'E2' is given twice in arms \(first on line 3\)"),
+    ("arms:\n  E2:\n    model_type: F\n    policy: {lambda_world: 0.5, lambda_world: 1.0}\n", 4,
+     r"key 'lambda_world' is given twice in arms\.E2\.policy \(first on line 4\)"),
+    ("encoders:\n  - name: state\n    batch_size: 4\n    batch_size: 8\n", 4,
+     r"key 'batch_size' is given twice in encoders\[0\] \(first on line 3\)"),
+    ("arms: {E0: {model_type: A}}\narms: {E2: {model_type: F}}\n", 2, r"key 'arms' is given twice in the top level"),
+])
+def test_a_key_given_twice_in_a_matrix_file_is_refused_naming_it_its_lines_and_the_file(tmp_path, text, line, message):
+    """YAML keeps the last of two equal keys silently (e.g. an arm name given twice: the first arm never runs)."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(matrix.MatrixConfigError, match=rf"^{re.escape(str(path))}:{line}: {message}.*Remove one, or rename"):
+        matrix.load_config(path)
+
+
+def test_yaml_merge_keys_may_be_overridden_without_counting_as_given_twice(tmp_path):
+    path = tmp_path / "anchored.yaml"
+    rest = {k: v for k, v in CONFIG.items() if k not in ("arms", "ablations", "interventions")}
+    path.write_text(yaml.safe_dump(rest) + "arms:\n  E0: &base {model_type: A, steps: 4}\n  E0b:\n    <<: *base\n"
+                    "    steps: 6\nreport: {baseline: E0}\n")
+    assert matrix.load_config(path).arms["E0b"] == {"model_type": "A", "steps": 6, "batch_size": 8}
 
 
 def test_a_named_baseline_settles_an_ambiguous_one():

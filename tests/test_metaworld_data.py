@@ -247,9 +247,9 @@ def test_bytes_read_per_frame_written_do_not_grow_with_the_episodes(tmp_path, mo
     [
         ({"tasks": "pick-place-v9"}, "unknown MetaWorld task or task set 'pick-place-v9'"),
         ({"tasks": ""}, "no MetaWorld task given"),
-        ({"episodes_per_task": 0}, "--episodes-per-task must be at least 1, got 0"),
+        ({"episodes_per_task": 0}, "episodes_per_task: expected an integer >= 1, got 0"),
         ({"cameras": ("corner5",)}, r"unknown MetaWorld camera\(s\) \['corner5'\]"),
-        ({"workers": 0}, "--workers must be at least 1"),
+        ({"workers": 0}, "workers: expected an integer >= 1, got 0"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, kwargs, message):

@@ -274,7 +274,7 @@ def test_config_resolves_arms_tasks_and_evaluations():
                                                  r"policy_type, model_type, steps, .*optimizer_lr"),
     ("arms.E1", {"seed": 3}, r"arms\.E1: unknown field\(s\) \['seed'\].*the matrix sets dataset, latents, out, seed"),
     ("arms.E1", {"model_type": "Z"}, r"arms\.E1\.model_type: expected one of A, B, B_cont, C, F"),
-    ("arms.E1", {"steps": "many"}, r"arms\.E1\.steps: expected an integer, got 'many'"),
+    ("arms.E1", {"steps": "many"}, r"arms\.E1\.steps: expected an integer >= 1, got 'many'"),
     ("arms.E1", {"policy": {"d_model": 64, "bogus": 1}}, r"arms\.E1\.policy: unknown field\(s\) \['bogus'\]"),
     ("arms", None, r"config: missing section 'arms'"),
     ("dataset.path", "/nonexistent", r"dataset: give exactly one of 'path'"),

@@ -13,10 +13,11 @@ IMAGE, WRIST = "observation.images.image", "observation.images.image2"
 INSTRUCTION_COLUMN = "language_instruction"
 
 
-def write_video_dataset(root: Path, image: list[np.ndarray], wrist: list[np.ndarray], task: str, instruction: str,
-                        fps: int = 10) -> Path:
+def write_video_dataset(root: Path, image: list[np.ndarray], wrist: list[np.ndarray], task: str,
+                        instruction: str | list[str], fps: int = 10) -> Path:
     """A LIBERO-schema dataset through `LeRobotDataset.create(use_videos=True)`: per episode, frames [T, H, W, 3]
-    of both cameras (videos), 8-dim state, 7-dim action, ``task`` and a string column with ``instruction``."""
+    of both cameras (videos), 8-dim state, 7-dim action, ``task`` and a string column with ``instruction`` (one for
+    every episode, or one per episode)."""
     from lerobot.datasets import LeRobotDataset
 
     height, width = image[0].shape[1:3]
@@ -31,10 +32,11 @@ def write_video_dataset(root: Path, image: list[np.ndarray], wrist: list[np.ndar
     dataset = LeRobotDataset.create(repo_id=f"local/{root.name}", fps=fps, features=features, root=root, use_videos=True,
                                     video_backend="pyav")  # torchcodec needs the system's FFmpeg
     rng = np.random.default_rng(0)
-    for frames, wrist_frames in zip(image, wrist, strict=True):
+    instructions = [instruction] * len(image) if isinstance(instruction, str) else instruction
+    for frames, wrist_frames, text in zip(image, wrist, instructions, strict=True):
         for a, b in zip(frames, wrist_frames, strict=True):
             dataset.add_frame({IMAGE: a, WRIST: b, "observation.state": rng.normal(size=8).astype(np.float32),
-                               "action": rng.uniform(-1, 1, 7).astype(np.float32), INSTRUCTION_COLUMN: instruction,
+                               "action": rng.uniform(-1, 1, 7).astype(np.float32), INSTRUCTION_COLUMN: text,
                                "task": task})
         dataset.save_episode()
     dataset.finalize()

@@ -10,10 +10,13 @@ import argparse
 import importlib
 import os
 import pkgutil
+import shlex
+import signal
 import sys
 import warnings
+from pathlib import Path
 
-from world_modality import commands
+from world_modality import commands, interrupts
 
 # Errors that say what is wrong in their message (bad input, damaged or missing files): one paragraph, exit 2,
 # no traceback unless --debug. Anything else is a bug and shows its traceback.
@@ -49,9 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(args: argparse.Namespace | None, argv: list[str]) -> str:
+    """The command that resumes an interrupted one: the same arguments, plus the flags its subcommand needs to
+    resume (``resume_flags`` in its defaults, e.g. ``wm train``'s --resume)."""
+    program = sys.argv[0] if Path(sys.argv[0]).name == "wm" else "wm"
+    return shlex.join([program, *argv, *(flag for flag in getattr(args, "resume_flags", ()) if flag not in argv)])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = None
+    with interrupts.raised_in_main():
+        try:
+            args = build_parser().parse_args(argv)
+            return _run(args)
+        except BaseException as e:  # noqa: BLE001 - an interrupt, whatever it broke on the way out, is one line
+            signum = interrupts.interrupting_signal(e)
+            if signum is None:
+                raise
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per `accelerate launch` process
+        command = f"wm {args.command}" if args is not None else "wm"
+        print(f"\n{command}: interrupted by {signal.Signals(signum).name}; what finished is kept. Resume with: "
+              f"{resume_command(args, argv)}", file=sys.stderr)
+    return interrupts.exit_status(signum)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     # Subnormal floats (e.g. Adam moments of weights behind a near-zero world gate) slow CPU kernels
@@ -67,11 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[NO_VERIFY_ENV] = "1"
     try:
         return args.handler(args) or 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
     except KNOWN_ERRORS as e:
-        if args.debug_all or getattr(args, "debug", False):
+        if args.debug_all or getattr(args, "debug", False) or interrupts.interrupting_signal(e) is not None:
             raise
         print(f"wm {args.command}: error: {e}", file=sys.stderr)
         return 2

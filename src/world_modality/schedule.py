@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from world_modality import interrupts
 from world_modality.atomic_io import WriteError
 from world_modality.locks import WriterLocked, held_tokens, within
 
@@ -44,6 +45,8 @@ Executor = Literal["serial", "local", "ray"]
 # The GPU share an evaluation's policy holds; a training run on a GPU holds the rest of one GPU, so one
 # evaluation runs beside each training run on a one-GPU machine.
 EVAL_GPU_SHARE = 0.2
+# How long an interrupted run waits for a step's process to unwind (e.g. finish writing a checkpoint) before killing it.
+STOP_TIMEOUT_S = 30.0
 
 
 class PlanError(ValueError):
@@ -197,11 +200,16 @@ def _capacity(cpus: int | None, gpus: int | None) -> Resources:
 def _child(conn, environment: dict[str, str], payload: bytes) -> None:
     os.environ.update(environment)  # before the step's function touches CUDA
     fn, kwargs = pickle.loads(payload)
-    try:
-        fn(**kwargs)
-        conn.send(None)
-    except BaseException as e:
-        conn.send(_failure(e))
+    # SIGTERM (the main process stopping the step, or sent to the whole group) unwinds the step, so its files stay
+    # valid and its resources are released; the interrupted main process reports it.
+    with interrupts.raised_in_main():
+        try:
+            fn(**kwargs)
+            conn.send(None)
+        except KeyboardInterrupt:
+            return
+        except BaseException as e:
+            conn.send(_failure(e))
 
 
 def _failure(error: BaseException) -> str:
@@ -222,6 +230,7 @@ class _LocalRun:
         self.started: dict[str, float] = {}  # wall-clock start of each running step
         self.processes: dict[str, mp.process.BaseProcess] = {}
         self.failures: list[str] = []
+        self.stopped = False  # the run has ended (finished or interrupted): no step starts or reports any more
         self.changed = threading.Condition()
         self.started_at = time.perf_counter()
         self.count = 0
@@ -278,7 +287,7 @@ class _LocalRun:
     def _start_isolated(self) -> None:
         """Start every isolated step that is ready and whose resources are free (caller holds the lock)."""
         for step in list(self.waiting):
-            if not step.isolated or not self._ready(step) or self.failures:
+            if not step.isolated or not self._ready(step) or self.failures or self.stopped:
                 continue
             devices = self._take(step)
             if devices is None:
@@ -291,7 +300,8 @@ class _LocalRun:
             parent, child = ctx.Pipe(duplex=False)
             process = ctx.Process(target=_child, args=(child, environment, pickle.dumps((step.fn, dict(step.kwargs)))),
                                   name=f"step {step.name}")
-            process.start()
+            with interrupts.child_processes():  # interrupts reach this process alone, which stops the step's process
+                process.start()
             child.close()
             self.processes[step.name] = process
             threading.Thread(target=self._await, args=(step, parent, process), daemon=True).start()
@@ -307,6 +317,8 @@ class _LocalRun:
 
     def _finish(self, step: Step, error: str | None) -> None:
         with self.changed:
+            if self.stopped:  # interrupted: the step's process was stopped, nothing ran to the end
+                return
             _, devices = self.running.pop(step.name)
             self.processes.pop(step.name, None)
             self._release(step, devices)
@@ -357,9 +369,16 @@ class _LocalRun:
                     error = _failure(e)
                 self._finish(step, error)
         finally:
-            for process in list(self.processes.values()):  # interrupted: stop the steps' processes
+            with self.changed:
+                self.stopped = True
+                processes = list(self.processes.values())
+            for process in processes:  # interrupted: stop the steps' processes, and wait for them to unwind
                 if process.is_alive():
                     process.terminate()
+            for process in processes:
+                process.join(timeout=STOP_TIMEOUT_S)
+                if process.is_alive():
+                    process.kill()
         if self.failures:
             raise StepFailed("\n".join(self.failures))
         if self.waiting:  # cannot happen with capped resources; say so rather than return quietly

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from world_modality.choices import COUNT
 from world_modality.commands import add_common
 
 
@@ -32,10 +33,10 @@ def register(subparsers) -> None:
     gen.add_argument("--backend", choices=("events", "vlm"), default="events", help="how the text is made")
     gen.add_argument("--out", required=True, metavar="LABELS.jsonl", help="label file (created, or resumed)")
     gen.add_argument("--episodes", type=int, nargs="+", default=None, metavar="N", help="episode indices; unset: all")
-    gen.add_argument("--batch-size", type=int, default=8, metavar="N", help="episodes per batch (one generate call for vlm)")
+    gen.add_argument("--batch-size", type=COUNT, default=8, metavar="N", help="episodes per batch (one generate call for vlm)")
     gen.add_argument("--model", default=None, metavar="DIR", help="vlm: local Qwen-VL folder (Hugging Face format)")
     gen.add_argument("--keyframes", type=int, default=6, metavar="K", help="frames per episode: shown to the vlm; for events, the told events' frames completed to K")
-    gen.add_argument("--max-new-tokens", type=int, default=96, metavar="N", help="vlm: length limit of a label")
+    gen.add_argument("--max-new-tokens", type=COUNT, default=96, metavar="N", help="vlm: length limit of a label")
     gen.add_argument("--camera-key", default=None, metavar="KEY", help="vlm: camera key; unset: the first camera")
     gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="vlm: auto = cuda when present")
     add_common(gen)

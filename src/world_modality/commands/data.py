@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from world_modality.choices import COUNT, NON_NEGATIVE
 from world_modality.commands import add_common
 from world_modality.data.check import DatasetKeys
 
@@ -24,13 +25,13 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     gen.add_argument("--tasks", default="MT10", help="task names (comma-separated, '-v3' optional), MT10, MT50, or a group: easy, medium, hard, very_hard")
-    gen.add_argument("--episodes-per-task", type=int, default=5, help="successful episodes kept per task")
+    gen.add_argument("--episodes-per-task", type=COUNT, default=5, help="successful episodes kept per task")
     gen.add_argument("--cameras", default="corner2", help="comma-separated cameras: corner, corner2, corner3, topview, behindGripper, gripperPOV")
     gen.add_argument("--image-size", type=int, default=128, help="square image size in pixels")
-    gen.add_argument("--seed", type=int, default=0, help="first MT1 seed; layouts of seed, seed+1, ... are used in order")
+    gen.add_argument("--seed", type=NON_NEGATIVE, default=0, help="first MT1 seed; layouts of seed, seed+1, ... are used in order")
     gen.add_argument("--render-quality", choices=("fast", "default"), default="fast", help="fast: MSAA, shadows and reflections off (~10x faster on CPU); default: MuJoCo's defaults")
     gen.add_argument("--storage", choices=("image", "video"), default="image", help="image: lossless PNG frames; video: AV1 mp4 (smaller, lossy)")
-    gen.add_argument("--workers", type=int, default=1, help="parallel worker processes (one task each)")
+    gen.add_argument("--workers", type=COUNT, default=1, help="parallel worker processes (one task each)")
     gen.add_argument("--out", default="outputs/datasets/metaworld", help="output dataset folder")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset or staged run with a different spec "
                      "(only a dataset this tool wrote: never a folder of other files)")
@@ -56,6 +57,9 @@ def register(subparsers) -> None:
     check.add_argument("--action-key", default=DatasetKeys.action)
     check.add_argument("--action-dim", type=int, default=None, help="required action dimension")
     check.add_argument("--instruction-key", default=DatasetKeys.instruction, help="LeRobot datasets (LIBERO too) keep the instruction under 'task'")
+    check.add_argument("--single-instruction", action="store_true",
+                       help="every episode really has the one instruction under --instruction-key: accept the dataset although another "
+                       "text column varies between episodes (refused otherwise: the instructions are likely there)")
     add_common(check)
     check.set_defaults(handler=_check)
 
@@ -93,6 +97,7 @@ def _check(args) -> int:
             state=args.state_key,
             action=args.action_key,
             instruction=args.instruction_key,
+            single_instruction=args.single_instruction,
             state_dim=args.state_dim,
             action_dim=args.action_dim,
         ),

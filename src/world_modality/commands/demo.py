@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+from world_modality.choices import COUNT
 from world_modality.commands import add_common
 
 # E0 and E2 read `learned` latents (the offline default world source). Beside them, an arm whose memory is read
@@ -51,14 +52,14 @@ def register(subparsers) -> None:
     )
     demo.add_argument("--out", default="outputs/demo", help="run folder")
     demo.add_argument("--tasks", default=DEMO_TASKS, help="MetaWorld tasks (names, MT10, MT50 or a group)")
-    demo.add_argument("--episodes-per-task", type=int, default=20, help="expert demos per task")
+    demo.add_argument("--episodes-per-task", type=COUNT, default=20, help="expert demos per task")
     demo.add_argument("--image-size", type=int, default=64)
-    demo.add_argument("--encoder-steps", type=int, default=300, help="training steps of the learned encoder")
-    demo.add_argument("--train-steps", type=int, default=1200, help="training steps per policy")
-    demo.add_argument("--batch-size", type=int, default=64)
-    demo.add_argument("--seeds", type=int, default=1, help="training seeds per arm")
-    demo.add_argument("--eval-episodes", type=int, default=6, help="evaluation episodes per task and arm")
-    demo.add_argument("--workers", type=int, default=2, help="simulator processes")
+    demo.add_argument("--encoder-steps", type=COUNT, default=300, help="training steps of the learned encoder")
+    demo.add_argument("--train-steps", type=COUNT, default=1200, help="training steps per policy")
+    demo.add_argument("--batch-size", type=COUNT, default=64)
+    demo.add_argument("--seeds", type=COUNT, default=1, help="training seeds per arm")
+    demo.add_argument("--eval-episodes", type=COUNT, default=6, help="evaluation episodes per task and arm")
+    demo.add_argument("--workers", type=COUNT, default=2, help="simulator processes")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda (training and encoding)")
     demo.add_argument("--dry-run", action="store_true", help="print what is done and what would run")
     add_common(demo)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
-from world_modality.choices import EVAL
+from world_modality.choices import COUNT, EVAL, NON_NEGATIVE
 from world_modality.commands import add_common, add_no_verify
 from world_modality.sim import DEFAULT_SIMULATOR, SIMULATOR_NAMES, evaluation_suites
 
@@ -34,8 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--suite", default=None, choices=evaluation_suites(),
                    help="LIBERO suite (--env libero); its episodes are init states 0..N-1 of each task, in LIBERO's order")
     p.add_argument("--tasks", default=None, help="tasks (default: the checkpoint's training tasks); LIBERO: task names or ids in the suite")
-    p.add_argument("--max-steps", type=int, default=EVAL.max_steps, help="end episodes after this many steps (default: the simulator's limit; LIBERO: 280/280/300/520/400 by suite)")
-    p.add_argument("--episodes-per-task", type=int, default=EVAL.episodes_per_task)
+    p.add_argument("--max-steps", type=COUNT, default=EVAL.max_steps, help="end episodes after this many steps (default: the simulator's limit; LIBERO: 280/280/300/520/400 by suite)")
+    p.add_argument("--episodes-per-task", type=COUNT, default=EVAL.episodes_per_task)
     p.add_argument("--memory-mode", default=None, choices=ROLLOUT_MODES,
                    help="world-memory ablation at rollout (default: the checkpoint's world_memory_mode_rollout)")
     p.add_argument("--memory-bank", default=None, metavar="LATENTS",
@@ -45,12 +45,12 @@ def register(subparsers) -> None:
     p.add_argument("--arm", default="policy", help="arm name recorded with each episode (e.g. E0, E2)")
     p.add_argument("--train-seed", type=int, default=0, help="training seed recorded with each episode")
     p.add_argument("--out", required=True, help="output folder (episodes.jsonl, videos/)")
-    p.add_argument("--workers", type=int, default=EVAL.workers, help="simulator processes (= episodes run at once)")
-    p.add_argument("--groups", type=int, default=EVAL.groups,
+    p.add_argument("--workers", type=COUNT, default=EVAL.workers, help="simulator processes (= episodes run at once)")
+    p.add_argument("--groups", type=COUNT, default=EVAL.groups,
                    help="pipelined lockstep groups of the workers, each with its own policy state: the policy acts for "
                         "one group while the others' simulators step (GPU machines: e.g. --workers 32 --groups 2 on 16 cores)")
-    p.add_argument("--eval-seed", type=int, default=EVAL.eval_seed, help="first MT1 seed of the evaluation layouts")
-    p.add_argument("--videos-per-task", type=int, default=EVAL.videos_per_task, help="mp4 videos of the first N episodes per task")
+    p.add_argument("--eval-seed", type=NON_NEGATIVE, default=EVAL.eval_seed, help="first MT1 seed of the evaluation layouts")
+    p.add_argument("--videos-per-task", type=NON_NEGATIVE, default=EVAL.videos_per_task, help="mp4 videos of the first N episodes per task")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--allow-train-layouts", action="store_true", help="also evaluate on layouts seen in training")
     p.add_argument("--shard", type=_shard, default=None, metavar="i/N",
@@ -60,7 +60,7 @@ def register(subparsers) -> None:
                    help="run the evaluation as --shards Ray tasks on the cluster at ADDRESS ('auto': the one started on "
                         "this machine with `ray start --head`); OUT must be on storage every node sees. With --device "
                         "cuda each task also holds a share of a GPU for the policy")
-    p.add_argument("--shards", type=int, default=None, help="with --ray: Ray tasks to split the evaluation into "
+    p.add_argument("--shards", type=COUNT, default=None, help="with --ray: Ray tasks to split the evaluation into "
                                                           "(default 1), each holding --workers CPUs")
     add_common(p)
     add_no_verify(p)
@@ -89,8 +89,6 @@ def _eval(args) -> int:
                          "--shard i/N per process instead)")
     if args.ray is not None and args.shard is not None:
         raise ValueError("--ray runs every shard itself (--shards N); leave out --shard")
-    if args.shards is not None and args.shards < 1:
-        raise ValueError(f"--shards must be at least 1, got {args.shards}")
     options = dict(
         env=args.env,
         suite=args.suite,

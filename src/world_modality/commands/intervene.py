@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from world_modality.choices import COUNT
 from world_modality.commands import add_common, add_no_verify
 from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES
 
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dataset", required=True, help="the dataset the checkpoint was trained on")
     parser.add_argument("--latents", required=True, help="its latent cache (must have the checkpoint's encoder spec)")
     parser.add_argument("--mode", nargs="+", default=list(INTERVENTION_MODES), choices=INTERVENTION_MODES)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=COUNT, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON here")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lerobot_policy_world_modality.encoders.spec import ENCODER_NAMES
+from world_modality.choices import COUNT
 from world_modality.commands import add_common, add_no_verify
 
 
@@ -25,14 +26,17 @@ def register(subparsers) -> None:
     parser.add_argument("--encoder-path", default=None, metavar="DIR", help="local encoder checkpoint folder")
     parser.add_argument("--camera-key", default=None, metavar="KEY", help="camera key; unset: the first camera (state: observation.environment_state). Two cameras side by side "
                         "(wrist_mode=concat): KEY+CAMERA, e.g. observation.images.image+image2 (LIBERO agentview | wrist)")
-    parser.add_argument("--temporal-window", type=int, default=None, metavar="M", help="frames per latent; unset: the encoder's own (4 for vjepa2, else 1)")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="frames (windows) encoded per batch")
+    parser.add_argument("--temporal-window", type=COUNT, default=None, metavar="M", help="frames per latent; unset: the encoder's own (4 for vjepa2, else 1)")
+    parser.add_argument("--batch-size", type=COUNT, default=64, metavar="N", help="frames (windows) encoded per batch")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when present")
     parser.add_argument("--out", default=None, metavar="DIR", help="cache folder; unset: DATASET/world_latents/<encoder>-<spec hash>")
-    parser.add_argument("--learned-steps", type=int, default=1500, metavar="N", help="training steps of the learned encoder")
+    parser.add_argument("--learned-steps", type=COUNT, default=1500, metavar="N", help="training steps of the learned encoder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the learned encoder's training")
     parser.add_argument("--instruction-key", default="task", help="where the dataset keeps its instructions (LIBERO-format data: "
                         "its rotation check renders their scenes)")
+    parser.add_argument("--single-instruction", action="store_true",
+                        help="every episode really has the one instruction under --instruction-key: accept the dataset although another "
+                        "text column varies between episodes (refused otherwise: the instructions are likely there)")
     parser.add_argument("--probe", action="store_true", help="then report a linear probe's R^2 from latents to object positions (MetaWorld datasets)")
     add_common(parser)
     add_no_verify(parser)
@@ -55,6 +59,7 @@ def _latents(args) -> int:
         learned_steps=args.learned_steps,
         seed=args.seed,
         instruction_key=args.instruction_key,
+        single_instruction=args.single_instruction,
     )
     cache = LatentCache.load(path, dataset=args.dataset)
     print(f"latents cached in {path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from world_modality.choices import COUNT
 from world_modality.commands import add_common
 from world_modality.sim.libero.setup import SUITES
 
@@ -57,8 +58,8 @@ def register(subparsers) -> None:
     )
     gen.add_argument("--suite", default="libero_spatial", choices=SUITES)
     gen.add_argument("--tasks", default="0", help="comma-separated task names or ids within the suite")
-    gen.add_argument("--episodes-per-task", type=int, default=2)
-    gen.add_argument("--steps", type=int, default=20, help="steps per episode")
+    gen.add_argument("--episodes-per-task", type=COUNT, default=2)
+    gen.add_argument("--steps", type=COUNT, default=20, help="steps per episode")
     gen.add_argument("--image-size", type=int, default=64, help="square image size in pixels")
     gen.add_argument("--seed", type=int, default=0, help="seed of the random policy")
     gen.add_argument("--out", required=True, help="output dataset folder (must not exist)")

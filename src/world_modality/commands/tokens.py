@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from world_modality.choices import COUNT
 from world_modality.commands import add_common, add_no_verify
 
 
@@ -19,7 +20,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("latents", metavar="LATENTS_DIR", help="latent cache folder")
-    parser.add_argument("--codebook-size", type=int, required=True, metavar="K", help="number of codes")
+    parser.add_argument("--codebook-size", type=COUNT, required=True, metavar="K", help="number of codes")
     parser.add_argument("--seed", type=int, default=0, help="k-means seed")
     parser.add_argument("--out", default=None, metavar="DIR", help="tokens folder; unset: LATENTS_DIR/tokens-k<K>-seed<S>")
     add_common(parser)

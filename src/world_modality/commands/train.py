@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lerobot_policy_world_modality import POLICY_TYPES
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import MODEL_TYPES
+from world_modality.choices import COUNT, TRAIN
 from world_modality.commands import add_common, add_no_verify
 from world_modality.data.check import DatasetKeys
 
@@ -45,22 +46,25 @@ def register(subparsers) -> None:
     )
     parser.add_argument("dataset", help="LeRobot dataset folder (or a repo id in the local LeRobot cache)")
     parser.add_argument("--latents", required=True, help="latent cache folder made by `wm latents` for this dataset")
-    parser.add_argument("--policy", default="world_transformer",
-                        choices=POLICY_TYPES, help="policy family")
-    parser.add_argument("--model-type", default=None, choices=MODEL_TYPES,
-                        help="world_transformer model (default F)")
+    # Unset (SUPPRESS): with --resume these take the run's values; a value given must equal the run's.
+    parser.add_argument("--policy", default=argparse.SUPPRESS, choices=POLICY_TYPES,
+                        help=f"policy family (default {TRAIN.policy_type}; with --resume: the run's)")
+    parser.add_argument("--model-type", default=argparse.SUPPRESS, choices=MODEL_TYPES,
+                        help="world_transformer model (default F; with --resume: the run's)")
     parser.add_argument("--image-key", default=None,
                         help="camera the VLM families read (default: the dataset's first camera)")
     parser.add_argument("--coc-labels", default=None, help="CoC labels JSONL (`wm coc generate`) for a text loss")
     parser.add_argument("--require-coc", action="store_true", help="every training episode must have a CoC label")
     parser.add_argument("--tokens", default=None, help="world-token folder made by `wm tokens` (models B and C)")
-    parser.add_argument("--steps", type=int, default=1000, help="total optimisation steps (a resumed run ends here too)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=COUNT, default=TRAIN.steps, help="total optimisation steps (a resumed run ends here too)")
+    parser.add_argument("--batch-size", type=COUNT, default=argparse.SUPPRESS,
+                        help=f"global batch (default {TRAIN.batch_size}; with --resume: the run's)")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, tensorboard)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-every", type=int, default=500, help="checkpoint (and validate) every N steps")
-    parser.add_argument("--log-every", type=int, default=1, help="log to TensorBoard every N steps")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with its own "
+                        "settings (a flag that contradicts them is refused)")
+    parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, help=f"training seed (default {TRAIN.seed}; with --resume: the run's)")
+    parser.add_argument("--save-every", type=COUNT, default=500, help="checkpoint (and validate) every N steps")
+    parser.add_argument("--log-every", type=COUNT, default=1, help="log to TensorBoard every N steps")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="per instruction, the last ceil(f * n) of its n episodes are held out for validation")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
@@ -68,6 +72,9 @@ def register(subparsers) -> None:
     parser.add_argument("--state-key", default=DatasetKeys.state)
     parser.add_argument("--action-key", default=DatasetKeys.action)
     parser.add_argument("--instruction-key", default=DatasetKeys.instruction, help="LeRobot datasets keep the instruction under 'task'")
+    parser.add_argument("--single-instruction", action="store_true",
+                        help="every episode really has the one instruction under --instruction-key: accept the dataset although another "
+                        "text column varies between episodes (refused otherwise: the instructions are likely there)")
     for name, kind in _POLICY_FLAGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"policy config {name}")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -75,17 +82,17 @@ def register(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(parser)
     add_no_verify(parser)
-    parser.set_defaults(handler=_train)
+    parser.set_defaults(handler=_train, resume_flags=("--resume",))
 
 
-def _policy_overrides(args) -> dict:
+def _policy_overrides(args, policy_type: str) -> dict:
     from world_modality.training.trainer import policy_config_class
 
-    known = {f.name for f in fields(policy_config_class(args.policy))}
+    known = {f.name for f in fields(policy_config_class(policy_type))}
     overrides = {name: getattr(args, name) for name in _POLICY_FLAGS if getattr(args, name) is not None}
     absent = [name for name in overrides if name not in known]
     if absent:
-        raise ValueError(f"--{absent[0].replace('_', '-')} is not a setting of {args.policy}")
+        raise ValueError(f"--{absent[0].replace('_', '-')} is not a setting of {policy_type}")
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep or name not in known:
@@ -98,26 +105,29 @@ def _policy_overrides(args) -> dict:
 
 
 def _train(args) -> int:
+    from world_modality.training.checkpoint import resumed_options
     from world_modality.training.trainer import TrainOptions, train
 
+    # Options not given take the resumed run's (those given must equal them: `check_resume`), else the defaults.
+    kept = resumed_options(args.out) if args.resume else {}
+    flags = {"policy_type": "policy", "model_type": "model_type", "seed": "seed", "batch_size": "batch_size"}
+    options = {name: getattr(args, flag) if hasattr(args, flag) else kept.get(name, getattr(TRAIN, name))
+               for name, flag in flags.items()}
     checkpoint = train(TrainOptions(
         dataset=args.dataset,
         latents=args.latents,
         out=args.out,
-        policy_type=args.policy,
-        model_type=args.model_type,
+        **options,
         steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
         save_every=args.save_every,
         log_every=args.log_every,
         val_fraction=args.val_fraction,
         tokens=args.tokens,
         keys=DatasetKeys(image=args.image_key, state=args.state_key, action=args.action_key,
-                         instruction=args.instruction_key),
+                         instruction=args.instruction_key, single_instruction=args.single_instruction),
         coc_labels=args.coc_labels,
         require_coc=args.require_coc,
-        policy=_policy_overrides(args),
+        policy=_policy_overrides(args, options["policy_type"]),
         device=args.device,
         resume=args.resume,
         wandb=args.wandb,

@@ -23,6 +23,9 @@ class DatasetKeys:
     instruction: str = "task"
     state_dim: int | None = None
     action_dim: int | None = None
+    # Every episode really has the one instruction under ``instruction``: accept it although another text column
+    # varies between episodes (else refused: that column is likely where the instructions are).
+    single_instruction: bool = False
     # The simulator whose dataset checks apply (`world_modality.sim.check_dataset`); None: those of each
     # simulator whose data it looks like.
     simulator: str | None = None
@@ -115,6 +118,8 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
     require("episode index", "episode_index", "(no flag: every LeRobot dataset has it)")
 
     tasks = _instructions(root, features, keys.instruction, existing)
+    if len(tasks) == 1 and not keys.single_instruction:
+        _refuse_one_instruction_beside_varying_text(root, features, keys.instruction, tasks[0])
     resolved["instruction"] = keys.instruction
     return DatasetSummary(
         root=root,
@@ -171,3 +176,29 @@ def _instructions(root: Path, features: dict, key: str, existing: str) -> list[s
             "a policy would be trained on empty prompts. Fix the dataset's instructions."
         )
     return tasks
+
+
+def _refuse_one_instruction_beside_varying_text(root: Path, features: dict, key: str, instruction: str) -> None:
+    """Refuse a dataset whose every episode has the one instruction under ``key`` while another text column holds
+    one value per episode that differs between episodes: its instructions are likely there, and a policy trained on
+    ``key`` would get one prompt for every task."""
+    import pandas as pd
+
+    others = [k for k, ft in features.items() if ft.get("dtype") == "string" and k != key]
+    if not others:
+        return
+    table = pd.concat(pd.read_parquet(f, columns=["episode_index", *others]) for f in sorted((root / "data").rglob("*.parquet")))
+    per_episode = table.groupby("episode_index")[others].nunique()
+    varying = {column: sorted({str(v) for v in table[column]}) for column in others
+               if (per_episode[column] == 1).all() and table[column].nunique() > 1}
+    if not varying:
+        return
+    (column, values), *more = varying.items()
+    shown = ", ".join(repr(v) for v in values[:3]) + (", ..." if len(values) > 3 else "")
+    also = f" (other text columns that differ: {', '.join(name for name, _ in more)})" if more else ""
+    raise DatasetSchemaError(
+        f"every episode has the same instruction under {key!r} ({instruction!r}), while the text column {column!r} "
+        f"differs between episodes ({len(values)} values: {shown}){also}: a policy trained on {key!r} would get one "
+        f"prompt for every task. Pass --instruction-key {column} (to `wm data check`, `wm latents` and `wm train` "
+        f"alike), or --single-instruction if every episode really has the instruction {instruction!r}."
+    )

@@ -36,7 +36,8 @@ from world_modality.atomic_io import (
     temp_folder,
     writing,
 )
-from world_modality.data.check import CAMERA_DTYPES, camera_name
+from world_modality.choices import Count, check_ranges
+from world_modality.data.check import CAMERA_DTYPES, DatasetKeys, camera_name
 from world_modality.data.integrity import verify_dataset
 from world_modality.data.readers import EpisodeReader, SideBySideReader
 from world_modality.devices import resolve_device
@@ -73,17 +74,18 @@ def compute_latents(
     encoder_name: str,
     encoder_path: str | Path | None = None,
     camera_key: str | None = None,
-    temporal_window: int | None = None,
-    batch_size: int = 64,
+    temporal_window: Count | None = None,
+    batch_size: Count = 64,
     device: str | torch.device = "auto",
     out: str | Path | None = None,
     *,
-    learned_steps: int = 1500,
+    learned_steps: Count = 1500,
     seed: int = 0,
     learned_options: Mapping[str, Any] | None = None,
-    chunk_episodes: int = 32,
+    chunk_episodes: Count = 32,
     progress: bool = True,
     instruction_key: str = "task",
+    single_instruction: bool = False,
 ) -> Path:
     """Encode every frame of ``dataset`` and return the cache folder (resumable; a complete cache is reused).
 
@@ -93,10 +95,10 @@ def compute_latents(
     (default: the dataset's ``world_latents/``, beside the caches); ``dinov2`` and ``vjepa2`` need one.
     ``camera_key`` defaults to the first camera (to ``observation.environment_state`` for ``state``);
     ``temporal_window`` to the encoder's default. ``instruction_key`` names where the dataset keeps its instructions
-    (a simulator's dataset checks read them: LIBERO's rotation check renders their scenes).
+    (a simulator's dataset checks read them: LIBERO's rotation check renders their scenes); ``single_instruction``:
+    see `DatasetKeys`.
     """
-    if batch_size < 1 or chunk_episodes < 1:
-        raise ValueError(f"batch_size and chunk_episodes must be >= 1, got {batch_size} and {chunk_episodes}")
+    check_ranges(compute_latents, locals())
     root, _ = resolve_dataset_root(dataset)
     verify_dataset(root)
     torch_device = resolve_device(device)
@@ -107,6 +109,8 @@ def compute_latents(
         kind = "a vector feature such as observation.environment_state" if is_state else "a camera (image or video) feature"
         raise DatasetSchemaError(f"the {encoder_name} encoder reads {kind}; {key!r} is a {reader.dtype} feature")
     fingerprint = dataset_fingerprint(root)
+    # The dataset's checks (its instructions included) before the expensive part: fitting an encoder.
+    render = _render_settings(root, key, DatasetKeys(instruction=instruction_key, single_instruction=single_instruction))
     # One writer per cache: a given --out is held from the start (its own encoder is built inside it); the default
     # folder, named by the encoder's spec, once the encoder is built (its own encoder's folder held meanwhile).
     with ExitStack() as held:
@@ -116,7 +120,7 @@ def compute_latents(
                 reader, encoder_name, fingerprint, out_path or root / LATENTS_DIR,
                 torch_device, learned_steps, seed, dict(learned_options or {}), progress,
             )
-        options: dict[str, Any] = {"camera_key": key, "render": _render_settings(root, key, instruction_key)}
+        options: dict[str, Any] = {"camera_key": key, "render": render}
         if temporal_window is not None:
             options["temporal_window"] = temporal_window
         if not is_state:
@@ -146,11 +150,11 @@ def _first_camera(root: Path) -> str:
     return cameras[0]
 
 
-def _render_settings(root: Path, key: str, instruction_key: str) -> dict[str, Any]:
+def _render_settings(root: Path, key: str, keys: DatasetKeys) -> dict[str, Any]:
     """The render record of a dataset from a simulator (what the env must render at rollout for the
     latents to match); {} for other datasets. A wrist_mode=concat key adds its virtual camera, which the
     env must render too."""
-    render = dataset_render(root, instruction_key) or {}
+    render = dataset_render(root, keys) or {}
     if CONCAT_SEPARATOR in key and render:
         render = render | {"cameras": [*render["cameras"], camera_name(key)]}
     return render

@@ -20,7 +20,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
-from world_modality.choices import EVAL
+from world_modality.choices import EVAL, Count, NonNegative, bounds
 from world_modality.sim import DEFAULT_SIMULATOR
 from lerobot_policy_world_modality.families import (
     BACKBONE_FIELDS,
@@ -61,12 +61,12 @@ class EvaluationConfig:
     suite: str | None = None  # LIBERO only
     tasks: str | list[str | int] | None = None  # resolved to a list (MetaWorld: default the dataset's tasks;
     # LIBERO: task names or ids in the suite)
-    episodes_per_task: int = EVAL.episodes_per_task
-    eval_seed: int = EVAL.eval_seed
-    workers: int = EVAL.workers
-    groups: int = EVAL.groups
-    videos_per_task: int = EVAL.videos_per_task
-    max_steps: int | None = EVAL.max_steps
+    episodes_per_task: Count = EVAL.episodes_per_task
+    eval_seed: NonNegative = EVAL.eval_seed
+    workers: Count = EVAL.workers
+    groups: Count = EVAL.groups
+    videos_per_task: NonNegative = EVAL.videos_per_task
+    max_steps: Count | None = EVAL.max_steps
     # Train the next arm or seed while the CPUs evaluate finished checkpoints (`world_modality.schedule`'s local
     # executor); None: when a GPU is present. Results are the same either way.
     concurrent: bool | None = None
@@ -211,17 +211,52 @@ class MatrixConfig:
 def load_config(path: str | Path) -> MatrixConfig:
     """Read and validate a YAML matrix config."""
     path = Path(path).expanduser()
+    return parse_config(read_yaml(path), base_dir=path.parent)
+
+
+def read_yaml(path: Path) -> Any:
+    """A matrix file's content. A key given twice in one mapping, at any depth, is an error naming it, its lines and
+    the file: YAML keeps the last silently, so e.g. the first of two arms of one name would never run."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        loader = yaml.SafeLoader(path.read_text())
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _refuse_duplicate_keys(node, path, "", set())
+            return loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         raise MatrixConfigError(f"{path} is not valid YAML: {e}") from None
-    return parse_config(raw, base_dir=path.parent)
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: Path, where: str, seen: set[int]) -> None:
+    if id(node) in seen:  # an alias of a node already walked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                _refuse_duplicate_keys(value, path, where, seen)  # `<<: *anchor`: keys given beside it override its own
+                continue
+            name = key.value
+            if (key.tag, name) in first:
+                raise MatrixConfigError(
+                    f"{path}:{key.start_mark.line + 1}: key {name!r} is given twice in {where or 'the top level'} (first "
+                    f"on line {first[key.tag, name].start_mark.line + 1}); YAML would keep only the last and drop the "
+                    "other silently. Remove one, or rename it (e.g. two arms need two names).")
+            first[key.tag, name] = key
+            _refuse_duplicate_keys(value, path, f"{where}.{name}" if where else name, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, path, f"{where}[{i}]", seen)
 
 
 def report_baseline(run_dir: str | Path) -> str | None:
     """The baseline a matrix run folder's config names (``report.baseline``), without validating the rest."""
     path = Path(run_dir) / CONFIG_FILE
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    raw = read_yaml(path) if path.is_file() else None
     return ((raw or {}).get("report") or {}).get("baseline")
 
 
@@ -293,6 +328,8 @@ def _matches(value: Any, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
+    if origin is typing.Annotated:  # a range (`world_modality.choices.AtLeast`) on its type
+        return _matches(value, args[0]) and not any(bound.problem(value) for bound in bounds(hint))
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, a) for a in args)
     if origin is typing.Literal:
@@ -324,6 +361,8 @@ def _matches(value: Any, hint: Any) -> bool:
 def _expected(hint: Any) -> str:
     """``hint`` in words, for an error message."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return " ".join([_expected(args[0]), *(f">= {bound.low}" for bound in bounds(hint))])
     if origin in (typing.Union, types.UnionType):
         return " or ".join(dict.fromkeys(_expected(a) for a in args))
     if origin is typing.Literal or (isinstance(hint, type) and issubclass(hint, Enum)):
@@ -345,7 +384,7 @@ def _check(where: str, value: Any, hint: Any) -> Any:
     if not _matches(value, hint):
         raise MatrixConfigError(f"{where}: expected {_expected(hint)}, got {value!r}")
     if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-        return _typed_fields(typing.get_type_hints(hint), value, where)
+        return _typed_fields(typing.get_type_hints(hint, include_extras=True), value, where)
     return value
 
 
@@ -356,18 +395,18 @@ def _typed_fields(hints: Mapping[str, Any], section: Mapping[str, Any], where: s
 
 def _typed(cls: type, section: Mapping[str, Any], where: str) -> Any:
     """A dataclass from a config section: unknown fields and values of the wrong type are errors."""
-    return cls(**_typed_fields(typing.get_type_hints(cls), section, where))
+    return cls(**_typed_fields(typing.get_type_hints(cls, include_extras=True), section, where))
 
 
 def _keyword_hints(fn: Callable[..., Any], exclude: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
     """A function's keyword annotations (all but ``exclude``) and its required parameters."""
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
     params = {n: p for n, p in inspect.signature(fn).parameters.items() if n not in exclude}
     return {n: hints.get(n, Any) for n in params}, [n for n, p in params.items() if p.default is inspect.Parameter.empty]
 
 
 def _dataclass_hints(cls: type, exclude: Collection[str]) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in exclude}
 
 
@@ -615,7 +654,7 @@ def _policy_defaults(policy_type: str) -> dict[str, Any]:
 @cache
 def _policy_hints(policy_type: str) -> dict[str, Any]:
     config_class, names = _policy_fields(policy_type)
-    hints = typing.get_type_hints(config_class)
+    hints = typing.get_type_hints(config_class, include_extras=True)
     return {n: hints[n] for n in names}
 
 
@@ -669,15 +708,9 @@ def _memory_modes(top: Mapping[str, Any], name: str, config: MatrixConfig, valid
 def _evaluation(section: Mapping[str, Any], dataset: Mapping[str, Any]) -> EvaluationConfig:
     from world_modality.sim import SIMULATOR_NAMES, get_simulator
 
-    ev = _typed(EvaluationConfig, section, "evaluation")
-    for name in ("episodes_per_task", "eval_seed", "workers", "groups", "videos_per_task"):
-        low = 1 if name in ("episodes_per_task", "workers", "groups") else 0
-        if getattr(ev, name) < low:
-            raise MatrixConfigError(f"evaluation.{name}: expected an integer >= {low}, got {getattr(ev, name)!r}")
+    ev = _typed(EvaluationConfig, section, "evaluation")  # ranges included (`world_modality.choices.Count`)
     if ev.env not in SIMULATOR_NAMES:
         raise MatrixConfigError(f"evaluation.env: expected one of {', '.join(SIMULATOR_NAMES)}, got {ev.env!r}")
-    if ev.max_steps is not None and ev.max_steps < 1:
-        raise MatrixConfigError(f"evaluation.max_steps: expected null or an integer >= 1, got {ev.max_steps!r}")
     simulator = get_simulator(ev.env)
     try:
         simulator.check_suite(ev.suite)

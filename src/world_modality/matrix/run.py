@@ -29,6 +29,7 @@ from world_modality.matrix.config import (
     generated_dataset,
     load_config,
     parse_config,
+    read_yaml,
     train_defaults,
 )
 from world_modality.matrix.profile import Profile, format_stage_times, stage_times
@@ -345,7 +346,7 @@ def check_run_dir(config: MatrixConfig, run_dir: Path) -> None:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         return
-    old, new = parse_config(yaml.safe_load(path.read_text())), config
+    old, new = parse_config(read_yaml(path)), config
     diffs = _diff(old.dataset, new.dataset, "dataset") + _diff(old.to_dict()["evaluation"], new.to_dict()["evaluation"],
                                                                 "evaluation")
     for encoder in old.encoders.keys() & new.encoders.keys():

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from world_modality.interrupts import child_processes, exit_on_sigterm
 from world_modality.rollout.env_cache import DEFAULT_ENVS_PER_WORKER, EnvCache
 from world_modality.sim import get_simulator
 from world_modality.sim.base import RenderSettings
@@ -25,6 +26,7 @@ WORKER_NICENESS = 5
 
 
 def _worker(conn, simulator_name: str, render_dict: dict | None, envs_per_worker: int) -> None:
+    exit_on_sigterm()
     os.nice(WORKER_NICENESS)
     simulator = get_simulator(simulator_name)
     render = simulator.render_from_dict(render_dict) if render_dict else None
@@ -63,15 +65,17 @@ class EnvPool:
         self._pending: set[int] = set()  # slots whose result has not been received yet
         ctx = mp.get_context("spawn")  # a fresh OpenGL context per worker
         self._conns, self._procs = [], []
-        for _ in range(size):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_worker, args=(child, simulator, render.to_dict() if render else None, envs_per_worker), daemon=True
-            )
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
+        with child_processes():  # interrupts reach this process alone, which closes the pool
+            for _ in range(size):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(
+                    target=_worker, args=(child, simulator, render.to_dict() if render else None, envs_per_worker),
+                    daemon=True,
+                )
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
 
     @property
     def size(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,14 +201,25 @@ def fork_episode_state(policy: torch.nn.Module) -> torch.nn.Module:
 MEMORY_BANK_FRAMES = 1024
 
 
-def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto",
-                        env: str | None = None, memory_bank: str | Path | None = None) -> LeRobotRolloutPolicy:
-    """Load a checkpoint for closed-loop evaluation, with its observation conventions. Everything its config decides
-    (memory mode, cameras, the simulator ``env`` it runs in, state and action sizes) is checked before any weights
-    load, and so before any simulator starts. Memory mode `other` reads the Prophet's predictions from latent
-    histories of other episodes: the held-out episodes of the checkpoint's training latents, or every frame of the
-    latent cache ``memory_bank``."""
-    from world_modality.training.checkpoint import checkpoint_config, load_checkpoint, run_label
+@dataclass
+class RolloutCheckpoint:
+    """What a checkpoint's config and provenance decide for a rollout, read and checked without its weights."""
+
+    pretrained: Path
+    config: Any
+    render: RenderSettings | None  # what the env must render for this policy
+    camera_keys: dict[str, str]  # batch key -> camera name
+    dataset: Path | None  # the training dataset (for its training layouts), when recorded
+    instructions: list[str]  # instructions the policy was trained on
+    own_memory_mode: str  # the memory mode it acts with when none is forced ("none": no world memory)
+
+
+def rollout_checkpoint(checkpoint: str | Path, memory_mode: str | None = None, env: str | None = None,
+                       memory_bank: str | Path | None = None) -> RolloutCheckpoint:
+    """Check everything a checkpoint's config decides for a rollout (memory mode, cameras, the simulator ``env`` it runs
+    in, state and action sizes) without loading its weights, so before the expensive part and before any simulator
+    starts."""
+    from world_modality.training.checkpoint import META_FILE, checkpoint_config, run_label
     from world_modality.training.data import policy_cameras
 
     pretrained, config = checkpoint_config(checkpoint)
@@ -249,25 +261,45 @@ def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, 
             state_dim=features[config.state_key].shape[0] if config.state_key in features else None,
             action_dim=features[config.action_key].shape[0] if config.action_key in features else None,
         ))
+    meta = json.loads((pretrained / META_FILE).read_text())
+    return RolloutCheckpoint(
+        pretrained=pretrained,
+        config=config,
+        render=render,
+        camera_keys=camera_keys,
+        dataset=Path(meta["dataset"]) if meta.get("dataset") else None,
+        instructions=list(config.instructions),
+        own_memory_mode=config.world_memory_mode_rollout if config.uses_world_module else "none",
+    )
+
+
+def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto",
+                        env: str | None = None, memory_bank: str | Path | None = None) -> LeRobotRolloutPolicy:
+    """Load a checkpoint for closed-loop evaluation, with its observation conventions, after `rollout_checkpoint`'s
+    checks. Memory mode `other` reads the Prophet's predictions from latent histories of other episodes: the held-out
+    episodes of the checkpoint's training latents, or every frame of the latent cache ``memory_bank``."""
+    from world_modality.training.checkpoint import load_checkpoint
+
+    checked = rollout_checkpoint(checkpoint, memory_mode, env, memory_bank)
     torch_device = resolve_device(device)
-    ckpt = load_checkpoint(pretrained, device=torch_device)
+    ckpt = load_checkpoint(checked.pretrained, device=torch_device)
     if memory_mode == MemoryMode.OTHER:
         memory_bank = _use_memory_bank(ckpt, memory_bank)
+    spec = checked.config.encoder_spec
     oracle_encoder = OnlineEncoder(EncoderSpec.from_dict(spec)) if memory_mode == "oracle" else None
-    dataset = Path(ckpt.meta["dataset"]) if ckpt.meta.get("dataset") else None
     return LeRobotRolloutPolicy(
         policy=ckpt.policy,
         preprocessor=ckpt.preprocessor,
         postprocessor=ckpt.postprocessor,
-        camera_keys=camera_keys,
-        state_key=config.state_key,
+        camera_keys=checked.camera_keys,
+        state_key=checked.config.state_key,
         uses_env_state=spec["camera_key"] == OBS_ENV_STATE,
-        render=render,
-        dataset=dataset,
-        instructions=list(config.instructions),
+        render=checked.render,
+        dataset=checked.dataset,
+        instructions=checked.instructions,
         memory_mode=memory_mode,
         _oracle_encoder=oracle_encoder,
-        own_memory_mode=config.world_memory_mode_rollout if config.uses_world_module else "none",
+        own_memory_mode=checked.own_memory_mode,
         memory_bank=None if memory_bank is None else str(memory_bank),
         rows=inference_rows(torch_device),
     )

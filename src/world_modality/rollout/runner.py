@@ -25,10 +25,10 @@ import torch
 from tqdm import tqdm
 
 from world_modality.atomic_io import append_jsonl, atomic_path, output_folder, read_jsonl
-from world_modality.choices import EVAL
+from world_modality.choices import EVAL, Count, NonNegative, check_ranges
 from world_modality.locks import writer_lock
 from world_modality.rollout.envs import EnvPool
-from world_modality.rollout.policies import INFERENCE_THREADS, RolloutPolicy, load_rollout_policy
+from world_modality.rollout.policies import INFERENCE_THREADS, RolloutPolicy, load_rollout_policy, rollout_checkpoint
 from world_modality.rollout.pools import EnvPools
 from world_modality.shards import RESULTS_FILE, Shard, checkpoint_digest, evaluation_id
 from world_modality.sim import DEFAULT_SIMULATOR, get_simulator
@@ -248,19 +248,19 @@ def evaluate_checkpoint(
     env: str = DEFAULT_SIMULATOR,
     suite: str | None = None,
     tasks: str | list[str] | None = None,
-    episodes_per_task: int = EVAL.episodes_per_task,
+    episodes_per_task: Count = EVAL.episodes_per_task,
     memory_mode: str | None = None,
     arm: str,
     train_seed: int,
     out_dir: str | Path,
-    workers: int = EVAL.workers,
-    eval_seed: int = EVAL.eval_seed,
-    videos_per_task: int = EVAL.videos_per_task,
+    workers: Count = EVAL.workers,
+    eval_seed: NonNegative = EVAL.eval_seed,
+    videos_per_task: NonNegative = EVAL.videos_per_task,
     device: str = "auto",
     allow_train_layouts: bool = False,
-    max_steps: int | None = EVAL.max_steps,
+    max_steps: Count | None = EVAL.max_steps,
     shard: str | Shard | None = None,
-    groups: int = EVAL.groups,
+    groups: Count = EVAL.groups,
     pools: EnvPools | None = None,
     memory_bank: str | Path | None = None,
 ) -> Path:
@@ -275,31 +275,32 @@ def evaluate_checkpoint(
     without it the evaluation starts its own pool and closes it at the end. ``memory_bank``: the latent cache memory
     mode `other` draws other episodes' histories from (default: the checkpoint's held-out training episodes).
     """
+    check_ranges(evaluate_checkpoint, locals())
+    simulator = get_simulator(env)
     if isinstance(shard, str):
         shard = Shard.parse(shard)
+    # Everything the options and the checkpoint's config decide is checked before its weights load.
+    checked = rollout_checkpoint(checkpoint, memory_mode, env, memory_bank)
+    episodes = simulator.evaluation_episodes(EpisodeRequest(
+        tasks=tasks, episodes_per_task=episodes_per_task, eval_seed=eval_seed, suite=suite,
+        allow_train_layouts=allow_train_layouts, dataset=checked.dataset, instructions=tuple(checked.instructions),
+    ))
+    unknown = sorted({ep.task for ep in episodes if checked.instructions and simulator.instruction(ep) not in checked.instructions})
+    if unknown:
+        raise ValueError(
+            f"the policy was not trained on {unknown} (its instructions: {checked.instructions}); "
+            "evaluate on its training tasks or train on these"
+        )
     out_dir = output_folder(out_dir, EVALUATION_KIND)
     # One writer per results file: the shards of one evaluation may share a folder.
     with writer_lock(out_dir / (shard.file_name if shard is not None else RESULTS_FILE), folder=False) as results:
-        return _evaluate(checkpoint, env, suite, tasks, episodes_per_task, memory_mode, arm, train_seed, results, workers,
-                         eval_seed, videos_per_task, device, allow_train_layouts, max_steps, shard, groups, pools,
-                         memory_bank)
+        return _evaluate(checkpoint, env, episodes, memory_mode, arm, train_seed, results, workers, videos_per_task,
+                         device, max_steps, shard, groups, pools, memory_bank)
 
 
-def _evaluate(checkpoint, env, suite, tasks, episodes_per_task, memory_mode, arm, train_seed, results, workers,
-              eval_seed, videos_per_task, device, allow_train_layouts, max_steps, shard, groups, pools,
-              memory_bank) -> Path:
-    simulator = get_simulator(env)
+def _evaluate(checkpoint, env, episodes, memory_mode, arm, train_seed, results, workers, videos_per_task, device,
+              max_steps, shard, groups, pools, memory_bank) -> Path:
     policy = load_rollout_policy(checkpoint, memory_mode, device, env, memory_bank)
-    episodes = simulator.evaluation_episodes(EpisodeRequest(
-        tasks=tasks, episodes_per_task=episodes_per_task, eval_seed=eval_seed, suite=suite,
-        allow_train_layouts=allow_train_layouts, dataset=policy.dataset, instructions=tuple(policy.instructions),
-    ))
-    unknown = sorted({ep.task for ep in episodes if policy.instructions and simulator.instruction(ep) not in policy.instructions})
-    if unknown:
-        raise ValueError(
-            f"the policy was not trained on {unknown} (its instructions: {policy.instructions}); "
-            "evaluate on its training tasks or train on these"
-        )
     record = {
         "arm": arm_label(arm, memory_mode, policy.own_memory_mode),
         "base_arm": arm,

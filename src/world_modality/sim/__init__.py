@@ -82,14 +82,13 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
     return dataclasses.replace(summary, render=next(iter(renders.values()), None))
 
 
-def dataset_render(path_or_repo_id: str | Path, instruction_key: str = "task") -> dict | None:
-    """The render record of a dataset from a simulator, after that simulator's checks (which read the instructions
-    under ``instruction_key``); None for other data."""
+def dataset_render(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) -> dict | None:
+    """The render record of a dataset from a simulator, after the dataset checks (which read the instructions under
+    ``keys.instruction``); None for other data."""
     from lerobot_policy_world_modality.dataset_files import dataset_info, resolve_dataset_root
-    from world_modality.data.check import DatasetKeys
 
     root, _ = resolve_dataset_root(path_or_repo_id)
     features = dataset_info(root)["features"]
     if not any(simulator.looks_like_own(root, features) for simulator in simulators()):
         return None
-    return check_dataset(root, DatasetKeys(instruction=instruction_key)).render
+    return check_dataset(root, keys).render

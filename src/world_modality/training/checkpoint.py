@@ -120,6 +120,41 @@ def checkpoint_config(path: str | Path) -> tuple[Path, PreTrainedConfig]:
     return pretrained, config
 
 
+def resumed_options(run_dir: str | Path) -> dict[str, Any]:
+    """The `TrainOptions` a run keeps when resumed (policy_type, model_type of the small family, seed, batch_size; the
+    policy's own fields are in its config), read without loading weights; {} for a run without checkpoints."""
+    last = last_checkpoint(Path(run_dir).expanduser())
+    return {} if last is None else _kept_options(last)[0]
+
+
+def _kept_options(checkpoint: Path) -> tuple[dict[str, Any], PreTrainedConfig]:
+    pretrained, config = checkpoint_config(checkpoint)
+    meta = json.loads((pretrained / META_FILE).read_text())
+    options = {"policy_type": config.type, "model_type": getattr(config, "model_type", None), "seed": meta.get("seed"),
+               "batch_size": meta.get("batch_size")}
+    # model_type is None for the families without one; seed and batch_size are missing from the oldest records.
+    return {name: value for name, value in options.items() if value is not None or name == "model_type"}, config
+
+
+def check_resume(checkpoint: Path, given: dict[str, Any], policy: dict[str, Any], context: str) -> None:
+    """Refuse options that contradict the run being resumed from ``checkpoint``, naming both values: ``given``
+    (TrainOptions fields; None: not given) against `resumed_options`, ``policy`` (policy-config fields) against its
+    config. Options equal to the run's pass."""
+    kept, config = _kept_options(checkpoint)
+    diffs = [f"{name}: the run's {kept[name]!r}, given {value!r}" for name, value in given.items()
+             if value is not None and name in kept and value != kept[name]]
+    diffs += [f"{name}: the run's {getattr(config, name, None)!r}, given {value!r}" for name, value in policy.items()
+              if _plain(value) != _plain(getattr(config, name, None))]
+    if diffs:
+        raise ValueError(f"{context}: options contradict the run ({'; '.join(diffs)}). A resumed run keeps its own "
+                         "settings: leave these options out (or give the run's values), or train into another --out.")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON holds it (tuples as lists), so a config field read back compares with the value given."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load policy, processors and provenance; every weight must be present (strict), every recorded file intact."""
     pretrained, config = checkpoint_config(path)

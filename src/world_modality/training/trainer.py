@@ -44,6 +44,7 @@ from lerobot_policy_world_modality.world_transformer.configuration_world_transfo
 from tqdm.auto import tqdm
 
 from world_modality.atomic_io import output_folder, writing
+from world_modality.choices import TRAIN, Count, check_ranges
 from world_modality.data.check import DatasetKeys
 from world_modality.data.integrity import verify_dataset
 from world_modality.devices import resolve_device
@@ -58,6 +59,7 @@ from world_modality.training.checkpoint import (
     STATE_FILE,
     TRAINING_STATE,
     check_inputs,
+    check_resume,
     last_checkpoint,
     load_checkpoint,
     run_label,
@@ -71,15 +73,15 @@ class TrainOptions:
     dataset: str
     latents: str
     out: str
-    policy_type: str = "world_transformer"
-    model_type: str | None = None  # world_transformer only (A, B, B_cont, C, F; default F)
-    steps: int = 1000
-    batch_size: int = 64
-    seed: int = 0
-    save_every: int = 500
-    log_every: int = 1
+    policy_type: str = TRAIN.policy_type
+    model_type: str | None = TRAIN.model_type  # world_transformer only (A, B, B_cont, C, F; default F)
+    steps: Count = TRAIN.steps
+    batch_size: Count = TRAIN.batch_size
+    seed: int = TRAIN.seed
+    save_every: Count = 500
+    log_every: Count = 1
     val_fraction: float = 0.1
-    val_batch_size: int = 256
+    val_batch_size: Count = 256
     tokens: str | None = None  # world-token folder (`wm tokens`), needed by B and C
     keys: DatasetKeys = field(default_factory=DatasetKeys)
     policy: dict[str, Any] = field(default_factory=dict)  # policy config overrides
@@ -89,6 +91,9 @@ class TrainOptions:
     resume: bool = False
     wandb: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges(TrainOptions, vars(self))  # before any work
 
 
 def policy_config_class(policy_type: str) -> type[PreTrainedConfig]:
@@ -241,6 +246,9 @@ def _train(opts: TrainOptions) -> Path:
     if last is not None and not opts.resume:
         raise FileExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
                               "it or choose another --out")
+    if last is not None:  # before any work: an option the resumed run would not follow is refused
+        check_resume(last, {"policy_type": opts.policy_type, "model_type": opts.model_type, "seed": opts.seed,
+                            "batch_size": opts.batch_size}, opts.policy, f"resuming {run_dir}")
     verify_dataset(resolve_dataset_root(opts.dataset)[0])  # before anything reads its files
     summary = check_dataset(opts.dataset, opts.keys)
     cache = LatentCache.load(opts.latents, dataset=opts.dataset)

@@ -17,6 +17,7 @@ import multiprocessing as mp
 import queue
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,8 +37,10 @@ from world_modality.atomic_io import (
     temp_folder,
     writing,
 )
+from world_modality.choices import Count, NonNegative, check_ranges
 from world_modality.data.integrity import DATASET_KIND
 from world_modality.data.merge import DatasetAppender
+from world_modality.interrupts import child_processes, exit_on_sigterm
 from world_modality.locks import writer_lock
 from world_modality.sim.metaworld.env import (
     ACTION_DIM,
@@ -324,16 +327,17 @@ def _sidecar(spec: MetaWorldDatasetSpec, summaries: list[dict]) -> dict:
 def generate_metaworld_dataset(
     out: str | Path,
     tasks: str | list[str],
-    episodes_per_task: int,
+    episodes_per_task: Count,
     cameras: tuple[str, ...] = ("corner2",),
     image_size: int = 128,
-    seed: int = 0,
+    seed: NonNegative = 0,
     render_quality: Literal["fast", "default"] = "fast",
     storage: Literal["video", "image"] = "image",
-    workers: int = 1,
+    workers: Count = 1,
     overwrite: bool = False,
 ) -> dict:
     """Generate (or resume generating) an expert dataset; returns the per-task summary."""
+    check_ranges(generate_metaworld_dataset, locals())
     spec = MetaWorldDatasetSpec(
         tasks=tuple(resolve_tasks(tasks)),
         episodes_per_task=episodes_per_task,
@@ -341,8 +345,6 @@ def generate_metaworld_dataset(
         render=RenderSettings.preset(render_quality, cameras=tuple(cameras), width=image_size, height=image_size),
         storage=storage,
     )
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
     with writer_lock(out) as out:  # its staging and temporary folders beside it too
         return _generate(out, spec, workers, overwrite)
 
@@ -417,7 +419,10 @@ def _summaries_in_order(spec: MetaWorldDatasetSpec, staging: Path, workers: int)
                 yield from ready()
             return
         ctx = mp.get_context("spawn")  # fresh OpenGL contexts per worker; fork would share them
-        with ctx.Manager() as manager, ctx.Pool(min(workers, len(todo))) as pool:
+        with ExitStack() as running:
+            with child_processes():  # interrupts reach this process alone, which stops the pool
+                manager = running.enter_context(ctx.Manager())
+                pool = running.enter_context(ctx.Pool(min(workers, len(todo)), initializer=exit_on_sigterm))
             q = manager.Queue()
             results = pool.imap_unordered(_worker, [(t, spec.to_dict(), str(staging), q) for t in costliest_first(todo)])
             for _ in todo:
