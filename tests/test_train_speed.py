@@ -230,3 +230,31 @@ def test_wm_train_steps_in_that_precision(use_amp, launch, autocast, metaworld_d
     assert (scaler is not None) == (autocast == torch.float16)
     config = json.loads((checkpoint / PRETRAINED / "config.json").read_text())
     assert config["use_amp"] is use_amp
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_lerobot_train_and_wm_train_and_writes_its_figures(metaworld_dataset, tmp_path):
+    """benchmarks/bench_vla_train_speed.py end to end on the CPU (tiny backbone, a few steps): each tool in its own
+    process, every step timed, the table and the JSON file of issue 38 (device, date, commit, per-arm samples/s)."""
+    import subprocess
+    import sys
+
+    from conftest import SUBPROCESS_ENV
+    from lerobot_cli import REPO
+
+    result = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_vla_train_speed.py"), "--size", "tiny",
+                           "--batch-size", "2", "--steps", "3", "--warmup", "1", "--dataset", str(metaworld_dataset),
+                           "--work", str(tmp_path / "work"), "--json", str(result), "--profile"],
+                          env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(result.read_text())
+    assert set(figures["arms"]) == {"lerobot E0", "wm E0", "wm E2"}
+    assert all(arm["samples_per_s"] > 0 and arm["step_ms_p90"] >= arm["step_ms_median"] > 0
+               for arm in figures["arms"].values())
+    assert set(figures["ratios"]) == {"wm E0 / lerobot E0", "wm E2 / lerobot E0"}
+    assert figures["device"].startswith("CPU") and figures["commit"] and figures["date"]
+    assert figures["settings"]["batch_size"] == 2 and figures["settings"]["amp"] is False
+    assert "| wm E0 |" in proc.stdout and "wm E0 / lerobot E0" in proc.stdout
+    profiles = sorted((tmp_path / "work" / "timings").glob("*.profile.txt"))
+    assert len(profiles) == 3 and all("ms wall" in p.read_text() for p in profiles)
