@@ -17,7 +17,7 @@ from test_video_datasets import IMAGE, WRIST, write_video_dataset
 
 from world_modality.training.data import ROWS, DatasetImages, PrefetchedFrames
 from world_modality.training.checkpoint import PRETRAINED, STATE_FILE, TRAINING_STATE
-from world_modality.training.trainer import TrainOptions, lerobot_mixed_precision, train
+from world_modality.training.trainer import TrainOptions, lerobot_backend_flags, lerobot_mixed_precision, train
 
 CAMERA = "observation.images.corner2"
 TINY_SMOLVLA = {"chunk_size": 4, "n_action_steps": 4, "num_steps": 2, "resize_imgs_with_padding": [32, 32],
@@ -230,6 +230,23 @@ def test_wm_train_steps_in_that_precision(use_amp, launch, autocast, metaworld_d
     assert (scaler is not None) == (autocast == torch.float16)
     config = json.loads((checkpoint / PRETRAINED / "config.json").read_text())
     assert config["use_amp"] is use_amp
+
+
+@pytest.mark.parametrize("policy_type, device, lerobots", [
+    ("smolvla_world", "cuda", True), ("qwen_vla_world", "cuda", True), ("world_transformer", "cuda", False),
+    ("smolvla_world", "cpu", False),
+])
+def test_cuda_settings_are_lerobot_trains_for_the_vla_families_during_training(policy_type, device, lerobots):
+    """TF32 matrix products and cuDNN's autotuner, as lerobot-train sets them, while a VLA family trains on CUDA;
+    restored afterwards. (The flags are process settings: set and read here without a GPU.)"""
+    def flags() -> tuple[bool, bool]:
+        return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
+
+    before = flags()
+    assert before == (False, False)  # torch's defaults
+    with lerobot_backend_flags(torch.device(device), policy_type):
+        assert flags() == ((True, True) if lerobots else before)
+    assert flags() == before
 
 
 @pytest.mark.slow

@@ -11,11 +11,12 @@ Per step: draw a batch of training frames (uniform, with replacement, from a see
 normalise it with the policy's preprocessor, forward, clip gradients, AdamW + warmup/cosine
 (the config's LeRobot presets), computed as lerobot-train computes it for the same policy config: in the mixed
 precision its rule picks (`lerobot_mixed_precision`: the config's `use_amp`, or `dtype` where a config has one;
-fp16 with a gradient scaler, bf16 without), with TF32 matrix products and cuDNN's autotuner on CUDA. The VLM
-families' camera frames are decoded ahead of the step by background processes (`TrainOptions.data_workers`,
-`PrefetchedFrames`: the frames decoding them in the step gives, so the same batches for the same seed).
-Every logged value goes to TensorBoard (and W&B when enabled); the held-out episodes' action loss is logged at
-every checkpoint. The world-memory training recipes (README, World-memory training recipes) are options of the policy config: the policy counts its own training steps
+fp16 with a gradient scaler, bf16 without), and for the VLM families with TF32 matrix products and cuDNN's
+autotuner on CUDA (`lerobot_backend_flags`). The VLM families' camera frames are decoded ahead of the step by
+background processes (`TrainOptions.data_workers`, `PrefetchedFrames`: the frames decoding them in the step
+gives, so the same batches for the same seed). Every logged value goes to TensorBoard (and W&B when enabled);
+the held-out episodes' action loss is logged at every checkpoint. The world-memory training recipes (README,
+World-memory training recipes) are options of the policy config: the policy counts its own training steps
 (a buffer saved with its weights), so the recipes' schedules and stages resume where they stopped, and its
 optimizer parameter groups carry the gate's learning-rate multiplier.
 
@@ -46,6 +47,7 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot_policy_world_modality import POLICY_TYPES
+from lerobot_policy_world_modality.families import BACKBONE_FIELDS, FAMILY_OF_TYPE
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import features_for
 from tqdm.auto import tqdm
 
@@ -154,10 +156,12 @@ class Precision:
 
 
 @contextmanager
-def lerobot_backend_flags(device: torch.device) -> Iterator[None]:
-    """lerobot-train's CUDA settings for the block (TF32 matrix products, cuDNN's autotuner), restored after it so
-    that nothing else in the process (e.g. an evaluation) computes differently for a training having run."""
-    if device.type != "cuda":
+def lerobot_backend_flags(device: torch.device, policy_type: str) -> Iterator[None]:
+    """lerobot-train's CUDA settings (TF32 matrix products, cuDNN's autotuner) in the block, for the families on a
+    VLM backbone (LeRobot's SmolVLA, Qwen-VL), which train as lerobot-train trains them; the latents-only family keeps
+    float32 matrix products, as its results so far were trained. Restored after the block, so that nothing else in the
+    process (e.g. an evaluation) computes differently for a training having run."""
+    if device.type != "cuda" or FAMILY_OF_TYPE[policy_type] not in BACKBONE_FIELDS:
         yield
         return
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
@@ -295,7 +299,7 @@ def train(opts: TrainOptions) -> Path:
     (same data, options and RNG streams) up to ``opts.steps``. Returns the last checkpoint folder.
     Under ``accelerate launch`` every process runs this; see the module docstring. The run folder is held
     (`world_modality.locks`) by the main process, the one that writes it."""
-    with lerobot_backend_flags(resolve_device(opts.device)):
+    with lerobot_backend_flags(resolve_device(opts.device), opts.policy_type):
         if int(os.environ.get("RANK", "0")) > 0:
             return _train(opts)
         with writer_lock(opts.out):
