@@ -56,9 +56,20 @@ def resume_line(err: str, command: str, signum: int, resume: list) -> str:
 
 
 def completes(command: str) -> None:
+    """The command runs to its end, and no process of it prints a traceback on the way (nor at its end, when it
+    stops its workers)."""
     proc = subprocess.run(shlex.split(command), env=SUBPROCESS_ENV, cwd=REPO, capture_output=True, text=True,
                           timeout=TIMEOUT_S, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_wm_data_metaworld_ends_its_workers_silently(tmp_path):
+    """A normal end stops the generation workers too: none may print a traceback then (each shuts OpenGL down at
+    exit, where a stop signal used to land)."""
+    completes(shlex.join(map(str, [WM, "data", "metaworld", "--tasks", "reach-v3,drawer-close-v3,push-v3",
+                                   "--episodes-per-task", "1", "--image-size", "32", "--workers", "3",
+                                   "--out", tmp_path / "data"])))
 
 
 def last_step(run: Path) -> int:

@@ -435,6 +435,8 @@ def _summaries_in_order(spec: MetaWorldDatasetSpec, staging: Path, workers: int)
                 _drain(q, progress, timeout=0)
                 summaries[summary["task"]] = summary
                 yield from ready()
+            pool.close()  # the workers end on their own once idle; no signal at a normal end
+            pool.join()
     finally:
         for bar in bars.values():
             bar.close()
