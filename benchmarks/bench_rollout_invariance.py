@@ -61,7 +61,7 @@ def evaluate_layouts(checkpoint: Path, out: Path, args: argparse.Namespace) -> d
                   arm="bench", train_seed=0)
     layouts = {f"{args.workers}w x {args.groups}g": (args.workers, args.groups),
                f"{args.workers // 2}w x 1g": (args.workers // 2, 1),
-               f"{args.workers // 2 - 3}w x 1g": (args.workers // 2 - 3, 1)}
+               f"{max(1, args.workers // 2 - 3)}w x 1g": (max(1, args.workers // 2 - 3), 1)}
     digests, timing = {}, {}
     with EnvPools() as pools:
         for index, (name, (workers, groups)) in enumerate(layouts.items()):
