@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -89,7 +90,9 @@ def variant_main(args: argparse.Namespace) -> None:
 
         policies.INFERENCE_ROWS.update(dict.fromkeys(policies.INFERENCE_ROWS, 1))
     out = Path(args.out)
-    result = evaluate_layouts(out / "train", out / f"eval-{args.variant}", args)
+    evaluations = out / f"eval-{args.variant}"
+    shutil.rmtree(evaluations, ignore_errors=True)  # an earlier run's episodes would be resumed, not timed
+    result = evaluate_layouts(out / "train", evaluations, args)
     (out / f"variant-{args.variant}.json").write_text(json.dumps(result))
 
 
