@@ -20,7 +20,7 @@ ROOTS = {
 # package above it ("" is the distribution's own __init__); a module may import its own layer and those below.
 LAYERS: dict[str, list[tuple[str, ...]]] = {
     PLUGIN: [
-        ("memory_modes", "file_digests", "rendering", "video_decoding", "families"),
+        ("errors", "memory_modes", "file_digests", "rendering", "video_decoding", "families"),
         ("encoders",),
         ("world", "dataset_files"),
         ("latent_cache", "world_tokens"),

@@ -57,6 +57,7 @@ from lerobot_policy_world_modality.encoders import (
 from lerobot_policy_world_modality.encoders.spec import CONCAT_SEPARATOR, digest
 from lerobot_policy_world_modality.file_digests import DamagedFileError, file_record
 from lerobot_policy_world_modality.latent_cache import DIGESTS_KEY, LATENTS_FILE, SPEC_FILE, LatentCache, LatentCacheMismatch, tensors_metadata
+from lerobot_policy_world_modality.errors import InputError
 
 LATENTS_DIR = "world_latents"
 LATENTS_KIND = "latent cache"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -278,7 +279,7 @@ def _stored(encoder: WorldEncoder, z: torch.Tensor) -> torch.Tensor:
     """A batch of latents as the cache stores them (on cpu); NaN, which no storage dtype can hold as a value a policy
     can act on, is refused (out-of-range values saturate: `EncoderSpec.to_storage`)."""
     if z.isnan().any():
-        raise ValueError(f"the {encoder.spec.name} encoder gave NaN latents for {int(z.isnan().any(-1).sum())} frames of "
+        raise InputError(f"the {encoder.spec.name} encoder gave NaN latents for {int(z.isnan().any(-1).sum())} frames of "
                          "this dataset (NaN in its frames or states, or a broken encoder); check the dataset with "
                          "`wm data check`, or the encoder folder")
     return encoder.spec.to_storage(z).cpu()

@@ -33,6 +33,7 @@ from lerobot_policy_world_modality.families import (
 from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, ROLLOUT_MODES
 
 from world_modality.report.arms import ArmFacts, arm_kind, resolve_baselines, training_memory
+from lerobot_policy_world_modality.errors import InputError
 
 CONFIG_FILE = "matrix.yaml"
 # Marks a folder of results exported by `wm report --export`: no checkpoints, so `wm matrix` must not run in it.
@@ -49,7 +50,7 @@ ARM_BACKBONE = "backbone"  # the arm (or training) field naming the `backbones:`
 BACKBONES_DIR = "backbones"  # RUN_DIR/backbones/<name>: the random backbone folders a matrix writes
 
 
-class MatrixConfigError(ValueError):
+class MatrixConfigError(InputError):
     """An invalid matrix config; the message names the field."""
 
 

@@ -46,6 +46,7 @@ from world_modality.schedule import (
     ray_session,
     train_resources,
 )
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 EPISODES_FILE = "episodes.jsonl"
 MATRIX_RUN_KIND = "matrix run"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -149,7 +150,7 @@ def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memor
 
     checkpoint = last_checkpoint(train_dir(run_dir, arm, seed))
     if checkpoint is None:
-        raise RuntimeError(f"{train_dir(run_dir, arm, seed)} has no checkpoint to evaluate")
+        raise MissingFileError(f"{train_dir(run_dir, arm, seed)} has no checkpoint to evaluate")
     ev = config.evaluation
     results = evaluate_checkpoint(
         checkpoint, env=ev.env, suite=ev.suite, tasks=ev.tasks, episodes_per_task=ev.episodes_per_task,
@@ -265,7 +266,7 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
             last = last_checkpoint(train_dir(run_dir, arm, seed))
             at = int(last.name) if last is not None else 0
             if at > total:
-                raise ValueError(f"{train_dir(run_dir, arm, seed)} was trained to step {at}, beyond the {total} "
+                raise InputError(f"{train_dir(run_dir, arm, seed)} was trained to step {at}, beyond the {total} "
                                  f"steps the config asks of arm {arm!r}; use another run folder")
             trained[arm, seed] = at == total or (arm, seed) not in needed
             kind = options.get("policy_type", "world_transformer")
@@ -357,7 +358,7 @@ def check_run_dir(config: MatrixConfig, run_dir: Path) -> None:
     for arm in old_arms.keys() & new_arms.keys():
         diffs += _diff(old_arms[arm], new_arms[arm], f"arms.{arm}")
     if diffs:
-        raise ValueError(f"{run_dir} holds a matrix run with a different config ({path}):\n  " + "\n  ".join(diffs)
+        raise InputError(f"{run_dir} holds a matrix run with a different config ({path}):\n  " + "\n  ".join(diffs)
                          + "\nUse another --out, or restore those settings.")
 
 
@@ -425,7 +426,7 @@ def _run_matrix(config: MatrixConfig, run_dir: Path, dry_run: bool, address: str
               "and evaluations marked done are held there; run the others into another --out and merge them with "
               f"`wm report THAT_FOLDER --export {run_dir}`.")
     elif exported:
-        raise ValueError(f"{run_dir} holds results exported by `wm report --export`, without checkpoints: the matrix "
+        raise InputError(f"{run_dir} holds results exported by `wm report --export`, without checkpoints: the matrix "
                          "would train every arm again there and discard them. Run it into another --out, then "
                          f"`wm report THAT_FOLDER --export {run_dir}` to merge its results in.")
     check_run_dir(config, run_dir)

@@ -64,6 +64,7 @@ from world_modality.stats import (
     task_group_table,
     verdict,
 )
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 REPORT_DIR = "report"
 REQUIRED_FIELDS = ("arm", "episode_id", "success", "task", "train_seed")
@@ -99,10 +100,10 @@ def load_results(run_dir: str | Path) -> Results:
         for i, r in enumerate(load_episode_results(folder), 1):
             missing = [k for k in REQUIRED_FIELDS if k not in r]
             if missing:
-                raise ValueError(f"{folder} episode record {i} lacks field(s) {missing}")
+                raise InputError(f"{folder} episode record {i} lacks field(s) {missing}")
             label = r["arm"]
             if label != folder.parent.name:
-                raise ValueError(f"{folder} episode record {i} holds a result of arm {label!r}, but its folder is the "
+                raise InputError(f"{folder} episode record {i} holds a result of arm {label!r}, but its folder is the "
                                  f"evaluation {folder.parent.name!r}: two evaluations would be mixed up")
             base.setdefault(label, r.get("base_arm") or label.split(":")[0])
             mode.setdefault(label, r.get("memory_mode"))
@@ -111,7 +112,7 @@ def load_results(run_dir: str | Path) -> Results:
                 caption = f"{r['task']} seed {r.get('seed')} layout {r.get('layout')} (train seed {r['train_seed']})"
                 videos.append((label, caption, folder / r["video"]))
     if not records:
-        raise FileNotFoundError(f"no episode results under {run_dir / 'eval'} (expected <label>/seed<k>/episodes.jsonl)")
+        raise MissingFileError(f"no episode results under {run_dir / 'eval'} (expected <label>/seed<k>/episodes.jsonl)")
 
     def order(label: str) -> tuple[list[Any], int]:
         own = label == base[label]

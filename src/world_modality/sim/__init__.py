@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from world_modality.sim.base import RenderSettings, Simulator
+from lerobot_policy_world_modality.errors import InputError
 
 if TYPE_CHECKING:
     from world_modality.data.check import DatasetKeys, DatasetSummary
@@ -28,7 +29,7 @@ DEFAULT_SIMULATOR = "metaworld"
 def get_simulator(name: str) -> Simulator:
     """The simulator registered as ``name``."""
     if name not in _PACKAGES:
-        raise ValueError(f"unknown simulator {name!r}; available: {', '.join(SIMULATOR_NAMES)}")
+        raise InputError(f"unknown simulator {name!r}; available: {', '.join(SIMULATOR_NAMES)}")
     simulator = importlib.import_module(_PACKAGES[name]).SIMULATOR
     if simulator.name != name:
         raise RuntimeError(f"{_PACKAGES[name]}.SIMULATOR is named {simulator.name!r}, registered as {name!r}")
@@ -49,7 +50,7 @@ def render_from_dict(record: dict) -> RenderSettings:
     """The render settings of a render record (an encoder spec's ``render``), by the simulator it is from."""
     owners = [simulator for simulator in simulators() if simulator.owns_render(record)]
     if len(owners) != 1:
-        raise ValueError(f"the render record {record} is {'no' if not owners else 'more than one'} simulator's "
+        raise InputError(f"the render record {record} is {'no' if not owners else 'more than one'} simulator's "
                          f"(simulators: {', '.join(SIMULATOR_NAMES)})")
     return owners[0].render_from_dict(record)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from lerobot_policy_world_modality.errors import InputError
 
 if TYPE_CHECKING:
     from world_modality.data.check import DatasetKeys, DatasetSummary
@@ -76,7 +77,7 @@ class PolicyInterface:
                  for role, found, expected in (("state", self.state_dim, state_dim), ("action", self.action_dim, action_dim))
                  if found is not None and found != expected]
         if diffs:
-            raise ValueError(f"checkpoint {self.checkpoint} does not fit the {simulator} simulator: {'; '.join(diffs)}. "
+            raise InputError(f"checkpoint {self.checkpoint} does not fit the {simulator} simulator: {'; '.join(diffs)}. "
                              "Evaluate it on the simulator its training data came from (--env)")
 
 

@@ -32,6 +32,7 @@ from lerobot_policy_world_modality.world import (
     world_cosine_loss,
 )
 from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, LatentHistory
+from lerobot_policy_world_modality.errors import InputError
 
 _HISTORY, _STATE, _INSTRUCTION, _WORLD_TOKEN = range(4)  # token-type embedding rows
 
@@ -83,7 +84,7 @@ class InstructionEmbedding(nn.Module):
             return self.proj(self._encode_text(texts, device))
         unknown = sorted({t for t in texts if t not in self._index})
         if unknown:
-            raise ValueError(f"instruction(s) {unknown} are not in the policy's vocabulary {self.vocabulary}")
+            raise InputError(f"instruction(s) {unknown} are not in the policy's vocabulary {self.vocabulary}")
         return self.embedding(torch.tensor([self._index[t] for t in texts], device=device))
 
 
