@@ -17,6 +17,7 @@ FORMATTED = (
     f"{PIPELINE}/commands/__init__.py",
     "tests/test_cli.py",
     "tests/test_lint.py",
+    "tests/test_wandb.py",
 )
 
 

@@ -50,7 +50,7 @@ from world_modality.data.integrity import verify_dataset
 from world_modality.devices import resolve_device
 from world_modality.locks import writer_lock
 from world_modality.sim import check_dataset
-from lerobot_policy_world_modality.encoders.spec import encoder_input_shape
+from lerobot_policy_world_modality.encoders.spec import digest, encoder_input_shape
 from lerobot_policy_world_modality.latent_cache import LatentCache
 from lerobot_policy_world_modality.dataset_files import dataset_fingerprint, resolve_dataset_root
 from lerobot_policy_world_modality.file_digests import verify_folder
@@ -152,6 +152,12 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
     return config
 
 
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run a run folder logs to (resumed with it): one per folder path, as a matrix's run folders share
+    their names (train/<arm>/seed<k>)."""
+    return digest(str(Path(run_dir).resolve()))
+
+
 class _Loggers:
     """TensorBoard always, Weights & Biases on request."""
 
@@ -166,7 +172,7 @@ class _Loggers:
             import wandb as wandb_lib
 
             self.wandb = wandb_lib.init(project="world-modality-vla", dir=str(run_dir), config=config,
-                                        name=run_dir.name, resume="allow", id=run_dir.name)
+                                        name=run_dir.name, resume="allow", id=wandb_run_id(run_dir))
 
     def log(self, values: dict[str, float], step: int, prefix: str) -> None:
         with writing(self.folder):  # the event file is written by a thread: its failure shows at the next call
