@@ -234,7 +234,7 @@ def rollout_checkpoint(checkpoint: str | Path, memory_mode: str | None = None, e
                 f"qwen_vla_world); {pretrained} is {run_label(config)}, which has no memory to intervene on"
             )
     spec = config.encoder_spec
-    if memory_mode == "oracle" and spec["name"] != "state":
+    if memory_mode == "oracle" and not EncoderSpec.from_dict(spec).reads_states:
         raise InputError(
             f"--memory-mode oracle needs true future latents; at rollout they exist only for the `state` "
             f"encoder (the simulator's own future states), and {pretrained} uses {spec['name']!r}. "

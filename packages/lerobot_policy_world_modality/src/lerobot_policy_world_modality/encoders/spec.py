@@ -11,7 +11,23 @@ import numpy as np
 import torch
 from lerobot_policy_world_modality.errors import InputError
 
-ENCODER_NAMES = ("dinov2", "vjepa2", "state", "learned")
+
+
+@dataclass(frozen=True)
+class EncoderKind:
+    """What an encoder reads and where its weights come from: the code asks this instead of comparing names."""
+
+    reads_states: bool = False  # a vector observation (the environment state), not camera frames
+    fits_on_dataset: bool = False  # without a checkpoint folder, `wm latents` fits or trains it on the dataset
+
+
+ENCODER_KINDS = {
+    "dinov2": EncoderKind(),
+    "vjepa2": EncoderKind(),
+    "state": EncoderKind(reads_states=True, fits_on_dataset=True),  # standardised states, statistics fitted
+    "learned": EncoderKind(fits_on_dataset=True),  # a small CNN trained on the dataset's frames
+}
+ENCODER_NAMES = tuple(ENCODER_KINDS)
 STORAGE_DTYPES = ("float16", "bfloat16", "float32")
 # Where the weights live is not part of an encoder's identity (config_hash is): moving a folder
 # neither invalidates cached latents nor makes a checkpoint incompatible.
@@ -42,6 +58,13 @@ def side_by_side(left: Any, right: Any) -> Any:
     if left.shape != right.shape:
         raise InputError(f"side-by-side cameras must have the same frame shape, got {tuple(left.shape)} and {tuple(right.shape)}")
     return np.concatenate([left, right], axis=-2) if isinstance(left, np.ndarray) else torch.cat([left, right], dim=-2)
+
+
+def encoder_kind(name: str) -> EncoderKind:
+    """The kind of the encoder named ``name``."""
+    if name not in ENCODER_KINDS:
+        raise InputError(f"unknown encoder name {name!r}; expected one of {ENCODER_NAMES}")
+    return ENCODER_KINDS[name]
 
 
 def encoder_input_shape(features: dict[str, dict], camera_key: str) -> tuple[int, ...]:
@@ -91,6 +114,11 @@ class EncoderSpec:
 
     def __hash__(self) -> int:
         return hash(self.spec_hash())
+
+    @property
+    def reads_states(self) -> bool:
+        """Whether the encoder reads a vector observation (``camera_key`` names the state), not camera frames."""
+        return encoder_kind(self.name).reads_states
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -359,7 +359,7 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         if self._frame_encoder is None:
             self._frame_encoder = OnlineEncoder(self.encoder_spec, device=self._device)
         self._frame_encoder.reset()
-        current = self._frame_encoder(encoder_input(batch[source], self.encoder_spec.name == "state"))
+        current = self._frame_encoder(encoder_input(batch[source], self.encoder_spec.reads_states))
         current = current.to(self._device, torch.float32)[:, None]
         z = torch.cat([current.new_zeros(current.shape[0], self.config.history_len - 1, current.shape[2]), current], 1)
         mask = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)

@@ -247,7 +247,7 @@ def _fill_from_latent_cache(config: WorldTransformerConfig, dataset_meta) -> Lat
     cache = LatentCache.load(config.latents_path, dataset=None if dataset_meta is None else dataset_meta.root)
     spec = cache.spec
     config.encoder_spec, config.latent_dim = spec.to_dict(), spec.output_dim
-    if spec.name != "state":
+    if not spec.reads_states:
         config.image_key = spec.camera_key
     if not config.instructions and config.text_encoder_path is None and dataset_meta is not None:
         config.instructions = sorted(str(task) for task in dataset_meta.tasks.index)
