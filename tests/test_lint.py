@@ -15,6 +15,7 @@ FORMATTED = (
     f"{PLUGIN}/errors.py",
     f"{PIPELINE}/cli.py",
     f"{PIPELINE}/commands/__init__.py",
+    f"{PIPELINE}/matrix/config.py",
     "tests/test_cli.py",
     "tests/test_lint.py",
     "tests/test_wandb.py",

@@ -264,7 +264,7 @@ def config_with(path: str, value) -> dict:
 def test_config_resolves_arms_tasks_and_evaluations():
     config = matrix.parse_config(CONFIG)
     assert config.evaluation.tasks == list(TASKS)  # the dataset's tasks, names resolved
-    assert config.arms["E2"] == {"steps": 10, "batch_size": 8, "model_type": "F", "policy": {"lambda_world": 0.5}}
+    assert config.arms["E2"].options == {"steps": 10, "batch_size": 8, "model_type": "F", "policy": {"lambda_world": 0.5}}
     assert config.evaluations() == [("E0", None, "E0"), ("E2", None, "E2"), ("E2", "zero", "E2:zero")]
     assert matrix.parse_config(config.to_dict()) == config
 
@@ -333,7 +333,7 @@ class FakeStages:
 
     def train_arm(self, config, run_dir, arm, seed):
         self.calls.append(("train", arm, seed))
-        fake_checkpoint(matrix.train_dir(run_dir, arm, seed), config.arms[arm]["steps"])
+        fake_checkpoint(matrix.train_dir(run_dir, arm, seed), config.arms[arm].setting("steps"))
         if self.weights_digest is not None:
             pretrained = matrix.train_dir(run_dir, arm, seed) / "checkpoints" / "last" / "pretrained_model"
             pretrained.mkdir(exist_ok=True)
