@@ -232,7 +232,7 @@ def task_group_table(
     confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
     """Success per task group (rows carry ``by`` values and ``group``), in the order of ``groups`` (group ->
-    task names; a simulator's `task_groups`, e.g. `world_modality.sim.task_groups`).
+    task names; a simulator's `Simulator.task_groups`).
 
     Raises ValueError if a result's task belongs to no group.
     """

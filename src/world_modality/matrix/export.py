@@ -224,7 +224,7 @@ def _weight_digests(pretrained: Path) -> dict[str, str]:
 def _export_training_run(run: Path, target: Path) -> bool:
     """The last checkpoint's JSON files (configs and provenance, no weights) and the thinned curves of one training
     run into ``target``; False when the run has no checkpoint."""
-    from world_modality.report import LOSS_TAGS
+    from world_modality.report.results import LOSS_TAGS
     from world_modality.report.readcheck import GATE_FILE, GATE_TAG, checkpoint_gate, read_scalars
     from world_modality.training.checkpoint import PRETRAINED, checkpoints_dir, last_checkpoint
 

@@ -1,7 +1,7 @@
 """The simulators, registered by name (docs/ARCHITECTURE.md, How to add a simulator).
 
 Each name maps to a package ``world_modality.sim.<name>`` whose ``SIMULATOR`` (a `Simulator`) provides
-its render settings, episode list, env adapter, dataset generation and checks, and task groups. A
+its title, render settings, episode list, env adapter, dataset generation and checks, and task groups. A
 package is imported when it is first asked for, and a package's import starts no simulator: importing
 this module imports neither MuJoCo nor LIBERO. Code outside the packages reaches a simulator only
 through these functions.
@@ -55,12 +55,12 @@ def render_from_dict(record: dict) -> RenderSettings:
     return owners[0].render_from_dict(record)
 
 
-def task_groups(suites: Iterable[str]) -> dict[str, tuple[str, ...]]:
-    """The task groups of the simulator that episodes of these suites (episode records' ``suite``) ran in;
-    {} when they ran in none or in several."""
+def episodes_simulator(suites: Iterable[str]) -> Simulator | None:
+    """The simulator that episodes of these suites (episode records' ``suite``) ran in (its task groups, its title);
+    None when they ran in none or in several."""
     suites = set(suites)
-    owners = {simulator.name: simulator for simulator in simulators() if any(simulator.owns_suite(s) for s in suites)}
-    return next(iter(owners.values())).task_groups() if len(owners) == 1 else {}
+    owners = [simulator for simulator in simulators() if any(simulator.owns_suite(s) for s in suites)]
+    return owners[0] if len(owners) == 1 else None
 
 
 def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) -> DatasetSummary:

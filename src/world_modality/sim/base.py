@@ -139,6 +139,7 @@ class Simulator(ABC):
     """One simulator: its names, render settings, episodes, env adapter, datasets and task groups."""
 
     name: str
+    title: str  # how reports name it (e.g. a heading of its task groups)
     suites: tuple[str, ...] = ()  # the suites an evaluation chooses from (`wm eval --suite`); () for none
     # The rollout worker's env adapter (a class), built with the render settings (None: state only, no camera).
     adapter: Callable[[RenderSettings | None], EnvAdapter]
@@ -150,7 +151,7 @@ class Simulator(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        missing = [attribute for attribute in ("name", "adapter", "dataset_generator", "state_dim", "action_dim") if not hasattr(cls, attribute)]
+        missing = [attribute for attribute in ("name", "title", "adapter", "dataset_generator", "state_dim", "action_dim") if not hasattr(cls, attribute)]
         if missing:
             raise TypeError(f"the simulator {cls.__name__} does not set {', '.join(missing)}")
 

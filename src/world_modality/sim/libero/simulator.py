@@ -17,6 +17,7 @@ from lerobot_policy_world_modality.errors import InputError
 
 class Libero(Simulator):
     name = NAME
+    title = "LIBERO"
     suites = SUITES
     adapter = LiberoAdapter
     state_dim, action_dim = STATE_DIM, ACTION_DIM

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 class MetaWorld(Simulator):
     name = NAME
+    title = "MetaWorld"
     adapter = MetaWorldAdapter
     state_dim, action_dim = STATE_DIM, ACTION_DIM
     dataset_generator = staticmethod(generate_metaworld_dataset)
