@@ -25,13 +25,10 @@ from world_modality.report.readcheck import (
 from world_modality.shards import has_results, load_episode_results
 
 REQUIRED_FIELDS = ("arm", "episode_id", "success", "task", "train_seed")
-
-
 # Result files without a recorded memory mode (written before the runner recorded it): E0 was the baseline and
 # E1 the capacity control by convention; any other arm is taken as a world-memory arm.
 LEGACY_KINDS = {"E0": ArmKind.BASELINE, "E1": ArmKind.CONTROL}
-
-
+# The training curves the report plots (and an export keeps, `world_modality.matrix.export`).
 LOSS_TAGS = ("train/loss", "train/action_loss", "val/action_loss")
 
 
