@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=2)
     parser.add_argument("--max-steps", type=int, default=150)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--variants", default="fixed,one-row,old", help="which of fixed, one-row, old to run")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -110,8 +111,13 @@ def main() -> None:
 
     out = Path(args.out)
     prepare(out, args.tasks, args.device)
-    variants = {"fixed": None, "one-row": None}
-    if args.old_src:
+    wanted = args.variants.split(",")
+    if "fixed" not in wanted:
+        parser.error("--variants must include fixed, the reference")
+    variants = {name: None for name in ("fixed", "one-row") if name in wanted}
+    if "old" in wanted:
+        if not args.old_src:
+            parser.error("the old variant needs --old-src")
         old = Path(args.old_src).resolve()
         variants["old"] = f"{old / 'src'}:{old / 'packages' / 'lerobot_policy_world_modality' / 'src'}"
     forwarded = [a for a in sys.argv[1:] if a != "--old-src" and a != args.old_src]

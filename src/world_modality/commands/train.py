@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lerobot_policy_world_modality import POLICY_TYPES
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import MODEL_TYPES
-from world_modality.choices import COUNT, TRAIN
+from world_modality.choices import COUNT, NON_NEGATIVE, TRAIN
 from world_modality.commands import add_common, add_no_verify
 from world_modality.data.check import DatasetKeys
 
@@ -33,7 +33,8 @@ def register(subparsers) -> None:
             "--model-type A/B/B_cont/C/F) decodes no image; smolvla_world and qwen_vla_world also read the "
             "current frame of --image-key. The loop is plain PyTorch (no "
             "lerobot-train): uniform batches of training frames, the policy's LeRobot preprocessor for "
-            "normalisation, AdamW with warmup + cosine decay. Checkpoints (RUN_DIR/checkpoints/<step>/) are "
+            "normalisation, AdamW with warmup + cosine decay, mixed precision as lerobot-train picks it for the "
+            "policy config (use_amp), camera frames decoded ahead of the step (--data-workers). Checkpoints (RUN_DIR/checkpoints/<step>/) are "
             "self-describing LeRobot save_pretrained folders (encoder spec, dataset keys, instructions, "
             "normalisation, versions) plus a training_state/ for --resume; each is written atomically. "
             "Every logged value (losses, world gate raw/tanh, attention mass and world loss per future step, "
@@ -68,6 +69,9 @@ def register(subparsers) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="per instruction, the last ceil(f * n) of its n episodes are held out for validation")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--data-workers", type=NON_NEGATIVE, default=None,
+                        help="processes decoding the VLM families' camera frames ahead of the training step (the batches "
+                        "are the same for any number; default: 4 on CUDA as lerobot-train, 0 on CPU)")
     parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     parser.add_argument("--state-key", default=DatasetKeys.state)
     parser.add_argument("--action-key", default=DatasetKeys.action)
@@ -129,6 +133,7 @@ def _train(args) -> int:
         require_coc=args.require_coc,
         policy=_policy_overrides(args, options["policy_type"]),
         device=args.device,
+        data_workers=args.data_workers,
         resume=args.resume,
         wandb=args.wandb,
         progress=not args.no_progress,

@@ -12,6 +12,7 @@ True = padding past the episode end) and the world-latent keys of the world tran
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from world_modality.data.check import (
     DatasetKeys,
@@ -27,6 +29,7 @@ from world_modality.data.check import (
     resolve_dataset_root,
     task_instructions,
 )
+from world_modality.interrupts import child_processes, exit_on_sigterm
 from lerobot.configs.types import FeatureType
 
 from lerobot_policy_world_modality.common import INSTRUCTION_BATCH_KEY
@@ -101,10 +104,14 @@ def split_episodes(table: FrameTable, val_fraction: float) -> tuple[list[int], l
     return sorted(train), sorted(val)
 
 
-class DatasetImages:
-    """Camera frames of given global frame indices, decoded by LeRobot (PNG in parquet or video),
-    as LeRobot batches hold them: float [B, 3, H, W] in [0, 1]. Only for policies that read images
-    in training (the VLM families); the world transformer trains on latents alone."""
+class DatasetImages(Dataset):
+    """Camera frames of given global frame indices, as LeRobot decodes them (`LeRobotDataset.__getitem__`: PNG in
+    parquet, or video with pyav) and as LeRobot batches hold them: float [B, 3, H, W] in [0, 1]. Only the given
+    cameras are decoded, not a row's other cameras and columns. Only for policies that read images in training (the
+    VLM families); the world transformer trains on latents alone.
+
+    A map-style torch dataset whose batch fetch (``__getitems__``) gives a batch's rows and frames, so a DataLoader's
+    worker processes can decode batches ahead of the training step (`PrefetchedFrames`)."""
 
     def __init__(self, dataset: str | Path, camera_keys: list[str]) -> None:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -112,14 +119,82 @@ class DatasetImages:
         root, repo_id = resolve_dataset_root(dataset)
         self.camera_keys = camera_keys
         self.dataset = LeRobotDataset(repo_id, root=root, video_backend="pyav")
-        missing = [k for k in camera_keys if k not in self.dataset.meta.camera_keys]
+        meta = self.dataset.meta
+        missing = [k for k in camera_keys if k not in meta.camera_keys]
         if missing:
             raise DatasetSchemaError(f"{root}: camera key(s) {missing} not in the dataset; its cameras are "
-                                     f"{self.dataset.meta.camera_keys}")
+                                     f"{meta.camera_keys}")
+        # Frames in parquet: those columns alone, with LeRobot's own transform (PIL -> float tensor).
+        self._image_keys = [k for k in camera_keys if k in meta.image_keys]
+        self._image_columns = self.dataset.hf_dataset.select_columns(self._image_keys) if self._image_keys else None
+        # Frames in videos: LeRobot's decoding at the row's timestamp in its episode's video.
+        self._video_keys = [k for k in camera_keys if k in meta.video_keys]
+        if self._video_keys:
+            table = self.dataset.hf_dataset.data  # arrow columns, nothing decoded
+            self._timestamp = table.column("timestamp").to_numpy()
+            self._episode = table.column("episode_index").to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
 
     def frames(self, rows: Tensor) -> dict[str, Tensor]:
-        items = [self.dataset[int(i)] for i in rows]
-        return {key: torch.stack([item[key] for item in items]) for key in self.camera_keys}
+        """camera key -> float [len(rows), 3, H, W] frames of the global frame indices ``rows``."""
+        indices = [int(i) for i in rows]
+        out = {}
+        if self._image_columns is not None:
+            decoded = self._image_columns[indices]
+            out |= {key: torch.stack(decoded[key]) for key in self._image_keys}
+        if self._video_keys:
+            decoded = [self.dataset.reader._query_videos({key: [float(self._timestamp[i])] for key in self._video_keys},
+                                                         int(self._episode[i])) for i in indices]
+            out |= {key: torch.stack([row[key] for row in decoded]) for key in self._video_keys}
+        return {key: out[key] for key in self.camera_keys}
+
+    def __getitems__(self, rows: list[int]) -> dict[str, Tensor]:
+        return {ROWS: torch.tensor(rows), **self.frames(torch.tensor(rows))}
+
+
+ROWS = "rows"  # the frame indices of a batch of `DatasetImages.__getitems__`
+PREFETCH_BATCHES = 4  # batches each worker decodes ahead (LeRobot's `prefetch_factor`)
+
+
+class PrefetchedFrames:
+    """The camera frames of each batch of ``row_batches``, in order, with the batch's rows under `ROWS`: decoded by
+    ``workers`` background processes up to `PREFETCH_BATCHES` batches each ahead of the caller, or with 0 workers in
+    this process when asked. The frames are the same either way (`DatasetImages.frames`)."""
+
+    def __init__(self, images: DatasetImages, row_batches: Iterator[Tensor], workers: int,
+                 pin_memory: bool = False) -> None:
+        self.workers = workers
+        loader = DataLoader(images, batch_sampler=(rows.tolist() for rows in row_batches), num_workers=workers,
+                            collate_fn=_decoded_batch, pin_memory=pin_memory,
+                            # its own generator for the workers' seeds: the training's random stream is not drawn from
+                            generator=torch.Generator(),
+                            prefetch_factor=PREFETCH_BATCHES if workers else None,
+                            # spawn, as lerobot-train: pyav and ffmpeg are not safe to fork
+                            multiprocessing_context="spawn" if workers else None,
+                            worker_init_fn=_worker_init if workers else None)
+        with child_processes():  # interrupts reach this process alone, which stops the workers
+            self._batches = iter(loader)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, Tensor]:
+        return next(self._batches)
+
+    def close(self) -> None:
+        """Stop the worker processes now (not when the iterator is collected)."""
+        if self.workers:
+            self._batches._shutdown_workers()
+
+
+def _decoded_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return batch  # `DatasetImages.__getitems__` gives the batch whole
+
+
+def _worker_init(worker_id: int) -> None:
+    exit_on_sigterm()
 
 
 def training_images(dataset: str | Path, config) -> DatasetImages | None:
@@ -170,22 +245,30 @@ class LatentBatches:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor | list[str]]:
         """A uniformly drawn batch (with replacement) of this split's frames."""
-        return self.batch(self.frames[torch.randint(len(self.frames), (batch_size,), generator=generator)])
+        return self.batch(self.draw(batch_size, generator))
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """The frame indices of a uniformly drawn batch (with replacement) of this split's frames."""
+        return self.frames[torch.randint(len(self.frames), (batch_size,), generator=generator)]
 
     def sequential(self, batch_size: int):
         """Every frame of this split once, in order (validation)."""
         for rows in self.frames.split(batch_size):
             yield self.batch(rows)
 
-    def batch(self, rows: Tensor) -> dict[str, Tensor | list[str]]:
-        """The batch of frames ``rows`` (host indices), its tensors on the batch device."""
+    def batch(self, rows: Tensor, frames: dict[str, Tensor] | None = None) -> dict[str, Tensor | list[str]]:
+        """The batch of frames ``rows`` (host indices), its tensors on the batch device; ``frames``: their camera
+        frames decoded already (`PrefetchedFrames`), else they are decoded here."""
         windows = self.cache.windows(rows, self.history_len, self.num_future)
         at = rows.to(self.device)
         offsets = at[:, None] + torch.arange(self.chunk_size, device=self.device)
         end = self._episode_end[at][:, None]
         is_pad = offsets >= end
         offsets = torch.minimum(offsets, end - 1)
-        extras: dict[str, Tensor | list] = self.images.frames(rows) if self.images is not None else {}
+        extras: dict[str, Tensor | list] = {}
+        if self.images is not None:
+            frames = self.images.frames(rows) if frames is None else frames
+            extras = {key: frames[key] for key in self.images.camera_keys}
         if self.coc_labels is not None:
             extras["coc_text"] = [self.coc_labels.get(int(e)) for e in self.table.episode_index[rows]]
         return {

@@ -9,7 +9,12 @@ result loads with `lerobot-eval` and `from_pretrained`.
 
 Per step: draw a batch of training frames (uniform, with replacement, from a seeded generator),
 normalise it with the policy's preprocessor, forward, clip gradients, AdamW + warmup/cosine
-(the config's LeRobot presets). Every logged value goes to TensorBoard (and W&B when enabled);
+(the config's LeRobot presets), computed as lerobot-train computes it for the same policy config: in the mixed
+precision its rule picks (`lerobot_mixed_precision`: the config's `use_amp`, or `dtype` where a config has one;
+fp16 with a gradient scaler, bf16 without), and for the VLM families with TF32 matrix products and cuDNN's
+autotuner on CUDA (`lerobot_backend_flags`). The VLM families' camera frames are decoded ahead of the step by
+background processes (`TrainOptions.data_workers`, `PrefetchedFrames`: the frames decoding them in the step
+gives, so the same batches for the same seed). Every logged value goes to TensorBoard (and W&B when enabled);
 the held-out episodes' action loss is logged at every checkpoint. The world-memory training recipes (README,
 World-memory training recipes) are options of the policy config: the policy counts its own training steps
 (a buffer saved with its weights), so the recipes' schedules and stages resume where they stopped, and its
@@ -30,6 +35,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +47,12 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot_policy_world_modality import POLICY_TYPES
+from lerobot_policy_world_modality.families import BACKBONE_FIELDS, FAMILY_OF_TYPE
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import features_for
 from tqdm.auto import tqdm
 
 from world_modality.atomic_io import output_folder, writing
-from world_modality.choices import TRAIN, Count, check_ranges
+from world_modality.choices import TRAIN, Count, NonNegative, check_ranges
 from world_modality.data.check import DatasetKeys
 from world_modality.data.integrity import verify_dataset
 from world_modality.devices import resolve_device
@@ -65,7 +73,15 @@ from world_modality.training.checkpoint import (
     run_label,
     save_checkpoint,
 )
-from world_modality.training.data import LatentBatches, batch_device, read_frame_table, split_episodes, training_images
+from world_modality.training.data import (
+    ROWS,
+    LatentBatches,
+    PrefetchedFrames,
+    batch_device,
+    read_frame_table,
+    split_episodes,
+    training_images,
+)
 
 
 @dataclass
@@ -88,12 +104,72 @@ class TrainOptions:
     coc_labels: str | None = None  # CoC labels JSONL (`wm coc generate`) for policies with a text loss
     require_coc: bool = False  # every training episode must have a CoC label
     device: str = "auto"
+    # Processes decoding the VLM families' camera frames ahead of the step; None: `DATA_WORKERS` on CUDA, none on
+    # CPU (where they would take the cores the step computes on). Any number gives the same batches.
+    data_workers: NonNegative | None = None
     resume: bool = False
     wandb: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
         check_ranges(TrainOptions, vars(self))  # before any work
+
+
+DATA_WORKERS = 4  # lerobot-train's default `num_workers`
+
+
+def lerobot_mixed_precision(config: PreTrainedConfig) -> str:
+    """The mixed precision lerobot-train trains ``config`` in, in accelerate's names ("no", "bf16", "fp16"), by
+    LeRobot 0.6.1's rule (`lerobot.scripts.lerobot_train.train`): the config's `dtype` where it has that field,
+    else with `use_amp` torch.autocast's default dtype on the config's device (bf16 on CPU, fp16 on CUDA); where
+    neither decides, accelerate's own default: `accelerate launch --mixed_precision`, else "no"."""
+    if hasattr(config, "dtype"):
+        chosen = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}.get(config.dtype)
+    elif config.use_amp:
+        autocast_dtype = torch.get_autocast_dtype(torch.device(config.device).type)
+        chosen = {torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]
+    else:
+        chosen = None
+    return chosen or os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a training step computes: a mixed precision of `lerobot_mixed_precision` on a device type, as accelerate
+    applies it (autocast around the forward pass; for fp16 a gradient scaler)."""
+
+    mixed_precision: str
+    device_type: str
+
+    @classmethod
+    def of(cls, config: PreTrainedConfig, device: torch.device) -> Precision:
+        return cls(lerobot_mixed_precision(config), device.type)
+
+    def autocast(self):
+        if self.mixed_precision == "no":
+            return nullcontext()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[self.mixed_precision]
+        return torch.autocast(device_type=self.device_type, dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device_type) if self.mixed_precision == "fp16" else None
+
+
+@contextmanager
+def lerobot_backend_flags(device: torch.device, policy_type: str) -> Iterator[None]:
+    """lerobot-train's CUDA settings (TF32 matrix products, cuDNN's autotuner) in the block, for the families on a
+    VLM backbone (LeRobot's SmolVLA, Qwen-VL), which train as lerobot-train trains them; the latents-only family keeps
+    float32 matrix products, as its results so far were trained. Restored after the block, so that nothing else in the
+    process (e.g. an evaluation) computes differently for a training having run."""
+    if device.type != "cuda" or FAMILY_OF_TYPE[policy_type] not in BACKBONE_FIELDS:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = True, True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = before
 
 
 def policy_config_class(policy_type: str) -> type[PreTrainedConfig]:
@@ -191,12 +267,13 @@ class _Loggers:
 @torch.no_grad()
 def validation_loss(policy: PreTrainedPolicy, preprocessor, data: LatentBatches, batch_size: int,
                     memory_mode: str | None = None, seed: int = 0) -> dict[str, float]:
-    """Frame-weighted mean of the logged losses over every frame of ``data`` (eval mode; the
-    random draws of flow noise and of `random`/`shuffle` memory are seeded, so calls compare)."""
+    """Frame-weighted mean of the logged losses over every frame of ``data`` (eval mode, in the precision the policy
+    trains in; the random draws of flow noise and of `random`/`shuffle` memory are seeded, so calls compare)."""
     was_training = policy.training
     policy.eval()
     totals: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[]):
+    precision = Precision.of(policy.config, next(policy.parameters()).device)
+    with torch.random.fork_rng(devices=[]), precision.autocast():
         torch.manual_seed(seed)
         for batch in data.sequential(batch_size):
             n = len(batch[data.keys.state])
@@ -215,7 +292,9 @@ def _accelerator(device: torch.device):
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     # As lerobot-train: some families leave parameters unused in a step (e.g. memory modes, frozen towers).
-    return Accelerator(cpu=device.type == "cpu", kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    # Its own mixed precision off: `Precision` applies the policy's, on one process and on several alike.
+    return Accelerator(cpu=device.type == "cpu", mixed_precision="no",
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 TRAINING_RUN_KIND = "training run"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -226,10 +305,11 @@ def train(opts: TrainOptions) -> Path:
     (same data, options and RNG streams) up to ``opts.steps``. Returns the last checkpoint folder.
     Under ``accelerate launch`` every process runs this; see the module docstring. The run folder is held
     (`world_modality.locks`) by the main process, the one that writes it."""
-    if int(os.environ.get("RANK", "0")) > 0:
-        return _train(opts)
-    with writer_lock(opts.out):
-        return _train(opts)
+    with lerobot_backend_flags(resolve_device(opts.device), opts.policy_type):
+        if int(os.environ.get("RANK", "0")) > 0:
+            return _train(opts)
+        with writer_lock(opts.out):
+            return _train(opts)
 
 
 def _train(opts: TrainOptions) -> Path:
@@ -303,10 +383,14 @@ def _train(opts: TrainOptions) -> Path:
     optimizer = config.get_optimizer_preset().build(policy.get_optim_params())
     scheduler = config.get_scheduler_preset().build(optimizer, max(opts.steps, 1))
     sampler = torch.Generator().manual_seed(opts.seed)
+    precision = Precision.of(config, device)
+    scaler = precision.grad_scaler()
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.set_state(state["sampler_rng"])
+        if scaler is not None and state.get("grad_scaler") is not None:
+            scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -338,18 +422,36 @@ def _train(opts: TrainOptions) -> Path:
     bar = tqdm(total=opts.steps, initial=start_step, desc=f"train {run_label(config)}",
                disable=not (opts.progress and is_main))
     checkpoint_dir = last
+    frame_batches = None
+    if images is not None:  # decoded ahead: a copy of the sampler draws the rows the loop will draw
+        ahead = torch.Generator()
+        ahead.set_state(sampler.get_state())
+        frame_batches = PrefetchedFrames(images, (train_data.draw(opts.batch_size, ahead)[local_rows]
+                                                  for _ in range(start_step, opts.steps)),
+                                         data_workers(opts, device), pin_memory=device.type == "cuda")
     try:
         for step in range(start_step + 1, opts.steps + 1):
             t0 = time.perf_counter()
             # The global batch's rows (identical on every process), of which this process trains its slice.
-            rows = train_data.frames[torch.randint(len(train_data.frames), (opts.batch_size,), generator=sampler)]
-            batch = preprocess(preprocessor, train_data.batch(rows[local_rows]))
+            rows = train_data.draw(opts.batch_size, sampler)[local_rows]
+            frames = None if frame_batches is None else next(frame_batches)
+            assert frames is None or torch.equal(frames[ROWS], rows), "prefetched frames of other rows"
+            batch = preprocess(preprocessor, train_data.batch(rows, frames))
             t1 = time.perf_counter()
-            loss, logs = model(batch)
+            with precision.autocast():
+                loss, logs = model(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is None:
+                loss.backward()
+            else:  # fp16: the loss scaled against underflow, the gradients unscaled before clipping
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:  # skipped when the gradients are not finite; the scale then shrinks
+                scaler.step(optimizer)
+                scaler.update()
             scheduler.step()
             if accelerator is not None:  # the global batch's values: the mean of the processes' slices
                 keys = sorted(logs)
@@ -375,17 +477,27 @@ def _train(opts: TrainOptions) -> Path:
                     "sampler_rng": sampler.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "grad_scaler": None if scaler is None else scaler.state_dict(),
                 }
                 checkpoint_dir = save_checkpoint(run_dir, step, policy, preprocessor, postprocessor, meta, training_state)
                 if accelerator is not None:
                     accelerator.wait_for_everyone()
     finally:
         bar.close()
+        if frame_batches is not None:
+            frame_batches.close()
         if loggers is not None:
             loggers.close()
     if checkpoint_dir is None:
         raise ValueError(f"nothing to do: --steps {opts.steps} and the run starts at step {start_step}")
     return checkpoint_dir
+
+
+def data_workers(opts: TrainOptions, device: torch.device) -> int:
+    """The processes that decode camera frames ahead of the step (`TrainOptions.data_workers`)."""
+    if opts.data_workers is not None:
+        return opts.data_workers
+    return DATA_WORKERS if device.type == "cuda" else 0
 
 
 def preprocess(preprocessor, batch: dict[str, Any]) -> dict[str, Any]:
