@@ -186,13 +186,13 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
     """The policy config of a new run: architecture from the options, inputs from the data.
 
     The world transformer reads the world latents only (its image key is the encoder's camera, None
-    for the state encoder); the VLM families also read ``cameras`` (dataset camera keys: the main camera, then the
-    wrist camera when the dataset keys name one)."""
+    for an encoder that reads the state); the VLM families also read ``cameras`` (dataset camera keys: the main
+    camera, then the wrist camera when the dataset keys name one)."""
     spec = cache.spec
-    is_image = spec.name != "state"
+    reads_frames = not spec.reads_states
     inputs, outputs = features_for(opts.keys.state, state_dim, opts.keys.action, action_dim, spec.camera_key,
-                                   encoder_input_shape(features, spec.camera_key), is_image)
-    image_key = spec.camera_key if is_image else None
+                                   encoder_input_shape(features, spec.camera_key), reads_frames)
+    image_key = spec.camera_key if reads_frames else None
     wrist_key = None
     if opts.policy_type != "world_transformer":
         if not cameras:
