@@ -21,6 +21,7 @@ FORMATTED = (
     f"{PIPELINE}/report/plots.py",
     f"{PIPELINE}/report/results.py",
     f"{PIPELINE}/report/tables.py",
+    f"{PIPELINE}/training/options.py",
     "tests/test_cli.py",
     "tests/test_lint.py",
     "tests/test_wandb.py",

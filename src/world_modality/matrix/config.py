@@ -724,7 +724,7 @@ def _seeds(value: Any) -> tuple[int, ...]:
 
 @cache
 def _train_hints() -> dict[str, Any]:
-    from world_modality.training.trainer import TrainOptions
+    from world_modality.training.options import TrainOptions
 
     return _dataclass_hints(TrainOptions, MATRIX_OWNED)
 
@@ -732,7 +732,7 @@ def _train_hints() -> dict[str, Any]:
 @cache
 def train_defaults() -> dict[str, Any]:
     """TrainOptions' defaults of the fields an arm may set."""
-    from world_modality.training.trainer import TrainOptions
+    from world_modality.training.options import TrainOptions
 
     return {
         f.name: (f.default if f.default is not dataclasses.MISSING else None)

@@ -37,7 +37,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,13 @@ from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot_policy_world_modality import POLICY_TYPES
 from lerobot_policy_world_modality.families import BACKBONE_FIELDS, FAMILY_OF_TYPE
-from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import features_for
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
+    TOKEN_MODEL_TYPES,
+    features_for,
+)
 from tqdm.auto import tqdm
 
 from world_modality.atomic_io import output_folder, writing
-from world_modality.choices import TRAIN, Count, NonNegative, check_ranges
-from world_modality.data.check import DatasetKeys
 from world_modality.data.integrity import verify_dataset
 from world_modality.devices import resolve_device
 from world_modality.locks import writer_lock
@@ -82,37 +83,7 @@ from world_modality.training.data import (
     split_episodes,
     training_images,
 )
-
-
-@dataclass
-class TrainOptions:
-    dataset: str
-    latents: str
-    out: str
-    policy_type: str = TRAIN.policy_type
-    model_type: str | None = TRAIN.model_type  # world_transformer only (A, B, B_cont, C, F; default F)
-    steps: Count = TRAIN.steps
-    batch_size: Count = TRAIN.batch_size
-    seed: int = TRAIN.seed
-    save_every: Count = 500
-    log_every: Count = 1
-    val_fraction: float = 0.1
-    val_batch_size: Count = 256
-    tokens: str | None = None  # world-token folder (`wm tokens`), needed by B and C
-    keys: DatasetKeys = field(default_factory=DatasetKeys)
-    policy: dict[str, Any] = field(default_factory=dict)  # policy config overrides
-    coc_labels: str | None = None  # CoC labels JSONL (`wm coc generate`) for policies with a text loss
-    require_coc: bool = False  # every training episode must have a CoC label
-    device: str = "auto"
-    # Processes decoding the VLM families' camera frames ahead of the step; None: `DATA_WORKERS` on CUDA, none on
-    # CPU (where they would take the cores the step computes on). Any number gives the same batches.
-    data_workers: NonNegative | None = None
-    resume: bool = False
-    wandb: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        check_ranges(TrainOptions, vars(self))  # before any work
+from world_modality.training.options import RESUMED_OPTIONS, TrainOptions
 
 
 DATA_WORKERS = 4  # lerobot-train's default `num_workers`
@@ -216,8 +187,8 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
         "device": str(device),
         "scheduler_decay_steps": opts.steps,
     }
-    if opts.policy_type == "world_transformer":
-        from_data |= {"model_type": opts.model_type or "F", "codebook_size": codebook_size}
+    if opts.world_model_type is not None:
+        from_data |= {"model_type": opts.world_model_type, "codebook_size": codebook_size}
     elif opts.model_type is not None:
         raise ValueError(f"--model-type {opts.model_type} applies to world_transformer only, not {opts.policy_type}")
     unknown = sorted(set(opts.policy) - known)
@@ -333,8 +304,8 @@ def _train(opts: TrainOptions) -> Path:
         raise FileExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
                               "it or choose another --out")
     if last is not None:  # before any work: an option the resumed run would not follow is refused
-        check_resume(last, {"policy_type": opts.policy_type, "model_type": opts.model_type, "seed": opts.seed,
-                            "batch_size": opts.batch_size}, opts.policy, f"resuming {run_dir}")
+        check_resume(last, {name: getattr(opts, name) for name in RESUMED_OPTIONS}, opts.policy,
+                     f"resuming {run_dir}")
     verify_dataset(resolve_dataset_root(opts.dataset)[0])  # before anything reads its files
     summary = check_dataset(opts.dataset, opts.keys)
     cache = LatentCache.load(opts.latents, dataset=opts.dataset)
@@ -354,7 +325,7 @@ def _train(opts: TrainOptions) -> Path:
         state = torch.load(last / TRAINING_STATE / STATE_FILE, weights_only=False)
         start_step = state["step"]
     else:
-        codebook = _codebook(opts, cache) if opts.model_type in ("B", "C") else None
+        codebook = _codebook(opts, cache) if opts.world_model_type in TOKEN_MODEL_TYPES else None
         config = build_config(opts, cache, table.instructions, table.state.shape[1], table.action.shape[1],
                               summary.features, [summary.keys[k] for k in ("image", "wrist") if summary.keys.get(k)],
                               device,
@@ -525,5 +496,5 @@ def _codebook(opts: TrainOptions, cache: LatentCache) -> torch.Tensor:
     from lerobot_policy_world_modality.world_tokens import WorldTokens
 
     if opts.tokens is None:
-        raise ValueError(f"model_type {opts.model_type} needs --tokens (a codebook fitted on these latents with `wm tokens`)")
+        raise ValueError(f"model_type {opts.world_model_type} needs --tokens (a codebook fitted on these latents with `wm tokens`)")
     return WorldTokens.load(opts.tokens, latents=cache).centroids

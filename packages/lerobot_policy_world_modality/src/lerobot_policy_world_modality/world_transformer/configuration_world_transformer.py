@@ -24,6 +24,8 @@ from lerobot_policy_world_modality.world.history import (  # noqa: F401  (re-exp
 from lerobot_policy_world_modality.errors import InputError
 
 MODEL_TYPES = ("A", "B", "B_cont", "C", "F")
+DEFAULT_MODEL_TYPE = "F"
+TOKEN_MODEL_TYPES = ("B", "C")  # the models that predict (B) or also read (C) world tokens of a fitted codebook
 
 
 @PreTrainedConfig.register_subclass("world_transformer")
@@ -42,7 +44,7 @@ class WorldTransformerConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrai
     `WorldMemoryConfig`'s; the chunk, head and optimizer fields `CurrentFrameChunkConfig`'s.
     """
 
-    model_type: str = "F"
+    model_type: str = DEFAULT_MODEL_TYPE
 
     d_model: int = 128
     n_heads: int = 4
@@ -71,7 +73,7 @@ class WorldTransformerConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrai
         if self.model_type not in MODEL_TYPES:
             raise InputError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         super().__post_init__()
-        if self.model_type in ("B", "C") and self.codebook_size < 2 and self.tokens_path is None:
+        if self.uses_tokens and self.codebook_size < 2 and self.tokens_path is None:
             raise InputError(f"model_type {self.model_type} needs a fitted world-token codebook: codebook_size >= 2, "
                              "or tokens_path (a `wm tokens` folder)")
 
@@ -81,7 +83,7 @@ class WorldTransformerConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrai
 
     @property
     def uses_tokens(self) -> bool:
-        return self.model_type in ("B", "C")
+        return self.model_type in TOKEN_MODEL_TYPES
 
     def validate_features(self) -> None:
         if self.encoder_spec is None or self.latent_dim < 1:
