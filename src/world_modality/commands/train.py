@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from lerobot_policy_world_modality import POLICY_TYPES
+from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
     DEFAULT_MODEL_TYPE,
     MODEL_TYPES,
@@ -97,21 +98,26 @@ def register(subparsers) -> None:
 
 
 def _policy_overrides(args, policy_type: str) -> dict:
+    """The policy-config fields the flags and --set give; a field given twice must be given the same value."""
     from world_modality.training.trainer import policy_config_class
 
     known = {f.name for f in fields(policy_config_class(policy_type))}
     overrides = {name: getattr(args, name) for name in _POLICY_FLAGS if getattr(args, name) is not None}
+    given = {name: f"--{name.replace('_', '-')} {value}" for name, value in overrides.items()}
     absent = [name for name in overrides if name not in known]
     if absent:
-        raise ValueError(f"--{absent[0].replace('_', '-')} is not a setting of {policy_type}")
+        raise InputError(f"--{absent[0].replace('_', '-')} is not a setting of {policy_type}")
     for item in args.set:
-        name, sep, value = item.partition("=")
+        name, sep, text = item.partition("=")
         if not sep or name not in known:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
+            raise InputError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
         try:
-            overrides[name] = json.loads(value)
+            value = json.loads(text)
         except json.JSONDecodeError:
-            overrides[name] = value
+            value = text
+        if name in overrides and overrides[name] != value:
+            raise InputError(f"--set {item} contradicts {given[name]}: give {name} once")
+        overrides[name], given[name] = value, f"--set {item}"
     return overrides
 
 

@@ -53,23 +53,8 @@ SECTIONS = (
     "evaluation",
     "report",
 )
-# TrainOptions fields the matrix sets itself, and policy-config fields `build_config` fills from the data.
+# TrainOptions fields the matrix sets itself (policy-config fields the run sets are `POLICY_SET_BY_RUN`).
 MATRIX_OWNED = ("dataset", "latents", "out", "seed", "resume")
-POLICY_FROM_DATA = (
-    "model_type",
-    "instructions",
-    "latent_dim",
-    "encoder_spec",
-    "state_key",
-    "action_key",
-    "instruction_key",
-    "image_key",
-    "input_features",
-    "output_features",
-    "device",
-    "scheduler_decay_steps",
-    "codebook_size",
-)
 ARM_ENCODER = "encoder"  # the arm (or training) field naming the encoder whose latents the arm reads
 ARM_BACKBONE = "backbone"  # the arm (or training) field naming the `backbones:` entry a VLA-family arm reads
 BACKBONES_DIR = "backbones"  # RUN_DIR/backbones/<name>: the random backbone folders a matrix writes
@@ -744,15 +729,16 @@ def train_defaults() -> dict[str, Any]:
 @cache
 def _policy_fields(policy_type: str) -> tuple[type, tuple[str, ...]]:
     """The policy family's config class and its own settable fields (not LeRobot's base-class ones, not those
-    filled from the data)."""
+    the run sets from its options and data)."""
     from lerobot.configs import PreTrainedConfig
 
+    from world_modality.training.options import POLICY_SET_BY_RUN
     from world_modality.training.trainer import policy_config_class
 
     config_class = policy_config_class(policy_type)
     base = {f.name for f in dataclasses.fields(PreTrainedConfig)}
     names = tuple(
-        f.name for f in dataclasses.fields(config_class) if f.name not in base and f.name not in POLICY_FROM_DATA
+        f.name for f in dataclasses.fields(config_class) if f.name not in base and f.name not in POLICY_SET_BY_RUN
     )
     return config_class, names
 

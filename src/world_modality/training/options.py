@@ -57,6 +57,25 @@ class TrainOptions:
 # again, they must equal the run's (`check_resume`).
 RESUMED_OPTIONS = ("policy_type", "model_type", "seed", "batch_size")
 
+# Policy-config fields a run sets itself (`trainer.build_config`), each with what sets it: a policy override (`wm
+# train --set`, a matrix arm's `policy:`) may repeat but not contradict them.
+POLICY_SET_BY_RUN = {
+    "model_type": "--model-type",
+    "instructions": "the dataset's instructions",
+    "latent_dim": "the latent cache",
+    "encoder_spec": "the latent cache",
+    "state_key": "--state-key",
+    "action_key": "--action-key",
+    "instruction_key": "--instruction-key",
+    "image_key": "the latent cache's camera, or for the VLM families --image-key (default the dataset's first camera)",
+    "input_features": "the dataset and the latent cache",
+    "output_features": "the dataset",
+    "device": "--device",
+    "scheduler_decay_steps": "--steps",
+    "codebook_size": "--tokens",
+}
+
+
 def option_default(name: str) -> Any:
     """TrainOptions' default of the field ``name``."""
     found = {f.name: f for f in dataclasses.fields(TrainOptions)}[name]

@@ -47,6 +47,7 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot_policy_world_modality import POLICY_TYPES
+from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.families import BACKBONE_FIELDS, FAMILY_OF_TYPE
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
     TOKEN_MODEL_TYPES,
@@ -83,7 +84,7 @@ from world_modality.training.data import (
     split_episodes,
     training_images,
 )
-from world_modality.training.options import RESUMED_OPTIONS, TrainOptions
+from world_modality.training.options import POLICY_SET_BY_RUN, RESUMED_OPTIONS, TrainOptions
 
 
 DATA_WORKERS = 4  # lerobot-train's default `num_workers`
@@ -158,7 +159,8 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
 
     The world transformer reads the world latents only (its image key is the encoder's camera, None
     for an encoder that reads the state); the VLM families also read ``cameras`` (dataset camera keys: the main
-    camera, then the wrist camera when the dataset keys name one)."""
+    camera, then the wrist camera when the dataset keys name one). The fields set here (`POLICY_SET_BY_RUN`) may be
+    repeated in ``opts.policy``, not contradicted."""
     spec = cache.spec
     reads_frames = not spec.reads_states
     inputs, outputs = features_for(opts.keys.state, state_dim, opts.keys.action, action_dim, spec.camera_key,
@@ -173,7 +175,7 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
             inputs[camera] = PolicyFeature(type=FeatureType.VISUAL, shape=tuple(features[camera]["shape"]))
     config_class = policy_config_class(opts.policy_type)
     known = {f.name for f in dataclasses.fields(config_class)}
-    from_data = {
+    from_run = {
         "instructions": instructions,
         "latent_dim": spec.output_dim,
         "encoder_spec": spec.to_dict(),
@@ -188,15 +190,25 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
         "scheduler_decay_steps": opts.steps,
     }
     if opts.world_model_type is not None:
-        from_data |= {"model_type": opts.world_model_type, "codebook_size": codebook_size}
+        from_run |= {"model_type": opts.world_model_type, "codebook_size": codebook_size}
     elif opts.model_type is not None:
         raise ValueError(f"--model-type {opts.model_type} applies to world_transformer only, not {opts.policy_type}")
     unknown = sorted(set(opts.policy) - known)
     if unknown:
         raise ValueError(f"{opts.policy_type} has no config field(s) {unknown}; its fields: {sorted(known)}")
-    config = config_class(**{**{k: v for k, v in from_data.items() if k in known}, **opts.policy})
+    from_run = {k: v for k, v in from_run.items() if k in known}
+    _refuse_contradictions(opts.policy, from_run)
+    config = config_class(**{**from_run, **opts.policy})
     config.schedule_memory_source_over(opts.steps)  # `scheduled` without a schedule: over the first half
     return config
+
+
+def _refuse_contradictions(overrides: dict[str, Any], from_run: dict[str, Any]) -> None:
+    """A policy override of a field the run sets itself (`POLICY_SET_BY_RUN`) must say the same."""
+    for name, value in overrides.items():
+        if name in POLICY_SET_BY_RUN and name in from_run and value != from_run[name]:
+            raise InputError(f"policy field {name}: given {value!r}, but {POLICY_SET_BY_RUN[name]} sets it to "
+                             f"{from_run[name]!r}; give it there, once")
 
 
 def wandb_run_id(run_dir: Path) -> str:
