@@ -1,5 +1,5 @@
-"""`wm train`'s options: each default declared once (TrainOptions; the flags take theirs from it), and a setting given
-twice with two values refused, in one paragraph."""
+"""`wm train`'s options: each default declared once (TrainOptions; the flags take theirs from it), a setting given twice
+with two values refused, and the trainer's refusals of bad input printed as one paragraph."""
 
 from __future__ import annotations
 
@@ -78,6 +78,8 @@ def test_wm_train_prints_a_contradiction_as_one_paragraph(tmp_path, capsys):
      "policy field scheduler_decay_steps: given 5, but --steps sets it to 4"),
     (["--model-type", "A", "--set", "model_type=F"], "policy field model_type: given 'F', but --model-type sets it to 'A'"),
     (["--device", "cpu", "--set", "device=cuda"], "policy field device: given 'cuda', but --device sets it to 'cpu'"),
+    (["--require-coc"], "--require-coc needs --coc-labels"),
+    (["--policy", "smolvla_world", "--model-type", "F"], "--model-type F applies to world_transformer only"),
 ])
 def test_a_run_refuses_settings_that_contradict_it_in_one_paragraph(metaworld_dataset, state_latents, tmp_path, capsys,
                                                                    given, refused):

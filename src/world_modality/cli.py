@@ -20,13 +20,6 @@ from pathlib import Path
 from lerobot_policy_world_modality.errors import BUG_REPORT, WorldModalityError
 from world_modality import commands, interrupts
 
-# Modules whose own `raise` statements still raise built-in errors for bad input (issue 37: `wm train`'s modules,
-# converted with its options in a later pass): such an error, raised there, still prints as one paragraph.
-UNCONVERTED_MODULES = (
-    "world_modality.training.trainer",
-    "world_modality.training.data",
-    "world_modality.commands.train",
-)
 # Subcommands in pipeline order; any other module in world_modality.commands follows alphabetically.
 PIPELINE_ORDER = ("data", "latents", "tokens", "train", "intervene", "eval", "report", "matrix", "demo")
 
@@ -117,16 +110,7 @@ def _run(args: argparse.Namespace) -> int:
 def says_what_is_wrong(error: BaseException) -> bool:
     """Whether ``error`` is one of the project's own errors, whose message says what is wrong and how to fix it
     (printed as one paragraph); anything else is a bug."""
-    if isinstance(error, WorldModalityError):
-        return True
-    raised_at = error.__traceback__
-    while raised_at is not None and raised_at.tb_next is not None:
-        raised_at = raised_at.tb_next
-    return (
-        isinstance(error, (ValueError, OSError))
-        and raised_at is not None
-        and raised_at.tb_frame.f_globals.get("__name__") in UNCONVERTED_MODULES
-    )
+    return isinstance(error, WorldModalityError)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot_policy_world_modality import POLICY_TYPES
-from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.errors import InputError, OutputExistsError
 from lerobot_policy_world_modality.families import BACKBONE_FIELDS, FAMILY_OF_TYPE
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
     TOKEN_MODEL_TYPES,
@@ -146,7 +146,7 @@ def lerobot_backend_flags(device: torch.device, policy_type: str) -> Iterator[No
 
 def policy_config_class(policy_type: str) -> type[PreTrainedConfig]:
     if policy_type not in POLICY_TYPES:
-        raise ValueError(f"policy type must be one of {POLICY_TYPES}, got {policy_type!r}")
+        raise InputError(f"policy type must be one of {POLICY_TYPES}, got {policy_type!r}")
     import lerobot_policy_world_modality  # noqa: F401  (registers the plugin's config classes)
 
     return PreTrainedConfig.get_choice_class(policy_type)
@@ -169,7 +169,7 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
     wrist_key = None
     if opts.policy_type != "world_transformer":
         if not cameras:
-            raise ValueError(f"{opts.policy_type} reads a camera image, and the dataset has no camera feature")
+            raise InputError(f"{opts.policy_type} reads a camera image, and the dataset has no camera feature")
         image_key, wrist_key = cameras[0], (cameras[1:] or [None])[0]
         for camera in cameras:
             inputs[camera] = PolicyFeature(type=FeatureType.VISUAL, shape=tuple(features[camera]["shape"]))
@@ -192,10 +192,10 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
     if opts.world_model_type is not None:
         from_run |= {"model_type": opts.world_model_type, "codebook_size": codebook_size}
     elif opts.model_type is not None:
-        raise ValueError(f"--model-type {opts.model_type} applies to world_transformer only, not {opts.policy_type}")
+        raise InputError(f"--model-type {opts.model_type} applies to world_transformer only, not {opts.policy_type}")
     unknown = sorted(set(opts.policy) - known)
     if unknown:
-        raise ValueError(f"{opts.policy_type} has no config field(s) {unknown}; its fields: {sorted(known)}")
+        raise InputError(f"{opts.policy_type} has no config field(s) {unknown}; its fields: {sorted(known)}")
     from_run = {k: v for k, v in from_run.items() if k in known}
     _refuse_contradictions(opts.policy, from_run)
     config = config_class(**{**from_run, **opts.policy})
@@ -300,7 +300,7 @@ def _train(opts: TrainOptions) -> Path:
     device = resolve_device(opts.device)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if opts.batch_size % processes:
-        raise ValueError(f"--batch-size {opts.batch_size} (the global batch) must be a multiple of the "
+        raise InputError(f"--batch-size {opts.batch_size} (the global batch) must be a multiple of the "
                          f"{processes} processes")
     accelerator = _accelerator(device)
     rank = 0 if accelerator is None else accelerator.process_index
@@ -313,8 +313,8 @@ def _train(opts: TrainOptions) -> Path:
     torch.set_flush_denormal(True)
     last = last_checkpoint(run_dir)
     if last is not None and not opts.resume:
-        raise FileExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
-                              "it or choose another --out")
+        raise OutputExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
+                                "it or choose another --out")
     if last is not None:  # before any work: an option the resumed run would not follow is refused
         check_resume(last, {name: getattr(opts, name) for name in RESUMED_OPTIONS}, opts.policy,
                      f"resuming {run_dir}")
@@ -330,7 +330,7 @@ def _train(opts: TrainOptions) -> Path:
         config = policy.config
         check_inputs(config, cache.spec, opts.keys, f"resuming {run_dir}")
         if checkpoint.meta["train_episodes"] != train_episodes:
-            raise ValueError(f"resuming {run_dir}: the training split differs from the checkpoint's "
+            raise InputError(f"resuming {run_dir}: the training split differs from the checkpoint's "
                              f"({len(checkpoint.meta['train_episodes'])} vs {len(train_episodes)} episodes); "
                              "pass the same dataset and --val-fraction")
         verify_folder(last / TRAINING_STATE, RETRAIN)
@@ -472,7 +472,7 @@ def _train(opts: TrainOptions) -> Path:
         if loggers is not None:
             loggers.close()
     if checkpoint_dir is None:
-        raise ValueError(f"nothing to do: --steps {opts.steps} and the run starts at step {start_step}")
+        raise InputError(f"nothing to do: --steps {opts.steps} and the run starts at step {start_step}")
     return checkpoint_dir
 
 
@@ -494,7 +494,7 @@ def preprocess(preprocessor, batch: dict[str, Any]) -> dict[str, Any]:
 def _coc_labels(opts: TrainOptions, train_episodes: list[int]) -> dict[int, str] | None:
     if opts.coc_labels is None:
         if opts.require_coc:
-            raise ValueError("--require-coc needs --coc-labels (a JSONL made by `wm coc generate`)")
+            raise InputError("--require-coc needs --coc-labels (a JSONL made by `wm coc generate`)")
         return None
     from world_modality.coc.labels import coc_texts_for, load_coc_labels
 
@@ -508,5 +508,5 @@ def _codebook(opts: TrainOptions, cache: LatentCache) -> torch.Tensor:
     from lerobot_policy_world_modality.world_tokens import WorldTokens
 
     if opts.tokens is None:
-        raise ValueError(f"model_type {opts.world_model_type} needs --tokens (a codebook fitted on these latents with `wm tokens`)")
+        raise InputError(f"model_type {opts.world_model_type} needs --tokens (a codebook fitted on these latents with `wm tokens`)")
     return WorldTokens.load(opts.tokens, latents=cache).centroids
