@@ -36,9 +36,9 @@ UNIT = {"dataset": "episodes", "latents": "episodes", "train": "steps", "eval": 
 
 
 def _model(config: MatrixConfig, arm: str) -> str:
-    """What sets an arm's training step time: its policy type and model."""
-    options = config.arms[arm]
-    return f"{options.get('policy_type', 'world_transformer')}/{options.get('model_type') or 'F'}"
+    """What sets an arm's training step time: its policy type and, for the world transformer, its model."""
+    spec = config.arms[arm]
+    return "/".join(filter(None, (spec.policy_type, spec.model_type)))
 
 
 def _work(stage: str, step_work: dict[str, int]) -> float:

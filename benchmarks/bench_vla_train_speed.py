@@ -232,7 +232,7 @@ def main() -> None:
     print(f"\nVLA training speed: SmolVLM2 {args.size}, batch {args.batch_size}, use_amp {args.amp}, "
           f"{args.data_workers} data workers, {dataset.name}; {device}; median of {args.steps} steps after "
           f"{args.warmup}, {args.rounds} round(s)\n")
-    print(f"| arm | samples/s | step ms (median) | step ms (p90) | peak GPU memory GiB |\n|---|---:|---:|---:|---:|")
+    print("| arm | samples/s | step ms (median) | step ms (p90) | peak GPU memory GiB |\n|---|---:|---:|---:|---:|")
     for arm, r in results.items():
         memory = "-" if r["peak_gpu_memory_gib"] is None else f"{r['peak_gpu_memory_gib']:.2f}"
         print(f"| {arm} | {r['samples_per_s']:.1f} | {r['step_ms_median']:.1f} | {r['step_ms_p90']:.1f} | {memory} |")

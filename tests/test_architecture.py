@@ -20,7 +20,7 @@ ROOTS = {
 # package above it ("" is the distribution's own __init__); a module may import its own layer and those below.
 LAYERS: dict[str, list[tuple[str, ...]]] = {
     PLUGIN: [
-        ("memory_modes", "file_digests", "rendering", "video_decoding", "families"),
+        ("errors", "memory_modes", "file_digests", "rendering", "video_decoding", "families"),
         ("encoders",),
         ("world", "dataset_files"),
         ("latent_cache", "world_tokens"),
@@ -169,6 +169,19 @@ def test_no_upward_import():
     assert not upward, "imports from a higher layer (docs/ARCHITECTURE.md, Layers):\n" + "\n".join(upward)
 
 
+def _comparisons_with(words: set[str], modules: Iterator[str]) -> list[str]:
+    """Where one of ``modules`` compares a value with one of ``words`` (``==``, ``in (...)``, ...)."""
+    found = []
+    for module in modules:
+        for node in ast.walk(ast.parse(MODULES[module].read_text())):
+            if isinstance(node, ast.Compare):
+                values = [node.left, *node.comparators]
+                values += [e for v in values if isinstance(v, (ast.Tuple, ast.List, ast.Set)) for e in v.elts]
+                hits = [v.value for v in values if isinstance(v, ast.Constant) and v.value in words]
+                found += [f"{_where(module, node.lineno)} compares with {h!r}" for h in hits]
+    return found
+
+
 @pytest.mark.parametrize("name", ["metaworld", "libero"])
 def test_simulator_names_are_compared_only_inside_their_package(name):
     """``if env == "libero"``-style branches belong in the simulator's package (docs/ARCHITECTURE.md, How to add
@@ -176,14 +189,27 @@ def test_simulator_names_are_compared_only_inside_their_package(name):
     from world_modality.sim import get_simulator
 
     words = {name, *get_simulator(name).suites}
-    found = []
-    for module, path in MODULES.items():
-        if not module.startswith(PIPELINE) or module == f"{PIPELINE}.sim.{name}" or module.startswith(f"{PIPELINE}.sim.{name}."):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Compare):
-                values = [node.left, *node.comparators]
-                values += [e for v in values if isinstance(v, (ast.Tuple, ast.List, ast.Set)) for e in v.elts]
-                hits = [v.value for v in values if isinstance(v, ast.Constant) and v.value in words]
-                found += [f"{_where(module, node.lineno)} compares with {h!r}" for h in hits]
+    found = _comparisons_with(words, (
+        module for module in MODULES
+        if module.startswith(PIPELINE) and module != f"{PIPELINE}.sim.{name}" and not module.startswith(f"{PIPELINE}.sim.{name}.")
+    ))
     assert not found, f"{name} is branched on outside world_modality.sim.{name}:\n" + "\n".join(found)
+
+
+def test_encoder_names_are_compared_only_inside_the_encoders_package():
+    """``if spec.name == "state"``-style branches: outside `lerobot_policy_world_modality.encoders`, code asks the
+    encoder what it reads (`EncoderSpec.reads_states`, `encoder_kind`; docs/ARCHITECTURE.md, How to add an encoder)."""
+    from lerobot_policy_world_modality.encoders.spec import ENCODER_NAMES
+
+    found = _comparisons_with(set(ENCODER_NAMES), (
+        module for module in MODULES if not module.startswith(f"{PLUGIN}.encoders")
+    ))
+    assert not found, "encoder names are branched on outside the encoders package:\n" + "\n".join(found)
+
+
+def test_the_comparison_scan_sees_a_comparison_with_a_name_in_a_tuple(tmp_path, monkeypatch):
+    source = tmp_path / "m.py"
+    source.write_text("def f(spec):\n    return spec.name in ('dinov2', 'x') or spec.name != 'state'\n")
+    monkeypatch.setitem(MODULES, "m", source)
+    monkeypatch.setitem(globals(), "REPO", tmp_path)
+    assert len(_comparisons_with({"state", "dinov2"}, iter(["m"]))) == 2

@@ -30,7 +30,7 @@ def test_policy_and_encoder_names_are_the_plugins():
     assert set(lerobot_policy_world_modality.POLICY_TYPES) <= set(PreTrainedConfig.get_known_choices())
     assert tuple(ENCODERS) == ENCODER_NAMES
     train = _options("train")
-    assert train["policy"].choices == lerobot_policy_world_modality.POLICY_TYPES
+    assert train["policy_type"].choices == lerobot_policy_world_modality.POLICY_TYPES
     assert train["model_type"].choices == MODEL_TYPES
     assert _options("latents")["encoder"].choices == ENCODER_NAMES
 
@@ -80,7 +80,7 @@ def test_count_flags_have_the_range_their_library_options_declare():
     data = _options("data")["data_command"]
     metaworld = {a.dest: a for a in data.choices["metaworld"]._actions}
     flags = {
-        TrainOptions: (_options("train"), ("steps", "batch_size", "save_every", "log_every")),
+        TrainOptions: (_options("train"), ("steps", "batch_size", "save_every", "log_every", "data_workers")),
         evaluate_checkpoint: (_options("eval"), ("episodes_per_task", "workers", "groups", "max_steps", "eval_seed",
                                                  "videos_per_task")),
         generate_metaworld_dataset: (metaworld, ("episodes_per_task", "workers", "seed")),

@@ -237,6 +237,22 @@ def test_state_encoder(tmp_path):
     torch.testing.assert_close(online(states[0]), z[:1].half())
 
 
+def test_an_encoder_says_what_it_reads_and_whether_it_is_fitted_on_the_dataset(tmp_path):
+    """The code asks the encoder (`EncoderSpec.reads_states`, `encoder_kind`) instead of comparing its name."""
+    from lerobot_policy_world_modality.encoders.registry import ENCODERS
+    from lerobot_policy_world_modality.encoders.spec import ENCODER_KINDS, encoder_kind
+    from lerobot_policy_world_modality.errors import InputError
+
+    assert tuple(ENCODER_KINDS) == tuple(ENCODERS)
+    assert [name for name, kind in ENCODER_KINDS.items() if kind.reads_states] == ["state"]
+    assert [name for name, kind in ENCODER_KINDS.items() if kind.fits_on_dataset] == ["state", "learned"]
+    state = build_encoder("state", checkpoint_path=fit_state_encoder(np.arange(12.0).reshape(4, 3), tmp_path))
+    frames = EncoderSpec("dinov2", None, "hash", "observation.images.top", 224, "cls", 8)
+    assert state.spec.reads_states and not frames.reads_states
+    with pytest.raises(InputError, match="unknown encoder name 'sonar'"):
+        encoder_kind("sonar")
+
+
 def test_state_latents_stay_finite_in_float16(tmp_path):
     """A dimension that barely varied in training (std just above the floor) standardises a small shift at rollout
     into a value past float16's range: the stored latent saturates at float16's largest value instead of becoming inf

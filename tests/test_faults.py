@@ -243,7 +243,7 @@ def test_an_info_json_without_features_is_one_clear_error(metaworld_dataset, tmp
     assert status == 2 and "is not a LeRobot v3 dataset's info.json: it lacks" in line and "?" not in line
     assert ("holds nothing" in line) == (info == {})
     with pytest.raises(ValueError, match="lacks"):  # --debug shows the traceback instead
-        main(["--debug", "data", "check", str(dataset)])
+        main(["data", "check", str(dataset), "--debug"])
 
 
 def test_a_model_folder_with_broken_weights_is_one_clear_error(metaworld_dataset, tmp_path, capsys):

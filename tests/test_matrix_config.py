@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import re
 from pathlib import Path
 
@@ -51,9 +52,10 @@ def changed(change=None) -> dict:
 def test_several_encoders_each_arm_reads_one(tmp_path):
     config = matrix.parse_config(CONFIG)
     assert list(config.encoders) == ["learned", "state"] and config.encoders["learned"] == {"learned_steps": 50}
-    assert config.arm_encoders == {"E0": "learned", "E0s": "state", "E2": "learned", "E2s": "state", "E2o": "learned"}
-    assert "encoder" not in config.arms["E2s"]  # the encoder is the matrix's, not a TrainOptions field
-    assert [f.training_memory for f in map(config.arm_facts, config.arms)] == [None, None, "predicted", "predicted",
+    assert {name: arm.encoder for name, arm in config.arms.items()} == {"E0": "learned", "E0s": "state", "E2": "learned",
+                                                                        "E2s": "state", "E2o": "learned"}
+    assert "encoder" not in config.arms["E2s"].options  # the encoder is the matrix's, not a TrainOptions field
+    assert [arm.facts.training_memory for arm in config.arms.values()] == [None, None, "predicted", "predicted",
                                                                                "oracle"]
     assert matrix.parse_config(config.to_dict()) == config
     assert matrix.latents_dir(config, tmp_path, "state") == tmp_path / "latents" / "state"
@@ -72,7 +74,7 @@ def test_the_older_single_encoder_section_still_works():
     old = changed(lambda c: c.update(encoders=[{"name": "state"}], arms=ONE_SOURCE_ARMS, ablations={}, interventions={}))
     old["encoder"] = old.pop("encoders")[0]
     config = matrix.parse_config(old)
-    assert config.encoders == {"state": {}} and set(config.arm_encoders.values()) == {"state"}
+    assert config.encoders == {"state": {}} and {arm.encoder for arm in config.arms.values()} == {"state"}
     assert matrix.parse_config(config.to_dict()) == config
 
 
@@ -125,6 +127,43 @@ def test_counts_below_their_range_are_refused_naming_the_field_and_the_range(cha
         matrix.parse_config(changed(change))
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c["arms"]["E0"].update(memory_source="oracle"),
+     r"arms\.E0: \['memory_source'\] configure the world module, and this world_transformer config has none"),
+    (lambda c: c["arms"]["E2"].update(gate_lr_multiplier=0.0), r"arms\.E2: gate_lr_multiplier must be > 0, got 0\.0"),
+    (lambda c: c["arms"]["E2"].update(model_type="C"), r"arms\.E2: model_type C needs a fitted world-token codebook"),
+    (lambda c: c["arms"]["E2"].update(lambda_world=0.5, policy={"lambda_world": 1.0}),
+     r"arms\.E2\.lambda_world: given as 0\.5 and under policy as 1\.0; give it once"),
+])
+def test_an_arms_policy_config_is_built_and_validated_when_the_file_is_read(change, message):
+    """The arm's policy family refuses its combination of fields when the matrix file is read, not when its training
+    starts hours later; a field given twice with two values is refused too."""
+    with pytest.raises(matrix.MatrixConfigError, match=message):
+        matrix.parse_config(changed(change))
+
+
+def test_an_arm_is_a_frozen_spec_whose_facts_come_from_its_policy_config():
+    config = matrix.parse_config(vla_config(lambda c: c["arms"].update(
+        E2d={"model_type": "F", "lambda_world": 0.5, "policy": {"lambda_world": 0.5}})))  # twice, but the same value
+    arms = config.arms
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        arms["E2"].encoder = "state"
+    assert arms["E2"].policy_config.uses_world_module and arms["E2"].model_type == "F" and arms["E2"].model == "model F"
+    assert arms["E0"].rollout_mode is None and arms["E0"].model_type == "A"
+    tokens = matrix.parse_config(changed(lambda c: c.update(  # models B and C read a codebook folder, checked in training
+        arms={"B": {"model_type": "B", "tokens": "/data/tokens"}, "E2": {"model_type": "F"}}, ablations={},
+        interventions={}))).arms["B"]
+    assert tokens.rollout_mode is None and tokens.model_type == "B" and tokens.facts.kind == "baseline"
+    # "Has a world module" is the family's own answer: use_world_module for the VLA families.
+    assert not arms["S-E0"].policy_config.uses_world_module and arms["S-E0"].rollout_mode is None
+    assert arms["S-E1"].rollout_mode == "zero" and arms["S-E2"].rollout_mode == "pred"
+    assert arms["S-E2"].model_type is None and arms["S-E2"].model == "smolvla_world"
+    assert arms["S-E2"].backbone == config.backbones["smol"] and arms["E2"].backbone is None
+    assert arms["E2"].setting("steps") == 10 and arms["E2"].setting("device") == "auto"
+    assert arms["E2"].ablations == ("zero",) and arms["E2"].interventions == ("zero", "shuffle")
+    assert arms["E0"].ablations == () and arms["E2d"].policy_config.lambda_world == 0.5
+
+
 @pytest.mark.parametrize(("text", "line", "message"), [
     ("arms:\n  E0: {model_type: A}\n  E2: {model_type: F}\n  E2: {model_type: F, steps: 5}\n", 4,
      r"key 'E2' is given twice in arms \(first on line 3\)"),
@@ -147,7 +186,7 @@ def test_yaml_merge_keys_may_be_overridden_without_counting_as_given_twice(tmp_p
     rest = {k: v for k, v in CONFIG.items() if k not in ("arms", "ablations", "interventions")}
     path.write_text(yaml.safe_dump(rest) + "arms:\n  E0: &base {model_type: A, steps: 4}\n  E0b:\n    <<: *base\n"
                     "    steps: 6\nreport: {baseline: E0}\n")
-    assert matrix.load_config(path).arms["E0b"] == {"model_type": "A", "steps": 6, "batch_size": 8}
+    assert matrix.load_config(path).arms["E0b"].options == {"model_type": "A", "steps": 6, "batch_size": 8}
 
 
 def test_a_named_baseline_settles_an_ambiguous_one():
@@ -182,11 +221,11 @@ def test_demo_matrix_has_a_read_oracle_bound_beside_e2_each_with_the_baseline_of
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     config = matrix.parse_config(demo_config(parser.parse_args(["demo"])))
-    facts = {a: config.arm_facts(a) for a in config.arms}
+    facts = {name: arm.facts for name, arm in config.arms.items()}
     assert {a: (f.training_memory, f.world_source) for a, f in facts.items()} == {
         "E0": (None, "learned"), "E2": ("predicted", "learned"),
         "E0-state": (None, "state"), "E2-oracle-state": ("oracle", "state")}
-    assert config.arms["E2-oracle-state"]["policy"]["gate_lr_multiplier"] == 10.0
+    assert config.arms["E2-oracle-state"].policy_config.gate_lr_multiplier == 10.0
     assert resolve_baselines(list(facts.values())) == {"E2": "E0", "E2-oracle-state": "E0-state"}
     assert config.ablations == {"E2": ("zero", "other"), "E2-oracle-state": ("zero", "other")}
     assert set(config.interventions) == {"E2", "E2-oracle-state"}
@@ -209,9 +248,9 @@ def test_mt10_example_is_the_issue_16_experiment():
     config = matrix.load_config(Path(__file__).resolve().parents[1] / "examples" / "mt10_world_memory.yaml")
     assert len(config.evaluation.tasks) == 10 and config.evaluation.episodes_per_task >= 20 and len(config.seeds) >= 3
     assert list(config.encoders) == ["learned", "state"]
-    facts = {a: config.arm_facts(a) for a in config.arms}
+    facts = {name: arm.facts for name, arm in config.arms.items()}
     assert {a for a, f in facts.items() if f.training_memory == "oracle"} == {"E2-oracle", "E2-oracle-state"}
-    assert config.rollout_mode("E1") == "zero" and config.rollout_mode("E0") is None
+    assert config.arms["E1"].rollout_mode == "zero" and config.arms["E0"].rollout_mode is None
     assert all({"zero", "shuffle", "other"} <= set(modes) for modes in config.ablations.values())
 
 
@@ -229,7 +268,7 @@ def test_a_piece_holds_its_arms_seeds_memory_modes_and_encoders_only():
     config = matrix.load_config(repo / "examples" / "mt10_world_memory.yaml")
     piece = config.piece(arms=["E2-oracle-state", "E0"], seeds=[2])
     assert list(piece.arms) == ["E0", "E2-oracle-state"] and piece.seeds == (2,)  # the file's order
-    assert list(piece.encoders) == ["learned", "state"] and piece.arm_encoders == {"E0": "learned", "E2-oracle-state": "state"}
+    assert list(piece.encoders) == ["learned", "state"] and [arm.encoder for arm in piece.arms.values()] == ["learned", "state"]
     assert piece.ablations == {"E2-oracle-state": ("zero", "shuffle", "other")}
     assert piece.interventions == {"E2-oracle-state": ("zero", "shuffle", "random")}
     assert piece.arms["E2-oracle-state"] == config.arms["E2-oracle-state"] and piece.evaluation == config.evaluation
@@ -288,16 +327,16 @@ def test_three_families_in_one_matrix_each_judged_against_its_own(tmp_path):
 
     config = matrix.parse_config(vla_config())
     assert matrix.parse_config(config.to_dict()) == config
-    facts = [config.arm_facts(arm) for arm in config.arms]
+    facts = [arm.facts for arm in config.arms.values()]
     assert resolve_baselines(facts) == {"E2": "E0", "E2s": "E0s", "E2o": "E0", "S-E1": "S-E0", "S-E2": "S-E0",
                                         "Q-E2": "Q-E0"}
-    assert config.arm_facts("S-E2").family == PolicyFamily("smolvla", "smol")
-    assert config.arm_facts("Q-E0").family == PolicyFamily("qwen_vla", "qwen")
-    assert config.arm_facts("E2").family == PolicyFamily("world_transformer")
-    options = config.policy_options("S-E2", tmp_path)
+    assert config.arms["S-E2"].facts.family == PolicyFamily("smolvla", "smol")
+    assert config.arms["Q-E0"].facts.family == PolicyFamily("qwen_vla", "qwen")
+    assert config.arms["E2"].facts.family == PolicyFamily("world_transformer")
+    options = config.arms["S-E2"].train_options(tmp_path)
     assert options["policy"] | {"vlm_model_name": str(tmp_path / "backbones" / "smol"), "load_vlm_weights": False} \
         == options["policy"] and options["policy"]["memory_source"] == "scheduled"
-    assert config.policy_options("Q-E2", tmp_path)["policy"]["backbone_path"] == str(tmp_path / "backbones" / "qwen")
+    assert config.arms["Q-E2"].train_options(tmp_path)["policy"]["backbone_path"] == str(tmp_path / "backbones" / "qwen")
     steps = {s.name: s for s in matrix_run.plan(config, tmp_path, gpus=False).steps}
     assert not steps["backbone smol"].done and "backbone smol" in steps["train S-E2 seed 0"].needs
     assert "backbone qwen" in steps["train Q-E0 seed 0"].needs and "backbone smol" not in steps["train E2 seed 0"].needs
@@ -331,7 +370,7 @@ def test_a_backbone_folder_of_real_weights_is_checked_for_its_family(tmp_path):
 
     folder = write_random_backbone("qwen3_vl", "tiny", tmp_path / "Qwen3-VL-2B-Instruct")
     config = matrix.parse_config(vla_config(lambda c: c["backbones"].update(qwen={"path": str(folder)})))
-    assert str(config.arm_facts("Q-E2").family) == "qwen_vla (Qwen3-VL-2B-Instruct)"
+    assert str(config.arms["Q-E2"].facts.family) == "qwen_vla (Qwen3-VL-2B-Instruct)"
     steps = {s.name for s in matrix_run.plan(config, tmp_path / "run", gpus=False).steps}
     assert "backbone qwen" not in steps and "backbone smol" in steps  # a folder given is not written
     with pytest.raises(matrix.MatrixConfigError, match=r"backbones.smol.path: .* holds a 'qwen3_vl' model, a backbone "

@@ -136,17 +136,33 @@ def test_report_numbers_verdict_ablations_and_plots(run_dir):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.parametrize(("suite", "heading", "rollup"), [
+    ("metaworld", "## MetaWorld task groups", "| easy |"),
+    ("libero_spatial", "## LIBERO task groups", "No task-group rollup: the episodes' simulator defines no task groups."),
+    ("elsewhere", "## Task groups", "No task-group rollup: the episodes' simulator defines no task groups."),
+])
+def test_the_task_group_heading_names_the_simulator_the_episodes_ran_in(tmp_path, suite, heading, rollup):
+    for label, outcomes in OUTCOMES.items():
+        write_episodes(tmp_path, label, outcomes)
+        path = tmp_path / "eval" / label / "seed0" / "episodes.jsonl"
+        path.write_text("".join(json.dumps(r | {"suite": suite}) + "\n" for r in read_jsonl(path)))
+    md = write_report(tmp_path).read_text()
+    assert f"\n{heading}\n\n" in md and rollup in md.split(heading)[1].split("## ")[0]
+    assert [line for line in md.splitlines() if line.endswith("task groups") or line == "## Task groups"] == [heading]
+
+
 def test_plots_stay_legible_per_evaluation_and_per_arm():
     """The plots of a large matrix: one bar per evaluation in report order, coloured by its rollout memory mode;
     one legend entry per arm (not per run); the gate as |tanh| on a log axis with the read-check's thresholds."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
-    from world_modality.report import GATE_OPEN, GATE_SHUT, MODE_COLOURS, _curve_figure, _gate_figure, _success_figure
+    from world_modality.report.plots import MODE_COLOURS, curve_figure, gate_figure, success_figure
+    from world_modality.report.readcheck import GATE_OPEN, GATE_SHUT
 
     overall = [{"arm": arm, "rate": rate, "ci_low": rate - 0.1, "ci_high": rate + 0.1, "successes": int(20 * rate),
                 "n": 20} for arm, rate in (("E0", 0.5), ("E2", 0.6), ("E2:zero", 0.3))]
-    fig = _success_figure(overall, {"E0": "none", "E2": None, "E2:zero": "zero"})
+    fig = success_figure(overall, {"E0": "none", "E2": None, "E2:zero": "zero"})
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["E0", "E2", "E2:zero"]
     assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the first evaluation on top
@@ -160,20 +176,20 @@ def test_plots_stay_legible_per_evaluation_and_per_arm():
               for seed in (0, 1)}
     curves["E2 seed 0"]["train/world_gate"] = (steps, [0.0, -0.004, -0.02])
     curves["E2 seed 1"]["train/world_gate"] = (steps, [0.0, 0.0002, 0.0005])
-    fig = _curve_figure(curves, ("train/loss", "val/action_loss"))
+    fig = curve_figure(curves, ("train/loss", "val/action_loss"))
     assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 6  # a tag no run logged gets no panel
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["E0", "E2", "E10"]
     assert fig.axes[0].get_yscale() == "log"
     run_colours = [line.get_color() for line in fig.axes[0].lines]
     assert run_colours[0] == run_colours[1] != run_colours[2]  # an arm's seeds alike, arms apart
 
-    fig = _gate_figure(curves)
+    fig = gate_figure(curves)
     ax = fig.axes[0]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["E2"]  # only arms that logged a gate
     assert ax.get_yscale() == "log"
     assert list(ax.lines[0].get_ydata()) == pytest.approx([0.0, 0.004, 0.02])
     assert {tuple(line.get_ydata()) for line in ax.lines[2:]} == {(GATE_OPEN, GATE_OPEN), (GATE_SHUT, GATE_SHUT)}
-    assert _gate_figure({"E0 seed 0": {"train/loss": (steps, [1.0, 0.5, 0.1])}}) is None
+    assert gate_figure({"E0 seed 0": {"train/loss": (steps, [1.0, 0.5, 0.1])}}) is None
     plt.close("all")
 
 
@@ -264,7 +280,7 @@ def config_with(path: str, value) -> dict:
 def test_config_resolves_arms_tasks_and_evaluations():
     config = matrix.parse_config(CONFIG)
     assert config.evaluation.tasks == list(TASKS)  # the dataset's tasks, names resolved
-    assert config.arms["E2"] == {"steps": 10, "batch_size": 8, "model_type": "F", "policy": {"lambda_world": 0.5}}
+    assert config.arms["E2"].options == {"steps": 10, "batch_size": 8, "model_type": "F", "policy": {"lambda_world": 0.5}}
     assert config.evaluations() == [("E0", None, "E0"), ("E2", None, "E2"), ("E2", "zero", "E2:zero")]
     assert matrix.parse_config(config.to_dict()) == config
 
@@ -333,7 +349,7 @@ class FakeStages:
 
     def train_arm(self, config, run_dir, arm, seed):
         self.calls.append(("train", arm, seed))
-        fake_checkpoint(matrix.train_dir(run_dir, arm, seed), config.arms[arm]["steps"])
+        fake_checkpoint(matrix.train_dir(run_dir, arm, seed), config.arms[arm].setting("steps"))
         if self.weights_digest is not None:
             pretrained = matrix.train_dir(run_dir, arm, seed) / "checkpoints" / "last" / "pretrained_model"
             pretrained.mkdir(exist_ok=True)

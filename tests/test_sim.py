@@ -56,13 +56,16 @@ def test_suites_and_task_groups_come_from_the_simulator_of_the_episodes():
     from world_modality.sim.libero.setup import SUITES
 
     assert sim.evaluation_suites() == SUITES
-    groups = sim.task_groups(["metaworld"])
+    metaworld = sim.episodes_simulator(["metaworld"])
+    assert metaworld is sim.get_simulator("metaworld") and metaworld.title == "MetaWorld"
+    groups = metaworld.task_groups()
     assert list(groups) == ["easy", "medium", "hard", "very_hard"]
     assert [len(tasks) for tasks in groups.values()] == [28, 11, 6, 5]  # LeRobot's MT50 grouping
     assert "reach-v3" in groups["easy"] and "basketball-v3" in groups["medium"]
     assert "pick-place-v3" in groups["hard"] and "shelf-place-v3" in groups["very_hard"]
-    assert sim.task_groups(["libero_goal"]) == {}  # a LIBERO evaluation is one suite, without groups
-    assert sim.task_groups(["metaworld", "libero_goal"]) == {} == sim.task_groups(["elsewhere"])
+    libero = sim.episodes_simulator(["libero_goal"])
+    assert libero.title == "LIBERO" and libero.task_groups() == {}  # a LIBERO evaluation is one suite, without groups
+    assert sim.episodes_simulator(["metaworld", "libero_goal"]) is None is sim.episodes_simulator(["elsewhere"])
 
 
 def test_each_simulator_checks_its_suite_and_tasks():

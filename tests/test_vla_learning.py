@@ -44,7 +44,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 def wm(*args: str) -> None:
     from world_modality.cli import main
 
-    assert main(["--debug", *args]) == 0, args
+    assert main([*args, "--debug"]) == 0, args  # each subcommand takes --debug, after its own words
 
 
 @pytest.fixture(scope="module")

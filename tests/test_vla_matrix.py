@@ -96,9 +96,9 @@ def test_the_libero_file_plans_the_seeds_experiment_with_the_users_files(libero_
     from world_modality.report.arms import resolve_baselines
 
     config = matrix.parse_config(libero_files)
-    assert resolve_baselines([config.arm_facts(arm) for arm in config.arms]) == {
+    assert resolve_baselines([arm.facts for arm in config.arms.values()]) == {
         "S-E1": "S-E0", "S-E2": "S-E0", "S-E2-scheduled": "S-E0", "F-E1": "F-E0", "F-E2-scheduled": "F-E0"}
-    assert str(config.arm_facts("S-E2").family) == "smolvla (SmolVLM2-500M-Video-Instruct)"
+    assert str(config.arms["S-E2"].facts.family) == "smolvla (SmolVLM2-500M-Video-Instruct)"
     assert config.evaluation.env == "libero" and config.seeds == (0, 1, 2)
     steps = {s.name: s for s in matrix.plan(config, tmp_path, gpus=False).steps}
     assert not any(name.startswith(("backbone", "dataset")) for name in steps)  # the user's folders are used as they are

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
+from lerobot_policy_world_modality.errors import InputError, WorldModalityError
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +54,7 @@ _CAUSES = {
 _ERRNO_IN_TEXT = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
 
 
-class WriteError(OSError):
+class WriteError(WorldModalityError, OSError):
     """Writing ``filename`` failed: one paragraph naming the file, the cause and what to do. What was complete
     before is kept; the failed part counts as not done, so running the command again continues exactly."""
 
@@ -260,7 +261,7 @@ def _fsync(path: Path) -> None:
 # --- JSONL files -----------------------------------------------------------------------------
 
 
-class JsonlError(ValueError):
+class JsonlError(InputError):
     """A JSONL file has a damaged line that is not an unfinished last line."""
 
 

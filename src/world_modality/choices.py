@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any
+from lerobot_policy_world_modality.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def check_ranges(target: Any, values: Mapping[str, Any]) -> None:
     for name, value in values.items():
         for bound in ranges.get(name, ()):
             if value is not None and (problem := bound.problem(value)):
-                raise ValueError(f"{name}: {problem}")
+                raise InputError(f"{name}: {problem}")
 
 
 @cache

@@ -13,14 +13,13 @@ import pkgutil
 import shlex
 import signal
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
+from lerobot_policy_world_modality.errors import BUG_REPORT, WorldModalityError
 from world_modality import commands, interrupts
 
-# Errors that say what is wrong in their message (bad input, damaged or missing files): one paragraph, exit 2,
-# no traceback unless --debug. Anything else is a bug and shows its traceback.
-KNOWN_ERRORS = (ValueError, OSError, RuntimeError)
 # Subcommands in pipeline order; any other module in world_modality.commands follows alphabetically.
 PIPELINE_ORDER = ("data", "latents", "tokens", "train", "intervene", "eval", "report", "matrix", "demo")
 
@@ -43,9 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     from world_modality import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", dest="debug_all", action="store_true", help="show the full traceback on errors (any command)")
-    parser.add_argument("--no-verify", dest="skip_all_verification", action="store_true",
-                        help="do not check files the pipeline wrote against the digests recorded when they were written")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in command_modules():
         importlib.import_module(f"world_modality.commands.{name}").register(subparsers)
@@ -72,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise
     if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per `accelerate launch` process
         command = f"wm {args.command}" if args is not None else "wm"
-        print(f"\n{command}: interrupted by {signal.Signals(signum).name}; what finished is kept. Resume with: "
-              f"{resume_command(args, argv)}", file=sys.stderr)
+        print(
+            f"\n{command}: interrupted by {signal.Signals(signum).name}; what finished is kept. Resume with: "
+            f"{resume_command(args, argv)}",
+            file=sys.stderr,
+        )
     return interrupts.exit_status(signum)
 
 
@@ -87,20 +86,31 @@ def _run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
     from lerobot_policy_world_modality.file_digests import NO_VERIFY_ENV
 
-    skip = args.skip_all_verification or getattr(args, "skip_verification", False)
-    set_here = skip and NO_VERIFY_ENV not in os.environ
+    set_here = getattr(args, "skip_verification", False) and NO_VERIFY_ENV not in os.environ
     if set_here:  # an environment variable, so simulator and data-loader processes skip too
         os.environ[NO_VERIFY_ENV] = "1"
     try:
         return args.handler(args) or 0
-    except KNOWN_ERRORS as e:
-        if args.debug_all or getattr(args, "debug", False) or interrupts.interrupting_signal(e) is not None:
+    except Exception as e:
+        if interrupts.interrupting_signal(e) is not None:
+            raise
+        if not says_what_is_wrong(e):  # a bug: its traceback, and who to tell
+            traceback.print_exc()
+            print(f"wm {args.command}: {BUG_REPORT}", file=sys.stderr)
+            return 1
+        if args.debug:
             raise
         print(f"wm {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:
         if set_here:
             del os.environ[NO_VERIFY_ENV]
+
+
+def says_what_is_wrong(error: BaseException) -> bool:
+    """Whether ``error`` is one of the project's own errors, whose message says what is wrong and how to fix it
+    (printed as one paragraph); anything else is a bug."""
+    return isinstance(error, WorldModalityError)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from lerobot_policy_world_modality.errors import SetupError
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -11,5 +12,5 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for, but torch sees no CUDA device; use --device cpu or auto")
+        raise SetupError(f"device {device!r} was asked for, but torch sees no CUDA device; use --device cpu or auto")
     return resolved

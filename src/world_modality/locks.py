@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from world_modality.atomic_io import UnwritableOutput, writable_output
+from lerobot_policy_world_modality.errors import WorldModalityError
 
 LOCK_SUFFIX = ".wm-lock"
 TOKENS_ENV = "WORLD_MODALITY_WRITER_TOKENS"
@@ -45,7 +46,7 @@ _guard = threading.RLock()
 _held: dict[Path, int] = {}  # lock file -> descriptor holding its flock, in this process
 
 
-class WriterLocked(RuntimeError):
+class WriterLocked(WorldModalityError, RuntimeError):
     """Another live process writes the output (or a folder above or below it)."""
 
 

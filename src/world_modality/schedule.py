@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from world_modality import interrupts
-from world_modality.atomic_io import WriteError
-from world_modality.locks import WriterLocked, held_tokens, within
+from world_modality.locks import held_tokens, within
+from lerobot_policy_world_modality.errors import BUG_REPORT, InputError, SetupError, WorldModalityError
 
 EXECUTORS = ("serial", "local", "ray")
 Executor = Literal["serial", "local", "ray"]
@@ -49,11 +49,11 @@ EVAL_GPU_SHARE = 0.2
 STOP_TIMEOUT_S = 30.0
 
 
-class PlanError(ValueError):
+class PlanError(InputError):
     """An invalid plan (the message names the step)."""
 
 
-class StepFailed(RuntimeError):
+class StepFailed(WorldModalityError, RuntimeError):
     """A step raised; the message names it and carries its traceback."""
 
 
@@ -148,7 +148,7 @@ def execute(plan: Plan, executor: Executor = "serial", *, address: str | None = 
     thread at a time) when a step has finished, with its wall-clock start and end (`time.time`; a process of
     its own counts from its start, a Ray task from when it began running)."""
     if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; available: {', '.join(EXECUTORS)}")
+        raise InputError(f"unknown executor {executor!r}; available: {', '.join(EXECUTORS)}")
     todo = plan.todo
     log(f"{len(plan.steps)} steps: {len(plan.steps) - len(todo)} done, {len(todo)} to do ({executor})")
     if not todo:
@@ -165,7 +165,9 @@ def execute(plan: Plan, executor: Executor = "serial", *, address: str | None = 
                 log(f"[{i}/{len(todo)}] {step.name}" + (f": {step.detail}" if step.detail else ""))
                 start = time.time()
                 _call(step, pools)
-                on_done(step, start, time.time())
+                refused = _accepted(step, start, time.time(), on_done)
+                if refused is not None:
+                    raise StepFailed(f"step {step.name!r} failed: {refused}")
         else:
             _LocalRun(plan, _capacity(cpus, gpus), pools, log, on_done).run()
 
@@ -213,9 +215,21 @@ def _child(conn, environment: dict[str, str], payload: bytes) -> None:
 
 
 def _failure(error: BaseException) -> str:
-    """How a step's failure is reported: a failed write or a refused output by its own paragraph (it says what
-    to do), anything else by its traceback."""
-    return str(error) if isinstance(error, (WriteError, WriterLocked)) else traceback.format_exc()
+    """How a step's failure is reported: one of the project's own errors by its own paragraph (it says what to do),
+    anything else, a bug, by its traceback and the line asking to report it (as `wm` reports errors)."""
+    if isinstance(error, WorldModalityError):
+        return str(error)
+    return f"{traceback.format_exc()}{BUG_REPORT}"
+
+
+def _accepted(step: Step, start: float, end: float, on_done: StepDone) -> str | None:
+    """Hand a finished step to ``on_done``; its error (e.g. an export refusing the step's result) is the step's
+    failure, so the steps that need it do not run (every executor alike)."""
+    try:
+        on_done(step, start, end)
+    except Exception as e:  # noqa: BLE001 - reported as the step's failure
+        return f"after it ended: {type(e).__name__}: {e}"
+    return None
 
 
 class _LocalRun:
@@ -324,10 +338,7 @@ class _LocalRun:
             self._release(step, devices)
             start = self.started.pop(step.name)
             if error is None:
-                try:  # e.g. an export that refuses the step's result: the steps that need it must not run
-                    self.on_done(step, start, time.time())
-                except Exception as exc:  # noqa: BLE001 - reported as the step's failure
-                    error = f"after it ended: {type(exc).__name__}: {exc}"
+                error = _accepted(step, start, time.time(), self.on_done)
             if error is None:
                 self.finished.add(step.name)
             else:
@@ -388,9 +399,9 @@ class _LocalRun:
 # --- ray ------------------------------------------------------------------------------------------------
 
 
-def _ray_step(fn: Callable[..., Any], kwargs: Mapping[str, Any], writer_tokens: str, *needs: Any) -> tuple[float, float]:
-    """A step as a Ray task, writing within the outputs its driver holds (``writer_tokens``: `locks.held_tokens`);
-    ``needs`` are the results of the steps it needs (Ray starts it after them). Returns its wall-clock start and end."""
+def _ray_step(fn: Callable[..., Any], kwargs: Mapping[str, Any], writer_tokens: str) -> tuple[float, float]:
+    """A step as a Ray task, writing within the outputs its driver holds (``writer_tokens``: `locks.held_tokens`).
+    Returns its wall-clock start and end."""
     start = time.time()
     with within(writer_tokens):
         fn(**kwargs)
@@ -429,42 +440,52 @@ def init_ray(address: str | None = None, **options: Any) -> None:
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError) as e:
-        raise RuntimeError(
+        raise SetupError(
             f"could not join the Ray cluster at {address}: {e}\nRay starts clusters with token authentication: "
             "run with RAY_AUTH_MODE=token and the head node's ~/.ray/auth_token here (or start every node with "
             "RAY_AUTH_MODE=disabled on a private network)") from e
 
 
 def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None], on_done: StepDone) -> None:
+    """Each step a Ray task, submitted once every step it needs has finished and ``on_done`` accepted it (as the
+    local executor starts it): a failed or refused step's dependents never run, the independent steps do."""
     import ray
 
     with ray_session(address):
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         most_cpus = max(n.get("CPU", 0.0) for n in nodes)
         most_gpus = max(n.get("GPU", 0.0) for n in nodes)
+        for step in plan.todo:  # refuse before anything runs
+            if step.resources.gpus > most_gpus:
+                raise PlanError(f"step {step.name!r} needs {step.resources.gpus} GPU(s); the Ray cluster's largest node "
+                                f"has {most_gpus:g}: add GPU nodes or build the plan without GPUs")
         task = ray.remote(_ray_step)
-        refs: dict[str, Any] = {}
-        names: dict[Any, Step] = {}
-        for step in plan.todo:
-            r = step.resources
-            if r.gpus > most_gpus:
-                raise PlanError(f"step {step.name!r} needs {r.gpus} GPU(s); the Ray cluster's largest node has "
-                                f"{most_gpus:g}: add GPU nodes or build the plan without GPUs")
-            ref = task.options(num_cpus=min(r.cpus, most_cpus), num_gpus=r.gpus, max_retries=0,
-                               name=step.name).remote(
-                step.fn, dict(step.kwargs), held_tokens(), *(refs[n] for n in step.needs if n in refs))
-            refs[step.name] = ref
-            names[ref] = step
-        pending, failures = list(refs.values()), []
-        for i in range(1, len(pending) + 1):
-            [ready], pending = ray.wait(pending, num_returns=1)
-            step = names[ready]
+        finished = {s.name for s in plan.steps if s.done}
+        waiting, running, failures = list(plan.todo), {}, []
+        count = 0
+        while True:
+            for step in [s for s in waiting if all(n in finished for n in s.needs)]:
+                waiting.remove(step)
+                r = step.resources
+                ref = task.options(num_cpus=min(r.cpus, most_cpus), num_gpus=r.gpus, max_retries=0,
+                                   name=step.name).remote(step.fn, dict(step.kwargs), held_tokens())
+                running[ref] = step
+            if not running:
+                break
+            [ready], _ = ray.wait(list(running), num_returns=1)
+            step = running.pop(ready)
+            count += 1
             try:
                 start, end = ray.get(ready)
-                log(f"[{i}/{len(names)}] finished {step.name}")
-                on_done(step, start, end)
             except ray.exceptions.RayError as e:
-                failures.append(f"step {step.name!r} failed:\n{e}")
+                error = f"\n{e}"
+            else:
+                log(f"[{count}/{len(plan.todo)}] finished {step.name}")
+                refused = _accepted(step, start, end, on_done)
+                error = None if refused is None else f" {refused}"
+            if error is None:
+                finished.add(step.name)
+            else:
+                failures.append(f"step {step.name!r} failed:{error}")
         if failures:
             raise StepFailed("\n".join(failures))
-

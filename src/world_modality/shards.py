@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from world_modality.atomic_io import read_jsonl
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 RESULTS_FILE = "episodes.jsonl"
 SHARD_FILE = re.compile(r"episodes\.shard-(\d+)-of-(\d+)\.jsonl")
@@ -31,7 +32,7 @@ SHARD_FIELDS = ("shard", "shard_count", "episode_index", "n_episodes", "evaluati
 T = TypeVar("T")
 
 
-class IncompleteShards(ValueError):
+class IncompleteShards(InputError):
     """Some shards of an evaluation are missing or unfinished (run or resume them, then merge)."""
 
 
@@ -44,10 +45,10 @@ class Shard:
     def parse(cls, text: str) -> Shard:
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
         if not match:
-            raise ValueError(f"--shard takes i/N (1-based, e.g. 1/4 ... 4/4), got {text!r}")
+            raise InputError(f"--shard takes i/N (1-based, e.g. 1/4 ... 4/4), got {text!r}")
         index, count = int(match[1]), int(match[2])
         if count < 1 or not 1 <= index <= count:
-            raise ValueError(f"--shard {text}: shards are numbered 1..N with N >= 1 (e.g. 1/4 ... 4/4)")
+            raise InputError(f"--shard {text}: shards are numbered 1..N with N >= 1 (e.g. 1/4 ... 4/4)")
         return cls(index, count)
 
     def __str__(self) -> str:
@@ -70,7 +71,7 @@ def checkpoint_digest(pretrained: Path) -> str:
     digest = hashlib.sha256()
     files = sorted(p for p in pretrained.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors"))
     if not files:
-        raise FileNotFoundError(f"{pretrained} holds no config.json or *.safetensors to identify the checkpoint by")
+        raise MissingFileError(f"{pretrained} holds no config.json or *.safetensors to identify the checkpoint by")
     for path in files:
         digest.update(path.name.encode() + b"\0")
         with path.open("rb") as f:
@@ -113,9 +114,9 @@ def load_episode_results(folder: str | Path) -> list[dict[str, Any]]:
         for i, r in enumerate(read_jsonl(path), 1):
             missing = [k for k in (*SHARD_FIELDS, "arm", "train_seed", "episode_id") if k not in r]
             if missing:
-                raise ValueError(f"{path} line {i} lacks field(s) {missing}: not a `wm eval --shard` result")
+                raise InputError(f"{path} line {i} lacks field(s) {missing}: not a `wm eval --shard` result")
             if (r["shard"], r["shard_count"]) != (shard.index, shard.count):
-                raise ValueError(f"{path} line {i} is a result of shard {r['shard']}/{r['shard_count']}, not of "
+                raise InputError(f"{path} line {i} is a result of shard {r['shard']}/{r['shard_count']}, not of "
                                  f"{shard} as the file name says: was the file renamed?")
             groups.setdefault((r["arm"], r["train_seed"]), []).append((path, shard, r))
     merged = []
@@ -123,7 +124,7 @@ def load_episode_results(folder: str | Path) -> list[dict[str, Any]]:
     for (arm, seed), lines in groups.items():
         where = f"{folder}: arm {arm!r}, training seed {seed}"
         if (arm, seed) in unsharded:
-            raise ValueError(f"{where} has both unsharded results ({RESULTS_FILE}) and shard results; they would "
+            raise InputError(f"{where} has both unsharded results ({RESULTS_FILE}) and shard results; they would "
                              "overlap. Keep one of them (move the other out of the folder)")
         merged += _merge(where, lines)
     return plain + merged
@@ -135,27 +136,27 @@ def _merge(where: str, lines: list[tuple[Path, Shard, dict[str, Any]]]) -> list[
         ids.setdefault(r["evaluation_id"], set()).add(path.name)
     if len(ids) > 1:
         listing = "; ".join(f"evaluation {i}: {', '.join(sorted(files))}" for i, files in sorted(ids.items()))
-        raise ValueError(f"{where}: shards of different evaluations cannot be merged ({listing}). They differ in "
+        raise InputError(f"{where}: shards of different evaluations cannot be merged ({listing}). They differ in "
                          "checkpoint, episode list (tasks, episodes per task, eval seed) or options (memory mode, "
                          "max steps); delete the shards that do not belong and rerun them with the same options")
     counts = sorted({shard.count for _, shard, _ in lines})
     if len(counts) > 1:
-        raise ValueError(f"{where}: shards of different splits ({', '.join(f'N={n}' for n in counts)}) cannot be "
+        raise InputError(f"{where}: shards of different splits ({', '.join(f'N={n}' for n in counts)}) cannot be "
                          "merged: their episodes overlap. Keep the shards of one split")
     count = counts[0]
     n_episodes = {r["n_episodes"] for _, _, r in lines}
     if len(n_episodes) > 1:
-        raise ValueError(f"{where}: shards disagree on the episode list's length ({sorted(n_episodes)})")
+        raise InputError(f"{where}: shards disagree on the episode list's length ({sorted(n_episodes)})")
     n = n_episodes.pop()
     seen: dict[str, Path] = {}
     by_index: dict[int, dict[str, Any]] = {}
     done: dict[int, int] = dict.fromkeys(range(1, count + 1), 0)
     for path, shard, r in lines:
         if r["episode_id"] in seen:
-            raise ValueError(f"{where}: episode {r['episode_id']} appears twice ({seen[r['episode_id']].name} and "
+            raise InputError(f"{where}: episode {r['episode_id']} appears twice ({seen[r['episode_id']].name} and "
                              f"{path.name}); a shard file was copied or edited by hand")
         if r["episode_index"] % count != shard.index - 1 or not 0 <= r["episode_index"] < n:
-            raise ValueError(f"{where}: {path.name} holds episode {r['episode_id']} at position {r['episode_index']}, "
+            raise InputError(f"{where}: {path.name} holds episode {r['episode_id']} at position {r['episode_index']}, "
                              f"which does not belong to shard {shard}")
         seen[r["episode_id"]] = path
         by_index[r["episode_index"]] = r

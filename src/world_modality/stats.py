@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest, bootstrap
+from lerobot_policy_world_modality.errors import InputError
 
 Record = Mapping[str, Any]
 """One episode's result: ``arm``, ``episode_id`` (hashable, e.g. ``"task|layout|seed"``) and
@@ -142,13 +143,13 @@ def compare_arms(
     seeds_a, seeds_b = {seed for _, seed in by_key_a}, {seed for _, seed in by_key_b}
     shared = seeds_a & seeds_b
     if not shared:
-        raise ValueError(f"arms {arm_a!r} and {arm_b!r} hold no training seed in common ({arm_a!r}: "
+        raise InputError(f"arms {arm_a!r} and {arm_b!r} hold no training seed in common ({arm_a!r}: "
                          f"{_seed_list(seeds_a)}; {arm_b!r}: {_seed_list(seeds_b)}): nothing to pair")
     by_key_a = {k: v for k, v in by_key_a.items() if k[1] in shared}
     by_key_b = {k: v for k, v in by_key_b.items() if k[1] in shared}
     only_a, only_b = by_key_a.keys() - by_key_b.keys(), by_key_b.keys() - by_key_a.keys()
     if only_a or only_b:
-        raise ValueError(
+        raise InputError(
             f"arms {arm_a!r} and {arm_b!r} were not run on the same episodes: "
             f"{len(only_a)} episode(s) of {arm_a!r} missing from {arm_b!r}, "
             f"{len(only_b)} episode(s) of {arm_b!r} missing from {arm_a!r} "
@@ -216,7 +217,7 @@ def success_table(
     for i, record in enumerate(results):
         missing = [k for k in (*by, "success") if k not in record]
         if missing:
-            raise ValueError(f"result #{i} lacks field(s) {missing}: {dict(record)}")
+            raise InputError(f"result #{i} lacks field(s) {missing}: {dict(record)}")
         groups.setdefault(tuple(record[k] for k in by), []).append(record["success"])
     return [
         dict(zip(by, key)) | asdict(summarize(outcomes, confidence))
@@ -231,7 +232,7 @@ def task_group_table(
     confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
     """Success per task group (rows carry ``by`` values and ``group``), in the order of ``groups`` (group ->
-    task names; a simulator's `task_groups`, e.g. `world_modality.sim.task_groups`).
+    task names; a simulator's `Simulator.task_groups`).
 
     Raises ValueError if a result's task belongs to no group.
     """
@@ -240,7 +241,7 @@ def task_group_table(
     results = list(results)
     unknown = sorted({str(r.get("task")) for r in results} - group_of.keys())
     if unknown:
-        raise ValueError(f"tasks not in any task group: {unknown}")
+        raise InputError(f"tasks not in any task group: {unknown}")
     labelled = [dict(r) | {"group": group_of[r["task"]]} for r in results]
     labelled.sort(key=lambda r: order.index(r["group"]))
     return success_table(labelled, by=(*by, "group"), confidence=confidence)
@@ -264,9 +265,9 @@ def aggregate_over_seeds(
     """Per-training-seed success of ``arm``, mean and std over seeds, and the pooled interval."""
     records = [r for r in results if r["arm"] == arm]
     if not records:
-        raise ValueError(f"no results for arm {arm!r}")
+        raise InputError(f"no results for arm {arm!r}")
     if any("train_seed" not in r for r in records):
-        raise ValueError(f"some results of arm {arm!r} lack 'train_seed'")
+        raise InputError(f"some results of arm {arm!r} lack 'train_seed'")
     by_seed: dict[Hashable, list[bool]] = {}
     for r in records:
         by_seed.setdefault(r["train_seed"], []).append(r["success"])
@@ -285,7 +286,7 @@ def _as_bools(outcomes: Sequence[Any]) -> np.ndarray:
     """Outcomes as a bool array; anything other than True/False/0/1 (e.g. "False") is an error."""
     bad = [o for o in outcomes if not (isinstance(o, (int, np.integer, np.bool_)) and o in (0, 1))]
     if bad:
-        raise ValueError(f"success outcomes must be booleans (or 0/1), got e.g. {bad[:3]}")
+        raise InputError(f"success outcomes must be booleans (or 0/1), got e.g. {bad[:3]}")
     return np.asarray(outcomes, dtype=bool)
 
 
@@ -305,9 +306,9 @@ def _episodes(results: Sequence[Record], arm: str) -> dict[tuple[Hashable, Hasha
             continue
         key = (r["episode_id"], r.get("train_seed"))
         if key in episodes:
-            raise ValueError(f"arm {arm!r} has episode {key} more than once")
+            raise InputError(f"arm {arm!r} has episode {key} more than once")
         episodes[key] = r["success"]
     if not episodes:
         present = sorted({str(r["arm"]) for r in results})
-        raise ValueError(f"no results for arm {arm!r} (arms present: {present})")
+        raise InputError(f"no results for arm {arm!r} (arms present: {present})")
     return episodes

@@ -17,6 +17,7 @@ from world_modality.atomic_io import atomic_write_json, output_folder, save_tens
 from world_modality.locks import writer_lock
 from lerobot_policy_world_modality.latent_cache import LatentCache
 from lerobot_policy_world_modality.world_tokens import SPEC_FILE, TOKENS_FILE, TokenSpec, codebook_perplexity, codebook_usage, nearest_code
+from lerobot_policy_world_modality.errors import InputError
 
 TOKENS_KIND = "world tokens"  # its folder's `atomic_io.OUTPUT_MARKER`
 
@@ -27,7 +28,7 @@ def fit_tokens(cache: LatentCache | str | Path, codebook_size: int, seed: int = 
 
     cache = cache if isinstance(cache, LatentCache) else LatentCache.load(cache)
     if not 1 <= codebook_size <= len(cache):
-        raise ValueError(f"codebook size must be between 1 and the number of frames ({len(cache)}), got {codebook_size}")
+        raise InputError(f"codebook size must be between 1 and the number of frames ({len(cache)}), got {codebook_size}")
     spec = TokenSpec(cache.spec.spec_hash(), cache.dataset_fingerprint, len(cache), cache.dim, codebook_size, seed)
     with writer_lock(out or cache.path / f"tokens-k{codebook_size}-seed{seed}") as folder:
         x = cache.z.float().numpy()

@@ -15,6 +15,7 @@ from world_modality.data.check import DatasetKeys, DatasetSchemaError
 from world_modality.sim import check_dataset
 from world_modality.sim.metaworld.generate import SIDECAR
 from world_modality.training.data import DatasetImages, read_frame_table
+from lerobot_policy_world_modality.errors import InputError
 
 
 @dataclass
@@ -71,7 +72,7 @@ class EpisodeSource:
     def episode(self, index: int) -> Episode:
         table = self._columns()
         if index not in self._bounds:
-            raise ValueError(f"episode {index} is not in {self.root} (it has episodes {self.episode_indices[0]}..{self.episode_indices[-1]})")
+            raise InputError(f"episode {index} is not in {self.root} (it has episodes {self.episode_indices[0]}..{self.episode_indices[-1]})")
         start, end = self._bounds[index]
         meta = self._sidecar.get(index, {})
         return Episode(

@@ -33,6 +33,7 @@ from world_modality.coc.episodes import Episode, EpisodeSource
 from world_modality.coc.keyframes import gripper_events, select_keyframes
 from world_modality.coc.labels import CocLabel
 from world_modality.sim.metaworld.env import ENV_STATE_DIM
+from lerobot_policy_world_modality.errors import InputError
 
 HAND, OPENING, OBJECT, GOAL = slice(0, 3), 3, slice(4, 7), slice(36, 39)
 EMPTY_CLOSED_OPENING = 0.31  # above: something is between the fingers
@@ -208,7 +209,7 @@ class EventsBackend(CocBackend):
         feature = source.features.get(OBS_ENV_STATE)
         if feature is None or tuple(feature["shape"]) != (ENV_STATE_DIM,):
             found = "missing" if feature is None else f"of shape {tuple(feature['shape'])}"
-            raise ValueError(
+            raise InputError(
                 f"the events backend reads MetaWorld's {ENV_STATE_DIM}-dim {OBS_ENV_STATE!r} (as `wm data metaworld` "
                 f"writes it); in {source.root} it is {found}. Use --backend vlm for other datasets."
             )

@@ -16,6 +16,7 @@ from world_modality.coc.backend import CocBackend
 from world_modality.coc.episodes import EpisodeSource
 from world_modality.coc.labels import read_coc_labels
 from world_modality.locks import writer_lock
+from lerobot_policy_world_modality.errors import InputError
 
 
 def generate_coc_labels(
@@ -28,7 +29,7 @@ def generate_coc_labels(
 ) -> dict:
     """Label ``episodes`` (default: all) into the JSONL ``out``; returns counts of what was done."""
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     with writer_lock(out, folder=False):
         return _generate(dataset, backend, Path(out), episodes, batch_size, camera_key)
 
@@ -41,14 +42,14 @@ def _generate(dataset: str | Path, backend: CocBackend, out: Path, episodes: lis
     wanted = available if episodes is None else sorted(set(episodes))
     unknown = sorted(set(wanted) - set(available))
     if unknown:
-        raise ValueError(f"episode(s) {unknown} are not in {source.root}; it has episodes {available[0]}..{available[-1]}")
+        raise InputError(f"episode(s) {unknown} are not in {source.root}; it has episodes {available[0]}..{available[-1]}")
 
     if drop_torn_last_line(out):
         print(f"{out}: dropped an unfinished last line left by an interrupted run")
     existing = read_coc_labels(out) if out.exists() else {}
     other = sorted({label.backend for label in existing.values()} - {backend.name})
     if other:
-        raise ValueError(
+        raise InputError(
             f"{out} holds labels of backend(s) {other}; one file holds one backend's labels. "
             f"Choose another --out for --backend {backend.name}."
         )

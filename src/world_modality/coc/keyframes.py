@@ -13,6 +13,7 @@ The result is sorted and has min(K, N) distinct frames.
 from __future__ import annotations
 
 import numpy as np
+from lerobot_policy_world_modality.errors import InputError
 
 
 def gripper_events(gripper_effort: np.ndarray) -> list[int]:
@@ -24,9 +25,9 @@ def gripper_events(gripper_effort: np.ndarray) -> list[int]:
 def select_keyframes(num_frames: int, k: int, events: list[int]) -> list[int]:
     """K keyframes by the module's rule: first and last frame, gripper ``events``, then gap filling."""
     if num_frames < 1:
-        raise ValueError("an episode needs at least one frame")
+        raise InputError("an episode needs at least one frame")
     if k < 2:
-        raise ValueError(f"--keyframes must be at least 2 (the first and the last frame), got {k}")
+        raise InputError(f"--keyframes must be at least 2 (the first and the last frame), got {k}")
     k = min(k, num_frames)
     chosen = {0, num_frames - 1}
     inner = sorted({e for e in events if 0 < e < num_frames - 1})

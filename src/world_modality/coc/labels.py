@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from world_modality.atomic_io import JsonlError, jsonl_lines
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 
-class CocLabelError(ValueError):
+class CocLabelError(InputError):
     """A CoC label file, or a line of it, is not what `wm coc generate` writes."""
 
 
@@ -58,7 +59,7 @@ def read_coc_labels(path: str | Path) -> dict[int, CocLabel]:
     """Every label of a file by episode index, validated; raises CocLabelError naming the line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no CoC label file at {path}; make one with `wm coc generate DATASET --out {path}`")
+        raise MissingFileError(f"no CoC label file at {path}; make one with `wm coc generate DATASET --out {path}`")
     labels: dict[int, CocLabel] = {}
     first_line: dict[int, int] = {}
     try:
@@ -95,7 +96,7 @@ def coc_texts_for(labels: dict[int, str], episode_indices: Iterable[int], requir
         missing = sorted({e for e, t in zip(episodes, texts, strict=True) if t is None})
         if missing:
             shown = ", ".join(map(str, missing[:20])) + (f" ... ({len(missing)} in all)" if len(missing) > 20 else "")
-            raise ValueError(
+            raise InputError(
                 f"CoC labels are required but episode(s) {shown} have none; label them with "
                 "`wm coc generate DATASET --out LABELS` (it resumes and fills in what is missing), or train without --require-coc"
             )

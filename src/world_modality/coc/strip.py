@@ -10,6 +10,7 @@ import numpy as np
 from world_modality.atomic_io import atomic_path
 from world_modality.coc.episodes import EpisodeSource
 from world_modality.coc.labels import CocLabel, read_coc_labels
+from lerobot_policy_world_modality.errors import InputError
 
 
 def save_keyframe_strip(frames: list[np.ndarray], frame_indices: list[int], path: str | Path, title: str) -> Path:
@@ -40,13 +41,13 @@ def show_label(dataset: str | Path, labels: str | Path, episode: int, out: str |
     """Save the keyframe strip of ``episode``'s label to ``out``; returns the label and the instruction."""
     by_episode = read_coc_labels(labels)
     if episode not in by_episode:
-        raise ValueError(f"{labels} has no label for episode {episode}; labelled episodes: {sorted(by_episode)[:20]}")
+        raise InputError(f"{labels} has no label for episode {episode}; labelled episodes: {sorted(by_episode)[:20]}")
     label = by_episode[episode]
     source = EpisodeSource(dataset, camera_key=camera_key)
     record = source.episode(episode)
     beyond = [f for f in label.keyframes if f >= len(record)]
     if beyond:
-        raise ValueError(f"keyframes {beyond} of episode {episode} lie beyond its {len(record)} frames: "
+        raise InputError(f"keyframes {beyond} of episode {episode} lie beyond its {len(record)} frames: "
                          f"{labels} was made for another dataset than {source.root}")
     frames = label.keyframes or (0, len(record) - 1)
     images = source.frames(record, list(frames))

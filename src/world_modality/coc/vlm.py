@@ -19,6 +19,7 @@ from world_modality.coc.episodes import Episode, EpisodeSource
 from world_modality.coc.keyframes import gripper_events, select_keyframes
 from world_modality.coc.labels import CocLabel
 from world_modality.devices import resolve_device
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 PROMPT_TEMPLATE = "vlm_keyframes.txt"
 
@@ -33,12 +34,12 @@ class VlmBackend(CocBackend):
     def __init__(self, model_path: str | Path, keyframes: int = 6, max_new_tokens: int = 96, device: str = "auto") -> None:
         model_path = Path(model_path)
         if not (model_path / "config.json").is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"--model {model_path} is not a Hugging Face model folder (no config.json); pass a local Qwen-VL "
                 "folder such as a downloaded Qwen3-VL-2B-Instruct (nothing is fetched from the hub)"
             )
         if keyframes < 2:
-            raise ValueError(f"--keyframes must be at least 2 (the first and the last frame), got {keyframes}")
+            raise InputError(f"--keyframes must be at least 2 (the first and the last frame), got {keyframes}")
         self.model_path, self.keyframes, self.max_new_tokens = model_path, keyframes, max_new_tokens
         self.device = resolve_device(device)
         self.template = prompt_template()
@@ -80,7 +81,7 @@ class VlmBackend(CocBackend):
         for episode, frames, answer in zip(episodes, chosen, answers, strict=True):
             text = " ".join(answer.split())
             if not text:
-                raise RuntimeError(
+                raise InputError(
                     f"{self.model_path} generated no text for episode {episode.index} (only whitespace or special "
                     f"tokens in {self.max_new_tokens} new tokens); check that the folder holds a trained instruct model"
                 )

@@ -6,6 +6,7 @@ import argparse
 
 from world_modality.choices import COUNT
 from world_modality.commands import add_common
+from lerobot_policy_world_modality.errors import InputError
 
 
 def register(subparsers) -> None:
@@ -62,13 +63,13 @@ def _generate(args) -> int:
 
     if args.backend == "vlm":
         if args.model is None:
-            raise ValueError("--backend vlm needs --model DIR, a local Qwen-VL folder")
+            raise InputError("--backend vlm needs --model DIR, a local Qwen-VL folder")
         from world_modality.coc.vlm import VlmBackend
 
         backend = VlmBackend(args.model, keyframes=args.keyframes, max_new_tokens=args.max_new_tokens, device=args.device)
     else:
         if args.model is not None:
-            raise ValueError("--model is for --backend vlm; the events backend uses no model")
+            raise InputError("--model is for --backend vlm; the events backend uses no model")
         from world_modality.coc.events import EventsBackend
 
         backend = EventsBackend(keyframes=args.keyframes)

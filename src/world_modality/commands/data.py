@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from world_modality.choices import COUNT, NON_NEGATIVE
-from world_modality.commands import add_common
+from world_modality.commands import add_common, add_no_verify
 from world_modality.data.check import DatasetKeys
 
 
@@ -61,6 +61,7 @@ def register(subparsers) -> None:
                        help="every episode really has the one instruction under --instruction-key: accept the dataset although another "
                        "text column varies between episodes (refused otherwise: the instructions are likely there)")
     add_common(check)
+    add_no_verify(check)
     check.set_defaults(handler=_check)
 
 

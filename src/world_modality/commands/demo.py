@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from world_modality.choices import COUNT
-from world_modality.commands import add_common
+from world_modality.commands import add_common, add_no_verify
 
 # E0 and E2 read `learned` latents (the offline default world source). Beside them, an arm whose memory is read
 # at this scale, so the demo's report says something about world memory being read: the oracle-trained bound on
@@ -63,6 +63,7 @@ def register(subparsers) -> None:
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda (training and encoding)")
     demo.add_argument("--dry-run", action="store_true", help="print what is done and what would run")
     add_common(demo)
+    add_no_verify(demo)
     demo.set_defaults(handler=_demo)
 
 

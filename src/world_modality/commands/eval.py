@@ -9,6 +9,7 @@ from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES
 from world_modality.choices import COUNT, EVAL, NON_NEGATIVE
 from world_modality.commands import add_common, add_no_verify
 from world_modality.sim import DEFAULT_SIMULATOR, SIMULATOR_NAMES, evaluation_suites
+from lerobot_policy_world_modality.errors import InputError
 
 
 def register(subparsers) -> None:
@@ -85,10 +86,10 @@ def _eval(args) -> int:
     from world_modality.stats import success_table
 
     if args.shards is not None and args.ray is None:
-        raise ValueError("--shards splits the evaluation into Ray tasks: give --ray ADDRESS too (on one machine, use "
+        raise InputError("--shards splits the evaluation into Ray tasks: give --ray ADDRESS too (on one machine, use "
                          "--shard i/N per process instead)")
     if args.ray is not None and args.shard is not None:
-        raise ValueError("--ray runs every shard itself (--shards N); leave out --shard")
+        raise InputError("--ray runs every shard itself (--shards N); leave out --shard")
     options = dict(
         env=args.env,
         suite=args.suite,

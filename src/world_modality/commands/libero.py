@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     setup.add_argument("--assets", default=None, metavar="PATH", help="an existing LIBERO assets folder (holding scenes/, textures/, ...) instead of installing")
-    setup.add_argument("--no-verify", action="store_true", help="skip building one env of each suite")
+    setup.add_argument("--skip-env-check", action="store_true", help="skip building one env of each suite")
     add_common(setup)
     setup.set_defaults(handler=_setup)
 
@@ -73,7 +73,7 @@ def _setup(args) -> int:
     assets = setup(args.assets)
     print(f"assets   {assets}")
     print(f"config   {config_dir() / 'config.yaml'} (LIBERO_CONFIG_PATH)")
-    if not args.no_verify:
+    if not args.skip_env_check:
         from world_modality.sim.libero.assets import verify_setup
 
         for suite, task in verify_setup():

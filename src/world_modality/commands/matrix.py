@@ -7,7 +7,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from world_modality import matrix
-from world_modality.commands import add_common
+from world_modality.commands import add_common, add_no_verify
 
 
 def register(subparsers) -> None:
@@ -38,6 +38,7 @@ def register(subparsers) -> None:
                              "that merges with the others (same run folder, or --export into one DEST)")
     parser.add_argument("--seeds", default=None, metavar="SEED[,SEED...]", help="run only these training seeds")
     add_common(parser)
+    add_no_verify(parser)
     parser.set_defaults(handler=_matrix)
 
 

@@ -10,10 +10,15 @@ from dataclasses import fields
 from pathlib import Path
 
 from lerobot_policy_world_modality import POLICY_TYPES
-from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import MODEL_TYPES
-from world_modality.choices import COUNT, NON_NEGATIVE, TRAIN
+from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
+    DEFAULT_MODEL_TYPE,
+    MODEL_TYPES,
+)
+from world_modality.choices import COUNT, NON_NEGATIVE
 from world_modality.commands import add_common, add_no_verify
 from world_modality.data.check import DatasetKeys
+from world_modality.training.options import RESUMED_OPTIONS, TrainOptions, option_default
 
 # Config fields with their own flag (where the chosen family has them); any other field goes through --set.
 _POLICY_FLAGS = {
@@ -22,6 +27,9 @@ _POLICY_FLAGS = {
     "memory_source": str, "world_memory_mode_train": str, "world_memory_mode_rollout": str,
     "optimizer_lr": float, "scheduler_warmup_steps": int, "text_encoder_path": str,
 }
+# TrainOptions fields without a flag (they keep TrainOptions' defaults); every other field is set from the flags
+# (`train_options`), whose defaults are TrainOptions' (`option_default`).
+NO_FLAG = ("val_batch_size",)
 
 
 def register(subparsers) -> None:
@@ -48,28 +56,28 @@ def register(subparsers) -> None:
     parser.add_argument("dataset", help="LeRobot dataset folder (or a repo id in the local LeRobot cache)")
     parser.add_argument("--latents", required=True, help="latent cache folder made by `wm latents` for this dataset")
     # Unset (SUPPRESS): with --resume these take the run's values; a value given must equal the run's.
-    parser.add_argument("--policy", default=argparse.SUPPRESS, choices=POLICY_TYPES,
-                        help=f"policy family (default {TRAIN.policy_type}; with --resume: the run's)")
+    parser.add_argument("--policy", dest="policy_type", default=argparse.SUPPRESS, choices=POLICY_TYPES,
+                        help=f"policy family (default {option_default('policy_type')}; with --resume: the run's)")
     parser.add_argument("--model-type", default=argparse.SUPPRESS, choices=MODEL_TYPES,
-                        help="world_transformer model (default F; with --resume: the run's)")
-    parser.add_argument("--image-key", default=None,
+                        help=f"world_transformer model (default {DEFAULT_MODEL_TYPE}; with --resume: the run's)")
+    parser.add_argument("--image-key", default=DatasetKeys.image,
                         help="camera the VLM families read (default: the dataset's first camera)")
-    parser.add_argument("--coc-labels", default=None, help="CoC labels JSONL (`wm coc generate`) for a text loss")
+    parser.add_argument("--coc-labels", default=option_default("coc_labels"), help="CoC labels JSONL (`wm coc generate`) for a text loss")
     parser.add_argument("--require-coc", action="store_true", help="every training episode must have a CoC label")
-    parser.add_argument("--tokens", default=None, help="world-token folder made by `wm tokens` (models B and C)")
-    parser.add_argument("--steps", type=COUNT, default=TRAIN.steps, help="total optimisation steps (a resumed run ends here too)")
+    parser.add_argument("--tokens", default=option_default("tokens"), help="world-token folder made by `wm tokens` (models B and C)")
+    parser.add_argument("--steps", type=COUNT, default=option_default("steps"), help="total optimisation steps (a resumed run ends here too)")
     parser.add_argument("--batch-size", type=COUNT, default=argparse.SUPPRESS,
-                        help=f"global batch (default {TRAIN.batch_size}; with --resume: the run's)")
+                        help=f"global batch (default {option_default('batch_size')}; with --resume: the run's)")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, tensorboard)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with its own "
                         "settings (a flag that contradicts them is refused)")
-    parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, help=f"training seed (default {TRAIN.seed}; with --resume: the run's)")
-    parser.add_argument("--save-every", type=COUNT, default=500, help="checkpoint (and validate) every N steps")
-    parser.add_argument("--log-every", type=COUNT, default=1, help="log to TensorBoard every N steps")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
+    parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, help=f"training seed (default {option_default('seed')}; with --resume: the run's)")
+    parser.add_argument("--save-every", type=COUNT, default=option_default("save_every"), help="checkpoint (and validate) every N steps")
+    parser.add_argument("--log-every", type=COUNT, default=option_default("log_every"), help="log to TensorBoard every N steps")
+    parser.add_argument("--val-fraction", type=float, default=option_default("val_fraction"),
                         help="per instruction, the last ceil(f * n) of its n episodes are held out for validation")
-    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--data-workers", type=NON_NEGATIVE, default=None,
+    parser.add_argument("--device", default=option_default("device"), help="auto (cuda when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--data-workers", type=NON_NEGATIVE, default=option_default("data_workers"),
                         help="processes decoding the VLM families' camera frames ahead of the training step (the batches "
                         "are the same for any number; default: 4 on CUDA as lerobot-train, 0 on CPU)")
     parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
@@ -90,54 +98,53 @@ def register(subparsers) -> None:
 
 
 def _policy_overrides(args, policy_type: str) -> dict:
+    """The policy-config fields the flags and --set give; a field given twice must be given the same value."""
     from world_modality.training.trainer import policy_config_class
 
     known = {f.name for f in fields(policy_config_class(policy_type))}
     overrides = {name: getattr(args, name) for name in _POLICY_FLAGS if getattr(args, name) is not None}
+    given = {name: f"--{name.replace('_', '-')} {value}" for name, value in overrides.items()}
     absent = [name for name in overrides if name not in known]
     if absent:
-        raise ValueError(f"--{absent[0].replace('_', '-')} is not a setting of {policy_type}")
+        raise InputError(f"--{absent[0].replace('_', '-')} is not a setting of {policy_type}")
     for item in args.set:
-        name, sep, value = item.partition("=")
+        name, sep, text = item.partition("=")
         if not sep or name not in known:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
+            raise InputError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
         try:
-            overrides[name] = json.loads(value)
+            value = json.loads(text)
         except json.JSONDecodeError:
-            overrides[name] = value
+            value = text
+        if name in overrides and overrides[name] != value:
+            raise InputError(f"--set {item} contradicts {given[name]}: give {name} once")
+        overrides[name], given[name] = value, f"--set {item}"
     return overrides
 
 
-def _train(args) -> int:
+def train_options(args: argparse.Namespace) -> TrainOptions:
+    """The TrainOptions of a `wm train` command line: each field from its flag (whose default is TrainOptions'), the
+    resumed run's where a flag left unset takes it (`RESUMED_OPTIONS`)."""
     from world_modality.training.checkpoint import resumed_options
-    from world_modality.training.trainer import TrainOptions, train
 
     # Options not given take the resumed run's (those given must equal them: `check_resume`), else the defaults.
     kept = resumed_options(args.out) if args.resume else {}
-    flags = {"policy_type": "policy", "model_type": "model_type", "seed": "seed", "batch_size": "batch_size"}
-    options = {name: getattr(args, flag) if hasattr(args, flag) else kept.get(name, getattr(TRAIN, name))
-               for name, flag in flags.items()}
-    checkpoint = train(TrainOptions(
-        dataset=args.dataset,
-        latents=args.latents,
-        out=args.out,
-        **options,
-        steps=args.steps,
-        save_every=args.save_every,
-        log_every=args.log_every,
-        val_fraction=args.val_fraction,
-        tokens=args.tokens,
+    resumed = {name: getattr(args, name) if hasattr(args, name) else kept.get(name, option_default(name))
+               for name in RESUMED_OPTIONS}
+    names = {f.name for f in fields(TrainOptions)} - {*NO_FLAG, *RESUMED_OPTIONS, "keys", "policy", "progress"}
+    return TrainOptions(
+        **{name: getattr(args, name) for name in names},
+        **resumed,
         keys=DatasetKeys(image=args.image_key, state=args.state_key, action=args.action_key,
                          instruction=args.instruction_key, single_instruction=args.single_instruction),
-        coc_labels=args.coc_labels,
-        require_coc=args.require_coc,
-        policy=_policy_overrides(args, options["policy_type"]),
-        device=args.device,
-        data_workers=args.data_workers,
-        resume=args.resume,
-        wandb=args.wandb,
+        policy=_policy_overrides(args, resumed["policy_type"]),
         progress=not args.no_progress,
-    ))
+    )
+
+
+def _train(args) -> int:
+    from world_modality.training.trainer import train
+
+    checkpoint = train(train_options(args))
     if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per `accelerate launch` process
         from world_modality.report.readcheck import gate_line, load_gate_run
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from lerobot_policy_world_modality.dataset_files import dataset_info
 from lerobot_policy_world_modality.file_digests import DamagedFileError, verify_folder
+from lerobot_policy_world_modality.errors import InputError
 
 DATASET_KIND = "dataset"  # the `atomic_io.OUTPUT_MARKER` of a dataset a simulator package generated
 REGENERATE = ("Regenerate the dataset (rerun `wm data metaworld` / `wm libero dataset` into a new --out) or copy it "
@@ -67,6 +68,6 @@ def _decode_image(data: bytes | None) -> None:
     from PIL import Image
 
     if data is None:
-        raise ValueError("an image cell without bytes")
+        raise InputError("an image cell without bytes")
     with Image.open(io.BytesIO(data)) as image:
         image.load()  # decodes every pixel; PNG chunk checksums are checked

@@ -21,9 +21,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from lerobot_policy_world_modality.errors import InputError
 
 
-class ShardMismatch(ValueError):
+class ShardMismatch(InputError):
     """A shard does not have the fps, robot type or features of the first one."""
 
 
@@ -183,7 +184,7 @@ class DatasetAppender:
         from lerobot.datasets.io_utils import write_info, write_stats, write_tasks
 
         if self._dst is None:
-            raise ValueError(f"no shard was appended to {self.root}; a dataset needs at least one episode")
+            raise InputError(f"no shard was appended to {self.root}; a dataset needs at least one episode")
         self._data.close()
         self._episodes.close()
         info = self._dst.info

@@ -54,9 +54,10 @@ from lerobot_policy_world_modality.encoders import (
     train_learned_encoder,
     window_indices,
 )
-from lerobot_policy_world_modality.encoders.spec import CONCAT_SEPARATOR, digest
+from lerobot_policy_world_modality.encoders.spec import CONCAT_SEPARATOR, digest, encoder_kind
 from lerobot_policy_world_modality.file_digests import DamagedFileError, file_record
 from lerobot_policy_world_modality.latent_cache import DIGESTS_KEY, LATENTS_FILE, SPEC_FILE, LatentCache, LatentCacheMismatch, tensors_metadata
+from lerobot_policy_world_modality.errors import InputError
 
 LATENTS_DIR = "world_latents"
 LATENTS_KIND = "latent cache"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -102,12 +103,13 @@ def compute_latents(
     root, _ = resolve_dataset_root(dataset)
     verify_dataset(root)
     torch_device = resolve_device(device)
-    key = camera_key or (OBS_ENV_STATE if encoder_name == "state" else _first_camera(root))
+    kind = encoder_kind(encoder_name)
+    is_state = kind.reads_states
+    key = camera_key or (OBS_ENV_STATE if is_state else _first_camera(root))
     reader = EpisodeReader(root, key) if CONCAT_SEPARATOR not in key else SideBySideReader(root, key)
-    is_state = encoder_name == "state"
     if is_state != (reader.dtype not in CAMERA_DTYPES):
-        kind = "a vector feature such as observation.environment_state" if is_state else "a camera (image or video) feature"
-        raise DatasetSchemaError(f"the {encoder_name} encoder reads {kind}; {key!r} is a {reader.dtype} feature")
+        reads = "a vector feature such as observation.environment_state" if is_state else "a camera (image or video) feature"
+        raise DatasetSchemaError(f"the {encoder_name} encoder reads {reads}; {key!r} is a {reader.dtype} feature")
     fingerprint = dataset_fingerprint(root)
     # The dataset's checks (its instructions included) before the expensive part: fitting an encoder.
     render = _render_settings(root, key, DatasetKeys(instruction=instruction_key, single_instruction=single_instruction))
@@ -115,7 +117,7 @@ def compute_latents(
     # folder, named by the encoder's spec, once the encoder is built (its own encoder's folder held meanwhile).
     with ExitStack() as held:
         out_path = _cache_folder(held, out) if out else None
-        if encoder_path is None and encoder_name in ("state", "learned"):
+        if encoder_path is None and kind.fits_on_dataset:
             encoder_path = _own_encoder(
                 reader, encoder_name, fingerprint, out_path or root / LATENTS_DIR,
                 torch_device, learned_steps, seed, dict(learned_options or {}), progress,
@@ -173,15 +175,16 @@ def _own_encoder(
 ) -> Path:
     """Fit (state) or train (learned) an encoder on the dataset, once: its folder is keyed by the
     dataset fingerprint and the settings, and written atomically, so a rerun reuses it."""
+    fitted_to_states = encoder_kind(name).reads_states  # statistics of the states; else a network trained on frames
     settings: dict[str, Any] = {"dataset": fingerprint, "key": reader.key}
-    if name == "learned":
+    if not fitted_to_states:
         settings.update(steps=steps, seed=seed, max_frames=LEARNED_MAX_TRAIN_FRAMES, device=device.type, **options)
     folder = base / f"{name}-encoder-{digest(settings)}"
     if (folder / "config.json").exists():
         return folder
     with writer_lock(folder):
         tmp = temp_folder(folder)
-        if name == "state":
+        if fitted_to_states:
             states = np.concatenate(reader.read(reader.episodes))
             with writing(folder):
                 fit_state_encoder(states, tmp, state_key=reader.key)
@@ -278,7 +281,7 @@ def _stored(encoder: WorldEncoder, z: torch.Tensor) -> torch.Tensor:
     """A batch of latents as the cache stores them (on cpu); NaN, which no storage dtype can hold as a value a policy
     can act on, is refused (out-of-range values saturate: `EncoderSpec.to_storage`)."""
     if z.isnan().any():
-        raise ValueError(f"the {encoder.spec.name} encoder gave NaN latents for {int(z.isnan().any(-1).sum())} frames of "
+        raise InputError(f"the {encoder.spec.name} encoder gave NaN latents for {int(z.isnan().any(-1).sum())} frames of "
                          "this dataset (NaN in its frames or states, or a broken encoder); check the dataset with "
                          "`wm data check`, or the encoder folder")
     return encoder.spec.to_storage(z).cpu()

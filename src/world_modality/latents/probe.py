@@ -10,6 +10,7 @@ from lerobot.utils.constants import OBS_ENV_STATE
 from world_modality.data.readers import EpisodeReader
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
 from lerobot_policy_world_modality.latent_cache import LatentCache, LatentCacheMismatch
+from lerobot_policy_world_modality.errors import InputError
 
 # MetaWorld's 39-dim observation: hand xyz, gripper, object 1 xyz + quat (4:11), object 2 xyz + quat
 # (11:18), the previous step's 18 values, goal xyz.
@@ -35,7 +36,7 @@ def probe_object_positions(cache: LatentCache, dataset: str | Path, holdout_ever
     if reader.shape != (39,):
         raise DatasetSchemaError(f"the object-position probe needs MetaWorld's 39-dim {state_key}, found shape {reader.shape}")
     if len(reader.episodes) < 2 * holdout_every - 1:
-        raise ValueError(f"the probe needs at least {2 * holdout_every - 1} episodes to hold out every {holdout_every}th one, got {len(reader.episodes)}")
+        raise InputError(f"the probe needs at least {2 * holdout_every - 1} episodes to hold out every {holdout_every}th one, got {len(reader.episodes)}")
     targets = np.concatenate(reader.read(reader.episodes))[:, OBJECT_POSITION_DIMS]
     position = np.repeat(np.arange(len(reader.episodes)), reader.episodes["length"].to_numpy())
     test = position % holdout_every == holdout_every - 1

@@ -8,7 +8,8 @@ checkpoints on one set of started simulator processes; `--ray ADDRESS` runs ever
 step's wall times go to RUN_DIR/profile.json. `--export DEST` merges each finished training, intervention and
 evaluation into a results-only folder as it ends (`export`), and what DEST holds is not run again (a fresh
 machine with a copy of DEST does only the rest); `--arms A,B --seeds 2` runs only that piece of the file
-(`MatrixConfig.piece`). `config` parses the file, `run` plans and runs it.
+(`MatrixConfig.piece`). `config` parses the file once into typed specs (`MatrixConfig`, an `ArmSpec` per arm
+with its policy family's config built and validated), `run` plans and runs it.
 
 Run folder::
 
@@ -86,6 +87,7 @@ workers, groups, devices, video counts or the report's baseline, is allowed.
 from world_modality.matrix.config import (
     CONFIG_FILE,
     RESULTS_ONLY_FILE,
+    ArmSpec,
     EvaluationConfig,
     MatrixConfig,
     MatrixConfigError,
@@ -108,6 +110,7 @@ from world_modality.matrix.run import (
 
 __all__ = [
     "CONFIG_FILE",
+    "ArmSpec",
     "EvaluationConfig",
     "MatrixConfig",
     "MatrixConfigError",

@@ -42,6 +42,7 @@ from world_modality.matrix.config import (
 )
 from world_modality.matrix.run import check_run_dir, episodes_held, episodes_per_evaluation, merged_config
 from world_modality.schedule import Step
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 MAX_CURVE_POINTS = 500  # enough for the report's plots; a full curve has one point per training step
 EXPORT_KIND = "results export"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -70,14 +71,14 @@ def export_results(run_dir: str | Path, dest: str | Path) -> Export:
     it holds; held while it is written). A piece ``dest`` already holds with other content is an error."""
     run_dir, dest = Path(run_dir).expanduser().resolve(), Path(dest).expanduser().resolve()
     if run_dir == dest:
-        raise ValueError(f"--export needs another folder than the run folder {run_dir}")
+        raise InputError(f"--export needs another folder than the run folder {run_dir}")
     with writer_lock(dest):
         return _export(run_dir, dest)
 
 
 def _export(run_dir: Path, dest: Path) -> Export:
     if not (run_dir / "eval").is_dir() and not (run_dir / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{run_dir} has neither eval/ nor {CONFIG_FILE}: not a matrix run folder")
+        raise MissingFileError(f"{run_dir} has neither eval/ nor {CONFIG_FILE}: not a matrix run folder")
     run_config = load_config(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else None
     config = None if run_config is None else merged_config(run_config, dest)
     unfinished: list[str] = []
@@ -102,7 +103,7 @@ def _export(run_dir: Path, dest: Path) -> Export:
     held = {target: _held_checkpoint(run, target) for run, target in runs}
     retrained = [target for target, state in held.items() if state is False]
     if conflicts or retrained:
-        raise ValueError(f"{dest} already holds {', '.join(str(t.relative_to(dest)) for t in conflicts + retrained)} "
+        raise InputError(f"{dest} already holds {', '.join(str(t.relative_to(dest)) for t in conflicts + retrained)} "
                          f"with other results than {run_dir}: export pieces with other seeds or arms, or remove those "
                          "from there to replace them" + (
                              "; a training run again that gave other weights than DEST's (another GPU or other "
@@ -137,7 +138,7 @@ class StepExporter:
     def __init__(self, config: MatrixConfig, run_dir: str | Path, dest: str | Path):
         self.run_dir, self.dest = Path(run_dir).expanduser().resolve(), Path(dest).expanduser().resolve()
         if self.dest == self.run_dir:
-            raise ValueError(f"--export needs another folder than the run folder {self.run_dir}")
+            raise InputError(f"--export needs another folder than the run folder {self.run_dir}")
         check_run_dir(config, self.dest)  # refused now, not after the first training
 
     def __call__(self, step: Step, start: float, end: float) -> None:
@@ -223,7 +224,7 @@ def _weight_digests(pretrained: Path) -> dict[str, str]:
 def _export_training_run(run: Path, target: Path) -> bool:
     """The last checkpoint's JSON files (configs and provenance, no weights) and the thinned curves of one training
     run into ``target``; False when the run has no checkpoint."""
-    from world_modality.report import LOSS_TAGS
+    from world_modality.report.results import LOSS_TAGS
     from world_modality.report.readcheck import GATE_FILE, GATE_TAG, checkpoint_gate, read_scalars
     from world_modality.training.checkpoint import PRETRAINED, checkpoints_dir, last_checkpoint
 

@@ -30,7 +30,6 @@ from world_modality.matrix.config import (
     load_config,
     parse_config,
     read_yaml,
-    train_defaults,
 )
 from world_modality.matrix.profile import Profile, format_stage_times, stage_times
 from world_modality.report.readcheck import ablation_change, ablation_line, gate_line, intervention_path, load_gate_run
@@ -46,6 +45,7 @@ from world_modality.schedule import (
     ray_session,
     train_resources,
 )
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 EPISODES_FILE = "episodes.jsonl"
 MATRIX_RUN_KIND = "matrix run"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -117,11 +117,12 @@ def train_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int) -> None:
     from world_modality.data.check import DatasetKeys
     from world_modality.training.trainer import TrainOptions, train
 
-    options = config.policy_options(arm, run_dir)
+    spec = config.arms[arm]
+    options = spec.train_options(run_dir)
     if "keys" in options:
         options["keys"] = DatasetKeys(**options["keys"])
     out = train_dir(run_dir, arm, seed)
-    train(TrainOptions(dataset=str(dataset_dir(config, run_dir)), latents=str(latents_dir(config, run_dir, config.arm_encoders[arm])),
+    train(TrainOptions(dataset=str(dataset_dir(config, run_dir)), latents=str(latents_dir(config, run_dir, spec.encoder)),
                        out=str(out), seed=seed, resume=True, **options))
     print(f"{arm} seed {seed}: {gate_line(load_gate_run(out))}")
 
@@ -131,10 +132,10 @@ def intervene_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int) -> N
     from world_modality.devices import resolve_device
     from world_modality.training.intervene import format_table, intervene
 
+    spec = config.arms[arm]
     result = intervene(train_dir(run_dir, arm, seed), dataset_dir(config, run_dir),
-                       latents_dir(config, run_dir, config.arm_encoders[arm]), list(config.interventions[arm]),
-                       seed=seed, device=str(resolve_device(config.arms[arm].get("device", "auto"))),
-                       keys=config.arms[arm].get("keys"))
+                       latents_dir(config, run_dir, spec.encoder), list(spec.interventions),
+                       seed=seed, device=str(resolve_device(spec.setting("device"))), keys=spec.options.get("keys"))
     print(format_table(result))
     atomic_write_json(intervention_path(run_dir, arm, seed), result)
 
@@ -149,7 +150,7 @@ def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memor
 
     checkpoint = last_checkpoint(train_dir(run_dir, arm, seed))
     if checkpoint is None:
-        raise RuntimeError(f"{train_dir(run_dir, arm, seed)} has no checkpoint to evaluate")
+        raise MissingFileError(f"{train_dir(run_dir, arm, seed)} has no checkpoint to evaluate")
     ev = config.evaluation
     results = evaluate_checkpoint(
         checkpoint, env=ev.env, suite=ev.suite, tasks=ev.tasks, episodes_per_task=ev.episodes_per_task,
@@ -248,7 +249,7 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
     held = Path(held).expanduser().resolve() if held is not None else None
     ev = config.evaluation
     expected = episodes_per_evaluation(config)
-    totals = {arm: options.get("steps", train_defaults()["steps"]) for arm, options in config.arms.items()}
+    totals = {name: arm.setting("steps") for name, arm in config.arms.items()}
     evaluation_held = {(label, seed): held is not None and episodes_held(eval_dir(held, label, seed)) >= expected
                        for _, _, label in config.evaluations() for seed in config.seeds}
     intervention_held = {(arm, seed): held is not None and _intervention_done(intervention_path(held, arm, seed), modes,
@@ -259,29 +260,27 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
               if not evaluation_held[label, seed]}
     needed |= {key for key, done in intervention_held.items() if not done}
     trained: dict[tuple[str, int], bool] = {}
-    for arm, options in config.arms.items():
+    for arm, spec in config.arms.items():
         total = totals[arm]
         for seed in config.seeds:
             last = last_checkpoint(train_dir(run_dir, arm, seed))
             at = int(last.name) if last is not None else 0
             if at > total:
-                raise ValueError(f"{train_dir(run_dir, arm, seed)} was trained to step {at}, beyond the {total} "
+                raise InputError(f"{train_dir(run_dir, arm, seed)} was trained to step {at}, beyond the {total} "
                                  f"steps the config asks of arm {arm!r}; use another run folder")
             trained[arm, seed] = at == total or (arm, seed) not in needed
-            kind = options.get("policy_type", "world_transformer")
-            if kind == "world_transformer":
-                kind = f"model {options.get('model_type') or 'F'}"
+            kind = spec.model
             if len(config.encoders) > 1:
-                kind += f" on {config.arm_encoders[arm]} latents"
+                kind += f" on {spec.encoder} latents"
             detail = f"{kind}, step {at} of {total}" + (" (resume)" if 0 < at < total else "")
             if at < total and (arm, seed) not in needed:
                 detail = f"{kind}: {held} holds every result of it"
-            backbone = config.backbones.get(config.arm_backbones.get(arm, ""))
-            needs = (f"latents {config.arm_encoders[arm]}",)
+            backbone = spec.backbone
+            needs = (f"latents {spec.encoder}",)
             needs += (f"backbone {backbone.name}",) if backbone is not None and backbone.path is None else ()
             steps.append(Step(f"train {arm} seed {seed}", "train", train_step, where | {"arm": arm, "seed": seed},
                               needs=needs, done=trained[arm, seed], isolated=True,
-                              resources=train_resources(_on_gpu(options.get("device"), gpus)), detail=detail,
+                              resources=train_resources(_on_gpu(spec.setting("device"), gpus)), detail=detail,
                               work={"steps": total - at}))
     for arm, modes in config.interventions.items():
         for seed in config.seeds:
@@ -291,16 +290,16 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
                               needs=(f"train {arm} seed {seed}",),
                               done=intervention_held[arm, seed] or (trained[arm, seed]
                                                                     and _intervention_done(path, modes, totals[arm])),
-                              resources=eval_resources(1, _on_gpu(config.arms[arm].get("device"), gpus)),
+                              resources=eval_resources(1, _on_gpu(config.arms[arm].setting("device"), gpus)),
                               detail=f"held in {held}" if intervention_held[arm, seed] else detail))
     for arm, mode, label in config.evaluations():
         for seed in config.seeds:
             have = episodes_held(eval_dir(run_dir, label, seed))
             done = evaluation_held[label, seed] or (trained[arm, seed] and have >= expected)
-            detail = (f"memory {mode or config.rollout_mode(arm) or 'none'}, {have} of {expected} episodes "
+            detail = (f"memory {mode or config.arms[arm].rollout_mode or 'none'}, {have} of {expected} episodes "
                       f"({len(ev.tasks)} task(s) x {ev.episodes_per_task}, eval_seed {ev.eval_seed})")
             if evaluation_held[label, seed]:
-                detail = f"memory {mode or config.rollout_mode(arm) or 'none'}, held in {held}"
+                detail = f"memory {mode or config.arms[arm].rollout_mode or 'none'}, held in {held}"
             # An ablation ends by comparing itself with the arm's own evaluation: it runs after it.
             needs = (f"train {arm} seed {seed}",) + ((f"eval {arm} seed {seed}",) if label != arm else ())
             steps.append(Step(f"eval {label} seed {seed}", "eval", evaluate_arm,
@@ -357,7 +356,7 @@ def check_run_dir(config: MatrixConfig, run_dir: Path) -> None:
     for arm in old_arms.keys() & new_arms.keys():
         diffs += _diff(old_arms[arm], new_arms[arm], f"arms.{arm}")
     if diffs:
-        raise ValueError(f"{run_dir} holds a matrix run with a different config ({path}):\n  " + "\n  ".join(diffs)
+        raise InputError(f"{run_dir} holds a matrix run with a different config ({path}):\n  " + "\n  ".join(diffs)
                          + "\nUse another --out, or restore those settings.")
 
 
@@ -425,7 +424,7 @@ def _run_matrix(config: MatrixConfig, run_dir: Path, dry_run: bool, address: str
               "and evaluations marked done are held there; run the others into another --out and merge them with "
               f"`wm report THAT_FOLDER --export {run_dir}`.")
     elif exported:
-        raise ValueError(f"{run_dir} holds results exported by `wm report --export`, without checkpoints: the matrix "
+        raise InputError(f"{run_dir} holds results exported by `wm report --export`, without checkpoints: the matrix "
                          "would train every arm again there and discard them. Run it into another --out, then "
                          f"`wm report THAT_FOLDER --export {run_dir}` to merge its results in.")
     check_run_dir(config, run_dir)

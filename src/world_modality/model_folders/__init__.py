@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 # Backbone folders with random weights that a matrix writes itself (`backbones:` entries with `write:`): the folder's
 # model_type -> the sizes meant for training from scratch (`small`) and for tests (`tiny`).
@@ -15,7 +16,7 @@ def write_random_backbone(model_type: str, size: str, out: str | Path) -> Path:
     every machine) into ``out``."""
     if size not in RANDOM_BACKBONES.get(model_type, ()):
         known = "; ".join(f"{t}: {', '.join(sizes)}" for t, sizes in RANDOM_BACKBONES.items())
-        raise ValueError(f"no random {model_type} backbone of size {size!r} (random backbones: {known})")
+        raise InputError(f"no random {model_type} backbone of size {size!r} (random backbones: {known})")
     if model_type == "smolvlm":
         from world_modality.model_folders.smolvlm import write_smolvlm_folder
 
@@ -29,6 +30,6 @@ def folder_model_type(folder: str | Path) -> str:
     """The model_type in a Hugging Face folder's config.json; a missing folder or config is an error that says so."""
     config = Path(folder).expanduser() / "config.json"
     if not config.is_file():
-        raise FileNotFoundError(f"{config.parent} is not a Hugging Face model folder (no config.json): copy the "
+        raise MissingFileError(f"{config.parent} is not a Hugging Face model folder (no config.json): copy the "
                                 "backbone's folder there, or point at the folder that holds it")
     return json.loads(config.read_text()).get("model_type", "")

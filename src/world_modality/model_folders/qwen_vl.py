@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from copy import deepcopy
 from pathlib import Path
+from lerobot_policy_world_modality.errors import InputError
 
 BACKBONES = ("qwen3_vl", "qwen2_5_vl")
 SIZES = {"qwen3_vl": ("tiny", "small", "2b", "4b", "8b"), "qwen2_5_vl": ("tiny", "3b")}
@@ -238,7 +239,7 @@ def write_qwen_vl_folder(path: str | Path, backbone: str = "qwen3_vl", size: str
 
 def _check(backbone: str, size: str) -> None:
     if backbone not in SIZES:
-        raise ValueError(f"unknown Qwen-VL backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+        raise InputError(f"unknown Qwen-VL backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
     if size not in SIZES[backbone]:
-        raise ValueError(f"{backbone} has no size {size!r}; valid: {', '.join(SIZES[backbone])} "
+        raise InputError(f"{backbone} has no size {size!r}; valid: {', '.join(SIZES[backbone])} "
                          f"(Qwen3-VL comes in 2B/4B/8B, Qwen2.5-VL here in 3B; 'small' trains from scratch, 'tiny' is for tests)")

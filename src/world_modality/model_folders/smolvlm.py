@@ -30,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from world_modality.atomic_io import atomic_write_json
+from lerobot_policy_world_modality.errors import InputError
 
 SIZES = ("tiny", "small", "500m")
 
@@ -117,7 +118,7 @@ def write_smolvlm_folder(path: str | Path, size: str = "tiny") -> Path:
     as ``vlm_model_name`` (with ``load_vlm_weights=False``).
     """
     if size not in SIZES:
-        raise ValueError(f"unknown SmolVLM folder size {size!r}; expected one of {SIZES}")
+        raise InputError(f"unknown SmolVLM folder size {size!r}; expected one of {SIZES}")
     from transformers import SmolVLMConfig, SmolVLMProcessor
     from transformers.models.smolvlm.image_processing_smolvlm import SmolVLMImageProcessor
     from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor

@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from lerobot_policy_world_modality.families import PolicyFamily
 from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, MemoryMode
+from lerobot_policy_world_modality.errors import InputError
 
 # Rollout memory modes that carry none of the memory's content: an arm acting with one is a control (E1).
 CONTENT_FREE_MODES = tuple(m for m in INTERVENTION_MODES if m != MemoryMode.ORACLE)
@@ -62,10 +63,10 @@ def resolve_baselines(arms: Sequence[ArmFacts], baseline: str | None = None) -> 
         named = next((a for a in baselines if a.name == baseline), None)
         if named is None:
             kinds = ", ".join(f"{a.name} ({a.kind})" for a in arms)
-            raise ValueError(f"baseline {baseline!r} is not an arm without world memory (arms: {kinds})")
+            raise InputError(f"baseline {baseline!r} is not an arm without world memory (arms: {kinds})")
         foreign = [f"{a.name} ({a.family})" for a in others if not a.same_family(named)]
         if foreign:
-            raise ValueError(f"baseline {baseline!r} is a {named.family} arm, and {', '.join(foreign)} of another "
+            raise InputError(f"baseline {baseline!r} is a {named.family} arm, and {', '.join(foreign)} of another "
                              "family or backbone: an arm is judged against the baseline of its own family on its own "
                              "backbone. Leave the baseline unnamed (each arm then takes its own family's arm without "
                              "world memory) or add such an arm")
@@ -77,7 +78,7 @@ def resolve_baselines(arms: Sequence[ArmFacts], baseline: str | None = None) -> 
         candidates = same_source or family
         if len(candidates) > 1:
             where = f" on world source {arm.world_source!r}" if same_source else ""
-            raise ValueError(
+            raise InputError(
                 f"the baseline of arm {arm.name!r} is ambiguous: {', '.join(b.name for b in candidates)} have no world "
                 f"memory{where}. Name it in the matrix file (report: {{baseline: {candidates[0].name}}}) or with "
                 f"`wm report --baseline {candidates[0].name}`")

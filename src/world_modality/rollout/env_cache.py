@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from lerobot_policy_world_modality.errors import InputError
 
 if TYPE_CHECKING:
     from world_modality.sim.base import EnvAdapter, EpisodeSpec, Observation
@@ -28,7 +29,7 @@ class EnvCache:
 
     def __init__(self, make_adapter: Callable[[], EnvAdapter], capacity: int = DEFAULT_ENVS_PER_WORKER):
         if capacity < 1:
-            raise ValueError(f"envs per worker must be at least 1, got {capacity}")
+            raise InputError(f"envs per worker must be at least 1, got {capacity}")
         self._make_adapter, self.capacity = make_adapter, capacity
         self._adapters: dict[tuple[str, str, int], EnvAdapter] = {}
         self._current: EnvAdapter | None = None

@@ -19,6 +19,7 @@ from world_modality.interrupts import child_processes, exit_on_sigterm
 from world_modality.rollout.env_cache import DEFAULT_ENVS_PER_WORKER, EnvCache
 from world_modality.sim import get_simulator
 from world_modality.sim.base import RenderSettings
+from lerobot_policy_world_modality.errors import InputError
 
 # Simulator processes may outnumber the cores (pipelined env groups): a lower priority keeps the
 # policy's process, which every env waits for, from being starved by them.
@@ -58,9 +59,9 @@ class EnvPool:
                  envs_per_worker: int = DEFAULT_ENVS_PER_WORKER):
         self.simulator = get_simulator(simulator)  # an unknown name fails here, not in every worker
         if render is not None and render.simulator != simulator:
-            raise ValueError(f"render settings of simulator {render.simulator!r} given to a {simulator!r} env pool")
+            raise InputError(f"render settings of simulator {render.simulator!r} given to a {simulator!r} env pool")
         if size < 1:
-            raise ValueError(f"--workers must be at least 1, got {size}")
+            raise InputError(f"--workers must be at least 1, got {size}")
         self.render = render
         self._pending: set[int] = set()  # slots whose result has not been received yet
         ctx = mp.get_context("spawn")  # a fresh OpenGL context per worker

@@ -27,6 +27,7 @@ from world_modality.data.check import camera_name
 from world_modality.devices import resolve_device
 from world_modality.sim import get_simulator, render_from_dict
 from world_modality.sim.base import PolicyInterface, RenderSettings
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 
 # The simulator's own future: action sequences [N, K, A] of the given rows of the batch -> their env states [N, K, E].
@@ -224,17 +225,17 @@ def rollout_checkpoint(checkpoint: str | Path, memory_mode: str | None = None, e
 
     pretrained, config = checkpoint_config(checkpoint)
     if memory_bank is not None and memory_mode != MemoryMode.OTHER:
-        raise ValueError(f"--memory-bank is read by --memory-mode other only (got --memory-mode {memory_mode})")
+        raise InputError(f"--memory-bank is read by --memory-mode other only (got --memory-mode {memory_mode})")
     if memory_mode is not None:
         MemoryMode(memory_mode)  # validates the name, listing the valid ones
         if not config.uses_world_module:
-            raise ValueError(
+            raise InputError(
                 f"--memory-mode {memory_mode} needs a world-memory policy (world_transformer F, smolvla_world, "
                 f"qwen_vla_world); {pretrained} is {run_label(config)}, which has no memory to intervene on"
             )
     spec = config.encoder_spec
-    if memory_mode == "oracle" and spec["name"] != "state":
-        raise ValueError(
+    if memory_mode == "oracle" and not EncoderSpec.from_dict(spec).reads_states:
+        raise InputError(
             f"--memory-mode oracle needs true future latents; at rollout they exist only for the `state` "
             f"encoder (the simulator's own future states), and {pretrained} uses {spec['name']!r}. "
             "Use `wm intervene --mode oracle` for the offline oracle."
@@ -245,7 +246,7 @@ def rollout_checkpoint(checkpoint: str | Path, memory_mode: str | None = None, e
     for key in dict.fromkeys(k for k in (config.image_key, *policy_cameras(config)) if k is not None):
         camera = camera_name(key)
         if render is None or camera not in render.cameras:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {pretrained} reads camera {camera!r} but its encoder spec records no render settings "
                 f"for it (render: {spec.get('render')}); it cannot be evaluated in simulation with matching frames"
             )
@@ -253,7 +254,7 @@ def rollout_checkpoint(checkpoint: str | Path, memory_mode: str | None = None, e
     if env is not None:
         trained_on = render.simulator if render is not None else env
         if trained_on != env:
-            raise ValueError(f"checkpoint {checkpoint} was trained on {trained_on} data (its encoder spec's render record), "
+            raise InputError(f"checkpoint {checkpoint} was trained on {trained_on} data (its encoder spec's render record), "
                              f"but --env is {env}; evaluate it with --env {trained_on}")
         features = {**config.input_features, **config.output_features}
         get_simulator(env).check_policy(PolicyInterface(
@@ -315,11 +316,11 @@ def _use_memory_bank(ckpt: Any, latents: str | Path | None) -> Path:
     if latents is None:
         latents, held_out = ckpt.meta.get("latents"), ckpt.meta.get("val_episodes")
         if not latents or not held_out:
-            raise ValueError(f"--memory-mode other reads other episodes' latent histories, and {ckpt.path} records no "
+            raise InputError(f"--memory-mode other reads other episodes' latent histories, and {ckpt.path} records no "
                              "training latents with held-out episodes; give --memory-bank LATENTS (a `wm latents` "
                              "cache made with its encoder)")
         if not Path(latents).is_dir():
-            raise FileNotFoundError(f"--memory-mode other: {ckpt.path} was trained on the latents {latents}, which are "
+            raise MissingFileError(f"--memory-mode other: {ckpt.path} was trained on the latents {latents}, which are "
                                     "not on this machine; give --memory-bank LATENTS (a `wm latents` cache made with "
                                     "its encoder)")
     cache = LatentCache.load(latents, expect_spec=EncoderSpec.from_dict(ckpt.policy.config.encoder_spec))

@@ -33,6 +33,7 @@ from world_modality.rollout.pools import EnvPools
 from world_modality.shards import RESULTS_FILE, Shard, checkpoint_digest, evaluation_id
 from world_modality.sim import DEFAULT_SIMULATOR, get_simulator
 from world_modality.sim.base import EpisodeRequest, EpisodeSpec
+from lerobot_policy_world_modality.errors import InputError
 
 VIDEO_FPS = 30
 EVALUATION_KIND = "evaluation"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -117,7 +118,7 @@ def run_episodes(
 def env_groups(size: int, groups: int) -> list[list[int]]:
     """The pool's slots split into ``groups`` contiguous, near-equal lockstep groups."""
     if not 1 <= groups <= size:
-        raise ValueError(f"--groups must be between 1 and the number of simulator processes ({size}), got {groups}")
+        raise InputError(f"--groups must be between 1 and the number of simulator processes ({size}), got {groups}")
     bounds = [round(i * size / groups) for i in range(groups + 1)]
     return [list(range(bounds[i], bounds[i + 1])) for i in range(groups)]
 
@@ -287,7 +288,7 @@ def evaluate_checkpoint(
     ))
     unknown = sorted({ep.task for ep in episodes if checked.instructions and simulator.instruction(ep) not in checked.instructions})
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"the policy was not trained on {unknown} (its instructions: {checked.instructions}); "
             "evaluate on its training tasks or train on these"
         )
@@ -342,7 +343,7 @@ def _shard_episodes(
     earlier = {r["evaluation_id"] for r in read_jsonl(results)
                if r.get("arm") == record["arm"] and r.get("train_seed") == record["train_seed"]}
     if earlier - {eval_id}:
-        raise ValueError(f"{results} holds shard {shard} of another evaluation ({', '.join(sorted(earlier))}, this one is "
+        raise InputError(f"{results} holds shard {shard} of another evaluation ({', '.join(sorted(earlier))}, this one is "
                          f"{eval_id}: a different checkpoint, episode list or option); use another --out")
     fields = {episodes[p].episode_id: {"episode_index": p} for p in shard.positions(len(episodes))}
     record = record | {"shard": shard.index, "shard_count": shard.count, "n_episodes": len(episodes),

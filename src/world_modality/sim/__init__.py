@@ -1,7 +1,7 @@
 """The simulators, registered by name (docs/ARCHITECTURE.md, How to add a simulator).
 
 Each name maps to a package ``world_modality.sim.<name>`` whose ``SIMULATOR`` (a `Simulator`) provides
-its render settings, episode list, env adapter, dataset generation and checks, and task groups. A
+its title, render settings, episode list, env adapter, dataset generation and checks, and task groups. A
 package is imported when it is first asked for, and a package's import starts no simulator: importing
 this module imports neither MuJoCo nor LIBERO. Code outside the packages reaches a simulator only
 through these functions.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from world_modality.sim.base import RenderSettings, Simulator
+from lerobot_policy_world_modality.errors import InputError
 
 if TYPE_CHECKING:
     from world_modality.data.check import DatasetKeys, DatasetSummary
@@ -28,7 +29,7 @@ DEFAULT_SIMULATOR = "metaworld"
 def get_simulator(name: str) -> Simulator:
     """The simulator registered as ``name``."""
     if name not in _PACKAGES:
-        raise ValueError(f"unknown simulator {name!r}; available: {', '.join(SIMULATOR_NAMES)}")
+        raise InputError(f"unknown simulator {name!r}; available: {', '.join(SIMULATOR_NAMES)}")
     simulator = importlib.import_module(_PACKAGES[name]).SIMULATOR
     if simulator.name != name:
         raise RuntimeError(f"{_PACKAGES[name]}.SIMULATOR is named {simulator.name!r}, registered as {name!r}")
@@ -49,17 +50,17 @@ def render_from_dict(record: dict) -> RenderSettings:
     """The render settings of a render record (an encoder spec's ``render``), by the simulator it is from."""
     owners = [simulator for simulator in simulators() if simulator.owns_render(record)]
     if len(owners) != 1:
-        raise ValueError(f"the render record {record} is {'no' if not owners else 'more than one'} simulator's "
+        raise InputError(f"the render record {record} is {'no' if not owners else 'more than one'} simulator's "
                          f"(simulators: {', '.join(SIMULATOR_NAMES)})")
     return owners[0].render_from_dict(record)
 
 
-def task_groups(suites: Iterable[str]) -> dict[str, tuple[str, ...]]:
-    """The task groups of the simulator that episodes of these suites (episode records' ``suite``) ran in;
-    {} when they ran in none or in several."""
+def episodes_simulator(suites: Iterable[str]) -> Simulator | None:
+    """The simulator that episodes of these suites (episode records' ``suite``) ran in (its task groups, its title);
+    None when they ran in none or in several."""
     suites = set(suites)
-    owners = {simulator.name: simulator for simulator in simulators() if any(simulator.owns_suite(s) for s in suites)}
-    return next(iter(owners.values())).task_groups() if len(owners) == 1 else {}
+    owners = [simulator for simulator in simulators() if any(simulator.owns_suite(s) for s in suites)]
+    return owners[0] if len(owners) == 1 else None
 
 
 def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) -> DatasetSummary:

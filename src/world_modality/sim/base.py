@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from lerobot_policy_world_modality.errors import InputError
 
 if TYPE_CHECKING:
     from world_modality.data.check import DatasetKeys, DatasetSummary
@@ -76,7 +77,7 @@ class PolicyInterface:
                  for role, found, expected in (("state", self.state_dim, state_dim), ("action", self.action_dim, action_dim))
                  if found is not None and found != expected]
         if diffs:
-            raise ValueError(f"checkpoint {self.checkpoint} does not fit the {simulator} simulator: {'; '.join(diffs)}. "
+            raise InputError(f"checkpoint {self.checkpoint} does not fit the {simulator} simulator: {'; '.join(diffs)}. "
                              "Evaluate it on the simulator its training data came from (--env)")
 
 
@@ -138,6 +139,7 @@ class Simulator(ABC):
     """One simulator: its names, render settings, episodes, env adapter, datasets and task groups."""
 
     name: str
+    title: str  # how reports name it (e.g. a heading of its task groups)
     suites: tuple[str, ...] = ()  # the suites an evaluation chooses from (`wm eval --suite`); () for none
     # The rollout worker's env adapter (a class), built with the render settings (None: state only, no camera).
     adapter: Callable[[RenderSettings | None], EnvAdapter]
@@ -149,7 +151,7 @@ class Simulator(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        missing = [attribute for attribute in ("name", "adapter", "dataset_generator", "state_dim", "action_dim") if not hasattr(cls, attribute)]
+        missing = [attribute for attribute in ("name", "title", "adapter", "dataset_generator", "state_dim", "action_dim") if not hasattr(cls, attribute)]
         if missing:
             raise TypeError(f"the simulator {cls.__name__} does not set {', '.join(missing)}")
 

@@ -35,6 +35,7 @@ from world_modality.atomic_io import atomic_symlink, atomic_write_json, commit_f
 from world_modality.data.check import DatasetKeys
 from lerobot_policy_world_modality.encoders import EncoderSpec
 from lerobot_policy_world_modality.file_digests import verify_folder
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 PRETRAINED = "pretrained_model"
 TRAINING_STATE = "training_state"
@@ -104,7 +105,7 @@ def resolve_pretrained(path: str | Path) -> Path:
     for candidate in (path, path / PRETRAINED, checkpoints_dir(path) / "last" / PRETRAINED):
         if (candidate / "config.json").is_file() and (candidate / META_FILE).is_file():
             return candidate.resolve()
-    raise FileNotFoundError(f"{path} is not a world-modality checkpoint (no config.json + {META_FILE} in it, "
+    raise MissingFileError(f"{path} is not a world-modality checkpoint (no config.json + {META_FILE} in it, "
                             f"its {PRETRAINED}/ or checkpoints/last/{PRETRAINED}/)")
 
 
@@ -115,7 +116,7 @@ def checkpoint_config(path: str | Path) -> tuple[Path, PreTrainedConfig]:
     verify_folder(pretrained, RETRAIN)
     config = PreTrainedConfig.from_pretrained(pretrained)
     if not hasattr(config, "encoder_spec") or not hasattr(config, "uses_world_module"):
-        raise ValueError(f"{pretrained} holds a {config.type!r} policy, which is not a world-modality policy family "
+        raise InputError(f"{pretrained} holds a {config.type!r} policy, which is not a world-modality policy family "
                          "(world_transformer, smolvla_world, qwen_vla_world)")
     return pretrained, config
 
@@ -146,7 +147,7 @@ def check_resume(checkpoint: Path, given: dict[str, Any], policy: dict[str, Any]
     diffs += [f"{name}: the run's {getattr(config, name, None)!r}, given {value!r}" for name, value in policy.items()
               if _plain(value) != _plain(getattr(config, name, None))]
     if diffs:
-        raise ValueError(f"{context}: options contradict the run ({'; '.join(diffs)}). A resumed run keeps its own "
+        raise InputError(f"{context}: options contradict the run ({'; '.join(diffs)}). A resumed run keeps its own "
                          "settings: leave these options out (or give the run's values), or train into another --out.")
 
 
@@ -166,7 +167,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             preprocessor_overrides={"device_processor": {"device": str(device)}},
         )
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:  # a file that does not read
-        raise ValueError(f"cannot load the checkpoint {pretrained} ({type(e).__name__}: {e}): a weights or processor file is "
+        raise InputError(f"cannot load the checkpoint {pretrained} ({type(e).__name__}: {e}): a weights or processor file is "
                          f"damaged or incomplete. {RETRAIN}.") from e
     return Checkpoint(pretrained, policy, preprocessor, postprocessor, json.loads((pretrained / META_FILE).read_text()))
 
@@ -180,4 +181,4 @@ def check_inputs(config: PreTrainedConfig, spec: EncoderSpec, keys: DatasetKeys,
         stored["image"], given["image"] = config.image_key, keys.image
     diffs = [f"{role} key: checkpoint {stored[role]!r}, given {given[role]!r}" for role in stored if stored[role] != given[role]]
     if diffs:
-        raise ValueError(f"{context}: dataset keys mismatch: " + "; ".join(diffs))
+        raise InputError(f"{context}: dataset keys mismatch: " + "; ".join(diffs))

@@ -30,6 +30,7 @@ from world_modality.data.check import (
     task_instructions,
 )
 from world_modality.interrupts import child_processes, exit_on_sigterm
+from lerobot_policy_world_modality.errors import InputError
 from lerobot.configs.types import FeatureType
 
 from lerobot_policy_world_modality.common import INSTRUCTION_BATCH_KEY
@@ -238,7 +239,7 @@ class LatentBatches:
         self.coc_labels = coc_labels  # episode -> CoC text; batches then carry "coc_text" (None: unlabelled)
         self.frames = torch.nonzero(torch.isin(table.episode_index, torch.tensor(episodes, dtype=torch.long))).squeeze(1)
         if len(self.frames) == 0:
-            raise ValueError(f"no frames in episodes {episodes}")
+            raise InputError(f"no frames in episodes {episodes}: the dataset has no such episode")
 
     def __len__(self) -> int:
         return len(self.frames)

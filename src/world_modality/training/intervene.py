@@ -11,6 +11,7 @@ from world_modality.training.checkpoint import check_inputs, load_checkpoint, ru
 from world_modality.training.data import LatentBatches, read_frame_table, training_images
 from world_modality.training.trainer import validation_loss
 from lerobot_policy_world_modality.world import WorldModule
+from lerobot_policy_world_modality.errors import InputError
 
 READING = ("ratio > 1 for zero/random/shuffle/signflip: the policy relies on the memory's content; "
            "ratio < 1 for oracle: better predictions would help")
@@ -27,7 +28,7 @@ def intervene(checkpoint: str | Path, dataset: str | Path, latents: str | Path, 
     ckpt = load_checkpoint(checkpoint, device)
     config = ckpt.policy.config
     if not config.uses_world_module:
-        raise ValueError(f"{ckpt.path} is {run_label(config)}, which reads no world memory")
+        raise InputError(f"{ckpt.path} is {run_label(config)}, which reads no world memory")
     given = {k: v for k, v in (keys or {}).items() if v is not None}
     dataset_keys = DatasetKeys(state=given.get("state", config.state_key), action=given.get("action", config.action_key),
                                instruction=given.get("instruction", config.instruction_key))
@@ -35,7 +36,7 @@ def intervene(checkpoint: str | Path, dataset: str | Path, latents: str | Path, 
     check_inputs(config, cache.spec, dataset_keys, f"wm intervene {ckpt.path}")
     val_episodes = ckpt.meta["val_episodes"]
     if not val_episodes:
-        raise ValueError(f"{ckpt.path} was trained without held-out episodes (--val-fraction 0); nothing to validate on")
+        raise InputError(f"{ckpt.path} was trained without held-out episodes (--val-fraction 0); nothing to validate on")
     images = training_images(dataset, config)
     data = LatentBatches(cache, read_frame_table(dataset, dataset_keys), dataset_keys, val_episodes,
                          config.chunk_size, config.history_len, config.num_future, images)

@@ -37,7 +37,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +47,21 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot_policy_world_modality import POLICY_TYPES
+from lerobot_policy_world_modality.errors import InputError, OutputExistsError
 from lerobot_policy_world_modality.families import BACKBONE_FIELDS, FAMILY_OF_TYPE
-from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import features_for
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
+    TOKEN_MODEL_TYPES,
+    features_for,
+)
 from tqdm.auto import tqdm
 
 from world_modality.atomic_io import output_folder, writing
-from world_modality.choices import TRAIN, Count, NonNegative, check_ranges
-from world_modality.data.check import DatasetKeys
+from world_modality.data.check import DatasetSummary
 from world_modality.data.integrity import verify_dataset
 from world_modality.devices import resolve_device
 from world_modality.locks import writer_lock
 from world_modality.sim import check_dataset
-from lerobot_policy_world_modality.encoders.spec import encoder_input_shape
+from lerobot_policy_world_modality.encoders.spec import digest, encoder_input_shape
 from lerobot_policy_world_modality.latent_cache import LatentCache
 from lerobot_policy_world_modality.dataset_files import dataset_fingerprint, resolve_dataset_root
 from lerobot_policy_world_modality.file_digests import verify_folder
@@ -66,6 +69,7 @@ from world_modality.training.checkpoint import (
     RETRAIN,
     STATE_FILE,
     TRAINING_STATE,
+    Checkpoint,
     check_inputs,
     check_resume,
     last_checkpoint,
@@ -75,6 +79,7 @@ from world_modality.training.checkpoint import (
 )
 from world_modality.training.data import (
     ROWS,
+    FrameTable,
     LatentBatches,
     PrefetchedFrames,
     batch_device,
@@ -82,37 +87,7 @@ from world_modality.training.data import (
     split_episodes,
     training_images,
 )
-
-
-@dataclass
-class TrainOptions:
-    dataset: str
-    latents: str
-    out: str
-    policy_type: str = TRAIN.policy_type
-    model_type: str | None = TRAIN.model_type  # world_transformer only (A, B, B_cont, C, F; default F)
-    steps: Count = TRAIN.steps
-    batch_size: Count = TRAIN.batch_size
-    seed: int = TRAIN.seed
-    save_every: Count = 500
-    log_every: Count = 1
-    val_fraction: float = 0.1
-    val_batch_size: Count = 256
-    tokens: str | None = None  # world-token folder (`wm tokens`), needed by B and C
-    keys: DatasetKeys = field(default_factory=DatasetKeys)
-    policy: dict[str, Any] = field(default_factory=dict)  # policy config overrides
-    coc_labels: str | None = None  # CoC labels JSONL (`wm coc generate`) for policies with a text loss
-    require_coc: bool = False  # every training episode must have a CoC label
-    device: str = "auto"
-    # Processes decoding the VLM families' camera frames ahead of the step; None: `DATA_WORKERS` on CUDA, none on
-    # CPU (where they would take the cores the step computes on). Any number gives the same batches.
-    data_workers: NonNegative | None = None
-    resume: bool = False
-    wandb: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        check_ranges(TrainOptions, vars(self))  # before any work
+from world_modality.training.options import POLICY_SET_BY_RUN, RESUMED_OPTIONS, TrainOptions
 
 
 DATA_WORKERS = 4  # lerobot-train's default `num_workers`
@@ -174,7 +149,7 @@ def lerobot_backend_flags(device: torch.device, policy_type: str) -> Iterator[No
 
 def policy_config_class(policy_type: str) -> type[PreTrainedConfig]:
     if policy_type not in POLICY_TYPES:
-        raise ValueError(f"policy type must be one of {POLICY_TYPES}, got {policy_type!r}")
+        raise InputError(f"policy type must be one of {POLICY_TYPES}, got {policy_type!r}")
     import lerobot_policy_world_modality  # noqa: F401  (registers the plugin's config classes)
 
     return PreTrainedConfig.get_choice_class(policy_type)
@@ -186,23 +161,24 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
     """The policy config of a new run: architecture from the options, inputs from the data.
 
     The world transformer reads the world latents only (its image key is the encoder's camera, None
-    for the state encoder); the VLM families also read ``cameras`` (dataset camera keys: the main camera, then the
-    wrist camera when the dataset keys name one)."""
+    for an encoder that reads the state); the VLM families also read ``cameras`` (dataset camera keys: the main
+    camera, then the wrist camera when the dataset keys name one). The fields set here (`POLICY_SET_BY_RUN`) may be
+    repeated in ``opts.policy``, not contradicted."""
     spec = cache.spec
-    is_image = spec.name != "state"
+    reads_frames = not spec.reads_states
     inputs, outputs = features_for(opts.keys.state, state_dim, opts.keys.action, action_dim, spec.camera_key,
-                                   encoder_input_shape(features, spec.camera_key), is_image)
-    image_key = spec.camera_key if is_image else None
+                                   encoder_input_shape(features, spec.camera_key), reads_frames)
+    image_key = spec.camera_key if reads_frames else None
     wrist_key = None
     if opts.policy_type != "world_transformer":
         if not cameras:
-            raise ValueError(f"{opts.policy_type} reads a camera image, and the dataset has no camera feature")
+            raise InputError(f"{opts.policy_type} reads a camera image, and the dataset has no camera feature")
         image_key, wrist_key = cameras[0], (cameras[1:] or [None])[0]
         for camera in cameras:
             inputs[camera] = PolicyFeature(type=FeatureType.VISUAL, shape=tuple(features[camera]["shape"]))
     config_class = policy_config_class(opts.policy_type)
     known = {f.name for f in dataclasses.fields(config_class)}
-    from_data = {
+    from_run = {
         "instructions": instructions,
         "latent_dim": spec.output_dim,
         "encoder_spec": spec.to_dict(),
@@ -216,16 +192,32 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
         "device": str(device),
         "scheduler_decay_steps": opts.steps,
     }
-    if opts.policy_type == "world_transformer":
-        from_data |= {"model_type": opts.model_type or "F", "codebook_size": codebook_size}
+    if opts.world_model_type is not None:
+        from_run |= {"model_type": opts.world_model_type, "codebook_size": codebook_size}
     elif opts.model_type is not None:
-        raise ValueError(f"--model-type {opts.model_type} applies to world_transformer only, not {opts.policy_type}")
+        raise InputError(f"--model-type {opts.model_type} applies to world_transformer only, not {opts.policy_type}")
     unknown = sorted(set(opts.policy) - known)
     if unknown:
-        raise ValueError(f"{opts.policy_type} has no config field(s) {unknown}; its fields: {sorted(known)}")
-    config = config_class(**{**{k: v for k, v in from_data.items() if k in known}, **opts.policy})
+        raise InputError(f"{opts.policy_type} has no config field(s) {unknown}; its fields: {sorted(known)}")
+    from_run = {k: v for k, v in from_run.items() if k in known}
+    _refuse_contradictions(opts.policy, from_run)
+    config = config_class(**{**from_run, **opts.policy})
     config.schedule_memory_source_over(opts.steps)  # `scheduled` without a schedule: over the first half
     return config
+
+
+def _refuse_contradictions(overrides: dict[str, Any], from_run: dict[str, Any]) -> None:
+    """A policy override of a field the run sets itself (`POLICY_SET_BY_RUN`) must say the same."""
+    for name, value in overrides.items():
+        if name in POLICY_SET_BY_RUN and name in from_run and value != from_run[name]:
+            raise InputError(f"policy field {name}: given {value!r}, but {POLICY_SET_BY_RUN[name]} sets it to "
+                             f"{from_run[name]!r}; give it there, once")
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run a run folder logs to (resumed with it): one per folder path, as a matrix's run folders share
+    their names (train/<arm>/seed<k>)."""
+    return digest(str(Path(run_dir).resolve()))
 
 
 class _Loggers:
@@ -242,7 +234,7 @@ class _Loggers:
             import wandb as wandb_lib
 
             self.wandb = wandb_lib.init(project="world-modality-vla", dir=str(run_dir), config=config,
-                                        name=run_dir.name, resume="allow", id=run_dir.name)
+                                        name=run_dir.name, resume="allow", id=wandb_run_id(run_dir))
 
     def log(self, values: dict[str, float], step: int, prefix: str) -> None:
         with writing(self.folder):  # the event file is written by a thread: its failure shows at the next call
@@ -308,95 +300,233 @@ def train(opts: TrainOptions) -> Path:
 
 def _train(opts: TrainOptions) -> Path:
     run_dir = Path(opts.out).expanduser()
-    device = resolve_device(opts.device)
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if opts.batch_size % processes:
-        raise ValueError(f"--batch-size {opts.batch_size} (the global batch) must be a multiple of the "
-                         f"{processes} processes")
-    accelerator = _accelerator(device)
-    rank = 0 if accelerator is None else accelerator.process_index
-    is_main = rank == 0
-    if accelerator is not None and device.type != "cpu":  # this process's GPU (accelerate names the CPU "cpu:0")
-        device = accelerator.device
+    processes = _Processes.of(opts)
     # With the world gate near 0, Adam's second moments of the cross-attention weights become subnormal
     # floats and a CPU step gets 3-20x slower (measured); flush them to zero (`wm` also does this at start,
     # before any thread pool exists, which is what makes it reach every OpenMP worker).
     torch.set_flush_denormal(True)
+    last = _checkpoint_to_resume(opts, run_dir)
+    inputs = _read_inputs(opts)
+    if last is None:
+        start = _new_start(opts, inputs, processes.device)
+    else:
+        start = _resumed_start(opts, run_dir, last, inputs, processes.device)
+    train_data, val_data = _batches(opts, start.config, inputs, processes.device)
+    policy, preprocessor, postprocessor = _policy(opts, start, train_data, processes.device)
+    policy.train()
+    model = policy if processes.accelerator is None else processes.accelerator.prepare_model(policy)
+    optimisation = _Optimisation.of(opts, start.config, policy, processes.device, start.state)
+    if processes.rank > 0:  # its own random draws (e.g. flow noise), reproducible from the seed, rank and start step
+        torch.manual_seed(hash((opts.seed, processes.rank, start.step)))
+    meta = _run_meta(opts, inputs, start.config, processes.count)
+    output_folder(run_dir, TRAINING_RUN_KIND)
+    loop = _Loop(opts, run_dir, processes, model, policy, preprocessor, postprocessor, optimisation, train_data,
+                 val_data, meta)
+    return loop.run(start.step, last)
+
+
+@dataclass(frozen=True)
+class _Processes:
+    """The processes a run trains on (several under ``accelerate launch``, data parallel) and this one among them."""
+
+    count: int
+    rank: int
+    device: torch.device  # this process's
+    accelerator: Any  # accelerate's ``Accelerator``; None on one process
+
+    @classmethod
+    def of(cls, opts: TrainOptions) -> _Processes:
+        device = resolve_device(opts.device)
+        count = int(os.environ.get("WORLD_SIZE", "1"))
+        if opts.batch_size % count:
+            raise InputError(f"--batch-size {opts.batch_size} (the global batch) must be a multiple of the "
+                             f"{count} processes")
+        accelerator = _accelerator(device)
+        if accelerator is not None and device.type != "cpu":  # this process's GPU (accelerate names the CPU "cpu:0")
+            device = accelerator.device
+        return cls(count, 0 if accelerator is None else accelerator.process_index, device, accelerator)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs, validates and writes checkpoints."""
+        return self.rank == 0
+
+    def rows(self, batch_size: int) -> slice:
+        """This process's contiguous slice of a global batch."""
+        return slice(self.rank * batch_size // self.count, (self.rank + 1) * batch_size // self.count)
+
+
+def _checkpoint_to_resume(opts: TrainOptions, run_dir: Path) -> Path | None:
+    """The run folder's last checkpoint, which ``opts.resume`` continues (None: a new run). Refused before any work:
+    checkpoints without --resume, and options the resumed run would not follow."""
     last = last_checkpoint(run_dir)
     if last is not None and not opts.resume:
-        raise FileExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
-                              "it or choose another --out")
-    if last is not None:  # before any work: an option the resumed run would not follow is refused
-        check_resume(last, {"policy_type": opts.policy_type, "model_type": opts.model_type, "seed": opts.seed,
-                            "batch_size": opts.batch_size}, opts.policy, f"resuming {run_dir}")
+        raise OutputExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
+                                "it or choose another --out")
+    if last is not None:
+        check_resume(last, {name: getattr(opts, name) for name in RESUMED_OPTIONS}, opts.policy,
+                     f"resuming {run_dir}")
+    return last
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What a run reads: the dataset (verified and checked), its latent cache and frame table, and the episodes it
+    trains and validates on."""
+
+    summary: DatasetSummary
+    cache: LatentCache
+    table: FrameTable
+    train_episodes: list[int]
+    val_episodes: list[int]
+
+
+def _read_inputs(opts: TrainOptions) -> _Inputs:
     verify_dataset(resolve_dataset_root(opts.dataset)[0])  # before anything reads its files
     summary = check_dataset(opts.dataset, opts.keys)
     cache = LatentCache.load(opts.latents, dataset=opts.dataset)
     table = read_frame_table(opts.dataset, opts.keys)
-    train_episodes, val_episodes = split_episodes(table, opts.val_fraction)
+    return _Inputs(summary, cache, table, *split_episodes(table, opts.val_fraction))
 
-    if last is not None:
-        checkpoint = load_checkpoint(last, device)
-        policy, preprocessor, postprocessor = checkpoint.policy, checkpoint.preprocessor, checkpoint.postprocessor
-        config = policy.config
-        check_inputs(config, cache.spec, opts.keys, f"resuming {run_dir}")
-        if checkpoint.meta["train_episodes"] != train_episodes:
-            raise ValueError(f"resuming {run_dir}: the training split differs from the checkpoint's "
-                             f"({len(checkpoint.meta['train_episodes'])} vs {len(train_episodes)} episodes); "
-                             "pass the same dataset and --val-fraction")
-        verify_folder(last / TRAINING_STATE, RETRAIN)
-        state = torch.load(last / TRAINING_STATE / STATE_FILE, weights_only=False)
-        start_step = state["step"]
-    else:
-        codebook = _codebook(opts, cache) if opts.model_type in ("B", "C") else None
-        config = build_config(opts, cache, table.instructions, table.state.shape[1], table.action.shape[1],
-                              summary.features, [summary.keys[k] for k in ("image", "wrist") if summary.keys.get(k)],
-                              device,
-                              0 if codebook is None else len(codebook))
-        state = None
-        start_step = 0
+
+@dataclass(frozen=True)
+class _Start:
+    """Where a run starts: step 0 with a new policy config (and the codebook of a model that predicts world tokens),
+    or a checkpoint's step, policy and processors, and training state."""
+
+    config: PreTrainedConfig
+    step: int = 0
+    checkpoint: Checkpoint | None = None
+    state: dict[str, Any] | None = None  # the checkpoint's training state (`_Optimisation.training_state`)
+    codebook: torch.Tensor | None = None
+
+
+def _new_start(opts: TrainOptions, inputs: _Inputs, device: torch.device) -> _Start:
+    codebook = _codebook(opts, inputs.cache) if opts.world_model_type in TOKEN_MODEL_TYPES else None
+    summary, table = inputs.summary, inputs.table
+    cameras = [summary.keys[k] for k in ("image", "wrist") if summary.keys.get(k)]
+    config = build_config(opts, inputs.cache, table.instructions, table.state.shape[1], table.action.shape[1],
+                          summary.features, cameras, device, 0 if codebook is None else len(codebook))
+    return _Start(config, codebook=codebook)
+
+
+def _resumed_start(opts: TrainOptions, run_dir: Path, last: Path, inputs: _Inputs, device: torch.device) -> _Start:
+    checkpoint = load_checkpoint(last, device)
+    config = checkpoint.policy.config
+    check_inputs(config, inputs.cache.spec, opts.keys, f"resuming {run_dir}")
+    if checkpoint.meta["train_episodes"] != inputs.train_episodes:
+        raise InputError(f"resuming {run_dir}: the training split differs from the checkpoint's "
+                         f"({len(checkpoint.meta['train_episodes'])} vs {len(inputs.train_episodes)} episodes); "
+                         "pass the same dataset and --val-fraction")
+    verify_folder(last / TRAINING_STATE, RETRAIN)
+    state = torch.load(last / TRAINING_STATE / STATE_FILE, weights_only=False)
+    return _Start(config, state["step"], checkpoint, state)
+
+
+def _batches(opts: TrainOptions, config: PreTrainedConfig, inputs: _Inputs,
+             device: torch.device) -> tuple[LatentBatches, LatentBatches | None]:
+    """The training split's batches and the validation split's (None: no episode held out)."""
     images = training_images(opts.dataset, config)
-    labels = _coc_labels(opts, train_episodes)
+    labels = _coc_labels(opts, inputs.train_episodes)
     data_device = batch_device(images, device)
-    batch_cache = cache.to(data_device)  # once: both splits gather from the same tensors
-    train_data = LatentBatches(batch_cache, table, opts.keys, train_episodes, config.chunk_size, config.history_len,
-                               config.num_future, images, labels, data_device)
-    val_data = (LatentBatches(batch_cache, table, opts.keys, val_episodes, config.chunk_size, config.history_len,
-                              config.num_future, images, labels, data_device) if val_episodes else None)
+    cache = inputs.cache.to(data_device)  # once: both splits gather from the same tensors
 
-    if state is None:
-        torch.manual_seed(opts.seed)
-        policy = get_policy_class(config.type)(config).to(device)
-        if codebook is not None:
-            policy.centroids.copy_(codebook)
-        preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=train_data.stats())
-    policy.train()
-    model = policy if accelerator is None else accelerator.prepare_model(policy)
-    # The policy's parameter groups (the world gate in its own with gate_lr_multiplier); the scheduler
-    # scales every group's learning rate alike.
-    optimizer = config.get_optimizer_preset().build(policy.get_optim_params())
-    scheduler = config.get_scheduler_preset().build(optimizer, max(opts.steps, 1))
-    sampler = torch.Generator().manual_seed(opts.seed)
-    precision = Precision.of(config, device)
-    scaler = precision.grad_scaler()
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.set_state(state["sampler_rng"])
-        if scaler is not None and state.get("grad_scaler") is not None:
-            scaler.load_state_dict(state["grad_scaler"])
+    def split(episodes: list[int]) -> LatentBatches:
+        return LatentBatches(cache, inputs.table, opts.keys, episodes, config.chunk_size, config.history_len,
+                             config.num_future, images, labels, data_device)
+
+    return split(inputs.train_episodes), split(inputs.val_episodes) if inputs.val_episodes else None
+
+
+def _policy(opts: TrainOptions, start: _Start, train_data: LatentBatches, device: torch.device):
+    """The policy and its pre- and postprocessor: the checkpoint's, or new ones (weights from the seed, normalisation
+    from the training split's statistics)."""
+    if start.checkpoint is not None:
+        return start.checkpoint.policy, start.checkpoint.preprocessor, start.checkpoint.postprocessor
+    torch.manual_seed(opts.seed)
+    policy = get_policy_class(start.config.type)(start.config).to(device)
+    if start.codebook is not None:
+        policy.centroids.copy_(start.codebook)
+    preprocessor, postprocessor = make_pre_post_processors(start.config, dataset_stats=train_data.stats())
+    return policy, preprocessor, postprocessor
+
+
+@dataclass
+class _Optimisation:
+    """How a run's policy learns: the optimizer (the policy's parameter groups, the world gate in its own with
+    gate_lr_multiplier; the scheduler scales every group's learning rate alike), the schedule, the sampler of the
+    training rows and the precision, each continued from a checkpoint's training state when resuming."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampler: torch.Generator
+    precision: Precision
+    scaler: torch.amp.GradScaler | None
+    grad_clip: float
+
+    @classmethod
+    def of(cls, opts: TrainOptions, config: PreTrainedConfig, policy: PreTrainedPolicy, device: torch.device,
+           state: dict[str, Any] | None) -> _Optimisation:
+        optimizer = config.get_optimizer_preset().build(policy.get_optim_params())
+        scheduler = config.get_scheduler_preset().build(optimizer, max(opts.steps, 1))
+        precision = Precision.of(config, device)
+        optimisation = cls(optimizer, scheduler, torch.Generator().manual_seed(opts.seed), precision,
+                           precision.grad_scaler(), config.optimizer_grad_clip_norm)
+        if state is not None:
+            optimisation.resume(state, device)
+        return optimisation
+
+    def resume(self, state: dict[str, Any], device: torch.device) -> None:
+        """Continue from ``state`` (`training_state`), this process's random streams included."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.set_state(state["sampler_rng"])
+        if self.scaler is not None and state.get("grad_scaler") is not None:
+            self.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-    if rank > 0:  # its own random draws (e.g. flow noise), reproducible from the seed, rank and start step
-        torch.manual_seed(hash((opts.seed, rank, start_step)))
-    local_rows = slice(rank * opts.batch_size // processes, (rank + 1) * opts.batch_size // processes)
 
-    meta = {
-        "dataset": str(summary.root),
+    def training_state(self, step: int, device: torch.device) -> dict[str, Any]:
+        """What a checkpoint keeps to resume after ``step``."""
+        return {
+            "step": step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler_rng": self.sampler.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
+        }
+
+    def step(self, model: torch.nn.Module, parameters: Iterator[torch.nn.Parameter],
+             batch: dict[str, Any]) -> tuple[dict[str, float], torch.Tensor]:
+        """One optimisation step on ``batch``: the logged values and the gradient norm before clipping."""
+        with self.precision.autocast():
+            loss, logs = model(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+        else:  # fp16: the loss scaled against underflow, the gradients unscaled before clipping
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # skipped when the gradients are not finite; the scale then shrinks
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        return logs, grad_norm
+
+
+def _run_meta(opts: TrainOptions, inputs: _Inputs, config: PreTrainedConfig, processes: int) -> dict[str, Any]:
+    """What a checkpoint records of the run that wrote it."""
+    return {
+        "dataset": str(inputs.summary.root),
         "dataset_fingerprint": dataset_fingerprint(opts.dataset),
-        "latents": str(cache.path),
-        "encoder_spec_hash": cache.spec.spec_hash(),
+        "latents": str(inputs.cache.path),
+        "encoder_spec_hash": inputs.cache.spec.spec_hash(),
         "tokens": opts.tokens,
         "policy": run_label(config),
         "coc_labels": opts.coc_labels,
@@ -406,85 +536,104 @@ def _train(opts: TrainOptions) -> Path:
         "total_steps": opts.steps,
         "val_fraction": opts.val_fraction,
         "validation": "per instruction, the last ceil(val_fraction * n) episodes by episode index",
-        "train_episodes": train_episodes,
-        "val_episodes": val_episodes,
+        "train_episodes": inputs.train_episodes,
+        "val_episodes": inputs.val_episodes,
     }
-    output_folder(run_dir, TRAINING_RUN_KIND)
-    loggers = (_Loggers(run_dir, opts.wandb, {k: v for k, v in meta.items() if not k.endswith("_episodes")}, start_step)
-               if is_main else None)
-    grad_clip = config.optimizer_grad_clip_norm
-    bar = tqdm(total=opts.steps, initial=start_step, desc=f"train {run_label(config)}",
-               disable=not (opts.progress and is_main))
-    checkpoint_dir = last
-    frame_batches = None
-    if images is not None:  # decoded ahead: a copy of the sampler draws the rows the loop will draw
-        ahead = torch.Generator()
-        ahead.set_state(sampler.get_state())
-        frame_batches = PrefetchedFrames(images, (train_data.draw(opts.batch_size, ahead)[local_rows]
-                                                  for _ in range(start_step, opts.steps)),
-                                         data_workers(opts, device), pin_memory=device.type == "cuda")
-    try:
-        for step in range(start_step + 1, opts.steps + 1):
-            t0 = time.perf_counter()
-            # The global batch's rows (identical on every process), of which this process trains its slice.
-            rows = train_data.draw(opts.batch_size, sampler)[local_rows]
-            frames = None if frame_batches is None else next(frame_batches)
-            assert frames is None or torch.equal(frames[ROWS], rows), "prefetched frames of other rows"
-            batch = preprocess(preprocessor, train_data.batch(rows, frames))
-            t1 = time.perf_counter()
-            with precision.autocast():
-                loss, logs = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-            else:  # fp16: the loss scaled against underflow, the gradients unscaled before clipping
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
-            if scaler is None:
-                optimizer.step()
-            else:  # skipped when the gradients are not finite; the scale then shrinks
-                scaler.step(optimizer)
-                scaler.update()
-            scheduler.step()
-            if accelerator is not None:  # the global batch's values: the mean of the processes' slices
-                keys = sorted(logs)
-                means = accelerator.reduce(torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=device), "mean")
-                logs = dict(zip(keys, means.tolist()))
-            if is_main and (step % opts.log_every == 0 or step == opts.steps):
-                t2 = time.perf_counter()
-                logs |= {"grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
-                         "time_data_s": t1 - t0, "time_compute_s": t2 - t1}
-                loggers.log(logs, step, "train")
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
-            if (step % opts.save_every == 0 or step == opts.steps) and not is_main:
-                accelerator.wait_for_everyone()  # the main process writes the checkpoint
-                checkpoint_dir = last_checkpoint(run_dir)
-            elif step % opts.save_every == 0 or step == opts.steps:
-                if val_data is not None:
-                    loggers.log(validation_loss(policy, preprocessor, val_data, opts.val_batch_size), step, "val")
-                training_state = {
-                    "step": step,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "sampler_rng": sampler.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "grad_scaler": None if scaler is None else scaler.state_dict(),
-                }
-                checkpoint_dir = save_checkpoint(run_dir, step, policy, preprocessor, postprocessor, meta, training_state)
-                if accelerator is not None:
-                    accelerator.wait_for_everyone()
-    finally:
-        bar.close()
-        if frame_batches is not None:
-            frame_batches.close()
-        if loggers is not None:
-            loggers.close()
-    if checkpoint_dir is None:
-        raise ValueError(f"nothing to do: --steps {opts.steps} and the run starts at step {start_step}")
-    return checkpoint_dir
+
+
+@dataclass
+class _Loop:
+    """A run's steps up to ``opts.steps``: each logged (TensorBoard, W&B), every ``save_every`` steps and at the end
+    validated and checkpointed, by the main process."""
+
+    opts: TrainOptions
+    run_dir: Path
+    processes: _Processes
+    model: torch.nn.Module  # the policy, wrapped for data parallelism on several processes
+    policy: PreTrainedPolicy
+    preprocessor: Any
+    postprocessor: Any
+    optimisation: _Optimisation
+    train_data: LatentBatches
+    val_data: LatentBatches | None
+    meta: dict[str, Any]
+
+    def run(self, start_step: int, last: Path | None) -> Path:
+        """Train from ``start_step`` on; the last checkpoint folder (``last`` when no step is left)."""
+        opts, is_main = self.opts, self.processes.is_main
+        loggers = None
+        if is_main:
+            logged = {k: v for k, v in self.meta.items() if not k.endswith("_episodes")}
+            loggers = _Loggers(self.run_dir, opts.wandb, logged, start_step)
+        bar = tqdm(total=opts.steps, initial=start_step, desc=f"train {self.meta['policy']}",
+                   disable=not (opts.progress and is_main))
+        frame_batches = self._frames_ahead(start_step)
+        checkpoint_dir = last
+        try:
+            for step in range(start_step + 1, opts.steps + 1):
+                logs = self._step(step, frame_batches, loggers)
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+                if step % opts.save_every == 0 or step == opts.steps:
+                    checkpoint_dir = self._checkpoint(step, loggers)
+        finally:
+            bar.close()
+            if frame_batches is not None:
+                frame_batches.close()
+            if loggers is not None:
+                loggers.close()
+        if checkpoint_dir is None:
+            raise InputError(f"nothing to do: --steps {opts.steps} and the run starts at step {start_step}")
+        return checkpoint_dir
+
+    def _frames_ahead(self, start_step: int) -> PrefetchedFrames | None:
+        """The camera frames of the rows the steps will draw, decoded ahead (None: the policy reads no frames)."""
+        images = self.train_data.images
+        if images is None:
+            return None
+        ahead = torch.Generator()  # a copy of the sampler draws the rows the loop will draw
+        ahead.set_state(self.optimisation.sampler.get_state())
+        rows = self.processes.rows(self.opts.batch_size)
+        draws = (self.train_data.draw(self.opts.batch_size, ahead)[rows] for _ in range(start_step, self.opts.steps))
+        device = self.processes.device
+        return PrefetchedFrames(images, draws, data_workers(self.opts, device), pin_memory=device.type == "cuda")
+
+    def _step(self, step: int, frame_batches: PrefetchedFrames | None, loggers: _Loggers | None) -> dict[str, float]:
+        """One step on this process's slice of the global batch (the same rows on every process); its logged values,
+        the processes' mean."""
+        opts, processes = self.opts, self.processes
+        t0 = time.perf_counter()
+        rows = self.train_data.draw(opts.batch_size, self.optimisation.sampler)[processes.rows(opts.batch_size)]
+        frames = None if frame_batches is None else next(frame_batches)
+        assert frames is None or torch.equal(frames[ROWS], rows), "prefetched frames of other rows"
+        batch = preprocess(self.preprocessor, self.train_data.batch(rows, frames))
+        t1 = time.perf_counter()
+        logs, grad_norm = self.optimisation.step(self.model, self.policy.parameters(), batch)
+        if processes.accelerator is not None:  # the global batch's values: the mean of the processes' slices
+            keys = sorted(logs)
+            values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=processes.device)
+            logs = dict(zip(keys, processes.accelerator.reduce(values, "mean").tolist()))
+        if processes.is_main and (step % opts.log_every == 0 or step == opts.steps):
+            t2 = time.perf_counter()
+            logs |= {"grad_norm": grad_norm.item(), "lr": self.optimisation.scheduler.get_last_lr()[0],
+                     "time_data_s": t1 - t0, "time_compute_s": t2 - t1}
+            loggers.log(logs, step, "train")
+        return logs
+
+    def _checkpoint(self, step: int, loggers: _Loggers | None) -> Path:
+        """Validate and write the checkpoint of ``step`` (the main process; the others wait for it); its folder."""
+        accelerator = self.processes.accelerator
+        if not self.processes.is_main:
+            accelerator.wait_for_everyone()  # the main process writes the checkpoint
+            return last_checkpoint(self.run_dir)
+        if self.val_data is not None:
+            loggers.log(validation_loss(self.policy, self.preprocessor, self.val_data, self.opts.val_batch_size),
+                        step, "val")
+        checkpoint_dir = save_checkpoint(self.run_dir, step, self.policy, self.preprocessor, self.postprocessor,
+                                         self.meta, self.optimisation.training_state(step, self.processes.device))
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        return checkpoint_dir
 
 
 def data_workers(opts: TrainOptions, device: torch.device) -> int:
@@ -505,7 +654,7 @@ def preprocess(preprocessor, batch: dict[str, Any]) -> dict[str, Any]:
 def _coc_labels(opts: TrainOptions, train_episodes: list[int]) -> dict[int, str] | None:
     if opts.coc_labels is None:
         if opts.require_coc:
-            raise ValueError("--require-coc needs --coc-labels (a JSONL made by `wm coc generate`)")
+            raise InputError("--require-coc needs --coc-labels (a JSONL made by `wm coc generate`)")
         return None
     from world_modality.coc.labels import coc_texts_for, load_coc_labels
 
@@ -519,5 +668,5 @@ def _codebook(opts: TrainOptions, cache: LatentCache) -> torch.Tensor:
     from lerobot_policy_world_modality.world_tokens import WorldTokens
 
     if opts.tokens is None:
-        raise ValueError(f"model_type {opts.model_type} needs --tokens (a codebook fitted on these latents with `wm tokens`)")
+        raise InputError(f"model_type {opts.world_model_type} needs --tokens (a codebook fitted on these latents with `wm tokens`)")
     return WorldTokens.load(opts.tokens, latents=cache).centroids

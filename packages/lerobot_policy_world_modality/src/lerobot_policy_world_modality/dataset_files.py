@@ -7,12 +7,13 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 # What every LeRobot v3 meta/info.json holds and the pipeline reads.
 INFO_KEYS = ("codebase_version", "features", "fps", "total_episodes", "total_frames", "data_path")
 
 
-class DatasetSchemaError(ValueError):
+class DatasetSchemaError(InputError):
     """The dataset lacks something the pipeline needs."""
 
 
@@ -31,7 +32,7 @@ def resolve_dataset_root(path_or_repo_id: str | Path) -> tuple[Path, str]:
     cached = Path(HF_LEROBOT_HOME) / str(path_or_repo_id)
     if (cached / "meta" / "info.json").exists():
         return cached, str(path_or_repo_id)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no dataset at {path_or_repo_id!r}: not a local folder, and not in the LeRobot cache ({cached}). "
         "Datasets are never downloaded here; copy it to a local folder and pass that path."
     )

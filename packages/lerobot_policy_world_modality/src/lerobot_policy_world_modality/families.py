@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
+from lerobot_policy_world_modality.errors import InputError
 
 # Policy type -> its family. LeRobot's own `smolvla` is SmolVLA-world with the world module off (its E0).
 FAMILY_OF_TYPE = {
@@ -39,7 +40,7 @@ def policy_family(policy_type: str, fields: Mapping[str, Any]) -> PolicyFamily:
     The backbone is named by its folder's name, so the same backbone copied to another path (another machine of
     an experiment run in pieces) is the same backbone."""
     if policy_type not in FAMILY_OF_TYPE:
-        raise ValueError(f"unknown policy type {policy_type!r}; known: {', '.join(FAMILY_OF_TYPE)}")
+        raise InputError(f"unknown policy type {policy_type!r}; known: {', '.join(FAMILY_OF_TYPE)}")
     family = FAMILY_OF_TYPE[policy_type]
     for name in BACKBONE_FIELDS.get(family, ()):
         if fields.get(name):
@@ -57,4 +58,4 @@ def backbone_fields(family: str, folder: Path) -> dict[str, Any]:
         return {"vlm_model_name": str(folder), "load_vlm_weights": any(folder.glob("*.safetensors"))}
     if family == "qwen_vla":
         return {"backbone_path": str(folder)}
-    raise ValueError(f"policies of the {family} family have no backbone")
+    raise InputError(f"policies of the {family} family have no backbone")

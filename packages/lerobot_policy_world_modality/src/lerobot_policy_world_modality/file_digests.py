@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from lerobot_policy_world_modality.errors import InputError
 
 DIGESTS_FILE = "file_digests.json"
 DIGEST_ALGORITHM = "sha256"  # with the CPU's SHA extensions, faster than blake2b here
@@ -24,7 +25,7 @@ NO_VERIFY_ENV = "WORLD_MODALITY_NO_VERIFY"
 _verified: set[tuple[str, int, int, str]] = set()
 
 
-class DamagedFileError(ValueError):
+class DamagedFileError(InputError):
     """A file differs from what was recorded when it was written (or is missing)."""
 
 

@@ -22,6 +22,7 @@ from lerobot_policy_world_modality.dataset_files import dataset_fingerprint, dat
 from lerobot_policy_world_modality.encoders import EncoderSpec
 from lerobot_policy_world_modality.file_digests import DamagedFileError, verify_files
 from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 LATENTS_FILE = "latents.safetensors"
 SPEC_FILE = "spec.json"
@@ -29,7 +30,7 @@ DIGESTS_KEY = "file_digests"  # in spec.json: the latents file's size and digest
 RECOMPUTE = "Recompute the cache: rerun the `wm latents` command that made it (it rebuilds a damaged cache)"
 
 
-class LatentCacheMismatch(ValueError):
+class LatentCacheMismatch(InputError):
     """A latent cache does not belong to the dataset or encoder it is used with."""
 
 
@@ -78,7 +79,7 @@ class LatentCache:
         path = Path(path).expanduser()
         if not (path / SPEC_FILE).is_file() or not (path / LATENTS_FILE).is_file():
             found = sorted(p.name for p in path.iterdir()) if path.is_dir() else "no such folder"
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path} is not a complete latent cache (expected {SPEC_FILE} and {LATENTS_FILE}; found: {found}); make one with `wm latents`"
             )
         meta = json.loads((path / SPEC_FILE).read_text())
@@ -132,7 +133,7 @@ class LatentCache:
         each frame's episode, with masks saying which positions are real; one gather each, on the cache's
         device (the indices are checked on the cpu)."""
         if history_len < 1 or num_future < 0:
-            raise ValueError(f"history_len must be >= 1 and num_future >= 0, got {history_len} and {num_future}")
+            raise InputError(f"history_len must be >= 1 and num_future >= 0, got {history_len} and {num_future}")
         t = torch.as_tensor(indices, dtype=torch.long).cpu()
         if t.ndim != 1 or (len(t) and (t.min() < 0 or t.max() >= len(self))):
             raise IndexError(f"indices must be a 1-D tensor of frame indices in [0, {len(self)}), got {t.tolist() if t.numel() < 10 else tuple(t.shape)}")

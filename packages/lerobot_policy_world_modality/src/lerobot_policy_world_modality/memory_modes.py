@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import NoReturn
+from lerobot_policy_world_modality.errors import InputError
 
 
 class _StrictStrEnum(StrEnum):
@@ -15,7 +16,7 @@ class _StrictStrEnum(StrEnum):
     @classmethod
     def _missing_(cls, value: object) -> NoReturn:
         valid = ", ".join(repr(member.value) for member in cls)
-        raise ValueError(f"unknown {cls.__name__} {value!r}; valid names: {valid}")
+        raise InputError(f"unknown {cls.__name__} {value!r}; valid names: {valid}")
 
 
 class MemoryMode(_StrictStrEnum):

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+from lerobot_policy_world_modality.errors import SetupError
+
 _CANDIDATES = ("egl", "osmesa")
 _MISSING_PACKAGE = {
     "egl": "libegl1 and libgl1-mesa-dri (Debian: apt-get install libegl1 libgl1-mesa-dri)",
@@ -23,7 +25,7 @@ _PROBE = "import mujoco; ctx = mujoco.GLContext(16, 16); ctx.make_current(); ctx
 _GL_MODULES = ("mujoco", "OpenGL")
 
 
-class RenderingBackendError(RuntimeError):
+class RenderingBackendError(SetupError):
     """No headless OpenGL backend works on this machine."""
 
 

@@ -16,13 +16,14 @@ from safetensors.torch import load_file
 
 from lerobot_policy_world_modality.encoders.spec import digest
 from lerobot_policy_world_modality.latent_cache import LatentCache, tensors_metadata
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 TOKENS_FILE = "tokens.safetensors"
 SPEC_FILE = "spec.json"
 ALGORITHM = "sklearn.cluster.MiniBatchKMeans"
 
 
-class TokensMismatch(ValueError):
+class TokensMismatch(InputError):
     """A tokens folder does not belong to the latents it is used with, or is inconsistent."""
 
 
@@ -75,7 +76,7 @@ class WorldTokens:
         """Load a tokens folder, checking its files against each other and, when given, against ``latents``."""
         path = Path(path).expanduser()
         if not (path / SPEC_FILE).is_file() or not (path / TOKENS_FILE).is_file():
-            raise FileNotFoundError(f"{path} is not a tokens folder (expected {SPEC_FILE} and {TOKENS_FILE}); make one with `wm tokens`")
+            raise MissingFileError(f"{path} is not a tokens folder (expected {SPEC_FILE} and {TOKENS_FILE}); make one with `wm tokens`")
         meta = json.loads((path / SPEC_FILE).read_text())
         spec = TokenSpec(**meta["tokens"])
         tensors = load_file(path / TOKENS_FILE)

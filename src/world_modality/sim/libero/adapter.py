@@ -8,6 +8,7 @@ import numpy as np
 
 from world_modality.sim.base import EnvAdapter, EpisodeSpec, Observation
 from world_modality.sim.libero.env import LiberoEnv, LiberoRenderSettings, proprio_state
+from lerobot_policy_world_modality.errors import InputError
 
 
 class LiberoAdapter(EnvAdapter):
@@ -15,7 +16,7 @@ class LiberoAdapter(EnvAdapter):
 
     def __init__(self, render: LiberoRenderSettings | None):
         if render is not None and not render.rotate_180:
-            raise ValueError("the checkpoint's frames are LIBERO's raw upside-down images (render rotate_180=False), but the "
+            raise InputError("the checkpoint's frames are LIBERO's raw upside-down images (render rotate_180=False), but the "
                              "LIBERO env renders LeRobot's convention (rotate_180=True); retrain on rotated frames")
         super().__init__(render)
 

@@ -15,6 +15,7 @@ from world_modality.atomic_io import writing
 from world_modality.locks import writer_lock
 from world_modality.sim.libero.env import ACTION_DIM, LiberoEnv, LiberoRenderSettings, suite_tasks
 from world_modality.sim.libero.setup import ASSET_FOLDERS, SUITES, current_assets
+from lerobot_policy_world_modality.errors import SetupError
 
 
 def verify_setup() -> Iterator[tuple[str, str]]:
@@ -28,7 +29,7 @@ def verify_setup() -> Iterator[tuple[str, str]]:
         try:
             raw = env.reset(0)
             if render is not None and env.frames(raw)["image"].std() == 0:
-                raise RuntimeError(f"{suite}: the rendered frame is blank; check the rendering backend (MUJOCO_GL)")
+                raise SetupError(f"{suite}: the rendered frame is blank; check the rendering backend (MUJOCO_GL)")
             env.step(np.zeros(ACTION_DIM))
         finally:
             env.close()

@@ -25,6 +25,7 @@ from world_modality.atomic_io import atomic_write_json, commit_folder, mark_outp
 from world_modality.data.check import DatasetSummary, camera_name
 from world_modality.data.integrity import DATASET_KIND
 from world_modality.locks import writer_lock
+from lerobot_policy_world_modality.errors import InputError, OutputExistsError
 
 IMAGE_KEY = f"{OBS_IMAGES}.image"  # agentview
 WRIST_KEY = f"{OBS_IMAGES}.image2"
@@ -75,7 +76,7 @@ def detect_rotation(root: Path, camera_keys: list[str], instruction_key: str = "
     chosen = table[[tasks[int(e)] == first_task for e in table["episode_index"]]].iloc[:episodes]
     found = libero_instructions([first_task])
     if not found:
-        raise ValueError(f"{root}: the instruction {first_task!r} is not a LIBERO task's; cannot render its scene")
+        raise InputError(f"{root}: the instruction {first_task!r} is not a LIBERO task's; cannot render its scene")
     suite, task = found[first_task]
     height, width = readers[camera_keys[0]].shape[:2]
     render = LiberoRenderSettings(cameras=tuple(camera_name(k) for k in camera_keys), width=width, height=height, rotate_180=False)
@@ -87,11 +88,11 @@ def detect_rotation(root: Path, camera_keys: list[str], instruction_key: str = "
     verdict = {}
     for key, reader in readers.items():
         if reader.shape[:2] != (height, width):
-            raise ValueError(f"{root}: cameras differ in size ({camera_keys[0]} {height}x{width}, {key} {reader.shape[:2]})")
+            raise InputError(f"{root}: cameras differ in size ({camera_keys[0]} {height}x{width}, {key} {reader.shape[:2]})")
         first_frames = [frames[0] for frames in reader.read(chosen)]
         raw, rotated = rotation_scores(first_frames, reference[camera_name(key)])
         if abs(rotated - raw) < ORIENTATION_MARGIN:
-            raise ValueError(
+            raise InputError(
                 f"{root}: cannot tell whether {key} is rotated like LeRobot's LIBERO datasets: its first frames correlate "
                 f"{raw:.2f} with LIBERO's raw render of {suite}/{task} and {rotated:.2f} with the rotated one"
             )
@@ -118,7 +119,7 @@ def libero_render_record(root: Path, features: dict, fingerprint: str, instructi
     cached in the dataset folder, keyed by the dataset fingerprint."""
     cameras = [k for k in (IMAGE_KEY, WRIST_KEY) if k in features]
     if not cameras:
-        raise ValueError(f"{root} is a LIBERO-format dataset without {IMAGE_KEY} or {WRIST_KEY}; its keys: {', '.join(sorted(features))}")
+        raise InputError(f"{root} is a LIBERO-format dataset without {IMAGE_KEY} or {WRIST_KEY}; its keys: {', '.join(sorted(features))}")
     cached = root / ORIENTATION_FILE
     stored = json.loads(cached.read_text()) if cached.exists() else {}
     if stored.get("fingerprint") == fingerprint and sorted(stored["rotated"]) == sorted(cameras):
@@ -128,7 +129,7 @@ def libero_render_record(root: Path, features: dict, fingerprint: str, instructi
         atomic_write_json(cached, {"fingerprint": fingerprint, "rotated": rotated})
     upside_down = [k for k, r in rotated.items() if not r]
     if upside_down:
-        raise ValueError(
+        raise InputError(
             f"{root}: {', '.join(upside_down)} hold LIBERO's raw upside-down frames, but LeRobot's LIBERO datasets and this "
             "project's LIBERO env use frames rotated 180 degrees; rotate them (img[::-1, ::-1]) and rewrite the dataset"
         )
@@ -196,7 +197,7 @@ def generate_libero_dataset(
 
     out = Path(out)
     if out.exists():
-        raise FileExistsError(f"{out} exists; choose another --out or delete it")
+        raise OutputExistsError(f"{out} exists; choose another --out or delete it")
     with writer_lock(out):
         image = {"dtype": "image", "shape": (image_size, image_size, 3), "names": ["height", "width", "channels"]}
         features = {

@@ -18,6 +18,7 @@ import numpy as np
 from lerobot_policy_world_modality.encoders.spec import camera_parts, side_by_side
 from lerobot_policy_world_modality.rendering import ensure_headless_rendering
 from world_modality.sim.libero.setup import NAME, SUITES, import_libero
+from lerobot_policy_world_modality.errors import InputError
 
 # LeRobot's LIBERO camera names -> LIBERO's observation keys.
 CAMERAS = {"image": "agentview", "image2": "robot0_eye_in_hand"}
@@ -42,12 +43,12 @@ class LiberoRenderSettings:
     def __post_init__(self):
         unknown = [c for c in self.cameras if any(part not in CAMERAS for part in camera_parts(c))]
         if unknown or not self.cameras:
-            raise ValueError(f"unknown LIBERO camera(s) {unknown or '(none)'}; available: {', '.join(CAMERAS)} (agentview, wrist), "
+            raise InputError(f"unknown LIBERO camera(s) {unknown or '(none)'}; available: {', '.join(CAMERAS)} (agentview, wrist), "
                              "or two of them side by side (wrist_mode=concat), e.g. image+image2")
         if self.width < 8 or self.height < 8:
-            raise ValueError(f"image size must be at least 8x8, got {self.width}x{self.height}")
+            raise InputError(f"image size must be at least 8x8, got {self.width}x{self.height}")
         if self.simulator != NAME:
-            raise ValueError(f"LiberoRenderSettings is for simulator {NAME!r}, got {self.simulator!r}")
+            raise InputError(f"LiberoRenderSettings is for simulator {NAME!r}, got {self.simulator!r}")
 
     def to_dict(self) -> dict:
         return asdict(self) | {"cameras": list(self.cameras)}
@@ -83,7 +84,7 @@ def proprio_state(raw_obs: dict) -> np.ndarray:
 def suite_tasks(suite: str) -> tuple:
     """The suite's LIBERO ``Task`` records in LIBERO's fixed order (the task id is the position)."""
     if suite not in SUITES:
-        raise ValueError(f"unknown LIBERO suite {suite!r}; available: {', '.join(SUITES)}")
+        raise InputError(f"unknown LIBERO suite {suite!r}; available: {', '.join(SUITES)}")
     import_libero(require_assets=False)
     from libero.libero import benchmark
 
@@ -103,7 +104,7 @@ def task_id(suite: str, task: str) -> int:
     for i, t in enumerate(tasks):
         if t.name == task:
             return i
-    raise ValueError(f"{suite} has no task {task!r}; its tasks: {', '.join(t.name for t in tasks)}")
+    raise InputError(f"{suite} has no task {task!r}; its tasks: {', '.join(t.name for t in tasks)}")
 
 
 def init_states(suite: str, task: str) -> np.ndarray:
@@ -164,7 +165,7 @@ class LiberoEnv:
     def reset(self, init_index: int) -> dict:
         """Init state ``init_index`` after LIBERO's reset, then the settle steps; returns the raw observation."""
         if not 0 <= init_index < len(self._init_states):
-            raise ValueError(f"{self.suite} task {self.task_id} has {len(self._init_states)} init states; got index {init_index}")
+            raise InputError(f"{self.suite} task {self.task_id} has {len(self._init_states)} init states; got index {init_index}")
         self._env.seed(self.seed)
         self._env.reset()
         raw = self._env.set_init_state(self._init_states[init_index])
@@ -177,7 +178,7 @@ class LiberoEnv:
         """Apply a 7-dim action (clipped to [-1, 1]); returns (raw observation, success, episode over)."""
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (ACTION_DIM,):
-            raise ValueError(f"LIBERO actions are {ACTION_DIM}-dim (6 delta pose + gripper), got shape {action.shape}")
+            raise InputError(f"LIBERO actions are {ACTION_DIM}-dim (6 delta pose + gripper), got shape {action.shape}")
         if self.steps >= self.max_steps:
             raise RuntimeError(f"episode already reached {self.suite}'s {self.max_steps}-step limit; call reset()")
         raw, _, done, _ = self._env.step(np.clip(action, -1.0, 1.0))

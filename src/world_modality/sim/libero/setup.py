@@ -21,6 +21,7 @@ from types import ModuleType
 
 from world_modality.atomic_io import atomic_write_json, atomic_write_text, commit_folder, temp_folder
 from world_modality.locks import writer_lock
+from lerobot_policy_world_modality.errors import SetupError
 
 HOME_ENV = "WORLD_MODALITY_LIBERO_HOME"
 DEFAULT_HOME = Path("~/.cache/world_modality/libero")
@@ -34,7 +35,7 @@ NAME = "libero"  # the simulator's name in `world_modality.sim`
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 
 
-class LiberoSetupError(RuntimeError):
+class LiberoSetupError(SetupError):
     """LIBERO is not usable yet; the message says what to install or pass."""
 
 

@@ -12,10 +12,12 @@ from world_modality.sim.libero.data import check_libero_dataset, generate_libero
 from world_modality.sim.libero.env import ACTION_DIM, STATE_DIM, LiberoRenderSettings, suite_tasks, task_instruction
 from world_modality.sim.libero.episodes import libero_episodes
 from world_modality.sim.libero.setup import NAME, SUITES
+from lerobot_policy_world_modality.errors import InputError
 
 
 class Libero(Simulator):
     name = NAME
+    title = "LIBERO"
     suites = SUITES
     adapter = LiberoAdapter
     state_dim, action_dim = STATE_DIM, ACTION_DIM
@@ -32,7 +34,7 @@ class Libero(Simulator):
 
     def check_suite(self, suite: str | None) -> None:
         if suite not in SUITES:
-            raise ValueError(f"env libero needs one of {', '.join(SUITES)} (--suite), got {suite!r}")
+            raise InputError(f"env libero needs one of {', '.join(SUITES)} (--suite), got {suite!r}")
 
     def parse_tasks(self, tasks: str | list[str]) -> list[str]:
         """Task names or ids within the suite, as given (they are resolved against the suite's catalogue when
@@ -47,7 +49,7 @@ class Libero(Simulator):
         if tasks is None and request.instructions:  # default: the suite's tasks the policy was trained on
             tasks = [t.name for t in suite_tasks(suite) if t.language in request.instructions]
             if not tasks:
-                raise ValueError(f"the policy was trained on none of {suite}'s tasks (its instructions: {list(request.instructions)})")
+                raise InputError(f"the policy was trained on none of {suite}'s tasks (its instructions: {list(request.instructions)})")
         return libero_episodes(suite, tasks, request.episodes_per_task)
 
     def instruction(self, episode: EpisodeSpec) -> str:
@@ -64,7 +66,7 @@ class Libero(Simulator):
         instructions = set(task_instructions(Path(root)).values())
         tasks = [t.name for t in suite_tasks(suite) if t.language in instructions]
         if not tasks:
-            raise ValueError(f"the dataset {root} holds demos of none of {suite}'s tasks (its instructions: "
+            raise InputError(f"the dataset {root} holds demos of none of {suite}'s tasks (its instructions: "
                              f"{sorted(instructions)[:3]}...); evaluate the suite it was recorded in")
         return tasks
 

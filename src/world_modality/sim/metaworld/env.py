@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from lerobot_policy_world_modality.rendering import ensure_headless_rendering
+from lerobot_policy_world_modality.errors import InputError
 
 NAME = "metaworld"
 LAYOUTS_PER_SEED = 50
@@ -61,14 +62,14 @@ class RenderSettings:
             return cls(msaa_samples=0, shadows=False, reflections=False, **kwargs)
         if quality == "default":
             return cls(msaa_samples=4, shadows=True, reflections=True, **kwargs)
-        raise ValueError(f"render quality must be 'fast' or 'default', got {quality!r}")
+        raise InputError(f"render quality must be 'fast' or 'default', got {quality!r}")
 
     def __post_init__(self):
         unknown = [c for c in self.cameras if c not in CAMERAS]
         if unknown or not self.cameras:
-            raise ValueError(f"unknown MetaWorld camera(s) {unknown or '(none)'}; available: {', '.join(CAMERAS)}")
+            raise InputError(f"unknown MetaWorld camera(s) {unknown or '(none)'}; available: {', '.join(CAMERAS)}")
         if self.width < 8 or self.height < 8:
-            raise ValueError(f"image size must be at least 8x8, got {self.width}x{self.height}")
+            raise InputError(f"image size must be at least 8x8, got {self.width}x{self.height}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -115,7 +116,7 @@ class MetaWorldEnv:
     def reset(self, layout_index: int) -> np.ndarray:
         """Start an episode on one of the seed's 50 layouts; returns the 39-dim observation."""
         if not 0 <= layout_index < LAYOUTS_PER_SEED:
-            raise ValueError(f"layout index must be in [0, {LAYOUTS_PER_SEED}), got {layout_index}")
+            raise InputError(f"layout index must be in [0, {LAYOUTS_PER_SEED}), got {layout_index}")
         self._env.set_task(self._bench.train_tasks[layout_index])
         obs, _ = self._env.reset()
         self.steps = 0

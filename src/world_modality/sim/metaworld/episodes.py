@@ -9,6 +9,7 @@ from pathlib import Path
 from world_modality.choices import EVAL
 from world_modality.sim.base import EpisodeSpec
 from world_modality.sim.metaworld.env import NAME, layout_sequence
+from lerobot_policy_world_modality.errors import InputError
 
 
 def metaworld_episodes(
@@ -24,7 +25,7 @@ def metaworld_episodes(
     training layouts measures memorisation, not the policy.
     """
     if episodes_per_task < 1:
-        raise ValueError(f"--episodes-per-task must be at least 1, got {episodes_per_task}")
+        raise InputError(f"--episodes-per-task must be at least 1, got {episodes_per_task}")
     episodes = []
     for task in tasks:
         used = set() if allow_train_layouts else (train_layouts or {}).get(task, set())

@@ -53,6 +53,7 @@ from world_modality.sim.metaworld.env import (
     layout_sequence,
 )
 from world_modality.sim.metaworld.tasks import instruction, resolve_tasks
+from lerobot_policy_world_modality.errors import InputError
 
 FPS = 80  # MetaWorld's render_fps, as in LeRobot's MetaworldEnv
 SIDECAR = "meta/world_modality.json"
@@ -86,7 +87,7 @@ def image_key(camera: str) -> str:
     return f"{OBS_IMAGES}.{camera}"
 
 
-class DatasetSpecMismatch(ValueError):
+class DatasetSpecMismatch(InputError):
     """An existing dataset or staging folder was made with a different spec."""
 
 
@@ -103,11 +104,11 @@ class MetaWorldDatasetSpec:
 
     def __post_init__(self):
         if self.episodes_per_task < 1:
-            raise ValueError(f"--episodes-per-task must be at least 1, got {self.episodes_per_task}")
+            raise InputError(f"--episodes-per-task must be at least 1, got {self.episodes_per_task}")
         if self.storage not in ("video", "image"):
-            raise ValueError(f"storage must be 'video' or 'image', got {self.storage!r}")
+            raise InputError(f"storage must be 'video' or 'image', got {self.storage!r}")
         if self.seed < 0:
-            raise ValueError(f"seed must be non-negative, got {self.seed}")
+            raise InputError(f"seed must be non-negative, got {self.seed}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -13,6 +13,7 @@ from world_modality.sim.metaworld.env import ACTION_DIM, NAME, STATE_DIM, Render
 from world_modality.sim.metaworld.episodes import metaworld_episodes, training_layouts
 from world_modality.sim.metaworld.generate import SIDECAR, generate_metaworld_dataset
 from world_modality.sim.metaworld.tasks import difficulty_groups, instruction, resolve_tasks
+from lerobot_policy_world_modality.errors import InputError
 
 if TYPE_CHECKING:
     from world_modality.data.check import DatasetKeys, DatasetSummary
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 class MetaWorld(Simulator):
     name = NAME
+    title = "MetaWorld"
     adapter = MetaWorldAdapter
     state_dim, action_dim = STATE_DIM, ACTION_DIM
     dataset_generator = staticmethod(generate_metaworld_dataset)
@@ -35,7 +37,7 @@ class MetaWorld(Simulator):
 
     def check_suite(self, suite: str | None) -> None:
         if suite is not None:
-            raise ValueError(f"MetaWorld evaluations take no suite; got suite {suite!r}")
+            raise InputError(f"MetaWorld evaluations take no suite; got suite {suite!r}")
 
     def parse_tasks(self, tasks: str | list[str]) -> list[str]:
         return resolve_tasks(tasks)
@@ -45,7 +47,7 @@ class MetaWorld(Simulator):
         trained_tasks, layouts = training_layouts(request.dataset)
         tasks = self.parse_tasks(request.tasks) if request.tasks else trained_tasks
         if not tasks:
-            raise ValueError("the checkpoint does not record its training tasks; pass --tasks")
+            raise InputError("the checkpoint does not record its training tasks; pass --tasks")
         return metaworld_episodes(tasks, request.episodes_per_task, request.eval_seed, layouts, request.allow_train_layouts)
 
     def instruction(self, episode: EpisodeSpec) -> str:

@@ -10,6 +10,7 @@ import json
 from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
+from lerobot_policy_world_modality.errors import InputError, SetupError
 
 
 @cache
@@ -34,7 +35,7 @@ def difficulty_groups() -> dict[str, tuple[str, ...]]:
     """LeRobot's MT50 grouping, easy (28), medium (11), hard (6), very_hard (5): group -> task names."""
     groups = _lerobot_metaworld_config()["DIFFICULTY_TO_TASKS"]
     if set(groups) != set(DIFFICULTY_ORDER):
-        raise RuntimeError(f"LeRobot's metaworld_config.json has the difficulty groups {sorted(groups)}, expected {DIFFICULTY_ORDER}")
+        raise SetupError(f"LeRobot's metaworld_config.json has the difficulty groups {sorted(groups)}, expected {DIFFICULTY_ORDER}")
     return {name: tuple(groups[name]) for name in DIFFICULTY_ORDER}
 
 
@@ -43,14 +44,14 @@ def instruction(task: str) -> str:
     try:
         return _lerobot_metaworld_config()["TASK_DESCRIPTIONS"][task]
     except KeyError:
-        raise ValueError(unknown_task_message(task)) from None
+        raise InputError(unknown_task_message(task)) from None
 
 
 def task_group(task: str) -> str:
     for group, tasks in difficulty_groups().items():
         if task in tasks:
             return group
-    raise ValueError(unknown_task_message(task))
+    raise InputError(unknown_task_message(task))
 
 
 @cache
@@ -76,7 +77,7 @@ def resolve_tasks(spec: str | list[str]) -> list[str]:
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     items = [item.strip() for item in items if item.strip()]
     if not items:
-        raise ValueError("no MetaWorld task given: " + unknown_task_message(""))
+        raise InputError("no MetaWorld task given: " + unknown_task_message(""))
     groups = difficulty_groups()
     known = set(all_tasks())
     out: list[str] = []
@@ -92,5 +93,5 @@ def resolve_tasks(spec: str | list[str]) -> list[str]:
         elif f"{item}-v3" in known:
             out.append(f"{item}-v3")
         else:
-            raise ValueError(unknown_task_message(item))
+            raise InputError(unknown_task_message(item))
     return list(dict.fromkeys(out))

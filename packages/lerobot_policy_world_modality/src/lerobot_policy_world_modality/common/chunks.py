@@ -10,6 +10,7 @@ from lerobot.configs import NormalizationMode
 from lerobot.optim import AdamWConfig
 from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 from torch import Tensor
+from lerobot_policy_world_modality.errors import InputError
 
 ACTION_HEADS = ("mse", "flow")
 
@@ -44,11 +45,11 @@ class CurrentFrameChunkConfig:
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.action_head not in ACTION_HEADS:
-            raise ValueError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
+            raise InputError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
-            raise ValueError(f"n_action_steps ({self.n_action_steps}) must be in 1..chunk_size ({self.chunk_size})")
+            raise InputError(f"n_action_steps ({self.n_action_steps}) must be in 1..chunk_size ({self.chunk_size})")
         if self.flow_steps < 1:
-            raise ValueError(f"flow_steps must be >= 1, got {self.flow_steps}")
+            raise InputError(f"flow_steps must be >= 1, got {self.flow_steps}")
 
     @property
     def state_dim(self) -> int:

@@ -38,6 +38,7 @@ from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES, MemoryMode
 from lerobot_policy_world_modality.world import WorldModule, WorldOutputs, total_loss
 from lerobot_policy_world_modality.world.gated_cross_attention import GATE_TYPES
 from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
+from lerobot_policy_world_modality.errors import InputError
 
 # `memory_source: scheduled` without an explicit schedule: oracle fraction 1 -> 0 over this share of training.
 SCHEDULED_ORACLE_SHARE = 0.5
@@ -98,54 +99,54 @@ class WorldMemoryConfig:
         super().__post_init__()
         MemorySource(self.memory_source)
         if MemoryMode(self.world_memory_mode_train) is MemoryMode.OTHER:
-            raise ValueError("world_memory_mode_train 'other' is a rollout control (another episode's memory), not a "
+            raise InputError("world_memory_mode_train 'other' is a rollout control (another episode's memory), not a "
                              "training mode: train on `pred`, or `zero` for the capacity control")
         if MemoryMode(self.world_memory_mode_train) is MemoryMode.NONE:
-            raise ValueError(f"world_memory_mode_train 'none' disables the world module: for the baseline (E0) "
+            raise InputError(f"world_memory_mode_train 'none' disables the world module: for the baseline (E0) "
                              f"train {self.world_baseline}")
         if self.world_memory_mode_rollout not in ROLLOUT_MODES:
-            raise ValueError(f"world_memory_mode_rollout must be one of {ROLLOUT_MODES}, "
+            raise InputError(f"world_memory_mode_rollout must be one of {ROLLOUT_MODES}, "
                              f"got {self.world_memory_mode_rollout!r}")
         at_least_one = ("history_len", "num_future", "prophet_dim", "prophet_heads", "prophet_layers", "cross_attn_heads")
         for name in at_least_one:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prophet_dim % self.prophet_heads:
-            raise ValueError(f"prophet_heads ({self.prophet_heads}) must divide prophet_dim ({self.prophet_dim})")
+            raise InputError(f"prophet_heads ({self.prophet_heads}) must divide prophet_dim ({self.prophet_dim})")
         if not 0 <= self.memory_schedule_start <= self.memory_schedule_end:
-            raise ValueError(f"memory schedule: need 0 <= memory_schedule_start ({self.memory_schedule_start}) <= "
+            raise InputError(f"memory schedule: need 0 <= memory_schedule_start ({self.memory_schedule_start}) <= "
                              f"memory_schedule_end ({self.memory_schedule_end})")
         if self.gate_type not in GATE_TYPES:
-            raise ValueError(f"gate_type must be one of {GATE_TYPES}, got {self.gate_type!r}")
+            raise InputError(f"gate_type must be one of {GATE_TYPES}, got {self.gate_type!r}")
         if not math.isfinite(self.gate_init):
-            raise ValueError(f"gate_init must be finite, got {self.gate_init}")
+            raise InputError(f"gate_init must be finite, got {self.gate_init}")
         if not self.gate_lr_multiplier > 0:
-            raise ValueError(f"gate_lr_multiplier must be > 0, got {self.gate_lr_multiplier}")
+            raise InputError(f"gate_lr_multiplier must be > 0, got {self.gate_lr_multiplier}")
         if self.lambda_world < 0 or self.lambda_world_start < 0:
-            raise ValueError(f"lambda_world ({self.lambda_world}) and lambda_world_start ({self.lambda_world_start}) "
+            raise InputError(f"lambda_world ({self.lambda_world}) and lambda_world_start ({self.lambda_world_start}) "
                              "must be >= 0")
         if self.lambda_world_schedule not in LAMBDA_WORLD_SCHEDULES:
-            raise ValueError(f"lambda_world_schedule must be one of {LAMBDA_WORLD_SCHEDULES}, "
+            raise InputError(f"lambda_world_schedule must be one of {LAMBDA_WORLD_SCHEDULES}, "
                              f"got {self.lambda_world_schedule!r}")
         if self.lambda_world_schedule == "linear" and self.lambda_world_schedule_steps < 1:
-            raise ValueError("lambda_world_schedule 'linear' needs lambda_world_schedule_steps >= 1 (the steps over "
+            raise InputError("lambda_world_schedule 'linear' needs lambda_world_schedule_steps >= 1 (the steps over "
                              "which the weight goes from lambda_world_start to lambda_world)")
         if self.prophet_pretrain_steps < 0:
-            raise ValueError(f"prophet_pretrain_steps must be >= 0, got {self.prophet_pretrain_steps}")
+            raise InputError(f"prophet_pretrain_steps must be >= 0, got {self.prophet_pretrain_steps}")
         if self.prophet_freeze_after_pretrain and self.prophet_pretrain_steps == 0:
-            raise ValueError("prophet_freeze_after_pretrain freezes the Prophet after its own training stage: set "
+            raise InputError("prophet_freeze_after_pretrain freezes the Prophet after its own training stage: set "
                              "prophet_pretrain_steps > 0 (else the policy would read an untrained, frozen Prophet)")
         recipes = {"memory_source": "predicted", "gate_type": "scalar", "gate_init": 0.0, "gate_lr_multiplier": 1.0,
                    "prophet_pretrain_steps": 0}
         changed = [name for name, default in recipes.items() if getattr(self, name) != default]
         if changed and not self.uses_world_module:
-            raise ValueError(f"{changed} configure the world module, and this {self.type} config has none")
+            raise InputError(f"{changed} configure the world module, and this {self.type} config has none")
         if self.encoder_spec is not None:
             output_dim = EncoderSpec.from_dict(self.encoder_spec).output_dim
             if self.latent_dim == 0:
                 self.latent_dim = output_dim
             elif self.latent_dim != output_dim:
-                raise ValueError(f"latent_dim {self.latent_dim} != the encoder spec's output_dim {output_dim}")
+                raise InputError(f"latent_dim {self.latent_dim} != the encoder spec's output_dim {output_dim}")
 
     @property
     def latent_source_key(self) -> str | None:
@@ -265,11 +266,11 @@ class WorldMemoryPolicy:
         """The latent history [B, T, D] with its padding zeroed, and its mask [B, T] (True = real; all
         real when None). The last entry (z_t) must be real: the Prophet predicts from it."""
         if z_history.shape[1] > self.config.history_len:
-            raise ValueError(f"latent history of {z_history.shape[1]} steps, but the policy was built for "
+            raise InputError(f"latent history of {z_history.shape[1]} steps, but the policy was built for "
                              f"history_len {self.config.history_len}")
         mask = torch.ones(z_history.shape[:2], dtype=torch.bool, device=z_history.device) if mask is None else mask.bool()
         if not mask[:, -1].all():
-            raise ValueError("the last latent history entry (z_t) must be real in every sample")
+            raise InputError("the last latent history entry (z_t) must be real in every sample")
         return torch.where(mask[..., None], z_history, 0.0), mask
 
     def padded_action_loss(self, per_element: Tensor, batch: dict) -> Tensor:
@@ -286,5 +287,5 @@ class WorldMemoryPolicy:
             raise KeyError(f"the batch has no instruction under {INSTRUCTION_BATCH_KEY!r}; keys: {sorted(batch)}")
         texts = [texts] * batch_size if isinstance(texts, str) else list(texts)
         if len(texts) != batch_size:
-            raise ValueError(f"{len(texts)} instructions for a batch of {batch_size}")
+            raise InputError(f"{len(texts)} instructions for a batch of {batch_size}")
         return texts

@@ -17,6 +17,7 @@ from lerobot.utils.constants import OBS_IMAGES
 
 from lerobot_policy_world_modality.file_digests import verify_folder
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec, digest
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 DEFAULT_CAMERA_KEY = f"{OBS_IMAGES}.corner2"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -53,7 +54,7 @@ class ImageEncoder(WorldEncoder):
     ) -> None:
         super().__init__(spec, device)
         if spec.input_size is None:
-            raise ValueError(f"image encoder {spec.name!r} needs an input_size")
+            raise InputError(f"image encoder {spec.name!r} needs an input_size")
         self.batch_size = batch_size
         self._mean = torch.tensor(image_mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(image_std, dtype=torch.float32, device=self.device)
@@ -73,7 +74,7 @@ class ImageEncoder(WorldEncoder):
         frames = as_frames(frames)
         m = self.spec.temporal_window
         if frames.shape[1] < m:
-            raise ValueError(f"{self.spec.name} encoder has temporal window {m} but got {frames.shape[1]} frames per sample")
+            raise InputError(f"{self.spec.name} encoder has temporal window {m} but got {frames.shape[1]} frames per sample")
         frames = frames[:, frames.shape[1] - m :]
         if len(frames) == 0:
             return torch.empty(0, self.spec.output_dim, device=self.device)
@@ -93,7 +94,7 @@ def as_frames(frames: Frames) -> torch.Tensor:
     """Check and convert frames to a uint8 tensor [B, T, H, W, 3] (no copy where possible)."""
     t = torch.as_tensor(frames)
     if t.dtype != torch.uint8 or t.ndim != 5 or t.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames [B, T, H, W, 3], got {t.dtype} {tuple(t.shape)}")
+        raise InputError(f"expected uint8 frames [B, T, H, W, 3], got {t.dtype} {tuple(t.shape)}")
     return t
 
 
@@ -116,16 +117,16 @@ def read_checkpoint_config(checkpoint_path: str | Path, model_type: str, *, need
             if _HUB_ID.match(str(checkpoint_path)) and not path.exists()
             else f"{str(checkpoint_path)!r} is not a directory"
         )
-        raise FileNotFoundError(f"expected a local {model_type!r} checkpoint folder (with config.json): {hint}")
+        raise MissingFileError(f"expected a local {model_type!r} checkpoint folder (with config.json): {hint}")
     verify_folder(path, "Rebuild the encoder: delete its folder and rerun `wm latents` (the state and learned encoders are "
                         "made again from the dataset)")  # folders `wm latents` wrote hold their digests
     found = sorted(p.name for p in path.iterdir())
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"expected {config_file} (a {model_type!r} checkpoint folder); found files: {found}")
+        raise MissingFileError(f"expected {config_file} (a {model_type!r} checkpoint folder); found files: {found}")
     config = json.loads(config_file.read_text())
     if config.get("model_type") != model_type:
-        raise ValueError(f"{config_file}: expected model_type {model_type!r}, found {config.get('model_type')!r}")
+        raise InputError(f"{config_file}: expected model_type {model_type!r}, found {config.get('model_type')!r}")
     if needs_weights and not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise FileNotFoundError(f"expected weights ({' or '.join(WEIGHT_FILES)}) in {path}; found files: {found}")
+        raise MissingFileError(f"expected weights ({' or '.join(WEIGHT_FILES)}) in {path}; found files: {found}")
     return path.resolve(), config

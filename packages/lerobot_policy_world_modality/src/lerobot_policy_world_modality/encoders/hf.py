@@ -13,6 +13,7 @@ from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT
 
 from lerobot_policy_world_modality.encoders.base import DEFAULT_CAMERA_KEY, ImageEncoder, config_hash, read_checkpoint_config
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec
+from lerobot_policy_world_modality.errors import InputError
 
 _PREPROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json")
 
@@ -35,7 +36,7 @@ def _load_weights(model_class: type[PreTrainedModel], path: Path) -> PreTrainedM
     try:
         return model_class.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        raise ValueError(f"the weights in {path} do not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+        raise InputError(f"the weights in {path} do not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
                          f"the file is damaged or incomplete; copy the model folder again from its source") from e
 
 
@@ -73,13 +74,13 @@ class Dinov2Encoder(_PretrainedEncoder):
         """Load from a local folder; ``input_size`` defaults to the preprocessor's crop size, else the config's image size."""
         path, config = read_checkpoint_config(checkpoint_path, "dinov2")
         if temporal_window != 1:
-            raise ValueError(f"dinov2 is an image encoder: temporal_window must be 1, got {temporal_window}")
+            raise InputError(f"dinov2 is an image encoder: temporal_window must be 1, got {temporal_window}")
         if pooling not in ("cls", "mean"):
-            raise ValueError(f"dinov2 pooling must be 'cls' or 'mean', got {pooling!r}")
+            raise InputError(f"dinov2 pooling must be 'cls' or 'mean', got {pooling!r}")
         preprocessor = _preprocessor_config(path)
         size = input_size or _crop_side(preprocessor) or config["image_size"]
         if size % config["patch_size"]:
-            raise ValueError(f"dinov2 input_size {size} is not a multiple of the patch size {config['patch_size']}")
+            raise InputError(f"dinov2 input_size {size} is not a multiple of the patch size {config['patch_size']}")
         spec = EncoderSpec(
             name="dinov2",
             checkpoint_path=str(path),
@@ -122,14 +123,14 @@ class VJEPA2Encoder(_PretrainedEncoder):
         path, config = read_checkpoint_config(checkpoint_path, "vjepa2")
         tubelet, max_frames, crop = config["tubelet_size"], config["frames_per_clip"], config["crop_size"]
         if temporal_window % tubelet or not tubelet <= temporal_window <= max_frames:
-            raise ValueError(
+            raise InputError(
                 f"{path}: V-JEPA 2 has tubelet_size={tubelet} and frames_per_clip={max_frames}: temporal_window must "
                 f"be a multiple of {tubelet} between {tubelet} and {max_frames}, got {temporal_window}"
             )
         if input_size not in (None, crop):
-            raise ValueError(f"{path}: V-JEPA 2 input_size must equal its crop_size {crop}, got {input_size}")
+            raise InputError(f"{path}: V-JEPA 2 input_size must equal its crop_size {crop}, got {input_size}")
         if pooling != "mean":
-            raise ValueError(f"vjepa2 pooling must be 'mean' (it has no CLS token), got {pooling!r}")
+            raise InputError(f"vjepa2 pooling must be 'mean' (it has no CLS token), got {pooling!r}")
         spec = EncoderSpec(
             name="vjepa2",
             checkpoint_path=str(path),

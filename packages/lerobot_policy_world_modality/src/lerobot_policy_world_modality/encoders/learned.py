@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from lerobot_policy_world_modality.encoders.base import DEFAULT_CAMERA_KEY, ImageEncoder, config_hash, preprocess_images, read_checkpoint_config
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec
+from lerobot_policy_world_modality.errors import InputError
 
 LEARNED_MODEL_TYPE = "wm_learned_encoder"
 WEIGHTS_FILE = "model.safetensors"
@@ -87,12 +88,12 @@ class LearnedEncoder(ImageEncoder):
         """Load a folder written by `train_learned_encoder` (weights checked against the config's digest)."""
         path, config = read_checkpoint_config(checkpoint_path, LEARNED_MODEL_TYPE)
         if input_size not in (None, config["input_size"]):
-            raise ValueError(f"{path}: the learned encoder was trained at input_size {config['input_size']}, got {input_size}")
+            raise InputError(f"{path}: the learned encoder was trained at input_size {config['input_size']}, got {input_size}")
         if (temporal_window, pooling) != (1, "keypoints"):
-            raise ValueError(f"the learned encoder has temporal_window 1 and pooling 'keypoints', got {temporal_window} and {pooling!r}")
+            raise InputError(f"the learned encoder has temporal_window 1 and pooling 'keypoints', got {temporal_window} and {pooling!r}")
         weights = path / WEIGHTS_FILE
         if _sha256(weights) != config["weights_sha256"]:
-            raise ValueError(f"{weights} does not match the weights_sha256 in {path / 'config.json'}")
+            raise InputError(f"{weights} does not match the weights_sha256 in {path / 'config.json'}")
         net = KeypointCNN(config["latent_dim"], config["channels"], config["keypoints"])
         net.load_state_dict(load_file(weights))
         spec = EncoderSpec(
@@ -139,10 +140,10 @@ def train_learned_encoder(
     device = torch.device(device)
     episodes = [torch.as_tensor(ep) for ep in episodes_frames]
     if not any(len(ep) >= 2 for ep in episodes):
-        raise ValueError("train_learned_encoder needs at least one episode of two or more frames")
+        raise InputError("train_learned_encoder needs at least one episode of two or more frames")
     for ep in episodes:
         if ep.dtype != torch.uint8 or ep.ndim != 4 or ep.shape[-1] != 3:
-            raise ValueError(f"expected uint8 episode frames [T, H, W, 3], got {ep.dtype} {tuple(ep.shape)}")
+            raise InputError(f"expected uint8 episode frames [T, H, W, 3], got {ep.dtype} {tuple(ep.shape)}")
     mean = torch.tensor(_IMAGE_MEAN, device=device)
     std = torch.tensor(_IMAGE_STD, device=device)
     images = torch.cat([preprocess_images(chunk, input_size, mean, std).half() for ep in episodes for chunk in ep.split(512)])

@@ -14,12 +14,13 @@ from lerobot_policy_world_modality.encoders.base import Frames, ImageEncoder
 from lerobot_policy_world_modality.encoders.registry import build_encoder
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec
 from lerobot_policy_world_modality.encoders.state import StateEncoder
+from lerobot_policy_world_modality.errors import InputError
 
 
 def window_indices(num_frames: int, m: int) -> np.ndarray:
     """[T, m] frame indices: row t is t-m+1 .. t, clamped at 0 (the first frame repeated before the start)."""
     if m < 1:
-        raise ValueError(f"temporal window must be >= 1, got {m}")
+        raise InputError(f"temporal window must be >= 1, got {m}")
     return np.maximum(np.arange(num_frames)[:, None] + np.arange(1 - m, 1)[None, :], 0)
 
 
@@ -85,7 +86,7 @@ class OnlineEncoder:
         if self._window is None:
             self._window = frames.unsqueeze(1).expand(-1, self.spec.temporal_window, -1, -1, -1).clone()
         elif frames.shape != self._window[:, -1].shape:
-            raise ValueError(f"expected frames {tuple(self._window[:, -1].shape)} as in this episode's first call, got {tuple(frames.shape)}; call reset() between episodes")
+            raise InputError(f"expected frames {tuple(self._window[:, -1].shape)} as in this episode's first call, got {tuple(frames.shape)}; call reset() between episodes")
         else:
             self._window = torch.cat([self._window[:, 1:], frames.unsqueeze(1)], dim=1)
         return self.spec.to_storage(self.encoder.encode(self._window))

@@ -13,6 +13,7 @@ from lerobot_policy_world_modality.encoders.hf import Dinov2Encoder, VJEPA2Encod
 from lerobot_policy_world_modality.encoders.learned import LearnedEncoder
 from lerobot_policy_world_modality.encoders.spec import ENCODER_NAMES, EncoderSpec
 from lerobot_policy_world_modality.encoders.state import StateEncoder
+from lerobot_policy_world_modality.errors import InputError
 
 ENCODERS: dict[str, Callable[..., WorldEncoder]] = {
     "dinov2": Dinov2Encoder.load,
@@ -45,7 +46,7 @@ def build_encoder(
         spec.check_compatible(encoder.spec, f"building the {spec.name} encoder of a stored spec")
         return encoder
     if spec_or_name not in ENCODERS:
-        raise ValueError(f"unknown encoder {spec_or_name!r}; expected one of {ENCODER_NAMES}")
+        raise InputError(f"unknown encoder {spec_or_name!r}; expected one of {ENCODER_NAMES}")
     if checkpoint_path is None:
-        raise ValueError(f"the {spec_or_name} encoder needs checkpoint_path: a local folder holding its config.json (and weights)")
+        raise InputError(f"the {spec_or_name} encoder needs checkpoint_path: a local folder holding its config.json (and weights)")
     return ENCODERS[spec_or_name](checkpoint_path, device=device, **options)

@@ -9,8 +9,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from lerobot_policy_world_modality.errors import InputError
 
-ENCODER_NAMES = ("dinov2", "vjepa2", "state", "learned")
+
+
+@dataclass(frozen=True)
+class EncoderKind:
+    """What an encoder reads and where its weights come from: the code asks this instead of comparing names."""
+
+    reads_states: bool = False  # a vector observation (the environment state), not camera frames
+    fits_on_dataset: bool = False  # without a checkpoint folder, `wm latents` fits or trains it on the dataset
+
+
+ENCODER_KINDS = {
+    "dinov2": EncoderKind(),
+    "vjepa2": EncoderKind(),
+    "state": EncoderKind(reads_states=True, fits_on_dataset=True),  # standardised states, statistics fitted
+    "learned": EncoderKind(fits_on_dataset=True),  # a small CNN trained on the dataset's frames
+}
+ENCODER_NAMES = tuple(ENCODER_KINDS)
 STORAGE_DTYPES = ("float16", "bfloat16", "float32")
 # Where the weights live is not part of an encoder's identity (config_hash is): moving a folder
 # neither invalidates cached latents nor makes a checkpoint incompatible.
@@ -39,8 +56,15 @@ def camera_parts(camera_key: str) -> list[str]:
 def side_by_side(left: Any, right: Any) -> Any:
     """Frames [..., H, W, 3] of two cameras -> [..., H, 2W, 3] (numpy or torch), left | right."""
     if left.shape != right.shape:
-        raise ValueError(f"side-by-side cameras must have the same frame shape, got {tuple(left.shape)} and {tuple(right.shape)}")
+        raise InputError(f"side-by-side cameras must have the same frame shape, got {tuple(left.shape)} and {tuple(right.shape)}")
     return np.concatenate([left, right], axis=-2) if isinstance(left, np.ndarray) else torch.cat([left, right], dim=-2)
+
+
+def encoder_kind(name: str) -> EncoderKind:
+    """The kind of the encoder named ``name``."""
+    if name not in ENCODER_KINDS:
+        raise InputError(f"unknown encoder name {name!r}; expected one of {ENCODER_NAMES}")
+    return ENCODER_KINDS[name]
 
 
 def encoder_input_shape(features: dict[str, dict], camera_key: str) -> tuple[int, ...]:
@@ -78,18 +102,23 @@ class EncoderSpec:
 
     def __post_init__(self) -> None:
         if self.name not in ENCODER_NAMES:
-            raise ValueError(f"unknown encoder name {self.name!r}; expected one of {ENCODER_NAMES}")
+            raise InputError(f"unknown encoder name {self.name!r}; expected one of {ENCODER_NAMES}")
         if self.dtype not in STORAGE_DTYPES:
-            raise ValueError(f"unknown storage dtype {self.dtype!r}; expected one of {STORAGE_DTYPES}")
+            raise InputError(f"unknown storage dtype {self.dtype!r}; expected one of {STORAGE_DTYPES}")
         if self.temporal_window < 1:
-            raise ValueError(f"temporal_window must be >= 1, got {self.temporal_window}")
+            raise InputError(f"temporal_window must be >= 1, got {self.temporal_window}")
         if self.output_dim < 1:
-            raise ValueError(f"output_dim must be >= 1, got {self.output_dim}")
+            raise InputError(f"output_dim must be >= 1, got {self.output_dim}")
         # Canonical, JSON-safe copy (tuples become lists), so equality and hashes survive a round trip.
         object.__setattr__(self, "render", json.loads(json.dumps(dict(self.render), sort_keys=True)))
 
     def __hash__(self) -> int:
         return hash(self.spec_hash())
+
+    @property
+    def reads_states(self) -> bool:
+        """Whether the encoder reads a vector observation (``camera_key`` names the state), not camera frames."""
+        return encoder_kind(self.name).reads_states
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -114,7 +143,7 @@ class EncoderSpec:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown EncoderSpec fields {unknown}; expected a subset of {sorted(names)}")
+            raise InputError(f"unknown EncoderSpec fields {unknown}; expected a subset of {sorted(names)}")
         return cls(**data)
 
     def identity(self) -> dict[str, Any]:
@@ -134,4 +163,4 @@ class EncoderSpec:
         expected, found = self.identity(), other.identity()
         diffs = [f"{k}: expected {expected[k]!r}, got {found[k]!r}" for k in expected if expected[k] != found[k]]
         if diffs:
-            raise ValueError(f"{context}: encoder spec mismatch: " + "; ".join(diffs))
+            raise InputError(f"{context}: encoder spec mismatch: " + "; ".join(diffs))

@@ -12,6 +12,7 @@ from lerobot.utils.constants import OBS_ENV_STATE
 
 from lerobot_policy_world_modality.encoders.base import Frames, WorldEncoder, config_hash, read_checkpoint_config
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec
+from lerobot_policy_world_modality.errors import InputError
 
 STATE_MODEL_TYPE = "wm_state_encoder"
 _MIN_STD = 1e-6  # dimensions that never vary (e.g. an absent second object) are centred, not scaled
@@ -21,7 +22,7 @@ def fit_state_encoder(states: np.ndarray | torch.Tensor, out_dir: str | Path, *,
     """Fit per-dimension mean/std on dataset states [N, D] and write them as an encoder folder."""
     x = torch.as_tensor(states, dtype=torch.float64)
     if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"expected states [N >= 2, D], got {tuple(x.shape)}")
+        raise InputError(f"expected states [N >= 2, D], got {tuple(x.shape)}")
     std = x.std(dim=0)
     std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
     out = Path(out_dir)
@@ -62,9 +63,9 @@ class StateEncoder(WorldEncoder):
         """Load statistics written by `fit_state_encoder`; image options must stay unset."""
         path, config = read_checkpoint_config(checkpoint_path, STATE_MODEL_TYPE, needs_weights=False)
         if camera_key not in (None, config["state_key"]):
-            raise ValueError(f"{path}: state statistics were fitted on {config['state_key']!r}, not {camera_key!r}")
+            raise InputError(f"{path}: state statistics were fitted on {config['state_key']!r}, not {camera_key!r}")
         if (input_size, pooling, temporal_window) != (None, None, 1):
-            raise ValueError(
+            raise InputError(
                 "the state encoder takes no input_size or pooling and a temporal_window of 1, got "
                 f"input_size={input_size}, pooling={pooling!r}, temporal_window={temporal_window}"
             )
@@ -90,5 +91,5 @@ class StateEncoder(WorldEncoder):
         """States [B, D] -> standardised float32 latents [B, D] on `device`."""
         x = torch.as_tensor(states).to(self.device, torch.float32)
         if x.ndim != 2 or x.shape[1] != self.spec.output_dim:
-            raise ValueError(f"expected states [B, {self.spec.output_dim}], got {tuple(x.shape)}")
+            raise InputError(f"expected states [B, {self.spec.output_dim}], got {tuple(x.shape)}")
         return (x - self._mean) / self._std

@@ -31,6 +31,7 @@ from lerobot_policy_world_modality.qwen_vla_world.prompt import (
     PROMPT_VERSION,
     check_prompt_format,
 )
+from lerobot_policy_world_modality.errors import InputError
 
 # Backbone names -> the published checkpoints (Hugging Face ids) and their model_type.
 BACKBONES: dict[str, tuple[str, str]] = {
@@ -60,7 +61,7 @@ def canonical_backbone(name: str) -> str:
         return key
     real = ", ".join(f"{k} ({hub})" for k, (hub, _) in BACKBONES.items())
     hint = " Qwen3-VL has no 3B model (sizes: 2B, 4B, 8B, 32B);" if key.startswith("qwen3_vl_3b") else ""
-    raise ValueError(f"unknown backbone {name!r}.{hint} Valid backbones: {real}")
+    raise InputError(f"unknown backbone {name!r}.{hint} Valid backbones: {real}")
 
 
 @PreTrainedConfig.register_subclass("qwen_vla_world")
@@ -132,17 +133,17 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrainedC
                    "compile_mode": COMPILE_MODES}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
-                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.prompt_version != PROMPT_VERSION:
-            raise ValueError(f"prompt_version {self.prompt_version} was written by another version of this policy "
+            raise InputError(f"prompt_version {self.prompt_version} was written by another version of this policy "
                              f"(this one builds version {PROMPT_VERSION}); retrain or use the matching version")
         check_prompt_format(self.prompt_format)
         if self.coc_max_tokens < 1:
-            raise ValueError(f"coc_max_tokens must be >= 1, got {self.coc_max_tokens}")
+            raise InputError(f"coc_max_tokens must be >= 1, got {self.coc_max_tokens}")
         if self.wrist_mode == "concat" and not self.wrist_key:
-            raise ValueError("wrist_mode='concat' needs wrist_key (the dataset's wrist camera key)")
+            raise InputError("wrist_mode='concat' needs wrist_key (the dataset's wrist camera key)")
         if self.lambda_text < 0:
-            raise ValueError(f"lambda_text must be >= 0, got {self.lambda_text}")
+            raise InputError(f"lambda_text must be >= 0, got {self.lambda_text}")
 
     @property
     def uses_world_module(self) -> bool:
@@ -158,19 +159,19 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrainedC
 
     def validate_features(self) -> None:
         if self.backbone_path is None:
-            raise ValueError(f"backbone_path is not set: point it at a local folder holding {self.backbone_hub_id} "
+            raise InputError(f"backbone_path is not set: point it at a local folder holding {self.backbone_hub_id} "
                              "(nothing is downloaded)")
         if self.image_key is None or self.image_key not in self.input_features:
-            raise ValueError(f"image_key {self.image_key!r} must be one of the visual input features "
+            raise InputError(f"image_key {self.image_key!r} must be one of the visual input features "
                              f"{sorted(k for k, f in self.input_features.items() if f.type is FeatureType.VISUAL)}")
         if self.wrist_mode == "concat" and self.wrist_key not in self.input_features:
-            raise ValueError(f"wrist key {self.wrist_key!r} is not among the input features {sorted(self.input_features)}")
+            raise InputError(f"wrist key {self.wrist_key!r} is not among the input features {sorted(self.input_features)}")
         if self.use_proprio and self.state_key not in self.input_features:
-            raise ValueError(f"use_proprio needs the state key {self.state_key!r} among the input features "
+            raise InputError(f"use_proprio needs the state key {self.state_key!r} among the input features "
                              f"{sorted(self.input_features)}")
         if self.action_key not in self.output_features:
-            raise ValueError(f"action key {self.action_key!r} is not among the output features {sorted(self.output_features)}")
+            raise InputError(f"action key {self.action_key!r} is not among the output features {sorted(self.output_features)}")
         if self.use_world_module and (self.encoder_spec is None or self.latent_dim < 1):
-            raise ValueError("the world module needs encoder_spec and latent_dim (the world latents it reads); "
+            raise InputError("the world module needs encoder_spec and latent_dim (the world latents it reads); "
                              "set use_world_module=False for the E0/E3 baselines")
 

@@ -43,6 +43,7 @@ from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 from lerobot_policy_world_modality.encoders.spec import digest
 from lerobot_policy_world_modality.world import WorldModule, WorldModuleConfig, scalars_to_floats
 from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, WORLD_LATENTS, LatentHistory, encoder_input
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 ADAPTER_DIR = "backbone_adapter"
 WEIGHTS_FILE = "model.safetensors"
@@ -74,23 +75,23 @@ def load_backbone(config: QwenVLAWorldConfig) -> tuple[nn.Module, Any]:
 
     folder = Path(config.backbone_path).expanduser()
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"backbone_path {folder} has no config.json; it must be a local folder holding "
+        raise MissingFileError(f"backbone_path {folder} has no config.json; it must be a local folder holding "
                                 f"{config.backbone_hub_id} (nothing is downloaded)")
     hf_config = AutoConfig.from_pretrained(folder, local_files_only=True)
     if hf_config.model_type != config.backbone_model_type:
-        raise ValueError(f"backbone {config.backbone!r} is a {config.backbone_model_type} model, but {folder} holds a "
+        raise InputError(f"backbone {config.backbone!r} is a {config.backbone_model_type} model, but {folder} holds a "
                          f"{hf_config.model_type!r} model")
     fingerprint = backbone_fingerprint(folder)
     if config.backbone_fingerprint is None:
         config.backbone_fingerprint = fingerprint
     elif config.backbone_fingerprint != fingerprint:
-        raise ValueError(f"this checkpoint was trained on a backbone with fingerprint {config.backbone_fingerprint}, "
+        raise InputError(f"this checkpoint was trained on a backbone with fingerprint {config.backbone_fingerprint}, "
                          f"but {folder} has fingerprint {fingerprint}: point backbone_path at the training backbone")
 
     dtype = getattr(torch, config.backbone_dtype)
     if config.backbone_init == "pretrained":
         if not any(folder.glob("*.safetensors")):
-            raise FileNotFoundError(f"{folder} has no *.safetensors weights (backbone_init='random' is for benchmarks)")
+            raise MissingFileError(f"{folder} has no *.safetensors weights (backbone_init='random' is for benchmarks)")
         model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, local_files_only=True)
     else:
         model = AutoModelForImageTextToText.from_config(hf_config, dtype=dtype)
@@ -101,7 +102,7 @@ def load_backbone(config: QwenVLAWorldConfig) -> tuple[nn.Module, Any]:
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in tokens], special_tokens=True)
     ids = tokenizer.convert_tokens_to_ids(tokens)
     if config.act_token_ids and list(config.act_token_ids) != ids:
-        raise ValueError(f"the checkpoint's <ACT_i> token ids {config.act_token_ids} differ from the ids {ids} the "
+        raise InputError(f"the checkpoint's <ACT_i> token ids {config.act_token_ids} differ from the ids {ids} the "
                          f"tokenizer of {folder} gives them: another tokenizer than at training")
     config.act_token_ids = ids
     if max(ids) >= model.get_input_embeddings().num_embeddings:
@@ -240,11 +241,11 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         if self.config.wrist_mode == "concat":
             wrist = batch[self.config.wrist_key]
             if wrist.shape[-2] != image.shape[-2]:
-                raise ValueError(f"wrist image height {wrist.shape[-2]} != main image height {image.shape[-2]} "
+                raise InputError(f"wrist image height {wrist.shape[-2]} != main image height {image.shape[-2]} "
                                  f"({self.config.wrist_key!r} vs {self.config.image_key!r}); concat needs equal heights")
             image = torch.cat([image, wrist], dim=-1)
         if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"{self.config.image_key!r} must be float images [B, 3, H, W] in [0, 1], got {tuple(image.shape)}")
+            raise InputError(f"{self.config.image_key!r} must be float images [B, 3, H, W] in [0, 1], got {tuple(image.shape)}")
         return list(image.float())
 
     def _backbone_pass(self, images: list[Tensor], prompts: list[str], coc: list[str | None] | None,
@@ -285,7 +286,7 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         h, prompt_len = self.config.chunk_size, prompt_ids.shape[1]
         act_slots = prompt_ids[:, prompt_len - h:]
         if not (act_slots == self.act_ids).all() or not ((prompt_ids[..., None] == self.act_ids).sum((1, 2)) == h).all():
-            raise ValueError("every prompt must end with <ACT_0> .. <ACT_{H-1}> and hold them once (does an instruction "
+            raise InputError("every prompt must end with <ACT_0> .. <ACT_{H-1}> and hold them once (does an instruction "
                              f"contain an <ACT_i> token?): instructions {self.instruction_texts(batch, len(images))}")
         h_act = hidden[:, prompt_len - h: prompt_len].float()
         if self.config.use_proprio:
@@ -318,7 +319,7 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         if self.config.require_coc and None in texts:
             episodes = batch.get("episode_index")
             missing = [int(episodes[i]) if episodes is not None else i for i, t in enumerate(texts) if t is None]
-            raise ValueError(f"require_coc=True but episode(s) {missing} have no CoC label "
+            raise InputError(f"require_coc=True but episode(s) {missing} have no CoC label "
                              f"({'episode_index' if episodes is not None else 'batch row'} shown)")
         return texts
 
@@ -358,7 +359,7 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         if self._frame_encoder is None:
             self._frame_encoder = OnlineEncoder(self.encoder_spec, device=self._device)
         self._frame_encoder.reset()
-        current = self._frame_encoder(encoder_input(batch[source], self.encoder_spec.name == "state"))
+        current = self._frame_encoder(encoder_input(batch[source], self.encoder_spec.reads_states))
         current = current.to(self._device, torch.float32)[:, None]
         z = torch.cat([current.new_zeros(current.shape[0], self.config.history_len - 1, current.shape[2]), current], 1)
         mask = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
@@ -384,12 +385,12 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         """Load the policy's own weights and the backbone adapter; any missing part is an error."""
         folder = Path(model_file).parent
         if not Path(model_file).is_file():
-            raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE} (heads, world module)")
+            raise MissingFileError(f"{folder} has no {WEIGHTS_FILE} (heads, world module)")
         state = load_file(model_file)
         expected = set(model._own_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
-            raise ValueError(f"{model_file} does not match the policy: missing {missing}, unexpected {unexpected}")
+            raise InputError(f"{model_file} does not match the policy: missing {missing}, unexpected {unexpected}")
         model.load_state_dict(state, strict=False)
         model._load_adapter(folder / ADAPTER_DIR)
         return model
@@ -399,18 +400,18 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
 
         weights_file = adapter_dir / "adapter_model.safetensors"
         if not weights_file.is_file():
-            raise FileNotFoundError(f"{adapter_dir} has no adapter_model.safetensors: without it the LoRA weights and "
+            raise MissingFileError(f"{adapter_dir} has no adapter_model.safetensors: without it the LoRA weights and "
                                     "the <ACT_i> embeddings would be untrained")
         saved = json.loads((adapter_dir / "adapter_config.json").read_text())
         current = json.loads(json.dumps(self.backbone.peft_config["default"].to_dict(), default=sorted))
         for key in ("peft_type", "r", "lora_alpha", "target_modules", "trainable_token_indices", "token_indices"):
             if _canonical(saved.get(key)) != _canonical(current.get(key)):
-                raise ValueError(f"backbone adapter {key}: checkpoint {saved.get(key)!r}, policy {current.get(key)!r}")
+                raise InputError(f"backbone adapter {key}: checkpoint {saved.get(key)!r}, policy {current.get(key)!r}")
         weights = load_file(weights_file)
         set_peft_model_state_dict(self.backbone, weights)
         loaded = get_peft_model_state_dict(self.backbone)
         if set(loaded) != set(weights):
-            raise ValueError(f"backbone adapter keys differ: missing {sorted(set(loaded) - set(weights))[:5]}, "
+            raise InputError(f"backbone adapter keys differ: missing {sorted(set(loaded) - set(weights))[:5]}, "
                              f"unexpected {sorted(set(weights) - set(loaded))[:5]}")
         for key, value in weights.items():
             if not torch.equal(loaded[key].cpu(), value.to(loaded[key].dtype)):

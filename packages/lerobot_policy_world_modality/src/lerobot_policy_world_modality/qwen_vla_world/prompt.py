@@ -8,6 +8,8 @@ instruction is an error.
 
 from __future__ import annotations
 
+from lerobot_policy_world_modality.errors import InputError
+
 PROMPT_VERSION = 1
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 # Qwen-VL's chat layout of one user turn (image, then text) and the assistant turn the <ACT_i>
@@ -28,16 +30,16 @@ def check_prompt_format(prompt_format: str) -> None:
     (they then sit at the same positions in a left-padded batch, and text can follow them)."""
     for name in _FIELDS:
         if prompt_format.count(name) != 1:
-            raise ValueError(f"prompt_format must contain {name} exactly once: {prompt_format!r}")
+            raise InputError(f"prompt_format must contain {name} exactly once: {prompt_format!r}")
     if not prompt_format.endswith("{actions}"):
-        raise ValueError(f"prompt_format must end with {{actions}}: {prompt_format!r}")
+        raise InputError(f"prompt_format must end with {{actions}}: {prompt_format!r}")
 
 
 def build_prompt(prompt_format: str, instruction: str | None, chunk_size: int, *, with_actions: bool = True) -> str:
     """The prompt text of one sample. ``with_actions=False`` leaves out the <ACT_i> tokens (the
     separate chain-of-causation pass)."""
     if instruction is None or not str(instruction).strip():
-        raise ValueError(f"empty instruction {instruction!r}: every F+ prompt needs the task's language instruction "
+        raise InputError(f"empty instruction {instruction!r}: every F+ prompt needs the task's language instruction "
                          "(check the dataset's instruction key, e.g. LeRobot's `task`)")
     actions = "".join(act_tokens(chunk_size)) if with_actions else ""
     return prompt_format.format(image=IMAGE_PLACEHOLDER, instruction=str(instruction).strip(), actions=actions)

@@ -40,6 +40,7 @@ from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
 from lerobot_policy_world_modality.common import WorldMemoryConfig
 from lerobot_policy_world_modality.encoders import EncoderSpec
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 LATENT_CACHE_SPEC_FILE = "spec.json"
 
@@ -49,7 +50,7 @@ def read_encoder_spec(path: str | Path) -> dict:
     path = Path(path).expanduser()
     file = path / LATENT_CACHE_SPEC_FILE if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"encoder_spec_path {str(path)!r}: expected a latent-cache folder with "
+        raise MissingFileError(f"encoder_spec_path {str(path)!r}: expected a latent-cache folder with "
                                 f"{LATENT_CACHE_SPEC_FILE} or a JSON file of an encoder spec")
     data = json.loads(file.read_text())
     spec = data.get("encoder", data)  # a cache's spec.json nests the spec under "encoder"
@@ -83,7 +84,7 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
             if self.world_rollout_temporal_window is None:
                 self.world_rollout_temporal_window = temporal_window
             elif self.world_rollout_temporal_window != temporal_window:
-                raise ValueError(
+                raise InputError(
                     f"world_rollout_temporal_window {self.world_rollout_temporal_window} != the encoder spec's "
                     f"temporal_window {temporal_window}: rollouts must encode frames with the window the "
                     "latents were trained with"
@@ -96,7 +97,7 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
     @property
     def spec(self) -> EncoderSpec:
         if self.encoder_spec is None:
-            raise ValueError("smolvla_world needs the encoder spec of its world latents: set encoder_spec, or "
+            raise InputError("smolvla_world needs the encoder spec of its world latents: set encoder_spec, or "
                              "encoder_spec_path to a latent-cache folder (`wm latents`) or a spec JSON file")
         return EncoderSpec.from_dict(self.encoder_spec)
 
@@ -125,7 +126,7 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
             return
         spec = self.spec
         if self.image_key is not None and self.image_key not in self.image_features:
-            raise ValueError(f"image_key {self.image_key!r} is not among the camera features {sorted(self.image_features)}")
+            raise InputError(f"image_key {self.image_key!r} is not among the camera features {sorted(self.image_features)}")
         if spec.camera_key not in self.input_features:
-            raise ValueError(f"the world encoder reads {spec.camera_key!r} (encoder spec camera_key), which is not "
+            raise InputError(f"the world encoder reads {spec.camera_key!r} (encoder spec camera_key), which is not "
                              f"among the input features {sorted(self.input_features)}")

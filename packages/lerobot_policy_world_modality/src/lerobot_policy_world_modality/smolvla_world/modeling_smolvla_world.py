@@ -56,6 +56,7 @@ from lerobot_policy_world_modality.world.history import (
     encoder_input,
     rollout_noise,
 )
+from lerobot_policy_world_modality.errors import InputError
 
 MemoryReader = Callable[[Tensor], Tensor]
 
@@ -268,7 +269,7 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
             if f"{key}_is_pad" in batch:
                 value = batch[key]
                 if value.shape[1] != len(offsets):
-                    raise ValueError(f"{key!r} holds {value.shape[1]} time steps, expected {len(offsets)} (offsets {offsets})")
+                    raise InputError(f"{key!r} holds {value.shape[1]} time steps, expected {len(offsets)} (offsets {offsets})")
                 out[key] = value[:, current]
         return out
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from lerobot_policy_world_modality.errors import InputError
 
 
 class _GatedResidual(torch.autograd.Function):
@@ -65,7 +66,7 @@ class GatedCrossAttention(nn.Module):
                  dropout: float = 0.0, gate_type: str = "scalar", gate_init: float = 0.0) -> None:
         super().__init__()
         if gate_type not in GATE_TYPES:
-            raise ValueError(f"gate_type must be one of {GATE_TYPES}, got {gate_type!r}")
+            raise InputError(f"gate_type must be one of {GATE_TYPES}, got {gate_type!r}")
         self.num_future = num_future
         self.query_norm = nn.LayerNorm(d_model)
         self.mem_norm = nn.LayerNorm(d_mem)
@@ -103,7 +104,7 @@ class GatedCrossAttention(nn.Module):
         projection and one fused attention (the denoising steps of a chunk read one memory)."""
         k = memory.shape[1]
         if k > self.num_future:
-            raise ValueError(f"memory has {k} future slots but the module was built for "
+            raise InputError(f"memory has {k} future slots but the module was built for "
                              f"{self.num_future}")
         allowed = has_memory = None
         if memory_mask is not None:

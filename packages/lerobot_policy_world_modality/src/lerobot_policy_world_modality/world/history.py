@@ -91,7 +91,7 @@ class LatentHistory:
                            f"(encoder spec camera_key); batch keys: {sorted(batch)}")
         if self._encoder is None:
             self._encoder = OnlineEncoder(self.spec, device=device)
-        z = self._encoder(encoder_input(batch[self.source_key], self.spec.name == "state"))
+        z = self._encoder(encoder_input(batch[self.source_key], self.spec.reads_states))
         z = z.to(device, torch.float32)
         if self._history is None:
             self._history = z.new_zeros(z.shape[0], self.history_len, z.shape[1])

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lerobot_policy_world_modality.memory_modes import MemoryMode, MemorySource
+from lerobot_policy_world_modality.errors import InputError
 
 _DRAWING_MODES = (MemoryMode.RANDOM, MemoryMode.SHUFFLE, MemoryMode.OTHER)
 
@@ -20,9 +21,9 @@ def _rng_device(generator: torch.Generator | None, fallback: torch.device) -> to
 
 def _check_oracle(oracle: Tensor | None, predicted: Tensor, needed_by: str) -> Tensor:
     if oracle is None:
-        raise ValueError(f"{needed_by} needs the true future latents (z_future), got None")
+        raise InputError(f"{needed_by} needs the true future latents (z_future), got None")
     if oracle.shape != predicted.shape:
-        raise ValueError(f"{needed_by}: oracle latents have shape {tuple(oracle.shape)}, "
+        raise InputError(f"{needed_by}: oracle latents have shape {tuple(oracle.shape)}, "
                          f"predicted memory has {tuple(predicted.shape)}")
     return oracle.to(predicted.dtype)
 
@@ -84,7 +85,7 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
                 return predicted[_cyclic_derangement(batch, generator, predicted.device)]
             if k > 1:
                 return predicted[:, _cyclic_derangement(k, generator, predicted.device)]
-            raise ValueError("memory mode 'shuffle' needs batch size > 1 or more than one "
+            raise InputError("memory mode 'shuffle' needs batch size > 1 or more than one "
                              "future step; got B == K == 1")
         case MemoryMode.ORACLE:
             return _check_oracle(oracle, predicted, "memory mode 'oracle'")
@@ -92,7 +93,7 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
             return None
         case MemoryMode.OTHER:
             if bank is None:
-                raise ValueError("memory mode 'other' reads another episode's memory, so it needs the world module's "
+                raise InputError("memory mode 'other' reads another episode's memory, so it needs the world module's "
                                  "memory bank, and it has no memory bank: give it latent histories of other episodes "
                                  "first (`WorldModule.use_memory_bank`; `wm eval --memory-mode other` takes them from "
                                  "the checkpoint's held-out episodes, or --memory-bank LATENTS)")
@@ -117,7 +118,7 @@ class MemorySourceSchedule:
     def __post_init__(self) -> None:
         self.source = MemorySource(self.source)
         if self.schedule_end_step < self.schedule_start_step:
-            raise ValueError(f"schedule_end_step {self.schedule_end_step} is before "
+            raise InputError(f"schedule_end_step {self.schedule_end_step} is before "
                              f"schedule_start_step {self.schedule_start_step}")
 
     def oracle_fraction(self, step: int | Tensor | None) -> float:
@@ -128,10 +129,10 @@ class MemorySourceSchedule:
         if self.source is MemorySource.ORACLE:
             return 1.0
         if step is None:
-            raise ValueError("memory source 'scheduled' needs the training step")
+            raise InputError("memory source 'scheduled' needs the training step")
         start, end = self.schedule_start_step, self.schedule_end_step
         if end == 0:
-            raise ValueError("memory source 'scheduled' with memory_schedule_end 0 anneals over no steps and trains "
+            raise InputError("memory source 'scheduled' with memory_schedule_end 0 anneals over no steps and trains "
                              "exactly as 'predicted': set memory_schedule_end, the step where the oracle fraction "
                              "reaches 0 (`wm train` sets it to half of --steps when it is left at 0)")
         step = int(step)

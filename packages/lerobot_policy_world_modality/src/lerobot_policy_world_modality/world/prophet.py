@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from lerobot_policy_world_modality.errors import InputError
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Prophet(nn.Module):
         """
         batch, t_ctx, _ = z_history.shape
         if t_ctx > self.config.history_len:
-            raise ValueError(
+            raise InputError(
                 f"history length {t_ctx} exceeds Prophet history_len {self.config.history_len}"
             )
         # Right-aligned positions: the current step z_t always gets the same embedding,

@@ -12,6 +12,7 @@ from lerobot_policy_world_modality.world.gated_cross_attention import GatedCross
 from lerobot_policy_world_modality.world.losses import world_cosine_loss
 from lerobot_policy_world_modality.world.memory import MemoryMode, MemorySourceSchedule, apply_memory_mode
 from lerobot_policy_world_modality.world.prophet import Prophet, ProphetConfig
+from lerobot_policy_world_modality.errors import InputError
 
 
 @dataclass
@@ -145,7 +146,7 @@ class WorldModule(nn.Module):
         `other` reads the Prophet's prediction for one of them, drawn per sample, in place of the sample's own.
         The predictions are made here, once, by the Prophet as it stands (at rollout its weights are frozen)."""
         if z_history.ndim != 3 or history_mask.shape != z_history.shape[:2] or len(z_history) == 0:
-            raise ValueError(f"a memory bank is a non-empty [N, T, D] history with an [N, T] mask; got "
+            raise InputError(f"a memory bank is a non-empty [N, T, D] history with an [N, T] mask; got "
                              f"{tuple(z_history.shape)} and {tuple(history_mask.shape)}")
         self.memory_bank = (z_history, history_mask.bool())
         training = self.prophet.training
@@ -220,7 +221,7 @@ class WorldModule(nn.Module):
         """The Prophet alone on the world loss (the first stage of two-stage training): no memory is
         read, so nothing but the Prophet receives gradient."""
         if z_future is None:
-            raise ValueError("training the Prophet alone (prophet_pretrain_steps) needs the true future latents "
+            raise InputError("training the Prophet alone (prophet_pretrain_steps) needs the true future latents "
                              "(observation.world_future): train on a latent cache (`wm train`, or "
                              "--policy.latents_path under lerobot-train)")
         z_pred = self.prophet(z_history, history_mask)

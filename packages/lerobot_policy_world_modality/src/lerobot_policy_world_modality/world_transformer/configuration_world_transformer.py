@@ -21,8 +21,11 @@ from lerobot_policy_world_modality.world.history import (  # noqa: F401  (re-exp
     WORLD_LATENTS,
     WORLD_LATENTS_MASK,
 )
+from lerobot_policy_world_modality.errors import InputError
 
 MODEL_TYPES = ("A", "B", "B_cont", "C", "F")
+DEFAULT_MODEL_TYPE = "F"
+TOKEN_MODEL_TYPES = ("B", "C")  # the models that predict (B) or also read (C) world tokens of a fitted codebook
 
 
 @PreTrainedConfig.register_subclass("world_transformer")
@@ -41,7 +44,7 @@ class WorldTransformerConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrai
     `WorldMemoryConfig`'s; the chunk, head and optimizer fields `CurrentFrameChunkConfig`'s.
     """
 
-    model_type: str = "F"
+    model_type: str = DEFAULT_MODEL_TYPE
 
     d_model: int = 128
     n_heads: int = 4
@@ -68,10 +71,10 @@ class WorldTransformerConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrai
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+            raise InputError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         super().__post_init__()
-        if self.model_type in ("B", "C") and self.codebook_size < 2 and self.tokens_path is None:
-            raise ValueError(f"model_type {self.model_type} needs a fitted world-token codebook: codebook_size >= 2, "
+        if self.uses_tokens and self.codebook_size < 2 and self.tokens_path is None:
+            raise InputError(f"model_type {self.model_type} needs a fitted world-token codebook: codebook_size >= 2, "
                              "or tokens_path (a `wm tokens` folder)")
 
     @property
@@ -80,18 +83,18 @@ class WorldTransformerConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrai
 
     @property
     def uses_tokens(self) -> bool:
-        return self.model_type in ("B", "C")
+        return self.model_type in TOKEN_MODEL_TYPES
 
     def validate_features(self) -> None:
         if self.encoder_spec is None or self.latent_dim < 1:
-            raise ValueError("world_transformer needs encoder_spec and latent_dim (the world latents it reads); under "
+            raise InputError("world_transformer needs encoder_spec and latent_dim (the world latents it reads); under "
                              "lerobot-train pass --policy.latents_path=<a `wm latents` cache of the dataset>")
         if self.state_key not in self.input_features:
-            raise ValueError(f"state key {self.state_key!r} is not among the input features {sorted(self.input_features)}")
+            raise InputError(f"state key {self.state_key!r} is not among the input features {sorted(self.input_features)}")
         if self.action_key not in self.output_features:
-            raise ValueError(f"action key {self.action_key!r} is not among the output features {sorted(self.output_features)}")
+            raise InputError(f"action key {self.action_key!r} is not among the output features {sorted(self.output_features)}")
         if not self.instructions and self.text_encoder_path is None:
-            raise ValueError("world_transformer needs an instruction vocabulary (instructions) or a text_encoder_path")
+            raise InputError("world_transformer needs an instruction vocabulary (instructions) or a text_encoder_path")
 
 
 def features_for(state_key: str, state_dim: int, action_key: str, action_dim: int, source_key: str,

@@ -32,6 +32,7 @@ from lerobot_policy_world_modality.world import (
     world_cosine_loss,
 )
 from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, LatentHistory
+from lerobot_policy_world_modality.errors import InputError
 
 _HISTORY, _STATE, _INSTRUCTION, _WORLD_TOKEN = range(4)  # token-type embedding rows
 
@@ -83,7 +84,7 @@ class InstructionEmbedding(nn.Module):
             return self.proj(self._encode_text(texts, device))
         unknown = sorted({t for t in texts if t not in self._index})
         if unknown:
-            raise ValueError(f"instruction(s) {unknown} are not in the policy's vocabulary {self.vocabulary}")
+            raise InputError(f"instruction(s) {unknown} are not in the policy's vocabulary {self.vocabulary}")
         return self.embedding(torch.tensor([self._index[t] for t in texts], device=device))
 
 
@@ -246,7 +247,7 @@ def _fill_from_latent_cache(config: WorldTransformerConfig, dataset_meta) -> Lat
     cache = LatentCache.load(config.latents_path, dataset=None if dataset_meta is None else dataset_meta.root)
     spec = cache.spec
     config.encoder_spec, config.latent_dim = spec.to_dict(), spec.output_dim
-    if spec.name != "state":
+    if not spec.reads_states:
         config.image_key = spec.camera_key
     if not config.instructions and config.text_encoder_path is None and dataset_meta is not None:
         config.instructions = sorted(str(task) for task in dataset_meta.tasks.index)
