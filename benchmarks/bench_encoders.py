@@ -29,17 +29,47 @@ from lerobot_policy_world_modality.encoders import build_encoder, train_learned_
 
 CONFIGS = {
     "small": {
-        "dinov2": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                       patch_size=14, image_size=224),
-        "vjepa2": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, mlp_ratio=4.0, crop_size=128,
-                       patch_size=16, tubelet_size=2, frames_per_clip=4, pred_hidden_size=96,
-                       pred_num_hidden_layers=1, pred_num_attention_heads=3),
+        "dinov2": dict(
+            hidden_size=384,
+            num_hidden_layers=12,
+            num_attention_heads=6,
+            intermediate_size=1536,
+            patch_size=14,
+            image_size=224,
+        ),
+        "vjepa2": dict(
+            hidden_size=192,
+            num_hidden_layers=4,
+            num_attention_heads=3,
+            mlp_ratio=4.0,
+            crop_size=128,
+            patch_size=16,
+            tubelet_size=2,
+            frames_per_clip=4,
+            pred_hidden_size=96,
+            pred_num_hidden_layers=1,
+            pred_num_attention_heads=3,
+        ),
     },
     "full": {
-        "dinov2": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                       patch_size=14, image_size=224),
-        "vjepa2": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_ratio=4.0, crop_size=256,
-                       patch_size=16, tubelet_size=2, frames_per_clip=4),
+        "dinov2": dict(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            patch_size=14,
+            image_size=224,
+        ),
+        "vjepa2": dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            mlp_ratio=4.0,
+            crop_size=256,
+            patch_size=16,
+            tubelet_size=2,
+            frames_per_clip=4,
+        ),
     },
 }
 

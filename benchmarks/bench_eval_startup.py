@@ -50,18 +50,37 @@ def main() -> None:
         for n, checkpoint in enumerate(c for c in args.checkpoints for _ in range(args.repeat)):
             first_step.clear()
             start = time.perf_counter()
-            evaluate_checkpoint(checkpoint, tasks=args.tasks, episodes_per_task=args.episodes_per_task,
-                                workers=args.workers, groups=args.groups, max_steps=args.max_steps, device=args.device,
-                                arm=f"run{n}", train_seed=0, out_dir=Path(out) / str(n), pools=pools)
+            evaluate_checkpoint(
+                checkpoint,
+                tasks=args.tasks,
+                episodes_per_task=args.episodes_per_task,
+                workers=args.workers,
+                groups=args.groups,
+                max_steps=args.max_steps,
+                device=args.device,
+                arm=f"run{n}",
+                train_seed=0,
+                out_dir=Path(out) / str(n),
+                pools=pools,
+            )
             end = time.perf_counter()
-            rows.append({"evaluation": n + 1, "checkpoint": checkpoint, "startup_s": round(first_step[0] - start, 2),
-                         "total_s": round(end - start, 2), "pools_started": pools.started,
-                         "envs_built": sum(p.env_builds() for p in pools.pools)})
+            rows.append(
+                {
+                    "evaluation": n + 1,
+                    "checkpoint": checkpoint,
+                    "startup_s": round(first_step[0] - start, 2),
+                    "total_s": round(end - start, 2),
+                    "pools_started": pools.started,
+                    "envs_built": sum(p.env_builds() for p in pools.pools),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     later = [r["startup_s"] for r in rows[1:]]
     if later:
-        print(f"start-up: first {rows[0]['startup_s']:.2f} s, later {min(later):.2f}-{max(later):.2f} s "
-              f"({rows[0]['startup_s'] / max(later):.0f}x or more)")
+        print(
+            f"start-up: first {rows[0]['startup_s']:.2f} s, later {min(later):.2f}-{max(later):.2f} s "
+            f"({rows[0]['startup_s'] / max(later):.0f}x or more)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "evaluations": rows}, indent=2))
 

@@ -77,11 +77,23 @@ def stage_policy(args, work: Path) -> None:
     from world_modality.training.trainer import TrainOptions, train
 
     steps = 4 if args.smoke else 50
-    dataset = generate_libero_dataset(work / "dataset", args.suite, _tasks(args), 1, steps=4 if args.smoke else 20,
-                                      image_size=args.image_size)
+    dataset = generate_libero_dataset(
+        work / "dataset", args.suite, _tasks(args), 1, steps=4 if args.smoke else 20, image_size=args.image_size
+    )
     latents = compute_latents(dataset, "learned", learned_steps=steps, device=args.device, progress=False)
-    train(TrainOptions(dataset=str(dataset), latents=str(latents), out=str(work / "run"), model_type="F",
-                       steps=steps, batch_size=16, save_every=steps, device=args.device, progress=False))
+    train(
+        TrainOptions(
+            dataset=str(dataset),
+            latents=str(latents),
+            out=str(work / "run"),
+            model_type="F",
+            steps=steps,
+            batch_size=16,
+            save_every=steps,
+            device=args.device,
+            progress=False,
+        )
+    )
 
 
 def stage_runner(args, work: Path) -> None:
@@ -89,14 +101,34 @@ def stage_runner(args, work: Path) -> None:
     from world_modality.rollout import evaluate_checkpoint
 
     start = time.perf_counter()
-    results = evaluate_checkpoint(work / "run", env="libero", suite=args.suite, tasks=_tasks(args),
-                                  episodes_per_task=args.episodes_per_task, arm="bench", train_seed=0,
-                                  out_dir=work / "eval", workers=args.workers, groups=args.groups,
-                                  device=args.device, max_steps=args.max_steps, shard=args.shard)
+    results = evaluate_checkpoint(
+        work / "run",
+        env="libero",
+        suite=args.suite,
+        tasks=_tasks(args),
+        episodes_per_task=args.episodes_per_task,
+        arm="bench",
+        train_seed=0,
+        out_dir=work / "eval",
+        workers=args.workers,
+        groups=args.groups,
+        device=args.device,
+        max_steps=args.max_steps,
+        shard=args.shard,
+    )
     wall = time.perf_counter() - start
     records = read_jsonl(results)
-    _record(work, stage="runner", shard=args.shard, workers=args.workers, groups=args.groups, episodes=len(records),
-            steps=sum(r["steps"] for r in records), wall_s=round(wall, 2), cpus=os.cpu_count())
+    _record(
+        work,
+        stage="runner",
+        shard=args.shard,
+        workers=args.workers,
+        groups=args.groups,
+        episodes=len(records),
+        steps=sum(r["steps"] for r in records),
+        wall_s=round(wall, 2),
+        cpus=os.cpu_count(),
+    )
 
 
 def stage_raw(args, work: Path) -> None:
@@ -104,15 +136,26 @@ def stage_raw(args, work: Path) -> None:
 
     episodes = [(ep.task, ep.layout) for ep in libero_episodes(args.suite, _tasks(args), args.episodes_per_task)]
     # An even spread of the tasks when only some of the list runs (every process builds each of its tasks' envs).
-    episodes = episodes[:: max(1, len(episodes) // args.raw_episodes)][: args.raw_episodes] if args.raw_episodes else episodes
+    episodes = (
+        episodes[:: max(1, len(episodes) // args.raw_episodes)][: args.raw_episodes] if args.raw_episodes else episodes
+    )
     processes = args.raw_processes or args.workers
     shares = [episodes[i::processes] for i in range(processes)]
     start = time.perf_counter()
     with mp.get_context("spawn").Pool(processes) as pool:
-        done = pool.map(_raw_worker, [(args.suite, share, args.image_size, args.max_steps) for share in shares], chunksize=1)
+        done = pool.map(
+            _raw_worker, [(args.suite, share, args.image_size, args.max_steps) for share in shares], chunksize=1
+        )
     wall = time.perf_counter() - start
-    _record(work, stage="raw", processes=processes, episodes=sum(d[0] for d in done), steps=sum(d[1] for d in done),
-            wall_s=round(wall, 2), cpus=os.cpu_count())
+    _record(
+        work,
+        stage="raw",
+        processes=processes,
+        episodes=sum(d[0] for d in done),
+        steps=sum(d[1] for d in done),
+        wall_s=round(wall, 2),
+        cpus=os.cpu_count(),
+    )
 
 
 def stage_summary(args, work: Path) -> None:
@@ -122,24 +165,36 @@ def stage_summary(args, work: Path) -> None:
     runner = [t for t in timings if t["stage"] == "runner"]
     raw = [t for t in timings if t["stage"] == "raw"]
     if not runner or not raw:
-        raise SystemExit(f"{work}/timings.jsonl needs runner and raw stages; it has {sorted({t['stage'] for t in timings})}")
+        raise SystemExit(
+            f"{work}/timings.jsonl needs runner and raw stages; it has {sorted({t['stage'] for t in timings})}"
+        )
     merged = load_episode_results(work / "eval")  # refuses missing or unfinished shards
     runner_eps, runner_wall = sum(t["episodes"] for t in runner), sum(t["wall_s"] for t in runner)
     runner_rate = runner_eps / runner_wall * 3600
-    print(f"{args.suite}: {len(merged)} episodes in {len(runner)} runner call(s) x {args.max_steps} steps, 2 cameras "
-          f"{args.image_size}px; merged results cover {len(merged)} episodes")
+    print(
+        f"{args.suite}: {len(merged)} episodes in {len(runner)} runner call(s) x {args.max_steps} steps, 2 cameras "
+        f"{args.image_size}px; merged results cover {len(merged)} episodes"
+    )
     for t in runner:
-        print(f"  runner shard {t['shard']}: {t['episodes']} episodes, {t['workers']} processes in {t['groups']} groups, "
-              f"{t['wall_s']:.1f} s, {t['episodes'] / t['wall_s'] * 3600:,.1f} episodes/h, {t['steps'] / t['wall_s']:.1f} env steps/s")
+        print(
+            f"  runner shard {t['shard']}: {t['episodes']} episodes, {t['workers']} processes in {t['groups']} groups, "
+            f"{t['wall_s']:.1f} s, {t['episodes'] / t['wall_s'] * 3600:,.1f} episodes/h, {t['steps'] / t['wall_s']:.1f} env steps/s"
+        )
     for t in raw:
-        print(f"  raw: {t['episodes']} episodes, {t['processes']} processes, {t['wall_s']:.1f} s, "
-              f"{t['episodes'] / t['wall_s'] * 3600:,.1f} episodes/h, {t['steps'] / t['wall_s']:.1f} env steps/s")
+        print(
+            f"  raw: {t['episodes']} episodes, {t['processes']} processes, {t['wall_s']:.1f} s, "
+            f"{t['episodes'] / t['wall_s'] * 3600:,.1f} episodes/h, {t['steps'] / t['wall_s']:.1f} env steps/s"
+        )
     best_raw = max(raw, key=lambda t: t["episodes"] / t["wall_s"])
     raw_rate = best_raw["episodes"] / best_raw["wall_s"] * 3600
-    print(f"runner {runner_rate:,.1f} episodes/h vs raw {raw_rate:,.1f} (best: {best_raw['processes']} processes): "
-          f"ratio {runner_rate / raw_rate:.2f}")
-    print(f"projected {PROJECTED_EPISODES} episodes on one machine: runner {PROJECTED_EPISODES / runner_rate * 60:.1f} min, "
-          f"raw simulator {PROJECTED_EPISODES / raw_rate * 60:.1f} min")
+    print(
+        f"runner {runner_rate:,.1f} episodes/h vs raw {raw_rate:,.1f} (best: {best_raw['processes']} processes): "
+        f"ratio {runner_rate / raw_rate:.2f}"
+    )
+    print(
+        f"projected {PROJECTED_EPISODES} episodes on one machine: runner {PROJECTED_EPISODES / runner_rate * 60:.1f} min, "
+        f"raw simulator {PROJECTED_EPISODES / raw_rate * 60:.1f} min"
+    )
 
 
 def _tasks(args) -> list[str]:
@@ -148,7 +203,9 @@ def _tasks(args) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default=None, help="folder for the stages' outputs (default: a temporary folder, --stage all)")
+    parser.add_argument(
+        "--work", default=None, help="folder for the stages' outputs (default: a temporary folder, --stage all)"
+    )
     parser.add_argument("--stage", default="all", choices=["all", "policy", "runner", "raw", "summary"])
     parser.add_argument("--suite", default="libero_spatial")
     parser.add_argument("--tasks", default="0,1", help="task ids of the suite (the small policy is trained on them)")
@@ -157,12 +214,23 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=1, help="runner: pipelined lockstep groups of the workers")
     parser.add_argument("--shard", default=None, help="runner: run shard i/N of the episode list")
     parser.add_argument("--raw-processes", type=int, default=None, help="raw: processes (default: --workers)")
-    parser.add_argument("--raw-episodes", type=int, default=None, help="raw: run this many of the episodes (default: all)")
+    parser.add_argument(
+        "--raw-episodes", type=int, default=None, help="raw: run this many of the episodes (default: all)"
+    )
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--max-steps", type=int, default=280, help="steps per episode (every episode runs to it: the policy is untrained)")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=280,
+        help="steps per episode (every episode runs to it: the policy is untrained)",
+    )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--assets", default=None, help="run `wm libero setup --assets PATH` first (e.g. on a machine without PyPI)")
-    parser.add_argument("--smoke", action="store_true", help="tiny CPU configuration: 64 px, 1 task, 2 episodes, 4 steps, 2 workers")
+    parser.add_argument(
+        "--assets", default=None, help="run `wm libero setup --assets PATH` first (e.g. on a machine without PyPI)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny CPU configuration: 64 px, 1 task, 2 episodes, 4 steps, 2 workers"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.tasks, args.episodes_per_task, args.image_size, args.max_steps, args.device = "0", 2, 64, 4, "cpu"

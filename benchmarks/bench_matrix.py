@@ -81,8 +81,13 @@ def project(rates: dict[str, float], target: MatrixConfig) -> dict[str, Any]:
         row["seconds"] += amount * rate
     s = {stage: row["seconds"] for stage, row in stages.items()}
     serial = sum(s.values())
-    concurrent = (s.get("dataset", 0) + s.get("latents", 0) + max(s.get("train", 0), s.get("eval", 0))
-                  + s.get("offline", 0) + s.get("report", 0))
+    concurrent = (
+        s.get("dataset", 0)
+        + s.get("latents", 0)
+        + max(s.get("train", 0), s.get("eval", 0))
+        + s.get("offline", 0)
+        + s.get("report", 0)
+    )
     return {"stages": stages, "serial_s": serial, "concurrent_s": concurrent}
 
 
@@ -99,16 +104,22 @@ def main() -> None:
     rows = stage_times(profile.values())
     rates = measured_rates(args.run_dir)
     print(format_stage_times(rows))
-    print("rates: " + ", ".join(f"{key} {rate:.3g} s/{UNIT.get(key.split()[0], 'step')}" for key, rate in rates.items()))
+    print(
+        "rates: " + ", ".join(f"{key} {rate:.3g} s/{UNIT.get(key.split()[0], 'step')}" for key, rate in rates.items())
+    )
     result: dict[str, Any] = {"run_dir": str(args.run_dir.resolve()), "stages": rows, "rates": rates}
     if args.target is not None:
         projection = project(rates, load_config(args.target))
         print(f"projected for {args.target} (linear in work; see --help):")
         for stage, row in projection["stages"].items():
-            print(f"  {stage:10s} {row['steps']:5d} steps {row['work']:10.0f} {UNIT.get(stage, 'steps'):9s} "
-                  f"{row['seconds'] / 60:8.1f} min")
-        print(f"  total: serial {projection['serial_s'] / 3600:.2f} h, concurrent (lower bound) "
-              f"{projection['concurrent_s'] / 3600:.2f} h")
+            print(
+                f"  {stage:10s} {row['steps']:5d} steps {row['work']:10.0f} {UNIT.get(stage, 'steps'):9s} "
+                f"{row['seconds'] / 60:8.1f} min"
+            )
+        print(
+            f"  total: serial {projection['serial_s'] / 3600:.2f} h, concurrent (lower bound) "
+            f"{projection['concurrent_s'] / 3600:.2f} h"
+        )
         result["projection"] = {"target": str(args.target), **projection}
     if args.json is not None:
         atomic_write_json(args.json, result)

@@ -65,7 +65,11 @@ def _cpu_seconds() -> float:
 
 def _window(times: list[float], frames: list[int], start: int, stop: int) -> dict:
     """Episodes start+1 .. stop (0-based positions), timed from episode ``start``."""
-    return {"episodes": stop - start, "seconds": times[stop] - times[start], "frames": sum(frames[start + 1 : stop + 1])}
+    return {
+        "episodes": stop - start,
+        "seconds": times[stop] - times[start],
+        "frames": sum(frames[start + 1 : stop + 1]),
+    }
 
 
 def _record(args: tuple[str, list[tuple[int, int]], dict]) -> int:
@@ -85,7 +89,11 @@ def _record(args: tuple[str, list[tuple[int, int]], dict]) -> int:
 def _baseline(sidecar: dict, workers: int) -> dict:
     """The dataset's episodes recorded again by the scripted experts alone, one task per process."""
     jobs = [
-        (task, [(e["seed"], e["layout_index"]) for e in sidecar["episodes"] if e["task"] == task], sidecar["spec"]["render"])
+        (
+            task,
+            [(e["seed"], e["layout_index"]) for e in sidecar["episodes"] if e["task"] == task],
+            sidecar["spec"]["render"],
+        )
         for task in sidecar["spec"]["tasks"]
     ]
     start, cpu = time.perf_counter(), _cpu_seconds()
@@ -94,7 +102,12 @@ def _baseline(sidecar: dict, workers: int) -> dict:
         pool.close()
         pool.join()  # children count in RUSAGE_CHILDREN once waited for
     cpu = _cpu_seconds() - cpu
-    return {"seconds": time.perf_counter() - start, "cpu_s": cpu, "cpu_ms_per_frame": 1000 * cpu / frames, "frames": frames}
+    return {
+        "seconds": time.perf_counter() - start,
+        "cpu_s": cpu,
+        "cpu_ms_per_frame": 1000 * cpu / frames,
+        "frames": frames,
+    }
 
 
 def main() -> None:
@@ -157,7 +170,10 @@ def main() -> None:
     result["last_vs_first_10pct_time"] = result["last_10pct"]["seconds"] / result["first_10pct"]["seconds"]
     if baseline:
         result["experts_alone"] = baseline
-        result["writing_adds"] = {"wall": result["total_s"] / baseline["seconds"] - 1, "cpu": cpu / baseline["cpu_s"] - 1}
+        result["writing_adds"] = {
+            "wall": result["total_s"] / baseline["seconds"] - 1,
+            "cpu": cpu / baseline["cpu_s"] - 1,
+        }
     print(json.dumps(result, indent=2))
     if args.json:
         timeline = [[round(t - start, 2), task] for t, task in times.written]

@@ -15,8 +15,8 @@ import platform
 import statistics
 import time
 
-from world_modality.sim.metaworld.generate import record_expert_episode
 from world_modality.sim.metaworld.env import MetaWorldEnv, RenderSettings
+from world_modality.sim.metaworld.generate import record_expert_episode
 from world_modality.sim.metaworld.tasks import resolve_tasks
 
 SETTINGS = {

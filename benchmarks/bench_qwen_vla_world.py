@@ -30,40 +30,73 @@ from pathlib import Path
 
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
+
+from lerobot_policy_world_modality.encoders import EncoderSpec
 from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import BACKBONES, QwenVLAWorldConfig
 from lerobot_policy_world_modality.qwen_vla_world.modeling_qwen_vla_world import QwenVLAWorldPolicy
-
+from lerobot_policy_world_modality.world.history import (
+    WORLD_FUTURE,
+    WORLD_FUTURE_MASK,
+    WORLD_LATENTS,
+    WORLD_LATENTS_MASK,
+)
 from world_modality.atomic_io import atomic_write_json
-from lerobot_policy_world_modality.encoders import EncoderSpec
 from world_modality.model_folders.qwen_vl import write_qwen_vl_folder
-from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
 IMAGE_KEY = "observation.images.image"
 STATE_DIM, ACTION_DIM = 8, 7  # LIBERO's proprio and action sizes
 OPENVLA_OFT_MS = 74.0
-COC_TEXT = ("The gripper is above the bowl and open, so it moves down, closes on the rim, lifts the bowl "
-            "and carries it to the plate before releasing it.")
+COC_TEXT = (
+    "The gripper is above the bowl and open, so it moves down, closes on the rim, lifts the bowl "
+    "and carries it to the plate before releasing it."
+)
 ARMS = {
     "E0": {"use_world_module": False, "lambda_world": 0.0, "lambda_text": 0.0},
     "E2": {"use_world_module": True, "lambda_world": 0.0, "lambda_text": 0.0},
     "E4": {"use_world_module": True, "lambda_world": 1.0, "lambda_text": 0.5},
 }
-FOLDER_SIZES = {"qwen3_vl_2b_instruct": ("qwen3_vl", "2b"), "qwen3_vl_4b_instruct": ("qwen3_vl", "4b"),
-                "qwen3_vl_8b_instruct": ("qwen3_vl", "8b"), "qwen2_5_vl_3b_instruct": ("qwen2_5_vl", "3b")}
+FOLDER_SIZES = {
+    "qwen3_vl_2b_instruct": ("qwen3_vl", "2b"),
+    "qwen3_vl_4b_instruct": ("qwen3_vl", "4b"),
+    "qwen3_vl_8b_instruct": ("qwen3_vl", "8b"),
+    "qwen2_5_vl_3b_instruct": ("qwen2_5_vl", "3b"),
+}
 
 
 def make_policy(arm: str, folder: Path, args, device: torch.device) -> QwenVLAWorldPolicy:
-    spec = EncoderSpec(name="state", checkpoint_path=None, config_hash="benchmark", camera_key="observation.environment_state",
-                       input_size=None, pooling=None, output_dim=args.latent_dim)
+    spec = EncoderSpec(
+        name="state",
+        checkpoint_path=None,
+        config_hash="benchmark",
+        camera_key="observation.environment_state",
+        input_size=None,
+        pooling=None,
+        output_dim=args.latent_dim,
+    )
     config = QwenVLAWorldConfig(
-        backbone=args.backbone, backbone_path=str(folder), backbone_init="random", backbone_dtype=args.dtype,
-        gradient_checkpointing=args.gradient_checkpointing, compile_model=args.compile, chunk_size=args.chunk_size, n_action_steps=args.chunk_size,
-        history_len=args.history_len, num_future=args.num_future, latent_dim=args.latent_dim,
-        encoder_spec=spec.to_dict(), image_key=IMAGE_KEY, use_proprio=True, coc_max_tokens=64,
-        input_features={IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, args.image_size, args.image_size)),
-                        "observation.state": PolicyFeature(FeatureType.STATE, (STATE_DIM,))},
+        backbone=args.backbone,
+        backbone_path=str(folder),
+        backbone_init="random",
+        backbone_dtype=args.dtype,
+        gradient_checkpointing=args.gradient_checkpointing,
+        compile_model=args.compile,
+        chunk_size=args.chunk_size,
+        n_action_steps=args.chunk_size,
+        history_len=args.history_len,
+        num_future=args.num_future,
+        latent_dim=args.latent_dim,
+        encoder_spec=spec.to_dict(),
+        image_key=IMAGE_KEY,
+        use_proprio=True,
+        coc_max_tokens=64,
+        input_features={
+            IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, args.image_size, args.image_size)),
+            "observation.state": PolicyFeature(FeatureType.STATE, (STATE_DIM,)),
+        },
         output_features={"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))},
-        device=device.type, **args.policy_overrides, **ARMS[arm],
+        device=device.type,
+        **args.policy_overrides,
+        **ARMS[arm],
     )
     torch.manual_seed(0)
     with device:  # build the random backbone where it runs (fast init, no host copy)
@@ -113,8 +146,13 @@ def measure_latency(policies: dict[str, QwenVLAWorldPolicy], args, device: torch
     for _ in range(args.repeats):
         for arm, policy in policies.items():
             times[arm] += timed(lambda: policy.predict_action_chunk(single), 1, 0, sync)
-    return {arm: {"latency_ms_median": 1000 * statistics.median(t),
-                  "latency_ms_p90": 1000 * sorted(t)[int(0.9 * (len(t) - 1))]} for arm, t in times.items()}
+    return {
+        arm: {
+            "latency_ms_median": 1000 * statistics.median(t),
+            "latency_ms_p90": 1000 * sorted(t)[int(0.9 * (len(t) - 1))],
+        }
+        for arm, t in times.items()
+    }
 
 
 def measure_training(arm: str, policy: QwenVLAWorldPolicy, args, device: torch.device) -> dict[str, float]:
@@ -152,8 +190,11 @@ def main() -> None:
     parser.add_argument("--num-future", type=int, default=4)
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile_model=True: torch.compile each decoder layer of the language model")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile_model=True: torch.compile each decoder layer of the language model",
+    )
     parser.add_argument("--no-train", action="store_true", help="latency only")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps (median reported)")
     parser.add_argument("--repeats", type=int, default=30, help="timed inference calls (median reported)")
@@ -168,8 +209,14 @@ def main() -> None:
     if args.smoke:
         args.device, args.dtype, args.image_size, args.batch_size, args.chunk_size = "cpu", "float32", 64, 2, 4
         args.latent_dim, args.steps, args.repeats, args.warmup = 16, 2, 3, 1
-        args.policy_overrides = {"prophet_dim": 32, "prophet_heads": 2, "prophet_layers": 1, "cross_attn_heads": 2,
-                                 "head_dim": 32, "lora_r": 4}
+        args.policy_overrides = {
+            "prophet_dim": 32,
+            "prophet_heads": 2,
+            "prophet_layers": 1,
+            "cross_attn_heads": 2,
+            "head_dim": 32,
+            "lora_r": 4,
+        }
         size = (size[0], "tiny")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -179,17 +226,27 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; valid: {sorted(ARMS)}")
 
-    results = {"host": platform.node(), "backbone": args.backbone, "size": size[1], "image_size": args.image_size,
-               "batch_size": args.batch_size, "chunk_size": args.chunk_size, "dtype": args.dtype,
-               "gradient_checkpointing": args.gradient_checkpointing, "compile_model": args.compile,
-               "torch": torch.__version__,
-               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"}
+    results = {
+        "host": platform.node(),
+        "backbone": args.backbone,
+        "size": size[1],
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "chunk_size": args.chunk_size,
+        "dtype": args.dtype,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "compile_model": args.compile,
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_qwen_vl_folder(Path(tmp) / "backbone", *size, weights=False)
         policies = {arm: make_policy(arm, folder, args, device) for arm in arms}
     for arm, policy in policies.items():
-        results[arm] = {"trainable_parameters": sum(p.numel() for p in policy.get_optim_params()),
-                        "parameters": sum(p.numel() for p in policy.parameters())}
+        results[arm] = {
+            "trainable_parameters": sum(p.numel() for p in policy.get_optim_params()),
+            "parameters": sum(p.numel() for p in policy.parameters()),
+        }
     for arm, latency in measure_latency(policies, args, device).items():
         results[arm] |= latency
         print(f"{arm}: latency {latency['latency_ms_median']:.1f} ms", flush=True)
@@ -200,28 +257,43 @@ def main() -> None:
                 torch.cuda.empty_cache()  # the arm's policy is gone: give its memory back before the next one
             print(f"{arm}: train {results[arm]['train_samples_per_s']:.2f} samples/s", flush=True)
     if "E0" in results and "E2" in results:
-        results["world_latency_ratio_E2_over_E0"] = results["E2"]["latency_ms_median"] / results["E0"]["latency_ms_median"]
+        results["world_latency_ratio_E2_over_E0"] = (
+            results["E2"]["latency_ms_median"] / results["E0"]["latency_ms_median"]
+        )
         if not args.no_train:
-            results["world_train_cost_ratio_E0_over_E2"] = (results["E0"]["train_samples_per_s"]
-                                                            / results["E2"]["train_samples_per_s"])
+            results["world_train_cost_ratio_E0_over_E2"] = (
+                results["E0"]["train_samples_per_s"] / results["E2"]["train_samples_per_s"]
+            )
 
-    print(f"\nF+ {args.backbone} ({size[1]}, random weights, {args.dtype}) on {results['device']}; "
-          f"{args.image_size}px image, H={args.chunk_size}, train batch {args.batch_size}"
-          f"{', gradient checkpointing' if args.gradient_checkpointing else ''}"
-          f"{', compiled decoder layers' if args.compile else ''}")
-    print("| arm | latency / chunk, batch 1 (median ms) | p90 ms | train samples/s | train step ms | "
-          "peak train memory GiB | trainable params |")
+    print(
+        f"\nF+ {args.backbone} ({size[1]}, random weights, {args.dtype}) on {results['device']}; "
+        f"{args.image_size}px image, H={args.chunk_size}, train batch {args.batch_size}"
+        f"{', gradient checkpointing' if args.gradient_checkpointing else ''}"
+        f"{', compiled decoder layers' if args.compile else ''}"
+    )
+    print(
+        "| arm | latency / chunk, batch 1 (median ms) | p90 ms | train samples/s | train step ms | "
+        "peak train memory GiB | trainable params |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for arm in arms:
         r = results[arm]
         memory = f"{r['train_peak_memory_gib']:.1f}" if "train_peak_memory_gib" in r else "-"
         train = f"{r['train_samples_per_s']:.2f} | {r['train_step_ms']:.0f}" if "train_step_ms" in r else "- | -"
-        print(f"| {arm} | {r['latency_ms_median']:.1f} | {r['latency_ms_p90']:.1f} | {train} | {memory} | "
-              f"{r['trainable_parameters']:,} |")
+        print(
+            f"| {arm} | {r['latency_ms_median']:.1f} | {r['latency_ms_p90']:.1f} | {train} | {memory} | "
+            f"{r['trainable_parameters']:,} |"
+        )
     if "world_latency_ratio_E2_over_E0" in results:
-        print(f"world-memory overhead: latency E2/E0 = {results['world_latency_ratio_E2_over_E0']:.3f}"
-              + (f", training cost E0/E2 samples/s = {results['world_train_cost_ratio_E0_over_E2']:.3f}"
-                 if "world_train_cost_ratio_E0_over_E2" in results else "") + " (target <= 1.10)")
+        print(
+            f"world-memory overhead: latency E2/E0 = {results['world_latency_ratio_E2_over_E0']:.3f}"
+            + (
+                f", training cost E0/E2 samples/s = {results['world_train_cost_ratio_E0_over_E2']:.3f}"
+                if "world_train_cost_ratio_E0_over_E2" in results
+                else ""
+            )
+            + " (target <= 1.10)"
+        )
     best = min(results[a]["latency_ms_median"] for a in arms)
     print(f"latency vs OpenVLA-OFT 7B on A100 ({OPENVLA_OFT_MS:.0f} ms): {best / OPENVLA_OFT_MS:.2f}x")
     if args.json:

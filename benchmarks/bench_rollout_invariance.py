@@ -46,8 +46,19 @@ def prepare(out: Path, tasks: str, device: str) -> Path:
     latents = compute_latents(dataset, "learned", device=device, learned_steps=300, progress=False)
     run = out / "train"
     if not (run / "checkpoints" / "last").exists():
-        train(TrainOptions(dataset=str(dataset), latents=str(latents), out=str(run), model_type="F", steps=300,
-                           batch_size=256, save_every=300, device=device, progress=False))
+        train(
+            TrainOptions(
+                dataset=str(dataset),
+                latents=str(latents),
+                out=str(run),
+                model_type="F",
+                steps=300,
+                batch_size=256,
+                save_every=300,
+                device=device,
+                progress=False,
+            )
+        )
     return run
 
 
@@ -58,11 +69,19 @@ def evaluate_layouts(checkpoint: Path, out: Path, args: argparse.Namespace) -> d
     from world_modality.rollout import evaluate_checkpoint
     from world_modality.rollout.pools import EnvPools
 
-    common = dict(tasks=args.tasks, episodes_per_task=args.episodes, max_steps=args.max_steps, device=args.device,
-                  arm="bench", train_seed=0)
-    layouts = {f"{args.workers}w x {args.groups}g": (args.workers, args.groups),
-               f"{args.workers // 2}w x 1g": (args.workers // 2, 1),
-               f"{max(1, args.workers // 2 - 3)}w x 1g": (max(1, args.workers // 2 - 3), 1)}
+    common = dict(
+        tasks=args.tasks,
+        episodes_per_task=args.episodes,
+        max_steps=args.max_steps,
+        device=args.device,
+        arm="bench",
+        train_seed=0,
+    )
+    layouts = {
+        f"{args.workers}w x {args.groups}g": (args.workers, args.groups),
+        f"{args.workers // 2}w x 1g": (args.workers // 2, 1),
+        f"{max(1, args.workers // 2 - 3)}w x 1g": (max(1, args.workers // 2 - 3), 1),
+    }
     digests, timing = {}, {}
     with EnvPools() as pools:
         for index, (name, (workers, groups)) in enumerate(layouts.items()):
@@ -70,16 +89,23 @@ def evaluate_layouts(checkpoint: Path, out: Path, args: argparse.Namespace) -> d
             for run in range(runs):
                 folder = out / f"{name.replace(' ', '')}-{run}"
                 start = time.perf_counter()
-                results = evaluate_checkpoint(checkpoint, out_dir=folder, workers=workers, groups=groups, pools=pools,
-                                              **common)
+                results = evaluate_checkpoint(
+                    checkpoint, out_dir=folder, workers=workers, groups=groups, pools=pools, **common
+                )
                 elapsed = time.perf_counter() - start
             records = read_jsonl(results)
             digests[name] = {r["episode_id"]: r["action_digest"] for r in records}
             if index == 0:
                 steps = sum(r["steps"] for r in records)
-                timing = {"layout": name, "episodes": len(records), "env_steps": steps, "seconds": elapsed,
-                          "episodes_per_s": len(records) / elapsed, "env_steps_per_s": steps / elapsed,
-                          "successes": sum(r["success"] for r in records)}
+                timing = {
+                    "layout": name,
+                    "episodes": len(records),
+                    "env_steps": steps,
+                    "seconds": elapsed,
+                    "episodes_per_s": len(records) / elapsed,
+                    "env_steps_per_s": steps / elapsed,
+                    "successes": sum(r["success"] for r in records),
+                }
     return {"digests": digests, "timing": timing}
 
 
@@ -133,20 +159,30 @@ def main() -> None:
     first = next(iter(reference))
     import torch
 
-    report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "date": time.strftime("%Y-%m-%d"), "options": {k: v for k, v in vars(args).items() if k != "variant"},
-              "variants": {}}
-    print(f"{'variant':10s} {'layout timed':16s} {'episodes/s':>10s} {'env steps/s':>11s}  digests equal to its own "
-          f"{first} / to fixed's")
+    report = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "options": {k: v for k, v in vars(args).items() if k != "variant"},
+        "variants": {},
+    }
+    print(
+        f"{'variant':10s} {'layout timed':16s} {'episodes/s':>10s} {'env steps/s':>11s}  digests equal to its own "
+        f"{first} / to fixed's"
+    )
     for name, result in results.items():
         own = result["digests"][first]
         same_as_own = {layout: d == own for layout, d in result["digests"].items()}
         same_as_fixed = {layout: d == reference[layout] for layout, d in result["digests"].items()}
         timing = result["timing"]
-        report["variants"][name] = {"timing": timing, "equal_to_own_first_layout": same_as_own,
-                                    "equal_to_fixed": same_as_fixed}
-        print(f"{name:10s} {timing['layout']:16s} {timing['episodes_per_s']:10.2f} {timing['env_steps_per_s']:11.0f}  "
-              f"{same_as_own} / {same_as_fixed}")
+        report["variants"][name] = {
+            "timing": timing,
+            "equal_to_own_first_layout": same_as_own,
+            "equal_to_fixed": same_as_fixed,
+        }
+        print(
+            f"{name:10s} {timing['layout']:16s} {timing['episodes_per_s']:10.2f} {timing['env_steps_per_s']:11.0f}  "
+            f"{same_as_own} / {same_as_fixed}"
+        )
     (out / "rollout_invariance.json").write_text(json.dumps(report, indent=2))
 
 

@@ -52,9 +52,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        results = evaluate_checkpoint(args.checkpoint, tasks=args.tasks, episodes_per_task=args.episodes,
-                                      arm="bench", train_seed=0, out_dir=Path(tmp), workers=args.workers,
-                                      device=args.device)
+        results = evaluate_checkpoint(
+            args.checkpoint,
+            tasks=args.tasks,
+            episodes_per_task=args.episodes,
+            arm="bench",
+            train_seed=0,
+            out_dir=Path(tmp),
+            workers=args.workers,
+            device=args.device,
+        )
         wall = time.perf_counter() - start
         records = read_jsonl(results)
     steps = sum(r["steps"] for r in records)
@@ -67,11 +74,15 @@ def main() -> None:
     render = load_rollout_policy(args.checkpoint, device="cpu").render
     per_worker = steps // args.workers
     with mp.get_context("spawn").Pool(args.workers) as pool:
-        elapsed = pool.map(_raw_worker, [(args.tasks.split(",")[0], render.to_dict() if render else None, per_worker)] * args.workers)
+        elapsed = pool.map(
+            _raw_worker, [(args.tasks.split(",")[0], render.to_dict() if render else None, per_worker)] * args.workers
+        )
     raw_rate = per_worker * args.workers / max(elapsed)
     print(f"episodes {len(records)}, env steps {steps}, workers {args.workers}, render {render}")
-    print(f"runner: {runner_rate:8.1f} env steps/s  ({len(records) / wall * 3600:.0f} episodes/h including "
-          f"{wall - rollout_time:.0f} s of process start and policy load)")
+    print(
+        f"runner: {runner_rate:8.1f} env steps/s  ({len(records) / wall * 3600:.0f} episodes/h including "
+        f"{wall - rollout_time:.0f} s of process start and policy load)"
+    )
     print(f"raw:    {raw_rate:8.1f} env steps/s")
     print(f"ratio runner/raw: {runner_rate / raw_rate:.2f}")
 

@@ -33,28 +33,46 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
-from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
-from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import SmolVLAWorldPolicy
 from tqdm.auto import tqdm
 
-from world_modality.atomic_io import atomic_write_json
 from lerobot_policy_world_modality.encoders import build_encoder, fit_state_encoder
+from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
+from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import SmolVLAWorldPolicy
+from lerobot_policy_world_modality.world.history import (
+    WORLD_FUTURE,
+    WORLD_FUTURE_MASK,
+    WORLD_LATENTS,
+    WORLD_LATENTS_MASK,
+)
+from world_modality.atomic_io import atomic_write_json
 from world_modality.model_folders.smolvlm import write_smolvlm_folder
-from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
 CAMERAS = ("observation.images.image", "observation.images.image2")
 LATENT_KEY = "observation.environment_state"  # the world encoder's source; SmolVLA itself ignores it
 STATE_DIM, ACTION_DIM, IMAGE_SIDE, TEXT_TOKENS = 8, 7, 256, 24
 
 
-def build_policies(folder: Path, spec: dict, smoke: bool, device: torch.device, compile_mode: str | None = None,
-                   compile_denoise_step: bool = False) -> dict[str, torch.nn.Module]:
+def build_policies(
+    folder: Path,
+    spec: dict,
+    smoke: bool,
+    device: torch.device,
+    compile_mode: str | None = None,
+    compile_denoise_step: bool = False,
+) -> dict[str, torch.nn.Module]:
     latent_dim = spec["output_dim"]
     inputs = {key: PolicyFeature(FeatureType.VISUAL, (3, IMAGE_SIDE, IMAGE_SIDE)) for key in CAMERAS}
-    inputs |= {"observation.state": PolicyFeature(FeatureType.STATE, (STATE_DIM,)),
-               LATENT_KEY: PolicyFeature(FeatureType.ENV, (latent_dim,))}
+    inputs |= {
+        "observation.state": PolicyFeature(FeatureType.STATE, (STATE_DIM,)),
+        LATENT_KEY: PolicyFeature(FeatureType.ENV, (latent_dim,)),
+    }
     outputs = {"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))}
-    shared = {"input_features": inputs, "output_features": outputs, "vlm_model_name": str(folder), "device": device.type}
+    shared = {
+        "input_features": inputs,
+        "output_features": outputs,
+        "vlm_model_name": str(folder),
+        "device": device.type,
+    }
     if compile_mode:  # LeRobot's own switch: torch.compile of SmolVLA's sample_actions and forward
         shared |= {"compile_model": True, "compile_mode": compile_mode}
     if smoke:
@@ -62,8 +80,9 @@ def build_policies(folder: Path, spec: dict, smoke: bool, device: torch.device, 
     torch.manual_seed(0)
     e0 = SmolVLAPolicy(SmolVLAConfig(**shared))
     world_sizes = {"prophet_dim": 32, "prophet_layers": 1} if smoke else {}
-    e2 = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, encoder_spec=spec, compile_denoise_step=compile_denoise_step,
-                                               **world_sizes))
+    e2 = SmolVLAWorldPolicy(
+        SmolVLAWorldConfig(**shared, encoder_spec=spec, compile_denoise_step=compile_denoise_step, **world_sizes)
+    )
     e2.load_state_dict(e0.state_dict(), strict=False)  # same SmolVLA weights; the world module is new
     if compile_denoise_step:  # E0 is LeRobot's SmolVLA: the same compilation, applied from outside
         e0.model.denoise_step = torch.compile(e0.model.denoise_step)
@@ -108,10 +127,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds the timed calls are split over")
     parser.add_argument("--train-batch-size", type=int, default=None, help="default 32; smoke 2")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (atomically)")
-    parser.add_argument("--compile", default=None, metavar="MODE",
-                        help="torch.compile mode for both arms (LeRobot's compile_model): default, reduce-overhead, max-autotune")
-    parser.add_argument("--compile-denoise-step", action="store_true",
-                        help="torch.compile one denoising step (smolvla_world's compile_denoise_step; the same for E0)")
+    parser.add_argument(
+        "--compile",
+        default=None,
+        metavar="MODE",
+        help="torch.compile mode for both arms (LeRobot's compile_model): default, reduce-overhead, max-autotune",
+    )
+    parser.add_argument(
+        "--compile-denoise-step",
+        action="store_true",
+        help="torch.compile one denoising step (smolvla_world's compile_denoise_step; the same for E0)",
+    )
     parser.add_argument("--no-train", action="store_true", help="time inference only")
     args = parser.parse_args()
     smoke = args.smoke
@@ -121,7 +147,9 @@ def main() -> None:
     device = torch.device("cpu" if smoke or not torch.cuda.is_available() else "cuda")
     if not smoke and device.type != "cuda":
         raise SystemExit("the full-size benchmark needs a CUDA GPU; use --smoke on the CPU")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_smolvlm_folder(Path(tmp) / "smolvlm", "tiny" if smoke else "500m")
@@ -130,12 +158,20 @@ def main() -> None:
         spec = build_encoder("state", fit_state_encoder(stats, Path(tmp) / "latent-spec", state_key=LATENT_KEY)).spec
         policies = build_policies(folder, spec.to_dict(), smoke, device, args.compile, args.compile_denoise_step)
     config = policies["E2"].config
-    infer_batch = {arm: make_batch(1, config.chunk_size, latent_dim, device, config if arm == "E2" else None) for arm in policies}
-    train_batch_of = {arm: make_batch(train_batch, config.chunk_size, latent_dim, device, config if arm == "E2" else None)
-                      for arm in policies}
-    noise = torch.randn(1, config.chunk_size, config.max_action_dim, generator=torch.Generator().manual_seed(1)).to(device)
-    optimizers = {arm: config.get_optimizer_preset().build([p for p in policy.parameters() if p.requires_grad])
-                  for arm, policy in policies.items()}
+    infer_batch = {
+        arm: make_batch(1, config.chunk_size, latent_dim, device, config if arm == "E2" else None) for arm in policies
+    }
+    train_batch_of = {
+        arm: make_batch(train_batch, config.chunk_size, latent_dim, device, config if arm == "E2" else None)
+        for arm in policies
+    }
+    noise = torch.randn(1, config.chunk_size, config.max_action_dim, generator=torch.Generator().manual_seed(1)).to(
+        device
+    )
+    optimizers = {
+        arm: config.get_optimizer_preset().build([p for p in policy.parameters() if p.requires_grad])
+        for arm, policy in policies.items()
+    }
 
     def infer(arm: str) -> None:
         policy = policies[arm].eval()
@@ -190,9 +226,11 @@ def main() -> None:
     results["latency_ratio_e2_over_e0"] = e2["chunk_latency_ms"] / e0["chunk_latency_ms"]
     results["train_throughput_ratio_e2_over_e0"] = e2["train_samples_per_s"] / e0["train_samples_per_s"]
 
-    print(f"\n{results['device']} | {results['vlm']} | {results['dtype']} | chunk {config.chunk_size}, "
-          f"{config.num_steps} denoising steps | train batch {train_batch} | median of {results['iters']} | compile {args.compile}"
-          f"{' | compiled denoising step' if args.compile_denoise_step else ''}")
+    print(
+        f"\n{results['device']} | {results['vlm']} | {results['dtype']} | chunk {config.chunk_size}, "
+        f"{config.num_steps} denoising steps | train batch {train_batch} | median of {results['iters']} | compile {args.compile}"
+        f"{' | compiled denoising step' if args.compile_denoise_step else ''}"
+    )
     print(f"{'arm':<28}{'params (trainable)':>24}{'chunk latency ms':>18}{'train samples/s':>17}")
     names = {"E0": "E0 smolvla", "E2": "E2 smolvla_world (pred)"}
     for arm, row in results["arms"].items():
@@ -200,9 +238,11 @@ def main() -> None:
         print(f"{names[arm]:<28}{params:>24}{row['chunk_latency_ms']:>18.2f}{row['train_samples_per_s']:>17.1f}")
     latency_extra = 100 * (results["latency_ratio_e2_over_e0"] - 1)
     throughput_loss = 100 * (1 - results["train_throughput_ratio_e2_over_e0"])
-    print(f"E2/E0 inference latency: {results['latency_ratio_e2_over_e0']:.3f} ({latency_extra:+.1f}%); "
-          f"training samples/s: {results['train_throughput_ratio_e2_over_e0']:.3f} ({throughput_loss:.1f}% fewer); "
-          f"target <= 10% extra: {'met' if latency_extra <= 10 and throughput_loss <= 10 else 'NOT met'}")
+    print(
+        f"E2/E0 inference latency: {results['latency_ratio_e2_over_e0']:.3f} ({latency_extra:+.1f}%); "
+        f"training samples/s: {results['train_throughput_ratio_e2_over_e0']:.3f} ({throughput_loss:.1f}% fewer); "
+        f"target <= 10% extra: {'met' if latency_extra <= 10 and throughput_loss <= 10 else 'NOT met'}"
+    )
     if args.json:
         atomic_write_json(args.json, results)
 

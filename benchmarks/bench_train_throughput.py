@@ -20,10 +20,10 @@ import time
 
 import torch
 from lerobot.policies.factory import make_pre_post_processors
-from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
 
-from world_modality.data.check import DatasetKeys, check_dataset
 from lerobot_policy_world_modality.latent_cache import LatentCache
+from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+from world_modality.data.check import DatasetKeys, check_dataset
 from world_modality.training.data import LatentBatches, batch_device, read_frame_table, split_episodes
 from world_modality.training.trainer import TrainOptions, build_config
 
@@ -34,10 +34,26 @@ def measure(model_type: str, args, device: torch.device) -> dict[str, float]:
     cache = LatentCache.load(args.latents, dataset=args.dataset)
     table = read_frame_table(args.dataset, keys)
     opts = TrainOptions(dataset=args.dataset, latents=args.latents, out="", model_type=model_type, steps=args.steps)
-    config = build_config(opts, cache, table.instructions, table.state.shape[1], table.action.shape[1],
-                          summary.features, summary.keys.get("image"), device)
-    data = LatentBatches(cache, table, keys, split_episodes(table, 0.1)[0], config.chunk_size, config.history_len,
-                         config.num_future, device=batch_device(None, device))
+    config = build_config(
+        opts,
+        cache,
+        table.instructions,
+        table.state.shape[1],
+        table.action.shape[1],
+        summary.features,
+        summary.keys.get("image"),
+        device,
+    )
+    data = LatentBatches(
+        cache,
+        table,
+        keys,
+        split_episodes(table, 0.1)[0],
+        config.chunk_size,
+        config.history_len,
+        config.num_future,
+        device=batch_device(None, device),
+    )
     torch.manual_seed(0)
     policy = WorldTransformerPolicy(config).to(device).train()
     preprocessor, _ = make_pre_post_processors(config, dataset_stats=data.stats())
@@ -92,9 +108,11 @@ def main() -> None:
         results[name] = per_model
         for model in ("A", "F"):
             r = per_model[model]
-            print(f"{name:5s} {model}: {r['samples_per_s']:9.1f} samples/s  step {r['step_ms']:7.2f} ms "
-                  f"(data {r['data_ms']:6.2f} ms = {100 * r['data_share']:4.1f}%, compute {r['compute_ms']:7.2f} ms)  "
-                  f"{r['parameters']:,} params")
+            print(
+                f"{name:5s} {model}: {r['samples_per_s']:9.1f} samples/s  step {r['step_ms']:7.2f} ms "
+                f"(data {r['data_ms']:6.2f} ms = {100 * r['data_share']:4.1f}%, compute {r['compute_ms']:7.2f} ms)  "
+                f"{r['parameters']:,} params"
+            )
         print(f"{name:5s} F/A cost ratio: {per_model['F_over_A_cost']:.2f} (target <= 1.5)")
     if args.json:
         with open(args.json, "w") as f:

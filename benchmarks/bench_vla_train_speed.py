@@ -44,8 +44,13 @@ REPO = Path(__file__).resolve().parents[1]
 ARMS = ("lerobot E0", "wm E0", "wm E2")
 # Policy settings both tools get for the tiny size (a CPU run in minutes); the other sizes train with SmolVLA's
 # defaults (chunk 50, 10 denoising steps, images resized with padding to 512 px).
-TINY_POLICY = {"chunk_size": 10, "n_action_steps": 10, "num_steps": 3, "resize_imgs_with_padding": [64, 64],
-               "tokenizer_max_length": 16}
+TINY_POLICY = {
+    "chunk_size": 10,
+    "n_action_steps": 10,
+    "num_steps": 3,
+    "resize_imgs_with_padding": [64, 64],
+    "tokenizer_max_length": 16,
+}
 
 # Run in each arm's process before the tool: the clock read after every gradient clipping (one per step in both
 # loops: accelerate's clip_grad_norm_ and `wm train` call torch's), written to the file named by argv[1] at exit;
@@ -84,15 +89,21 @@ def timed_clip(*args, **kwargs):
 torch.nn.utils.clip_grad_norm_ = timed_clip
 atexit.register(lambda: open(out, "w").write(json.dumps({"times": times, "peaks": peaks})))
 """
-_LEROBOT_TRAIN = _TIMED + """
+_LEROBOT_TRAIN = (
+    _TIMED
+    + """
 from lerobot.scripts.lerobot_train import main
 sys.argv = ["lerobot-train", *sys.argv[1:]]
 main()
 """
-_WM_TRAIN = _TIMED + """
+)
+_WM_TRAIN = (
+    _TIMED
+    + """
 from world_modality.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+)
 
 
 def prepare(args) -> tuple[Path, Path, Path]:
@@ -102,11 +113,19 @@ def prepare(args) -> tuple[Path, Path, Path]:
     from world_modality.sim.metaworld.generate import generate_metaworld_dataset
 
     tasks = args.tasks.replace(",", "-")
-    dataset = args.dataset or args.work / "datasets" / f"{tasks}-{args.episodes_per_task}ep-{args.image_size}px-{args.storage}"
+    dataset = (
+        args.dataset
+        or args.work / "datasets" / f"{tasks}-{args.episodes_per_task}ep-{args.image_size}px-{args.storage}"
+    )
     if args.dataset is None:
-        generate_metaworld_dataset(dataset, args.tasks.split(",") if "," in args.tasks else args.tasks,
-                                   args.episodes_per_task, image_size=args.image_size, storage=args.storage,
-                                   workers=args.gen_workers)
+        generate_metaworld_dataset(
+            dataset,
+            args.tasks.split(",") if "," in args.tasks else args.tasks,
+            args.episodes_per_task,
+            image_size=args.image_size,
+            storage=args.storage,
+            workers=args.gen_workers,
+        )
     latents = compute_latents(dataset, "state", device="cpu", out=args.work / "latents" / dataset.name, progress=False)
     vlm = write_smolvlm_folder(args.work / "smolvlm" / args.size, args.size)
     return Path(dataset), latents, vlm
@@ -119,19 +138,47 @@ def commands(arm: str, args, dataset: Path, latents: Path, vlm: Path, out: Path)
     policy["use_amp"] = args.amp
     if arm == "lerobot E0":
         return _LEROBOT_TRAIN, [
-            "--policy.type=smolvla", f"--policy.vlm_model_name={vlm}", f"--policy.device={args.device}",
-            "--policy.push_to_hub=false", *(f"--policy.{k}={json.dumps(v).replace(' ', '')}" for k, v in policy.items()),
-            "--dataset.repo_id=local/bench", f"--dataset.root={dataset}", "--dataset.video_backend=pyav",
-            f"--batch_size={args.batch_size}", f"--steps={steps}", f"--num_workers={args.data_workers}",
-            "--save_checkpoint=false", "--wandb.enable=false", f"--output_dir={out}",
+            "--policy.type=smolvla",
+            f"--policy.vlm_model_name={vlm}",
+            f"--policy.device={args.device}",
+            "--policy.push_to_hub=false",
+            *(f"--policy.{k}={json.dumps(v).replace(' ', '')}" for k, v in policy.items()),
+            "--dataset.repo_id=local/bench",
+            f"--dataset.root={dataset}",
+            "--dataset.video_backend=pyav",
+            f"--batch_size={args.batch_size}",
+            f"--steps={steps}",
+            f"--num_workers={args.data_workers}",
+            "--save_checkpoint=false",
+            "--wandb.enable=false",
+            f"--output_dir={out}",
         ]
     policy["use_world_module"] = arm == "wm E2"
     return _WM_TRAIN, [
-        "train", str(dataset), "--latents", str(latents), "--policy", "smolvla_world", "--set", f"vlm_model_name={vlm}",
+        "train",
+        str(dataset),
+        "--latents",
+        str(latents),
+        "--policy",
+        "smolvla_world",
+        "--set",
+        f"vlm_model_name={vlm}",
         *(f"--set={k}={json.dumps(v)}" for k, v in policy.items()),
-        "--batch-size", str(args.batch_size), "--steps", str(steps), "--save-every", str(steps),
-        "--data-workers", str(args.data_workers), "--val-fraction", "0", "--device", args.device, "--no-progress",
-        "--out", str(out),
+        "--batch-size",
+        str(args.batch_size),
+        "--steps",
+        str(steps),
+        "--save-every",
+        str(steps),
+        "--data-workers",
+        str(args.data_workers),
+        "--val-fraction",
+        "0",
+        "--device",
+        args.device,
+        "--no-progress",
+        "--out",
+        str(out),
     ]
 
 
@@ -142,21 +189,30 @@ def run_arm(arm: str, args, dataset: Path, latents: Path, vlm: Path, scratch: Pa
     timings.parent.mkdir(parents=True, exist_ok=True)
     profiled_step = args.warmup + args.steps + 1 if args.profile and round_index == 0 else 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-c", script, str(timings), str(profiled_step), *arguments], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=args.timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(timings), str(profiled_step), *arguments],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=args.timeout,
+    )
     if proc.returncode != 0 or not timings.exists():
         raise RuntimeError(f"{arm} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     recorded = json.loads(timings.read_text())
     # the timed steps' intervals: from the end of step warmup to the end of step warmup + steps
-    intervals = [b - a for a, b in zip(recorded["times"], recorded["times"][1:])][args.warmup - 1:][:args.steps]
+    intervals = [b - a for a, b in zip(recorded["times"], recorded["times"][1:])][args.warmup - 1 :][: args.steps]
     if len(intervals) != args.steps:
         raise RuntimeError(f"{arm}: {len(recorded['times'])} steps timed, expected {args.warmup + args.steps}")
     if profiled_step:
         print(f"{arm}: profile of step {profiled_step} in {timings}.profile.txt", flush=True)
     step_s = statistics.median(intervals)
-    return {"samples_per_s": args.batch_size / step_s, "step_ms_median": 1000 * step_s,
-            "step_ms_p90": 1000 * statistics.quantiles(intervals, n=10)[-1],
-            "peak_gpu_memory_gib": max(recorded["peaks"]) / 2**30 if recorded["peaks"] else None}
+    return {
+        "samples_per_s": args.batch_size / step_s,
+        "step_ms_median": 1000 * step_s,
+        "step_ms_p90": 1000 * statistics.quantiles(intervals, n=10)[-1],
+        "peak_gpu_memory_gib": max(recorded["peaks"]) / 2**30 if recorded["peaks"] else None,
+    }
 
 
 def device_name(device: str) -> str:
@@ -167,8 +223,9 @@ def device_name(device: str) -> str:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -182,24 +239,47 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of all arms")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {ARMS}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="the policy's use_amp (LeRobot's mixed precision); default: on on CUDA, off on CPU")
-    parser.add_argument("--data-workers", type=int, default=None,
-                        help="data-loading processes of both tools (default: 4 on CUDA, lerobot-train's default; 0 on CPU)")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the policy's use_amp (LeRobot's mixed precision); default: on on CUDA, off on CPU",
+    )
+    parser.add_argument(
+        "--data-workers",
+        type=int,
+        default=None,
+        help="data-loading processes of both tools (default: 4 on CUDA, lerobot-train's default; 0 on CPU)",
+    )
     parser.add_argument("--dataset", type=Path, default=None, help="an existing MetaWorld dataset (else one is made)")
-    parser.add_argument("--tasks", default="MT10", help="MetaWorld tasks of the dataset made: MT10, or names with commas")
+    parser.add_argument(
+        "--tasks", default="MT10", help="MetaWorld tasks of the dataset made: MT10, or names with commas"
+    )
     parser.add_argument("--episodes-per-task", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--storage", default="image", choices=("image", "video"))
-    parser.add_argument("--gen-workers", type=int, default=os.cpu_count(), help="simulator processes making the dataset")
-    parser.add_argument("--work", type=Path, default=REPO / "outputs" / "bench_vla_train_speed",
-                        help="where the dataset, latents and SmolVLM2 folder are made and reused")
-    parser.add_argument("--profile", action="store_true",
-                        help="in the first round, profile one more step of each arm after the timed ones (cProfile and "
-                        "torch.profiler; the tables go beside the timings under --work)")
+    parser.add_argument(
+        "--gen-workers", type=int, default=os.cpu_count(), help="simulator processes making the dataset"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / "outputs" / "bench_vla_train_speed",
+        help="where the dataset, latents and SmolVLM2 folder are made and reused",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="in the first round, profile one more step of each arm after the timed ones (cProfile and "
+        "torch.profiler; the tables go beside the timings under --work)",
+    )
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one arm's process may take")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="result file (default: benchmarks/results/vla_train_speed_<device>_<date>.json)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="result file (default: benchmarks/results/vla_train_speed_<device>_<date>.json)",
+    )
     args = parser.parse_args()
     args.amp = args.device.startswith("cuda") if args.amp is None else args.amp
     args.data_workers = (4 if args.device.startswith("cuda") else 0) if args.data_workers is None else args.data_workers
@@ -215,23 +295,35 @@ def main() -> None:
         for round_index in range(args.rounds):
             for arm in arms:
                 rounds[arm].append(run_arm(arm, args, dataset, latents, vlm, Path(scratch), round_index))
-                print(f"round {round_index + 1}/{args.rounds} {arm}: {rounds[arm][-1]['samples_per_s']:.1f} samples/s",
-                      flush=True)
-    results = {arm: {"samples_per_s": statistics.median(r["samples_per_s"] for r in rs),
-                     "step_ms_median": statistics.median(r["step_ms_median"] for r in rs),
-                     "step_ms_p90": statistics.median(r["step_ms_p90"] for r in rs),
-                     "peak_gpu_memory_gib": rs[0]["peak_gpu_memory_gib"] and max(r["peak_gpu_memory_gib"] for r in rs),
-                     "rounds": rs} for arm, rs in rounds.items()}
+                print(
+                    f"round {round_index + 1}/{args.rounds} {arm}: {rounds[arm][-1]['samples_per_s']:.1f} samples/s",
+                    flush=True,
+                )
+    results = {
+        arm: {
+            "samples_per_s": statistics.median(r["samples_per_s"] for r in rs),
+            "step_ms_median": statistics.median(r["step_ms_median"] for r in rs),
+            "step_ms_p90": statistics.median(r["step_ms_p90"] for r in rs),
+            "peak_gpu_memory_gib": rs[0]["peak_gpu_memory_gib"] and max(r["peak_gpu_memory_gib"] for r in rs),
+            "rounds": rs,
+        }
+        for arm, rs in rounds.items()
+    }
     ratios = {}
     if "lerobot E0" in results:
-        ratios = {f"{arm} / lerobot E0": results[arm]["samples_per_s"] / results["lerobot E0"]["samples_per_s"]
-                  for arm in results if arm != "lerobot E0"}
+        ratios = {
+            f"{arm} / lerobot E0": results[arm]["samples_per_s"] / results["lerobot E0"]["samples_per_s"]
+            for arm in results
+            if arm != "lerobot E0"
+        }
 
     device = device_name(args.device)
     today = datetime.date.today().isoformat()
-    print(f"\nVLA training speed: SmolVLM2 {args.size}, batch {args.batch_size}, use_amp {args.amp}, "
-          f"{args.data_workers} data workers, {dataset.name}; {device}; median of {args.steps} steps after "
-          f"{args.warmup}, {args.rounds} round(s)\n")
+    print(
+        f"\nVLA training speed: SmolVLM2 {args.size}, batch {args.batch_size}, use_amp {args.amp}, "
+        f"{args.data_workers} data workers, {dataset.name}; {device}; median of {args.steps} steps after "
+        f"{args.warmup}, {args.rounds} round(s)\n"
+    )
     print("| arm | samples/s | step ms (median) | step ms (p90) | peak GPU memory GiB |\n|---|---:|---:|---:|---:|")
     for arm, r in results.items():
         memory = "-" if r["peak_gpu_memory_gib"] is None else f"{r['peak_gpu_memory_gib']:.2f}"
@@ -240,15 +332,32 @@ def main() -> None:
         print(f"{name}: {ratio:.3f}" + (" (target >= 0.95)" if name.startswith("wm E0") else ""))
 
     path = args.json or REPO / "benchmarks" / "results" / (
-        f"vla_train_speed_{''.join(c if c.isalnum() else '-' for c in device).strip('-').lower()}_{today}.json")
+        f"vla_train_speed_{''.join(c if c.isalnum() else '-' for c in device).strip('-').lower()}_{today}.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     made = ("tasks", "episodes_per_task", "image_size", "storage", "gen_workers")  # what a dataset made had
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                if k not in ("json", "work", *(made if args.dataset else ()))}
-    path.write_text(json.dumps({"benchmark": "bench_vla_train_speed", "device": device, "date": today,
-                                "commit": commit(), "torch": torch.__version__, "command": " ".join(sys.argv),
-                                "settings": {**settings, "dataset": str(dataset)}, "arms": results,
-                                "ratios": ratios}, indent=2) + "\n")
+    settings = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in vars(args).items()
+        if k not in ("json", "work", *(made if args.dataset else ()))
+    }
+    path.write_text(
+        json.dumps(
+            {
+                "benchmark": "bench_vla_train_speed",
+                "device": device,
+                "date": today,
+                "commit": commit(),
+                "torch": torch.__version__,
+                "command": " ".join(sys.argv),
+                "settings": {**settings, "dataset": str(dataset)},
+                "arms": results,
+                "ratios": ratios,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"\nwrote {path}")
 
 

@@ -32,15 +32,15 @@ from pathlib import Path
 
 import torch
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
+
+from lerobot_policy_world_modality.encoders import EncoderSpec, build_encoder, fit_state_encoder
+from lerobot_policy_world_modality.world.history import WORLD_LATENTS, WORLD_LATENTS_MASK
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
     WorldTransformerConfig,
     features_for,
 )
 from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
-
 from world_modality.atomic_io import atomic_write_json
-from lerobot_policy_world_modality.encoders import EncoderSpec, build_encoder, fit_state_encoder
-from lerobot_policy_world_modality.world.history import WORLD_LATENTS, WORLD_LATENTS_MASK
 
 INSTRUCTION_KEY = "task"  # LeRobot datasets' instruction field
 STATE_DIM, ACTION_DIM = 4, 4  # MetaWorld's end-effector state and action (world_modality.sim.metaworld.generate)
@@ -55,26 +55,43 @@ def encoder_spec(name: str, latent_dim: int, folder: Path) -> tuple[EncoderSpec,
     if name == "state":
         spec = build_encoder("state", fit_state_encoder(torch.randn(64, latent_dim), folder / "state")).spec
         return spec, (latent_dim,), False
-    spec = EncoderSpec(name="learned", checkpoint_path=None, config_hash="bench-random-weights", camera_key=CAMERA,
-                       input_size=IMAGE_SIDE, pooling="keypoints", output_dim=latent_dim,
-                       render={"width": IMAGE_SIDE, "height": IMAGE_SIDE})
+    spec = EncoderSpec(
+        name="learned",
+        checkpoint_path=None,
+        config_hash="bench-random-weights",
+        camera_key=CAMERA,
+        input_size=IMAGE_SIDE,
+        pooling="keypoints",
+        output_dim=latent_dim,
+        render={"width": IMAGE_SIDE, "height": IMAGE_SIDE},
+    )
     return spec, (IMAGE_SIDE, IMAGE_SIDE, 3), True
 
 
-def build_config(model_type: str, head: str, spec: EncoderSpec, source_shape: tuple[int, ...], is_image: bool,
-                 device: torch.device) -> WorldTransformerConfig:
+def build_config(
+    model_type: str, head: str, spec: EncoderSpec, source_shape: tuple[int, ...], is_image: bool, device: torch.device
+) -> WorldTransformerConfig:
     """As trainer.build_config, with the data's part given in code; the architecture is the default."""
     inputs, outputs = features_for(OBS_STATE, STATE_DIM, ACTION, ACTION_DIM, spec.camera_key, source_shape, is_image)
     return WorldTransformerConfig(
-        model_type=model_type, action_head=head, instructions=INSTRUCTIONS, latent_dim=spec.output_dim,
-        encoder_spec=spec.to_dict(), state_key=OBS_STATE, action_key=ACTION, instruction_key=INSTRUCTION_KEY,
-        image_key=spec.camera_key if is_image else None, input_features=inputs, output_features=outputs,
+        model_type=model_type,
+        action_head=head,
+        instructions=INSTRUCTIONS,
+        latent_dim=spec.output_dim,
+        encoder_spec=spec.to_dict(),
+        state_key=OBS_STATE,
+        action_key=ACTION,
+        instruction_key=INSTRUCTION_KEY,
+        image_key=spec.camera_key if is_image else None,
+        input_features=inputs,
+        output_features=outputs,
         device=device.type,
     )
 
 
-def build_policies(head: str, spec: EncoderSpec, source_shape: tuple[int, ...], is_image: bool,
-                   device: torch.device) -> dict[str, WorldTransformerPolicy]:
+def build_policies(
+    head: str, spec: EncoderSpec, source_shape: tuple[int, ...], is_image: bool, device: torch.device
+) -> dict[str, WorldTransformerPolicy]:
     policies = {}
     for arm in ARMS:
         torch.manual_seed(0)
@@ -98,8 +115,14 @@ def make_batch(batch_size: int, history_len: int, latent_dim: int, device: torch
     return batch
 
 
-def measure(policies: dict[str, WorldTransformerPolicy], batch: dict, device: torch.device, bf16: bool,
-            warmup: int, repeats: int) -> dict[str, list[float]]:
+def measure(
+    policies: dict[str, WorldTransformerPolicy],
+    batch: dict,
+    device: torch.device,
+    bf16: bool,
+    warmup: int,
+    repeats: int,
+) -> dict[str, list[float]]:
     """Seconds per `predict_action_chunk` call of each arm, the arms alternating call by call."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -130,19 +153,31 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU, few repeats: checks the script runs, not a figure")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,32")
     parser.add_argument("--action-head", default="mse,flow", help="mse, flow or both (comma-separated)")
-    parser.add_argument("--encoder", choices=("learned", "state"), default="learned",
-                        help="the encoder spec the policy is built for (latent width: 64 learned, 39 state)")
-    parser.add_argument("--latent-dim", type=int, default=None, help="override the latent width (e.g. 1024 = V-JEPA 2 ViT-L)")
+    parser.add_argument(
+        "--encoder",
+        choices=("learned", "state"),
+        default="learned",
+        help="the encoder spec the policy is built for (latent width: 64 learned, 39 state)",
+    )
+    parser.add_argument(
+        "--latent-dim", type=int, default=None, help="override the latent width (e.g. 1024 = V-JEPA 2 ViT-L)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per arm and case (default 200; smoke 5)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per arm and case first (default 20; smoke 2)")
-    parser.add_argument("--autocast-bf16", action="store_true", help="also time every case under bf16 autocast (CUDA only)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed calls per arm and case first (default 20; smoke 2)"
+    )
+    parser.add_argument(
+        "--autocast-bf16", action="store_true", help="also time every case under bf16 autocast (CUDA only)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (atomically)")
     args = parser.parse_args()
     smoke = args.smoke
     device = torch.device("cpu" if smoke else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device; run on a GPU machine, or use --smoke "
-                         "(or --device cpu) on the CPU")
+        raise SystemExit(
+            "--device cuda: torch sees no CUDA device; run on a GPU machine, or use --smoke "
+            "(or --device cpu) on the CPU"
+        )
     if args.autocast_bf16 and device.type != "cuda":
         raise SystemExit("--autocast-bf16 is CUDA only")
     heads = [h.strip() for h in args.action_head.split(",") if h.strip()]
@@ -174,9 +209,25 @@ def main() -> None:
     for head in heads:
         policies = build_policies(head, spec, source_shape, is_image, device)
         config = policies["F"].config
-        results.setdefault("config", {k: getattr(config, k) for k in (
-            "chunk_size", "history_len", "num_future", "d_model", "n_heads", "n_layers", "dim_feedforward",
-            "prophet_dim", "prophet_layers", "cross_attn_heads", "flow_steps")})
+        results.setdefault(
+            "config",
+            {
+                k: getattr(config, k)
+                for k in (
+                    "chunk_size",
+                    "history_len",
+                    "num_future",
+                    "d_model",
+                    "n_heads",
+                    "n_layers",
+                    "dim_feedforward",
+                    "prophet_dim",
+                    "prophet_layers",
+                    "cross_attn_heads",
+                    "flow_steps",
+                )
+            },
+        )
         params = {arm: sum(p.numel() for p in policy.parameters()) for arm, policy in policies.items()}
         for batch_size in batch_sizes:
             batch = make_batch(batch_size, config.history_len, latent_dim, device)
@@ -185,21 +236,36 @@ def main() -> None:
                 medians = {}
                 for arm in ARMS:
                     medians[arm] = 1000 * statistics.median(times[arm])
-                    results["rows"].append({"arm": arm, "head": head, "batch": batch_size, "dtype": dtype,
-                                            "median_ms": medians[arm], "p90_ms": 1000 * p90(times[arm]),
-                                            "params": params[arm]})
-                results["f_over_a"].append({"head": head, "batch": batch_size, "dtype": dtype,
-                                            "ratio": medians["F"] / medians["A"]})
-                print(f"{head} batch {batch_size} {dtype}: A {medians['A']:.3f} ms, F {medians['F']:.3f} ms", flush=True)
+                    results["rows"].append(
+                        {
+                            "arm": arm,
+                            "head": head,
+                            "batch": batch_size,
+                            "dtype": dtype,
+                            "median_ms": medians[arm],
+                            "p90_ms": 1000 * p90(times[arm]),
+                            "params": params[arm],
+                        }
+                    )
+                results["f_over_a"].append(
+                    {"head": head, "batch": batch_size, "dtype": dtype, "ratio": medians["F"] / medians["A"]}
+                )
+                print(
+                    f"{head} batch {batch_size} {dtype}: A {medians['A']:.3f} ms, F {medians['F']:.3f} ms", flush=True
+                )
 
     where = results["gpu"] or f"CPU ({results['cpu']}, {results['torch_threads']} threads)"
-    print(f"\n{where} | torch {torch.__version__} | {args.encoder} latents ({latent_dim}-dim) | "
-          f"median of {repeats} after {warmup} warm-ups{' | SMOKE: not a figure' if smoke else ''}\n")
+    print(
+        f"\n{where} | torch {torch.__version__} | {args.encoder} latents ({latent_dim}-dim) | "
+        f"median of {repeats} after {warmup} warm-ups{' | SMOKE: not a figure' if smoke else ''}\n"
+    )
     print("| arm | head | batch | dtype | median ms | p90 ms | params |")
     print("|---|---|---:|---|---:|---:|---:|")
     for r in results["rows"]:
-        print(f"| {r['arm']} | {r['head']} | {r['batch']} | {r['dtype']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | "
-              f"{r['params']:,} |")
+        print(
+            f"| {r['arm']} | {r['head']} | {r['batch']} | {r['dtype']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | "
+            f"{r['params']:,} |"
+        )
     print("\n| head | batch | dtype | F/A latency |")
     print("|---|---:|---|---:|")
     for r in results["f_over_a"]:

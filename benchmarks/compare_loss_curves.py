@@ -32,7 +32,7 @@ def main() -> None:
         raise SystemExit(f"no common logged steps in {args.run_a} and {args.run_b}")
     abs_diff = [abs(a[s] - b[s]) for s in steps]
     rel_diff = [d / max(abs(a[s]), 1e-12) for d, s in zip(abs_diff, steps, strict=True)]
-    tail = steps[-max(1, len(steps) // 10):]
+    tail = steps[-max(1, len(steps) // 10) :]
     result = {
         "steps": len(steps),
         "max_abs_diff": max(abs_diff),
@@ -42,8 +42,10 @@ def main() -> None:
     }
     for step, (la, lb) in result["samples"].items():
         print(f"step {step:5d}  {la:.6f}  {lb:.6f}")
-    print(f"{len(steps)} common steps; max |diff| {result['max_abs_diff']:.3g}, max relative {result['max_rel_diff']:.3g}; "
-          f"final-window means {result['final_window_mean'][0]:.5f} vs {result['final_window_mean'][1]:.5f}")
+    print(
+        f"{len(steps)} common steps; max |diff| {result['max_abs_diff']:.3g}, max relative {result['max_rel_diff']:.3g}; "
+        f"final-window means {result['final_window_mean'][0]:.5f} vs {result['final_window_mean'][1]:.5f}"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

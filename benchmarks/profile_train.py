@@ -45,9 +45,18 @@ def wm_train_step_ms(args, model: str, device: str, log_every: int, steps: int, 
     """Median step time of `train()` in ms (the interval between two progress-bar updates)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with tempfile.TemporaryDirectory() as out:
-        opts = trainer.TrainOptions(dataset=args.dataset, latents=args.latents, out=out, model_type=model, steps=steps,
-                                    batch_size=args.batch_size, log_every=log_every, save_every=steps, device=device,
-                                    progress=False)
+        opts = trainer.TrainOptions(
+            dataset=args.dataset,
+            latents=args.latents,
+            out=out,
+            model_type=model,
+            steps=steps,
+            batch_size=args.batch_size,
+            log_every=log_every,
+            save_every=steps,
+            device=device,
+            progress=False,
+        )
         _StepClock.stamps = []
         real, trainer.tqdm = trainer.tqdm, _StepClock
         try:
@@ -59,7 +68,7 @@ def wm_train_step_ms(args, model: str, device: str, log_every: int, steps: int, 
         finally:
             trainer.tqdm = real
         sync()
-    intervals = [b - a for a, b in zip(_StepClock.stamps, _StepClock.stamps[1:])][args.warmup:]
+    intervals = [b - a for a, b in zip(_StepClock.stamps, _StepClock.stamps[1:])][args.warmup :]
     return 1000 * statistics.median(intervals)
 
 
@@ -81,12 +90,15 @@ def main() -> None:
     if args.device.startswith("cuda"):
         results["gpu"] = torch.cuda.get_device_name()
     for model in args.models.split(","):
-        bare_args = argparse.Namespace(dataset=args.dataset, latents=args.latents, batch_size=args.batch_size,
-                                       steps=args.steps, warmup=args.warmup)
+        bare_args = argparse.Namespace(
+            dataset=args.dataset, latents=args.latents, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup
+        )
         row = {
             "bare_ms": measure(model, bare_args, torch.device(args.device))["step_ms"],
             "wm_train_ms": wm_train_step_ms(args, model, args.device, 1, args.steps),
-            f"wm_train_log_every_{args.log_every}_ms": wm_train_step_ms(args, model, args.device, args.log_every, args.steps),
+            f"wm_train_log_every_{args.log_every}_ms": wm_train_step_ms(
+                args, model, args.device, args.log_every, args.steps
+            ),
         }
         row["wm_train_over_bare"] = row["wm_train_ms"] / row["bare_ms"]
         results[model] = row

@@ -84,8 +84,21 @@ def _pinned(line: str) -> tuple[str, str] | None:
 
 def locked_requirements(prune: list[str]) -> list[str]:
     """The lock's requirement lines (with markers) without the workspace's own packages and ``prune``."""
-    cmd = [sys.executable, "-m", "uv", "export", "--frozen", "--no-hashes", "--no-dev", "--no-emit-workspace",
-           "--format", "requirements.txt", "--quiet", "--project", str(REPO)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uv",
+        "export",
+        "--frozen",
+        "--no-hashes",
+        "--no-dev",
+        "--no-emit-workspace",
+        "--format",
+        "requirements.txt",
+        "--quiet",
+        "--project",
+        str(REPO),
+    ]
     for name in prune:
         cmd += ["--prune", name]
     out = _run(cmd, capture_output=True, text=True).stdout
@@ -112,14 +125,42 @@ def download(requirements: list[str], dest: Path, glibc: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "requirements.txt"
         listing.write_text("\n".join(requirements) + "\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--prefer-binary", "--disable-pip-version-check",
-               "--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", "cp" + PYTHON_VERSION.replace(".", ""),
-               "--dest", str(dest), "--requirement", str(listing)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--prefer-binary",
+            "--disable-pip-version-check",
+            "--python-version",
+            PYTHON_VERSION,
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp" + PYTHON_VERSION.replace(".", ""),
+            "--dest",
+            str(dest),
+            "--requirement",
+            str(listing),
+        ]
         for tag in manylinux_platforms(glibc):
             cmd += ["--platform", tag]
         _run(cmd)
     for sdist in sorted(p for p in dest.iterdir() if not p.name.endswith(".whl")):
-        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "--wheel-dir", str(dest), str(sdist)])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--wheel-dir",
+                str(dest),
+                str(sdist),
+            ]
+        )
         sdist.unlink()
 
 
@@ -153,15 +194,21 @@ def pack(wheels: list[Path], part_bytes: float) -> list[list[tuple[Path, int | N
 
 def build(args: argparse.Namespace) -> None:
     if (platform.system(), platform.machine()) != ("Linux", "x86_64") or sys.version_info[:2] != (3, 12):
-        raise SystemExit("error: build the wheelhouse on Linux x86-64 with Python 3.12 (the target's), "
-                         "so requirement markers and source builds match it: `bash run.sh wheelhouse ...`")
+        raise SystemExit(
+            "error: build the wheelhouse on Linux x86-64 with Python 3.12 (the target's), "
+            "so requirement markers and source builds match it: `bash run.sh wheelhouse ...`"
+        )
     out = Path(args.out).resolve()
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"error: {out} exists and is not empty; choose a new folder")
     if args.requirements:
         if args.without_torch or args.exclude:
             raise SystemExit("error: --without-torch/--exclude prune the lock; with --requirements, edit the file")
-        requirements = [line for line in Path(args.requirements).read_text().splitlines() if line.strip() and not line.startswith("#")]
+        requirements = [
+            line
+            for line in Path(args.requirements).read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
     else:
         requirements = locked_requirements((["torch"] if args.without_torch else []) + args.exclude)
     if args.installed:
@@ -177,7 +224,10 @@ def build(args: argparse.Namespace) -> None:
     download(requirements, staging, args.glibc)
     build_projects([Path(p).resolve() for p in args.project] or [REPO], staging)
     wheels = sorted(staging.glob("*.whl"))
-    manifest = [{"wheel": w.name, "bytes": w.stat().st_size, "sha256": hashlib.sha256(w.read_bytes()).hexdigest()} for w in wheels]
+    manifest = [
+        {"wheel": w.name, "bytes": w.stat().st_size, "sha256": hashlib.sha256(w.read_bytes()).hexdigest()}
+        for w in wheels
+    ]
     part_bytes = int(args.part_mb * 1024**2)
     parts = pack(wheels, part_bytes)
     for number, entries in enumerate(parts, start=1):
@@ -196,12 +246,22 @@ def build(args: argparse.Namespace) -> None:
     (staging / "SHA256SUMS").write_text("\n".join(sums) + "\n")
     major, minor = PYTHON_VERSION.split(".")
     (staging / "install.sh").write_text(INSTALL_SH.format(python=PYTHON_VERSION, major=major, minor=minor))
-    (staging / "wheelhouse.json").write_text(json.dumps({
-        "target": {"python": PYTHON_VERSION, "platforms": manylinux_platforms(args.glibc)},
-        "lock_sha256": hashlib.sha256((REPO / "uv.lock").read_bytes()).hexdigest() if not args.requirements else None,
-        "without_torch": args.without_torch, "excluded": args.exclude, "installed": args.installed,
-        "wheels": manifest,
-    }, indent=2) + "\n")
+    (staging / "wheelhouse.json").write_text(
+        json.dumps(
+            {
+                "target": {"python": PYTHON_VERSION, "platforms": manylinux_platforms(args.glibc)},
+                "lock_sha256": hashlib.sha256((REPO / "uv.lock").read_bytes()).hexdigest()
+                if not args.requirements
+                else None,
+                "without_torch": args.without_torch,
+                "excluded": args.exclude,
+                "installed": args.installed,
+                "wheels": manifest,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
@@ -214,13 +274,44 @@ def build(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="new folder for the wheelhouse")
-    parser.add_argument("--without-torch", action="store_true", help="leave out torch and what only it needs (nvidia-*, triton, cuda-*, ...)")
-    parser.add_argument("--exclude", action="append", default=[], metavar="NAME", help="leave out NAME and what only it needs (repeatable)")
-    parser.add_argument("--installed", metavar="FREEZE", help="output of `python3 -m pip list --format=freeze` on the target: leave out what it has at the locked version")
-    parser.add_argument("--part-mb", type=float, default=0, help="split the wheels into part-NNN folders of at most this many MiB (0: one part)")
-    parser.add_argument("--glibc", default="2.28", help="the target's glibc version (`ldd --version`); wheels for newer glibc are not used")
-    parser.add_argument("--requirements", metavar="FILE", help="pinned requirements to use instead of the project's lock")
-    parser.add_argument("--project", action="append", default=[], metavar="DIR", help="projects to build as wheels (default: this repository's workspace)")
+    parser.add_argument(
+        "--without-torch",
+        action="store_true",
+        help="leave out torch and what only it needs (nvidia-*, triton, cuda-*, ...)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave out NAME and what only it needs (repeatable)",
+    )
+    parser.add_argument(
+        "--installed",
+        metavar="FREEZE",
+        help="output of `python3 -m pip list --format=freeze` on the target: leave out what it has at the locked version",
+    )
+    parser.add_argument(
+        "--part-mb",
+        type=float,
+        default=0,
+        help="split the wheels into part-NNN folders of at most this many MiB (0: one part)",
+    )
+    parser.add_argument(
+        "--glibc",
+        default="2.28",
+        help="the target's glibc version (`ldd --version`); wheels for newer glibc are not used",
+    )
+    parser.add_argument(
+        "--requirements", metavar="FILE", help="pinned requirements to use instead of the project's lock"
+    )
+    parser.add_argument(
+        "--project",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="projects to build as wheels (default: this repository's workspace)",
+    )
     parser.add_argument("--list", action="store_true", help="print the requirements that would be fetched, and stop")
     build(parser.parse_args())
 

@@ -79,4 +79,6 @@ def libero_dataset(libero_home, tmp_path_factory):
     """A LIBERO-schema dataset from the real env: libero_spatial task 0, init states 0 and 1, 6 random steps, 64 px."""
     from world_modality.sim.libero.data import generate_libero_dataset
 
-    return generate_libero_dataset(tmp_path_factory.mktemp("libero") / "tiny", "libero_spatial", ["0"], 2, steps=6, image_size=64)
+    return generate_libero_dataset(
+        tmp_path_factory.mktemp("libero") / "tiny", "libero_spatial", ["0"], 2, steps=6, image_size=64
+    )

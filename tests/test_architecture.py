@@ -94,7 +94,9 @@ def _layer(module: str) -> int:
     for index, entries in enumerate(LAYERS[distribution]):
         if any(rest == entry or (entry and rest.startswith(entry + ".")) for entry in entries):
             return index
-    raise AssertionError(f"{module} is in no layer of docs/ARCHITECTURE.md's table (and of LAYERS in this test): add it")
+    raise AssertionError(
+        f"{module} is in no layer of docs/ARCHITECTURE.md's table (and of LAYERS in this test): add it"
+    )
 
 
 def _cycles() -> list[list[str]]:
@@ -139,15 +141,21 @@ def _where(module: str, line: int) -> str:
 def test_the_graph_sees_module_and_function_level_imports():
     """The walk is what the checks rely on: known edges of both kinds must be in it."""
     assert "world_modality.sim" in {t for t, _ in GRAPH["world_modality.rollout.envs"]}  # module level
-    assert "world_modality.sim.metaworld.generate" in {t for t, _ in GRAPH["world_modality.sim.metaworld.episodes"]}  # in a function
+    assert "world_modality.sim.metaworld.generate" in {
+        t for t, _ in GRAPH["world_modality.sim.metaworld.episodes"]
+    }  # in a function
     assert "world_modality.sim.base" in {t for t, _ in GRAPH["world_modality.sim.libero.simulator"]}  # from a package
     assert len(MODULES) > 100 and all(_layer(module) >= 0 for module in MODULES)
 
 
 def test_no_import_cycle():
     cycles = _cycles()
-    details = [" <-> ".join(c) + ": " + "; ".join(f"{_where(m, line)} imports {t}" for m in c for t, line in GRAPH[m] if t in c)
-               for c in cycles]
+    details = [
+        " <-> ".join(c)
+        + ": "
+        + "; ".join(f"{_where(m, line)} imports {t}" for m in c for t, line in GRAPH[m] if t in c)
+        for c in cycles
+    ]
     assert not cycles, "import cycles:\n" + "\n".join(details)
 
 
@@ -156,16 +164,22 @@ def test_the_plugin_never_imports_the_pipeline():
     for module, path in MODULES.items():
         if module.startswith(PLUGIN):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                )
                 found += [f"{_where(module, node.lineno)} imports {n}" for n in names if n.split(".")[0] == PIPELINE]
     assert not found, "the plugin imports the pipeline:\n" + "\n".join(found)
 
 
 def test_no_upward_import():
-    upward = [f"{_where(module, line)}: {module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
-              for module, targets in GRAPH.items() for target, line in targets
-              if target.split(".")[0] == module.split(".")[0] and _layer(target) > _layer(module)]
+    upward = [
+        f"{_where(module, line)}: {module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
+        for module, targets in GRAPH.items()
+        for target, line in targets
+        if target.split(".")[0] == module.split(".")[0] and _layer(target) > _layer(module)
+    ]
     assert not upward, "imports from a higher layer (docs/ARCHITECTURE.md, Layers):\n" + "\n".join(upward)
 
 
@@ -189,10 +203,16 @@ def test_simulator_names_are_compared_only_inside_their_package(name):
     from world_modality.sim import get_simulator
 
     words = {name, *get_simulator(name).suites}
-    found = _comparisons_with(words, (
-        module for module in MODULES
-        if module.startswith(PIPELINE) and module != f"{PIPELINE}.sim.{name}" and not module.startswith(f"{PIPELINE}.sim.{name}.")
-    ))
+    found = _comparisons_with(
+        words,
+        (
+            module
+            for module in MODULES
+            if module.startswith(PIPELINE)
+            and module != f"{PIPELINE}.sim.{name}"
+            and not module.startswith(f"{PIPELINE}.sim.{name}.")
+        ),
+    )
     assert not found, f"{name} is branched on outside world_modality.sim.{name}:\n" + "\n".join(found)
 
 
@@ -201,9 +221,9 @@ def test_encoder_names_are_compared_only_inside_the_encoders_package():
     encoder what it reads (`EncoderSpec.reads_states`, `encoder_kind`; docs/ARCHITECTURE.md, How to add an encoder)."""
     from lerobot_policy_world_modality.encoders.spec import ENCODER_NAMES
 
-    found = _comparisons_with(set(ENCODER_NAMES), (
-        module for module in MODULES if not module.startswith(f"{PLUGIN}.encoders")
-    ))
+    found = _comparisons_with(
+        set(ENCODER_NAMES), (module for module in MODULES if not module.startswith(f"{PLUGIN}.encoders"))
+    )
     assert not found, "encoder names are branched on outside the encoders package:\n" + "\n".join(found)
 
 

@@ -49,11 +49,14 @@ def test_an_unterminated_last_line_is_unfinished_even_when_it_parses(tmp_path):
     assert drop_torn_last_line(path) and path.read_bytes() == b""
 
 
-@pytest.mark.parametrize("content, line", [
-    (b'{"a": 1}\n{"a": 2\n{"a": 3}\n', 2),  # a damaged line in the middle
-    (b'{"a": 1}\n{"a": \xff}\n', 2),  # flipped bits: not UTF-8
-    (b'{"a": 1}\nnot json\n', 2),  # a complete (terminated) last line is not an unfinished append
-])
+@pytest.mark.parametrize(
+    "content, line",
+    [
+        (b'{"a": 1}\n{"a": 2\n{"a": 3}\n', 2),  # a damaged line in the middle
+        (b'{"a": 1}\n{"a": \xff}\n', 2),  # flipped bits: not UTF-8
+        (b'{"a": 1}\nnot json\n', 2),  # a complete (terminated) last line is not an unfinished append
+    ],
+)
 def test_a_damaged_complete_line_is_an_error_naming_file_and_line(tmp_path, content, line):
     path = tmp_path / "episodes.jsonl"
     path.write_bytes(content)
@@ -113,9 +116,11 @@ def test_an_append_that_writes_part_of_its_line_leaves_no_partial_line_and_raise
     monkeypatch.undo()
     assert len(calls) == 2 and calls[1] == calls[0] - 5  # the rest was tried before giving up
     assert path.read_bytes() == before and read_jsonl(path) == [{"episode_id": "a"}]
-    assert str(failure.value) == (f"could not write {path}: no space left on the device (ENOSPC). What was complete "
-                                  "before it is kept and nothing after it counts as done: free space, then run the "
-                                  "same command again to continue.")
+    assert str(failure.value) == (
+        f"could not write {path}: no space left on the device (ENOSPC). What was complete "
+        "before it is kept and nothing after it counts as done: free space, then run the "
+        "same command again to continue."
+    )
     append_jsonl(path, {"episode_id": "b"})  # once there is room, as if it had never failed
     assert read_jsonl(path) == [{"episode_id": "a"}, {"episode_id": "b"}]
 
@@ -138,8 +143,10 @@ def test_write_failures_of_any_writer_name_the_file_and_the_cause(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     # The message a full disk gives (seen on a full tmpfs), and one without an OS error, which is not a write failure.
-    assert write_errno(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")) \
+    assert (
+        write_errno(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
         == errno.ENOSPC
+    )
     assert write_errno(SafetensorError("Error while deserializing header: HeaderTooLarge")) is None
     with pytest.raises(ValueError, match="not a write failure"), writing(tmp_path / "x"):
         raise ValueError("not a write failure")  # anything else passes unchanged
@@ -153,5 +160,7 @@ def test_an_output_folder_is_marked_only_when_this_tool_creates_it(tmp_path):
     assert output_kind(tmp_path / "theirs") is None and output_kind(tmp_path / "missing") is None
     (tmp_path / "file").write_text("")
     for where in (tmp_path / "file", tmp_path / "file" / "out"):
-        with pytest.raises(UnwritableOutput, match=f"cannot write to {where}: a file stands where a folder is expected"):
+        with pytest.raises(
+            UnwritableOutput, match=f"cannot write to {where}: a file stands where a folder is expected"
+        ):
             output_folder(where, "evaluation")

@@ -43,7 +43,10 @@ def test_dataset_key_defaults_are_lerobots_constants():
     for command in ("train", "data"):
         options = _options(command) if command == "train" else _data_check_options()
         assert (options["state_key"].default, options["action_key"].default, options["instruction_key"].default) == (
-            keys.state, keys.action, keys.instruction)
+            keys.state,
+            keys.action,
+            keys.instruction,
+        )
 
 
 def _data_check_options() -> dict[str, argparse.Action]:
@@ -81,8 +84,10 @@ def test_count_flags_have_the_range_their_library_options_declare():
     metaworld = {a.dest: a for a in data.choices["metaworld"]._actions}
     flags = {
         TrainOptions: (_options("train"), ("steps", "batch_size", "save_every", "log_every", "data_workers")),
-        evaluate_checkpoint: (_options("eval"), ("episodes_per_task", "workers", "groups", "max_steps", "eval_seed",
-                                                 "videos_per_task")),
+        evaluate_checkpoint: (
+            _options("eval"),
+            ("episodes_per_task", "workers", "groups", "max_steps", "eval_seed", "videos_per_task"),
+        ),
         generate_metaworld_dataset: (metaworld, ("episodes_per_task", "workers", "seed")),
         compute_latents: (_options("latents"), ("batch_size", "learned_steps", "temporal_window")),
     }

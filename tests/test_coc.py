@@ -26,7 +26,10 @@ from world_modality.coc.labels import (
 
 
 def _line(episode: int, text: str = "moves the gripper to the goal", backend: str = "events", keyframes=(0, 5)) -> str:
-    return json.dumps({"episode_index": episode, "coc_text": text, "backend": backend, "keyframes": list(keyframes)}) + "\n"
+    return (
+        json.dumps({"episode_index": episode, "coc_text": text, "backend": backend, "keyframes": list(keyframes)})
+        + "\n"
+    )
 
 
 def _dataset_episodes(dataset) -> dict[int, dict]:
@@ -170,7 +173,9 @@ def test_generate_events_labels_resume_after_a_kill_without_duplicates(metaworld
     for episode, label in first.items():
         assert label.backend == "events" and label.keyframes[0] == 0 and len(label.keyframes) >= 6
         assert ("grasp the puck" in label.coc_text) == (tasks[episode] == "pick-place-v3"), label.coc_text
-    assert coc_texts_for(load_coc_labels(out), sorted(tasks), require=True) == [first[e].coc_text for e in sorted(tasks)]
+    assert coc_texts_for(load_coc_labels(out), sorted(tasks), require=True) == [
+        first[e].coc_text for e in sorted(tasks)
+    ]
 
     # A kill in the middle of an append: two whole lines and half of the third.
     lines = out.read_text().splitlines(keepends=True)
@@ -219,15 +224,31 @@ def test_show_prints_the_label_and_saves_a_keyframe_strip(metaworld_dataset, tmp
     labels, strip = tmp_path / "labels.jsonl", tmp_path / "strip.png"
     assert main(["coc", "generate", str(metaworld_dataset), "--out", str(labels), "--episodes", str(pick_place)]) == 0
     capsys.readouterr()
-    assert main(["coc", "show", str(metaworld_dataset), "--labels", str(labels), "--episode", str(pick_place),
-                 "--out", str(strip)]) == 0
+    assert (
+        main(
+            [
+                "coc",
+                "show",
+                str(metaworld_dataset),
+                "--labels",
+                str(labels),
+                "--episode",
+                str(pick_place),
+                "--out",
+                str(strip),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     label = read_coc_labels(labels)[pick_place]
     assert label.coc_text in printed and str(list(label.keyframes)) in printed
     with Image.open(strip) as image:
         assert image.format == "PNG" and image.width > 3 * image.height  # the keyframes side by side
-    assert main(["coc", "show", str(metaworld_dataset), "--labels", str(labels), "--episode", "99",
-                 "--out", str(strip)]) == 2
+    assert (
+        main(["coc", "show", str(metaworld_dataset), "--labels", str(labels), "--episode", "99", "--out", str(strip)])
+        == 2
+    )
     assert "no label for episode 99" in capsys.readouterr().err
 
 
@@ -245,7 +266,9 @@ def _tiny_qwen3_vl(folder):
     folder = write_qwen_vl_folder(folder, backbone="qwen3_vl", size="tiny")
     weights = load_file(folder / "model.safetensors")
     embeddings = weights["model.language_model.embed_tokens.weight"]
-    weights["lm_head.weight"] = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(0)) * embeddings.std()
+    weights["lm_head.weight"] = (
+        torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(0)) * embeddings.std()
+    )
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((folder / "config.json").read_text())
     config["tie_word_embeddings"] = config["text_config"]["tie_word_embeddings"] = False
@@ -264,10 +287,29 @@ def test_vlm_backend_prompts_keyframes_and_writes_labels(metaworld_dataset, tmp_
     content = VlmBackend(model, keyframes=3).messages("Pick and place a puck to a goal", [0, 7, 20])[0]["content"]
     assert [c["type"] for c in content] == ["text", "image"] * 3 + ["text"]
     assert content[2]["text"] == "Frame 7:"
-    assert '3 frames' in content[-1]["text"] and '"Pick and place a puck to a goal"' in content[-1]["text"]
-    argv = ["coc", "generate", str(metaworld_dataset), "--backend", "vlm", "--model", str(model), "--out", str(out),
-            "--episodes", str(reach), str(pick_place), "--keyframes", "4", "--max-new-tokens", "5",
-            "--batch-size", "2", "--device", "cpu"]
+    assert "3 frames" in content[-1]["text"] and '"Pick and place a puck to a goal"' in content[-1]["text"]
+    argv = [
+        "coc",
+        "generate",
+        str(metaworld_dataset),
+        "--backend",
+        "vlm",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--episodes",
+        str(reach),
+        str(pick_place),
+        "--keyframes",
+        "4",
+        "--max-new-tokens",
+        "5",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     labels = read_coc_labels(out)
     assert sorted(labels) == sorted([reach, pick_place])

@@ -17,7 +17,11 @@ from world_modality.data.merge import DatasetAppender, ShardMismatch
 
 def _features(size: int, video: bool) -> dict:
     return {
-        "image": {"dtype": "video" if video else "image", "shape": (size, size, 3), "names": ["height", "width", "channels"]},
+        "image": {
+            "dtype": "video" if video else "image",
+            "shape": (size, size, 3),
+            "names": ["height", "width", "channels"],
+        },
         "state": {"dtype": "float32", "shape": (2,), "names": ["a", "b"]},
     }
 
@@ -26,7 +30,11 @@ def _episodes(task: str, count: int, frames: int, size: int, seed: int) -> list[
     rng = np.random.default_rng(seed)
     return [
         [
-            {"image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "state": rng.standard_normal(2).astype(np.float32), "task": task}
+            {
+                "image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+                "state": rng.standard_normal(2).astype(np.float32),
+                "task": task,
+            }
             for _ in range(frames)
         ]
         for _ in range(count)
@@ -38,8 +46,14 @@ def _write(root: Path, episodes: list[list[dict]], size: int, video: bool = Fals
     from lerobot.datasets import LeRobotDataset
 
     dataset = LeRobotDataset.create(
-        repo_id=f"local/{root.name}", fps=10, features=_features(size, video), root=root, robot_type="test",
-        use_videos=video, video_backend="pyav", data_files_size_in_mb=data_mb,
+        repo_id=f"local/{root.name}",
+        fps=10,
+        features=_features(size, video),
+        root=root,
+        robot_type="test",
+        use_videos=video,
+        video_backend="pyav",
+        data_files_size_in_mb=data_mb,
     )
     for episode in episodes:
         for frame in episode:
@@ -80,7 +94,9 @@ def test_merged_shards_equal_one_writer_writing_every_episode(tmp_path):
     for column in want.column_names:
         a, b = got.column(column).to_pylist(), want.column(column).to_pylist()
         if column.startswith("stats/"):  # renumbered stats of the index columns differ by rounding only
-            np.testing.assert_allclose(np.array(a, dtype=float), np.array(b, dtype=float), rtol=1e-12, atol=1e-12, err_msg=column)
+            np.testing.assert_allclose(
+                np.array(a, dtype=float), np.array(b, dtype=float), rtol=1e-12, atol=1e-12, err_msg=column
+            )
         else:
             assert a == b, column
     info, want_info = (json.loads((r / "meta/info.json").read_text()) for r in (root, reference))
@@ -127,7 +143,9 @@ def test_appending_reads_only_the_new_shard_and_leaves_finished_files_alone(tmp_
     ds = _load(tmp_path / "merged")
     assert len(ds) == 200 and ds.meta.total_episodes == 8
     assert sorted({ds.meta.episodes[i]["data/file_index"] for i in range(8)}) == list(range(len(finished) + 1))
-    np.testing.assert_array_equal((ds[199]["image"] * 255).round().byte().permute(1, 2, 0).numpy(), parts[7][0][-1]["image"])
+    np.testing.assert_array_equal(
+        (ds[199]["image"] * 255).round().byte().permute(1, 2, 0).numpy(), parts[7][0][-1]["image"]
+    )
 
 
 def test_video_shards_keep_their_frames(tmp_path):

@@ -13,7 +13,18 @@ import pytest
 STEPS = 5
 # chunk_size 1: no padded action chunk, so every process's loss is a plain mean over its rows and the
 # averaged gradient is exactly the one-process gradient (see the trainer's docstring); dropout 0.
-TINY = ["--d-model", "32", "--n-layers", "1", "--set", "chunk_size=1", "--set", "n_action_steps=1", "--set", "dropout=0"]
+TINY = [
+    "--d-model",
+    "32",
+    "--n-layers",
+    "1",
+    "--set",
+    "chunk_size=1",
+    "--set",
+    "n_action_steps=1",
+    "--set",
+    "dropout=0",
+]
 
 
 def _free_port() -> int:
@@ -31,16 +42,51 @@ def _losses(run_dir: Path) -> dict[str, list[float]]:
 
 
 def _train_args(dataset, latents, out, steps=STEPS):
-    return ["train", str(dataset), "--latents", str(latents), "--model-type", "A", "--steps", str(steps),
-            "--batch-size", "8", "--save-every", "3", "--seed", "3", "--device", "cpu", "--no-progress",
-            "--out", str(out), *TINY]
+    return [
+        "train",
+        str(dataset),
+        "--latents",
+        str(latents),
+        "--model-type",
+        "A",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "8",
+        "--save-every",
+        "3",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+        *TINY,
+    ]
 
 
 def _launch(args: list[str], processes: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "world_modality.cli", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "world_modality.cli",
+        *args,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"accelerate launch failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
 
@@ -73,7 +119,7 @@ def test_two_processes_match_one_process(metaworld_dataset, state_latents, tmp_p
         if name.endswith("in_proj_bias"):
             # The key bias has no gradient (softmax ignores a shift shared by all keys): its values are
             # rounding noise that AdamW scales up to ~lr, different for any reduction order. Compare q, v.
-            x, y = (torch.cat([t[: len(t) // 3], t[2 * len(t) // 3:]]) for t in (x, y))
+            x, y = (torch.cat([t[: len(t) // 3], t[2 * len(t) // 3 :]]) for t in (x, y))
         torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6, msg=name)
 
     # Resuming from step 5 to 7 on 2 processes continues exactly as on one.

@@ -23,7 +23,9 @@ from lerobot_policy_world_modality.encoders import (
     window_indices,
 )
 
-TINY_DINOV2 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+TINY_DINOV2 = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+)
 TINY_VJEPA2 = dict(
     hidden_size=48,
     num_attention_heads=2,
@@ -189,9 +191,7 @@ def test_online_encoder_matches_offline_windows(vjepa2_dir):
     episodes = [_frames(6, 40, 40, seed=s) for s in (1, 2)]
     expected = [encode_episode(offline, ep) for ep in episodes]
     assert expected[0].dtype == torch.float16 and expected[0].shape == (6, 48)
-    torch.testing.assert_close(
-        expected[0], offline.encode(window_frames(episodes[0], 4)).half(), rtol=1e-3, atol=1e-3
-    )
+    torch.testing.assert_close(expected[0], offline.encode(window_frames(episodes[0], 4)).half(), rtol=1e-3, atol=1e-3)
 
     online = OnlineEncoder(offline.spec, temporal_window=4, render=RENDER)
     for _ in range(2):  # a second episode after reset starts from a fresh window
@@ -302,7 +302,10 @@ def _moving_squares(num_episodes, length=20, size=32, seed=0):
 def test_learned_encoder_is_deterministic(tmp_path, one_thread):
     episodes, _ = _moving_squares(6, length=8)
     options = dict(latent_dim=16, steps=3, input_size=32, batch_size=8, progress=False)
-    dirs = [train_learned_encoder(episodes, tmp_path / name, seed=seed, **options) for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    dirs = [
+        train_learned_encoder(episodes, tmp_path / name, seed=seed, **options)
+        for name, seed in (("a", 0), ("b", 0), ("c", 1))
+    ]
     configs = [json.loads((d / "config.json").read_text()) for d in dirs]
     assert configs[0] == configs[1]
     assert (dirs[0] / "model.safetensors").read_bytes() == (dirs[1] / "model.safetensors").read_bytes()
@@ -317,7 +320,15 @@ def test_learned_encoder_latents_carry_object_positions(tmp_path, one_thread):
     train, held_out = slice(0, 36), slice(36, 48)
 
     def probe_r2(steps):
-        path = train_learned_encoder(episodes[train], tmp_path / str(steps), latent_dim=32, steps=steps, input_size=32, batch_size=32, progress=False)
+        path = train_learned_encoder(
+            episodes[train],
+            tmp_path / str(steps),
+            latent_dim=32,
+            steps=steps,
+            input_size=32,
+            batch_size=32,
+            progress=False,
+        )
         encoder = build_encoder("learned", checkpoint_path=path, render=RENDER)
         assert encoder.spec.name == "learned" and encoder.spec.output_dim == 32 and encoder.spec.input_size == 32
         latents = [encode_episode(encoder, ep).float().numpy() for ep in episodes]
@@ -326,4 +337,6 @@ def test_learned_encoder_latents_carry_object_positions(tmp_path, one_thread):
 
     # Over 12 seeds x data sets, 150 steps gave held-out R^2 0.82-0.99; untrained nets stay below 0.
     untrained, trained = probe_r2(0), probe_r2(150)
-    assert trained > 0.6 and untrained < 0.3, f"held-out linear-probe R^2: trained {trained:.3f}, untrained {untrained:.3f}"
+    assert trained > 0.6 and untrained < 0.3, (
+        f"held-out linear-probe R^2: trained {trained:.3f}, untrained {untrained:.3f}"
+    )

@@ -82,8 +82,19 @@ def run(metaworld_dataset, latents, tmp_path_factory) -> Path:
     from world_modality.training.trainer import TrainOptions, train
 
     out = tmp_path_factory.mktemp("faults") / "run"
-    train(TrainOptions(dataset=str(metaworld_dataset), latents=str(latents), out=str(out), model_type="F", steps=2,
-                       batch_size=8, save_every=2, device="cpu", progress=False))
+    train(
+        TrainOptions(
+            dataset=str(metaworld_dataset),
+            latents=str(latents),
+            out=str(out),
+            model_type="F",
+            steps=2,
+            batch_size=8,
+            save_every=2,
+            device="cpu",
+            progress=False,
+        )
+    )
     return out
 
 
@@ -100,13 +111,44 @@ def no_simulator(monkeypatch):
 
 
 def eval_args(checkpoint: Path, out: Path) -> list[str]:
-    return ["eval", str(checkpoint), "--tasks", "reach-v3", "--episodes-per-task", "1", "--max-steps", "2",
-            "--workers", "1", "--device", "cpu", "--out", str(out)]
+    return [
+        "eval",
+        str(checkpoint),
+        "--tasks",
+        "reach-v3",
+        "--episodes-per-task",
+        "1",
+        "--max-steps",
+        "2",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
 
 
 def train_args(dataset: Path, latents: Path, out: Path, steps: int = 2) -> list[str]:
-    return ["train", str(dataset), "--latents", str(latents), "--model-type", "F", "--steps", str(steps),
-            "--batch-size", "8", "--save-every", "2", "--device", "cpu", "--no-progress", "--out", str(out)]
+    return [
+        "train",
+        str(dataset),
+        "--latents",
+        str(latents),
+        "--model-type",
+        "F",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "8",
+        "--save-every",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
 
 
 # --- damaged files: detected, named, with what to do ----------------------------------------------------------
@@ -117,8 +159,11 @@ def test_a_damaged_generated_dataset_is_named_by_check_latents_and_train(metawor
     damaged = dataset / "data" / "chunk-000" / "file-000.parquet"
     flip(damaged)
     expected = f"{damaged} is damaged: its content differs from the sha256 recorded when it was written"
-    for args in (["data", "check", dataset], ["latents", dataset, "--encoder", "state", "--out", tmp_path / "lat"],
-                 train_args(dataset, latents, tmp_path / "run")):
+    for args in (
+        ["data", "check", dataset],
+        ["latents", dataset, "--encoder", "state", "--out", tmp_path / "lat"],
+        train_args(dataset, latents, tmp_path / "run"),
+    ):
         status, err = wm(capsys, *args)
         line = one_paragraph(err)
         assert status == 2 and expected in line and "Regenerate the dataset" in line and "--no-verify" in line, args
@@ -139,7 +184,9 @@ def test_data_check_reads_every_file_of_a_dataset_without_recorded_digests(metaw
     assert status == 2 and f"{damaged} does not read" in one_paragraph(err)
 
 
-def test_a_damaged_or_truncated_latent_cache_is_refused_and_a_rerun_rebuilds_it(metaworld_dataset, latents, tmp_path, capsys):
+def test_a_damaged_or_truncated_latent_cache_is_refused_and_a_rerun_rebuilds_it(
+    metaworld_dataset, latents, tmp_path, capsys
+):
     from lerobot_policy_world_modality.file_digests import DamagedFileError
     from lerobot_policy_world_modality.latent_cache import LATENTS_FILE, LatentCache
 
@@ -250,18 +297,21 @@ def test_a_model_folder_with_broken_weights_is_one_clear_error(metaworld_dataset
     from transformers import Dinov2Config, Dinov2Model
 
     folder = tmp_path / "dinov2"
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                             patch_size=8)).save_pretrained(folder)
+    Dinov2Model(
+        Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    ).save_pretrained(folder)
     truncate(folder / "model.safetensors", keep=0.3)
-    status, err = wm(capsys, "latents", metaworld_dataset, "--encoder", "dinov2", "--encoder-path", folder,
-                     "--out", tmp_path / "lat")
+    status, err = wm(
+        capsys, "latents", metaworld_dataset, "--encoder", "dinov2", "--encoder-path", folder, "--out", tmp_path / "lat"
+    )
     line = one_paragraph(err)
     assert status == 2 and f"the weights in {folder} do not load" in line and "copy the model folder again" in line
 
 
 @pytest.mark.parametrize("change", ["camera", "state dims"])
-def test_a_checkpoint_that_does_not_fit_the_simulator_is_refused_before_it_starts(run, tmp_path, capsys, no_simulator,
-                                                                                  change):
+def test_a_checkpoint_that_does_not_fit_the_simulator_is_refused_before_it_starts(
+    run, tmp_path, capsys, no_simulator, change
+):
     from world_modality.atomic_io import record_digests
 
     checkpoint = copy_of(run, tmp_path, "run")
@@ -286,10 +336,18 @@ def test_a_changed_instruction_key_is_refused_on_resume(libero_home, tmp_path, c
     frames = [[rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)] * 2 for _ in range(2)]
     dataset = write_video_dataset(tmp_path / "data", *frames, task="stack the blocks", instruction="put red on blue")
     latents = tmp_path / "latents"
-    assert wm(capsys, "latents", dataset, "--encoder", "state", "--camera-key", "observation.state", "--out", latents)[0] == 0
+    assert (
+        wm(capsys, "latents", dataset, "--encoder", "state", "--camera-key", "observation.state", "--out", latents)[0]
+        == 0
+    )
     assert wm(capsys, *train_args(dataset, latents, tmp_path / "run"))[0] == 0
-    status, err = wm(capsys, *train_args(dataset, latents, tmp_path / "run", steps=4), "--resume",
-                     "--instruction-key", INSTRUCTION_COLUMN)
+    status, err = wm(
+        capsys,
+        *train_args(dataset, latents, tmp_path / "run", steps=4),
+        "--resume",
+        "--instruction-key",
+        INSTRUCTION_COLUMN,
+    )
     line = one_paragraph(err)
     assert status == 2 and f"instruction key: checkpoint 'task', given '{INSTRUCTION_COLUMN}'" in line
 
@@ -297,24 +355,27 @@ def test_a_changed_instruction_key_is_refused_on_resume(libero_home, tmp_path, c
 # --- bad input refused up front, naming the field and the fix --------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "flag"), [
-    (["train", "D", "--latents", "L", "--out", "R", "--steps", "0"], "--steps"),
-    (["train", "D", "--latents", "L", "--out", "R", "--batch-size", "0"], "--batch-size"),
-    (["train", "D", "--latents", "L", "--out", "R", "--save-every", "-1"], "--save-every"),
-    (["eval", "C", "--out", "O", "--episodes-per-task", "0"], "--episodes-per-task"),
-    (["eval", "C", "--out", "O", "--workers", "0"], "--workers"),
-    (["eval", "C", "--out", "O", "--groups", "0"], "--groups"),
-    (["eval", "C", "--out", "O", "--max-steps", "0"], "--max-steps"),
-    (["eval", "C", "--out", "O", "--ray", "auto", "--shards", "0"], "--shards"),
-    (["data", "metaworld", "--episodes-per-task", "0"], "--episodes-per-task"),
-    (["data", "metaworld", "--workers", "0"], "--workers"),
-    (["latents", "D", "--encoder", "state", "--batch-size", "0"], "--batch-size"),
-    (["latents", "D", "--encoder", "learned", "--learned-steps", "0"], "--learned-steps"),
-    (["tokens", "L", "--codebook-size", "0"], "--codebook-size"),
-    (["intervene", "C", "--dataset", "D", "--latents", "L", "--batch-size", "0"], "--batch-size"),
-    (["demo", "--train-steps", "0"], "--train-steps"),
-    (["demo", "--seeds", "0"], "--seeds"),
-])
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["train", "D", "--latents", "L", "--out", "R", "--steps", "0"], "--steps"),
+        (["train", "D", "--latents", "L", "--out", "R", "--batch-size", "0"], "--batch-size"),
+        (["train", "D", "--latents", "L", "--out", "R", "--save-every", "-1"], "--save-every"),
+        (["eval", "C", "--out", "O", "--episodes-per-task", "0"], "--episodes-per-task"),
+        (["eval", "C", "--out", "O", "--workers", "0"], "--workers"),
+        (["eval", "C", "--out", "O", "--groups", "0"], "--groups"),
+        (["eval", "C", "--out", "O", "--max-steps", "0"], "--max-steps"),
+        (["eval", "C", "--out", "O", "--ray", "auto", "--shards", "0"], "--shards"),
+        (["data", "metaworld", "--episodes-per-task", "0"], "--episodes-per-task"),
+        (["data", "metaworld", "--workers", "0"], "--workers"),
+        (["latents", "D", "--encoder", "state", "--batch-size", "0"], "--batch-size"),
+        (["latents", "D", "--encoder", "learned", "--learned-steps", "0"], "--learned-steps"),
+        (["tokens", "L", "--codebook-size", "0"], "--codebook-size"),
+        (["intervene", "C", "--dataset", "D", "--latents", "L", "--batch-size", "0"], "--batch-size"),
+        (["demo", "--train-steps", "0"], "--train-steps"),
+        (["demo", "--seeds", "0"], "--seeds"),
+    ],
+)
 def test_a_count_below_one_on_the_command_line_is_refused_naming_the_flag_and_the_range(args, flag, capsys):
     """Read before anything is imported or opened (the paths here do not exist): the flag and its range."""
     with pytest.raises(SystemExit) as refused:
@@ -340,19 +401,38 @@ def test_counts_below_one_in_the_python_api_are_refused_before_any_work(metaworl
     assert sorted(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    (["--model-type", "A"], "model_type: the run's 'F', given 'A'"),
-    (["--policy", "smolvla_world"], "policy_type: the run's 'world_transformer', given 'smolvla_world'"),
-    (["--batch-size", "16"], "batch_size: the run's 8, given 16"),
-    (["--seed", "3"], "seed: the run's 0, given 3"),
-    (["--chunk-size", "8"], "chunk_size: the run's 16, given 8"),
-    (["--set", "lambda_world=0.5", "--set", "history_len=4"], "lambda_world: the run's 1.0, given 0.5)"),
-])
-def test_a_flag_that_contradicts_the_run_being_resumed_is_refused_naming_both_values(metaworld_dataset, latents, run,
-                                                                                     tmp_path, capsys, given, expected):
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (["--model-type", "A"], "model_type: the run's 'F', given 'A'"),
+        (["--policy", "smolvla_world"], "policy_type: the run's 'world_transformer', given 'smolvla_world'"),
+        (["--batch-size", "16"], "batch_size: the run's 8, given 16"),
+        (["--seed", "3"], "seed: the run's 0, given 3"),
+        (["--chunk-size", "8"], "chunk_size: the run's 16, given 8"),
+        (["--set", "lambda_world=0.5", "--set", "history_len=4"], "lambda_world: the run's 1.0, given 0.5)"),
+    ],
+)
+def test_a_flag_that_contradicts_the_run_being_resumed_is_refused_naming_both_values(
+    metaworld_dataset, latents, run, tmp_path, capsys, given, expected
+):
     resumed = copy_of(run, tmp_path, "run")
-    args = ["train", metaworld_dataset, "--latents", latents, "--steps", "4", "--save-every", "2", "--device", "cpu",
-            "--no-progress", "--out", resumed, "--resume", *given]
+    args = [
+        "train",
+        metaworld_dataset,
+        "--latents",
+        latents,
+        "--steps",
+        "4",
+        "--save-every",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        resumed,
+        "--resume",
+        *given,
+    ]
     status, err = wm(capsys, *args)
     line = one_paragraph(err)
     assert status == 2 and f"resuming {resumed}: options contradict the run ({expected}" in line
@@ -364,10 +444,24 @@ def test_a_resumed_run_keeps_its_own_settings_for_flags_left_out(metaworld_datas
     """Flags left out take the run's values (its batch size 8, not the default 64); those given equal to the run's
     pass."""
     resumed = copy_of(run, tmp_path, "run")
-    common = ["train", metaworld_dataset, "--latents", latents, "--save-every", "2", "--device", "cpu", "--no-progress",
-              "--out", resumed, "--resume"]
+    common = [
+        "train",
+        metaworld_dataset,
+        "--latents",
+        latents,
+        "--save-every",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        resumed,
+        "--resume",
+    ]
     assert wm(capsys, *common, "--steps", "4")[0] == 0
-    assert wm(capsys, *common, "--steps", "6", "--model-type", "F", "--batch-size", "8", "--set", "history_len=4")[0] == 0
+    assert (
+        wm(capsys, *common, "--steps", "6", "--model-type", "F", "--batch-size", "8", "--set", "history_len=4")[0] == 0
+    )
     meta = json.loads((resumed / "checkpoints" / "last" / "pretrained_model" / "world_modality.json").read_text())
     config = json.loads((resumed / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
     assert (meta["training_step"], meta["batch_size"], meta["seed"], config["model_type"]) == (6, 8, 0, "F")
@@ -384,14 +478,25 @@ def weights_never_load(monkeypatch):
     monkeypatch.setattr(checkpoint, "load_checkpoint", refuse)
 
 
-def test_wm_eval_refuses_unknown_tasks_and_bad_counts_before_loading_weights(run, tmp_path, capsys, no_simulator,
-                                                                              weights_never_load):
+def test_wm_eval_refuses_unknown_tasks_and_bad_counts_before_loading_weights(
+    run, tmp_path, capsys, no_simulator, weights_never_load
+):
     from world_modality.rollout import evaluate_checkpoint
 
-    status, err = wm(capsys, *eval_args(run, tmp_path / "eval")[:2], "--tasks", "push-v3", "--device", "cpu",
-                     "--out", tmp_path / "eval")
+    status, err = wm(
+        capsys,
+        *eval_args(run, tmp_path / "eval")[:2],
+        "--tasks",
+        "push-v3",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "eval",
+    )
     assert status == 2 and "the policy was not trained on ['push-v3']" in one_paragraph(err)
-    status, err = wm(capsys, *eval_args(run, tmp_path / "eval")[:2], "--tasks", "no-such-task", "--out", tmp_path / "eval")
+    status, err = wm(
+        capsys, *eval_args(run, tmp_path / "eval")[:2], "--tasks", "no-such-task", "--out", tmp_path / "eval"
+    )
     assert status == 2 and "no-such-task" in one_paragraph(err)
     with pytest.raises(ValueError, match=r"^workers: expected an integer >= 1, got 0$"):
         evaluate_checkpoint(run, workers=0, arm="E0", train_seed=0, out_dir=tmp_path / "eval")
@@ -406,21 +511,30 @@ def one_instruction_dataset(libero_home, tmp_path_factory) -> Path:
 
     rng = np.random.default_rng(0)
     frames = [[rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)] * 2 for _ in range(2)]
-    return write_video_dataset(tmp_path_factory.mktemp("instructions") / "data", *frames, task="do the task",
-                               instruction=["put red on blue", "put blue on red"])
+    return write_video_dataset(
+        tmp_path_factory.mktemp("instructions") / "data",
+        *frames,
+        task="do the task",
+        instruction=["put red on blue", "put blue on red"],
+    )
 
 
-def test_one_instruction_for_every_episode_beside_a_varying_text_column_is_refused(one_instruction_dataset, tmp_path,
-                                                                                     capsys):
+def test_one_instruction_for_every_episode_beside_a_varying_text_column_is_refused(
+    one_instruction_dataset, tmp_path, capsys
+):
     from test_video_datasets import INSTRUCTION_COLUMN
 
     dataset = one_instruction_dataset
-    expected = (f"every episode has the same instruction under 'task' ('do the task'), while the text column "
-                f"'{INSTRUCTION_COLUMN}' differs between episodes (2 values: 'put blue on red', 'put red on blue')")
+    expected = (
+        f"every episode has the same instruction under 'task' ('do the task'), while the text column "
+        f"'{INSTRUCTION_COLUMN}' differs between episodes (2 values: 'put blue on red', 'put red on blue')"
+    )
     latents = tmp_path / "latents"
-    for args in (["data", "check", dataset],
-                 ["latents", dataset, "--encoder", "state", "--camera-key", "observation.state", "--out", latents],
-                 train_args(dataset, latents, tmp_path / "run")):
+    for args in (
+        ["data", "check", dataset],
+        ["latents", dataset, "--encoder", "state", "--camera-key", "observation.state", "--out", latents],
+        train_args(dataset, latents, tmp_path / "run"),
+    ):
         status, err = wm(capsys, *args)
         line = one_paragraph(err)
         assert status == 2 and expected in line, args
@@ -429,8 +543,21 @@ def test_one_instruction_for_every_episode_beside_a_varying_text_column_is_refus
     # Either fix: the column that varies, or saying that one instruction is meant.
     assert wm(capsys, "data", "check", dataset, "--instruction-key", INSTRUCTION_COLUMN)[0] == 0
     assert wm(capsys, "data", "check", dataset, "--single-instruction")[0] == 0
-    assert wm(capsys, "latents", dataset, "--encoder", "state", "--camera-key", "observation.state", "--out", latents,
-              "--single-instruction")[0] == 0
+    assert (
+        wm(
+            capsys,
+            "latents",
+            dataset,
+            "--encoder",
+            "state",
+            "--camera-key",
+            "observation.state",
+            "--out",
+            latents,
+            "--single-instruction",
+        )[0]
+        == 0
+    )
 
 
 # --- kill -9 at a random point, then the same command again ---------------------------------------------------
@@ -441,8 +568,15 @@ WM = REPO / ".venv" / "bin" / "wm"
 def wm_process(args: list, timeout: int = 900) -> float:
     """Run `wm ARGS` to completion in a subprocess; returns its wall time."""
     start = time.perf_counter()
-    proc = subprocess.run([str(WM), *map(str, args)], env=SUBPROCESS_ENV, cwd=REPO, timeout=timeout, capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [str(WM), *map(str, args)],
+        env=SUBPROCESS_ENV,
+        cwd=REPO,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return time.perf_counter() - start
 
@@ -451,8 +585,14 @@ def killed_at_random_point(args: list, duration: float, seed: str) -> float:
     """Start `wm ARGS` and SIGKILL its whole process group (simulator and data workers included) at a random
     point of a run that takes ``duration``; returns the point (seconds after the start)."""
     point = random.Random(seed).uniform(0.25, 0.95) * duration
-    proc = subprocess.Popen([str(WM), *map(str, args)], env=SUBPROCESS_ENV, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(WM), *map(str, args)],
+        env=SUBPROCESS_ENV,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         proc.wait(timeout=point)
     except subprocess.TimeoutExpired:
@@ -468,14 +608,30 @@ def dataset_content(root: Path) -> dict:
     import pyarrow.parquet as pq
 
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "file_digests.json")
-    return {p.relative_to(root).as_posix(): json.loads(p.read_text()) if p.suffix == ".json"
-            else pq.read_table(p).to_pydict() if p.suffix == ".parquet" else p.read_bytes() for p in files}
+    return {
+        p.relative_to(root).as_posix(): json.loads(p.read_text())
+        if p.suffix == ".json"
+        else pq.read_table(p).to_pydict()
+        if p.suffix == ".parquet"
+        else p.read_bytes()
+        for p in files
+    }
 
 
 @pytest.mark.slow
 def test_kill_9_during_wm_data_metaworld_then_rerun_gives_the_same_dataset(tmp_path):
-    args = ["data", "metaworld", "--tasks", "reach-v3,drawer-close-v3", "--episodes-per-task", "2", "--image-size", "32",
-            "--workers", "2"]
+    args = [
+        "data",
+        "metaworld",
+        "--tasks",
+        "reach-v3,drawer-close-v3",
+        "--episodes-per-task",
+        "2",
+        "--image-size",
+        "32",
+        "--workers",
+        "2",
+    ]
     duration = wm_process([*args, "--out", tmp_path / "reference"])
     killed_at_random_point([*args, "--out", tmp_path / "killed"], duration, "data")
     wm_process([*args, "--out", tmp_path / "killed"])
@@ -504,8 +660,10 @@ def test_kill_9_during_wm_train_then_resume_gives_the_same_weights(metaworld_dat
     killed = [*args[:-1], tmp_path / "killed"]
     killed_at_random_point(killed, duration, "train")
     wm_process([*killed, "--resume"])
-    weights = [load_file(run / "checkpoints" / "last" / "pretrained_model" / "model.safetensors")
-               for run in (tmp_path / "reference", tmp_path / "killed")]
+    weights = [
+        load_file(run / "checkpoints" / "last" / "pretrained_model" / "model.safetensors")
+        for run in (tmp_path / "reference", tmp_path / "killed")
+    ]
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
@@ -514,15 +672,31 @@ def test_kill_9_during_wm_eval_then_rerun_gives_the_same_episodes(run, tmp_path)
     from world_modality.atomic_io import read_jsonl
 
     def args(out: Path) -> list:
-        return ["eval", run, "--tasks", "reach-v3", "--episodes-per-task", "4", "--max-steps", "15", "--workers", "2",
-                "--device", "cpu", "--out", out]
+        return [
+            "eval",
+            run,
+            "--tasks",
+            "reach-v3",
+            "--episodes-per-task",
+            "4",
+            "--max-steps",
+            "15",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        ]
 
     duration = wm_process(args(tmp_path / "reference"))
     killed_at_random_point(args(tmp_path / "killed"), duration, "eval")
     wm_process(args(tmp_path / "killed"))
     fields = ("episode_id", "success", "steps")
-    reference, rerun = ([tuple(r[f] for f in fields) for r in read_jsonl(out / "episodes.jsonl")]
-                        for out in (tmp_path / "reference", tmp_path / "killed"))
+    reference, rerun = (
+        [tuple(r[f] for f in fields) for r in read_jsonl(out / "episodes.jsonl")]
+        for out in (tmp_path / "reference", tmp_path / "killed")
+    )
     assert len(rerun) == len(set(rerun)) == 4 and sorted(rerun) == sorted(reference)
 
 
@@ -534,8 +708,13 @@ LOCK_HOLDER = Path(__file__).with_name("lock_holder.py")
 @contextmanager
 def held_by_another_process(path: Path, file: bool = False) -> Iterator[subprocess.Popen]:
     """Another process holding the writer lock of ``path`` (as a `wm` command writing it would) for the block."""
-    proc = subprocess.Popen([sys.executable, str(LOCK_HOLDER), str(path), *(["file"] if file else [])], env=SUBPROCESS_ENV,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(LOCK_HOLDER), str(path), *(["file"] if file else [])],
+        env=SUBPROCESS_ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline() == "held\n"
         yield proc
@@ -554,23 +733,47 @@ def refusal_naming(err: str, pid: int, command: str) -> str:
 
 
 def tiny_matrix(path: Path, dataset: Path) -> Path:
-    path.write_text(yaml.safe_dump({"dataset": {"path": str(dataset)}, "encoders": [{"name": "state"}],
-                                    "arms": {"E0": {"model_type": "A"}}, "evaluation": {"episodes_per_task": 1}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": {"path": str(dataset)},
+                "encoders": [{"name": "state"}],
+                "arms": {"E0": {"model_type": "A"}},
+                "evaluation": {"episodes_per_task": 1},
+            }
+        )
+    )
     return path
 
 
 # Every command that writes: (its arguments, the output it holds, whether that output is a file), for an OUT.
 WRITERS = {
-    "data metaworld": lambda f, out: (["data", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--out", out], out, False),
+    "data metaworld": lambda f, out: (
+        ["data", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--out", out],
+        out,
+        False,
+    ),
     "latents": lambda f, out: (["latents", f.dataset, "--encoder", "state", "--out", out], out, False),
     "tokens": lambda f, out: (["tokens", f.latents, "--codebook-size", "4", "--out", out], out, False),
     "train": lambda f, out: (train_args(f.dataset, f.latents, out), out, False),
-    "intervene": lambda f, out: (["intervene", f.run, "--dataset", f.dataset, "--latents", f.latents, "--json", out], out, True),
+    "intervene": lambda f, out: (
+        ["intervene", f.run, "--dataset", f.dataset, "--latents", f.latents, "--json", out],
+        out,
+        True,
+    ),
     "eval": lambda f, out: (eval_args(f.run, out), out / "episodes.jsonl", True),
-    "eval shard": lambda f, out: ([*eval_args(f.run, out), "--shard", "2/3"], out / "episodes.shard-2-of-3.jsonl", True),
+    "eval shard": lambda f, out: (
+        [*eval_args(f.run, out), "--shard", "2/3"],
+        out / "episodes.shard-2-of-3.jsonl",
+        True,
+    ),
     "report --export": lambda f, out: (["report", f.run, "--export", out], out, False),
     "matrix": lambda f, out: (["matrix", f.matrix, "--out", out], out, False),
-    "matrix --export": lambda f, out: (["matrix", f.matrix, "--out", out.with_name("run"), "--export", out], out, False),
+    "matrix --export": lambda f, out: (
+        ["matrix", f.matrix, "--out", out.with_name("run"), "--export", out],
+        out,
+        False,
+    ),
     "demo": lambda f, out: (["demo", "--out", out], out, False),
     "coc generate": lambda f, out: (["coc", "generate", f.dataset, "--out", out], out, True),
     "libero dataset": lambda f, out: (["libero", "dataset", "--out", out], out, False),
@@ -579,12 +782,17 @@ WRITERS = {
 
 
 @pytest.mark.parametrize("command", WRITERS)
-def test_every_command_that_writes_refuses_a_second_writer_before_any_work(metaworld_dataset, latents, run, tmp_path,
-                                                                           capsys, no_simulator, command):
+def test_every_command_that_writes_refuses_a_second_writer_before_any_work(
+    metaworld_dataset, latents, run, tmp_path, capsys, no_simulator, command
+):
     from types import SimpleNamespace
 
-    inputs = SimpleNamespace(dataset=metaworld_dataset, latents=latents, run=run,
-                             matrix=tiny_matrix(tmp_path / "matrix.yaml", metaworld_dataset))
+    inputs = SimpleNamespace(
+        dataset=metaworld_dataset,
+        latents=latents,
+        run=run,
+        matrix=tiny_matrix(tmp_path / "matrix.yaml", metaworld_dataset),
+    )
     args, held, file = WRITERS[command](inputs, tmp_path / "out")
     with held_by_another_process(held, file) as first:
         status, err = wm(capsys, *args)
@@ -605,8 +813,9 @@ def test_two_shards_share_a_folder_but_not_a_results_file(run, tmp_path, capsys)
     assert [p.name for p in out.glob("episodes*")] == ["episodes.shard-2-of-2.jsonl"]
 
 
-def test_a_matrix_and_a_command_run_by_hand_inside_its_run_folder_refuse_each_other(metaworld_dataset, run, tmp_path,
-                                                                                      capsys, no_simulator):
+def test_a_matrix_and_a_command_run_by_hand_inside_its_run_folder_refuse_each_other(
+    metaworld_dataset, run, tmp_path, capsys, no_simulator
+):
     """The hierarchy: a writer of a run folder holds everything in it (its own steps write there: see
     tests/test_schedule.py), so `wm eval` into one of its evaluation folders is refused, and a matrix is refused a run
     folder in which a command run by hand writes."""
@@ -638,13 +847,25 @@ def test_a_lock_of_another_host_is_refused_with_the_file_to_remove(metaworld_dat
     """Whether a process on another machine (shared storage) still runs cannot be told: the message says which file to
     remove once it is known to have ended."""
     out, lock = tmp_path / "run", tmp_path / ".run.wm-lock"
-    lock.write_text(json.dumps({"path": str(out), "host": "node-7", "pid": 4242, "command": "wm train ...",
-                                "started": "2026-12-01 10:00:00 UTC", "token": "0123456789abcdef"}))
+    lock.write_text(
+        json.dumps(
+            {
+                "path": str(out),
+                "host": "node-7",
+                "pid": 4242,
+                "command": "wm train ...",
+                "started": "2026-12-01 10:00:00 UTC",
+                "token": "0123456789abcdef",
+            }
+        )
+    )
     status, err = wm(capsys, *train_args(metaworld_dataset, latents, out))
     line = one_paragraph(err)
     assert status == 2 and "`wm train ...` (pid 4242 on node-7, started 2026-12-01 10:00:00 UTC)" in line
-    assert f"runs on another host, so whether it still runs cannot be told from here: once you know it does not, " \
-           f"remove {lock}" in line
+    assert (
+        f"runs on another host, so whether it still runs cannot be told from here: once you know it does not, "
+        f"remove {lock}" in line
+    )
     lock.unlink()
     assert wm(capsys, *train_args(metaworld_dataset, latents, out))[0] == 0
 
@@ -656,10 +877,30 @@ def test_two_wm_evals_into_one_out_the_second_is_refused_and_every_episode_is_re
     from world_modality.atomic_io import read_jsonl
 
     out = tmp_path / "eval"
-    args = ["eval", run, "--tasks", "reach-v3", "--episodes-per-task", "3", "--max-steps", "100", "--workers", "1",
-            "--device", "cpu", "--out", out]
-    first = subprocess.Popen([str(WM), *map(str, args)], env=SUBPROCESS_ENV, cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    args = [
+        "eval",
+        run,
+        "--tasks",
+        "reach-v3",
+        "--episodes-per-task",
+        "3",
+        "--max-steps",
+        "100",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    ]
+    first = subprocess.Popen(
+        [str(WM), *map(str, args)],
+        env=SUBPROCESS_ENV,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lock = out / ".episodes.jsonl.wm-lock"
     while first.poll() is None and not (lock.is_file() and lock.stat().st_size):
         time.sleep(0.05)
@@ -705,12 +946,28 @@ def test_a_write_failure_in_wm_eval_ends_it_and_the_rerun_completes_exactly(run,
     from world_modality.atomic_io import read_jsonl
 
     def args(out: Path) -> list:
-        return ["eval", run, "--tasks", "reach-v3", "--episodes-per-task", "16", "--max-steps", "2", "--workers", "1",
-                "--device", "cpu", "--out", out]
+        return [
+            "eval",
+            run,
+            "--tasks",
+            "reach-v3",
+            "--episodes-per-task",
+            "16",
+            "--max-steps",
+            "2",
+            "--workers",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        ]
 
     def episodes(out: Path) -> list[tuple]:
-        return [tuple(r[k] for k in ("episode_id", "success", "steps", "action_digest"))
-                for r in read_jsonl(out / "episodes.jsonl")]
+        return [
+            tuple(r[k] for k in ("episode_id", "success", "steps", "action_digest"))
+            for r in read_jsonl(out / "episodes.jsonl")
+        ]
 
     assert wm(capsys, *args(tmp_path / "reference"))[0] == 0
     line_size = (tmp_path / "reference" / "episodes.jsonl").stat().st_size / 16
@@ -723,8 +980,9 @@ def test_a_write_failure_in_wm_eval_ends_it_and_the_rerun_completes_exactly(run,
     assert episodes(tmp_path / "full") == episodes(tmp_path / "reference")
 
 
-def test_a_write_failure_in_wm_latents_ends_it_and_the_rerun_completes_exactly(metaworld_dataset, latents, tmp_path,
-                                                                               capsys):
+def test_a_write_failure_in_wm_latents_ends_it_and_the_rerun_completes_exactly(
+    metaworld_dataset, latents, tmp_path, capsys
+):
     """It ended in a safetensors traceback (the library reports the OS error in its own exception)."""
     from lerobot_policy_world_modality.latent_cache import SPEC_FILE, LatentCache
 
@@ -736,8 +994,9 @@ def test_a_write_failure_in_wm_latents_ends_it_and_the_rerun_completes_exactly(m
     assert torch.equal(LatentCache.load(out, dataset=metaworld_dataset).z, LatentCache.load(latents).z)
 
 
-def test_a_write_failure_in_wm_train_ends_it_and_the_rerun_completes_exactly(metaworld_dataset, latents, run, tmp_path,
-                                                                             capsys):
+def test_a_write_failure_in_wm_train_ends_it_and_the_rerun_completes_exactly(
+    metaworld_dataset, latents, run, tmp_path, capsys
+):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
@@ -771,18 +1030,28 @@ def test_a_read_only_output_is_refused_before_any_work(metaworld_dataset, latent
     """It was replaced (`wm data metaworld` removed the empty read-only folder and wrote its dataset there). The
     commands run in a process without root's override of permissions, where a read-only folder is one."""
     CAP_SETPCAP = 8  # needed to drop a capability from the bounding set
-    if os.geteuid() == 0 and not int(re.search(r"CapEff:\s*(\w+)", Path("/proc/self/status").read_text())[1], 16) \
-            & (1 << CAP_SETPCAP):
+    if os.geteuid() == 0 and not int(re.search(r"CapEff:\s*(\w+)", Path("/proc/self/status").read_text())[1], 16) & (
+        1 << CAP_SETPCAP
+    ):
         pytest.skip("root that cannot drop CAP_DAC_OVERRIDE writes into read-only folders")
     read_only = tmp_path / "read-only"
     read_only.mkdir()
     read_only.chmod(0o555)
-    commands = [["data", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--out", read_only],
-                train_args(metaworld_dataset, latents, read_only / "run"), eval_args(run, read_only / "eval")]
+    commands = [
+        ["data", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--out", read_only],
+        train_args(metaworld_dataset, latents, read_only / "run"),
+        eval_args(run, read_only / "eval"),
+    ]
     script = "import json, sys\nfrom world_modality.cli import main\nprint(json.dumps([main(a) for a in json.loads(sys.argv[1])]))"
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps([[str(a) for a in c] for c in commands])],
-                          env=SUBPROCESS_ENV, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          preexec_fn=without_root_override)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps([[str(a) for a in c] for c in commands])],
+        env=SUBPROCESS_ENV,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=without_root_override,
+    )
     assert json.loads(proc.stdout.splitlines()[-1]) == [2, 2, 2], proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
     assert len(errors) == 3 and "Traceback" not in proc.stderr
@@ -795,14 +1064,27 @@ def test_overwrite_replaces_only_a_dataset_this_tool_wrote(metaworld_dataset, ru
     """`--overwrite` (which the tool suggests for a dataset of another spec) removed any folder, with the user's files."""
     from world_modality.sim.metaworld.generate import SIDECAR
 
-    args = ["data", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--image-size", "32", "--overwrite",
-            "--out"]
+    args = [
+        "data",
+        "metaworld",
+        "--tasks",
+        "reach",
+        "--episodes-per-task",
+        "1",
+        "--image-size",
+        "32",
+        "--overwrite",
+        "--out",
+    ]
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     status, err = wm(capsys, *args, mine)
-    assert status == 2 and "(it holds files this tool did not write); --overwrite replaces only a dataset this tool " \
-                           "wrote" in one_paragraph(err)
+    assert (
+        status == 2
+        and "(it holds files this tool did not write); --overwrite replaces only a dataset this tool wrote"
+        in one_paragraph(err)
+    )
     training_run = copy_of(run, tmp_path, "run")
     status, err = wm(capsys, *args, training_run)
     assert status == 2 and "(it holds a training run written by `wm`)" in one_paragraph(err)

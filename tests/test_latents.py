@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from world_modality.cli import main
-from lerobot_policy_world_modality.encoders import OnlineEncoder, StateEncoder
-from world_modality.latents import LATENTS_DIR, compute_latents, probe_object_positions
-from world_modality.data.readers import EpisodeReader
-from lerobot_policy_world_modality.latent_cache import LatentCache, LatentCacheMismatch, tensors_metadata
 from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
+from lerobot_policy_world_modality.encoders import OnlineEncoder, StateEncoder
+from lerobot_policy_world_modality.latent_cache import LatentCache, LatentCacheMismatch, tensors_metadata
 from lerobot_policy_world_modality.world_tokens import TokensMismatch, WorldTokens, codebook_perplexity, codebook_usage
+from world_modality.cli import main
+from world_modality.data.readers import EpisodeReader
+from world_modality.latents import LATENTS_DIR, compute_latents, probe_object_positions
 from world_modality.tokens import fit_tokens
 
 CAMERA = "observation.images.corner2"
@@ -43,9 +43,22 @@ LEARNED = {"learned_steps": 2, "seed": 3}
 @pytest.fixture(scope="module")
 def learned_cache(metaworld_dataset) -> LatentCache:
     """Made by the command line, which trains the learned encoder (2 steps) on the dataset first."""
-    argv = ["latents", str(metaworld_dataset), "--encoder", "learned", "--learned-steps", "2", "--seed", "3", "--batch-size", "32"]
+    argv = [
+        "latents",
+        str(metaworld_dataset),
+        "--encoder",
+        "learned",
+        "--learned-steps",
+        "2",
+        "--seed",
+        "3",
+        "--batch-size",
+        "32",
+    ]
     assert main(argv) == 0
-    path = compute_latents(metaworld_dataset, "learned", batch_size=32, progress=False, **LEARNED)  # finds the finished cache
+    path = compute_latents(
+        metaworld_dataset, "learned", batch_size=32, progress=False, **LEARNED
+    )  # finds the finished cache
     return LatentCache.load(path, dataset=metaworld_dataset)
 
 
@@ -62,8 +75,16 @@ def tiny_checkpoints(tmp_path_factory):
         ).save_pretrained(root / "dinov2")
         VJEPA2Model(
             VJEPA2Config(
-                crop_size=32, patch_size=8, tubelet_size=2, frames_per_clip=4, hidden_size=32, num_hidden_layers=1,
-                num_attention_heads=2, pred_hidden_size=32, pred_num_hidden_layers=1, pred_num_attention_heads=2,
+                crop_size=32,
+                patch_size=8,
+                tubelet_size=2,
+                frames_per_clip=4,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                pred_hidden_size=32,
+                pred_num_hidden_layers=1,
+                pred_num_attention_heads=2,
             )
         ).save_pretrained(root / "vjepa2")
     return root
@@ -91,7 +112,9 @@ def test_state_cache_is_the_standardised_privileged_state(metaworld_dataset, sta
     capsys.readouterr()
     assert main(["latents", str(metaworld_dataset), "--encoder", "state"]) == 0
     printed = capsys.readouterr().out
-    assert "nothing to do" in printed and str(state_cache.path) in printed and "199 frames x 39 dims, float16" in printed
+    assert (
+        "nothing to do" in printed and str(state_cache.path) in printed and "199 frames x 39 dims, float16" in printed
+    )
 
 
 def test_episode_bounds_follow_the_dataset(episodes, state_cache):
@@ -120,8 +143,20 @@ def test_learned_cache_trains_beside_it_and_reuses_the_encoder(metaworld_dataset
 @pytest.mark.parametrize("name, window", [("dinov2", 1), ("vjepa2", 4)])
 def test_pretrained_encoders_from_local_folders(metaworld_dataset, tiny_checkpoints, tmp_path, capsys, name, window):
     out = tmp_path / name
-    argv = ["latents", str(metaworld_dataset), "--encoder", name, "--encoder-path", str(tiny_checkpoints / name),
-            "--out", str(out), "--device", "cpu", "--batch-size", "50"]
+    argv = [
+        "latents",
+        str(metaworld_dataset),
+        "--encoder",
+        name,
+        "--encoder-path",
+        str(tiny_checkpoints / name),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "50",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "199 frames x 32 dims" in printed
@@ -154,7 +189,9 @@ def test_online_encoding_matches_the_cache_learned(metaworld_dataset, learned_ca
 
 
 def test_online_encoding_matches_the_cache_vjepa2_window_4(metaworld_dataset, tiny_checkpoints, tmp_path):
-    path = compute_latents(metaworld_dataset, "vjepa2", tiny_checkpoints / "vjepa2", out=tmp_path / "v", batch_size=40, progress=False)
+    path = compute_latents(
+        metaworld_dataset, "vjepa2", tiny_checkpoints / "vjepa2", out=tmp_path / "v", batch_size=40, progress=False
+    )
     cache = LatentCache.load(path, dataset=metaworld_dataset)
     assert cache.spec.temporal_window == 4
     torch.testing.assert_close(*_online_latents(cache, metaworld_dataset), atol=2e-3, rtol=2e-3)
@@ -181,12 +218,31 @@ def test_windows_at_episode_boundaries(state_cache):
     assert w.z_history.dtype == w.z_future.dtype == torch.float32
     assert w.z_history.shape == (6, 3, 3) and w.z_future.shape == (6, 2, 3)
     assert w.history_mask.dtype == w.future_mask.dtype == torch.bool
-    assert w.z_history[..., 0].tolist() == [[0, 0, 0], [0, 0, 1], [48, 49, 50], [51, 51, 51], [92, 93, 94], [196, 197, 198]]
+    assert w.z_history[..., 0].tolist() == [
+        [0, 0, 0],
+        [0, 0, 1],
+        [48, 49, 50],
+        [51, 51, 51],
+        [92, 93, 94],
+        [196, 197, 198],
+    ]
     assert w.history_mask.tolist() == [
-        [False, False, True], [False, True, True], [True, True, True], [False, False, True], [True, True, True], [True, True, True],
+        [False, False, True],
+        [False, True, True],
+        [True, True, True],
+        [False, False, True],
+        [True, True, True],
+        [True, True, True],
     ]
     assert w.z_future[..., 0].tolist() == [[1, 2], [2, 3], [50, 50], [52, 53], [94, 94], [198, 198]]
-    assert w.future_mask.tolist() == [[True, True], [True, True], [False, False], [True, True], [False, False], [False, False]]
+    assert w.future_mask.tolist() == [
+        [True, True],
+        [True, True],
+        [False, False],
+        [True, True],
+        [False, False],
+        [False, False],
+    ]
     assert (w.z_history[:, :, 1:] == w.z_history[:, :, :1]).all()  # whole latent rows are gathered
 
 
@@ -215,7 +271,10 @@ def test_cache_of_another_dataset_is_rejected(metaworld_dataset, state_cache, tm
     changed = tmp_path / "changed"
     shutil.copytree(metaworld_dataset, changed, ignore=shutil.ignore_patterns(LATENTS_DIR))
     (changed / "data" / "chunk-000" / "file-001.parquet").write_bytes(b"extra")
-    with pytest.raises(LatentCacheMismatch, match=rf"dataset fingerprint \(cache vs dataset\): '{state_cache.dataset_fingerprint}' vs '[0-9a-f]+'"):
+    with pytest.raises(
+        LatentCacheMismatch,
+        match=rf"dataset fingerprint \(cache vs dataset\): '{state_cache.dataset_fingerprint}' vs '[0-9a-f]+'",
+    ):
         LatentCache.load(state_cache.path, dataset=changed)
     info = json.loads((changed / "meta" / "info.json").read_text())
     (changed / "meta" / "info.json").write_text(json.dumps({**info, "total_frames": 150}))
@@ -232,14 +291,19 @@ def test_tampered_cache_is_rejected(state_cache, tmp_path):
         LatentCache.load(copy)
     meta["encoder"]["output_dim"] = 40
     (copy / "spec.json").write_text(json.dumps(meta))
-    with pytest.raises(LatentCacheMismatch, match=r"spec hash \(spec.json vs its encoder spec\).*dim \(latents vs encoder spec\): 39 vs 40"):
+    with pytest.raises(
+        LatentCacheMismatch,
+        match=r"spec hash \(spec.json vs its encoder spec\).*dim \(latents vs encoder spec\): 39 vs 40",
+    ):
         LatentCache.load(copy)
 
 
 def test_expected_spec_is_enforced(state_cache):
     LatentCache.load(state_cache.path, expect_spec=state_cache.spec)
     other = replace(state_cache.spec, camera_key="observation.state")
-    with pytest.raises(ValueError, match="camera_key: expected 'observation.state', got 'observation.environment_state'"):
+    with pytest.raises(
+        ValueError, match="camera_key: expected 'observation.state', got 'observation.environment_state'"
+    ):
         LatentCache.load(state_cache.path, expect_spec=other)
 
 
@@ -248,7 +312,16 @@ def test_not_a_cache_or_encoder_folder(metaworld_dataset, tiny_checkpoints, tmp_
         LatentCache.load(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
-    argv = ["latents", str(metaworld_dataset), "--encoder", "dinov2", "--encoder-path", str(empty), "--out", str(tmp_path / "o")]
+    argv = [
+        "latents",
+        str(metaworld_dataset),
+        "--encoder",
+        "dinov2",
+        "--encoder-path",
+        str(empty),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 2
     assert "config.json" in capsys.readouterr().err
     with pytest.raises(ValueError, match="expected model_type 'wm_learned_encoder', found 'dinov2'"):
@@ -277,7 +350,9 @@ def test_interrupted_run_resumes_from_finished_chunks(metaworld_dataset, state_c
 
     monkeypatch.setattr(StateEncoder, "encode_state", crashing)
     out = tmp_path / "resumed"
-    kwargs = dict(encoder_path=state_cache.spec.checkpoint_path, out=out, batch_size=1000, chunk_episodes=1, progress=False)
+    kwargs = dict(
+        encoder_path=state_cache.spec.checkpoint_path, out=out, batch_size=1000, chunk_episodes=1, progress=False
+    )
     with pytest.raises(KeyboardInterrupt):
         compute_latents(metaworld_dataset, "state", **kwargs)
     chunks = sorted(p.name for p in (out / "chunks").iterdir())
@@ -305,7 +380,14 @@ def test_probe_scores_object_positions_on_held_out_episodes(metaworld_dataset, s
     noise = torch.randn(len(targets), 8, generator=torch.Generator().manual_seed(0))
 
     def probe(z: torch.Tensor) -> float:
-        cache = LatentCache(state_cache.path, state_cache.spec, state_cache.dataset_fingerprint, z.half(), state_cache.episode_index, state_cache.frame_index)
+        cache = LatentCache(
+            state_cache.path,
+            state_cache.spec,
+            state_cache.dataset_fingerprint,
+            z.half(),
+            state_cache.episode_index,
+            state_cache.frame_index,
+        )
         return probe_object_positions(cache, metaworld_dataset, holdout_every=2)
 
     assert probe(torch.cat([torch.from_numpy(targets) * 10, noise], dim=1)) > 0.99  # positions are linear in z
@@ -342,7 +424,10 @@ def test_tokens_fit_load_and_verify(state_cache, learned_cache, capsys):
     # Deterministic for a seed.
     again = WorldTokens.load(fit_tokens(state_cache, 8, seed=1, out=path.parent / "again"))
     assert torch.equal(again.ids, tokens.ids) and again.spec == tokens.spec
-    with pytest.raises(TokensMismatch, match=rf"latent spec hash \(tokens vs latents\): '{state_cache.spec.spec_hash()}' vs '{learned_cache.spec.spec_hash()}'"):
+    with pytest.raises(
+        TokensMismatch,
+        match=rf"latent spec hash \(tokens vs latents\): '{state_cache.spec.spec_hash()}' vs '{learned_cache.spec.spec_hash()}'",
+    ):
         WorldTokens.load(path, latents=learned_cache)
     with pytest.raises(ValueError, match="codebook size"):
         fit_tokens(state_cache, 1000)

@@ -58,11 +58,25 @@ def test_asset_installer_runs_from_any_folder_under_pyenv(tmp_path, monkeypatch)
 
 def test_libero_import_never_prompts(tmp_path):
     """Without any config and with stdin closed, LIBERO's catalogue loads through our config folder."""
-    env = {k: v for k, v in os.environ.items() if k != "LIBERO_CONFIG_PATH"} | {"HOME": str(tmp_path), HOME_ENV: str(tmp_path / "h")}
+    env = {k: v for k, v in os.environ.items() if k != "LIBERO_CONFIG_PATH"} | {
+        "HOME": str(tmp_path),
+        HOME_ENV: str(tmp_path / "h"),
+    }
     code = "from world_modality.sim.libero.env import suite_tasks; print(len(suite_tasks('libero_90')), suite_tasks('libero_spatial')[0].language)"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split("\n")[-2] == "90 pick up the black bowl between the plate and the ramekin and place it on the plate"
+    assert (
+        proc.stdout.split("\n")[-2]
+        == "90 pick up the black bowl between the plate and the ramekin and place it on the plate"
+    )
     assert (tmp_path / "h" / "config" / "config.yaml").exists()
     assert not (tmp_path / ".libero").exists()  # LIBERO's own default config folder is never used
 
@@ -77,7 +91,11 @@ def test_state_is_lerobots_8_dim_proprio():
     quats /= np.linalg.norm(quats, axis=1, keepdims=True)
     expected = LiberoProcessorStep()._quat2axisangle(torch.from_numpy(quats)).numpy()
     np.testing.assert_allclose(np.stack([quat_to_axis_angle(q) for q in quats]), expected, atol=1e-5)
-    raw = {"robot0_eef_pos": np.array([0.1, 0.2, 0.3]), "robot0_eef_quat": quats[0], "robot0_gripper_qpos": np.array([0.04, -0.04])}
+    raw = {
+        "robot0_eef_pos": np.array([0.1, 0.2, 0.3]),
+        "robot0_eef_quat": quats[0],
+        "robot0_gripper_qpos": np.array([0.04, -0.04]),
+    }
     state = proprio_state(raw)
     assert state.dtype == np.float32 and state.shape == (8,)
     np.testing.assert_allclose(state[3:6], expected[0], atol=1e-5)
@@ -88,7 +106,13 @@ def test_render_record_round_trip_and_validation():
     from world_modality.sim.libero.env import LiberoRenderSettings
 
     record = LiberoRenderSettings(width=64, height=64).to_dict()
-    assert record == {"cameras": ["image", "image2"], "width": 64, "height": 64, "rotate_180": True, "simulator": "libero"}
+    assert record == {
+        "cameras": ["image", "image2"],
+        "width": 64,
+        "height": 64,
+        "rotate_180": True,
+        "simulator": "libero",
+    }
     assert render_from_dict(record) == LiberoRenderSettings(width=64, height=64)  # what checkpoints store
     with pytest.raises(ValueError, match="unknown LIBERO camera"):
         LiberoRenderSettings(cameras=("agentview",))
@@ -158,11 +182,20 @@ def test_env_applies_init_state_renders_upright_and_steps(libero_home):
         others = np.delete(distances, 3)
         assert distances[3] < 0.005 and distances[3] < 0.5 * others.min(), (distances[3], others.min())
         frames = env.frames(raw)
-        assert set(frames) == {"image", "image2"} and frames["image"].shape == (64, 64, 3) and frames["image"].dtype == np.uint8
+        assert (
+            set(frames) == {"image", "image2"}
+            and frames["image"].shape == (64, 64, 3)
+            and frames["image"].dtype == np.uint8
+        )
         # The LeRobot LIBERO convention is LeRobot's own processor applied to the raw render ...
-        lerobot = LiberoProcessorStep()._process_observation(
-            {"observation.images.image": torch.from_numpy(raw["agentview_image"].copy()).permute(2, 0, 1)[None]}
-        )["observation.images.image"][0].permute(1, 2, 0).numpy()
+        lerobot = (
+            LiberoProcessorStep()
+            ._process_observation(
+                {"observation.images.image": torch.from_numpy(raw["agentview_image"].copy()).permute(2, 0, 1)[None]}
+            )["observation.images.image"][0]
+            .permute(1, 2, 0)
+            .numpy()
+        )
         np.testing.assert_array_equal(frames["image"], lerobot)
         # ... and it is upright: the frame agrees with MuJoCo's own renderer (row 0 = top) of the same camera up
         # to a left-right mirror (LIBERO's raw images are flipped vertically only; the 180-degree rotation mirrors).
@@ -216,7 +249,13 @@ def test_libero_dataset_checks_and_wrong_inputs_fail_loudly(libero_dataset, tmp_
     from world_modality.sim import check_dataset
 
     summary = check_dataset(libero_dataset)
-    assert summary.render == {"simulator": "libero", "cameras": ["image", "image2"], "width": 64, "height": 64, "rotate_180": True}
+    assert summary.render == {
+        "simulator": "libero",
+        "cameras": ["image", "image2"],
+        "width": 64,
+        "height": 64,
+        "rotate_180": True,
+    }
     assert summary.features["observation.state"]["shape"] == [8] and summary.episodes == 2
 
     with pytest.raises(DatasetSchemaError, match="keep the instruction under 'task'"):
@@ -266,11 +305,42 @@ def test_checkpoint_trained_on_libero_data_runs_through_wm_eval(libero_dataset, 
     latents = compute_latents(libero_dataset, "learned", learned_steps=5, batch_size=16, progress=False)
     spec = json.loads((latents / "spec.json").read_text())["encoder"]
     assert spec["render"]["simulator"] == "libero" and spec["camera_key"] == "observation.images.image"
-    checkpoint = train(TrainOptions(dataset=str(libero_dataset), latents=str(latents), out=str(tmp_path / "run"),
-                                    model_type="F", steps=4, batch_size=8, save_every=4, progress=False))
+    checkpoint = train(
+        TrainOptions(
+            dataset=str(libero_dataset),
+            latents=str(latents),
+            out=str(tmp_path / "run"),
+            model_type="F",
+            steps=4,
+            batch_size=8,
+            save_every=4,
+            progress=False,
+        )
+    )
     out = tmp_path / "eval"
-    assert main(["eval", str(checkpoint), "--env", "libero", "--suite", "libero_spatial", "--episodes-per-task", "2",
-                 "--max-steps", "3", "--workers", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(checkpoint),
+                "--env",
+                "libero",
+                "--suite",
+                "libero_spatial",
+                "--episodes-per-task",
+                "2",
+                "--max-steps",
+                "3",
+                "--workers",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     name = suite_tasks("libero_spatial")[0].name
     records = read_jsonl(out / "episodes.jsonl")
     # Only task 0 is in the training data, so only it is evaluated by default; init states 0 and 1.
@@ -283,7 +353,9 @@ def test_checkpoint_trained_on_libero_data_runs_through_wm_eval(libero_dataset, 
     with pytest.raises(ValueError, match=r"env libero needs one of libero_spatial, .* \(--suite\)"):
         evaluate_checkpoint(checkpoint, env="libero", out_dir=tmp_path / "x", arm="x", train_seed=0)
     with pytest.raises(ValueError, match="not trained on"):
-        evaluate_checkpoint(checkpoint, env="libero", suite="libero_spatial", tasks="1", out_dir=tmp_path / "x", arm="x", train_seed=0)
+        evaluate_checkpoint(
+            checkpoint, env="libero", suite="libero_spatial", tasks="1", out_dir=tmp_path / "x", arm="x", train_seed=0
+        )
 
 
 def test_matrix_evaluates_a_libero_suite(tmp_path, monkeypatch):
@@ -292,8 +364,18 @@ def test_matrix_evaluates_a_libero_suite(tmp_path, monkeypatch):
 
     (tmp_path / "meta").mkdir()
     (tmp_path / "meta" / "info.json").write_text("{}")  # the evaluation section does not read the dataset
-    raw = {"dataset": {"path": str(tmp_path)}, "encoder": {"name": "learned"}, "arms": {"E2": {"model_type": "F"}},
-           "evaluation": {"env": "libero", "suite": "libero_spatial", "tasks": "0, 1", "episodes_per_task": 2, "max_steps": 50}}
+    raw = {
+        "dataset": {"path": str(tmp_path)},
+        "encoder": {"name": "learned"},
+        "arms": {"E2": {"model_type": "F"}},
+        "evaluation": {
+            "env": "libero",
+            "suite": "libero_spatial",
+            "tasks": "0, 1",
+            "episodes_per_task": 2,
+            "max_steps": 50,
+        },
+    }
     config = matrix.parse_config(raw)
     assert config.evaluation.suite == "libero_spatial" and config.evaluation.tasks == ["0", "1"]
     assert matrix.parse_config(config.to_dict()).to_dict() == config.to_dict()
@@ -302,7 +384,13 @@ def test_matrix_evaluates_a_libero_suite(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "last_checkpoint", lambda folder: tmp_path / "checkpoint")
     matrix.run.evaluate_arm(config, tmp_path, "E2", 0, None, "E2")
     assert calls[0] | {"out_dir": None} == calls[0] | {
-        "env": "libero", "suite": "libero_spatial", "tasks": ["0", "1"], "episodes_per_task": 2, "max_steps": 50, "out_dir": None}
+        "env": "libero",
+        "suite": "libero_spatial",
+        "tasks": ["0", "1"],
+        "episodes_per_task": 2,
+        "max_steps": 50,
+        "out_dir": None,
+    }
 
 
 @pytest.mark.slow
@@ -312,12 +400,22 @@ def test_packed_assets_of_one_task_set_up_another_machine(libero_home, tmp_path)
 
     _, size = pack_assets("libero_spatial", tmp_path / "packed", ["0"])
     assert 0 < size < 60e6 and (tmp_path / "packed" / "scenes").is_dir()
-    code = ("from world_modality.sim.libero.setup import setup; setup(r'%s');"
-            "from world_modality.sim.libero.env import LiberoEnv, LiberoRenderSettings;"
-            "e = LiberoEnv('libero_spatial', '0', LiberoRenderSettings(cameras=('image',), width=32, height=32));"
-            "print('std', e.frames(e.reset(0))['image'].std()); e.close()") % (tmp_path / "packed")
+    code = (
+        "from world_modality.sim.libero.setup import setup; setup(r'%s');"
+        "from world_modality.sim.libero.env import LiberoEnv, LiberoRenderSettings;"
+        "e = LiberoEnv('libero_spatial', '0', LiberoRenderSettings(cameras=('image',), width=32, height=32));"
+        "print('std', e.frames(e.reset(0))['image'].std()); e.close()"
+    ) % (tmp_path / "packed")
     env = os.environ | {HOME_ENV: str(tmp_path / "other_home")}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.split("std")[-1]) > 10
 
@@ -360,8 +458,14 @@ def test_concat_latents_match_the_online_encoding_of_the_envs_frames(libero_data
     from world_modality.latents import compute_latents
     from world_modality.sim.libero.env import LiberoEnv, LiberoRenderSettings
 
-    latents = compute_latents(libero_dataset, "learned", camera_key="observation.images.image+image2", learned_steps=5,
-                              batch_size=16, progress=False)
+    latents = compute_latents(
+        libero_dataset,
+        "learned",
+        camera_key="observation.images.image+image2",
+        learned_steps=5,
+        batch_size=16,
+        progress=False,
+    )
     cache = LatentCache.load(latents, dataset=libero_dataset)
     assert cache.spec.camera_key == "observation.images.image+image2"
     assert cache.spec.render["cameras"] == ["image", "image2", "image+image2"]

@@ -14,8 +14,8 @@ import yaml
 
 from world_modality import matrix
 from world_modality.commands.demo import demo_config, register
-from world_modality.report.arms import resolve_baselines
 from world_modality.matrix import run as matrix_run
+from world_modality.report.arms import resolve_baselines
 from world_modality.schedule import Plan
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
@@ -52,11 +52,21 @@ def changed(change=None) -> dict:
 def test_several_encoders_each_arm_reads_one(tmp_path):
     config = matrix.parse_config(CONFIG)
     assert list(config.encoders) == ["learned", "state"] and config.encoders["learned"] == {"learned_steps": 50}
-    assert {name: arm.encoder for name, arm in config.arms.items()} == {"E0": "learned", "E0s": "state", "E2": "learned",
-                                                                        "E2s": "state", "E2o": "learned"}
+    assert {name: arm.encoder for name, arm in config.arms.items()} == {
+        "E0": "learned",
+        "E0s": "state",
+        "E2": "learned",
+        "E2s": "state",
+        "E2o": "learned",
+    }
     assert "encoder" not in config.arms["E2s"].options  # the encoder is the matrix's, not a TrainOptions field
-    assert [arm.facts.training_memory for arm in config.arms.values()] == [None, None, "predicted", "predicted",
-                                                                               "oracle"]
+    assert [arm.facts.training_memory for arm in config.arms.values()] == [
+        None,
+        None,
+        "predicted",
+        "predicted",
+        "oracle",
+    ]
     assert matrix.parse_config(config.to_dict()) == config
     assert matrix.latents_dir(config, tmp_path, "state") == tmp_path / "latents" / "state"
     assert matrix.latents_dir(config, tmp_path) == tmp_path / "latents" / "learned"
@@ -66,60 +76,122 @@ def test_several_encoders_each_arm_reads_one(tmp_path):
     assert "model F on state latents, step 0 of 10" in next(s.detail for s in steps if s.name == "train E2s seed 0")
     assert next(s.needs for s in steps if s.name == "train E2s seed 0") == ("latents state",)
     assert [s.name for s in steps if s.stage == "eval"] == [
-        "eval E0 seed 0", "eval E0s seed 0", "eval E2 seed 0", "eval E2:zero seed 0", "eval E2s seed 0",
-        "eval E2o seed 0", "eval E2o:zero seed 0", "eval E2o:shuffle seed 0"]
+        "eval E0 seed 0",
+        "eval E0s seed 0",
+        "eval E2 seed 0",
+        "eval E2:zero seed 0",
+        "eval E2s seed 0",
+        "eval E2o seed 0",
+        "eval E2o:zero seed 0",
+        "eval E2o:shuffle seed 0",
+    ]
 
 
 def test_the_older_single_encoder_section_still_works():
-    old = changed(lambda c: c.update(encoders=[{"name": "state"}], arms=ONE_SOURCE_ARMS, ablations={}, interventions={}))
+    old = changed(
+        lambda c: c.update(encoders=[{"name": "state"}], arms=ONE_SOURCE_ARMS, ablations={}, interventions={})
+    )
     old["encoder"] = old.pop("encoders")[0]
     config = matrix.parse_config(old)
     assert config.encoders == {"state": {}} and {arm.encoder for arm in config.arms.values()} == {"state"}
     assert matrix.parse_config(config.to_dict()) == config
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda c: c.update(encoder={"name": "state"}), r"config: give 'encoders' \(a list of world encoders\) or the older 'encoder'"),
-    (lambda c: c.pop("encoders"), r"config: missing section 'encoders'"),
-    (lambda c: c.update(encoders=[]), r"encoders: expected a non-empty list of encoders"),
-    (lambda c: c["encoders"].append({"name": "state", "batch_size": 4}), r"encoders\[2\]\.name: encoder 'state' is listed twice"),
-    (lambda c: c["encoders"][0].update(learned_steps="many"), r"encoders\[0\]\.learned_steps: expected an integer"),
-    (lambda c: c["arms"]["E2"].update(encoder="dinov2"), r"arms\.E2\.encoder: no encoder 'dinov2' in 'encoders' \(listed: learned, state\)"),
-    (lambda c: c["training"].update(encoder="clip"), r"training\.encoder: no encoder 'clip'"),
-    (lambda c: c.update(interventions={"E0": ["zero"]}), r"interventions\.E0: arm 'E0' has no world memory"),
-    (lambda c: c.update(interventions={"E2": ["pred"]}), r"interventions\.E2: expected a list of memory modes from zero, random"),
-    (lambda c: c.update(report={"baseline": "E2"}), r"report\.baseline: baseline 'E2' is not an arm without world memory"),
-    (lambda c: c.update(report={"basline": "E0"}), r"report: unknown field\(s\) \['basline'\]; valid fields: baseline"),
-    (lambda c: c["arms"].update(E0b={"model_type": "A"}), r"report\.baseline: the baseline of arm 'E2' is ambiguous: E0, E0b have "
-                                                        r"no world memory on world source 'learned'"),
-    (lambda c: c["arms"]["E2"].update(memory_source=3), r"arms\.E2\.policy\.memory_source: expected a string, got 3"),
-    (lambda c: c["arms"]["E2"].update(keys={"state": 1}), r"arms\.E2\.keys\.state: expected a string, got 1"),
-    (lambda c: c["arms"]["E2"].update(keys={"camera": "x"}), r"arms\.E2\.keys: unknown field\(s\) \['camera'\]"),
-    (lambda c: c["dataset"]["metaworld"].update(render_quality="ugly"), r"dataset\.metaworld\.render_quality: expected one of fast, default"),
-    (lambda c: c["evaluation"].update(max_steps="long"), r"evaluation\.max_steps: expected an integer >= 1 or null, got 'long'"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda c: c.update(encoder={"name": "state"}),
+            r"config: give 'encoders' \(a list of world encoders\) or the older 'encoder'",
+        ),
+        (lambda c: c.pop("encoders"), r"config: missing section 'encoders'"),
+        (lambda c: c.update(encoders=[]), r"encoders: expected a non-empty list of encoders"),
+        (
+            lambda c: c["encoders"].append({"name": "state", "batch_size": 4}),
+            r"encoders\[2\]\.name: encoder 'state' is listed twice",
+        ),
+        (lambda c: c["encoders"][0].update(learned_steps="many"), r"encoders\[0\]\.learned_steps: expected an integer"),
+        (
+            lambda c: c["arms"]["E2"].update(encoder="dinov2"),
+            r"arms\.E2\.encoder: no encoder 'dinov2' in 'encoders' \(listed: learned, state\)",
+        ),
+        (lambda c: c["training"].update(encoder="clip"), r"training\.encoder: no encoder 'clip'"),
+        (lambda c: c.update(interventions={"E0": ["zero"]}), r"interventions\.E0: arm 'E0' has no world memory"),
+        (
+            lambda c: c.update(interventions={"E2": ["pred"]}),
+            r"interventions\.E2: expected a list of memory modes from zero, random",
+        ),
+        (
+            lambda c: c.update(report={"baseline": "E2"}),
+            r"report\.baseline: baseline 'E2' is not an arm without world memory",
+        ),
+        (
+            lambda c: c.update(report={"basline": "E0"}),
+            r"report: unknown field\(s\) \['basline'\]; valid fields: baseline",
+        ),
+        (
+            lambda c: c["arms"].update(E0b={"model_type": "A"}),
+            r"report\.baseline: the baseline of arm 'E2' is ambiguous: E0, E0b have "
+            r"no world memory on world source 'learned'",
+        ),
+        (
+            lambda c: c["arms"]["E2"].update(memory_source=3),
+            r"arms\.E2\.policy\.memory_source: expected a string, got 3",
+        ),
+        (lambda c: c["arms"]["E2"].update(keys={"state": 1}), r"arms\.E2\.keys\.state: expected a string, got 1"),
+        (lambda c: c["arms"]["E2"].update(keys={"camera": "x"}), r"arms\.E2\.keys: unknown field\(s\) \['camera'\]"),
+        (
+            lambda c: c["dataset"]["metaworld"].update(render_quality="ugly"),
+            r"dataset\.metaworld\.render_quality: expected one of fast, default",
+        ),
+        (
+            lambda c: c["evaluation"].update(max_steps="long"),
+            r"evaluation\.max_steps: expected an integer >= 1 or null, got 'long'",
+        ),
+    ],
+)
 def test_config_errors_name_the_field(change, message):
     with pytest.raises(matrix.MatrixConfigError, match=message):
         matrix.parse_config(changed(change))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda c: c["arms"]["E2"].update(steps=0), r"arms\.E2\.steps: expected an integer >= 1, got 0"),
-    (lambda c: c["arms"]["E2"].update(steps=-5), r"arms\.E2\.steps: expected an integer >= 1, got -5"),
-    (lambda c: c["training"].update(batch_size=0), r"training\.batch_size: expected an integer >= 1, got 0"),
-    (lambda c: c["training"].update(save_every=0), r"training\.save_every: expected an integer >= 1, got 0"),
-    (lambda c: c["evaluation"].update(episodes_per_task=0), r"evaluation\.episodes_per_task: expected an integer >= 1"),
-    (lambda c: c["evaluation"].update(workers=0), r"evaluation\.workers: expected an integer >= 1, got 0"),
-    (lambda c: c["evaluation"].update(groups=-1), r"evaluation\.groups: expected an integer >= 1, got -1"),
-    (lambda c: c["evaluation"].update(max_steps=0), r"evaluation\.max_steps: expected an integer >= 1 or null, got 0"),
-    (lambda c: c["evaluation"].update(videos_per_task=-1), r"evaluation\.videos_per_task: expected an integer >= 0"),
-    (lambda c: c["dataset"]["metaworld"].update(episodes_per_task=0),
-     r"dataset\.metaworld\.episodes_per_task: expected an integer >= 1, got 0"),
-    (lambda c: c["dataset"]["metaworld"].update(workers=0), r"dataset\.metaworld\.workers: expected an integer >= 1"),
-    (lambda c: c["encoders"][0].update(learned_steps=0), r"encoders\[0\]\.learned_steps: expected an integer >= 1"),
-    (lambda c: c["encoders"][1].update(batch_size=0), r"encoders\[1\]\.batch_size: expected an integer >= 1"),
-    (lambda c: c["encoders"][1].update(temporal_window=0), r"encoders\[1\]\.temporal_window: expected an integer >= 1 or null"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["arms"]["E2"].update(steps=0), r"arms\.E2\.steps: expected an integer >= 1, got 0"),
+        (lambda c: c["arms"]["E2"].update(steps=-5), r"arms\.E2\.steps: expected an integer >= 1, got -5"),
+        (lambda c: c["training"].update(batch_size=0), r"training\.batch_size: expected an integer >= 1, got 0"),
+        (lambda c: c["training"].update(save_every=0), r"training\.save_every: expected an integer >= 1, got 0"),
+        (
+            lambda c: c["evaluation"].update(episodes_per_task=0),
+            r"evaluation\.episodes_per_task: expected an integer >= 1",
+        ),
+        (lambda c: c["evaluation"].update(workers=0), r"evaluation\.workers: expected an integer >= 1, got 0"),
+        (lambda c: c["evaluation"].update(groups=-1), r"evaluation\.groups: expected an integer >= 1, got -1"),
+        (
+            lambda c: c["evaluation"].update(max_steps=0),
+            r"evaluation\.max_steps: expected an integer >= 1 or null, got 0",
+        ),
+        (
+            lambda c: c["evaluation"].update(videos_per_task=-1),
+            r"evaluation\.videos_per_task: expected an integer >= 0",
+        ),
+        (
+            lambda c: c["dataset"]["metaworld"].update(episodes_per_task=0),
+            r"dataset\.metaworld\.episodes_per_task: expected an integer >= 1, got 0",
+        ),
+        (
+            lambda c: c["dataset"]["metaworld"].update(workers=0),
+            r"dataset\.metaworld\.workers: expected an integer >= 1",
+        ),
+        (lambda c: c["encoders"][0].update(learned_steps=0), r"encoders\[0\]\.learned_steps: expected an integer >= 1"),
+        (lambda c: c["encoders"][1].update(batch_size=0), r"encoders\[1\]\.batch_size: expected an integer >= 1"),
+        (
+            lambda c: c["encoders"][1].update(temporal_window=0),
+            r"encoders\[1\]\.temporal_window: expected an integer >= 1 or null",
+        ),
+    ],
+)
 def test_counts_below_their_range_are_refused_naming_the_field_and_the_range(change, message):
     """Counts (steps, batch sizes, episodes, workers, ...) are declared with their range once
     (`world_modality.choices.Count`); a matrix file below it is refused when read, before any work."""
@@ -127,14 +199,27 @@ def test_counts_below_their_range_are_refused_naming_the_field_and_the_range(cha
         matrix.parse_config(changed(change))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda c: c["arms"]["E0"].update(memory_source="oracle"),
-     r"arms\.E0: \['memory_source'\] configure the world module, and this world_transformer config has none"),
-    (lambda c: c["arms"]["E2"].update(gate_lr_multiplier=0.0), r"arms\.E2: gate_lr_multiplier must be > 0, got 0\.0"),
-    (lambda c: c["arms"]["E2"].update(model_type="C"), r"arms\.E2: model_type C needs a fitted world-token codebook"),
-    (lambda c: c["arms"]["E2"].update(lambda_world=0.5, policy={"lambda_world": 1.0}),
-     r"arms\.E2\.lambda_world: given as 0\.5 and under policy as 1\.0; give it once"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda c: c["arms"]["E0"].update(memory_source="oracle"),
+            r"arms\.E0: \['memory_source'\] configure the world module, and this world_transformer config has none",
+        ),
+        (
+            lambda c: c["arms"]["E2"].update(gate_lr_multiplier=0.0),
+            r"arms\.E2: gate_lr_multiplier must be > 0, got 0\.0",
+        ),
+        (
+            lambda c: c["arms"]["E2"].update(model_type="C"),
+            r"arms\.E2: model_type C needs a fitted world-token codebook",
+        ),
+        (
+            lambda c: c["arms"]["E2"].update(lambda_world=0.5, policy={"lambda_world": 1.0}),
+            r"arms\.E2\.lambda_world: given as 0\.5 and under policy as 1\.0; give it once",
+        ),
+    ],
+)
 def test_an_arms_policy_config_is_built_and_validated_when_the_file_is_read(change, message):
     """The arm's policy family refuses its combination of fields when the matrix file is read, not when its training
     starts hours later; a field given twice with two values is refused too."""
@@ -143,16 +228,25 @@ def test_an_arms_policy_config_is_built_and_validated_when_the_file_is_read(chan
 
 
 def test_an_arm_is_a_frozen_spec_whose_facts_come_from_its_policy_config():
-    config = matrix.parse_config(vla_config(lambda c: c["arms"].update(
-        E2d={"model_type": "F", "lambda_world": 0.5, "policy": {"lambda_world": 0.5}})))  # twice, but the same value
+    config = matrix.parse_config(
+        vla_config(
+            lambda c: c["arms"].update(E2d={"model_type": "F", "lambda_world": 0.5, "policy": {"lambda_world": 0.5}})
+        )
+    )  # twice, but the same value
     arms = config.arms
     with pytest.raises(dataclasses.FrozenInstanceError):
         arms["E2"].encoder = "state"
     assert arms["E2"].policy_config.uses_world_module and arms["E2"].model_type == "F" and arms["E2"].model == "model F"
     assert arms["E0"].rollout_mode is None and arms["E0"].model_type == "A"
-    tokens = matrix.parse_config(changed(lambda c: c.update(  # models B and C read a codebook folder, checked in training
-        arms={"B": {"model_type": "B", "tokens": "/data/tokens"}, "E2": {"model_type": "F"}}, ablations={},
-        interventions={}))).arms["B"]
+    tokens = matrix.parse_config(
+        changed(
+            lambda c: c.update(  # models B and C read a codebook folder, checked in training
+                arms={"B": {"model_type": "B", "tokens": "/data/tokens"}, "E2": {"model_type": "F"}},
+                ablations={},
+                interventions={},
+            )
+        )
+    ).arms["B"]
     assert tokens.rollout_mode is None and tokens.model_type == "B" and tokens.facts.kind == "baseline"
     # "Has a world module" is the family's own answer: use_world_module for the VLA families.
     assert not arms["S-E0"].policy_config.uses_world_module and arms["S-E0"].rollout_mode is None
@@ -164,28 +258,48 @@ def test_an_arm_is_a_frozen_spec_whose_facts_come_from_its_policy_config():
     assert arms["E0"].ablations == () and arms["E2d"].policy_config.lambda_world == 0.5
 
 
-@pytest.mark.parametrize(("text", "line", "message"), [
-    ("arms:\n  E0: {model_type: A}\n  E2: {model_type: F}\n  E2: {model_type: F, steps: 5}\n", 4,
-     r"key 'E2' is given twice in arms \(first on line 3\)"),
-    ("arms:\n  E2:\n    model_type: F\n    policy: {lambda_world: 0.5, lambda_world: 1.0}\n", 4,
-     r"key 'lambda_world' is given twice in arms\.E2\.policy \(first on line 4\)"),
-    ("encoders:\n  - name: state\n    batch_size: 4\n    batch_size: 8\n", 4,
-     r"key 'batch_size' is given twice in encoders\[0\] \(first on line 3\)"),
-    ("arms: {E0: {model_type: A}}\narms: {E2: {model_type: F}}\n", 2, r"key 'arms' is given twice in the top level"),
-])
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        (
+            "arms:\n  E0: {model_type: A}\n  E2: {model_type: F}\n  E2: {model_type: F, steps: 5}\n",
+            4,
+            r"key 'E2' is given twice in arms \(first on line 3\)",
+        ),
+        (
+            "arms:\n  E2:\n    model_type: F\n    policy: {lambda_world: 0.5, lambda_world: 1.0}\n",
+            4,
+            r"key 'lambda_world' is given twice in arms\.E2\.policy \(first on line 4\)",
+        ),
+        (
+            "encoders:\n  - name: state\n    batch_size: 4\n    batch_size: 8\n",
+            4,
+            r"key 'batch_size' is given twice in encoders\[0\] \(first on line 3\)",
+        ),
+        (
+            "arms: {E0: {model_type: A}}\narms: {E2: {model_type: F}}\n",
+            2,
+            r"key 'arms' is given twice in the top level",
+        ),
+    ],
+)
 def test_a_key_given_twice_in_a_matrix_file_is_refused_naming_it_its_lines_and_the_file(tmp_path, text, line, message):
     """YAML keeps the last of two equal keys silently (e.g. an arm name given twice: the first arm never runs)."""
     path = tmp_path / "twice.yaml"
     path.write_text(text)
-    with pytest.raises(matrix.MatrixConfigError, match=rf"^{re.escape(str(path))}:{line}: {message}.*Remove one, or rename"):
+    with pytest.raises(
+        matrix.MatrixConfigError, match=rf"^{re.escape(str(path))}:{line}: {message}.*Remove one, or rename"
+    ):
         matrix.load_config(path)
 
 
 def test_yaml_merge_keys_may_be_overridden_without_counting_as_given_twice(tmp_path):
     path = tmp_path / "anchored.yaml"
     rest = {k: v for k, v in CONFIG.items() if k not in ("arms", "ablations", "interventions")}
-    path.write_text(yaml.safe_dump(rest) + "arms:\n  E0: &base {model_type: A, steps: 4}\n  E0b:\n    <<: *base\n"
-                    "    steps: 6\nreport: {baseline: E0}\n")
+    path.write_text(
+        yaml.safe_dump(rest) + "arms:\n  E0: &base {model_type: A, steps: 4}\n  E0b:\n    <<: *base\n"
+        "    steps: 6\nreport: {baseline: E0}\n"
+    )
     assert matrix.load_config(path).arms["E0b"].options == {"model_type": "A", "steps": 6, "batch_size": 8}
 
 
@@ -223,15 +337,25 @@ def test_demo_matrix_has_a_read_oracle_bound_beside_e2_each_with_the_baseline_of
     config = matrix.parse_config(demo_config(parser.parse_args(["demo"])))
     facts = {name: arm.facts for name, arm in config.arms.items()}
     assert {a: (f.training_memory, f.world_source) for a, f in facts.items()} == {
-        "E0": (None, "learned"), "E2": ("predicted", "learned"),
-        "E0-state": (None, "state"), "E2-oracle-state": ("oracle", "state")}
+        "E0": (None, "learned"),
+        "E2": ("predicted", "learned"),
+        "E0-state": (None, "state"),
+        "E2-oracle-state": ("oracle", "state"),
+    }
     assert config.arms["E2-oracle-state"].policy_config.gate_lr_multiplier == 10.0
     assert resolve_baselines(list(facts.values())) == {"E2": "E0", "E2-oracle-state": "E0-state"}
     assert config.ablations == {"E2": ("zero", "other"), "E2-oracle-state": ("zero", "other")}
     assert set(config.interventions) == {"E2", "E2-oracle-state"}
     assert [label for _, _, label in config.evaluations()] == [
-        "E0", "E0-state", "E2", "E2:zero", "E2:other", "E2-oracle-state", "E2-oracle-state:zero",
-        "E2-oracle-state:other"]
+        "E0",
+        "E0-state",
+        "E2",
+        "E2:zero",
+        "E2:other",
+        "E2-oracle-state",
+        "E2-oracle-state:zero",
+        "E2-oracle-state:other",
+    ]
 
 
 def test_there_are_example_matrix_files():
@@ -268,7 +392,10 @@ def test_a_piece_holds_its_arms_seeds_memory_modes_and_encoders_only():
     config = matrix.load_config(repo / "examples" / "mt10_world_memory.yaml")
     piece = config.piece(arms=["E2-oracle-state", "E0"], seeds=[2])
     assert list(piece.arms) == ["E0", "E2-oracle-state"] and piece.seeds == (2,)  # the file's order
-    assert list(piece.encoders) == ["learned", "state"] and [arm.encoder for arm in piece.arms.values()] == ["learned", "state"]
+    assert list(piece.encoders) == ["learned", "state"] and [arm.encoder for arm in piece.arms.values()] == [
+        "learned",
+        "state",
+    ]
     assert piece.ablations == {"E2-oracle-state": ("zero", "shuffle", "other")}
     assert piece.interventions == {"E2-oracle-state": ("zero", "shuffle", "random")}
     assert piece.arms["E2-oracle-state"] == config.arms["E2-oracle-state"] and piece.evaluation == config.evaluation
@@ -286,11 +413,14 @@ def test_a_piece_keeps_the_baseline_only_if_it_holds_it():
     assert config.piece(arms=["E2s"]).report.baseline is None
 
 
-@pytest.mark.parametrize("arms, seeds, message", [
-    (["E9"], None, r"no arm E9 in this matrix \(it has E0, E0s, E2, E2s, E2o"),
-    (None, [7], r"no training seed 7 in this matrix \(it has 0\)"),
-    ([], None, "a piece needs at least one arm and one training seed"),
-])
+@pytest.mark.parametrize(
+    "arms, seeds, message",
+    [
+        (["E9"], None, r"no arm E9 in this matrix \(it has E0, E0s, E2, E2s, E2o"),
+        (None, [7], r"no training seed 7 in this matrix \(it has 0\)"),
+        ([], None, "a piece needs at least one arm and one training seed"),
+    ],
+)
 def test_a_piece_refuses_what_the_matrix_lacks(arms, seeds, message):
     with pytest.raises(matrix.MatrixConfigError, match=message):
         matrix.parse_config(CONFIG).piece(arms=arms, seeds=seeds)
@@ -303,8 +433,12 @@ def test_libero_task_ids_may_be_numbers():
 
 VLA_ARMS = {
     "S-E0": {"policy_type": "smolvla_world", "backbone": "smol", "use_world_module": False},
-    "S-E1": {"policy_type": "smolvla_world", "backbone": "smol", "world_memory_mode_train": "zero",
-             "world_memory_mode_rollout": "zero"},
+    "S-E1": {
+        "policy_type": "smolvla_world",
+        "backbone": "smol",
+        "world_memory_mode_train": "zero",
+        "world_memory_mode_rollout": "zero",
+    },
     "S-E2": {"policy_type": "smolvla_world", "backbone": "smol", "memory_source": "scheduled"},
     "Q-E0": {"policy_type": "qwen_vla_world", "backbone": "qwen", "use_world_module": False},
     "Q-E2": {"policy_type": "qwen_vla_world", "backbone": "qwen", "memory_source": "scheduled"},
@@ -328,15 +462,26 @@ def test_three_families_in_one_matrix_each_judged_against_its_own(tmp_path):
     config = matrix.parse_config(vla_config())
     assert matrix.parse_config(config.to_dict()) == config
     facts = [arm.facts for arm in config.arms.values()]
-    assert resolve_baselines(facts) == {"E2": "E0", "E2s": "E0s", "E2o": "E0", "S-E1": "S-E0", "S-E2": "S-E0",
-                                        "Q-E2": "Q-E0"}
+    assert resolve_baselines(facts) == {
+        "E2": "E0",
+        "E2s": "E0s",
+        "E2o": "E0",
+        "S-E1": "S-E0",
+        "S-E2": "S-E0",
+        "Q-E2": "Q-E0",
+    }
     assert config.arms["S-E2"].facts.family == PolicyFamily("smolvla", "smol")
     assert config.arms["Q-E0"].facts.family == PolicyFamily("qwen_vla", "qwen")
     assert config.arms["E2"].facts.family == PolicyFamily("world_transformer")
     options = config.arms["S-E2"].train_options(tmp_path)
-    assert options["policy"] | {"vlm_model_name": str(tmp_path / "backbones" / "smol"), "load_vlm_weights": False} \
-        == options["policy"] and options["policy"]["memory_source"] == "scheduled"
-    assert config.arms["Q-E2"].train_options(tmp_path)["policy"]["backbone_path"] == str(tmp_path / "backbones" / "qwen")
+    assert (
+        options["policy"] | {"vlm_model_name": str(tmp_path / "backbones" / "smol"), "load_vlm_weights": False}
+        == options["policy"]
+        and options["policy"]["memory_source"] == "scheduled"
+    )
+    assert config.arms["Q-E2"].train_options(tmp_path)["policy"]["backbone_path"] == str(
+        tmp_path / "backbones" / "qwen"
+    )
     steps = {s.name: s for s in matrix_run.plan(config, tmp_path, gpus=False).steps}
     assert not steps["backbone smol"].done and "backbone smol" in steps["train S-E2 seed 0"].needs
     assert "backbone qwen" in steps["train Q-E0 seed 0"].needs and "backbone smol" not in steps["train E2 seed 0"].needs
@@ -344,22 +489,38 @@ def test_three_families_in_one_matrix_each_judged_against_its_own(tmp_path):
     assert list(piece.backbones) == ["smol"] and matrix.parse_config(piece.to_dict()) == piece
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c["report"].update(baseline="E0") if "report" in c else c.update(report={"baseline": "E0"}),
-     r"report.baseline: baseline 'E0' is a world_transformer arm, and .*S-E2 \(smolvla \(smol\)\).* of another family"),
-    (lambda c: c["arms"]["S-E2"].update(backbone="qwen"),
-     r"arms.S-E2.backbone: qwen is a qwen3_vl folder, a backbone of the qwen_vla family; a smolvla_world arm reads a "
-     r"smolvlm backbone"),
-    (lambda c: c["arms"]["S-E2"].update(backbone="nope"), r"arms.S-E2.backbone: no backbone 'nope' in 'backbones'"),
-    (lambda c: c["arms"]["E2"].update(backbone="smol"), r"arms.E2.backbone: a world_transformer policy has no backbone"),
-    (lambda c: c["arms"]["S-E2"].pop("backbone"),
-     r"arms.S-E2.vlm_model_name: .*SmolVLM2-500M-Video-Instruct is not a Hugging Face model folder .*nothing is "
-     r"downloaded"),
-    (lambda c: c["backbones"].update(real={"path": "/nonexistent/SmolVLM2"}),
-     r"backbones.real.path: /nonexistent/SmolVLM2 is not a Hugging Face model folder"),
-    (lambda c: c["backbones"].update(big={"write": "smolvlm", "size": "500m"}),
-     r"backbones.big: expected path: DIR, or a random backbone \(write: smolvlm, size: tiny \| small"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: c["report"].update(baseline="E0") if "report" in c else c.update(report={"baseline": "E0"}),
+            r"report.baseline: baseline 'E0' is a world_transformer arm, and .*S-E2 \(smolvla \(smol\)\).* of another family",
+        ),
+        (
+            lambda c: c["arms"]["S-E2"].update(backbone="qwen"),
+            r"arms.S-E2.backbone: qwen is a qwen3_vl folder, a backbone of the qwen_vla family; a smolvla_world arm reads a "
+            r"smolvlm backbone",
+        ),
+        (lambda c: c["arms"]["S-E2"].update(backbone="nope"), r"arms.S-E2.backbone: no backbone 'nope' in 'backbones'"),
+        (
+            lambda c: c["arms"]["E2"].update(backbone="smol"),
+            r"arms.E2.backbone: a world_transformer policy has no backbone",
+        ),
+        (
+            lambda c: c["arms"]["S-E2"].pop("backbone"),
+            r"arms.S-E2.vlm_model_name: .*SmolVLM2-500M-Video-Instruct is not a Hugging Face model folder .*nothing is "
+            r"downloaded",
+        ),
+        (
+            lambda c: c["backbones"].update(real={"path": "/nonexistent/SmolVLM2"}),
+            r"backbones.real.path: /nonexistent/SmolVLM2 is not a Hugging Face model folder",
+        ),
+        (
+            lambda c: c["backbones"].update(big={"write": "smolvlm", "size": "500m"}),
+            r"backbones.big: expected path: DIR, or a random backbone \(write: smolvlm, size: tiny \| small",
+        ),
+    ],
+)
 def test_bad_backbones_and_cross_family_baselines_are_refused_before_anything_runs(change, message):
     with pytest.raises(matrix.MatrixConfigError, match=message):
         matrix.parse_config(vla_config(change))
@@ -373,6 +534,9 @@ def test_a_backbone_folder_of_real_weights_is_checked_for_its_family(tmp_path):
     assert str(config.arms["Q-E2"].facts.family) == "qwen_vla (Qwen3-VL-2B-Instruct)"
     steps = {s.name for s in matrix_run.plan(config, tmp_path / "run", gpus=False).steps}
     assert "backbone qwen" not in steps and "backbone smol" in steps  # a folder given is not written
-    with pytest.raises(matrix.MatrixConfigError, match=r"backbones.smol.path: .* holds a 'qwen3_vl' model, a backbone "
-                                                        r"of the qwen_vla family|arms.S-E0.backbone: smol is a qwen3_vl"):
+    with pytest.raises(
+        matrix.MatrixConfigError,
+        match=r"backbones.smol.path: .* holds a 'qwen3_vl' model, a backbone "
+        r"of the qwen_vla family|arms.S-E0.backbone: smol is a qwen3_vl",
+    ):
         matrix.parse_config(vla_config(lambda c: c["backbones"].update(smol={"path": str(folder)})))

@@ -17,17 +17,17 @@ import pytest
 import torch
 
 from conftest import TINY_EPISODES, TINY_SIZE, TINY_TASKS
+from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
 from world_modality.atomic_io import UnwritableOutput
-from world_modality.sim.metaworld import generate as metaworld_gen
 from world_modality.data.check import DatasetKeys, DatasetSchemaError, check_dataset
 from world_modality.data.merge import DatasetAppender
+from world_modality.sim.metaworld import generate as metaworld_gen
+from world_modality.sim.metaworld.env import MetaWorldEnv, RenderSettings
 from world_modality.sim.metaworld.generate import (
     SIDECAR,
     DatasetSpecMismatch,
     generate_metaworld_dataset,
 )
-from lerobot_policy_world_modality.dataset_files import dataset_fingerprint
-from world_modality.sim.metaworld.env import MetaWorldEnv, RenderSettings
 from world_modality.sim.metaworld.tasks import instruction, resolve_tasks
 
 
@@ -79,7 +79,7 @@ def test_frames_are_upright_and_show_the_recorded_layout(metaworld_dataset):
     ds = _load(metaworld_dataset)
     sidecar = json.loads((metaworld_dataset / SIDECAR).read_text())
     render = RenderSettings.from_dict(sidecar["spec"]["render"])
-    for episode in sidecar["episodes"][:: TINY_EPISODES]:
+    for episode in sidecar["episodes"][::TINY_EPISODES]:
         first = ds.meta.episodes[episode["episode_index"]]["dataset_from_index"]
         img = _frame_hwc(ds[first], "observation.images.corner2")
         wood_top, wood_bottom, red_left, red_right = _wood_and_robot(img)
@@ -196,7 +196,10 @@ def test_parallel_workers_write_the_dataset_one_process_writes(tmp_path, caplog)
         per_task = generate_metaworld_dataset(parallel, "drawer-close,reach", 1, image_size=32, workers=2)
     assert set(per_task) == {"reach-v3", "drawer-close-v3"}
     # The benchmark times episodes by these records.
-    assert {r.getMessage() for r in caplog.records} >= {"drawer-close-v3: episode 1 written", "reach-v3: episode 1 written"}
+    assert {r.getMessage() for r in caplog.records} >= {
+        "drawer-close-v3: episode 1 written",
+        "reach-v3: episode 1 written",
+    }
     assert dataset_fingerprint(parallel) == dataset_fingerprint(serial)
     for table in ("data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet"):
         assert pq.read_table(parallel / table).equals(pq.read_table(serial / table)), table
@@ -275,7 +278,10 @@ def test_foreign_folder_at_output_is_refused(tmp_path):
 
 def test_workers_take_the_costliest_tasks_first():
     assert metaworld_gen.costliest_first(resolve_tasks("reach,box-close,handle-press,push-back")) == [
-        "box-close-v3", "push-back-v3", "reach-v3", "handle-press-v3"
+        "box-close-v3",
+        "push-back-v3",
+        "reach-v3",
+        "handle-press-v3",
     ]
     assert len(metaworld_gen.costliest_first(resolve_tasks("MT50"))) == 50  # every task has a cost
 
@@ -291,11 +297,17 @@ def test_check_reports_summary_and_names_existing_keys(metaworld_dataset):
     summary = check_dataset(metaworld_dataset, DatasetKeys(state_dim=4, action_dim=4))
     assert summary.episodes == 4 and summary.keys["image"] == "observation.images.corner2"
     assert sorted(summary.tasks) == sorted(instruction(t) for t in TINY_TASKS)
-    with pytest.raises(DatasetSchemaError, match=r"instruction key 'instruction' is not in the dataset.*task \(from meta/tasks.parquet\)"):
+    with pytest.raises(
+        DatasetSchemaError,
+        match=r"instruction key 'instruction' is not in the dataset.*task \(from meta/tasks.parquet\)",
+    ):
         check_dataset(metaworld_dataset, DatasetKeys(instruction="instruction"))
     with pytest.raises(DatasetSchemaError, match=r"state key 'observation.state' has shape \(4,\), expected \(8,\)"):
         check_dataset(metaworld_dataset, DatasetKeys(state_dim=8))
-    with pytest.raises(DatasetSchemaError, match=r"wrist image key 'observation.images.image2' is not in the dataset.*observation.images.corner2"):
+    with pytest.raises(
+        DatasetSchemaError,
+        match=r"wrist image key 'observation.images.image2' is not in the dataset.*observation.images.corner2",
+    ):
         check_dataset(metaworld_dataset, DatasetKeys(wrist="observation.images.image2"))
 
 

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-import lerobot_policy_world_modality  # noqa: F401  (registers the policy types)
 import torch
 from lerobot.configs import PreTrainedConfig
 from safetensors.torch import load_file
+
+import lerobot_policy_world_modality  # noqa: F401  (registers the policy types)
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "checkpoints"
 FAMILIES = ("world_transformer", "smolvla_world", "qwen_vla_world")
@@ -56,7 +57,9 @@ def test_old_checkpoint_loads_and_reproduces_its_outputs(old):
     assert reference["chunk_pred"] != reference["chunk_zero"]
     torch.manual_seed(0)
     with torch.no_grad():
-        _, logs = policy.forward(dict(batch), **({} if noise is None else {"noise": noise, "time": torch.full((len(noise),), 0.5)}))
+        _, logs = policy.forward(
+            dict(batch), **({} if noise is None else {"noise": noise, "time": torch.full((len(noise),), 0.5)})
+        )
     for name, value in reference["losses"].items():
         assert logs[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 

@@ -15,22 +15,32 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import SUBPROCESS_ENV
-
-from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
-
-from world_modality.data.check import DatasetKeys
 from lerobot_policy_world_modality.latent_cache import LatentCache
+from lerobot_policy_world_modality.world_tokens import WorldTokens
+from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+from world_modality.data.check import DatasetKeys
 from world_modality.latents import compute_latents
 from world_modality.training.checkpoint import STATE_FILE, TRAINING_STATE, check_inputs, load_checkpoint
 from world_modality.training.data import LatentBatches, read_frame_table, split_episodes
-from lerobot_policy_world_modality.world_tokens import WorldTokens
 from world_modality.training.trainer import TrainOptions, train, validation_loss
 
 TINY = {
-    "chunk_size": 4, "n_action_steps": 2, "history_len": 3, "num_future": 2, "d_model": 32, "n_heads": 2,
-    "n_layers": 1, "dim_feedforward": 64, "prophet_dim": 32, "prophet_heads": 2, "prophet_layers": 1,
-    "cross_attn_heads": 2, "scheduler_warmup_steps": 10, "optimizer_lr": 2e-3,
+    "chunk_size": 4,
+    "n_action_steps": 2,
+    "history_len": 3,
+    "num_future": 2,
+    "d_model": 32,
+    "n_heads": 2,
+    "n_layers": 1,
+    "dim_feedforward": 64,
+    "prophet_dim": 32,
+    "prophet_heads": 2,
+    "prophet_layers": 1,
+    "cross_attn_heads": 2,
+    "scheduler_warmup_steps": 10,
+    "optimizer_lr": 2e-3,
 }
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,16 +60,35 @@ def tokens(latents) -> Path:
 
 def _train(dataset, latents, out, model_type="F", steps=300, **kwargs) -> Path:
     policy = {**TINY, **kwargs.pop("policy", {})}
-    return train(TrainOptions(dataset=str(dataset), latents=str(latents), out=str(out), model_type=model_type,
-                              steps=steps, batch_size=16, save_every=kwargs.pop("save_every", steps), policy=policy,
-                              device="cpu", progress=False, **kwargs))
+    return train(
+        TrainOptions(
+            dataset=str(dataset),
+            latents=str(latents),
+            out=str(out),
+            model_type=model_type,
+            steps=steps,
+            batch_size=16,
+            save_every=kwargs.pop("save_every", steps),
+            policy=policy,
+            device="cpu",
+            progress=False,
+            **kwargs,
+        )
+    )
 
 
 def _train_split_loss(policy, preprocessor, dataset, latents) -> float:
     keys = DatasetKeys()
     table = read_frame_table(dataset, keys)
-    data = LatentBatches(LatentCache.load(latents), table, keys, split_episodes(table, 0.1)[0],
-                         policy.config.chunk_size, policy.config.history_len, policy.config.num_future)
+    data = LatentBatches(
+        LatentCache.load(latents),
+        table,
+        keys,
+        split_episodes(table, 0.1)[0],
+        policy.config.chunk_size,
+        policy.config.history_len,
+        policy.config.num_future,
+    )
     return validation_loss(policy, preprocessor, data, 256)["action_loss"]
 
 
@@ -74,14 +103,26 @@ def _fresh_policy(checkpoint):
     return policy.eval()
 
 
-@pytest.mark.parametrize("model_type", [
-    "A", "F",
-    pytest.param("B", marks=pytest.mark.slow), pytest.param("B_cont", marks=pytest.mark.slow),
-    pytest.param("C", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "model_type",
+    [
+        "A",
+        "F",
+        pytest.param("B", marks=pytest.mark.slow),
+        pytest.param("B_cont", marks=pytest.mark.slow),
+        pytest.param("C", marks=pytest.mark.slow),
+    ],
+)
 def test_model_trains_and_loss_falls(model_type, metaworld_dataset, latents, tokens, tmp_path):
-    checkpoint = load_checkpoint(_train(metaworld_dataset, latents, tmp_path / "run", model_type,
-                                        tokens=str(tokens) if model_type in ("B", "C") else None))
+    checkpoint = load_checkpoint(
+        _train(
+            metaworld_dataset,
+            latents,
+            tmp_path / "run",
+            model_type,
+            tokens=str(tokens) if model_type in ("B", "C") else None,
+        )
+    )
     before = _train_split_loss(_fresh_policy(checkpoint), checkpoint.preprocessor, metaworld_dataset, latents)
     after = _train_split_loss(checkpoint.policy, checkpoint.preprocessor, metaworld_dataset, latents)
     assert after < 0.6 * before, (before, after)
@@ -98,9 +139,18 @@ def test_tensorboard_logs_world_module_values(metaworld_dataset, latents, tmp_pa
     _train(metaworld_dataset, latents, tmp_path / "run", "F", steps=5, policy={"num_future": 2})
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
-    expected = {"train/world_gate_raw", "train/world_gate", "train/world_attn_mass_k1", "train/world_attn_mass_k2",
-                "train/world_loss_k1", "train/world_loss_k2", "train/world_oracle_fraction", "train/action_loss",
-                "train/time_data_s", "val/action_loss"}
+    expected = {
+        "train/world_gate_raw",
+        "train/world_gate",
+        "train/world_attn_mass_k1",
+        "train/world_attn_mass_k2",
+        "train/world_loss_k1",
+        "train/world_loss_k2",
+        "train/world_oracle_fraction",
+        "train/action_loss",
+        "train/time_data_s",
+        "val/action_loss",
+    }
     assert expected <= tags, expected - tags
     assert len(events.Scalars("train/world_gate")) == 5
 
@@ -112,8 +162,11 @@ def _rollout_batch(dataset, frame: int):
 
     reader = EpisodeReader(dataset, "observation.environment_state")
     env_state = torch.tensor(reader.read(reader.episodes.iloc[:1])[0][frame])
-    return {"observation.state": table.state[frame], "observation.environment_state": env_state,
-            "task": table.instruction[frame]}
+    return {
+        "observation.state": table.state[frame],
+        "observation.environment_state": env_state,
+        "task": table.instruction[frame],
+    }
 
 
 def test_do_no_harm_at_init(metaworld_dataset, latents, tmp_path):
@@ -134,8 +187,14 @@ def test_do_no_harm_at_init(metaworld_dataset, latents, tmp_path):
 
 @pytest.fixture(scope="module")
 def f_checkpoint(metaworld_dataset, latents, tmp_path_factory) -> Path:
-    return _train(metaworld_dataset, latents, tmp_path_factory.mktemp("f") / "run", "F", steps=40,
-                  policy={"action_head": "flow", "flow_steps": 3})
+    return _train(
+        metaworld_dataset,
+        latents,
+        tmp_path_factory.mktemp("f") / "run",
+        "F",
+        steps=40,
+        policy={"action_head": "flow", "flow_steps": 3},
+    )
 
 
 def test_checkpoint_round_trip_in_fresh_process(metaworld_dataset, latents, f_checkpoint, tmp_path):
@@ -152,11 +211,11 @@ def test_checkpoint_round_trip_in_fresh_process(metaworld_dataset, latents, f_ch
         import torch
         from world_modality.training.checkpoint import load_checkpoint
         ckpt = load_checkpoint({str(f_checkpoint)!r})
-        obs = torch.load({str(tmp_path / 'obs.pt')!r})
+        obs = torch.load({str(tmp_path / "obs.pt")!r})
         ckpt.policy.reset()
         torch.manual_seed(123)
         action = ckpt.postprocessor(ckpt.policy.select_action(ckpt.preprocessor(obs)))
-        torch.save(action, {str(tmp_path / 'action.pt')!r})
+        torch.save(action, {str(tmp_path / "action.pt")!r})
     """)
     subprocess.run([sys.executable, "-c", script], check=True, env=SUBPROCESS_ENV, timeout=300)
     torch.testing.assert_close(torch.load(tmp_path / "action.pt"), expected, rtol=0, atol=1e-6)
@@ -167,14 +226,26 @@ def test_checkpoint_refuses_other_encoder_spec_or_keys(metaworld_dataset, latent
 
     checkpoint = load_checkpoint(f_checkpoint)
     other_encoder = fit_state_encoder(torch.randn(50, 39), tmp_path / "other-state")
-    other = compute_latents(metaworld_dataset, "state", encoder_path=other_encoder, out=tmp_path / "other-latents",
-                            progress=False, device="cpu")
+    other = compute_latents(
+        metaworld_dataset,
+        "state",
+        encoder_path=other_encoder,
+        out=tmp_path / "other-latents",
+        progress=False,
+        device="cpu",
+    )
     ours, theirs = checkpoint.policy.encoder_spec.config_hash, LatentCache.load(other).spec.config_hash
     with pytest.raises(ValueError, match=f"config_hash: expected '{ours}', got '{theirs}'"):
         check_inputs(checkpoint.policy.config, LatentCache.load(other).spec, DatasetKeys(), "test")
-    with pytest.raises(ValueError, match="state key: checkpoint 'observation.state', given 'observation.environment_state'"):
-        check_inputs(checkpoint.policy.config, LatentCache.load(latents).spec,
-                     DatasetKeys(state="observation.environment_state"), "test")
+    with pytest.raises(
+        ValueError, match="state key: checkpoint 'observation.state', given 'observation.environment_state'"
+    ):
+        check_inputs(
+            checkpoint.policy.config,
+            LatentCache.load(latents).spec,
+            DatasetKeys(state="observation.environment_state"),
+            "test",
+        )
     from world_modality.training.intervene import intervene
 
     with pytest.raises(ValueError, match="encoder spec mismatch"):
@@ -205,9 +276,29 @@ def test_resume_continues_to_the_same_step(metaworld_dataset, latents, tmp_path)
 def test_killed_wm_train_resumes_to_the_same_step(metaworld_dataset, latents, tmp_path):
     run = tmp_path / "run"
     tiny = [f"--set={k}={v}" for k, v in TINY.items()]
-    command = [sys.executable, "-m", "world_modality.cli", "train", str(metaworld_dataset), "--latents", str(latents),
-               "--model-type", "F", "--steps", "400", "--save-every", "20", "--batch-size", "16", "--out", str(run),
-               "--device", "cpu", "--no-progress", *tiny]
+    command = [
+        sys.executable,
+        "-m",
+        "world_modality.cli",
+        "train",
+        str(metaworld_dataset),
+        "--latents",
+        str(latents),
+        "--model-type",
+        "F",
+        "--steps",
+        "400",
+        "--save-every",
+        "20",
+        "--batch-size",
+        "16",
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *tiny,
+    ]
     process = subprocess.Popen(command, env=SUBPROCESS_ENV)
     try:
         deadline = time.monotonic() + 240
@@ -232,13 +323,23 @@ def test_lerobot_factory_builds_the_policy_by_type_name(latents):
 
     inputs, outputs = features_for("observation.state", 4, "action", 4, "observation.environment_state", (39,), False)
     spec = LatentCache.load(latents).spec
-    config = make_policy_config("world_transformer", model_type="A", encoder_spec=spec.to_dict(),
-                                latent_dim=spec.output_dim, instructions=["reach"], input_features=inputs,
-                                output_features=outputs, device="cpu", **TINY)
+    config = make_policy_config(
+        "world_transformer",
+        model_type="A",
+        encoder_spec=spec.to_dict(),
+        latent_dim=spec.output_dim,
+        instructions=["reach"],
+        input_features=inputs,
+        output_features=outputs,
+        device="cpu",
+        **TINY,
+    )
     policy = get_policy_class("world_transformer")(config)
     assert type(policy).__name__ == "WorldTransformerPolicy"
-    stats = {"observation.state": {"mean": torch.zeros(4), "std": torch.ones(4)},
-             "action": {"mean": torch.zeros(4), "std": torch.ones(4)}}
+    stats = {
+        "observation.state": {"mean": torch.zeros(4), "std": torch.ones(4)},
+        "action": {"mean": torch.zeros(4), "std": torch.ones(4)},
+    }
     preprocessor, _ = make_pre_post_processors(config, dataset_stats=stats)
     obs = {"observation.state": torch.zeros(4), "observation.environment_state": torch.zeros(39), "task": "reach"}
     policy.eval()
@@ -246,8 +347,11 @@ def test_lerobot_factory_builds_the_policy_by_type_name(latents):
 
 
 def _tiny_cli(model_type: str) -> list[str]:
-    return ["--policy.type=world_transformer", f"--policy.model_type={model_type}",
-            *(f"--policy.{k}={v}" for k, v in TINY.items())]
+    return [
+        "--policy.type=world_transformer",
+        f"--policy.model_type={model_type}",
+        *(f"--policy.{k}={v}" for k, v in TINY.items()),
+    ]
 
 
 @pytest.mark.slow
@@ -257,9 +361,17 @@ def test_lerobot_train_reads_the_latent_cache_for_every_model_type(metaworld_dat
     model B, which needs future latents and the codebook, trains and checkpoints."""
     from lerobot_cli import lerobot_train
 
-    model_dir = lerobot_train(metaworld_dataset, tmp_path / "run", *_tiny_cli("B"), f"--policy.latents_path={latents}",
-                              f"--policy.tokens_path={tokens}", "--steps=3", "--batch_size=4", "--save_freq=3",
-                              "--log_freq=1")
+    model_dir = lerobot_train(
+        metaworld_dataset,
+        tmp_path / "run",
+        *_tiny_cli("B"),
+        f"--policy.latents_path={latents}",
+        f"--policy.tokens_path={tokens}",
+        "--steps=3",
+        "--batch_size=4",
+        "--save_freq=3",
+        "--log_freq=1",
+    )
     config = json.loads((model_dir / "config.json").read_text())
     assert config["encoder_spec"] == LatentCache.load(latents).spec.to_dict()
     assert config["instructions"] == sorted(set(read_frame_table(metaworld_dataset, DatasetKeys()).instruction))
@@ -274,8 +386,15 @@ def test_lerobot_eval_runs_a_world_transformer_checkpoint(metaworld_dataset, tmp
     renamed to the dataset's key), encoding frames online with the checkpoint's encoder spec."""
     from lerobot_cli import lerobot_eval_metaworld
 
-    image_latents = compute_latents(metaworld_dataset, "learned", learned_steps=5, batch_size=32, device="cpu",
-                                    out=tmp_path / "latents", progress=False)
+    image_latents = compute_latents(
+        metaworld_dataset,
+        "learned",
+        learned_steps=5,
+        batch_size=32,
+        device="cpu",
+        out=tmp_path / "latents",
+        progress=False,
+    )
     checkpoint = _train(metaworld_dataset, image_latents, tmp_path / "run", steps=4)
     info = lerobot_eval_metaworld(checkpoint / "pretrained_model", tmp_path / "eval", "observation.images.corner2")
     assert info["overall"]["n_episodes"] == 1 and "pc_success" in info["overall"]
@@ -290,18 +409,29 @@ def _tiny_text_encoder(folder: Path, texts: list[str]) -> Path:
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    ).save_pretrained(folder)
     return folder
 
 
-def test_frozen_text_encoder_conditions_the_policy_and_stays_out_of_the_checkpoint(metaworld_dataset, latents, tmp_path):
+def test_frozen_text_encoder_conditions_the_policy_and_stays_out_of_the_checkpoint(
+    metaworld_dataset, latents, tmp_path
+):
     from safetensors import safe_open
 
     instructions = sorted(set(read_frame_table(metaworld_dataset, DatasetKeys()).instruction))
     encoder = _tiny_text_encoder(tmp_path / "text", instructions)
-    checkpoint = _train(metaworld_dataset, latents, tmp_path / "run", model_type="A", steps=20,
-                        policy={"text_encoder_path": str(encoder)})
+    checkpoint = _train(
+        metaworld_dataset,
+        latents,
+        tmp_path / "run",
+        model_type="A",
+        steps=20,
+        policy={"text_encoder_path": str(encoder)},
+    )
     with safe_open(checkpoint / "pretrained_model" / "model.safetensors", "pt") as weights:
         keys = list(weights.keys())
     assert any(k.startswith("instruction.proj.") for k in keys)
@@ -345,8 +475,9 @@ def test_two_stage_training_resumes_in_its_stage(metaworld_dataset, latents, tmp
     import world_modality.training.trainer as trainer
 
     recipe = {"prophet_pretrain_steps": 6, "prophet_freeze_after_pretrain": True}
-    straight = load_checkpoint(_train(metaworld_dataset, latents, tmp_path / "straight", steps=12, save_every=4,
-                                      policy=recipe))
+    straight = load_checkpoint(
+        _train(metaworld_dataset, latents, tmp_path / "straight", steps=12, save_every=4, policy=recipe)
+    )
     save = trainer.save_checkpoint
 
     def save_then_stop(run_dir, step, *args):
@@ -359,8 +490,9 @@ def test_two_stage_training_resumes_in_its_stage(metaworld_dataset, latents, tmp
     with pytest.raises(KeyboardInterrupt):
         _train(metaworld_dataset, latents, tmp_path / "run", steps=12, save_every=4, policy=recipe)
     monkeypatch.setattr(trainer, "save_checkpoint", save)
-    resumed = load_checkpoint(_train(metaworld_dataset, latents, tmp_path / "run", steps=12, save_every=4,
-                                     policy=recipe, resume=True))
+    resumed = load_checkpoint(
+        _train(metaworld_dataset, latents, tmp_path / "run", steps=12, save_every=4, policy=recipe, resume=True)
+    )
     assert int(resumed.policy.train_step) == 12
     final, expected = _weights(resumed), _weights(straight)
     assert all(torch.equal(final[k], expected[k]) for k in expected)
@@ -381,8 +513,13 @@ def test_wm_train_recipe_options(metaworld_dataset, latents, tmp_path):
     """`scheduled` without a schedule anneals over the first half of --steps; the gate trains in its own
     optimizer group at gate_lr_multiplier times the learning rate; a per-channel gate is saved per channel, and
     `wm intervene` reports its strength (the RMS of tanh over the channels)."""
-    run = _train(metaworld_dataset, latents, tmp_path / "run", steps=4, policy={
-        "memory_source": "scheduled", "gate_lr_multiplier": 10.0, "gate_type": "channel", "gate_init": 0.5})
+    run = _train(
+        metaworld_dataset,
+        latents,
+        tmp_path / "run",
+        steps=4,
+        policy={"memory_source": "scheduled", "gate_lr_multiplier": 10.0, "gate_type": "channel", "gate_init": 0.5},
+    )
     checkpoint = load_checkpoint(run)
     assert (checkpoint.policy.config.memory_schedule_start, checkpoint.policy.config.memory_schedule_end) == (0, 2)
     groups = torch.load(run / TRAINING_STATE / STATE_FILE, weights_only=False)["optimizer"]["param_groups"]

@@ -14,9 +14,11 @@ import textwrap
 
 import pytest
 import torch
-from conftest import SUBPROCESS_ENV
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.utils.constants import OBS_ENV_STATE
+
+from conftest import SUBPROCESS_ENV
+from lerobot_policy_world_modality.encoders import StateEncoder, fit_state_encoder
 from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import (
     BACKBONES,
     QwenVLAWorldConfig,
@@ -24,10 +26,13 @@ from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world i
 )
 from lerobot_policy_world_modality.qwen_vla_world.modeling_qwen_vla_world import ADAPTER_DIR, QwenVLAWorldPolicy
 from lerobot_policy_world_modality.qwen_vla_world.prompt import build_prompt
-
-from lerobot_policy_world_modality.encoders import StateEncoder, fit_state_encoder
+from lerobot_policy_world_modality.world.history import (
+    WORLD_FUTURE,
+    WORLD_FUTURE_MASK,
+    WORLD_LATENTS,
+    WORLD_LATENTS_MASK,
+)
 from world_modality.model_folders.qwen_vl import ARCHITECTURES, write_qwen_vl_folder
-from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 
 IMAGE_KEY = "observation.images.corner2"
 WRIST_KEY = "observation.images.wrist"
@@ -56,12 +61,27 @@ def make_config(folders, encoder_spec, backbone="qwen3_vl", image_size=64, **ove
         OBS_ENV_STATE: PolicyFeature(FeatureType.ENV, (ENV_DIM,)),
     }
     settings = {
-        "backbone": NAMES[backbone], "backbone_path": str(folders[backbone]), "backbone_dtype": "float32",
-        "chunk_size": CHUNK, "n_action_steps": 2, "history_len": T, "num_future": K, "latent_dim": ENV_DIM,
-        "encoder_spec": encoder_spec, "image_key": IMAGE_KEY, "prophet_dim": 32, "prophet_heads": 2,
-        "prophet_layers": 1, "cross_attn_heads": 2, "head_dim": 32, "lora_r": 4, "lora_alpha": 8,
-        "coc_max_tokens": 24, "input_features": features,
-        "output_features": {"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))}, "device": "cpu",
+        "backbone": NAMES[backbone],
+        "backbone_path": str(folders[backbone]),
+        "backbone_dtype": "float32",
+        "chunk_size": CHUNK,
+        "n_action_steps": 2,
+        "history_len": T,
+        "num_future": K,
+        "latent_dim": ENV_DIM,
+        "encoder_spec": encoder_spec,
+        "image_key": IMAGE_KEY,
+        "prophet_dim": 32,
+        "prophet_heads": 2,
+        "prophet_layers": 1,
+        "cross_attn_heads": 2,
+        "head_dim": 32,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "coc_max_tokens": 24,
+        "input_features": features,
+        "output_features": {"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))},
+        "device": "cpu",
     }
     return QwenVLAWorldConfig(**{**settings, **overrides})
 
@@ -111,6 +131,7 @@ def train_steps(policy, batch, steps, lr=3e-3) -> list[dict]:
 
 # --- model folders -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backbone", list(NAMES))
 def test_tiny_folder_loads_offline_and_forwards(folders, backbone):
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -129,9 +150,15 @@ def test_tiny_folder_loads_offline_and_forwards(folders, backbone):
     assert logits.shape == (1, inputs["input_ids"].shape[1], len(processor.tokenizer)) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize(("backbone", "size", "billions"), [
-    ("qwen3_vl", "2b", 2.13), ("qwen3_vl", "4b", 4.44), ("qwen3_vl", "8b", 8.77), ("qwen2_5_vl", "3b", 3.75),
-])
+@pytest.mark.parametrize(
+    ("backbone", "size", "billions"),
+    [
+        ("qwen3_vl", "2b", 2.13),
+        ("qwen3_vl", "4b", 4.44),
+        ("qwen3_vl", "8b", 8.77),
+        ("qwen2_5_vl", "3b", 3.75),
+    ],
+)
 def test_full_size_architectures(tmp_path, backbone, size, billions):
     """Published sizes: config only (no weights written), parameter count of the released model."""
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -141,8 +168,10 @@ def test_full_size_architectures(tmp_path, backbone, size, billions):
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     text, vision = config.get_text_config(), config.vision_config
     assert vision.out_hidden_size == text.hidden_size
-    assert sum(text.rope_parameters["mrope_section"]) == (text.head_dim if backbone == "qwen3_vl" else
-                                                          text.hidden_size // text.num_attention_heads) // 2
+    assert (
+        sum(text.rope_parameters["mrope_section"])
+        == (text.head_dim if backbone == "qwen3_vl" else text.hidden_size // text.num_attention_heads) // 2
+    )
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.01)
@@ -157,13 +186,20 @@ def test_small_folder_trains_and_acts_at_metaworld_size(tmp_path, encoder_spec):
     folder = write_qwen_vl_folder(tmp_path / "small", "qwen3_vl", "small")
     assert list(folder.glob("*.safetensors"))  # backbone_path=DIR is all a real Qwen3-VL folder changes
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    assert config.get_text_config().num_hidden_layers == ARCHITECTURES[("qwen3_vl", "small")]["text"]["num_hidden_layers"]
+    assert (
+        config.get_text_config().num_hidden_layers == ARCHITECTURES[("qwen3_vl", "small")]["text"]["num_hidden_layers"]
+    )
     policy = make_policy({"qwen3_vl": folder}, encoder_spec, image_size=128)
-    backbone = sum(p.numel() for n, p in policy.backbone.get_base_model().named_parameters() if "lora_" not in n
-                   and "trainable_tokens" not in n)
+    backbone = sum(
+        p.numel()
+        for n, p in policy.backbone.get_base_model().named_parameters()
+        if "lora_" not in n and "trainable_tokens" not in n
+    )
     assert 20e6 < backbone < 60e6, backbone
     batch = make_batch(image_size=128)
-    inputs = policy.processor(images=[batch[IMAGE_KEY][0]], text=["<|image_pad|>"], return_tensors="pt", do_rescale=False)
+    inputs = policy.processor(
+        images=[batch[IMAGE_KEY][0]], text=["<|image_pad|>"], return_tensors="pt", do_rescale=False
+    )
     assert inputs["image_grid_thw"].prod().item() // 4 == 64
 
     [logs] = train_steps(policy, batch, steps=1)
@@ -189,6 +225,7 @@ def test_unknown_sizes_and_backbone_names(tmp_path):
 
 # --- policy ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backbone", list(NAMES))
 def test_training_lowers_the_loss(folders, encoder_spec, backbone):
     policy = make_policy(folders, encoder_spec, backbone, use_proprio=True, lambda_text=0.5)
@@ -205,8 +242,10 @@ def test_training_lowers_the_loss(folders, encoder_spec, backbone):
     assert logs[0]["coc_fraction"] == pytest.approx(2 / 3)
     # The <ACT_i> embedding rows are trained (the adapter holds them), the rest of the vocabulary is not.
     embed = policy.backbone.get_base_model().get_input_embeddings()
-    assert not torch.equal(embed.token_adapter.trainable_tokens_delta["default"],
-                           embed.token_adapter.base_layer.weight[policy.config.act_token_ids])
+    assert not torch.equal(
+        embed.token_adapter.trainable_tokens_delta["default"],
+        embed.token_adapter.base_layer.weight[policy.config.act_token_ids],
+    )
 
 
 def test_world_memory_and_proprio_do_no_harm_at_gate_zero(folders, encoder_spec):
@@ -223,8 +262,10 @@ def test_world_memory_and_proprio_do_no_harm_at_gate_zero(folders, encoder_spec)
         policy.world.cross_attn.gate.fill_(0.5)
         policy.proprio_gate.fill_(0.5)
     assert not torch.equal(none, policy.predict_action_chunk(batch, memory_mode="pred"))
-    assert not torch.equal(policy.predict_action_chunk(batch, memory_mode="none"),
-                           policy.predict_action_chunk(other_state, memory_mode="none"))
+    assert not torch.equal(
+        policy.predict_action_chunk(batch, memory_mode="none"),
+        policy.predict_action_chunk(other_state, memory_mode="none"),
+    )
 
 
 @pytest.mark.parametrize("backbone", list(NAMES))
@@ -279,8 +320,9 @@ def test_compiled_decoder_layers_give_the_same_actions(folders, encoder_spec):
     assert all(layer._compiled_call_impl is not None for layer in layers)
     assert all(layer._compiled_call_impl is None for layer in decoder_layers(eager.backbone.get_base_model()))
     batch = make_batch()
-    torch.testing.assert_close(compiled.predict_action_chunk(dict(batch)), eager.predict_action_chunk(dict(batch)),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        compiled.predict_action_chunk(dict(batch)), eager.predict_action_chunk(dict(batch)), rtol=1e-4, atol=1e-4
+    )
     loss_eager, _ = eager.train().forward(dict(batch))
     loss_compiled, _ = compiled.train().forward(dict(batch))
     torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-4, atol=1e-4)
@@ -333,8 +375,15 @@ def test_rollout_observe_select_action_and_wrist_concat(folders, encoder_spec):
 
 
 def test_flow_head_frozen_backbone_and_plain_lerobot_batches(folders, encoder_spec):
-    policy = make_policy(folders, encoder_spec, "qwen2_5_vl", action_head="flow", flow_steps=3, finetune="frozen",
-                         gradient_checkpointing=True)
+    policy = make_policy(
+        folders,
+        encoder_spec,
+        "qwen2_5_vl",
+        action_head="flow",
+        flow_steps=3,
+        finetune="frozen",
+        gradient_checkpointing=True,
+    )
     trainable = [n for n, p in policy.named_parameters() if p.requires_grad and n.startswith("backbone.")]
     assert trainable and all("trainable_tokens" in n for n in trainable)
     # No latent cache (plain lerobot-train): the current frame is encoded online, no world loss.
@@ -373,8 +422,9 @@ def test_checkpoint_round_trip_in_a_fresh_process(folders, encoder_spec, tmp_pat
     args = [str(tmp_path / "batch.pt")]
     for backbone, (checkpoint, _) in runs.items():
         args += [str(checkpoint), str(tmp_path / f"{backbone}.pt")]
-    subprocess.run([sys.executable, "-c", ROUND_TRIP_SCRIPT, *args], check=True, env=SUBPROCESS_ENV,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", ROUND_TRIP_SCRIPT, *args], check=True, env=SUBPROCESS_ENV, capture_output=True
+    )
     for backbone, (_, expected) in runs.items():
         assert torch.equal(torch.load(tmp_path / f"{backbone}.pt"), expected), backbone
 
@@ -406,18 +456,59 @@ def test_wm_train_and_eval_on_metaworld(metaworld_dataset, state_latents, folder
     from world_modality.training.trainer import TrainOptions, train
 
     labels = tmp_path / "coc.jsonl"
-    labels.write_text("".join(json.dumps({"episode_index": e, "coc_text": f"moves to the object, step {e}",
-                                          "backend": "test", "keyframes": [0]}) + "\n" for e in (0, 1, 2)))
-    policy = {"backbone": "qwen3_vl_4b_instruct", "backbone_path": str(folders["qwen3_vl"]), "backbone_dtype": "float32",
-              "chunk_size": 4, "n_action_steps": 2, "history_len": 3, "num_future": 2, "lambda_text": 0.5,
-              "prophet_dim": 32, "prophet_heads": 2, "prophet_layers": 1, "cross_attn_heads": 2, "head_dim": 32,
-              "lora_r": 4, "use_proprio": True}
-    checkpoint = train(TrainOptions(dataset=str(metaworld_dataset), latents=str(state_latents), out=str(tmp_path / "run"),
-                                    policy_type="qwen_vla_world", steps=6, batch_size=4, save_every=6, policy=policy,
-                                    coc_labels=str(labels), device="cpu", progress=False))
+    labels.write_text(
+        "".join(
+            json.dumps(
+                {"episode_index": e, "coc_text": f"moves to the object, step {e}", "backend": "test", "keyframes": [0]}
+            )
+            + "\n"
+            for e in (0, 1, 2)
+        )
+    )
+    policy = {
+        "backbone": "qwen3_vl_4b_instruct",
+        "backbone_path": str(folders["qwen3_vl"]),
+        "backbone_dtype": "float32",
+        "chunk_size": 4,
+        "n_action_steps": 2,
+        "history_len": 3,
+        "num_future": 2,
+        "lambda_text": 0.5,
+        "prophet_dim": 32,
+        "prophet_heads": 2,
+        "prophet_layers": 1,
+        "cross_attn_heads": 2,
+        "head_dim": 32,
+        "lora_r": 4,
+        "use_proprio": True,
+    }
+    checkpoint = train(
+        TrainOptions(
+            dataset=str(metaworld_dataset),
+            latents=str(state_latents),
+            out=str(tmp_path / "run"),
+            policy_type="qwen_vla_world",
+            steps=6,
+            batch_size=4,
+            save_every=6,
+            policy=policy,
+            coc_labels=str(labels),
+            device="cpu",
+            progress=False,
+        )
+    )
     loaded = load_checkpoint(checkpoint, device="cpu")
     assert loaded.policy.config.backbone == "qwen3_vl_4b_instruct" and loaded.policy.config.lambda_text == 0.5
-    results = evaluate_checkpoint(checkpoint, tasks="reach-v3", episodes_per_task=1, workers=1, max_steps=6,
-                                  device="cpu", arm="E4", train_seed=0, out_dir=tmp_path / "eval")
+    results = evaluate_checkpoint(
+        checkpoint,
+        tasks="reach-v3",
+        episodes_per_task=1,
+        workers=1,
+        max_steps=6,
+        device="cpu",
+        arm="E4",
+        train_seed=0,
+        out_dir=tmp_path / "eval",
+    )
     episodes = read_jsonl(results)
     assert len(episodes) == 1 and episodes[0]["arm"] == "E4"

@@ -41,13 +41,34 @@ TASK = "reach-v3"
 N = 40
 
 
-def records(label: str, successes: set[int], mode: str, base: str | None = None, steps: int = 100,
-            digest: str = "d0", seed: int = 0) -> list[dict]:
+def records(
+    label: str,
+    successes: set[int],
+    mode: str,
+    base: str | None = None,
+    steps: int = 100,
+    digest: str = "d0",
+    seed: int = 0,
+) -> list[dict]:
     base = base or label.split(":")[0]
-    return [{"arm": label, "base_arm": base, "memory_mode": mode, "train_seed": seed, "task": TASK, "seed": 1000,
-             "layout": i, "episode_id": f"metaworld|{TASK}|1000|{i}", "success": i in successes,
-             "steps": steps if i in successes else 500, "action_digest": f"{digest}-{i}", "video": None,
-             "checkpoint": f"/nonexistent/{base}"} for i in range(N)]
+    return [
+        {
+            "arm": label,
+            "base_arm": base,
+            "memory_mode": mode,
+            "train_seed": seed,
+            "task": TASK,
+            "seed": 1000,
+            "layout": i,
+            "episode_id": f"metaworld|{TASK}|1000|{i}",
+            "success": i in successes,
+            "steps": steps if i in successes else 500,
+            "action_digest": f"{digest}-{i}",
+            "video": None,
+            "checkpoint": f"/nonexistent/{base}",
+        }
+        for i in range(N)
+    ]
 
 
 def write_eval(run: Path, rows: list[dict]) -> None:
@@ -104,25 +125,32 @@ def change(outcome: int, length: int = 0, n: int = 20) -> AblationChange:
     return AblationChange("E2:zero", n, outcome, max(length, outcome), None)
 
 
-@pytest.mark.parametrize(("gate", "ablation", "offline", "state"), [
-    (GATE_OPEN, change(1), None, ReadState.READ),  # 1 of 20 = 5% changed outcome: read (the issue's bar)
-    (None, change(3), None, ReadState.READ),  # the rollout decides alone when nothing contradicts it
-    (5e-4, change(0), None, ReadState.NOT_READ),
-    (5e-3, change(0), None, ReadState.NOT_READ),  # an ajar gate does not contradict unchanged rollouts
-    (GATE_OPEN, change(0), None, ReadState.BORDERLINE),  # open gate, unchanged rollouts: conflicting
-    (5e-4, change(4), None, ReadState.BORDERLINE),  # shut gate, changed rollouts: conflicting
-    (5e-4, None, 1.0 + OFFLINE_FLAT / 2, ReadState.NOT_READ),  # no rollouts: gate and offline agree
-    (0.2, None, 1.0 + OFFLINE_GAP, ReadState.READ),
-    (5e-4, None, None, ReadState.BORDERLINE),  # one piece of evidence is too little
-    (5e-3, change(0, length=3), None, ReadState.BORDERLINE),  # lengths changed on 15%: not "unchanged"
-    # at scale an unread memory still flips an episode at the edge of success now and then (MT10: 1 of 600)
-    (2e-3, change(1, length=25, n=600), 1.0, ReadState.NOT_READ),
-    (2e-3, change(7, length=25, n=600), 1.0, ReadState.BORDERLINE),  # 1.2%: neither unchanged nor read
-    (None, None, None, ReadState.BORDERLINE),
-])
+@pytest.mark.parametrize(
+    ("gate", "ablation", "offline", "state"),
+    [
+        (GATE_OPEN, change(1), None, ReadState.READ),  # 1 of 20 = 5% changed outcome: read (the issue's bar)
+        (None, change(3), None, ReadState.READ),  # the rollout decides alone when nothing contradicts it
+        (5e-4, change(0), None, ReadState.NOT_READ),
+        (5e-3, change(0), None, ReadState.NOT_READ),  # an ajar gate does not contradict unchanged rollouts
+        (GATE_OPEN, change(0), None, ReadState.BORDERLINE),  # open gate, unchanged rollouts: conflicting
+        (5e-4, change(4), None, ReadState.BORDERLINE),  # shut gate, changed rollouts: conflicting
+        (5e-4, None, 1.0 + OFFLINE_FLAT / 2, ReadState.NOT_READ),  # no rollouts: gate and offline agree
+        (0.2, None, 1.0 + OFFLINE_GAP, ReadState.READ),
+        (5e-4, None, None, ReadState.BORDERLINE),  # one piece of evidence is too little
+        (5e-3, change(0, length=3), None, ReadState.BORDERLINE),  # lengths changed on 15%: not "unchanged"
+        # at scale an unread memory still flips an episode at the edge of success now and then (MT10: 1 of 600)
+        (2e-3, change(1, length=25, n=600), 1.0, ReadState.NOT_READ),
+        (2e-3, change(7, length=25, n=600), 1.0, ReadState.BORDERLINE),  # 1.2%: neither unchanged nor read
+        (None, None, None, ReadState.BORDERLINE),
+    ],
+)
 def test_read_state_from_the_evidence(gate, ablation, offline, state):
-    check = ReadCheck("E2", {0: GateRun(gate, gate, 10) if gate is not None else None},
-                      [ablation] if ablation else [], {0: OfflineGap({"zero": offline}) if offline else None})
+    check = ReadCheck(
+        "E2",
+        {0: GateRun(gate, gate, 10) if gate is not None else None},
+        [ablation] if ablation else [],
+        {0: OfflineGap({"zero": offline}) if offline else None},
+    )
     assert check.state is state
     if state is ReadState.BORDERLINE:
         assert check.reason.startswith(("conflicting", "too little evidence"))
@@ -151,9 +179,11 @@ def test_unread_memory_is_never_no_significant_difference():
     comparison = compare_arms(rows, "E0", "E2")
     unread = ReadCheck("E2", {0: GateRun(4e-4, 6e-4, 10)}, [change(0)])
     text = world_memory_verdict(comparison, unread)
-    assert text.startswith("inconclusive: E2 did not read its world memory (evidence: |tanh(gate)| at the end of "
-                           "training 0.0004 (seed 0, peak 0.0006): shut (< 0.001); E2:zero changed the outcome of 0 of "
-                           "20 paired episodes vs E2")
+    assert text.startswith(
+        "inconclusive: E2 did not read its world memory (evidence: |tanh(gate)| at the end of "
+        "training 0.0004 (seed 0, peak 0.0006): shut (< 0.001); E2:zero changed the outcome of 0 of "
+        "20 paired episodes vs E2"
+    )
     assert "No significant difference" not in text and "52.5% vs 50.0% success" in text
     borderline = ReadCheck("E2", {0: GateRun(4e-4, 6e-4, 10)})
     assert world_memory_verdict(comparison, borderline).startswith("inconclusive: whether E2 read its world memory")
@@ -165,8 +195,10 @@ def test_unread_memory_is_never_no_significant_difference():
 def test_report_of_an_unread_memory_is_inconclusive(tmp_path):
     md = write_report(unread_run(tmp_path)).read_text()
     verdict = next(line for line in md.splitlines() if line.startswith("**Did world memory help?"))
-    assert verdict.startswith("**Did world memory help? E2:** inconclusive: E2 did not read its world memory "
-                              "(evidence: |tanh(gate)| at the end of training 0.0004 (seed 0, peak 0.0006): shut")
+    assert verdict.startswith(
+        "**Did world memory help? E2:** inconclusive: E2 did not read its world memory "
+        "(evidence: |tanh(gate)| at the end of training 0.0004 (seed 0, peak 0.0006): shut"
+    )
     assert "E2:zero changed the outcome of 0 of 40 paired episodes vs E2 (length on 0, actions on 40)" in verdict
     assert "offline action loss without the memory's content x1.002 (zero, seed 0): flat (within 1%)" in verdict
     assert "No significant difference between E2 and E0" not in md
@@ -190,9 +222,14 @@ def test_report_read_and_borderline_arms_whatever_their_names(tmp_path):
     md = write_report(tmp_path).read_text()
     lines = [line for line in md.splitlines() if line.startswith("**Did world memory help?")]
     assert lines[0].startswith("**Did world memory help? mem:** mem helped compared with base: 60.0% vs 25.0%")
-    assert "mem read its world memory (evidence: |tanh(gate)| at the end of training 0.04 (seed 0, peak 0.05): open" in lines[0]
-    assert lines[1].startswith("**Did world memory help? mem2:** inconclusive: whether mem2 read its world memory is "
-                               "unclear (too little evidence")
+    assert (
+        "mem read its world memory (evidence: |tanh(gate)| at the end of training 0.04 (seed 0, peak 0.05): open"
+        in lines[0]
+    )
+    assert lines[1].startswith(
+        "**Did world memory help? mem2:** inconclusive: whether mem2 read its world memory is "
+        "unclear (too little evidence"
+    )
     assert "| mem2 | world memory | - | - | - | base | borderline (too little evidence" in md
 
 
@@ -207,22 +244,32 @@ def test_a_gain_over_the_baseline_is_weighed_against_the_capacity_control(tmp_pa
     md = write_report(tmp_path).read_text()
     headline = next(line for line in md.splitlines() if line.startswith("**Did world memory help? mem:**"))
     assert "mem helped compared with base" in headline and "mem read its world memory" in headline
-    assert headline.endswith("Against the capacity control ctl (the same world module, its memory zeroed): No "
-                             "significant difference between mem and ctl: 60.0% vs 55.0% success (difference +5.0 "
-                             "points, 95% CI [+0.0, +12.5]; exact McNemar p=0.5, alpha=0.05, 40 paired episodes). The "
-                             "gain over base may be the module's capacity, not its memory.")
+    assert headline.endswith(
+        "Against the capacity control ctl (the same world module, its memory zeroed): No "
+        "significant difference between mem and ctl: 60.0% vs 55.0% success (difference +5.0 "
+        "points, 95% CI [+0.0, +12.5]; exact McNemar p=0.5, alpha=0.05, 40 paired episodes). The "
+        "gain over base may be the module's capacity, not its memory."
+    )
     shutil.rmtree(tmp_path / "eval" / "ctl")
     write_eval(tmp_path, records("ctl", set(range(10)), "zero"))
-    headline = next(line for line in write_report(tmp_path).read_text().splitlines()
-                    if line.startswith("**Did world memory help? mem:**"))
+    headline = next(
+        line
+        for line in write_report(tmp_path).read_text().splitlines()
+        if line.startswith("**Did world memory help? mem:**")
+    )
     assert "It also beat the capacity control ctl: 60.0% vs 25.0% success" in headline
     assert "may be the module's capacity" not in headline
 
 
 def test_gate_comes_from_the_last_checkpoint_and_facts_from_its_config(tmp_path):
     unread_run(tmp_path)
-    config = {"type": "world_transformer", "model_type": "F", "encoder_spec": {"name": "state"},
-              "memory_source": "oracle", "world_memory_mode_train": "pred"}
+    config = {
+        "type": "world_transformer",
+        "model_type": "F",
+        "encoder_spec": {"name": "state"},
+        "memory_source": "oracle",
+        "world_memory_mode_train": "pred",
+    }
     write_checkpoint(tmp_path, "E2", 0.2, config)
     write_checkpoint(tmp_path, "E0", None, config | {"model_type": "A"})
     run = load_gate_run(tmp_path / "train" / "E2" / "seed0")
@@ -231,27 +278,42 @@ def test_gate_comes_from_the_last_checkpoint_and_facts_from_its_config(tmp_path)
     assert checkpoint_gate(tmp_path / "train" / "E0" / "seed0" / "checkpoints" / "last" / "pretrained_model") is None
     md = write_report(tmp_path).read_text()
     # An open gate against unchanged rollouts: conflicting evidence, so borderline, not "not read".
-    assert "| E2 | world memory | world_transformer | state | oracle | E0 | borderline (conflicting: read according to the gate, not read " \
-           "according to the rollout ablations and the offline interventions) |" in md
+    assert (
+        "| E2 | world memory | world_transformer | state | oracle | E0 | borderline (conflicting: read according to the gate, not read "
+        "according to the rollout ablations and the offline interventions) |" in md
+    )
     assert "| E0 | baseline | world_transformer | state | - | - |" in md
     assert "Did world memory help? E2 (state latents, trained on oracle memory):** inconclusive: whether E2" in md
 
 
 def test_baselines_per_world_source_and_ambiguity():
-    arms = [ArmFacts("E0", ArmKind.BASELINE, "learned"), ArmFacts("E0s", ArmKind.BASELINE, "state"),
-            ArmFacts("E2", ArmKind.WORLD, "learned"), ArmFacts("E2s", ArmKind.WORLD, "state"),
-            ArmFacts("E1", ArmKind.CONTROL, "learned")]
+    arms = [
+        ArmFacts("E0", ArmKind.BASELINE, "learned"),
+        ArmFacts("E0s", ArmKind.BASELINE, "state"),
+        ArmFacts("E2", ArmKind.WORLD, "learned"),
+        ArmFacts("E2s", ArmKind.WORLD, "state"),
+        ArmFacts("E1", ArmKind.CONTROL, "learned"),
+    ]
     assert resolve_baselines(arms) == {"E2": "E0", "E2s": "E0s", "E1": "E0"}
     assert resolve_baselines(arms, "E0s") == {"E2": "E0s", "E2s": "E0s", "E1": "E0s"}
     with pytest.raises(ValueError, match=r"baseline 'E2' is not an arm without world memory"):
         resolve_baselines(arms, "E2")
     unknown = [ArmFacts("A", ArmKind.BASELINE), ArmFacts("B", ArmKind.BASELINE), ArmFacts("F", ArmKind.WORLD)]
-    with pytest.raises(ValueError, match=r"the baseline of arm 'F' is ambiguous: A, B have no world memory\. Name it "
-                                         r"in the matrix file \(report: \{baseline: A\}\) or with `wm report --baseline A`"):
+    with pytest.raises(
+        ValueError,
+        match=r"the baseline of arm 'F' is ambiguous: A, B have no world memory\. Name it "
+        r"in the matrix file \(report: \{baseline: A\}\) or with `wm report --baseline A`",
+    ):
         resolve_baselines(unknown)
     assert resolve_baselines([ArmFacts("F", ArmKind.WORLD)]) == {"F": None}
     assert [arm_kind(m) for m in (None, "none", "zero", "shuffle", "pred", "oracle")] == [
-        ArmKind.BASELINE, ArmKind.BASELINE, ArmKind.CONTROL, ArmKind.CONTROL, ArmKind.WORLD, ArmKind.WORLD]
+        ArmKind.BASELINE,
+        ArmKind.BASELINE,
+        ArmKind.CONTROL,
+        ArmKind.CONTROL,
+        ArmKind.WORLD,
+        ArmKind.WORLD,
+    ]
 
 
 def test_an_arm_is_judged_against_its_own_familys_baseline_and_backbone():
@@ -264,16 +326,21 @@ def test_an_arm_is_judged_against_its_own_familys_baseline_and_backbone():
     qwen = policy_family("qwen_vla_world", {"backbone": "qwen3_vl_2b_instruct", "backbone_path": None})
     assert qwen == PolicyFamily("qwen_vla", "qwen3_vl_2b_instruct") and str(qwen) == "qwen_vla (qwen3_vl_2b_instruct)"
     small_family = PolicyFamily("world_transformer")
-    arms = [ArmFacts("E0", ArmKind.BASELINE, "learned", family=small_family),
-            ArmFacts("E2", ArmKind.WORLD, "learned", family=small_family),
-            ArmFacts("S-E0", ArmKind.BASELINE, "learned", family=small),
-            ArmFacts("S-E1", ArmKind.CONTROL, "learned", family=small),
-            ArmFacts("S-E2", ArmKind.WORLD, "learned", family=small),
-            ArmFacts("R-E2", ArmKind.WORLD, "learned", family=real),
-            ArmFacts("Q-E2", ArmKind.WORLD, "learned", family=qwen)]
+    arms = [
+        ArmFacts("E0", ArmKind.BASELINE, "learned", family=small_family),
+        ArmFacts("E2", ArmKind.WORLD, "learned", family=small_family),
+        ArmFacts("S-E0", ArmKind.BASELINE, "learned", family=small),
+        ArmFacts("S-E1", ArmKind.CONTROL, "learned", family=small),
+        ArmFacts("S-E2", ArmKind.WORLD, "learned", family=small),
+        ArmFacts("R-E2", ArmKind.WORLD, "learned", family=real),
+        ArmFacts("Q-E2", ArmKind.WORLD, "learned", family=qwen),
+    ]
     assert resolve_baselines(arms) == {"E2": "E0", "S-E1": "S-E0", "S-E2": "S-E0", "R-E2": None, "Q-E2": None}
-    with pytest.raises(ValueError, match=r"baseline 'E0' is a world_transformer arm, and S-E1 \(smolvla \(small\)\), "
-                                         r"S-E2 .* of another family or backbone"):
+    with pytest.raises(
+        ValueError,
+        match=r"baseline 'E0' is a world_transformer arm, and S-E1 \(smolvla \(small\)\), "
+        r"S-E2 .* of another family or backbone",
+    ):
         resolve_baselines(arms, "E0")
     with pytest.raises(ValueError, match="unknown policy type 'act'"):
         policy_family("act", {})
@@ -303,16 +370,21 @@ def test_ablation_line_says_when_nothing_changed():
     own = records("E2", WORLD_SUCCESS, "pred")
     same = ablation_change(own, records("E2:zero", WORLD_SUCCESS, "zero"), "E2:zero")
     assert (same.n_pairs, same.outcome, same.length, same.actions) == (40, 0, 0, 0)
-    assert ablation_line(same, "E2") == ("E2:zero equals E2 on every one of the 40 paired episodes (success, length "
-                                         "and actions): at rollout the policy did not read its world memory")
+    assert ablation_line(same, "E2") == (
+        "E2:zero equals E2 on every one of the 40 paired episodes (success, length "
+        "and actions): at rollout the policy did not read its world memory"
+    )
     moved = ablation_change(own, records("E2:zero", WORLD_SUCCESS - {3}, "zero", digest="x"), "E2:zero")
-    assert ablation_line(moved, "E2") == ("E2:zero changed the outcome of 1 of 40 paired episodes vs E2 (length on 1, "
-                                          "actions on 40)")
+    assert ablation_line(moved, "E2") == (
+        "E2:zero changed the outcome of 1 of 40 paired episodes vs E2 (length on 1, actions on 40)"
+    )
 
 
 def test_gate_line():
-    assert gate_line(GateRun(4e-4, 9e-4, 1500)).startswith("world gate: shut: |tanh(gate)| = 0.0004 at step 1500, "
-                                                          "peak 0.0009 during training (open at >= 0.01, shut below 0.001")
+    assert gate_line(GateRun(4e-4, 9e-4, 1500)).startswith(
+        "world gate: shut: |tanh(gate)| = 0.0004 at step 1500, "
+        "peak 0.0009 during training (open at >= 0.01, shut below 0.001"
+    )
     assert gate_line(GateRun(0.05, 0.06, 10)).startswith("world gate: open: |tanh(gate)| = 0.05")
     assert gate_line(None) == "world gate: none (this policy has no world module)"
 
@@ -325,8 +397,18 @@ def state_latents(metaworld_dataset) -> Path:
 
 
 def test_wm_train_ends_with_the_gate_line(metaworld_dataset, state_latents, tmp_path, capsys):
-    common = [str(metaworld_dataset), "--latents", str(state_latents), "--steps", "3", "--batch-size", "4",
-              "--no-progress", "--device", "cpu"]
+    common = [
+        str(metaworld_dataset),
+        "--latents",
+        str(state_latents),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert cli.main(["train", *common, "--model-type", "F", "--out", str(tmp_path / "F")]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     gate = load_gate_run(tmp_path / "F")

@@ -45,22 +45,40 @@ def test_readme_latents_lerobot_train_and_eval_lines_run_as_written_headless(met
     assert latents[:2] == ["wm", "latents"] and train[0] == "lerobot-train" and evaluate[0] == "lerobot-eval"
 
     bin_dir = REPO / ".venv" / "bin"
-    subprocess.run([str(bin_dir / "wm"), *latents[1:], "--learned-steps", "2", "--device", "cpu"], check=True,
-                   env=SUBPROCESS_ENV, cwd=tmp_path, timeout=600, capture_output=True)
+    subprocess.run(
+        [str(bin_dir / "wm"), *latents[1:], "--learned-steps", "2", "--device", "cpu"],
+        check=True,
+        env=SUBPROCESS_ENV,
+        cwd=tmp_path,
+        timeout=600,
+        capture_output=True,
+    )
     # The learned encoder lives inside the latents folder, nothing beside it.
     assert [p.name for p in tmp_path.iterdir()] == ["latents"]
     assert len(list((tmp_path / "latents").glob("learned-encoder-*/model.safetensors"))) == 1
 
     tiny = ["--steps=2", "--batch_size=4", "--save_freq=2", "--log_freq=1", "--policy.device=cpu", "--num_workers=0"]
-    proc = subprocess.run([str(bin_dir / "lerobot-train"), *train[1:], *tiny], env=HEADLESS_ENV, cwd=tmp_path,
-                          timeout=600, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [str(bin_dir / "lerobot-train"), *train[1:], *tiny],
+        env=HEADLESS_ENV,
+        cwd=tmp_path,
+        timeout=600,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").is_file()
     assert len(decoder_lines(proc)) <= 1, "\n".join(decoder_lines(proc)[:20])
 
     # One short episode on CPU (LeRobot's MetaworldEnv: 500 steps at 480 px, cut at 6 here).
-    proc = run_lerobot_eval(*evaluate[1:], "--eval.n_episodes=1", "--eval.batch_size=1", "--policy.device=cpu",
-                            f"--output_dir={tmp_path / 'eval'}")
+    proc = run_lerobot_eval(
+        *evaluate[1:],
+        "--eval.n_episodes=1",
+        "--eval.batch_size=1",
+        "--policy.device=cpu",
+        f"--output_dir={tmp_path / 'eval'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "eval_info.json").read_text())["overall"]["n_episodes"] == 1
     assert len(decoder_lines(proc)) <= 1, "\n".join(decoder_lines(proc)[:20])

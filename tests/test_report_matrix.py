@@ -15,10 +15,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from world_modality import cli, matrix
-from world_modality.matrix import run as matrix_run
 from conftest import SUBPROCESS_ENV
+from world_modality import cli, matrix
 from world_modality.atomic_io import append_jsonl, atomic_write_json, read_jsonl
+from world_modality.matrix import run as matrix_run
 from world_modality.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,10 +36,22 @@ MODES = {"E2:zero": "zero"}  # the runner records null for an arm's own mode
 
 def episode(label: str, task: str, i: int, success: bool, train_seed: int = 0, video: str | None = None) -> dict:
     base = label.split(":")[0]
-    return {"arm": label, "base_arm": base, "memory_mode": MODES.get(label), "train_seed": train_seed,
-            "suite": "metaworld", "task": task, "seed": EVAL_SEED, "layout": i,
-            "episode_id": f"metaworld|{task}|{EVAL_SEED}|{i}", "success": success, "steps": 100,
-            "wall_time_s": 1.0, "video": video, "checkpoint": f"train/{base}/seed{train_seed}/checkpoints/000010"}
+    return {
+        "arm": label,
+        "base_arm": base,
+        "memory_mode": MODES.get(label),
+        "train_seed": train_seed,
+        "suite": "metaworld",
+        "task": task,
+        "seed": EVAL_SEED,
+        "layout": i,
+        "episode_id": f"metaworld|{task}|{EVAL_SEED}|{i}",
+        "success": success,
+        "steps": 100,
+        "wall_time_s": 1.0,
+        "video": video,
+        "checkpoint": f"train/{base}/seed{train_seed}/checkpoints/000010",
+    }
 
 
 def write_episodes(run_dir, label: str, outcomes: dict, train_seed: int = 0, skip: int | None = None) -> None:
@@ -136,11 +148,18 @@ def test_report_numbers_verdict_ablations_and_plots(run_dir):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-@pytest.mark.parametrize(("suite", "heading", "rollup"), [
-    ("metaworld", "## MetaWorld task groups", "| easy |"),
-    ("libero_spatial", "## LIBERO task groups", "No task-group rollup: the episodes' simulator defines no task groups."),
-    ("elsewhere", "## Task groups", "No task-group rollup: the episodes' simulator defines no task groups."),
-])
+@pytest.mark.parametrize(
+    ("suite", "heading", "rollup"),
+    [
+        ("metaworld", "## MetaWorld task groups", "| easy |"),
+        (
+            "libero_spatial",
+            "## LIBERO task groups",
+            "No task-group rollup: the episodes' simulator defines no task groups.",
+        ),
+        ("elsewhere", "## Task groups", "No task-group rollup: the episodes' simulator defines no task groups."),
+    ],
+)
 def test_the_task_group_heading_names_the_simulator_the_episodes_ran_in(tmp_path, suite, heading, rollup):
     for label, outcomes in OUTCOMES.items():
         write_episodes(tmp_path, label, outcomes)
@@ -160,8 +179,10 @@ def test_plots_stay_legible_per_evaluation_and_per_arm():
     from world_modality.report.plots import MODE_COLOURS, curve_figure, gate_figure, success_figure
     from world_modality.report.readcheck import GATE_OPEN, GATE_SHUT
 
-    overall = [{"arm": arm, "rate": rate, "ci_low": rate - 0.1, "ci_high": rate + 0.1, "successes": int(20 * rate),
-                "n": 20} for arm, rate in (("E0", 0.5), ("E2", 0.6), ("E2:zero", 0.3))]
+    overall = [
+        {"arm": arm, "rate": rate, "ci_low": rate - 0.1, "ci_high": rate + 0.1, "successes": int(20 * rate), "n": 20}
+        for arm, rate in (("E0", 0.5), ("E2", 0.6), ("E2:zero", 0.3))
+    ]
     fig = success_figure(overall, {"E0": "none", "E2": None, "E2:zero": "zero"})
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["E0", "E2", "E2:zero"]
@@ -172,8 +193,9 @@ def test_plots_stay_legible_per_evaluation_and_per_arm():
     assert "30.0% (6/20)" in [t.get_text() for t in ax.texts]
 
     steps = [0, 10, 20]
-    curves = {f"{arm} seed {seed}": {"train/loss": (steps, [1.0, 0.5, 0.1])} for arm in ("E0", "E10", "E2")
-              for seed in (0, 1)}
+    curves = {
+        f"{arm} seed {seed}": {"train/loss": (steps, [1.0, 0.5, 0.1])} for arm in ("E0", "E10", "E2") for seed in (0, 1)
+    }
     curves["E2 seed 0"]["train/world_gate"] = (steps, [0.0, -0.004, -0.02])
     curves["E2 seed 1"]["train/world_gate"] = (steps, [0.0, 0.0002, 0.0005])
     fig = curve_figure(curves, ("train/loss", "val/action_loss"))
@@ -198,8 +220,10 @@ def test_report_unequal_episode_sets_and_zero_success(tmp_path):
     write_episodes(tmp_path, "E2", OUTCOMES["E2"], skip=5)  # one episode short
     md = write_report(tmp_path).read_text()
     assert "No verdict on world memory: E2 and E0 could not be compared" in md
-    assert "not run on the same episodes with training seed 0 (20 distinct episodes in all; per arm: " \
-           "E0 20 (0 missing), E2 19 (1 missing))" in md
+    assert (
+        "not run on the same episodes with training seed 0 (20 distinct episodes in all; per arm: "
+        "E0 20 (0 missing), E2 19 (1 missing))" in md
+    )
     assert "hold different training seeds" not in md
     assert "E0 succeeded on none of its episodes" in md
     comparisons = pd.read_csv(tmp_path / "report" / "comparisons.csv")
@@ -280,36 +304,56 @@ def config_with(path: str, value) -> dict:
 def test_config_resolves_arms_tasks_and_evaluations():
     config = matrix.parse_config(CONFIG)
     assert config.evaluation.tasks == list(TASKS)  # the dataset's tasks, names resolved
-    assert config.arms["E2"].options == {"steps": 10, "batch_size": 8, "model_type": "F", "policy": {"lambda_world": 0.5}}
+    assert config.arms["E2"].options == {
+        "steps": 10,
+        "batch_size": 8,
+        "model_type": "F",
+        "policy": {"lambda_world": 0.5},
+    }
     assert config.evaluations() == [("E0", None, "E0"), ("E2", None, "E2"), ("E2", "zero", "E2:zero")]
     assert matrix.parse_config(config.to_dict()) == config
 
 
-@pytest.mark.parametrize(("path", "value", "message"), [
-    ("arms.E1", {"model_type": "F", "lr": 1e-3}, r"arms\.E1: unknown field\(s\) \['lr'\]; valid: TrainOptions fields "
-                                                 r"policy_type, model_type, steps, .*optimizer_lr"),
-    ("arms.E1", {"seed": 3}, r"arms\.E1: unknown field\(s\) \['seed'\].*the matrix sets dataset, latents, out, seed"),
-    ("arms.E1", {"model_type": "Z"}, r"arms\.E1\.model_type: expected one of A, B, B_cont, C, F"),
-    ("arms.E1", {"steps": "many"}, r"arms\.E1\.steps: expected an integer >= 1, got 'many'"),
-    ("arms.E1", {"policy": {"d_model": 64, "bogus": 1}}, r"arms\.E1\.policy: unknown field\(s\) \['bogus'\]"),
-    ("arms", None, r"config: missing section 'arms'"),
-    ("dataset.path", "/nonexistent", r"dataset: give exactly one of 'path'"),
-    ("dataset.metaworld.tasks", "reach,no-such-task", r"dataset\.metaworld\.tasks: unknown MetaWorld task"),
-    ("dataset.metaworld.episodes", 3, r"dataset\.metaworld: unknown field\(s\) \['episodes'\]; valid fields: tasks"),
-    ("encoder.name", "clip", r"encoder\.name: expected one of dinov2, vjepa2, state, learned"),
-    ("encoder.steps", 3, r"encoder: unknown field\(s\) \['steps'\]; valid fields: name, encoder_path"),
-    ("training.seeds", [0, 0], r"training\.seeds: repeated seed"),
-    ("ablations", {"E0": ["zero"]}, r"ablations\.E0: arm 'E0' has no world memory"),
-    ("ablations", {"E2": ["signal"]}, r"ablations\.E2: expected a list of memory modes from pred, zero"),
-    ("ablations", {"E9": ["zero"]}, r"ablations\.E9: no arm 'E9'"),
-    ("evaluation.episodes", 3, r"evaluation: unknown field\(s\) \['episodes'\]"),
-    ("evaluation.env", "mujoco", r"evaluation\.env: expected one of metaworld, libero"),
-    ("evaluation.env", "libero", r"evaluation\.suite: env libero needs one of libero_spatial"),
-    ("evaluation.suite", "libero_spatial", r"evaluation\.suite: MetaWorld evaluations take no suite"),
-    ("evaluation.episodes_per_task", 0, r"evaluation\.episodes_per_task: expected an integer >= 1"),
-    ("evaluation.concurrent", "maybe", r"evaluation\.concurrent: expected a boolean or null, got 'maybe'"),
-    ("surprise", {}, r"config: unknown field\(s\) \['surprise'\]"),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            "arms.E1",
+            {"model_type": "F", "lr": 1e-3},
+            r"arms\.E1: unknown field\(s\) \['lr'\]; valid: TrainOptions fields "
+            r"policy_type, model_type, steps, .*optimizer_lr",
+        ),
+        (
+            "arms.E1",
+            {"seed": 3},
+            r"arms\.E1: unknown field\(s\) \['seed'\].*the matrix sets dataset, latents, out, seed",
+        ),
+        ("arms.E1", {"model_type": "Z"}, r"arms\.E1\.model_type: expected one of A, B, B_cont, C, F"),
+        ("arms.E1", {"steps": "many"}, r"arms\.E1\.steps: expected an integer >= 1, got 'many'"),
+        ("arms.E1", {"policy": {"d_model": 64, "bogus": 1}}, r"arms\.E1\.policy: unknown field\(s\) \['bogus'\]"),
+        ("arms", None, r"config: missing section 'arms'"),
+        ("dataset.path", "/nonexistent", r"dataset: give exactly one of 'path'"),
+        ("dataset.metaworld.tasks", "reach,no-such-task", r"dataset\.metaworld\.tasks: unknown MetaWorld task"),
+        (
+            "dataset.metaworld.episodes",
+            3,
+            r"dataset\.metaworld: unknown field\(s\) \['episodes'\]; valid fields: tasks",
+        ),
+        ("encoder.name", "clip", r"encoder\.name: expected one of dinov2, vjepa2, state, learned"),
+        ("encoder.steps", 3, r"encoder: unknown field\(s\) \['steps'\]; valid fields: name, encoder_path"),
+        ("training.seeds", [0, 0], r"training\.seeds: repeated seed"),
+        ("ablations", {"E0": ["zero"]}, r"ablations\.E0: arm 'E0' has no world memory"),
+        ("ablations", {"E2": ["signal"]}, r"ablations\.E2: expected a list of memory modes from pred, zero"),
+        ("ablations", {"E9": ["zero"]}, r"ablations\.E9: no arm 'E9'"),
+        ("evaluation.episodes", 3, r"evaluation: unknown field\(s\) \['episodes'\]"),
+        ("evaluation.env", "mujoco", r"evaluation\.env: expected one of metaworld, libero"),
+        ("evaluation.env", "libero", r"evaluation\.suite: env libero needs one of libero_spatial"),
+        ("evaluation.suite", "libero_spatial", r"evaluation\.suite: MetaWorld evaluations take no suite"),
+        ("evaluation.episodes_per_task", 0, r"evaluation\.episodes_per_task: expected an integer >= 1"),
+        ("evaluation.concurrent", "maybe", r"evaluation\.concurrent: expected a boolean or null, got 'maybe'"),
+        ("surprise", {}, r"config: unknown field\(s\) \['surprise'\]"),
+    ],
+)
 def test_config_errors_name_the_field(path, value, message):
     with pytest.raises(matrix.MatrixConfigError, match=message):
         matrix.parse_config(config_with(path, value))
@@ -354,8 +398,10 @@ class FakeStages:
             pretrained = matrix.train_dir(run_dir, arm, seed) / "checkpoints" / "last" / "pretrained_model"
             pretrained.mkdir(exist_ok=True)
             (pretrained / "world_modality.json").write_text(json.dumps({"dataset": str(run_dir / "dataset")}))
-            atomic_write_json(pretrained / "file_digests.json", {"algorithm": "sha256", "files": {
-                "model.safetensors": {"sha256": self.weights_digest, "size": 1}}})
+            atomic_write_json(
+                pretrained / "file_digests.json",
+                {"algorithm": "sha256", "files": {"model.safetensors": {"sha256": self.weights_digest, "size": 1}}},
+            )
 
     def evaluate_arm(self, config, run_dir, arm, seed, memory_mode, label, pools=None, held=None):
         assert pools is not None  # the matrix's evaluations share one set of started simulator pools
@@ -442,8 +488,9 @@ def test_matrix_runs_a_piece_of_the_file_and_the_file_completes_it(tmp_path, mon
     assert "arms.E2.policy.lambda_world: existing 0.5 vs requested 1.0" in capsys.readouterr().err
     stages.calls.clear()
     assert cli.main(["matrix", str(file), "--out", str(run)]) == 0  # the whole file: only the rest runs
-    assert sorted(stages.calls) == sorted([("train", "E0", 0), ("train", "E2", 0), ("eval", "E0", 0), ("eval", "E2", 0),
-                                           ("eval", "E2:zero", 0)])
+    assert sorted(stages.calls) == sorted(
+        [("train", "E0", 0), ("train", "E2", 0), ("eval", "E0", 0), ("eval", "E2", 0), ("eval", "E2:zero", 0)]
+    )
     assert cli.main(["matrix", str(file), "--out", str(run), "--arms", "E0,E9"]) != 0
     assert "no arm E9 in this matrix (it has E0, E2)" in capsys.readouterr().err
     assert cli.main(["matrix", str(file), "--out", str(run), "--seeds", "one"]) != 0
@@ -454,8 +501,11 @@ def test_rerun_refuses_a_changed_config(tmp_path, monkeypatch):
     FakeStages(monkeypatch)
     run = tmp_path / "run"
     matrix.run_matrix(matrix.parse_config(CONFIG), run)
-    with pytest.raises(ValueError, match=r"evaluation\.eval_seed: existing 1000 vs requested 7.*\n.*"
-                                         r"arms\.E2\.policy\.lambda_world: existing 0\.5 vs requested 1\.0"):
+    with pytest.raises(
+        ValueError,
+        match=r"evaluation\.eval_seed: existing 1000 vs requested 7.*\n.*"
+        r"arms\.E2\.policy\.lambda_world: existing 0\.5 vs requested 1\.0",
+    ):
         changed = config_with("evaluation.eval_seed", 7)
         changed["arms"]["E2"]["lambda_world"] = 1.0
         matrix.run_matrix(matrix.parse_config(changed), run, dry_run=True)
@@ -464,8 +514,15 @@ def test_rerun_refuses_a_changed_config(tmp_path, monkeypatch):
     grown["arms"]["E1"] = {"model_type": "F", "world_memory_mode_train": "zero", "world_memory_mode_rollout": "zero"}
     grown["ablations"]["E2"] = ["zero", "shuffle"]
     todo = [s.name for s in matrix.run_matrix(matrix.parse_config(grown), run, dry_run=True) if not s.done]
-    assert todo == ["train E1 seed 0", "train E1 seed 1", "eval E2:shuffle seed 0", "eval E2:shuffle seed 1",
-                    "eval E1 seed 0", "eval E1 seed 1", "report"]
+    assert todo == [
+        "train E1 seed 0",
+        "train E1 seed 1",
+        "eval E2:shuffle seed 0",
+        "eval E2:shuffle seed 1",
+        "eval E1 seed 0",
+        "eval E1 seed 1",
+        "report",
+    ]
 
 
 def test_bench_matrix_prints_stage_times_and_projects_a_bigger_matrix(tmp_path, monkeypatch):
@@ -485,16 +542,41 @@ def test_bench_matrix_prints_stage_times_and_projects_a_bigger_matrix(tmp_path, 
     target = config_with("training.seeds", [0, 1, 2])
     target["dataset"]["metaworld"]["episodes_per_task"] = 6
     (tmp_path / "target.yaml").write_text(yaml.safe_dump(target))
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_matrix.py"), str(run), "--target",
-                          str(tmp_path / "target.yaml"), "--json", str(tmp_path / "bench.json")],
-                         env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_matrix.py"),
+            str(run),
+            "--target",
+            str(tmp_path / "target.yaml"),
+            "--json",
+            str(tmp_path / "bench.json"),
+        ],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     assert "eval           6     240.0s" in out and "total: serial 0.17 h" in out
     result = json.loads((tmp_path / "bench.json").read_text())
-    assert result["rates"] == {"dataset": 10.0, "latents": 2.0, "train": 1.5, "train world_transformer/A": 1.0,
-                               "train world_transformer/F": 2.0, "eval": 2.0, "report": 5.0}
+    assert result["rates"] == {
+        "dataset": 10.0,
+        "latents": 2.0,
+        "train": 1.5,
+        "train world_transformer/A": 1.0,
+        "train world_transformer/F": 2.0,
+        "eval": 2.0,
+        "report": 5.0,
+    }
     projection = result["projection"]
     assert {stage: row["seconds"] for stage, row in projection["stages"].items()} == {
-        "dataset": 120.0, "latents": 24.0, "train": 3 * 10 * 1.0 + 3 * 10 * 2.0, "eval": 3 * 3 * 20 * 2.0, "report": 5.0}
+        "dataset": 120.0,
+        "latents": 24.0,
+        "train": 3 * 10 * 1.0 + 3 * 10 * 2.0,
+        "eval": 3 * 3 * 20 * 2.0,
+        "report": 5.0,
+    }
     assert projection["serial_s"] == 120 + 24 + 90 + 360 + 5 and projection["concurrent_s"] == 120 + 24 + 360 + 5
 
 
@@ -505,7 +587,9 @@ def test_the_matrix_file_or_the_machine_chooses_the_executor(tmp_path, monkeypat
     chosen = []
     monkeypatch.setattr(matrix_run, "execute", lambda plan, executor, **options: chosen.append(executor))
     for concurrent in (True, False):
-        matrix.run_matrix(matrix.parse_config(config_with("evaluation.concurrent", concurrent)), tmp_path / str(concurrent))
+        matrix.run_matrix(
+            matrix.parse_config(config_with("evaluation.concurrent", concurrent)), tmp_path / str(concurrent)
+        )
     matrix.run_matrix(matrix.parse_config(CONFIG), tmp_path / "cpu")  # no GPU here: one step after another
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine trains beside evaluation
     plan = matrix.run_matrix(matrix.parse_config(CONFIG), tmp_path / "gpu")
@@ -529,8 +613,13 @@ def run_piece(run: Path, monkeypatch, seed: int, gate: float) -> Path:
     for arm in ("E0", "E2"):
         pretrained = matrix.train_dir(run, arm, seed) / "checkpoints" / "last" / "pretrained_model"
         pretrained.mkdir()
-        config = {"type": "world_transformer", "model_type": "A" if arm == "E0" else "F",
-                  "encoder_spec": {"name": "learned"}, "memory_source": "predicted", "world_memory_mode_train": "pred"}
+        config = {
+            "type": "world_transformer",
+            "model_type": "A" if arm == "E0" else "F",
+            "encoder_spec": {"name": "learned"},
+            "memory_source": "predicted",
+            "world_memory_mode_train": "pred",
+        }
         (pretrained / "config.json").write_text(json.dumps(config))
         (pretrained / "world_modality.json").write_text("{}")
         weights = {"model.action_queries": np.zeros((2, 3), np.float32)}
@@ -543,7 +632,9 @@ def run_piece(run: Path, monkeypatch, seed: int, gate: float) -> Path:
             if arm == "E2":  # rises to 0.3 at step 777, then falls to 0.1
                 writer.add_scalar("train/world_gate", 0.3 * step / 777 if step <= 777 else 0.1, step)
         writer.close()
-    atomic_write_json(run / "intervene" / "E2" / f"seed{seed}.json", {"training_step": 10, "ratio_to_pred": {"zero": 1.2}})
+    atomic_write_json(
+        run / "intervene" / "E2" / f"seed{seed}.json", {"training_step": 10, "ratio_to_pred": {"zero": 1.2}}
+    )
     write_report(run)
     return run
 
@@ -557,7 +648,7 @@ def test_export_keeps_what_the_report_reads_and_merges_pieces(tmp_path, monkeypa
     assert cli.main(["report", str(first), "--export", str(dest)]) == 0
     # The same report from the export: gate, read-check and success, without a single weights file.
     assert not list(dest.rglob("*.safetensors")) and not (dest / "dataset").exists()
-    assert (pd.read_csv(dest / "report" / "arms.csv").equals(pd.read_csv(first / "report" / "arms.csv")))
+    assert pd.read_csv(dest / "report" / "arms.csv").equals(pd.read_csv(first / "report" / "arms.csv"))
     gate = load_gate_run(dest / "train" / "E2" / "seed0")
     assert gate.final == pytest.approx(np.tanh(0.2)) and gate.peak == pytest.approx(0.3)
     steps, values = read_scalars(dest / "train" / "E2" / "seed0" / "tensorboard", [GATE_TAG])[GATE_TAG]
@@ -597,7 +688,9 @@ def test_export_keeps_what_the_report_reads_and_merges_pieces(tmp_path, monkeypa
     shutil.copytree(other_run / "eval" / "E0" / "seed1", dest / "eval" / "E0" / "seed1")
     with pytest.raises(ValueError, match=r"evaluation\.eval_seed: existing 1000 vs requested 7"):
         changed = run_piece(tmp_path / "third", monkeypatch, seed=2, gate=0.1)
-        (changed / "matrix.yaml").write_text(yaml.safe_dump(config_with("evaluation.eval_seed", 7) | {"training": {"seeds": [2]}}))
+        (changed / "matrix.yaml").write_text(
+            yaml.safe_dump(config_with("evaluation.eval_seed", 7) | {"training": {"seeds": [2]}})
+        )
         export_results(changed, dest)
     assert not (dest / "eval" / "E2" / "seed2").exists()
 
@@ -611,8 +704,10 @@ def test_export_leaves_out_what_is_not_finished(tmp_path, monkeypatch):
     meta = matrix.train_dir(run, "E0", 0) / "checkpoints" / "last" / "pretrained_model" / "world_modality.json"
     meta.write_text(json.dumps({"training_step": 5, "total_steps": 10}))  # a training under way
     exported = export_results(run, tmp_path / "results")
-    assert exported.unfinished == [f"eval/E2:zero/seed0 (5 of {2 * EPISODES} episodes)",
-                                   "train/E0/seed0 (step 5 of 10)"]
+    assert exported.unfinished == [
+        f"eval/E2:zero/seed0 (5 of {2 * EPISODES} episodes)",
+        "train/E0/seed0 (step 5 of 10)",
+    ]
     assert "eval/E2/seed0" in exported.added and "train/E2/seed0" in exported.added
     assert not (tmp_path / "results" / "eval" / "E2:zero").exists()
     assert not (tmp_path / "results" / "train" / "E0").exists()
@@ -641,8 +736,11 @@ def test_matrix_export_keeps_each_finished_step_when_the_run_breaks_off(tmp_path
     printed = capsys.readouterr()
     assert "machine lost" in printed.err and "eval E2:zero seed 0: exported to" in printed.out
     held = {p.relative_to(dest).as_posix() for p in dest.glob("*/*/seed*")}
-    assert held == {f"{kind}/{arm}/seed{seed}" for seed in (0, 1) for kind, arm in
-                    [("train", "E0"), ("train", "E2"), ("eval", "E0"), ("eval", "E2")]} | {"eval/E2:zero/seed0"}
+    assert held == {
+        f"{kind}/{arm}/seed{seed}"
+        for seed in (0, 1)
+        for kind, arm in [("train", "E0"), ("train", "E2"), ("eval", "E0"), ("eval", "E2")]
+    } | {"eval/E2:zero/seed0"}
     # Resumed (on this or another machine with the run folder): the rest joins the export, which gets the report.
     stages.lost = None
     assert cli.main(command) == 0
@@ -708,12 +806,16 @@ def test_an_ablation_compares_itself_with_the_arm_s_own_evaluation_held_in_the_e
     fake_checkpoint(matrix.train_dir(run, "E2", 1), 10)
     for task in config.evaluation.tasks:
         for i in range(EPISODES):
-            append_jsonl(matrix.eval_dir(dest, "E2", 1) / "episodes.jsonl", episode("E2", task, i, i in OUTCOMES["E2"][task], 1))
+            append_jsonl(
+                matrix.eval_dir(dest, "E2", 1) / "episodes.jsonl", episode("E2", task, i, i in OUTCOMES["E2"][task], 1)
+            )
 
     def evaluate_checkpoint(checkpoint, *, out_dir, **options):
         for task in config.evaluation.tasks:
             for i in range(EPISODES):
-                append_jsonl(Path(out_dir) / "episodes.jsonl", episode("E2:zero", task, i, i in OUTCOMES["E2:zero"][task], 1))
+                append_jsonl(
+                    Path(out_dir) / "episodes.jsonl", episode("E2:zero", task, i, i in OUTCOMES["E2:zero"][task], 1)
+                )
         return Path(out_dir) / "episodes.jsonl"
 
     monkeypatch.setattr(rollout, "evaluate_checkpoint", evaluate_checkpoint)
@@ -721,7 +823,9 @@ def test_an_ablation_compares_itself_with_the_arm_s_own_evaluation_held_in_the_e
     assert "seed 1: E2:zero changed the outcome of 8 of 20 paired episodes vs E2" in capsys.readouterr().out
 
 
-def test_an_ablation_without_the_arm_s_own_evaluation_says_so_instead_of_comparing_no_pairs(tmp_path, monkeypatch, capsys):
+def test_an_ablation_without_the_arm_s_own_evaluation_says_so_instead_of_comparing_no_pairs(
+    tmp_path, monkeypatch, capsys
+):
     import world_modality.rollout as rollout
 
     config, run = matrix.parse_config(CONFIG), tmp_path / "run"

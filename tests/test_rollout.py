@@ -21,8 +21,18 @@ SHORT = 6  # steps per episode in these tests: the runner's logic, not the polic
 def _train(dataset, latents, out, model_type):
     from world_modality.training.trainer import TrainOptions, train
 
-    return train(TrainOptions(dataset=str(dataset), latents=str(latents), out=str(out), model_type=model_type,
-                              steps=4, batch_size=8, save_every=4, progress=False))
+    return train(
+        TrainOptions(
+            dataset=str(dataset),
+            latents=str(latents),
+            out=str(out),
+            model_type=model_type,
+            steps=4,
+            batch_size=8,
+            save_every=4,
+            progress=False,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +60,11 @@ def test_arms_run_identical_episodes_and_pair(checkpoints, tmp_path):
     e0 = _eval(checkpoints["A"], tmp_path / "e0", arm="E0", videos_per_task=1)
     e2 = _eval(checkpoints["F"], tmp_path / "e2", arm="E2")
     r0, r2 = read_jsonl(e0), read_jsonl(e2)
-    assert [r["episode_id"] for r in r0] == [r["episode_id"] for r in r2] == [
-        "metaworld|reach-v3|1000|0", "metaworld|reach-v3|1000|1"
-    ]
+    assert (
+        [r["episode_id"] for r in r0]
+        == [r["episode_id"] for r in r2]
+        == ["metaworld|reach-v3|1000|0", "metaworld|reach-v3|1000|1"]
+    )
     for r in r0 + r2:
         assert r["steps"] == SHORT and r["suite"] == "metaworld" and r["train_seed"] == 0
         assert set(r) >= {"success", "steps", "seed", "layout", "task", "arm", "wall_time_s"}
@@ -72,7 +84,9 @@ def test_pipelined_groups_run_each_episode_once_as_one_lockstep_group_does(check
     one = read_jsonl(_eval(checkpoints["F"], tmp_path / "one", **kwargs))
     two = read_jsonl(_eval(checkpoints["F"], tmp_path / "two", groups=2, **kwargs))
     assert sorted(r["episode_id"] for r in two) == sorted(r["episode_id"] for r in one) and len(two) == 5
-    assert {r["episode_id"]: (r["success"], r["steps"]) for r in two} == {r["episode_id"]: (r["success"], r["steps"]) for r in one}
+    assert {r["episode_id"]: (r["success"], r["steps"]) for r in two} == {
+        r["episode_id"]: (r["success"], r["steps"]) for r in one
+    }
     with pytest.raises(ValueError, match="--groups must be between 1 and the number of simulator processes"):
         runner.env_groups(3, 4)
     assert runner.env_groups(5, 2) == [[0, 1], [2, 3, 4]]
@@ -193,7 +207,9 @@ def test_memory_controls_are_reproducible_from_the_episode(checkpoints, tmp_path
         actions.clear()
         torch.manual_seed(len(name))  # a different global RNG state in every run
         records = read_jsonl(_eval(checkpoints["F"], tmp_path / name, arm="E2", memory_mode=mode, pools=pools))
-        return {r["episode_id"]: (r["success"], r["steps"]) for r in records}, {s: np.stack(a) for s, a in actions.items()}
+        return {r["episode_id"]: (r["success"], r["steps"]) for r in records}, {
+            s: np.stack(a) for s, a in actions.items()
+        }
 
     with EnvPools() as pools:  # one simulator pool for the seven evaluations (bit-identical to fresh ones)
         _, pred_actions = run("pred", "pred", pools)
@@ -220,8 +236,23 @@ def test_mismatches_are_refused(checkpoints, tmp_path, capsys):
         _eval(checkpoints["F"], tmp_path, arm="E2", memory_mode="other", memory_bank=tmp_path)
     from world_modality import cli
 
-    assert cli.main(["eval", str(checkpoints["F"]), "--memory-mode", "other", "--memory-bank", str(tmp_path), "--out",
-                     str(tmp_path / "cli"), "--device", "cpu"]) != 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                str(checkpoints["F"]),
+                "--memory-mode",
+                "other",
+                "--memory-bank",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "cli"),
+                "--device",
+                "cpu",
+            ]
+        )
+        != 0
+    )
     assert f"{tmp_path} is not a complete latent cache" in capsys.readouterr().err
     # A checkpoint whose camera was not rendered for its data cannot be evaluated with matching frames.
     broken = tmp_path / "broken"
@@ -287,7 +318,9 @@ def test_wm_eval_of_an_ablation_says_whether_it_changed_anything(checkpoints, tm
     from world_modality.training.checkpoint import resolve_pretrained
 
     def with_gate(value: float) -> Path:
-        pretrained = shutil.copytree(resolve_pretrained(checkpoints["F"]), tmp_path / f"gate{value}" / "pretrained_model")
+        pretrained = shutil.copytree(
+            resolve_pretrained(checkpoints["F"]), tmp_path / f"gate{value}" / "pretrained_model"
+        )
         weights = load_file(pretrained / "model.safetensors")
         (key,) = [k for k in weights if k.endswith("cross_attn.gate")]
         weights[key] = torch.tensor(value)
@@ -295,17 +328,36 @@ def test_wm_eval_of_an_ablation_says_whether_it_changed_anything(checkpoints, tm
         record_digests(pretrained)  # a checkpoint written with this gate (an edited one is refused as damaged)
         return pretrained
 
-    options = ["--tasks", "reach-v3", "--episodes-per-task", "2", "--max-steps", str(SHORT), "--workers", "1",
-               "--device", "cpu", "--arm", "E2"]
+    options = [
+        "--tasks",
+        "reach-v3",
+        "--episodes-per-task",
+        "2",
+        "--max-steps",
+        str(SHORT),
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--arm",
+        "E2",
+    ]
     shut = with_gate(0.0)
     assert cli.main(["eval", str(shut), *options, "--out", str(tmp_path / "shut")]) == 0
     assert cli.main(["eval", str(shut), *options, "--memory-mode", "zero", "--out", str(tmp_path / "shut")]) == 0
-    assert ("E2:zero equals E2 on every one of the 2 paired episodes (success, length and actions): at rollout the "
-            "policy did not read its world memory") in capsys.readouterr().out
+    assert (
+        "E2:zero equals E2 on every one of the 2 paired episodes (success, length and actions): at rollout the "
+        "policy did not read its world memory"
+    ) in capsys.readouterr().out
     opened, run = with_gate(1.0), tmp_path / "run" / "eval"
     assert cli.main(["eval", str(opened), *options, "--out", str(run / "E2" / "seed0")]) == 0
-    assert cli.main(["eval", str(opened), *options, "--memory-mode", "zero", "--out", str(run / "E2:zero" / "seed0")]) == 0
-    assert "E2:zero changed the outcome of 0 of 2 paired episodes vs E2 (length on 0, actions on 2)" in capsys.readouterr().out
+    assert (
+        cli.main(["eval", str(opened), *options, "--memory-mode", "zero", "--out", str(run / "E2:zero" / "seed0")]) == 0
+    )
+    assert (
+        "E2:zero changed the outcome of 0 of 2 paired episodes vs E2 (length on 0, actions on 2)"
+        in capsys.readouterr().out
+    )
 
 
 class _FakeAdapter:
@@ -410,7 +462,9 @@ def test_other_memory_comes_from_the_held_out_episodes_or_the_given_cache(checkp
     assert all(tuple(z) in held_out for z in bank[:, -1].tolist())  # z_t of every donor: a held-out frame
     # A given cache: every frame may give, so the bank fills up from the training episodes too.
     given = load_rollout_policy(checkpoints["F"], "other", device="cpu", memory_bank=state_latents)
-    assert given.memory_bank == str(state_latents) and len(given.policy.world.memory_bank[0]) == min(MEMORY_BANK_FRAMES, len(cache))
+    assert given.memory_bank == str(state_latents) and len(given.policy.world.memory_bank[0]) == min(
+        MEMORY_BANK_FRAMES, len(cache)
+    )
     # A checkpoint whose training latents are not on this machine names the way out.
     moved = tmp_path / "moved"
     shutil.copytree(checkpoints["F"], moved)
@@ -445,7 +499,10 @@ def test_an_episodes_actions_do_not_depend_on_what_shares_its_batch(checkpoints,
         for row, seed in enumerate(self.seeds):
             calls[seed] = calls.get(seed, 0) + 1 if row < len(observations) else calls.get(seed, 0)
             if seed == broken and calls[seed] >= 3:
-                observations[row] = {**observations[row], "env_state": np.full_like(observations[row]["env_state"], np.nan)}
+                observations[row] = {
+                    **observations[row],
+                    "env_state": np.full_like(observations[row]["env_state"], np.nan),
+                }
         return real_act(self, observations, instructions, peek)
 
     monkeypatch.setattr(LeRobotRolloutPolicy, "reset", reset)
@@ -458,7 +515,9 @@ def test_an_episodes_actions_do_not_depend_on_what_shares_its_batch(checkpoints,
 
     one = outcomes(read_jsonl(_eval(checkpoints["F"], tmp_path / "one", workers=1, **kwargs)))
     assert one[episodes[1].episode_id][1:] == (2, False, "non-finite world latent at step 2")
-    assert all(steps == 12 and stopped is None for eid, (_, steps, _, stopped) in one.items() if eid != episodes[1].episode_id)
+    assert all(
+        steps == 12 and stopped is None for eid, (_, steps, _, stopped) in one.items() if eid != episodes[1].episode_id
+    )
     assert len(set(digest for digest, *_ in one.values())) == 5
     for name, options in {"two": dict(workers=2), "groups": dict(workers=3, groups=2)}.items():
         assert outcomes(read_jsonl(_eval(checkpoints["F"], tmp_path / name, **options, **kwargs))) == one, name

@@ -73,9 +73,12 @@ def locked_write(root: str, name: str) -> None:
 
 
 def locked_plan(root: Path) -> Plan:
-    return Plan([Step("in this process", "eval", locked_write, {"root": str(root), "name": "here"}),
-                 Step("in its own process", "train", locked_write, {"root": str(root), "name": "isolated"},
-                      isolated=True)])
+    return Plan(
+        [
+            Step("in this process", "eval", locked_write, {"root": str(root), "name": "here"}),
+            Step("in its own process", "train", locked_write, {"root": str(root), "name": "isolated"}, isolated=True),
+        ]
+    )
 
 
 def fake_plan(root: Path, gpu: bool = False) -> Plan:
@@ -88,13 +91,33 @@ def fake_plan(root: Path, gpu: bool = False) -> Plan:
 
     steps = [Step("data", "dataset", make_data, {"root": root}, done=exists("data.txt"))]
     for arm, seeds in ARMS.items():
-        steps += [Step(f"train {arm} {s}", "train", fake_train, {"root": root, "arm": arm, "seed": s}, needs=("data",),
-                       resources=train_resources(gpu), isolated=True, done=exists("train", f"{arm}-{s}.txt"))
-                  for s in seeds]
+        steps += [
+            Step(
+                f"train {arm} {s}",
+                "train",
+                fake_train,
+                {"root": root, "arm": arm, "seed": s},
+                needs=("data",),
+                resources=train_resources(gpu),
+                isolated=True,
+                done=exists("train", f"{arm}-{s}.txt"),
+            )
+            for s in seeds
+        ]
     for arm, seeds in ARMS.items():
-        steps += [Step(f"eval {arm} {s}", "eval", fake_eval, {"root": root, "arm": arm, "seed": s},
-                       needs=(f"train {arm} {s}",), resources=eval_resources(2, gpu), shares_pools=True,
-                       done=exists("eval", f"{arm}-{s}.txt")) for s in seeds]
+        steps += [
+            Step(
+                f"eval {arm} {s}",
+                "eval",
+                fake_eval,
+                {"root": root, "arm": arm, "seed": s},
+                needs=(f"train {arm} {s}",),
+                resources=eval_resources(2, gpu),
+                shares_pools=True,
+                done=exists("eval", f"{arm}-{s}.txt"),
+            )
+            for s in seeds
+        ]
     steps.append(Step("report", "report", fake_report, {"root": root}, needs=tuple(s.name for s in steps)))
     return Plan(steps)
 
@@ -151,33 +174,69 @@ def test_the_gpu_trains_the_next_run_while_this_process_evaluates(tmp_path):
     """One GPU: train 1 (isolated) and the evaluation of train 0 (in this process) each wait for the other's
     marker, so the plan finishes only when they overlap."""
     root = str(tmp_path)
-    plan = Plan([
-        Step("train 0", "train", make_data, {"root": root}, resources=train_resources(True), isolated=True),
-        Step("train 1", "train", wait_for, {"root": root, "mine": "t1", "theirs": "e0"}, needs=("train 0",),
-             resources=train_resources(True), isolated=True),
-        Step("eval 0", "eval", wait_for_here, {"root": root, "mine": "e0", "theirs": "t1"}, needs=("train 0",),
-             resources=eval_resources(16, True), shares_pools=True),
-    ])
+    plan = Plan(
+        [
+            Step("train 0", "train", make_data, {"root": root}, resources=train_resources(True), isolated=True),
+            Step(
+                "train 1",
+                "train",
+                wait_for,
+                {"root": root, "mine": "t1", "theirs": "e0"},
+                needs=("train 0",),
+                resources=train_resources(True),
+                isolated=True,
+            ),
+            Step(
+                "eval 0",
+                "eval",
+                wait_for_here,
+                {"root": root, "mine": "e0", "theirs": "t1"},
+                needs=("train 0",),
+                resources=eval_resources(16, True),
+                shares_pools=True,
+            ),
+        ]
+    )
     start = time.monotonic()
     execute(plan, "local", cpus=2, gpus=1)
     assert (tmp_path / "t1").exists() and (tmp_path / "e0").exists() and time.monotonic() - start < 60
     # Two whole-GPU trainings never share the one GPU: the second waits for the first.
-    exclusive = Plan([
-        Step(f"train {i}", "train", wait_for, {"root": root, "mine": f"x{i}", "theirs": f"x{1 - i}", "timeout": 3},
-             resources=Resources(cpus=0, gpus=1), isolated=True) for i in (0, 1)
-    ])
+    exclusive = Plan(
+        [
+            Step(
+                f"train {i}",
+                "train",
+                wait_for,
+                {"root": root, "mine": f"x{i}", "theirs": f"x{1 - i}", "timeout": 3},
+                resources=Resources(cpus=0, gpus=1),
+                isolated=True,
+            )
+            for i in (0, 1)
+        ]
+    )
     with pytest.raises(StepFailed, match="x1 never appeared: the steps did not run at the same time"):
         execute(exclusive, "local", cpus=2, gpus=1)
 
 
 def test_a_failed_step_is_named_and_its_dependents_do_not_run(tmp_path):
     root = str(tmp_path)
-    plan = Plan([
-        Step("data", "dataset", make_data, {"root": root}),
-        Step("train a 0", "train", fail, {"message": "out of memory (fake)"}, needs=("data",), isolated=True),
-        Step("train b 0", "train", fake_train, {"root": root, "arm": "b", "seed": 0}, needs=("data",), isolated=True),
-        Step("eval a 0", "eval", fake_eval, {"root": root, "arm": "a", "seed": 0}, needs=("train a 0",), shares_pools=True),
-    ])
+    plan = Plan(
+        [
+            Step("data", "dataset", make_data, {"root": root}),
+            Step("train a 0", "train", fail, {"message": "out of memory (fake)"}, needs=("data",), isolated=True),
+            Step(
+                "train b 0", "train", fake_train, {"root": root, "arm": "b", "seed": 0}, needs=("data",), isolated=True
+            ),
+            Step(
+                "eval a 0",
+                "eval",
+                fake_eval,
+                {"root": root, "arm": "a", "seed": 0},
+                needs=("train a 0",),
+                shares_pools=True,
+            ),
+        ]
+    )
     for executor in ("serial", "local"):
         with pytest.raises((StepFailed, RuntimeError), match="out of memory \\(fake\\)"):
             execute(plan, executor, cpus=2, gpus=0)
@@ -196,8 +255,9 @@ def test_a_step_whose_result_on_done_refuses_fails_and_its_dependents_do_not_run
         if step.stage == "train":
             raise ValueError("other weights than DEST's (fake)")
 
-    with pytest.raises(StepFailed, match="step 'train a 0' failed: after it ended: ValueError: other weights than "
-                                         "DEST's \\(fake\\)"):
+    with pytest.raises(
+        StepFailed, match="step 'train a 0' failed: after it ended: ValueError: other weights than DEST's \\(fake\\)"
+    ):
         execute(fake_plan(tmp_path), executor, cpus=2, gpus=0, on_done=refuse_training)
     assert any(step.startswith("train") for step in ran(tmp_path))
     assert not any(step.startswith("eval") for step in ran(tmp_path))
@@ -213,8 +273,12 @@ def test_invalid_plans_are_refused():
     with pytest.raises(PlanError, match="module-level function"):
         Plan([Step("x", "s", lambda: None)])
     with pytest.raises(PlanError, match="this machine has none"):
-        execute(Plan([Step("x", "train", make_data, {"root": "/nonexistent"}, resources=Resources(gpus=1))]), "local",
-                cpus=2, gpus=0)
+        execute(
+            Plan([Step("x", "train", make_data, {"root": "/nonexistent"}, resources=Resources(gpus=1))]),
+            "local",
+            cpus=2,
+            gpus=0,
+        )
     with pytest.raises(ValueError, match="unknown executor 'threads'"):
         execute(Plan([]), "threads")
 
@@ -265,9 +329,13 @@ def test_steps_write_inside_the_output_their_driver_holds_and_no_one_else_does(e
     run = tmp_path / "run"
     with writer_lock(run):
         execute(locked_plan(run), executor)
-        outside = subprocess.run([sys.executable, str(Path(__file__).with_name("lock_holder.py")), str(run / "other")],
-                                 env={k: v for k, v in os.environ.items() if k != TOKENS_ENV}, capture_output=True,
-                                 text=True, timeout=60)
+        outside = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("lock_holder.py")), str(run / "other")],
+            env={k: v for k, v in os.environ.items() if k != TOKENS_ENV},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     pids = {int((run / name / "pid.txt").read_text()) for name in ("here", "isolated")}
     assert (os.getpid() in pids) == (executor != "ray") and len(pids) == (1 if executor == "serial" else 2)
     assert outside.returncode != 0 and f"{run / 'other'} is inside {run}, which is being written" in outside.stderr
@@ -283,25 +351,41 @@ def train_tiny(dataset: str, latents: str, out: str, model_type: str) -> None:
     from world_modality.training.trainer import TrainOptions, train
 
     torch.set_num_threads(1)  # CPU arithmetic is bit-identical only at one thread count (see the module docstring)
-    train(TrainOptions(dataset=dataset, latents=latents, out=out, model_type=model_type, steps=4, batch_size=8,
-                       save_every=4, progress=False, device="cpu"))
+    train(
+        TrainOptions(
+            dataset=dataset,
+            latents=latents,
+            out=out,
+            model_type=model_type,
+            steps=4,
+            batch_size=8,
+            save_every=4,
+            progress=False,
+            device="cpu",
+        )
+    )
 
 
 def tiny_matrix_file(path: Path, dataset: Path, concurrent: bool) -> Path:
-    path.write_text(yaml.safe_dump({
-        "dataset": {"path": str(dataset)},  # its 2 tasks are the evaluation's
-        "encoders": [{"name": "state", "device": "cpu"}],
-        "training": {"steps": 4, "batch_size": 8, "save_every": 4, "device": "cpu", "progress": False},
-        "arms": {"E0": {"model_type": "A"}, "E2": {"model_type": "F"}},
-        "ablations": {"E2": ["zero"]},
-        "evaluation": {"episodes_per_task": 2, "workers": 1, "max_steps": 6, "concurrent": concurrent},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": {"path": str(dataset)},  # its 2 tasks are the evaluation's
+                "encoders": [{"name": "state", "device": "cpu"}],
+                "training": {"steps": 4, "batch_size": 8, "save_every": 4, "device": "cpu", "progress": False},
+                "arms": {"E0": {"model_type": "A"}, "E2": {"model_type": "F"}},
+                "ablations": {"E2": ["zero"]},
+                "evaluation": {"episodes_per_task": 2, "workers": 1, "max_steps": 6, "concurrent": concurrent},
+            }
+        )
+    )
     return path
 
 
 @pytest.mark.slow  # ~4 min on the 2-core CI machine: three runs, each starting simulator, training and Ray processes
 def test_a_tiny_matrix_file_gives_the_same_episodes_and_report_serially_concurrently_and_on_ray(
-        ray_cluster, metaworld_dataset, one_thread, monkeypatch, tmp_path):
+    ray_cluster, metaworld_dataset, one_thread, monkeypatch, tmp_path
+):
     from world_modality.cli import main
     from world_modality.matrix import load_profile
 
@@ -309,9 +393,12 @@ def test_a_tiny_matrix_file_gives_the_same_episodes_and_report_serially_concurre
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     def outcome(run_dir: Path) -> dict[str, object]:
-        episodes = {str(p.relative_to(run_dir)): [{k: v for k, v in r.items() if k not in ("wall_time_s", "checkpoint")}
-                                                  for r in read_jsonl(p)]
-                    for p in sorted((run_dir / "eval").rglob("episodes.jsonl"))}
+        episodes = {
+            str(p.relative_to(run_dir)): [
+                {k: v for k, v in r.items() if k not in ("wall_time_s", "checkpoint")} for r in read_jsonl(p)
+            ]
+            for p in sorted((run_dir / "eval").rglob("episodes.jsonl"))
+        }
         tables = {p.name: p.read_text() for p in sorted((run_dir / "report").glob("*.csv"))}
         return {"episodes": episodes, "tables": tables}
 
@@ -319,11 +406,20 @@ def test_a_tiny_matrix_file_gives_the_same_episodes_and_report_serially_concurre
     for executor, run_dir in runs.items():
         config = tiny_matrix_file(tmp_path / f"{executor}.yaml", metaworld_dataset, concurrent=executor == "local")
         # The test's Ray instance is already up, so `--ray auto` runs on it (as `wm eval --ray` below).
-        assert main(["matrix", str(config), "--out", str(run_dir), *(["--ray", "auto"] if executor == "ray" else [])]) == 0
+        assert (
+            main(["matrix", str(config), "--out", str(run_dir), *(["--ray", "auto"] if executor == "ray" else [])]) == 0
+        )
         profile = load_profile(run_dir)
         assert {r["executor"] for r in profile.values()} == {executor}
-        assert set(profile) == {"latents state", "train E0 seed 0", "train E2 seed 0", "eval E0 seed 0", "eval E2 seed 0",
-                                "eval E2:zero seed 0", "report"}
+        assert set(profile) == {
+            "latents state",
+            "train E0 seed 0",
+            "train E2 seed 0",
+            "eval E0 seed 0",
+            "eval E2 seed 0",
+            "eval E2:zero seed 0",
+            "report",
+        }
     reference = outcome(runs["serial"])
     assert len(reference["episodes"]) == 3 and all(len(v) == 4 for v in reference["episodes"].values())
     assert reference["tables"]
@@ -339,13 +435,28 @@ def test_wm_eval_on_ray_shards_gives_the_one_process_episodes(ray_cluster, metaw
 
     latents = compute_latents(metaworld_dataset, "state", out=tmp_path / "latents", progress=False)
     train_tiny(str(metaworld_dataset), str(latents), str(tmp_path / "run"), "F")
-    common = [str(tmp_path / "run"), "--tasks", "reach-v3,pick-place-v3", "--episodes-per-task", "2", "--workers", "1",
-              "--max-steps", "6", "--device", "cpu", "--arm", "E2"]
+    common = [
+        str(tmp_path / "run"),
+        "--tasks",
+        "reach-v3,pick-place-v3",
+        "--episodes-per-task",
+        "2",
+        "--workers",
+        "1",
+        "--max-steps",
+        "6",
+        "--device",
+        "cpu",
+        "--arm",
+        "E2",
+    ]
     assert main(["eval", *common, "--out", str(tmp_path / "one")]) == 0
     # The test's Ray instance is already up, so `execute` runs on it ('auto' would join a `ray start` cluster).
     assert main(["eval", *common, "--out", str(tmp_path / "ray"), "--ray", "auto", "--shards", "2"]) == 0
-    assert sorted(p.name for p in (tmp_path / "ray").glob("episodes.*")) == ["episodes.shard-1-of-2.jsonl",
-                                                                           "episodes.shard-2-of-2.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "ray").glob("episodes.*")) == [
+        "episodes.shard-1-of-2.jsonl",
+        "episodes.shard-2-of-2.jsonl",
+    ]
 
     def outcome(records: list[dict]) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in (*SHARD_FIELDS, "wall_time_s")} for r in records]

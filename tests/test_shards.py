@@ -22,8 +22,18 @@ def checkpoint(metaworld_dataset, state_latents, tmp_path_factory) -> Path:
     from world_modality.training.trainer import TrainOptions, train
 
     out = tmp_path_factory.mktemp("ckpt") / "A"
-    return train(TrainOptions(dataset=str(metaworld_dataset), latents=str(state_latents), out=str(out), model_type="A",
-                              steps=4, batch_size=8, save_every=4, progress=False))
+    return train(
+        TrainOptions(
+            dataset=str(metaworld_dataset),
+            latents=str(state_latents),
+            out=str(out),
+            model_type="A",
+            steps=4,
+            batch_size=8,
+            save_every=4,
+            progress=False,
+        )
+    )
 
 
 def _eval(checkpoint, out, **kwargs):
@@ -85,15 +95,34 @@ def test_shards_merge_into_the_unsharded_result(checkpoint, tmp_path, capsys):
 # --- refusals, on synthetic shard files ---------------------------------------------------------------------
 
 
-def _write_shard(folder: Path, index: int, count: int, n: int = 4, evaluation_id: str = "abc", arm: str = "E0",
-                 skip: tuple[int, ...] = ()) -> Path:
+def _write_shard(
+    folder: Path,
+    index: int,
+    count: int,
+    n: int = 4,
+    evaluation_id: str = "abc",
+    arm: str = "E0",
+    skip: tuple[int, ...] = (),
+) -> Path:
     path = folder / Shard(index, count).file_name
     for p in Shard(index, count).positions(n):
         if p not in skip:
-            append_jsonl(path, {"arm": arm, "base_arm": arm, "train_seed": 0, "task": "reach-v3",
-                                "episode_id": f"metaworld|reach-v3|1000|{p}", "success": p % 2 == 0, "shard": index,
-                                "shard_count": count, "episode_index": p, "n_episodes": n,
-                                "evaluation_id": evaluation_id})
+            append_jsonl(
+                path,
+                {
+                    "arm": arm,
+                    "base_arm": arm,
+                    "train_seed": 0,
+                    "task": "reach-v3",
+                    "episode_id": f"metaworld|reach-v3|1000|{p}",
+                    "success": p % 2 == 0,
+                    "shard": index,
+                    "shard_count": count,
+                    "episode_index": p,
+                    "n_episodes": n,
+                    "evaluation_id": evaluation_id,
+                },
+            )
     return path
 
 
@@ -125,8 +154,11 @@ def test_unfinished_shard_is_refused(tmp_path):
 def test_shards_of_different_evaluations_are_refused(tmp_path):
     _write_shard(tmp_path, 1, 2, evaluation_id="abc")
     _write_shard(tmp_path, 2, 2, evaluation_id="def")
-    with pytest.raises(ValueError, match=r"different evaluations.*evaluation abc: episodes.shard-1-of-2.jsonl; "
-                                         r"evaluation def: episodes.shard-2-of-2.jsonl"):
+    with pytest.raises(
+        ValueError,
+        match=r"different evaluations.*evaluation abc: episodes.shard-1-of-2.jsonl; "
+        r"evaluation def: episodes.shard-2-of-2.jsonl",
+    ):
         load_episode_results(tmp_path)
 
 

@@ -93,8 +93,15 @@ def test_dataset_checks_and_render_record_of_a_generated_metaworld_dataset(metaw
 
     sidecar = json.loads((metaworld_dataset / SIDECAR).read_text())
     metaworld = sim.get_simulator("metaworld")
-    assert metaworld.dataset_complete(metaworld_dataset) and metaworld.dataset_tasks(metaworld_dataset) == sidecar["spec"]["tasks"]
-    assert sim.check_dataset(metaworld_dataset).render == sidecar["spec"]["render"] == sim.dataset_render(metaworld_dataset)
+    assert (
+        metaworld.dataset_complete(metaworld_dataset)
+        and metaworld.dataset_tasks(metaworld_dataset) == sidecar["spec"]["tasks"]
+    )
+    assert (
+        sim.check_dataset(metaworld_dataset).render
+        == sidecar["spec"]["render"]
+        == sim.dataset_render(metaworld_dataset)
+    )
     assert check_schema(metaworld_dataset).render is None  # the schema check alone knows no simulator
     # Data that is not LIBERO's, checked as LIBERO's on request, is refused (its instructions are MetaWorld's).
     with pytest.raises(DatasetSchemaError, match="are not LIBERO tasks'"):

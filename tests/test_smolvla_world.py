@@ -16,22 +16,44 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import SUBPROCESS_ENV
 from lerobot_cli import REPO, lerobot_eval_metaworld, lerobot_train
 
 CAMERA = "observation.images.corner2"
 ENV_STATE = "observation.environment_state"
 TINY = {
-    "chunk_size": 4, "n_action_steps": 4, "num_steps": 3, "resize_imgs_with_padding": (64, 64),
-    "max_state_dim": 8, "max_action_dim": 8, "tokenizer_max_length": 16,
+    "chunk_size": 4,
+    "n_action_steps": 4,
+    "num_steps": 3,
+    "resize_imgs_with_padding": (64, 64),
+    "max_state_dim": 8,
+    "max_action_dim": 8,
+    "tokenizer_max_length": 16,
 }
-TINY_WORLD = {"history_len": 2, "num_future": 2, "prophet_dim": 32, "prophet_heads": 2, "prophet_layers": 1,
-              "cross_attn_heads": 2, "image_key": CAMERA}
+TINY_WORLD = {
+    "history_len": 2,
+    "num_future": 2,
+    "prophet_dim": 32,
+    "prophet_heads": 2,
+    "prophet_layers": 1,
+    "cross_attn_heads": 2,
+    "image_key": CAMERA,
+}
 TRAIN_CLI = [
-    "--policy.resize_imgs_with_padding=[64,64]", "--policy.chunk_size=4", "--policy.n_action_steps=4",
-    "--policy.num_steps=2", "--policy.max_state_dim=8", "--policy.max_action_dim=8", "--policy.history_len=2",
-    "--policy.num_future=2", "--policy.prophet_dim=32", "--policy.prophet_heads=2", "--policy.prophet_layers=1",
-    "--policy.cross_attn_heads=2", f"--policy.image_key={CAMERA}",
+    "--policy.resize_imgs_with_padding=[64,64]",
+    "--policy.chunk_size=4",
+    "--policy.n_action_steps=4",
+    "--policy.num_steps=2",
+    "--policy.max_state_dim=8",
+    "--policy.max_action_dim=8",
+    "--policy.history_len=2",
+    "--policy.num_future=2",
+    "--policy.prophet_dim=32",
+    "--policy.prophet_heads=2",
+    "--policy.prophet_layers=1",
+    "--policy.cross_attn_heads=2",
+    f"--policy.image_key={CAMERA}",
 ]
 
 
@@ -51,9 +73,16 @@ def latent_cache(metaworld_dataset, tmp_path_factory) -> Path:
     from world_modality.latents import compute_latents
 
     out = tmp_path_factory.mktemp("latents")
-    return compute_latents(metaworld_dataset, "learned", camera_key=CAMERA, out=out / "cache", device="cpu",
-                           learned_steps=2, learned_options={"latent_dim": 16, "input_size": 32, "batch_size": 8},
-                           progress=False)
+    return compute_latents(
+        metaworld_dataset,
+        "learned",
+        camera_key=CAMERA,
+        out=out / "cache",
+        device="cpu",
+        learned_steps=2,
+        learned_options={"latent_dim": 16, "input_size": 32, "batch_size": 8},
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +108,14 @@ def _world_policy(vlm_folder, spec, seed=0, image_size=64, **overrides):
     from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import SmolVLAWorldPolicy
 
     inputs, outputs = _features(image_size)
-    config = SmolVLAWorldConfig(input_features=inputs, output_features=outputs, vlm_model_name=str(vlm_folder),
-                                encoder_spec=spec, device="cpu", **{**TINY, **TINY_WORLD, **overrides})
+    config = SmolVLAWorldConfig(
+        input_features=inputs,
+        output_features=outputs,
+        vlm_model_name=str(vlm_folder),
+        encoder_spec=spec,
+        device="cpu",
+        **{**TINY, **TINY_WORLD, **overrides},
+    )
     torch.manual_seed(seed)
     return SmolVLAWorldPolicy(config).eval()
 
@@ -90,8 +125,9 @@ def _plain_smolvla(vlm_folder):
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
     inputs, outputs = _features()
-    config = SmolVLAConfig(input_features=inputs, output_features=outputs, vlm_model_name=str(vlm_folder),
-                           device="cpu", **TINY)
+    config = SmolVLAConfig(
+        input_features=inputs, output_features=outputs, vlm_model_name=str(vlm_folder), device="cpu", **TINY
+    )
     return SmolVLAPolicy(config).eval()
 
 
@@ -103,8 +139,12 @@ def _batch(vlm_folder, batch_size=3, seed=0, with_latents=True, image_size=64) -
     g = torch.Generator().manual_seed(seed)
     tasks = ["reach the goal\n", "pick up the puck\n", "open the drawer\n"]
     tokens = AutoTokenizer.from_pretrained(str(vlm_folder))(
-        [tasks[i % len(tasks)] for i in range(batch_size)], padding="max_length",
-        max_length=TINY["tokenizer_max_length"], truncation=True, return_tensors="pt")
+        [tasks[i % len(tasks)] for i in range(batch_size)],
+        padding="max_length",
+        max_length=TINY["tokenizer_max_length"],
+        truncation=True,
+        return_tensors="pt",
+    )
     batch = {
         "observation.state": torch.randn(batch_size, 4, generator=g),
         ENV_STATE: torch.randn(batch_size, 39, generator=g),
@@ -125,7 +165,9 @@ def _batch(vlm_folder, batch_size=3, seed=0, with_latents=True, image_size=64) -
 
 
 def _noise(batch_size=3, seed=1):
-    return torch.randn(batch_size, TINY["chunk_size"], TINY["max_action_dim"], generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        batch_size, TINY["chunk_size"], TINY["max_action_dim"], generator=torch.Generator().manual_seed(seed)
+    )
 
 
 # --- (a) do-no-harm ----------------------------------------------------------------------------
@@ -195,7 +237,9 @@ def test_without_world_module_it_is_lerobots_smolvla(vlm_folder, tmp_path):
     ours, theirs = e0.state_dict(), plain.state_dict()
     assert list(ours) == list(theirs)
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
-    assert [(n, p.requires_grad) for n, p in e0.named_parameters()] == [(n, p.requires_grad) for n, p in plain.named_parameters()]
+    assert [(n, p.requires_grad) for n, p in e0.named_parameters()] == [
+        (n, p.requires_grad) for n, p in plain.named_parameters()
+    ]
 
     # Weights of another seed, saved by LeRobot, then loaded by our policy (strict: nothing missing or extra).
     torch.manual_seed(1)
@@ -214,19 +258,25 @@ def test_without_world_module_it_is_lerobots_smolvla(vlm_folder, tmp_path):
         losses.append(loss.detach())
         policy.eval()
     assert torch.equal(*losses)
-    assert torch.equal(e0.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[0],
-                       plain.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[0])
+    assert torch.equal(
+        e0.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[0],
+        plain.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[0],
+    )
     grads = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
     assert grads and all(torch.equal(p.grad, grads[n]) for n, p in e0.named_parameters() if p.grad is not None)
     assert {n for n, p in e0.named_parameters() if p.grad is not None} == set(grads)
 
-    assert torch.equal(e0.predict_action_chunk(dict(batch), noise=_noise()), plain.predict_action_chunk(dict(batch), noise=_noise()))
+    assert torch.equal(
+        e0.predict_action_chunk(dict(batch), noise=_noise()), plain.predict_action_chunk(dict(batch), noise=_noise())
+    )
     observation = {k: v for k, v in batch.items() if not k.startswith("action")}
     actions = {}
     for name, policy in (("lerobot", plain), ("e0", e0)):
         policy.reset()
         torch.manual_seed(3)  # each chunk's noise drawn from the global RNG, as in lerobot-eval
-        actions[name] = torch.stack([policy.select_action(dict(observation)) for _ in range(TINY["n_action_steps"] + 2)])
+        actions[name] = torch.stack(
+            [policy.select_action(dict(observation)) for _ in range(TINY["n_action_steps"] + 2)]
+        )
     assert torch.equal(actions["e0"], actions["lerobot"])
 
 
@@ -258,7 +308,9 @@ def test_rollout_memory_mode_changes_actions_once_gate_opens(vlm_folder, spec):
     assert action_loss() == action_loss(memory_mode="pred")  # world_memory_mode_train defaults to pred
     e1 = _world_policy(vlm_folder, spec, world_memory_mode_train="zero", world_memory_mode_rollout="zero")
     e1.load_state_dict(policy.state_dict())
-    assert e1.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[1]["action_loss"] == action_loss(memory_mode="zero")
+    assert e1.forward(dict(batch), noise=_noise(), time=torch.full((3,), 0.4))[1]["action_loss"] == action_loss(
+        memory_mode="zero"
+    )
     assert torch.equal(e1.predict_action_chunk(dict(batch), noise=_noise()), zero)
 
 
@@ -354,8 +406,9 @@ def test_online_latents_from_delta_frames_equal_the_cache(metaworld_dataset, lat
     policy = _world_policy(vlm_folder, spec)
     assert policy.config.observation_delta_indices == [-1, 0, 1, 2]
     meta = LeRobotDataset(repo_id="local/tiny", root=metaworld_dataset).meta
-    dataset = LeRobotDataset(repo_id="local/tiny", root=metaworld_dataset,
-                             delta_timestamps=resolve_delta_timestamps(policy.config, meta))
+    dataset = LeRobotDataset(
+        repo_id="local/tiny", root=metaworld_dataset, delta_timestamps=resolve_delta_timestamps(policy.config, meta)
+    )
     indices = torch.tensor([0, 1, 24, 48, 49, 50])  # episode starts, middles and ends
     samples = [dataset[int(i)] for i in indices]
     batch = {key: torch.stack([s[key] for s in samples]) for key in (CAMERA, f"{CAMERA}_is_pad", "observation.state")}
@@ -418,9 +471,18 @@ def test_rollout_temporal_window_mismatch_is_an_error(vlm_folder, spec, tmp_path
 @pytest.fixture(scope="module")
 def lerobot_train_run(metaworld_dataset, latent_cache, vlm_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lerobot-train") / "run"
-    lerobot_train(metaworld_dataset, out, "--policy.type=smolvla_world", f"--policy.vlm_model_name={vlm_folder}",
-                  f"--policy.encoder_spec_path={latent_cache}", *TRAIN_CLI, "--steps=2", "--batch_size=2",
-                  "--save_freq=2", "--log_freq=1")
+    lerobot_train(
+        metaworld_dataset,
+        out,
+        "--policy.type=smolvla_world",
+        f"--policy.vlm_model_name={vlm_folder}",
+        f"--policy.encoder_spec_path={latent_cache}",
+        *TRAIN_CLI,
+        "--steps=2",
+        "--batch_size=2",
+        "--save_freq=2",
+        "--log_freq=1",
+    )
     return out
 
 
@@ -457,14 +519,61 @@ def test_wm_train_and_wm_eval_run_smolvla_world(metaworld_dataset, latent_cache,
 
     wm = str(REPO / ".venv" / "bin" / "wm")
     policy = {**TINY, **TINY_WORLD, "vlm_model_name": str(vlm_folder), "resize_imgs_with_padding": [64, 64]}
-    subprocess.run([
-        wm, "train", str(metaworld_dataset), "--latents", str(latent_cache), "--policy", "smolvla_world",
-        "--steps", "2", "--batch-size", "2", "--save-every", "2", "--device", "cpu", "--no-progress",
-        "--out", str(tmp_path / "run"), *(f"--set={k}={json.dumps(v)}" for k, v in policy.items()),
-    ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
-    subprocess.run([
-        wm, "eval", str(tmp_path / "run"), "--tasks", "reach-v3", "--episodes-per-task", "2", "--max-steps", "4",
-        "--workers", "2", "--groups", "2", "--device", "cpu", "--arm", "E2", "--out", str(tmp_path / "eval"),
-    ], check=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=600, capture_output=True)
+    subprocess.run(
+        [
+            wm,
+            "train",
+            str(metaworld_dataset),
+            "--latents",
+            str(latent_cache),
+            "--policy",
+            "smolvla_world",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--save-every",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+            *(f"--set={k}={json.dumps(v)}" for k, v in policy.items()),
+        ],
+        check=True,
+        env=SUBPROCESS_ENV,
+        cwd=REPO,
+        timeout=600,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            wm,
+            "eval",
+            str(tmp_path / "run"),
+            "--tasks",
+            "reach-v3",
+            "--episodes-per-task",
+            "2",
+            "--max-steps",
+            "4",
+            "--workers",
+            "2",
+            "--groups",
+            "2",
+            "--device",
+            "cpu",
+            "--arm",
+            "E2",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        check=True,
+        env=SUBPROCESS_ENV,
+        cwd=REPO,
+        timeout=600,
+        capture_output=True,
+    )
     episodes = read_jsonl(next((tmp_path / "eval").rglob("*.jsonl")))  # two pipelined groups, one episode each
     assert len(episodes) == 2 and {e["arm"] for e in episodes} == {"E2"} and {e["steps"] for e in episodes} == {4}

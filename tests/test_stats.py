@@ -191,8 +191,10 @@ def test_compare_arms_pairs_by_train_seed():
 
 def test_compare_arms_pairs_on_the_training_seeds_both_arms_hold():
     def rows(arm, seed, outcomes):
-        return [{"arm": arm, "episode_id": f"reach-v3|{i}|1000", "train_seed": seed, "success": ok}
-                for i, ok in enumerate(outcomes)]
+        return [
+            {"arm": arm, "episode_id": f"reach-v3|{i}|1000", "train_seed": seed, "success": ok}
+            for i, ok in enumerate(outcomes)
+        ]
 
     results = rows("E0", 0, [False, False, True]) + rows("E0", 1, [True] * 3) + rows("E2", 0, [True] * 3)
     c = compare_arms(results, "E0", "E2")
@@ -238,9 +240,7 @@ def test_verdict_helped():
 
 def test_verdict_hurt():
     c = compare_arms(two_arm_results(b01=10, b10=0, both=6, neither=4), "E2", "E0")
-    assert verdict(c).startswith(
-        "E0 hurt compared with E2: 30.0% vs 80.0% success (difference -50.0 points"
-    )
+    assert verdict(c).startswith("E0 hurt compared with E2: 30.0% vs 80.0% success (difference -50.0 points")
     assert verdict(c).endswith("exact McNemar p=0.00195, alpha=0.05, 20 paired episodes).")
 
 
@@ -248,8 +248,7 @@ def test_verdict_no_significant_difference():
     c = compare_arms(two_arm_results(b01=1, b10=6, both=5, neither=3), "E0", "E2")
     text = verdict(c)
     assert text.startswith(
-        "No significant difference between E2 and E0: 40.0% vs 73.3% success "
-        "(difference -33.3 points, 95% CI"
+        "No significant difference between E2 and E0: 40.0% vs 73.3% success (difference -33.3 points, 95% CI"
     )
     assert text.endswith("exact McNemar p=0.125, alpha=0.05, 15 paired episodes).")
     # The same numbers are significant at a looser alpha.
@@ -293,8 +292,12 @@ def test_task_group_table():
         + records("E0", [True, False, False], task="pick-place-v3")
         + records("E2", [True] * 2, task="pick-place-v3")
     )
-    groups = {"easy": ("reach-v3", "button-press-v3"), "medium": ("basketball-v3",), "hard": ("pick-place-v3",),
-              "very_hard": ("shelf-place-v3",)}
+    groups = {
+        "easy": ("reach-v3", "button-press-v3"),
+        "medium": ("basketball-v3",),
+        "hard": ("pick-place-v3",),
+        "very_hard": ("shelf-place-v3",),
+    }
     rows = task_group_table(results, groups)
     assert [(r["arm"], r["group"], r["n"], r["successes"]) for r in rows] == [
         ("E0", "easy", 6, 4),
@@ -321,9 +324,7 @@ def test_aggregate_over_seeds():
     assert agg.mean_rate == pytest.approx(0.7, abs=1e-12)
     assert agg.std_rate == pytest.approx(0.2, abs=1e-12)  # sample std (ddof=1)
     assert (agg.pooled.n, agg.pooled.successes) == (30, 21)
-    assert (agg.pooled.ci_low, agg.pooled.ci_high) == pytest.approx(
-        wilson_closed_form(21, 30), abs=1e-12
-    )
+    assert (agg.pooled.ci_low, agg.pooled.ci_high) == pytest.approx(wilson_closed_form(21, 30), abs=1e-12)
 
 
 def test_aggregate_over_seeds_single_seed_and_errors():

@@ -45,16 +45,33 @@ def test_every_train_option_has_a_flag_or_is_named_as_without_one():
 
 
 def test_flags_reach_their_options():
-    options = wm_train_options("--policy", "smolvla_world", "--steps", "7", "--save-every", "3", "--no-progress",
-                               "--state-key", "observation.environment_state", "--chunk-size", "10")
+    options = wm_train_options(
+        "--policy",
+        "smolvla_world",
+        "--steps",
+        "7",
+        "--save-every",
+        "3",
+        "--no-progress",
+        "--state-key",
+        "observation.environment_state",
+        "--chunk-size",
+        "10",
+    )
     assert (options.policy_type, options.steps, options.save_every, options.progress) == ("smolvla_world", 7, 3, False)
     assert options.keys.state == "observation.environment_state" and options.policy == {"chunk_size": 10}
 
 
-@pytest.mark.parametrize(("given", "refused"), [
-    (["--chunk-size", "10", "--set", "chunk_size=20"], "--set chunk_size=20 contradicts --chunk-size 10"),
-    (["--set", "lambda_world=0.5", "--set", "lambda_world=1"], "--set lambda_world=1 contradicts --set lambda_world=0.5"),
-])
+@pytest.mark.parametrize(
+    ("given", "refused"),
+    [
+        (["--chunk-size", "10", "--set", "chunk_size=20"], "--set chunk_size=20 contradicts --chunk-size 10"),
+        (
+            ["--set", "lambda_world=0.5", "--set", "lambda_world=1"],
+            "--set lambda_world=1 contradicts --set lambda_world=0.5",
+        ),
+    ],
+)
 def test_a_set_that_contradicts_a_flag_or_another_set_is_refused(given, refused):
     with pytest.raises(InputError, match=f"^{refused}: give"):
         wm_train_options(*given)
@@ -66,25 +83,52 @@ def test_a_set_that_repeats_a_flag_is_accepted():
 
 
 def test_wm_train_prints_a_contradiction_as_one_paragraph(tmp_path, capsys):
-    status = main(["train", "D", "--latents", "L", "--out", str(tmp_path / "run"), "--n-layers", "2",
-                   "--set", "n_layers=3"])
-    assert (status, capsys.readouterr().err) == (2, "wm train: error: --set n_layers=3 contradicts --n-layers 2: give "
-                                                    "n_layers once\n")
+    status = main(
+        ["train", "D", "--latents", "L", "--out", str(tmp_path / "run"), "--n-layers", "2", "--set", "n_layers=3"]
+    )
+    assert (status, capsys.readouterr().err) == (
+        2,
+        "wm train: error: --set n_layers=3 contradicts --n-layers 2: give n_layers once\n",
+    )
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize(("given", "refused"), [
-    (["--steps", "4", "--set", "scheduler_decay_steps=5"],
-     "policy field scheduler_decay_steps: given 5, but --steps sets it to 4"),
-    (["--model-type", "A", "--set", "model_type=F"], "policy field model_type: given 'F', but --model-type sets it to 'A'"),
-    (["--device", "cpu", "--set", "device=cuda"], "policy field device: given 'cuda', but --device sets it to 'cpu'"),
-    (["--require-coc"], "--require-coc needs --coc-labels"),
-    (["--policy", "smolvla_world", "--model-type", "F"], "--model-type F applies to world_transformer only"),
-])
-def test_a_run_refuses_settings_that_contradict_it_in_one_paragraph(metaworld_dataset, state_latents, tmp_path, capsys,
-                                                                   given, refused):
-    status = main(["train", str(metaworld_dataset), "--latents", str(state_latents), "--out", str(tmp_path / "run"),
-                   "--device", "cpu", "--no-progress", *given])
+@pytest.mark.parametrize(
+    ("given", "refused"),
+    [
+        (
+            ["--steps", "4", "--set", "scheduler_decay_steps=5"],
+            "policy field scheduler_decay_steps: given 5, but --steps sets it to 4",
+        ),
+        (
+            ["--model-type", "A", "--set", "model_type=F"],
+            "policy field model_type: given 'F', but --model-type sets it to 'A'",
+        ),
+        (
+            ["--device", "cpu", "--set", "device=cuda"],
+            "policy field device: given 'cuda', but --device sets it to 'cpu'",
+        ),
+        (["--require-coc"], "--require-coc needs --coc-labels"),
+        (["--policy", "smolvla_world", "--model-type", "F"], "--model-type F applies to world_transformer only"),
+    ],
+)
+def test_a_run_refuses_settings_that_contradict_it_in_one_paragraph(
+    metaworld_dataset, state_latents, tmp_path, capsys, given, refused
+):
+    status = main(
+        [
+            "train",
+            str(metaworld_dataset),
+            "--latents",
+            str(state_latents),
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--no-progress",
+            *given,
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2 and err.startswith(f"wm train: error: {refused}") and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()  # before any work
@@ -93,9 +137,36 @@ def test_a_run_refuses_settings_that_contradict_it_in_one_paragraph(metaworld_da
 def test_a_setting_the_run_sets_may_be_repeated(metaworld_dataset, state_latents, tmp_path):
     from world_modality.training.checkpoint import checkpoint_config
 
-    assert main(["train", str(metaworld_dataset), "--latents", str(state_latents), "--out", str(tmp_path / "run"),
-                 "--steps", "1", "--batch-size", "2", "--d-model", "32", "--n-layers", "1", "--device", "cpu",
-                 "--no-progress", "--model-type", "A", "--set", "model_type=A", "--set", "scheduler_decay_steps=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(metaworld_dataset),
+                "--latents",
+                str(state_latents),
+                "--out",
+                str(tmp_path / "run"),
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--d-model",
+                "32",
+                "--n-layers",
+                "1",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--model-type",
+                "A",
+                "--set",
+                "model_type=A",
+                "--set",
+                "scheduler_decay_steps=1",
+            ]
+        )
+        == 0
+    )
     config = checkpoint_config(tmp_path / "run")[1]
     assert (config.model_type, config.scheduler_decay_steps) == ("A", 1)
 

@@ -13,15 +13,23 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_video_datasets import IMAGE, WRIST, write_video_dataset
 
-from world_modality.training.data import ROWS, DatasetImages, PrefetchedFrames
+from test_video_datasets import IMAGE, WRIST, write_video_dataset
 from world_modality.training.checkpoint import PRETRAINED, STATE_FILE, TRAINING_STATE
+from world_modality.training.data import ROWS, DatasetImages, PrefetchedFrames
 from world_modality.training.trainer import TrainOptions, lerobot_backend_flags, lerobot_mixed_precision, train
 
 CAMERA = "observation.images.corner2"
-TINY_SMOLVLA = {"chunk_size": 4, "n_action_steps": 4, "num_steps": 2, "resize_imgs_with_padding": [32, 32],
-                "max_state_dim": 8, "max_action_dim": 8, "tokenizer_max_length": 16, "use_world_module": False}
+TINY_SMOLVLA = {
+    "chunk_size": 4,
+    "n_action_steps": 4,
+    "num_steps": 2,
+    "resize_imgs_with_padding": [32, 32],
+    "max_state_dim": 8,
+    "max_action_dim": 8,
+    "tokenizer_max_length": 16,
+    "use_world_module": False,
+}
 ROWS_ASKED = torch.tensor([5, 0, 5, 13, 2, 9])  # unordered, one repeated
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,8 +47,12 @@ def video_dataset(tmp_path_factory) -> Path:
     """2 episodes x 8 frames of two 32x32 cameras stored as video."""
     rng = np.random.default_rng(3)
     frames = [[rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8) for _ in range(2)] for _ in range(2)]
-    return write_video_dataset(tmp_path_factory.mktemp("video") / "two-cameras", *frames, task="stack the blocks",
-                               instruction="put the red block on the blue one")
+    return write_video_dataset(
+        tmp_path_factory.mktemp("video") / "two-cameras",
+        *frames,
+        task="stack the blocks",
+        instruction="put the red block on the blue one",
+    )
 
 
 def _lerobot_frames(dataset: Path, cameras: list[str], rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -59,8 +71,9 @@ def _assert_same_frames(got: dict, expected: dict) -> None:
 
 
 @pytest.mark.parametrize("storage", ["image", "video"])
-def test_frames_are_lerobots_and_only_the_policy_cameras_are_decoded(storage, metaworld_dataset, video_dataset,
-                                                                      monkeypatch):
+def test_frames_are_lerobots_and_only_the_policy_cameras_are_decoded(
+    storage, metaworld_dataset, video_dataset, monkeypatch
+):
     from lerobot.datasets import dataset_reader
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -74,12 +87,16 @@ def test_frames_are_lerobots_and_only_the_policy_cameras_are_decoded(storage, me
     decoded_videos = []
     decode = dataset_reader.decode_video_frames
     monkeypatch.setattr(LeRobotDataset, "__getitem__", whole_row)
-    monkeypatch.setattr(dataset_reader, "decode_video_frames",
-                        lambda path, *args, **kwargs: decoded_videos.append(path) or decode(path, *args, **kwargs))
+    monkeypatch.setattr(
+        dataset_reader,
+        "decode_video_frames",
+        lambda path, *args, **kwargs: decoded_videos.append(path) or decode(path, *args, **kwargs),
+    )
     _assert_same_frames(images.frames(ROWS_ASKED), expected)
     if storage == "video":  # the other camera's video is never opened
-        assert decoded_videos and all(WRIST in Path(path).parts and IMAGE not in Path(path).parts
-                                      for path in decoded_videos)
+        assert decoded_videos and all(
+            WRIST in Path(path).parts and IMAGE not in Path(path).parts for path in decoded_videos
+        )
 
 
 def test_both_video_cameras_in_the_order_asked(video_dataset):
@@ -100,12 +117,24 @@ def test_worker_processes_decode_the_batches_in_order(metaworld_dataset):
         prefetched.close()
 
 
-def _train_smolvla(dataset, latents, vlm_folder, out: Path, steps: int = 4, resume: bool = False,
-                   **options) -> Path:
+def _train_smolvla(dataset, latents, vlm_folder, out: Path, steps: int = 4, resume: bool = False, **options) -> Path:
     policy = {**TINY_SMOLVLA, "vlm_model_name": str(vlm_folder), **options.pop("policy", {})}
-    return train(TrainOptions(dataset=str(dataset), latents=str(latents), out=str(out), policy_type="smolvla_world",
-                              steps=steps, batch_size=4, save_every=2, policy=policy, device="cpu", progress=False,
-                              resume=resume, **options))
+    return train(
+        TrainOptions(
+            dataset=str(dataset),
+            latents=str(latents),
+            out=str(out),
+            policy_type="smolvla_world",
+            steps=steps,
+            batch_size=4,
+            save_every=2,
+            policy=policy,
+            device="cpu",
+            progress=False,
+            resume=resume,
+            **options,
+        )
+    )
 
 
 def _curve(run: Path, tag: str = "train/loss") -> list[float]:
@@ -134,20 +163,27 @@ class RowByRow:
         pass
 
 
-def test_training_batches_do_not_depend_on_how_frames_are_decoded(metaworld_dataset, state_latents, vlm_folder,
-                                                                  tmp_path, monkeypatch):
+def test_training_batches_do_not_depend_on_how_frames_are_decoded(
+    metaworld_dataset, state_latents, vlm_folder, tmp_path, monkeypatch
+):
     """The same loss curve and weights: frames decoded ahead by a worker process, or in this process, and row by row
     by `LeRobotDataset.__getitem__` in the step (as `wm train` decoded them before); and a run resumed half-way."""
     from world_modality.training import trainer
 
-    runs = {workers: _train_smolvla(metaworld_dataset, state_latents, vlm_folder, tmp_path / f"workers{workers}",
-                                    data_workers=workers) for workers in (0, 1)}
+    runs = {
+        workers: _train_smolvla(
+            metaworld_dataset, state_latents, vlm_folder, tmp_path / f"workers{workers}", data_workers=workers
+        )
+        for workers in (0, 1)
+    }
     _train_smolvla(metaworld_dataset, state_latents, vlm_folder, tmp_path / "resumed", steps=2, data_workers=0)
-    runs["resumed"] = _train_smolvla(metaworld_dataset, state_latents, vlm_folder, tmp_path / "resumed", resume=True,
-                                     data_workers=0)
+    runs["resumed"] = _train_smolvla(
+        metaworld_dataset, state_latents, vlm_folder, tmp_path / "resumed", resume=True, data_workers=0
+    )
     monkeypatch.setattr(trainer, "PrefetchedFrames", RowByRow)
-    runs["row by row"] = _train_smolvla(metaworld_dataset, state_latents, vlm_folder, tmp_path / "row-by-row",
-                                        data_workers=0)
+    runs["row by row"] = _train_smolvla(
+        metaworld_dataset, state_latents, vlm_folder, tmp_path / "row-by-row", data_workers=0
+    )
     curves = {name: _curve(checkpoint.parents[1]) for name, checkpoint in runs.items()}
     assert len(curves[0]) == 4 and all(curve == curves[0] for curve in curves.values()), curves
     assert _curve(runs[0].parents[1], "val/loss") == _curve(runs[1].parents[1], "val/loss")
@@ -157,8 +193,9 @@ def test_training_batches_do_not_depend_on_how_frames_are_decoded(metaworld_data
 
 
 def _policy_config(policy_type: str, **fields):
-    import lerobot_policy_world_modality  # noqa: F401  (registers the plugin's config classes)
     from lerobot.configs import PreTrainedConfig
+
+    import lerobot_policy_world_modality  # noqa: F401  (registers the plugin's config classes)
 
     return PreTrainedConfig.get_choice_class(policy_type)(push_to_hub=False, **{"device": "cpu", **fields})
 
@@ -184,17 +221,20 @@ def _lerobot_train_mixed_precision(config, monkeypatch) -> str:
     return made.value.args[0] or parse_choice_from_env("ACCELERATE_MIXED_PRECISION", "no")
 
 
-@pytest.mark.parametrize("policy_type, fields, device, launch", [
-    ("smolvla_world", {"use_amp": False}, "cpu", None),
-    ("smolvla_world", {"use_amp": True}, "cpu", None),
-    ("smolvla_world", {"use_amp": True}, "cuda", None),
-    ("smolvla_world", {"use_amp": False}, "cpu", "fp16"),
-    ("smolvla_world", {"use_amp": True}, "cpu", "fp16"),
-    ("qwen_vla_world", {"use_amp": True}, "cpu", None),
-    ("world_transformer", {"use_amp": False}, "cuda", "bf16"),
-    ("pi0", {"dtype": "bfloat16"}, "cpu", None),  # LeRobot's policies with a `dtype` field
-    ("pi0", {"dtype": "float32", "use_amp": True}, "cpu", "bf16"),
-])
+@pytest.mark.parametrize(
+    "policy_type, fields, device, launch",
+    [
+        ("smolvla_world", {"use_amp": False}, "cpu", None),
+        ("smolvla_world", {"use_amp": True}, "cpu", None),
+        ("smolvla_world", {"use_amp": True}, "cuda", None),
+        ("smolvla_world", {"use_amp": False}, "cpu", "fp16"),
+        ("smolvla_world", {"use_amp": True}, "cpu", "fp16"),
+        ("qwen_vla_world", {"use_amp": True}, "cpu", None),
+        ("world_transformer", {"use_amp": False}, "cuda", "bf16"),
+        ("pi0", {"dtype": "bfloat16"}, "cpu", None),  # LeRobot's policies with a `dtype` field
+        ("pi0", {"dtype": "float32", "use_amp": True}, "cpu", "bf16"),
+    ],
+)
 def test_mixed_precision_is_the_one_lerobot_train_picks(policy_type, fields, device, launch, monkeypatch):
     if launch is not None:
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launch)
@@ -204,10 +244,12 @@ def test_mixed_precision_is_the_one_lerobot_train_picks(policy_type, fields, dev
     assert lerobot_mixed_precision(config) == expected
 
 
-@pytest.mark.parametrize("use_amp, launch, autocast", [(False, None, None), (True, None, torch.bfloat16),
-                                                       (False, "fp16", torch.float16)])
-def test_wm_train_steps_in_that_precision(use_amp, launch, autocast, metaworld_dataset, state_latents, vlm_folder,
-                                          tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "use_amp, launch, autocast", [(False, None, None), (True, None, torch.bfloat16), (False, "fp16", torch.float16)]
+)
+def test_wm_train_steps_in_that_precision(
+    use_amp, launch, autocast, metaworld_dataset, state_latents, vlm_folder, tmp_path, monkeypatch
+):
     """On CPU: use_amp gives bf16 autocast (torch's default there, as lerobot-train); fp16 (here through `accelerate
     launch --mixed_precision`) also scales the loss, and the scaler's state is checkpointed for --resume."""
     from lerobot_policy_world_modality.smolvla_world.modeling_smolvla_world import SmolVLAWorldPolicy
@@ -222,8 +264,9 @@ def test_wm_train_steps_in_that_precision(use_amp, launch, autocast, metaworld_d
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(SmolVLAWorldPolicy, "forward", recording)
-    checkpoint = _train_smolvla(metaworld_dataset, state_latents, vlm_folder, tmp_path / "run", steps=2,
-                                policy={"use_amp": use_amp})
+    checkpoint = _train_smolvla(
+        metaworld_dataset, state_latents, vlm_folder, tmp_path / "run", steps=2, policy={"use_amp": use_amp}
+    )
     assert len(seen) >= 3 and set(seen) == {autocast}  # the training steps and the validation
     assert all(np.isfinite(_curve(checkpoint.parents[1])))
     scaler = torch.load(checkpoint / TRAINING_STATE / STATE_FILE, weights_only=False)["grad_scaler"]
@@ -232,13 +275,19 @@ def test_wm_train_steps_in_that_precision(use_amp, launch, autocast, metaworld_d
     assert config["use_amp"] is use_amp
 
 
-@pytest.mark.parametrize("policy_type, device, lerobots", [
-    ("smolvla_world", "cuda", True), ("qwen_vla_world", "cuda", True), ("world_transformer", "cuda", False),
-    ("smolvla_world", "cpu", False),
-])
+@pytest.mark.parametrize(
+    "policy_type, device, lerobots",
+    [
+        ("smolvla_world", "cuda", True),
+        ("qwen_vla_world", "cuda", True),
+        ("world_transformer", "cuda", False),
+        ("smolvla_world", "cpu", False),
+    ],
+)
 def test_cuda_settings_are_lerobot_trains_for_the_vla_families_during_training(policy_type, device, lerobots):
     """TF32 matrix products and cuDNN's autotuner, as lerobot-train sets them, while a VLA family trains on CUDA;
     restored afterwards. (The flags are process settings: set and read here without a GPU.)"""
+
     def flags() -> tuple[bool, bool]:
         return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
 
@@ -260,15 +309,37 @@ def test_the_benchmark_runs_lerobot_train_and_wm_train_and_writes_its_figures(me
     from lerobot_cli import REPO
 
     result = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_vla_train_speed.py"), "--size", "tiny",
-                           "--batch-size", "2", "--steps", "3", "--warmup", "1", "--dataset", str(metaworld_dataset),
-                           "--work", str(tmp_path / "work"), "--json", str(result), "--profile"],
-                          env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_vla_train_speed.py"),
+            "--size",
+            "tiny",
+            "--batch-size",
+            "2",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--dataset",
+            str(metaworld_dataset),
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(result),
+            "--profile",
+        ],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(result.read_text())
     assert set(figures["arms"]) == {"lerobot E0", "wm E0", "wm E2"}
-    assert all(arm["samples_per_s"] > 0 and arm["step_ms_p90"] >= arm["step_ms_median"] > 0
-               for arm in figures["arms"].values())
+    assert all(
+        arm["samples_per_s"] > 0 and arm["step_ms_p90"] >= arm["step_ms_median"] > 0 for arm in figures["arms"].values()
+    )
     assert set(figures["ratios"]) == {"wm E0 / lerobot E0", "wm E2 / lerobot E0"}
     assert figures["device"].startswith("CPU") and figures["commit"] and figures["date"]
     assert figures["settings"]["batch_size"] == 2 and figures["settings"]["amp"] is False

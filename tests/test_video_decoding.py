@@ -10,13 +10,18 @@ import lerobot.utils.import_utils as lerobot_import_utils
 
 from lerobot_policy_world_modality.video_decoding import _LEROBOT_LOGGER, DecoderFallbackInOneLine
 
-TRACEBACK = "\n".join([
-    "Could not load libtorchcodec. Likely causes:", "  1. FFmpeg is not properly installed.", "FFmpeg version 8:",
-    "Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
-    "OSError: libavutil.so.60: cannot open shared object file: No such file or directory",
-    *(f"  frame {i}" for i in range(200)),
-    "OSError: libavutil.so.59: cannot open shared object file: No such file or directory",
-])
+TRACEBACK = "\n".join(
+    [
+        "Could not load libtorchcodec. Likely causes:",
+        "  1. FFmpeg is not properly installed.",
+        "FFmpeg version 8:",
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in <module>',
+        "OSError: libavutil.so.60: cannot open shared object file: No such file or directory",
+        *(f"  frame {i}" for i in range(200)),
+        "OSError: libavutil.so.59: cannot open shared object file: No such file or directory",
+    ]
+)
 
 
 def test_lerobots_decoder_fallback_is_one_line_once(monkeypatch, caplog):
@@ -38,7 +43,9 @@ def test_lerobots_decoder_fallback_is_one_line_once(monkeypatch, caplog):
         choices = [lerobot_import_utils.get_safe_default_video_backend() for _ in range(3)]
     assert choices == ["pyav"] * 3
     [message] = [record.getMessage() for record in caplog.records if record.name == _LEROBOT_LOGGER]
-    assert "\n" not in message and "libavutil.so.60" in message and "pyav" in message and "libavutil.so.59" not in message
+    assert (
+        "\n" not in message and "libavutil.so.60" in message and "pyav" in message and "libavutil.so.59" not in message
+    )
 
 
 def test_other_warnings_of_that_logger_pass_unchanged(caplog):

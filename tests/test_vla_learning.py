@@ -62,12 +62,39 @@ def train_and_evaluate(demos, out, policy: str, steps: int, options: list[str]) 
     from world_modality.training.checkpoint import checkpoint_config
 
     dataset, latents = demos
-    wm("train", str(dataset), "--latents", str(latents), "--policy", policy, "--steps", str(steps),
-       "--save-every", str(steps), *COMMON, *options, "--device", "cpu", "--no-progress", "--out", str(out / "run"))
+    wm(
+        "train",
+        str(dataset),
+        "--latents",
+        str(latents),
+        "--policy",
+        policy,
+        "--steps",
+        str(steps),
+        "--save-every",
+        str(steps),
+        *COMMON,
+        *options,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out / "run"),
+    )
     config = checkpoint_config(out / "run")[1]
     assert config.use_world_module and config.world_memory_mode_rollout == "pred"  # E2, as the experiment trains it
-    wm("eval", str(out / "run"), "--episodes-per-task", str(EPISODES), "--arm", "E2", "--device", "cpu",
-       "--out", str(out / "eval"))
+    wm(
+        "eval",
+        str(out / "run"),
+        "--episodes-per-task",
+        str(EPISODES),
+        "--arm",
+        "E2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out / "eval"),
+    )
     episodes = read_jsonl(out / "eval" / "episodes.jsonl")
     assert len({e["episode_id"] for e in episodes}) == EPISODES
     return episodes
@@ -83,17 +110,47 @@ def test_smolvla_world_learns_from_scratch(demos, tmp_path):
     from world_modality.model_folders.smolvlm import write_smolvlm_folder
 
     vlm = write_smolvlm_folder(tmp_path / "smolvlm", "tiny")
-    assert_learned(train_and_evaluate(demos, tmp_path, "smolvla_world", 500, [
-        "--optimizer-lr", "5e-4", "--set", f"vlm_model_name={vlm}", "--set", "freeze_vision_encoder=false",
-        "--set", "train_expert_only=false", "--set", "resize_imgs_with_padding=[128,128]",
-    ]))
+    assert_learned(
+        train_and_evaluate(
+            demos,
+            tmp_path,
+            "smolvla_world",
+            500,
+            [
+                "--optimizer-lr",
+                "5e-4",
+                "--set",
+                f"vlm_model_name={vlm}",
+                "--set",
+                "freeze_vision_encoder=false",
+                "--set",
+                "train_expert_only=false",
+                "--set",
+                "resize_imgs_with_padding=[128,128]",
+            ],
+        )
+    )
 
 
 def test_qwen_vla_world_learns_from_scratch(demos, tmp_path):
     from world_modality.model_folders.qwen_vl import write_qwen_vl_folder
 
     backbone = write_qwen_vl_folder(tmp_path / "qwen3_vl", "qwen3_vl", "tiny")
-    assert_learned(train_and_evaluate(demos, tmp_path, "qwen_vla_world", 400, [
-        "--optimizer-lr", "1e-3", "--set", "backbone=qwen3_vl_2b_instruct", "--set", f"backbone_path={backbone}",
-        "--set", "backbone_dtype=float32",
-    ]))
+    assert_learned(
+        train_and_evaluate(
+            demos,
+            tmp_path,
+            "qwen_vla_world",
+            400,
+            [
+                "--optimizer-lr",
+                "1e-3",
+                "--set",
+                "backbone=qwen3_vl_2b_instruct",
+                "--set",
+                f"backbone_path={backbone}",
+                "--set",
+                "backbone_dtype=float32",
+            ],
+        )
+    )

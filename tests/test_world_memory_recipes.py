@@ -86,8 +86,15 @@ class TinyWorldPolicy(WorldMemoryPolicy, nn.Module):
         if self.in_prophet_stage():
             return self.prophet_stage_forward(z_history, history_mask, z_future, future_mask)[0]
         h = self.queries.expand(len(z_history), -1, -1)
-        h, world_out = self.world(h, z_history, z_future, future_mask, step=self.train_step,
-                                  history_mask=history_mask, train_prophet=self.trains_prophet)
+        h, world_out = self.world(
+            h,
+            z_history,
+            z_future,
+            future_mask,
+            step=self.train_step,
+            history_mask=history_mask,
+            train_prophet=self.trains_prophet,
+        )
         action_loss = self.padded_action_loss((self.head(h) - batch["action"]) ** 2, batch)
         loss = self.world_loss_total(action_loss, world_out.world_loss)
         self.count_training_step()
@@ -98,8 +105,17 @@ def train(task: GoalTask, policy_steps: int, seed: int, **recipe) -> tuple[TinyW
     """Train on fresh batches (plain AdamW at a constant rate, built from the policy's parameter groups as
     `wm train` builds it); returns the policy and the gate strength after every step."""
     config = WorldTransformerConfig(
-        latent_dim=task.latent_dim, history_len=2, num_future=FUTURE, prophet_dim=WIDTH, prophet_heads=2,
-        prophet_layers=1, cross_attn_heads=2, optimizer_lr=LR, optimizer_weight_decay=0.0, device="cpu", **recipe,
+        latent_dim=task.latent_dim,
+        history_len=2,
+        num_future=FUTURE,
+        prophet_dim=WIDTH,
+        prophet_heads=2,
+        prophet_layers=1,
+        cross_attn_heads=2,
+        optimizer_lr=LR,
+        optimizer_weight_decay=0.0,
+        device="cpu",
+        **recipe,
     )
     steps = config.prophet_pretrain_steps + policy_steps
     config.schedule_memory_source_over(steps)
@@ -165,15 +181,18 @@ ORACLE = (("memory_source", "oracle"),)
 SHUFFLED = (("world_memory_mode_train", "shuffle"),)  # another sample's memory: the content withheld
 
 
-@pytest.mark.parametrize(("recipe", "threshold"), [
-    # (c) Ten times the learning rate: the gate moves up to ten times as far (the plain gate reaches 0.13,
-    # this one 0.72; with shuffled memory its faster random walk reaches 0.14).
-    ((("gate_lr_multiplier", 10.0),), 0.4),
-    # One gate per channel: their root mean square.
-    ((("gate_type", "channel"),), OPENED),
-    # Starting at tanh(0.1) ~ 0.1, the gate grows beyond it by more than OPENED.
-    ((("gate_init", 0.1),), 0.1 + OPENED),
-])
+@pytest.mark.parametrize(
+    ("recipe", "threshold"),
+    [
+        # (c) Ten times the learning rate: the gate moves up to ten times as far (the plain gate reaches 0.13,
+        # this one 0.72; with shuffled memory its faster random walk reaches 0.14).
+        ((("gate_lr_multiplier", 10.0),), 0.4),
+        # One gate per channel: their root mean square.
+        ((("gate_type", "channel"),), OPENED),
+        # Starting at tanh(0.1) ~ 0.1, the gate grows beyond it by more than OPENED.
+        ((("gate_init", 0.1),), 0.1 + OPENED),
+    ],
+)
 def test_gate_options_follow_an_informative_memory(recipe, threshold):
     """(c) With a memory that holds the goal from the first step (the true futures), each gate option opens
     the gate past its threshold, and the same option with the memory's content withheld does not."""

@@ -46,8 +46,7 @@ def test_prophet_shapes_and_short_history() -> None:
 
 @pytest.mark.parametrize("delta", [False, True])
 def test_prophet_delta_mode_adds_current_latent_back(delta: bool) -> None:
-    prophet = Prophet(ProphetConfig(latent_dim=D, num_future=K, history_len=4, d_model=32,
-                                    delta=delta))
+    prophet = Prophet(ProphetConfig(latent_dim=D, num_future=K, history_len=4, d_model=32, delta=delta))
     nn.init.zeros_(prophet.out_head.weight)
     nn.init.zeros_(prophet.out_head.bias)
     z_history = torch.randn(B, 4, D)
@@ -198,9 +197,7 @@ def test_prepared_memory_read_matches_forward_with_masks() -> None:
 
 
 def test_memory_mode_names_and_parse_error() -> None:
-    assert [m.value for m in MemoryMode] == [
-        "pred", "zero", "random", "signflip", "shuffle", "oracle", "other", "none"
-    ]
+    assert [m.value for m in MemoryMode] == ["pred", "zero", "random", "signflip", "shuffle", "oracle", "other", "none"]
     assert MemoryMode("signflip") is MemoryMode.SIGNFLIP
     with pytest.raises(ValueError) as err:
         apply_memory_mode("zeros", torch.randn(B, K, D))
@@ -248,10 +245,8 @@ def test_random_matches_mean_and_std() -> None:
     noise = apply_memory_mode("random", predicted, generator=_gen(2))
     assert noise.shape == predicted.shape
     # Standard error of a mean here is <= 3 / sqrt(4096 * 3) ~ 0.03.
-    torch.testing.assert_close(noise.mean(dim=(0, 1)), predicted.mean(dim=(0, 1)), atol=0.15,
-                               rtol=0.0)
-    torch.testing.assert_close(noise.std(dim=(0, 1)), predicted.std(dim=(0, 1)), atol=0.0,
-                               rtol=0.1)
+    torch.testing.assert_close(noise.mean(dim=(0, 1)), predicted.mean(dim=(0, 1)), atol=0.15, rtol=0.0)
+    torch.testing.assert_close(noise.std(dim=(0, 1)), predicted.std(dim=(0, 1)), atol=0.0, rtol=0.1)
     assert not torch.allclose(noise, predicted)
     assert torch.equal(noise, apply_memory_mode("random", predicted, generator=_gen(2)))
 
@@ -357,9 +352,7 @@ def test_world_cosine_loss_masking() -> None:
 
 def test_total_loss() -> None:
     action, world, text = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)
-    assert total_loss(action, world, text, lambda_world=0.5, lambda_text=0.1).item() == (
-        pytest.approx(2.3)
-    )
+    assert total_loss(action, world, text, lambda_world=0.5, lambda_text=0.1).item() == (pytest.approx(2.3))
     assert total_loss(action, None, None, lambda_world=0.5).item() == 1.0
 
 
@@ -367,8 +360,7 @@ def test_total_loss() -> None:
 
 
 def _world_module(**overrides: object) -> WorldModule:
-    config = WorldModuleConfig(latent_dim=D, d_model=D_MODEL, num_future=K, history_len=4,
-                               prophet_dim=32, **overrides)  # type: ignore[arg-type]
+    config = WorldModuleConfig(latent_dim=D, d_model=D_MODEL, num_future=K, history_len=4, prophet_dim=32, **overrides)  # type: ignore[arg-type]
     return WorldModule(config)
 
 
@@ -439,16 +431,22 @@ def test_world_module_prepared_memory_matches_eval_forward(mode: str) -> None:
     expected, _ = module(h, z_history, z_future, mode=mode, history_mask=history_mask)
     prepared = module.prepare_memory(z_history, history_mask, z_future, mode)
     assert (prepared is None) == (mode == "none")
-    for queries, reference in ((h, expected), (h.flip(1), module(h.flip(1), z_history, z_future, mode=mode,
-                                                                  history_mask=history_mask)[0])):
+    for queries, reference in (
+        (h, expected),
+        (h.flip(1), module(h.flip(1), z_history, z_future, mode=mode, history_mask=history_mask)[0]),
+    ):
         torch.testing.assert_close(module.read_memory(queries, prepared), reference, rtol=1e-5, atol=1e-5)
 
 
 def test_scalars_to_floats_keeps_names_order_and_values() -> None:
     from lerobot_policy_world_modality.world import scalars_to_floats
 
-    scalars = {"loss": torch.tensor(0.25), "fraction": 0.5, "gate": torch.tensor(-1.5, dtype=torch.float16),
-               "step": torch.tensor(3)}
+    scalars = {
+        "loss": torch.tensor(0.25),
+        "fraction": 0.5,
+        "gate": torch.tensor(-1.5, dtype=torch.float16),
+        "step": torch.tensor(3),
+    }
     assert scalars_to_floats(scalars) == {"loss": 0.25, "fraction": 0.5, "gate": -1.5, "step": 3.0}
     assert list(scalars_to_floats(scalars)) == list(scalars)
     assert scalars_to_floats({"fraction": 1}) == {"fraction": 1.0} and scalars_to_floats({}) == {}
@@ -522,8 +520,7 @@ def test_frozen_prophet_gets_no_gradient_and_still_reports_its_world_loss() -> N
     module = _world_module()
     with torch.no_grad():
         module.cross_attn.gate.fill_(1.0)
-    h_out, outputs = module(torch.randn(B, 5, D_MODEL), torch.randn(B, 4, D), torch.randn(B, K, D),
-                            train_prophet=False)
+    h_out, outputs = module(torch.randn(B, 5, D_MODEL), torch.randn(B, 4, D), torch.randn(B, K, D), train_prophet=False)
     (h_out.square().sum() + outputs.world_loss).backward()
     assert all(p.grad is None for p in module.prophet.parameters())
     assert module.cross_attn.gate.grad is not None and outputs.world_loss.item() > 0

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
+
 from lerobot_policy_world_modality.errors import InputError, WorldModalityError
 
 if TYPE_CHECKING:
@@ -42,8 +43,10 @@ if TYPE_CHECKING:
 _CAUSES = {
     errno.ENOSPC: ("no space left on the device", "free space"),
     errno.EDQUOT: ("disk quota exceeded", "free space or raise the quota"),
-    errno.EFBIG: ("file too large (a file-size limit: `ulimit -f`, or the file system's largest file)",
-                  "raise the limit or write to another file system"),
+    errno.EFBIG: (
+        "file too large (a file-size limit: `ulimit -f`, or the file system's largest file)",
+        "raise the limit or write to another file system",
+    ),
     errno.EACCES: ("permission denied", "make it writable"),
     errno.EPERM: ("operation not permitted", "make it writable"),
     errno.EROFS: ("read-only file system", "write to another file system"),
@@ -60,9 +63,11 @@ class WriteError(WorldModalityError, OSError):
 
     def __str__(self) -> str:
         cause, remedy = _CAUSES.get(self.errno, (self.strerror or "unknown error", "fix the cause"))
-        return (f"could not write {self.filename}: {cause} ({errno.errorcode.get(self.errno, self.errno)}). What was "
-                f"complete before it is kept and nothing after it counts as done: {remedy}, then run the same "
-                "command again to continue.")
+        return (
+            f"could not write {self.filename}: {cause} ({errno.errorcode.get(self.errno, self.errno)}). What was "
+            f"complete before it is kept and nothing after it counts as done: {remedy}, then run the same "
+            "command again to continue."
+        )
 
 
 class UnwritableOutput(WriteError):
@@ -70,8 +75,10 @@ class UnwritableOutput(WriteError):
 
     def __str__(self) -> str:
         cause, remedy = _CAUSES.get(self.errno, (self.strerror or "unknown error", "fix the cause"))
-        return (f"cannot write to {self.filename}: {cause} ({errno.errorcode.get(self.errno, self.errno)}); nothing "
-                f"was done. Choose another output, or {remedy}.")
+        return (
+            f"cannot write to {self.filename}: {cause} ({errno.errorcode.get(self.errno, self.errno)}); nothing "
+            f"was done. Choose another output, or {remedy}."
+        )
 
 
 def write_errno(error: BaseException) -> int | None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any
+
 from lerobot_policy_world_modality.errors import InputError
 
 
@@ -66,8 +67,11 @@ def check_ranges(target: Any, values: Mapping[str, Any]) -> None:
 
 @cache
 def _ranges(target: Any) -> dict[str, list[AtLeast]]:
-    return {name: found for name, hint in typing.get_type_hints(target, include_extras=True).items()
-            if (found := bounds(hint))}
+    return {
+        name: found
+        for name, hint in typing.get_type_hints(target, include_extras=True).items()
+        if (found := bounds(hint))
+    }
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,9 @@ class EvalDefaults:
     `world_modality.rollout.evaluate_checkpoint`)."""
 
     episodes_per_task: Count = 10
-    eval_seed: NonNegative = 1000  # first seed of the evaluation scenes, far from the seeds datasets are generated from (0, 1, ...)
+    eval_seed: NonNegative = (
+        1000  # first seed of the evaluation scenes, far from the seeds datasets are generated from (0, 1, ...)
+    )
     workers: Count = 2  # simulator processes
     groups: Count = 1  # pipelined lockstep groups of the workers
     videos_per_task: NonNegative = 0

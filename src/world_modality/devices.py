@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from lerobot_policy_world_modality.errors import SetupError
 
 

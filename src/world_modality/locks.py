@@ -33,8 +33,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from world_modality.atomic_io import UnwritableOutput, writable_output
 from lerobot_policy_world_modality.errors import WorldModalityError
+from world_modality.atomic_io import UnwritableOutput, writable_output
 
 LOCK_SUFFIX = ".wm-lock"
 TOKENS_ENV = "WORLD_MODALITY_WRITER_TOKENS"
@@ -160,11 +160,18 @@ def _acquire(target: Path, lock: Path) -> tuple[int, str]:
             os.close(fd)
             raise WriterLocked(_refusal(target, previous, lock, certain=False))
         if previous is not None:  # this host's kernel let the lock go: its process ended
-            print(f"{target}: taking over the lock of {previous.describe()}, which is no longer running",
-                  file=sys.stderr)
+            print(
+                f"{target}: taking over the lock of {previous.describe()}, which is no longer running", file=sys.stderr
+            )
         token = secrets.token_hex(8)
-        record = Holder(str(target), socket.gethostname(), os.getpid(), _command_line(),
-                        time.strftime("%Y-%m-%d %H:%M:%S %Z"), token)
+        record = Holder(
+            str(target),
+            socket.gethostname(),
+            os.getpid(),
+            _command_line(),
+            time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            token,
+        )
         try:
             os.ftruncate(fd, 0)
             if os.pwrite(fd, json.dumps(asdict(record)).encode(), 0) == 0:
@@ -181,8 +188,12 @@ def _refuse_held_around(target: Path, folder: bool) -> None:
     or, for a folder, anything in it."""
     locks = [lock_file(above) for above in target.parents if above.name]
     if folder and target.is_dir():
-        locks += [Path(root) / name for root, _, names in os.walk(target) for name in names
-                  if name.startswith(".") and name.endswith(LOCK_SUFFIX)]
+        locks += [
+            Path(root) / name
+            for root, _, names in os.walk(target)
+            for name in names
+            if name.startswith(".") and name.endswith(LOCK_SUFFIX)
+        ]
     ours = set(_tokens())
     for lock in locks:
         found = _holder_of(lock)
@@ -215,17 +226,27 @@ def _holder_of(lock: Path) -> tuple[Holder | None, bool] | None:
 
 def _refusal(target: Path, holder: Holder | None, lock: Path, certain: bool) -> str:
     if holder is None:
-        return (f"{target} is locked by a process that left no record in {lock}: end it (`fuser {lock}` names it) "
-                "or wait for it, then run the command again.")
+        return (
+            f"{target} is locked by a process that left no record in {lock}: end it (`fuser {lock}` names it) "
+            "or wait for it, then run the command again."
+        )
     held = Path(holder.path)
-    where = (f"{target} is being written" if held == target else
-             f"{target} is inside {held}, which is being written" if held in target.parents else
-             f"{target} holds {held}, which is being written")
-    text = (f"{where} by another process: {holder.describe()}. One writer at a time: two would record the same "
-            "results twice or mix their files. Wait for it to finish or stop it, or write elsewhere.")
+    where = (
+        f"{target} is being written"
+        if held == target
+        else f"{target} is inside {held}, which is being written"
+        if held in target.parents
+        else f"{target} holds {held}, which is being written"
+    )
+    text = (
+        f"{where} by another process: {holder.describe()}. One writer at a time: two would record the same "
+        "results twice or mix their files. Wait for it to finish or stop it, or write elsewhere."
+    )
     if not certain:
-        text += (" That process runs on another host, so whether it still runs cannot be told from here: once you "
-                 f"know it does not, remove {lock} and run the command again.")
+        text += (
+            " That process runs on another host, so whether it still runs cannot be told from here: once you "
+            f"know it does not, remove {lock} and run the command again."
+        )
     return text
 
 

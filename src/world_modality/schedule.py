@@ -36,9 +36,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lerobot_policy_world_modality.errors import BUG_REPORT, InputError, SetupError, WorldModalityError
 from world_modality import interrupts
 from world_modality.locks import held_tokens, within
-from lerobot_policy_world_modality.errors import BUG_REPORT, InputError, SetupError, WorldModalityError
 
 EXECUTORS = ("serial", "local", "ray")
 Executor = Literal["serial", "local", "ray"]
@@ -118,8 +118,10 @@ class Plan:
                 what = "no such step" if any(n not in known for n in later) else "it comes later in the plan"
                 raise PlanError(f"step {step.name!r} needs {later}: {what} (a step may only need steps before it)")
             if not callable(step.fn) or "<locals>" in getattr(step.fn, "__qualname__", "<locals>"):
-                raise PlanError(f"step {step.name!r}: fn must be a module-level function (processes and Ray tasks "
-                                f"import it by name), got {step.fn!r}")
+                raise PlanError(
+                    f"step {step.name!r}: fn must be a module-level function (processes and Ray tasks "
+                    f"import it by name), got {step.fn!r}"
+                )
             seen.add(step.name)
 
     @property
@@ -140,8 +142,16 @@ def default_executor(concurrent: bool | None = None, address: str | None = None)
 StepDone = Callable[[Step, float, float], None]
 
 
-def execute(plan: Plan, executor: Executor = "serial", *, address: str | None = None, cpus: int | None = None,
-            gpus: int | None = None, log: Callable[[str], None] = print, on_done: StepDone | None = None) -> None:
+def execute(
+    plan: Plan,
+    executor: Executor = "serial",
+    *,
+    address: str | None = None,
+    cpus: int | None = None,
+    gpus: int | None = None,
+    log: Callable[[str], None] = print,
+    on_done: StepDone | None = None,
+) -> None:
     """Run every step of ``plan`` not yet done. ``address``: the Ray cluster (``auto``: the one started on this
     machine with ``ray start --head``; None: a local Ray instance). ``cpus``/``gpus``: what the local executor
     may use (default: this machine's cores and CUDA devices). ``on_done(step, start, end)``: called (from one
@@ -255,8 +265,10 @@ class _LocalRun:
         """The step's resources, capped at the machine's (a step asking for more runs alone)."""
         r = step.resources
         if r.gpus > 0 and not self.free_gpus:
-            raise PlanError(f"step {step.name!r} needs {r.gpus} GPU(s) and this machine has none; build the plan "
-                            "without GPUs (train_resources(gpu=False), eval_resources(..., gpu=False))")
+            raise PlanError(
+                f"step {step.name!r} needs {r.gpus} GPU(s) and this machine has none; build the plan "
+                "without GPUs (train_resources(gpu=False), eval_resources(..., gpu=False))"
+            )
         return Resources(cpus=min(r.cpus, self.capacity.cpus), gpus=min(r.gpus, len(self.free_gpus)))
 
     def _take(self, step: Step) -> list[tuple[int, float]] | None:
@@ -294,9 +306,11 @@ class _LocalRun:
     def _announce(self, step: Step) -> None:
         self.started[step.name] = time.time()
         self.count += 1
-        self.log(f"[{self.count}/{len(self.plan.todo)}] {step.name}"
-                 + (f": {step.detail}" if step.detail else "")
-                 + f" (t={time.perf_counter() - self.started_at:.0f}s)")
+        self.log(
+            f"[{self.count}/{len(self.plan.todo)}] {step.name}"
+            + (f": {step.detail}" if step.detail else "")
+            + f" (t={time.perf_counter() - self.started_at:.0f}s)"
+        )
 
     def _start_isolated(self) -> None:
         """Start every isolated step that is ready and whose resources are free (caller holds the lock)."""
@@ -312,8 +326,11 @@ class _LocalRun:
             environment = {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d, _ in devices)} if devices else {}
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=_child, args=(child, environment, pickle.dumps((step.fn, dict(step.kwargs)))),
-                                  name=f"step {step.name}")
+            process = ctx.Process(
+                target=_child,
+                args=(child, environment, pickle.dumps((step.fn, dict(step.kwargs)))),
+                name=f"step {step.name}",
+            )
             with interrupts.child_processes():  # interrupts reach this process alone, which stops the step's process
                 process.start()
             child.close()
@@ -443,7 +460,8 @@ def init_ray(address: str | None = None, **options: Any) -> None:
         raise SetupError(
             f"could not join the Ray cluster at {address}: {e}\nRay starts clusters with token authentication: "
             "run with RAY_AUTH_MODE=token and the head node's ~/.ray/auth_token here (or start every node with "
-            "RAY_AUTH_MODE=disabled on a private network)") from e
+            "RAY_AUTH_MODE=disabled on a private network)"
+        ) from e
 
 
 def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None], on_done: StepDone) -> None:
@@ -457,8 +475,10 @@ def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None], on
         most_gpus = max(n.get("GPU", 0.0) for n in nodes)
         for step in plan.todo:  # refuse before anything runs
             if step.resources.gpus > most_gpus:
-                raise PlanError(f"step {step.name!r} needs {step.resources.gpus} GPU(s); the Ray cluster's largest node "
-                                f"has {most_gpus:g}: add GPU nodes or build the plan without GPUs")
+                raise PlanError(
+                    f"step {step.name!r} needs {step.resources.gpus} GPU(s); the Ray cluster's largest node "
+                    f"has {most_gpus:g}: add GPU nodes or build the plan without GPUs"
+                )
         task = ray.remote(_ray_step)
         finished = {s.name for s in plan.steps if s.done}
         waiting, running, failures = list(plan.todo), {}, []
@@ -467,8 +487,9 @@ def _execute_ray(plan: Plan, address: str | None, log: Callable[[str], None], on
             for step in [s for s in waiting if all(n in finished for n in s.needs)]:
                 waiting.remove(step)
                 r = step.resources
-                ref = task.options(num_cpus=min(r.cpus, most_cpus), num_gpus=r.gpus, max_retries=0,
-                                   name=step.name).remote(step.fn, dict(step.kwargs), held_tokens())
+                ref = task.options(
+                    num_cpus=min(r.cpus, most_cpus), num_gpus=r.gpus, max_retries=0, name=step.name
+                ).remote(step.fn, dict(step.kwargs), held_tokens())
                 running[ref] = step
             if not running:
                 break

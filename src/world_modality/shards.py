@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from world_modality.atomic_io import read_jsonl
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
+from world_modality.atomic_io import read_jsonl
 
 RESULTS_FILE = "episodes.jsonl"
 SHARD_FILE = re.compile(r"episodes\.shard-(\d+)-of-(\d+)\.jsonl")
@@ -69,7 +69,9 @@ class Shard:
 def checkpoint_digest(pretrained: Path) -> str:
     """sha256 of a pretrained folder's config and weights (names and contents): the same on every machine."""
     digest = hashlib.sha256()
-    files = sorted(p for p in pretrained.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors"))
+    files = sorted(
+        p for p in pretrained.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors")
+    )
     if not files:
         raise MissingFileError(f"{pretrained} holds no config.json or *.safetensors to identify the checkpoint by")
     for path in files:
@@ -116,16 +118,20 @@ def load_episode_results(folder: str | Path) -> list[dict[str, Any]]:
             if missing:
                 raise InputError(f"{path} line {i} lacks field(s) {missing}: not a `wm eval --shard` result")
             if (r["shard"], r["shard_count"]) != (shard.index, shard.count):
-                raise InputError(f"{path} line {i} is a result of shard {r['shard']}/{r['shard_count']}, not of "
-                                 f"{shard} as the file name says: was the file renamed?")
+                raise InputError(
+                    f"{path} line {i} is a result of shard {r['shard']}/{r['shard_count']}, not of "
+                    f"{shard} as the file name says: was the file renamed?"
+                )
             groups.setdefault((r["arm"], r["train_seed"]), []).append((path, shard, r))
     merged = []
     unsharded = {(r.get("arm"), r.get("train_seed")) for r in plain}
     for (arm, seed), lines in groups.items():
         where = f"{folder}: arm {arm!r}, training seed {seed}"
         if (arm, seed) in unsharded:
-            raise InputError(f"{where} has both unsharded results ({RESULTS_FILE}) and shard results; they would "
-                             "overlap. Keep one of them (move the other out of the folder)")
+            raise InputError(
+                f"{where} has both unsharded results ({RESULTS_FILE}) and shard results; they would "
+                "overlap. Keep one of them (move the other out of the folder)"
+            )
         merged += _merge(where, lines)
     return plain + merged
 
@@ -136,13 +142,17 @@ def _merge(where: str, lines: list[tuple[Path, Shard, dict[str, Any]]]) -> list[
         ids.setdefault(r["evaluation_id"], set()).add(path.name)
     if len(ids) > 1:
         listing = "; ".join(f"evaluation {i}: {', '.join(sorted(files))}" for i, files in sorted(ids.items()))
-        raise InputError(f"{where}: shards of different evaluations cannot be merged ({listing}). They differ in "
-                         "checkpoint, episode list (tasks, episodes per task, eval seed) or options (memory mode, "
-                         "max steps); delete the shards that do not belong and rerun them with the same options")
+        raise InputError(
+            f"{where}: shards of different evaluations cannot be merged ({listing}). They differ in "
+            "checkpoint, episode list (tasks, episodes per task, eval seed) or options (memory mode, "
+            "max steps); delete the shards that do not belong and rerun them with the same options"
+        )
     counts = sorted({shard.count for _, shard, _ in lines})
     if len(counts) > 1:
-        raise InputError(f"{where}: shards of different splits ({', '.join(f'N={n}' for n in counts)}) cannot be "
-                         "merged: their episodes overlap. Keep the shards of one split")
+        raise InputError(
+            f"{where}: shards of different splits ({', '.join(f'N={n}' for n in counts)}) cannot be "
+            "merged: their episodes overlap. Keep the shards of one split"
+        )
     count = counts[0]
     n_episodes = {r["n_episodes"] for _, _, r in lines}
     if len(n_episodes) > 1:
@@ -153,17 +163,28 @@ def _merge(where: str, lines: list[tuple[Path, Shard, dict[str, Any]]]) -> list[
     done: dict[int, int] = dict.fromkeys(range(1, count + 1), 0)
     for path, shard, r in lines:
         if r["episode_id"] in seen:
-            raise InputError(f"{where}: episode {r['episode_id']} appears twice ({seen[r['episode_id']].name} and "
-                             f"{path.name}); a shard file was copied or edited by hand")
+            raise InputError(
+                f"{where}: episode {r['episode_id']} appears twice ({seen[r['episode_id']].name} and "
+                f"{path.name}); a shard file was copied or edited by hand"
+            )
         if r["episode_index"] % count != shard.index - 1 or not 0 <= r["episode_index"] < n:
-            raise InputError(f"{where}: {path.name} holds episode {r['episode_id']} at position {r['episode_index']}, "
-                             f"which does not belong to shard {shard}")
+            raise InputError(
+                f"{where}: {path.name} holds episode {r['episode_id']} at position {r['episode_index']}, "
+                f"which does not belong to shard {shard}"
+            )
         seen[r["episode_id"]] = path
         by_index[r["episode_index"]] = r
         done[shard.index] += 1
-    problems = [f"shard {i}/{count} has not run" if k == 0 else f"shard {i}/{count} finished {k} of {len(Shard(i, count).positions(n))} episodes"
-                for i, k in done.items() if k < len(Shard(i, count).positions(n))]
+    problems = [
+        f"shard {i}/{count} has not run"
+        if k == 0
+        else f"shard {i}/{count} finished {k} of {len(Shard(i, count).positions(n))} episodes"
+        for i, k in done.items()
+        if k < len(Shard(i, count).positions(n))
+    ]
     if problems:
-        raise IncompleteShards(f"{where}: {'; '.join(problems)}. Run (or rerun, to resume) `wm eval ... --shard i/{count}` "
-                               "for those shards and copy their result files into this folder")
+        raise IncompleteShards(
+            f"{where}: {'; '.join(problems)}. Run (or rerun, to resume) `wm eval ... --shard i/{count}` "
+            "for those shards and copy their result files into this folder"
+        )
     return [by_index[p] for p in range(n)]

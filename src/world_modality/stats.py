@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest, bootstrap
+
 from lerobot_policy_world_modality.errors import InputError
 
 Record = Mapping[str, Any]
@@ -143,8 +144,10 @@ def compare_arms(
     seeds_a, seeds_b = {seed for _, seed in by_key_a}, {seed for _, seed in by_key_b}
     shared = seeds_a & seeds_b
     if not shared:
-        raise InputError(f"arms {arm_a!r} and {arm_b!r} hold no training seed in common ({arm_a!r}: "
-                         f"{_seed_list(seeds_a)}; {arm_b!r}: {_seed_list(seeds_b)}): nothing to pair")
+        raise InputError(
+            f"arms {arm_a!r} and {arm_b!r} hold no training seed in common ({arm_a!r}: "
+            f"{_seed_list(seeds_a)}; {arm_b!r}: {_seed_list(seeds_b)}): nothing to pair"
+        )
     by_key_a = {k: v for k, v in by_key_a.items() if k[1] in shared}
     by_key_b = {k: v for k, v in by_key_b.items() if k[1] in shared}
     only_a, only_b = by_key_a.keys() - by_key_b.keys(), by_key_b.keys() - by_key_a.keys()
@@ -155,8 +158,9 @@ def compare_arms(
             f"{len(only_b)} episode(s) of {arm_b!r} missing from {arm_a!r} "
             f"(e.g. {sorted(only_a | only_b, key=repr)[:3]})"
         )
-    left_out = tuple((arm, seed) for arm, seeds in ((arm_a, seeds_a), (arm_b, seeds_b))
-                     for seed in sorted(seeds - shared, key=repr))
+    left_out = tuple(
+        (arm, seed) for arm, seeds in ((arm_a, seeds_a), (arm_b, seeds_b)) for seed in sorted(seeds - shared, key=repr)
+    )
     keys = sorted(by_key_a, key=repr)  # independent of record order, so the bootstrap is too
     a, b = [by_key_a[k] for k in keys], [by_key_b[k] for k in keys]
     boot = paired_bootstrap_diff(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed)
@@ -193,8 +197,10 @@ def comparison_numbers(comparison: ArmComparison, alpha: float = 0.05) -> str:
         f"(difference {100 * c.diff:+.1f} points, {c.confidence:.0%} CI "
         f"[{100 * c.diff_ci_low:+.1f}, {100 * c.diff_ci_high:+.1f}]; "
         f"exact McNemar p={c.mcnemar.p_value:.3g}, alpha={alpha:g}, {c.n_pairs} paired episodes"
-        + "".join(f"; {arm}'s training seed {seed} left out: {c.arm_b if arm == c.arm_a else c.arm_a} lacks it"
-                  for arm, seed in c.seeds_left_out)
+        + "".join(
+            f"; {arm}'s training seed {seed} left out: {c.arm_b if arm == c.arm_a else c.arm_a} lacks it"
+            for arm, seed in c.seeds_left_out
+        )
         + ")"
     )
 
@@ -219,10 +225,7 @@ def success_table(
         if missing:
             raise InputError(f"result #{i} lacks field(s) {missing}: {dict(record)}")
         groups.setdefault(tuple(record[k] for k in by), []).append(record["success"])
-    return [
-        dict(zip(by, key)) | asdict(summarize(outcomes, confidence))
-        for key, outcomes in groups.items()
-    ]
+    return [dict(zip(by, key)) | asdict(summarize(outcomes, confidence)) for key, outcomes in groups.items()]
 
 
 def task_group_table(
@@ -259,9 +262,7 @@ class SeedAggregate:
     pooled: SuccessSummary
 
 
-def aggregate_over_seeds(
-    results: Iterable[Record], arm: str, confidence: float = 0.95
-) -> SeedAggregate:
+def aggregate_over_seeds(results: Iterable[Record], arm: str, confidence: float = 0.95) -> SeedAggregate:
     """Per-training-seed success of ``arm``, mean and std over seeds, and the pooled interval."""
     records = [r for r in results if r["arm"] == arm]
     if not records:

@@ -25,7 +25,12 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from safetensors.torch import save_file
 
 OUT = Path(__file__).resolve().parent / "checkpoints"
-STATE, ENV, CAMERA, ACTION = "observation.state", "observation.environment_state", "observation.images.corner2", "action"
+STATE, ENV, CAMERA, ACTION = (
+    "observation.state",
+    "observation.environment_state",
+    "observation.images.corner2",
+    "action",
+)
 STATE_DIM, ENV_DIM, ACTION_DIM, CHUNK, T, K, BATCH = 4, 6, 4, 4, 3, 2, 3
 TASKS = ["reach the goal", "pick up the puck", "open the drawer"]
 LATENTS = "observation.world_latents"
@@ -34,8 +39,15 @@ LATENTS = "observation.world_latents"
 def encoder_spec() -> dict:
     from lerobot_policy_world_modality.encoders import EncoderSpec
 
-    return EncoderSpec(name="state", checkpoint_path=None, config_hash="artifact", camera_key=ENV, input_size=None,
-                       pooling=None, output_dim=ENV_DIM).to_dict()
+    return EncoderSpec(
+        name="state",
+        checkpoint_path=None,
+        config_hash="artifact",
+        camera_key=ENV,
+        input_size=None,
+        pooling=None,
+        output_dim=ENV_DIM,
+    ).to_dict()
 
 
 def world_batch(seed: int) -> dict[str, torch.Tensor]:
@@ -71,7 +83,9 @@ def outputs(policy, batch: dict, noise: torch.Tensor | None) -> dict:
         result[f"chunk_{mode}"] = policy.predict_action_chunk(dict(batch), memory_mode=mode, **extra).tolist()
     torch.manual_seed(0)
     with torch.no_grad():
-        _, logs = policy.forward(dict(batch), **({} if noise is None else {"noise": noise, "time": torch.full((BATCH,), 0.5)}))
+        _, logs = policy.forward(
+            dict(batch), **({} if noise is None else {"noise": noise, "time": torch.full((BATCH,), 0.5)})
+        )
     result["losses"] = {k: logs[k] for k in ("loss", "action_loss", "world_loss")}
     result["train_step"] = int(policy.train_step)
     return result
@@ -99,10 +113,27 @@ def world_transformer() -> None:
 
     inputs, outputs_ = features(camera=False)
     config = WorldTransformerConfig(
-        model_type="F", action_head="flow", flow_steps=3, chunk_size=CHUNK, n_action_steps=2, history_len=T,
-        num_future=K, d_model=16, n_heads=2, n_layers=1, dim_feedforward=32, prophet_dim=16, prophet_heads=2,
-        prophet_layers=1, cross_attn_heads=2, latent_dim=ENV_DIM, encoder_spec=encoder_spec(), instructions=TASKS,
-        input_features=inputs, output_features=outputs_, device="cpu",
+        model_type="F",
+        action_head="flow",
+        flow_steps=3,
+        chunk_size=CHUNK,
+        n_action_steps=2,
+        history_len=T,
+        num_future=K,
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        dim_feedforward=32,
+        prophet_dim=16,
+        prophet_heads=2,
+        prophet_layers=1,
+        cross_attn_heads=2,
+        latent_dim=ENV_DIM,
+        encoder_spec=encoder_spec(),
+        instructions=TASKS,
+        input_features=inputs,
+        output_features=outputs_,
+        device="cpu",
     )
     torch.manual_seed(0)
     policy = WorldTransformerPolicy(config)
@@ -123,18 +154,38 @@ def smolvla_world() -> None:
     vlm = write_smolvlm_folder(folder / "vlm", "tiny")
     inputs, outputs_ = features(camera=True)
     config = SmolVLAWorldConfig(
-        input_features=inputs, output_features=outputs_, vlm_model_name=str(vlm), encoder_spec=encoder_spec(),
-        device="cpu", chunk_size=CHUNK, n_action_steps=CHUNK, num_steps=3, resize_imgs_with_padding=(64, 64),
-        max_state_dim=8, max_action_dim=8, tokenizer_max_length=16, num_vlm_layers=1, num_expert_layers=1, history_len=T, num_future=K, prophet_dim=16,
-        prophet_heads=2, prophet_layers=1, cross_attn_heads=2, image_key=CAMERA,
+        input_features=inputs,
+        output_features=outputs_,
+        vlm_model_name=str(vlm),
+        encoder_spec=encoder_spec(),
+        device="cpu",
+        chunk_size=CHUNK,
+        n_action_steps=CHUNK,
+        num_steps=3,
+        resize_imgs_with_padding=(64, 64),
+        max_state_dim=8,
+        max_action_dim=8,
+        tokenizer_max_length=16,
+        num_vlm_layers=1,
+        num_expert_layers=1,
+        history_len=T,
+        num_future=K,
+        prophet_dim=16,
+        prophet_heads=2,
+        prophet_layers=1,
+        cross_attn_heads=2,
+        image_key=CAMERA,
     )
     torch.manual_seed(0)
     policy = SmolVLAWorldPolicy(config)
     open_gate_and_count(policy, policy.model.world)
-    tokens = AutoTokenizer.from_pretrained(str(vlm))([t + "\n" for t in TASKS], padding="max_length", max_length=16,
-                                                      truncation=True, return_tensors="pt")
-    batch = world_batch(2) | {OBS_LANGUAGE_TOKENS: tokens["input_ids"],
-                              OBS_LANGUAGE_ATTENTION_MASK: tokens["attention_mask"].bool()}
+    tokens = AutoTokenizer.from_pretrained(str(vlm))(
+        [t + "\n" for t in TASKS], padding="max_length", max_length=16, truncation=True, return_tensors="pt"
+    )
+    batch = world_batch(2) | {
+        OBS_LANGUAGE_TOKENS: tokens["input_ids"],
+        OBS_LANGUAGE_ATTENTION_MASK: tokens["attention_mask"].bool(),
+    }
     noise = torch.randn(BATCH, CHUNK, 8, generator=torch.Generator().manual_seed(3))
     save(folder, policy, batch, noise)
 
@@ -147,10 +198,27 @@ def qwen_vla_world(backbone_root: Path) -> None:
     backbone = write_qwen_vl_folder(backbone_root / "qwen3_vl", "qwen3_vl", "tiny", seed=0)
     inputs, outputs_ = features(camera=True)
     config = QwenVLAWorldConfig(
-        backbone="qwen3_vl_2b_instruct", backbone_path=str(backbone), backbone_dtype="float32", chunk_size=CHUNK,
-        n_action_steps=2, history_len=T, num_future=K, latent_dim=ENV_DIM, encoder_spec=encoder_spec(),
-        image_key=CAMERA, prophet_dim=16, prophet_heads=2, prophet_layers=1, cross_attn_heads=2, head_dim=16,
-        lora_r=2, lora_alpha=4, use_proprio=True, input_features=inputs, output_features=outputs_, device="cpu",
+        backbone="qwen3_vl_2b_instruct",
+        backbone_path=str(backbone),
+        backbone_dtype="float32",
+        chunk_size=CHUNK,
+        n_action_steps=2,
+        history_len=T,
+        num_future=K,
+        latent_dim=ENV_DIM,
+        encoder_spec=encoder_spec(),
+        image_key=CAMERA,
+        prophet_dim=16,
+        prophet_heads=2,
+        prophet_layers=1,
+        cross_attn_heads=2,
+        head_dim=16,
+        lora_r=2,
+        lora_alpha=4,
+        use_proprio=True,
+        input_features=inputs,
+        output_features=outputs_,
+        device="cpu",
     )
     torch.manual_seed(0)
     policy = QwenVLAWorldPolicy(config)

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from lerobot.utils.constants import OBS_STATE
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.data.check import DatasetKeys, DatasetSchemaError
 from world_modality.sim import check_dataset
 from world_modality.sim.metaworld.generate import SIDECAR
 from world_modality.training.data import DatasetImages, read_frame_table
-from lerobot_policy_world_modality.errors import InputError
 
 
 @dataclass
@@ -45,7 +45,9 @@ class EpisodeSource:
     def _columns(self):
         if self._table is None:
             if self.state_key not in self.features:
-                raise DatasetSchemaError(f"{self.root} has no {self.state_key!r} column; its features are {sorted(self.features)}")
+                raise DatasetSchemaError(
+                    f"{self.root} has no {self.state_key!r} column; its features are {sorted(self.features)}"
+                )
             table = read_frame_table(self.root, DatasetKeys(state=self.state_key))
             episode = table.episode_index.numpy()
             starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
@@ -62,7 +64,9 @@ class EpisodeSource:
         sidecar = json.loads(path.read_text())
         # `wm data metaworld` stores only episodes in which the scripted expert succeeded.
         success = True if sidecar.get("source") == "metaworld-scripted-experts" else None
-        return {int(e["episode_index"]): {"task": e.get("task"), "success": success} for e in sidecar.get("episodes", [])}
+        return {
+            int(e["episode_index"]): {"task": e.get("task"), "success": success} for e in sidecar.get("episodes", [])
+        }
 
     @property
     def episode_indices(self) -> list[int]:
@@ -72,7 +76,9 @@ class EpisodeSource:
     def episode(self, index: int) -> Episode:
         table = self._columns()
         if index not in self._bounds:
-            raise InputError(f"episode {index} is not in {self.root} (it has episodes {self.episode_indices[0]}..{self.episode_indices[-1]})")
+            raise InputError(
+                f"episode {index} is not in {self.root} (it has episodes {self.episode_indices[0]}..{self.episode_indices[-1]})"
+            )
         start, end = self._bounds[index]
         meta = self._sidecar.get(index, {})
         return Episode(

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 from lerobot.utils.constants import OBS_ENV_STATE
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.coc.backend import CocBackend
 from world_modality.coc.episodes import Episode, EpisodeSource
 from world_modality.coc.keyframes import gripper_events, select_keyframes
 from world_modality.coc.labels import CocLabel
 from world_modality.sim.metaworld.env import ENV_STATE_DIM
-from lerobot_policy_world_modality.errors import InputError
 
 HAND, OPENING, OBJECT, GOAL = slice(0, 3), 3, slice(4, 7), slice(36, 39)
 EMPTY_CLOSED_OPENING = 0.31  # above: something is between the fingers
@@ -49,10 +49,25 @@ MENTIONED_MOTION = 0.02  # m: a smaller displacement of a held object is not tol
 # The manipulated object as LeRobot's MetaWorld instructions name it, most specific first
 # ("Pick up a nut and place it onto a peg": the nut; "Lock the door by rotating the lock": the lock).
 OBJECT_WORDS = (
-    ("nut", "nut"), ("puck", "puck"), ("basketball", "basketball"), ("soccer", "ball"), ("cover", "box cover"),
-    ("stick", "stick"), ("button", "button"), ("mug", "mug"), ("dial", "dial"), ("lock", "lock"),
-    ("drawer", "drawer"), ("faucet", "faucet"), ("hammer", "hammer"), ("handle", "handle"), ("lever", "lever"),
-    ("peg", "peg"), ("plate", "plate"), ("window", "window"), ("door", "door"),
+    ("nut", "nut"),
+    ("puck", "puck"),
+    ("basketball", "basketball"),
+    ("soccer", "ball"),
+    ("cover", "box cover"),
+    ("stick", "stick"),
+    ("button", "button"),
+    ("mug", "mug"),
+    ("dial", "dial"),
+    ("lock", "lock"),
+    ("drawer", "drawer"),
+    ("faucet", "faucet"),
+    ("hammer", "hammer"),
+    ("handle", "handle"),
+    ("lever", "lever"),
+    ("peg", "peg"),
+    ("plate", "plate"),
+    ("window", "window"),
+    ("door", "door"),
 )
 
 
@@ -143,9 +158,17 @@ def detect_events(env_state: np.ndarray, action: np.ndarray) -> EpisodeEvents:
         return bool(np.linalg.norm(x[-1] - goal[-1]) < GOAL_FRACTION * np.linalg.norm(x[since] - goal[since]))
 
     return EpisodeEvents(
-        num_frames=len(env_state), closes=closes, opens=opens, contact=contact, grasp=grasp, lift=lift,
-        release=release, object_motion=obj[-1] - obj[start], hand_motion=hand[-1] - hand[0],
-        object_to_goal=contact is not None and approached(obj, contact), hand_to_goal=approached(hand, 0),
+        num_frames=len(env_state),
+        closes=closes,
+        opens=opens,
+        contact=contact,
+        grasp=grasp,
+        lift=lift,
+        release=release,
+        object_motion=obj[-1] - obj[start],
+        hand_motion=hand[-1] - hand[0],
+        object_to_goal=contact is not None and approached(obj, contact),
+        hand_to_goal=approached(hand, 0),
     )
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.atomic_io import append_jsonl, drop_torn_last_line
 from world_modality.coc.backend import CocBackend
 from world_modality.coc.episodes import EpisodeSource
 from world_modality.coc.labels import read_coc_labels
 from world_modality.locks import writer_lock
-from lerobot_policy_world_modality.errors import InputError
 
 
 def generate_coc_labels(
@@ -34,15 +34,23 @@ def generate_coc_labels(
         return _generate(dataset, backend, Path(out), episodes, batch_size, camera_key)
 
 
-def _generate(dataset: str | Path, backend: CocBackend, out: Path, episodes: list[int] | None, batch_size: int,
-              camera_key: str | None) -> dict:
+def _generate(
+    dataset: str | Path,
+    backend: CocBackend,
+    out: Path,
+    episodes: list[int] | None,
+    batch_size: int,
+    camera_key: str | None,
+) -> dict:
     source = EpisodeSource(dataset, state_key=backend.state_key, camera_key=camera_key)
     backend.check(source)
     available = source.episode_indices
     wanted = available if episodes is None else sorted(set(episodes))
     unknown = sorted(set(wanted) - set(available))
     if unknown:
-        raise InputError(f"episode(s) {unknown} are not in {source.root}; it has episodes {available[0]}..{available[-1]}")
+        raise InputError(
+            f"episode(s) {unknown} are not in {source.root}; it has episodes {available[0]}..{available[-1]}"
+        )
 
     if drop_torn_last_line(out):
         print(f"{out}: dropped an unfinished last line left by an interrupted run")

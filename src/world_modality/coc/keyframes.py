@@ -13,6 +13,7 @@ The result is sorted and has min(K, N) distinct frames.
 from __future__ import annotations
 
 import numpy as np
+
 from lerobot_policy_world_modality.errors import InputError
 
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from world_modality.atomic_io import JsonlError, jsonl_lines
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
+from world_modality.atomic_io import JsonlError, jsonl_lines
 
 
 class CocLabelError(InputError):
@@ -42,7 +42,9 @@ def parse_label(record, where: str) -> CocLabel:
         raise CocLabelError(f"{where}: expected a JSON object, got {type(record).__name__}")
     missing = [k for k in ("episode_index", "coc_text", "backend", "keyframes") if k not in record]
     if missing:
-        raise CocLabelError(f"{where}: missing field(s) {missing}; a label line has episode_index, coc_text, backend, keyframes")
+        raise CocLabelError(
+            f"{where}: missing field(s) {missing}; a label line has episode_index, coc_text, backend, keyframes"
+        )
     episode, text, backend, keyframes = (record[k] for k in ("episode_index", "coc_text", "backend", "keyframes"))
     if not isinstance(episode, int) or isinstance(episode, bool) or episode < 0:
         raise CocLabelError(f"{where}: episode_index must be a non-negative integer, got {episode!r}")
@@ -50,7 +52,9 @@ def parse_label(record, where: str) -> CocLabel:
         raise CocLabelError(f"{where}: coc_text must be a non-empty string, got {text!r}")
     if not isinstance(backend, str) or not backend:
         raise CocLabelError(f"{where}: backend must be a non-empty string, got {backend!r}")
-    if not isinstance(keyframes, list) or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in keyframes):
+    if not isinstance(keyframes, list) or not all(
+        isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in keyframes
+    ):
         raise CocLabelError(f"{where}: keyframes must be a list of non-negative frame indices, got {keyframes!r}")
     return CocLabel(episode, text, backend, tuple(keyframes))
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.atomic_io import atomic_path
 from world_modality.coc.episodes import EpisodeSource
 from world_modality.coc.labels import CocLabel, read_coc_labels
-from lerobot_policy_world_modality.errors import InputError
 
 
 def save_keyframe_strip(frames: list[np.ndarray], frame_indices: list[int], path: str | Path, title: str) -> Path:
@@ -36,8 +36,9 @@ def save_keyframe_strip(frames: list[np.ndarray], frame_indices: list[int], path
     return path
 
 
-def show_label(dataset: str | Path, labels: str | Path, episode: int, out: str | Path,
-               camera_key: str | None = None) -> tuple[CocLabel, str]:
+def show_label(
+    dataset: str | Path, labels: str | Path, episode: int, out: str | Path, camera_key: str | None = None
+) -> tuple[CocLabel, str]:
     """Save the keyframe strip of ``episode``'s label to ``out``; returns the label and the instruction."""
     by_episode = read_coc_labels(labels)
     if episode not in by_episode:
@@ -47,10 +48,16 @@ def show_label(dataset: str | Path, labels: str | Path, episode: int, out: str |
     record = source.episode(episode)
     beyond = [f for f in label.keyframes if f >= len(record)]
     if beyond:
-        raise InputError(f"keyframes {beyond} of episode {episode} lie beyond its {len(record)} frames: "
-                         f"{labels} was made for another dataset than {source.root}")
+        raise InputError(
+            f"keyframes {beyond} of episode {episode} lie beyond its {len(record)} frames: "
+            f"{labels} was made for another dataset than {source.root}"
+        )
     frames = label.keyframes or (0, len(record) - 1)
     images = source.frames(record, list(frames))
-    save_keyframe_strip(images, list(frames), out, f"episode {episode} \u00b7 {record.instruction} \u00b7 "
-                        f"{label.backend}: {label.coc_text}")
+    save_keyframe_strip(
+        images,
+        list(frames),
+        out,
+        f"episode {episode} \u00b7 {record.instruction} \u00b7 {label.backend}: {label.coc_text}",
+    )
     return label, record.instruction

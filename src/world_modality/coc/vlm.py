@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 from world_modality.coc.backend import CocBackend
 from world_modality.coc.episodes import Episode, EpisodeSource
 from world_modality.coc.keyframes import gripper_events, select_keyframes
 from world_modality.coc.labels import CocLabel
 from world_modality.devices import resolve_device
-from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 PROMPT_TEMPLATE = "vlm_keyframes.txt"
 
@@ -31,7 +31,9 @@ def prompt_template() -> str:
 class VlmBackend(CocBackend):
     name = "vlm"
 
-    def __init__(self, model_path: str | Path, keyframes: int = 6, max_new_tokens: int = 96, device: str = "auto") -> None:
+    def __init__(
+        self, model_path: str | Path, keyframes: int = 6, max_new_tokens: int = 96, device: str = "auto"
+    ) -> None:
         model_path = Path(model_path)
         if not (model_path / "config.json").is_file():
             raise MissingFileError(
@@ -71,12 +73,15 @@ class VlmBackend(CocBackend):
             frames = select_keyframes(len(episode), self.keyframes, gripper_events(episode.action[:, -1]))
             chosen.append(frames)
             images += [Image.fromarray(np.asarray(f)) for f in source.frames(episode, frames)]
-            texts.append(self.processor.apply_chat_template(
-                self.messages(episode.instruction, frames), tokenize=False, add_generation_prompt=True))
+            texts.append(
+                self.processor.apply_chat_template(
+                    self.messages(episode.instruction, frames), tokenize=False, add_generation_prompt=True
+                )
+            )
         inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             generated = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        answers = self.processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers = self.processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         labels = []
         for episode, frames, answer in zip(episodes, chosen, answers, strict=True):
             text = " ".join(answer.split())

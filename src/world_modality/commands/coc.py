@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.choices import COUNT
 from world_modality.commands import add_common
-from lerobot_policy_world_modality.errors import InputError
 
 
 def register(subparsers) -> None:
@@ -30,13 +30,23 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    gen.add_argument("dataset", metavar="DATASET", help="dataset folder, or a repo id already in the local LeRobot cache")
+    gen.add_argument(
+        "dataset", metavar="DATASET", help="dataset folder, or a repo id already in the local LeRobot cache"
+    )
     gen.add_argument("--backend", choices=("events", "vlm"), default="events", help="how the text is made")
     gen.add_argument("--out", required=True, metavar="LABELS.jsonl", help="label file (created, or resumed)")
     gen.add_argument("--episodes", type=int, nargs="+", default=None, metavar="N", help="episode indices; unset: all")
-    gen.add_argument("--batch-size", type=COUNT, default=8, metavar="N", help="episodes per batch (one generate call for vlm)")
+    gen.add_argument(
+        "--batch-size", type=COUNT, default=8, metavar="N", help="episodes per batch (one generate call for vlm)"
+    )
     gen.add_argument("--model", default=None, metavar="DIR", help="vlm: local Qwen-VL folder (Hugging Face format)")
-    gen.add_argument("--keyframes", type=int, default=6, metavar="K", help="frames per episode: shown to the vlm; for events, the told events' frames completed to K")
+    gen.add_argument(
+        "--keyframes",
+        type=int,
+        default=6,
+        metavar="K",
+        help="frames per episode: shown to the vlm; for events, the told events' frames completed to K",
+    )
     gen.add_argument("--max-new-tokens", type=COUNT, default=96, metavar="N", help="vlm: length limit of a label")
     gen.add_argument("--camera-key", default=None, metavar="KEY", help="vlm: camera key; unset: the first camera")
     gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="vlm: auto = cuda when present")
@@ -66,16 +76,21 @@ def _generate(args) -> int:
             raise InputError("--backend vlm needs --model DIR, a local Qwen-VL folder")
         from world_modality.coc.vlm import VlmBackend
 
-        backend = VlmBackend(args.model, keyframes=args.keyframes, max_new_tokens=args.max_new_tokens, device=args.device)
+        backend = VlmBackend(
+            args.model, keyframes=args.keyframes, max_new_tokens=args.max_new_tokens, device=args.device
+        )
     else:
         if args.model is not None:
             raise InputError("--model is for --backend vlm; the events backend uses no model")
         from world_modality.coc.events import EventsBackend
 
         backend = EventsBackend(keyframes=args.keyframes)
-    done = generate_coc_labels(args.dataset, backend, args.out, episodes=args.episodes, batch_size=args.batch_size,
-                               camera_key=args.camera_key)
-    print(f"{args.out}: {done['labelled']} episode(s) labelled, {done['skipped']} already there, {done['total']} in the file")
+    done = generate_coc_labels(
+        args.dataset, backend, args.out, episodes=args.episodes, batch_size=args.batch_size, camera_key=args.camera_key
+    )
+    print(
+        f"{args.out}: {done['labelled']} episode(s) labelled, {done['skipped']} already there, {done['total']} in the file"
+    )
     return 0
 
 

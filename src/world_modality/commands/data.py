@@ -24,17 +24,41 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    gen.add_argument("--tasks", default="MT10", help="task names (comma-separated, '-v3' optional), MT10, MT50, or a group: easy, medium, hard, very_hard")
+    gen.add_argument(
+        "--tasks",
+        default="MT10",
+        help="task names (comma-separated, '-v3' optional), MT10, MT50, or a group: easy, medium, hard, very_hard",
+    )
     gen.add_argument("--episodes-per-task", type=COUNT, default=5, help="successful episodes kept per task")
-    gen.add_argument("--cameras", default="corner2", help="comma-separated cameras: corner, corner2, corner3, topview, behindGripper, gripperPOV")
+    gen.add_argument(
+        "--cameras",
+        default="corner2",
+        help="comma-separated cameras: corner, corner2, corner3, topview, behindGripper, gripperPOV",
+    )
     gen.add_argument("--image-size", type=int, default=128, help="square image size in pixels")
-    gen.add_argument("--seed", type=NON_NEGATIVE, default=0, help="first MT1 seed; layouts of seed, seed+1, ... are used in order")
-    gen.add_argument("--render-quality", choices=("fast", "default"), default="fast", help="fast: MSAA, shadows and reflections off (~10x faster on CPU); default: MuJoCo's defaults")
-    gen.add_argument("--storage", choices=("image", "video"), default="image", help="image: lossless PNG frames; video: AV1 mp4 (smaller, lossy)")
+    gen.add_argument(
+        "--seed", type=NON_NEGATIVE, default=0, help="first MT1 seed; layouts of seed, seed+1, ... are used in order"
+    )
+    gen.add_argument(
+        "--render-quality",
+        choices=("fast", "default"),
+        default="fast",
+        help="fast: MSAA, shadows and reflections off (~10x faster on CPU); default: MuJoCo's defaults",
+    )
+    gen.add_argument(
+        "--storage",
+        choices=("image", "video"),
+        default="image",
+        help="image: lossless PNG frames; video: AV1 mp4 (smaller, lossy)",
+    )
     gen.add_argument("--workers", type=COUNT, default=1, help="parallel worker processes (one task each)")
     gen.add_argument("--out", default="outputs/datasets/metaworld", help="output dataset folder")
-    gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset or staged run with a different spec "
-                     "(only a dataset this tool wrote: never a folder of other files)")
+    gen.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dataset or staged run with a different spec "
+        "(only a dataset this tool wrote: never a folder of other files)",
+    )
     add_common(gen)
     gen.set_defaults(handler=_metaworld)
 
@@ -49,17 +73,26 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    check.add_argument("dataset", metavar="PATH_OR_REPO_ID", help="dataset folder, or a repo id already in the local LeRobot cache")
+    check.add_argument(
+        "dataset", metavar="PATH_OR_REPO_ID", help="dataset folder, or a repo id already in the local LeRobot cache"
+    )
     check.add_argument("--image-key", default=None, help="camera key (default: the first camera feature)")
     check.add_argument("--wrist-key", default=None, help="wrist camera key, when the policy uses one")
     check.add_argument("--state-key", default=DatasetKeys.state)
     check.add_argument("--state-dim", type=int, default=None, help="required state dimension")
     check.add_argument("--action-key", default=DatasetKeys.action)
     check.add_argument("--action-dim", type=int, default=None, help="required action dimension")
-    check.add_argument("--instruction-key", default=DatasetKeys.instruction, help="LeRobot datasets (LIBERO too) keep the instruction under 'task'")
-    check.add_argument("--single-instruction", action="store_true",
-                       help="every episode really has the one instruction under --instruction-key: accept the dataset although another "
-                       "text column varies between episodes (refused otherwise: the instructions are likely there)")
+    check.add_argument(
+        "--instruction-key",
+        default=DatasetKeys.instruction,
+        help="LeRobot datasets (LIBERO too) keep the instruction under 'task'",
+    )
+    check.add_argument(
+        "--single-instruction",
+        action="store_true",
+        help="every episode really has the one instruction under --instruction-key: accept the dataset although another "
+        "text column varies between episodes (refused otherwise: the instructions are likely there)",
+    )
     add_common(check)
     add_no_verify(check)
     check.set_defaults(handler=_check)
@@ -105,7 +138,13 @@ def _check(args) -> int:
     )
     print(summary.format())
     files = read_every_file(summary.root)
-    print(f"files     {files} read and decoded" + (", sizes and sha256 as recorded when written" if recorded else
-                                                  " (it holds no recorded digests: written elsewhere or by an earlier version)"))
+    print(
+        f"files     {files} read and decoded"
+        + (
+            ", sizes and sha256 as recorded when written"
+            if recorded
+            else " (it holds no recorded digests: written elsewhere or by an earlier version)"
+        )
+    )
     print("OK: the dataset has what the pipeline needs")
     return 0

@@ -25,9 +25,10 @@ from world_modality.commands import add_common, add_no_verify
 # demo's size the oracle-trained arm on `learned` latents kept its gate shut (|tanh| 2.4e-05); this one opened
 # it (0.082) and its offline action loss rose x1.6 without its memory (2026-12-02, 2-core CPU).
 BASELINE_ARMS = {"E0": {"model_type": "A"}, "E0-state": {"model_type": "A", "encoder": "state"}}
-WORLD_ARMS = {"E2": {"model_type": "F"},
-              "E2-oracle-state": {"model_type": "F", "memory_source": "oracle", "encoder": "state",
-                                  "gate_lr_multiplier": 10.0}}
+WORLD_ARMS = {
+    "E2": {"model_type": "F"},
+    "E2-oracle-state": {"model_type": "F", "memory_source": "oracle", "encoder": "state", "gate_lr_multiplier": 10.0},
+}
 
 # Small enough for a 2-core CPU in about 20 minutes, large enough that policies succeed on some tasks.
 DEMO_TASKS = "reach-v3,button-press-topdown-v3,drawer-close-v3,window-close-v3"
@@ -77,7 +78,10 @@ def demo_config(args) -> dict:
                 "workers": args.workers,
             }
         },
-        "encoders": [{"name": "learned", "learned_steps": args.encoder_steps, "device": args.device}, {"name": "state"}],
+        "encoders": [
+            {"name": "learned", "learned_steps": args.encoder_steps, "device": args.device},
+            {"name": "state"},
+        ],
         "training": {
             "seeds": list(range(args.seeds)),
             "steps": args.train_steps,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES
 from world_modality.choices import COUNT
 from world_modality.commands import add_common, add_no_verify
-from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES
 
 
 def register(subparsers) -> None:
@@ -49,9 +49,16 @@ def _intervene(args) -> int:
     with ExitStack() as held:
         if args.json:  # refused now (another writer, not writable), not after the work
             held.enter_context(writer_lock(args.json, folder=False))
-        result = intervene(args.checkpoint, args.dataset, args.latents, args.mode, batch_size=args.batch_size,
-                           seed=args.seed, device=args.device,
-                           keys={"state": args.state_key, "action": args.action_key, "instruction": args.instruction_key})
+        result = intervene(
+            args.checkpoint,
+            args.dataset,
+            args.latents,
+            args.mode,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            keys={"state": args.state_key, "action": args.action_key, "instruction": args.instruction_key},
+        )
         print(format_table(result))
         print(json.dumps(result, indent=2))
         if args.json:

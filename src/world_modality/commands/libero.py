@@ -10,7 +10,9 @@ from world_modality.sim.libero.setup import SUITES
 
 
 def register(subparsers) -> None:
-    libero = subparsers.add_parser("libero", help="LIBERO benchmark set-up and datasets", description="The LIBERO benchmark, offline.")
+    libero = subparsers.add_parser(
+        "libero", help="LIBERO benchmark set-up and datasets", description="The LIBERO benchmark, offline."
+    )
     sub = libero.add_subparsers(dest="libero_command", metavar="LIBERO_COMMAND", required=True)
 
     setup = sub.add_parser(
@@ -25,7 +27,12 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    setup.add_argument("--assets", default=None, metavar="PATH", help="an existing LIBERO assets folder (holding scenes/, textures/, ...) instead of installing")
+    setup.add_argument(
+        "--assets",
+        default=None,
+        metavar="PATH",
+        help="an existing LIBERO assets folder (holding scenes/, textures/, ...) instead of installing",
+    )
     setup.add_argument("--skip-env-check", action="store_true", help="skip building one env of each suite")
     add_common(setup)
     setup.set_defaults(handler=_setup)
@@ -41,7 +48,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     pack.add_argument("--suite", default="libero_spatial", choices=SUITES)
-    pack.add_argument("--tasks", default=None, help="comma-separated task names or ids (default: every task of the suite)")
+    pack.add_argument(
+        "--tasks", default=None, help="comma-separated task names or ids (default: every task of the suite)"
+    )
     pack.add_argument("--out", required=True, help="output folder")
     add_common(pack)
     pack.set_defaults(handler=_pack)
@@ -87,7 +96,9 @@ def _pack(args) -> int:
 
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     files, size = pack_assets(args.suite, args.out, tasks)
-    print(f"{files} asset files ({size / 1e6:.1f} MB) of {args.suite} copied to {args.out}; use `wm libero setup --assets {args.out}`")
+    print(
+        f"{files} asset files ({size / 1e6:.1f} MB) of {args.suite} copied to {args.out}; use `wm libero setup --assets {args.out}`"
+    )
     return 0
 
 
@@ -96,8 +107,13 @@ def _dataset(args) -> int:
     from world_modality.sim.libero.data import generate_libero_dataset
 
     out = generate_libero_dataset(
-        args.out, args.suite, [t.strip() for t in args.tasks.split(",") if t.strip()], args.episodes_per_task,
-        args.steps, args.image_size, args.seed,
+        args.out,
+        args.suite,
+        [t.strip() for t in args.tasks.split(",") if t.strip()],
+        args.episodes_per_task,
+        args.steps,
+        args.image_size,
+        args.seed,
     )
     print(check_dataset(out).format())
     return 0

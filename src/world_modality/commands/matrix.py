@@ -18,24 +18,40 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", metavar="CONFIG", help="matrix config (YAML; schema above)")
-    parser.add_argument("--out", default=None, metavar="RUN_DIR",
-                        help="run folder (default: outputs/matrix/<CONFIG file name without suffix>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="RUN_DIR",
+        help="run folder (default: outputs/matrix/<CONFIG file name without suffix>)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan (what is done, what is to do) and stop")
-    parser.add_argument("--ray", default=None, metavar="ADDRESS",
-                        help="run every step as a Ray task on the cluster at ADDRESS ('auto': the one started on this "
-                             "machine with `ray start --head`): each training run holding a GPU, each evaluation its "
-                             "workers' CPUs and, on GPU nodes, a share of a GPU for the policy; RUN_DIR (and the "
-                             "dataset) must be on storage every node sees")
-    parser.add_argument("--export", default=None, metavar="DEST",
-                        help="merge each finished training, intervention and evaluation into the results-only folder "
-                             "DEST as it ends (as `wm report RUN_DIR --export DEST` does), and write DEST's report at "
-                             "the end: for machines that may not outlive the run (only the steps under way are lost). "
-                             "What DEST already holds is not run again: with a copy of DEST on a fresh machine, the "
-                             "run does only the rest, training an arm again only for results DEST lacks (accepted "
-                             "when its weights reproduce DEST's bit for bit)")
-    parser.add_argument("--arms", default=None, metavar="ARM[,ARM...]",
-                        help="run only these arms (with their ablations and interventions): a piece of the matrix "
-                             "that merges with the others (same run folder, or --export into one DEST)")
+    parser.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run every step as a Ray task on the cluster at ADDRESS ('auto': the one started on this "
+        "machine with `ray start --head`): each training run holding a GPU, each evaluation its "
+        "workers' CPUs and, on GPU nodes, a share of a GPU for the policy; RUN_DIR (and the "
+        "dataset) must be on storage every node sees",
+    )
+    parser.add_argument(
+        "--export",
+        default=None,
+        metavar="DEST",
+        help="merge each finished training, intervention and evaluation into the results-only folder "
+        "DEST as it ends (as `wm report RUN_DIR --export DEST` does), and write DEST's report at "
+        "the end: for machines that may not outlive the run (only the steps under way are lost). "
+        "What DEST already holds is not run again: with a copy of DEST on a fresh machine, the "
+        "run does only the rest, training an arm again only for results DEST lacks (accepted "
+        "when its weights reproduce DEST's bit for bit)",
+    )
+    parser.add_argument(
+        "--arms",
+        default=None,
+        metavar="ARM[,ARM...]",
+        help="run only these arms (with their ablations and interventions): a piece of the matrix "
+        "that merges with the others (same run folder, or --export into one DEST)",
+    )
     parser.add_argument("--seeds", default=None, metavar="SEED[,SEED...]", help="run only these training seeds")
     add_common(parser)
     add_no_verify(parser)
@@ -48,8 +64,9 @@ def _matrix(args) -> int:
     config = matrix.load_config(config_path)
     if args.arms is not None or args.seeds is not None:
         config = config.piece(arms=_listed(args.arms, str, "--arms"), seeds=_listed(args.seeds, int, "--seeds"))
-        print(f"piece of {config_path}: arms {', '.join(config.arms)}; training seeds "
-              f"{', '.join(map(str, config.seeds))}")
+        print(
+            f"piece of {config_path}: arms {', '.join(config.arms)}; training seeds {', '.join(map(str, config.seeds))}"
+        )
     print(f"run folder: {run_dir.resolve()}")
     with ExitStack() as held:
         exporter = None
@@ -59,8 +76,9 @@ def _matrix(args) -> int:
 
             held.enter_context(writer_lock(args.export))  # for the whole run: each step's export, then its report
             exporter = StepExporter(config, run_dir, args.export)
-        matrix.run_matrix(config, run_dir, dry_run=args.dry_run, address=args.ray, on_step_done=exporter,
-                          held=args.export)
+        matrix.run_matrix(
+            config, run_dir, dry_run=args.dry_run, address=args.ray, on_step_done=exporter, held=args.export
+        )
         if not args.dry_run and (run_dir / "report" / "report.md").is_file():
             print(f"report: {run_dir.resolve() / 'report' / 'report.md'}")
         if exporter is not None:
@@ -75,4 +93,6 @@ def _listed(value: str | None, kind: type, flag: str) -> list | None:
     try:
         return [kind(item.strip()) for item in value.split(",") if item.strip()]
     except ValueError:
-        raise matrix.MatrixConfigError(f"{flag}: expected a comma-separated list of {kind.__name__}s, got {value!r}") from None
+        raise matrix.MatrixConfigError(
+            f"{flag}: expected a comma-separated list of {kind.__name__}s, got {value!r}"
+        ) from None

@@ -26,14 +26,22 @@ def register(subparsers) -> None:
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a `wm matrix` run folder")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
-    parser.add_argument("--baseline", default=None, metavar="ARM",
-                        help="the arm without world memory every other arm is compared with (default: the matrix "
-                             "file's report.baseline, else per arm the one arm without world memory on its world source)")
-    parser.add_argument("--export", default=None, metavar="DEST",
-                        help="copy RUN_DIR's results (episodes, interventions, checkpoint configs, thinned loss and "
-                             "gate curves; no dataset, latents or weights) into DEST, merged with the pieces DEST "
-                             "already holds (other seeds or arms of the same dataset and episode list), and write "
-                             "DEST's report instead")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="ARM",
+        help="the arm without world memory every other arm is compared with (default: the matrix "
+        "file's report.baseline, else per arm the one arm without world memory on its world source)",
+    )
+    parser.add_argument(
+        "--export",
+        default=None,
+        metavar="DEST",
+        help="copy RUN_DIR's results (episodes, interventions, checkpoint configs, thinned loss and "
+        "gate curves; no dataset, latents or weights) into DEST, merged with the pieces DEST "
+        "already holds (other seeds or arms of the same dataset and episode list), and write "
+        "DEST's report instead",
+    )
     add_common(parser)
     parser.set_defaults(handler=_report)
 

@@ -22,7 +22,9 @@ def register(subparsers) -> None:
     parser.add_argument("latents", metavar="LATENTS_DIR", help="latent cache folder")
     parser.add_argument("--codebook-size", type=COUNT, required=True, metavar="K", help="number of codes")
     parser.add_argument("--seed", type=int, default=0, help="k-means seed")
-    parser.add_argument("--out", default=None, metavar="DIR", help="tokens folder; unset: LATENTS_DIR/tokens-k<K>-seed<S>")
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="tokens folder; unset: LATENTS_DIR/tokens-k<K>-seed<S>"
+    )
     add_common(parser)
     add_no_verify(parser)
     parser.set_defaults(handler=_tokens)

@@ -101,7 +101,9 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
         raise DatasetSchemaError(f"the dataset has no image or video feature; its keys are: {existing}")
     require("image", image, "--image-key")
     if features[image]["dtype"] not in CAMERA_DTYPES:
-        raise DatasetSchemaError(f"--image-key {image!r} is a {features[image]['dtype']} feature, not a camera; cameras: {cameras}")
+        raise DatasetSchemaError(
+            f"--image-key {image!r} is a {features[image]['dtype']} feature, not a camera; cameras: {cameras}"
+        )
     resolved = {"image": image}
     if keys.wrist:
         require("wrist image", keys.wrist, "--wrist-key")
@@ -187,10 +189,15 @@ def _refuse_one_instruction_beside_varying_text(root: Path, features: dict, key:
     others = [k for k, ft in features.items() if ft.get("dtype") == "string" and k != key]
     if not others:
         return
-    table = pd.concat(pd.read_parquet(f, columns=["episode_index", *others]) for f in sorted((root / "data").rglob("*.parquet")))
+    table = pd.concat(
+        pd.read_parquet(f, columns=["episode_index", *others]) for f in sorted((root / "data").rglob("*.parquet"))
+    )
     per_episode = table.groupby("episode_index")[others].nunique()
-    varying = {column: sorted({str(v) for v in table[column]}) for column in others
-               if (per_episode[column] == 1).all() and table[column].nunique() > 1}
+    varying = {
+        column: sorted({str(v) for v in table[column]})
+        for column in others
+        if (per_episode[column] == 1).all() and table[column].nunique() > 1
+    }
     if not varying:
         return
     (column, values), *more = varying.items()

@@ -16,12 +16,14 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from lerobot_policy_world_modality.dataset_files import dataset_info
-from lerobot_policy_world_modality.file_digests import DamagedFileError, verify_folder
 from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.file_digests import DamagedFileError, verify_folder
 
 DATASET_KIND = "dataset"  # the `atomic_io.OUTPUT_MARKER` of a dataset a simulator package generated
-REGENERATE = ("Regenerate the dataset (rerun `wm data metaworld` / `wm libero dataset` into a new --out) or copy it "
-              "again from its source")
+REGENERATE = (
+    "Regenerate the dataset (rerun `wm data metaworld` / `wm libero dataset` into a new --out) or copy it "
+    "again from its source"
+)
 
 
 def verify_dataset(root: str | Path) -> bool:
@@ -36,14 +38,20 @@ def read_every_file(root: str | Path, progress: bool = True) -> int:
     image_keys = [k for k, ft in dataset_info(root)["features"].items() if ft.get("dtype") == "image"]
     files = sorted((root / "meta").rglob("*.json")) + sorted((root / "meta").rglob("*.parquet"))
     files += sorted((root / "data").rglob("*.parquet")) + sorted((root / "videos").rglob("*.mp4"))
-    with tqdm(total=sum(p.stat().st_size for p in files), desc="reading every file", unit="B", unit_scale=True,
-              disable=not progress) as bar:
+    with tqdm(
+        total=sum(p.stat().st_size for p in files),
+        desc="reading every file",
+        unit="B",
+        unit_scale=True,
+        disable=not progress,
+    ) as bar:
         for path in files:
             try:
                 _read(path, image_keys)
             except Exception as e:  # any decoder's error means the same: this file does not read
-                raise DamagedFileError(f"{path} does not read ({type(e).__name__}: {e}): the file is damaged. "
-                                       f"{REGENERATE}.") from None
+                raise DamagedFileError(
+                    f"{path} does not read ({type(e).__name__}: {e}): the file is damaged. {REGENERATE}."
+                ) from None
             bar.update(path.stat().st_size)
     return len(files)
 

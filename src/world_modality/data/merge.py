@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from lerobot_policy_world_modality.errors import InputError
 
 
@@ -105,21 +106,35 @@ class DatasetAppender:
         features = merge_video_feature_info_for_aggregate([first])
         video_keys = [key for key, ft in features.items() if ft["dtype"] == "video"]
         self._dst = LeRobotDatasetMetadata.create(
-            repo_id=self.repo_id, fps=first.fps, robot_type=first.robot_type, features=features,
-            root=self.root, use_videos=bool(video_keys), chunks_size=first.chunks_size,
-            data_files_size_in_mb=first.data_files_size_in_mb, video_files_size_in_mb=first.video_files_size_in_mb,
+            repo_id=self.repo_id,
+            fps=first.fps,
+            robot_type=first.robot_type,
+            features=features,
+            root=self.root,
+            use_videos=bool(video_keys),
+            chunks_size=first.chunks_size,
+            data_files_size_in_mb=first.data_files_size_in_mb,
+            video_files_size_in_mb=first.video_files_size_in_mb,
         )
         self._dst.tasks = pd.DataFrame({"task_index": pd.Series([], dtype="int64")}, index=pd.Index([], name="task"))
         mb = 1024**2
-        self._data = _RotatingParquetWriter(self.root, DEFAULT_DATA_PATH, self._dst.data_files_size_in_mb * mb, self._dst.chunks_size)
-        self._episodes = _RotatingParquetWriter(self.root, DEFAULT_EPISODES_PATH, self._dst.data_files_size_in_mb * mb, self._dst.chunks_size)
-        self._videos_idx = {key: {"chunk": 0, "file": 0, "latest_duration": 0, "episode_duration": 0} for key in video_keys}
+        self._data = _RotatingParquetWriter(
+            self.root, DEFAULT_DATA_PATH, self._dst.data_files_size_in_mb * mb, self._dst.chunks_size
+        )
+        self._episodes = _RotatingParquetWriter(
+            self.root, DEFAULT_EPISODES_PATH, self._dst.data_files_size_in_mb * mb, self._dst.chunks_size
+        )
+        self._videos_idx = {
+            key: {"chunk": 0, "file": 0, "latest_duration": 0, "episode_duration": 0} for key in video_keys
+        }
 
     def _check(self, src) -> None:
         from lerobot.datasets.feature_utils import features_equal_for_merge
 
         first = self._first
-        if (src.fps, src.robot_type) != (first.fps, first.robot_type) or not features_equal_for_merge(first.features, src.features):
+        if (src.fps, src.robot_type) != (first.fps, first.robot_type) or not features_equal_for_merge(
+            first.features, src.features
+        ):
             raise ShardMismatch(
                 f"shard {src.root} (fps {src.fps}, robot {src.robot_type!r}) does not match the first shard "
                 f"{first.root} (fps {first.fps}, robot {first.robot_type!r}) in fps, robot type or features; "
@@ -139,9 +154,15 @@ class DatasetAppender:
             self._check(src)
         dst = self._dst
         new_tasks = [t for t in src.tasks.index if t not in dst.tasks.index]
-        dst.tasks = pd.concat([dst.tasks, pd.DataFrame(
-            {"task_index": range(len(dst.tasks), len(dst.tasks) + len(new_tasks))}, index=pd.Index(new_tasks, name="task")
-        )])
+        dst.tasks = pd.concat(
+            [
+                dst.tasks,
+                pd.DataFrame(
+                    {"task_index": range(len(dst.tasks), len(dst.tasks) + len(new_tasks))},
+                    index=pd.Index(new_tasks, name="task"),
+                ),
+            ]
+        )
 
         self._videos_idx = aggregate_videos(
             src, dst, self._videos_idx, dst.video_files_size_in_mb, dst.chunks_size, concatenate_videos=False
@@ -155,7 +176,9 @@ class DatasetAppender:
             src_to_dst[(chunk, file)] = self._data.place(path.stat().st_size)
             parquet = pq.ParquetFile(path)
             for group in range(parquet.num_row_groups):  # one episode each, as LeRobot writes them
-                self._data.write(_renumbered(parquet.read_row_group(group), dst.info.total_episodes, dst.info.total_frames, task_map))
+                self._data.write(
+                    _renumbered(parquet.read_row_group(group), dst.info.total_episodes, dst.info.total_frames, task_map)
+                )
 
         data_idx = {"chunk": self._data.chunk, "file": self._data.file, "src_to_dst": src_to_dst}
         for chunk, file in _files(src.episodes, "meta/episodes"):
@@ -177,7 +200,10 @@ class DatasetAppender:
         from lerobot.utils.utils import unflatten_dict
 
         columns = [name for name in episodes.column_names if name.startswith("stats/")]
-        rows = [unflatten_dict({name: np.array(value) for name, value in row.items()})["stats"] for row in episodes.select(columns).to_pylist()]
+        rows = [
+            unflatten_dict({name: np.array(value) for name, value in row.items()})["stats"]
+            for row in episodes.select(columns).to_pylist()
+        ]
         self._stats = aggregate_stats(rows if self._stats is None else [self._stats, *rows])
 
     def finalize(self) -> None:

@@ -28,14 +28,23 @@ class EpisodeReader:
         self.info: dict[str, Any] = dataset_info(self.root)
         features = self.info["features"]
         if key not in features:
-            raise DatasetSchemaError(f"key {key!r} is not in the dataset {self.root}; existing keys: {', '.join(sorted(features))}")
+            raise DatasetSchemaError(
+                f"key {key!r} is not in the dataset {self.root}; existing keys: {', '.join(sorted(features))}"
+            )
         self.key = key
         self.dtype: str = features[key]["dtype"]
         self.shape = tuple(features[key]["shape"])
         self.episodes = self._episode_table()
 
     def _episode_table(self) -> pd.DataFrame:
-        columns = ["episode_index", "length", "dataset_from_index", "dataset_to_index", "data/chunk_index", "data/file_index"]
+        columns = [
+            "episode_index",
+            "length",
+            "dataset_from_index",
+            "dataset_to_index",
+            "data/chunk_index",
+            "data/file_index",
+        ]
         if self.dtype == "video":
             columns += [f"videos/{self.key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
         files = sorted((self.root / "meta" / "episodes").rglob("*.parquet"))
@@ -70,7 +79,9 @@ class EpisodeReader:
             table = tables.get(int(ep["episode_index"]))
             rows = 0 if table is None else table.num_rows
             if rows != ep["length"]:
-                raise DatasetSchemaError(f"{self.root}: episode {ep['episode_index']} has {rows} rows in the data files, its metadata says {ep['length']}")
+                raise DatasetSchemaError(
+                    f"{self.root}: episode {ep['episode_index']} has {rows} rows in the data files, its metadata says {ep['length']}"
+                )
             out.append(self._values(table, ep))
         return out
 
@@ -93,7 +104,9 @@ class EpisodeReader:
 
             prefix = f"videos/{self.key}/"
             path = self.root / self.info["video_path"].format(
-                video_key=self.key, chunk_index=int(episode[prefix + "chunk_index"]), file_index=int(episode[prefix + "file_index"])
+                video_key=self.key,
+                chunk_index=int(episode[prefix + "chunk_index"]),
+                file_index=int(episode[prefix + "file_index"]),
             )
             timestamps = (table.column("timestamp").to_numpy() + episode[prefix + "from_timestamp"]).tolist()
             # PyAV ships its own FFmpeg; torchcodec needs the system's (and prints pages when it lacks them).
@@ -109,9 +122,17 @@ class SideBySideReader:
     def __init__(self, dataset: str | Path, key: str) -> None:
         self._left, self._right = (EpisodeReader(dataset, k) for k in camera_parts(key))
         if (self._left.dtype, self._left.shape) != (self._right.dtype, self._right.shape):
-            raise DatasetSchemaError(f"{key}: the two cameras differ ({self._left.key}: {self._left.dtype} {self._left.shape}, "
-                                     f"{self._right.key}: {self._right.dtype} {self._right.shape})")
-        self.root, self.info, self.episodes, self.dtype, self.key = self._left.root, self._left.info, self._left.episodes, self._left.dtype, key
+            raise DatasetSchemaError(
+                f"{key}: the two cameras differ ({self._left.key}: {self._left.dtype} {self._left.shape}, "
+                f"{self._right.key}: {self._right.dtype} {self._right.shape})"
+            )
+        self.root, self.info, self.episodes, self.dtype, self.key = (
+            self._left.root,
+            self._left.info,
+            self._left.episodes,
+            self._left.dtype,
+            key,
+        )
         height, width, channels = self._left.shape
         self.shape = (height, 2 * width, channels)
 

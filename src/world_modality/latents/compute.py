@@ -14,8 +14,8 @@ import json
 import math
 import shutil
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,33 @@ from lerobot.utils.constants import OBS_ENV_STATE
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from lerobot_policy_world_modality.dataset_files import (
+    DatasetSchemaError,
+    dataset_fingerprint,
+    dataset_info,
+    resolve_dataset_root,
+)
+from lerobot_policy_world_modality.encoders import (
+    EncoderSpec,
+    ImageEncoder,
+    StateEncoder,
+    WorldEncoder,
+    build_encoder,
+    fit_state_encoder,
+    train_learned_encoder,
+    window_indices,
+)
+from lerobot_policy_world_modality.encoders.spec import CONCAT_SEPARATOR, digest, encoder_kind
+from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.file_digests import DamagedFileError, file_record
+from lerobot_policy_world_modality.latent_cache import (
+    DIGESTS_KEY,
+    LATENTS_FILE,
+    SPEC_FILE,
+    LatentCache,
+    LatentCacheMismatch,
+    tensors_metadata,
+)
 from world_modality import __version__
 from world_modality.atomic_io import (
     atomic_write_json,
@@ -43,21 +70,6 @@ from world_modality.data.readers import EpisodeReader, SideBySideReader
 from world_modality.devices import resolve_device
 from world_modality.locks import writer_lock
 from world_modality.sim import dataset_render
-from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint, dataset_info, resolve_dataset_root
-from lerobot_policy_world_modality.encoders import (
-    EncoderSpec,
-    ImageEncoder,
-    StateEncoder,
-    WorldEncoder,
-    build_encoder,
-    fit_state_encoder,
-    train_learned_encoder,
-    window_indices,
-)
-from lerobot_policy_world_modality.encoders.spec import CONCAT_SEPARATOR, digest, encoder_kind
-from lerobot_policy_world_modality.file_digests import DamagedFileError, file_record
-from lerobot_policy_world_modality.latent_cache import DIGESTS_KEY, LATENTS_FILE, SPEC_FILE, LatentCache, LatentCacheMismatch, tensors_metadata
-from lerobot_policy_world_modality.errors import InputError
 
 LATENTS_DIR = "world_latents"
 LATENTS_KIND = "latent cache"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -108,19 +120,32 @@ def compute_latents(
     key = camera_key or (OBS_ENV_STATE if is_state else _first_camera(root))
     reader = EpisodeReader(root, key) if CONCAT_SEPARATOR not in key else SideBySideReader(root, key)
     if is_state != (reader.dtype not in CAMERA_DTYPES):
-        reads = "a vector feature such as observation.environment_state" if is_state else "a camera (image or video) feature"
+        reads = (
+            "a vector feature such as observation.environment_state"
+            if is_state
+            else "a camera (image or video) feature"
+        )
         raise DatasetSchemaError(f"the {encoder_name} encoder reads {reads}; {key!r} is a {reader.dtype} feature")
     fingerprint = dataset_fingerprint(root)
     # The dataset's checks (its instructions included) before the expensive part: fitting an encoder.
-    render = _render_settings(root, key, DatasetKeys(instruction=instruction_key, single_instruction=single_instruction))
+    render = _render_settings(
+        root, key, DatasetKeys(instruction=instruction_key, single_instruction=single_instruction)
+    )
     # One writer per cache: a given --out is held from the start (its own encoder is built inside it); the default
     # folder, named by the encoder's spec, once the encoder is built (its own encoder's folder held meanwhile).
     with ExitStack() as held:
         out_path = _cache_folder(held, out) if out else None
         if encoder_path is None and kind.fits_on_dataset:
             encoder_path = _own_encoder(
-                reader, encoder_name, fingerprint, out_path or root / LATENTS_DIR,
-                torch_device, learned_steps, seed, dict(learned_options or {}), progress,
+                reader,
+                encoder_name,
+                fingerprint,
+                out_path or root / LATENTS_DIR,
+                torch_device,
+                learned_steps,
+                seed,
+                dict(learned_options or {}),
+                progress,
             )
         options: dict[str, Any] = {"camera_key": key, "render": render}
         if temporal_window is not None:
@@ -208,7 +233,9 @@ def _complete(out: Path, header: dict[str, str]) -> bool:
     stored = json.loads((out / SPEC_FILE).read_text())
     diffs = [f"{k}: existing {stored.get(k)!r} vs requested {v!r}" for k, v in header.items() if stored.get(k) != v]
     if diffs:
-        raise LatentCacheMismatch(f"{out} already holds latents of another encoder or dataset ({'; '.join(diffs)}); choose another --out or delete it")
+        raise LatentCacheMismatch(
+            f"{out} already holds latents of another encoder or dataset ({'; '.join(diffs)}); choose another --out or delete it"
+        )
     try:
         LatentCache.verify(out, stored)
     except DamagedFileError as e:
@@ -221,7 +248,10 @@ def _complete(out: Path, header: dict[str, str]) -> bool:
 def _chunks(chunks_dir: Path, episodes: pd.DataFrame, chunk_episodes: int) -> list[tuple[Path, pd.DataFrame]]:
     """(chunk file, its episodes) for consecutive runs of ``chunk_episodes`` episodes."""
     return [
-        (chunks_dir / f"episodes-{lo:06d}-{min(lo + chunk_episodes, len(episodes)):06d}.safetensors", episodes.iloc[lo : lo + chunk_episodes])
+        (
+            chunks_dir / f"episodes-{lo:06d}-{min(lo + chunk_episodes, len(episodes)):06d}.safetensors",
+            episodes.iloc[lo : lo + chunk_episodes],
+        )
         for lo in range(0, len(episodes), chunk_episodes)
     ]
 
@@ -244,7 +274,13 @@ def _encode_chunks(
         return
     todo[0][0].parent.mkdir(parents=True, exist_ok=True)
     done = reader.num_frames - sum(int(episodes["length"].sum()) for _, episodes in todo)
-    bar = tqdm(total=reader.num_frames, initial=done, desc=f"encoding ({encoder.spec.name})", unit="frame", disable=not progress)
+    bar = tqdm(
+        total=reader.num_frames,
+        initial=done,
+        desc=f"encoding ({encoder.spec.name})",
+        unit="frame",
+        disable=not progress,
+    )
     with ThreadPoolExecutor(max_workers=1) as prefetch, bar:
         pending = prefetch.submit(reader.read, todo[0][1])
         for i, (path, _) in enumerate(todo):
@@ -281,9 +317,11 @@ def _stored(encoder: WorldEncoder, z: torch.Tensor) -> torch.Tensor:
     """A batch of latents as the cache stores them (on cpu); NaN, which no storage dtype can hold as a value a policy
     can act on, is refused (out-of-range values saturate: `EncoderSpec.to_storage`)."""
     if z.isnan().any():
-        raise InputError(f"the {encoder.spec.name} encoder gave NaN latents for {int(z.isnan().any(-1).sum())} frames of "
-                         "this dataset (NaN in its frames or states, or a broken encoder); check the dataset with "
-                         "`wm data check`, or the encoder folder")
+        raise InputError(
+            f"the {encoder.spec.name} encoder gave NaN latents for {int(z.isnan().any(-1).sum())} frames of "
+            "this dataset (NaN in its frames or states, or a broken encoder); check the dataset with "
+            "`wm data check`, or the encoder folder"
+        )
     return encoder.spec.to_storage(z).cpu()
 
 
@@ -296,7 +334,9 @@ def _check_chunk(path: Path, header: dict[str, str]) -> None:
         )
 
 
-def _assemble(out: Path, spec: EncoderSpec, reader: EpisodeReader, chunks: list[tuple[Path, pd.DataFrame]], header: dict[str, str]) -> None:
+def _assemble(
+    out: Path, spec: EncoderSpec, reader: EpisodeReader, chunks: list[tuple[Path, pd.DataFrame]], header: dict[str, str]
+) -> None:
     """Join the chunks into one latents file, then write spec.json (the completion marker)."""
     z = torch.cat([load_file(path)["z"] for path, _ in chunks])
     if len(z) != reader.num_frames:
@@ -304,7 +344,9 @@ def _assemble(out: Path, spec: EncoderSpec, reader: EpisodeReader, chunks: list[
     lengths = reader.episodes["length"].to_numpy()
     episode_index = torch.from_numpy(np.repeat(reader.episodes["episode_index"].to_numpy(), lengths).astype(np.int64))
     frame_index = torch.from_numpy(np.concatenate([np.arange(n) for n in lengths]).astype(np.int64))
-    save_tensors_atomic({"z": z, "episode_index": episode_index, "frame_index": frame_index}, out / LATENTS_FILE, header)
+    save_tensors_atomic(
+        {"z": z, "episode_index": episode_index, "frame_index": frame_index}, out / LATENTS_FILE, header
+    )
     atomic_write_json(
         out / SPEC_FILE,
         {

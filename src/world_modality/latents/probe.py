@@ -7,17 +7,19 @@ from pathlib import Path
 import numpy as np
 from lerobot.utils.constants import OBS_ENV_STATE
 
-from world_modality.data.readers import EpisodeReader
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
-from lerobot_policy_world_modality.latent_cache import LatentCache, LatentCacheMismatch
 from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.latent_cache import LatentCache, LatentCacheMismatch
+from world_modality.data.readers import EpisodeReader
 
 # MetaWorld's 39-dim observation: hand xyz, gripper, object 1 xyz + quat (4:11), object 2 xyz + quat
 # (11:18), the previous step's 18 values, goal xyz.
 OBJECT_POSITION_DIMS = (4, 5, 6, 11, 12, 13)
 
 
-def probe_object_positions(cache: LatentCache, dataset: str | Path, holdout_every: int = 5, state_key: str = OBS_ENV_STATE) -> float:
+def probe_object_positions(
+    cache: LatentCache, dataset: str | Path, holdout_every: int = 5, state_key: str = OBS_ENV_STATE
+) -> float:
     """R^2 of a linear (ridge) probe from latents to MetaWorld's object positions, on held-out episodes.
 
     Targets are the xyz of both objects in the 39-dim privileged state (dimensions that never vary are
@@ -31,12 +33,18 @@ def probe_object_positions(cache: LatentCache, dataset: str | Path, holdout_ever
 
     fingerprint = dataset_fingerprint(dataset)
     if fingerprint != cache.dataset_fingerprint:
-        raise LatentCacheMismatch(f"latent cache {cache.path} was made from dataset {cache.dataset_fingerprint}, not {fingerprint} ({dataset})")
+        raise LatentCacheMismatch(
+            f"latent cache {cache.path} was made from dataset {cache.dataset_fingerprint}, not {fingerprint} ({dataset})"
+        )
     reader = EpisodeReader(dataset, state_key)
     if reader.shape != (39,):
-        raise DatasetSchemaError(f"the object-position probe needs MetaWorld's 39-dim {state_key}, found shape {reader.shape}")
+        raise DatasetSchemaError(
+            f"the object-position probe needs MetaWorld's 39-dim {state_key}, found shape {reader.shape}"
+        )
     if len(reader.episodes) < 2 * holdout_every - 1:
-        raise InputError(f"the probe needs at least {2 * holdout_every - 1} episodes to hold out every {holdout_every}th one, got {len(reader.episodes)}")
+        raise InputError(
+            f"the probe needs at least {2 * holdout_every - 1} episodes to hold out every {holdout_every}th one, got {len(reader.episodes)}"
+        )
     targets = np.concatenate(reader.read(reader.episodes))[:, OBJECT_POSITION_DIMS]
     position = np.repeat(np.arange(len(reader.episodes)), reader.episodes["length"].to_numpy())
     test = position % holdout_every == holdout_every - 1

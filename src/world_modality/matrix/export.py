@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 from world_modality.atomic_io import (
     OUTPUT_MARKER,
     atomic_write_json,
@@ -42,7 +43,6 @@ from world_modality.matrix.config import (
 )
 from world_modality.matrix.run import check_run_dir, episodes_held, episodes_per_evaluation, merged_config
 from world_modality.schedule import Step
-from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 MAX_CURVE_POINTS = 500  # enough for the report's plots; a full curve has one point per training step
 EXPORT_KIND = "results export"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -58,7 +58,10 @@ class Export:
 
     def summary(self, dest: str | Path) -> str:
         if self.added:
-            lines = [f"{len(self.added)} result folder(s) and file(s) exported to {dest}", *(f"  {a}" for a in self.added)]
+            lines = [
+                f"{len(self.added)} result folder(s) and file(s) exported to {dest}",
+                *(f"  {a}" for a in self.added),
+            ]
         else:  # e.g. `wm matrix --export`'s last export, after every step was exported as it ended
             lines = [f"nothing new to export: {dest} already holds every finished result"]
         if self.unfinished:
@@ -103,12 +106,18 @@ def _export(run_dir: Path, dest: Path) -> Export:
     held = {target: _held_checkpoint(run, target) for run, target in runs}
     retrained = [target for target, state in held.items() if state is False]
     if conflicts or retrained:
-        raise InputError(f"{dest} already holds {', '.join(str(t.relative_to(dest)) for t in conflicts + retrained)} "
-                         f"with other results than {run_dir}: export pieces with other seeds or arms, or remove those "
-                         "from there to replace them" + (
-                             "; a training run again that gave other weights than DEST's (another GPU or other "
-                             "library versions do not reproduce it bit for bit) cannot add evaluations to it: run "
-                             "them where DEST's training ran" if retrained else ""))
+        raise InputError(
+            f"{dest} already holds {', '.join(str(t.relative_to(dest)) for t in conflicts + retrained)} "
+            f"with other results than {run_dir}: export pieces with other seeds or arms, or remove those "
+            "from there to replace them"
+            + (
+                "; a training run again that gave other weights than DEST's (another GPU or other "
+                "library versions do not reproduce it bit for bit) cannot add evaluations to it: run "
+                "them where DEST's training ran"
+                if retrained
+                else ""
+            )
+        )
     output_folder(dest, EXPORT_KIND)
     added = []
     for source, target in pieces:
@@ -120,8 +129,11 @@ def _export(run_dir: Path, dest: Path) -> Export:
             added.append(str(target.relative_to(dest)))
     if config is not None:
         atomic_write_text(dest / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
-    atomic_write_text(dest / RESULTS_ONLY_FILE, "Results exported by `wm report --export` (no dataset, latents or "
-                                                "weights): `wm report` reads this folder; `wm matrix` does not run in it.\n")
+    atomic_write_text(
+        dest / RESULTS_ONLY_FILE,
+        "Results exported by `wm report --export` (no dataset, latents or "
+        "weights): `wm report` reads this folder; `wm matrix` does not run in it.\n",
+    )
     return Export(added, unfinished)
 
 
@@ -144,8 +156,10 @@ class StepExporter:
     def __call__(self, step: Step, start: float, end: float) -> None:
         if step.stage in EXPORTED_STAGES:
             added = export_results(self.run_dir, self.dest).added
-            print(f"{step.name}: exported to {self.dest}" + (f" ({', '.join(added)})" if added else " (nothing new)"),
-                  flush=True)
+            print(
+                f"{step.name}: exported to {self.dest}" + (f" ({', '.join(added)})" if added else " (nothing new)"),
+                flush=True,
+            )
 
     def finish(self) -> Path:
         """The last export, and DEST's report; returns the report's path."""
@@ -173,9 +187,13 @@ def _same(source: Path, target: Path) -> bool:
     if source.is_file():
         return target.is_file() and filecmp.cmp(source, target, shallow=False)
     compared = filecmp.dircmp(source, target)
-    return (not _results(compared.left_only) and not _results(compared.right_only) and not compared.diff_files
-            and not compared.funny_files
-            and all(_same(source / d, target / d) for d in compared.common_dirs))
+    return (
+        not _results(compared.left_only)
+        and not _results(compared.right_only)
+        and not compared.diff_files
+        and not compared.funny_files
+        and all(_same(source / d, target / d) for d in compared.common_dirs)
+    )
 
 
 def _results(names: list[str]) -> list[str]:
@@ -224,8 +242,8 @@ def _weight_digests(pretrained: Path) -> dict[str, str]:
 def _export_training_run(run: Path, target: Path) -> bool:
     """The last checkpoint's JSON files (configs and provenance, no weights) and the thinned curves of one training
     run into ``target``; False when the run has no checkpoint."""
-    from world_modality.report.results import LOSS_TAGS
     from world_modality.report.readcheck import GATE_FILE, GATE_TAG, checkpoint_gate, read_scalars
+    from world_modality.report.results import LOSS_TAGS
     from world_modality.training.checkpoint import PRETRAINED, checkpoints_dir, last_checkpoint
 
     last = last_checkpoint(run)

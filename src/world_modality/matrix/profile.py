@@ -32,8 +32,16 @@ class Profile:
         self.this_run: list[dict[str, Any]] = []
 
     def record(self, step: Step, start: float, end: float) -> None:
-        record = {"name": step.name, "stage": step.stage, "start": start, "end": end, "wall_s": end - start,
-                  "work": dict(step.work), "executor": self.executor, "detail": step.detail}
+        record = {
+            "name": step.name,
+            "stage": step.stage,
+            "start": start,
+            "end": end,
+            "wall_s": end - start,
+            "work": dict(step.work),
+            "executor": self.executor,
+            "detail": step.detail,
+        }
         self.steps[step.name] = record
         self.this_run.append(record)
         atomic_write_json(self.path, {"steps": self.steps})
@@ -45,8 +53,10 @@ def stage_times(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     the work done (summed units)."""
     stages: dict[str, dict[str, Any]] = {}
     for r in sorted(records, key=lambda r: r["start"]):
-        row = stages.setdefault(r["stage"], {"stage": r["stage"], "steps": 0, "busy_s": 0.0, "start": r["start"],
-                                             "end": r["end"], "work": {}})
+        row = stages.setdefault(
+            r["stage"],
+            {"stage": r["stage"], "steps": 0, "busy_s": 0.0, "start": r["start"], "end": r["end"], "work": {}},
+        )
         row["steps"] += 1
         row["busy_s"] += r["wall_s"]
         row["end"] = max(row["end"], r["end"])
@@ -60,8 +70,10 @@ def stage_times(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def format_stage_times(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "stage times: no step ran"
-    lines = ["stage times (busy: the steps' summed wall time; span: first start to last end):",
-             f"  {'stage':10s} {'steps':>5s} {'busy':>10s} {'span':>10s}  work"]
+    lines = [
+        "stage times (busy: the steps' summed wall time; span: first start to last end):",
+        f"  {'stage':10s} {'steps':>5s} {'busy':>10s} {'span':>10s}  work",
+    ]
     for row in rows:
         work = ", ".join(f"{amount} {unit}" for unit, amount in row["work"].items())
         lines.append(f"  {row['stage']:10s} {row['steps']:5d} {row['busy_s']:9.1f}s {row['span_s']:9.1f}s  {work}")

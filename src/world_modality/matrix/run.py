@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 from world_modality.atomic_io import (
     atomic_write_json,
     atomic_write_text,
@@ -45,13 +46,26 @@ from world_modality.schedule import (
     ray_session,
     train_resources,
 )
-from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 EPISODES_FILE = "episodes.jsonl"
 MATRIX_RUN_KIND = "matrix run"  # its folder's `atomic_io.OUTPUT_MARKER`
 # Settings a rerun may change: they do not change any result (``name@section`` limits one to a section).
-FREE_FIELDS = frozenset({"workers", "groups", "videos_per_task", "device", "progress", "wandb", "log_every", "save_every",
-                         "val_batch_size", "batch_size@encoders", "chunk_episodes", "concurrent"})
+FREE_FIELDS = frozenset(
+    {
+        "workers",
+        "groups",
+        "videos_per_task",
+        "device",
+        "progress",
+        "wandb",
+        "log_every",
+        "save_every",
+        "val_batch_size",
+        "batch_size@encoders",
+        "chunk_episodes",
+        "concurrent",
+    }
+)
 
 
 # --- the run folder and its steps ------------------------------------------------------------------------
@@ -107,8 +121,9 @@ def compute_world_latents(config: MatrixConfig, run_dir: Path, encoder: str) -> 
     """Cache the world latents of the dataset into RUN_DIR/latents/<encoder> (resumable)."""
     from world_modality.latents import compute_latents
 
-    compute_latents(dataset_dir(config, run_dir), encoder, out=latents_dir(config, run_dir, encoder),
-                    **config.encoders[encoder])
+    compute_latents(
+        dataset_dir(config, run_dir), encoder, out=latents_dir(config, run_dir, encoder), **config.encoders[encoder]
+    )
 
 
 def train_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int) -> None:
@@ -122,8 +137,16 @@ def train_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int) -> None:
     if "keys" in options:
         options["keys"] = DatasetKeys(**options["keys"])
     out = train_dir(run_dir, arm, seed)
-    train(TrainOptions(dataset=str(dataset_dir(config, run_dir)), latents=str(latents_dir(config, run_dir, spec.encoder)),
-                       out=str(out), seed=seed, resume=True, **options))
+    train(
+        TrainOptions(
+            dataset=str(dataset_dir(config, run_dir)),
+            latents=str(latents_dir(config, run_dir, spec.encoder)),
+            out=str(out),
+            seed=seed,
+            resume=True,
+            **options,
+        )
+    )
     print(f"{arm} seed {seed}: {gate_line(load_gate_run(out))}")
 
 
@@ -133,15 +156,29 @@ def intervene_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int) -> N
     from world_modality.training.intervene import format_table, intervene
 
     spec = config.arms[arm]
-    result = intervene(train_dir(run_dir, arm, seed), dataset_dir(config, run_dir),
-                       latents_dir(config, run_dir, spec.encoder), list(spec.interventions),
-                       seed=seed, device=str(resolve_device(spec.setting("device"))), keys=spec.options.get("keys"))
+    result = intervene(
+        train_dir(run_dir, arm, seed),
+        dataset_dir(config, run_dir),
+        latents_dir(config, run_dir, spec.encoder),
+        list(spec.interventions),
+        seed=seed,
+        device=str(resolve_device(spec.setting("device"))),
+        keys=spec.options.get("keys"),
+    )
     print(format_table(result))
     atomic_write_json(intervention_path(run_dir, arm, seed), result)
 
 
-def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memory_mode: str | None, label: str,
-                 pools: Any = None, held: Path | None = None) -> None:
+def evaluate_arm(
+    config: MatrixConfig,
+    run_dir: Path,
+    arm: str,
+    seed: int,
+    memory_mode: str | None,
+    label: str,
+    pools: Any = None,
+    held: Path | None = None,
+) -> None:
     """Evaluate the last checkpoint of an arm's seed (resumable) into RUN_DIR/eval/<label>/seed<k> on the started
     simulator ``pools`` (an `EnvPools`; None: its own); an ablation says whether it left every paired episode as
     the arm's own (read from ``held``, the export the plan took as done, when RUN_DIR lacks them)."""
@@ -153,9 +190,22 @@ def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memor
         raise MissingFileError(f"{train_dir(run_dir, arm, seed)} has no checkpoint to evaluate")
     ev = config.evaluation
     results = evaluate_checkpoint(
-        checkpoint, env=ev.env, suite=ev.suite, tasks=ev.tasks, episodes_per_task=ev.episodes_per_task,
-        memory_mode=memory_mode, arm=arm, train_seed=seed, out_dir=eval_dir(run_dir, label, seed), workers=ev.workers,
-        groups=ev.groups, eval_seed=ev.eval_seed, videos_per_task=ev.videos_per_task, max_steps=ev.max_steps, pools=pools)
+        checkpoint,
+        env=ev.env,
+        suite=ev.suite,
+        tasks=ev.tasks,
+        episodes_per_task=ev.episodes_per_task,
+        memory_mode=memory_mode,
+        arm=arm,
+        train_seed=seed,
+        out_dir=eval_dir(run_dir, label, seed),
+        workers=ev.workers,
+        groups=ev.groups,
+        eval_seed=ev.eval_seed,
+        videos_per_task=ev.videos_per_task,
+        max_steps=ev.max_steps,
+        pools=pools,
+    )
     if label != arm:
         own_file = eval_dir(run_dir, arm, seed) / EPISODES_FILE
         if not own_file.is_file() and held is not None:
@@ -163,8 +213,10 @@ def evaluate_arm(config: MatrixConfig, run_dir: Path, arm: str, seed: int, memor
         if not own_file.is_file():
             # Reachable only outside the plan (which evaluates the arm before its ablations). `ablation_line` would
             # say only "no paired episodes"; name the file looked for and the remedy, as `wm eval` does.
-            print(f"seed {seed}: {label} not compared with {arm}: no evaluation of {arm} at {own_file} "
-                  f"(evaluate {arm} first; the report pairs them once both exist)")
+            print(
+                f"seed {seed}: {label} not compared with {arm}: no evaluation of {arm} at {own_file} "
+                f"(evaluate {arm} first; the report pairs them once both exist)"
+            )
             return
         own = read_jsonl(own_file)
         print(f"seed {seed}: {ablation_line(ablation_change(own, read_jsonl(results), label), arm)}")
@@ -212,7 +264,6 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
     is left (its export then checks that the weights reproduce DEST's run), the dataset and latents only when a
     step to do needs them."""
     from lerobot_policy_world_modality.latent_cache import SPEC_FILE
-
     from world_modality.sim import get_simulator
     from world_modality.training.checkpoint import last_checkpoint
 
@@ -230,34 +281,69 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
         name, options = generated
         what = ", ".join(f"{key} {value}" for key, value in options.items() if key in ("tasks", "episodes_per_task"))
         episodes = len(get_simulator(name).parse_tasks(options["tasks"])) * options["episodes_per_task"]
-        steps.append(Step("dataset", "dataset", generate_dataset, where, done=get_simulator(name).dataset_complete(data),
-                          resources=Resources(cpus=float(options.get("workers", 1))), detail=f"{name}: {what} -> {data}",
-                          work={"episodes": episodes}))
+        steps.append(
+            Step(
+                "dataset",
+                "dataset",
+                generate_dataset,
+                where,
+                done=get_simulator(name).dataset_complete(data),
+                resources=Resources(cpus=float(options.get("workers", 1))),
+                detail=f"{name}: {what} -> {data}",
+                work={"episodes": episodes},
+            )
+        )
         dataset_needs = ("dataset",)
     for encoder, options in config.encoders.items():
         latents = latents_dir(config, run_dir, encoder)
-        steps.append(Step(f"latents {encoder}", "latents", compute_world_latents, where | {"encoder": encoder},
-                          needs=dataset_needs, done=(latents / SPEC_FILE).is_file(), isolated=True,
-                          resources=train_resources(_on_gpu(options.get("device"), gpus)), detail=f"-> {latents}",
-                          work={"episodes": episodes}))
+        steps.append(
+            Step(
+                f"latents {encoder}",
+                "latents",
+                compute_world_latents,
+                where | {"encoder": encoder},
+                needs=dataset_needs,
+                done=(latents / SPEC_FILE).is_file(),
+                isolated=True,
+                resources=train_resources(_on_gpu(options.get("device"), gpus)),
+                detail=f"-> {latents}",
+                work={"episodes": episodes},
+            )
+        )
     for name, spec in config.backbones.items():
         if spec.path is None:
             folder = spec.folder(run_dir)
-            steps.append(Step(f"backbone {name}", "backbone", write_backbone, where | {"backbone": name},
-                              done=(folder / "config.json").is_file(),
-                              detail=f"random {spec.model_type} {spec.size} -> {folder}"))
+            steps.append(
+                Step(
+                    f"backbone {name}",
+                    "backbone",
+                    write_backbone,
+                    where | {"backbone": name},
+                    done=(folder / "config.json").is_file(),
+                    detail=f"random {spec.model_type} {spec.size} -> {folder}",
+                )
+            )
     held = Path(held).expanduser().resolve() if held is not None else None
     ev = config.evaluation
     expected = episodes_per_evaluation(config)
     totals = {name: arm.setting("steps") for name, arm in config.arms.items()}
-    evaluation_held = {(label, seed): held is not None and episodes_held(eval_dir(held, label, seed)) >= expected
-                       for _, _, label in config.evaluations() for seed in config.seeds}
-    intervention_held = {(arm, seed): held is not None and _intervention_done(intervention_path(held, arm, seed), modes,
-                                                                              totals[arm])
-                         for arm, modes in config.interventions.items() for seed in config.seeds}
+    evaluation_held = {
+        (label, seed): held is not None and episodes_held(eval_dir(held, label, seed)) >= expected
+        for _, _, label in config.evaluations()
+        for seed in config.seeds
+    }
+    intervention_held = {
+        (arm, seed): held is not None and _intervention_done(intervention_path(held, arm, seed), modes, totals[arm])
+        for arm, modes in config.interventions.items()
+        for seed in config.seeds
+    }
     # A training is needed here only for results ``held`` lacks.
-    needed = {(base, seed) for base, _, label in config.evaluations() for seed in config.seeds
-              if not evaluation_held[label, seed]}
+    needed = {
+        (base, seed)
+        for base, _, label in config.evaluations()
+        for seed in config.seeds
+        if not evaluation_held[label, seed]
+    }
     needed |= {key for key, done in intervention_held.items() if not done}
     trained: dict[tuple[str, int], bool] = {}
     for arm, spec in config.arms.items():
@@ -266,8 +352,10 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
             last = last_checkpoint(train_dir(run_dir, arm, seed))
             at = int(last.name) if last is not None else 0
             if at > total:
-                raise InputError(f"{train_dir(run_dir, arm, seed)} was trained to step {at}, beyond the {total} "
-                                 f"steps the config asks of arm {arm!r}; use another run folder")
+                raise InputError(
+                    f"{train_dir(run_dir, arm, seed)} was trained to step {at}, beyond the {total} "
+                    f"steps the config asks of arm {arm!r}; use another run folder"
+                )
             trained[arm, seed] = at == total or (arm, seed) not in needed
             kind = spec.model
             if len(config.encoders) > 1:
@@ -278,43 +366,84 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
             backbone = spec.backbone
             needs = (f"latents {spec.encoder}",)
             needs += (f"backbone {backbone.name}",) if backbone is not None and backbone.path is None else ()
-            steps.append(Step(f"train {arm} seed {seed}", "train", train_step, where | {"arm": arm, "seed": seed},
-                              needs=needs, done=trained[arm, seed], isolated=True,
-                              resources=train_resources(_on_gpu(spec.setting("device"), gpus)), detail=detail,
-                              work={"steps": total - at}))
+            steps.append(
+                Step(
+                    f"train {arm} seed {seed}",
+                    "train",
+                    train_step,
+                    where | {"arm": arm, "seed": seed},
+                    needs=needs,
+                    done=trained[arm, seed],
+                    isolated=True,
+                    resources=train_resources(_on_gpu(spec.setting("device"), gpus)),
+                    detail=detail,
+                    work={"steps": total - at},
+                )
+            )
     for arm, modes in config.interventions.items():
         for seed in config.seeds:
             path = intervention_path(run_dir, arm, seed)
             detail = f"wm intervene: validation loss under {', '.join(modes)} vs pred -> {path}"
-            steps.append(Step(f"intervene {arm} seed {seed}", "offline", intervene_arm, where | {"arm": arm, "seed": seed},
-                              needs=(f"train {arm} seed {seed}",),
-                              done=intervention_held[arm, seed] or (trained[arm, seed]
-                                                                    and _intervention_done(path, modes, totals[arm])),
-                              resources=eval_resources(1, _on_gpu(config.arms[arm].setting("device"), gpus)),
-                              detail=f"held in {held}" if intervention_held[arm, seed] else detail))
+            steps.append(
+                Step(
+                    f"intervene {arm} seed {seed}",
+                    "offline",
+                    intervene_arm,
+                    where | {"arm": arm, "seed": seed},
+                    needs=(f"train {arm} seed {seed}",),
+                    done=intervention_held[arm, seed]
+                    or (trained[arm, seed] and _intervention_done(path, modes, totals[arm])),
+                    resources=eval_resources(1, _on_gpu(config.arms[arm].setting("device"), gpus)),
+                    detail=f"held in {held}" if intervention_held[arm, seed] else detail,
+                )
+            )
     for arm, mode, label in config.evaluations():
         for seed in config.seeds:
             have = episodes_held(eval_dir(run_dir, label, seed))
             done = evaluation_held[label, seed] or (trained[arm, seed] and have >= expected)
-            detail = (f"memory {mode or config.arms[arm].rollout_mode or 'none'}, {have} of {expected} episodes "
-                      f"({len(ev.tasks)} task(s) x {ev.episodes_per_task}, eval_seed {ev.eval_seed})")
+            detail = (
+                f"memory {mode or config.arms[arm].rollout_mode or 'none'}, {have} of {expected} episodes "
+                f"({len(ev.tasks)} task(s) x {ev.episodes_per_task}, eval_seed {ev.eval_seed})"
+            )
             if evaluation_held[label, seed]:
                 detail = f"memory {mode or config.arms[arm].rollout_mode or 'none'}, held in {held}"
             # An ablation ends by comparing itself with the arm's own evaluation: it runs after it.
             needs = (f"train {arm} seed {seed}",) + ((f"eval {arm} seed {seed}",) if label != arm else ())
-            steps.append(Step(f"eval {label} seed {seed}", "eval", evaluate_arm,
-                              where | {"arm": arm, "seed": seed, "memory_mode": mode, "label": label, "held": held},
-                              needs=needs, done=done, resources=eval_resources(ev.workers, gpus), shares_pools=True,
-                              detail=detail,
-                              work={"episodes": expected if not trained[arm, seed] else max(0, expected - have)}))
+            steps.append(
+                Step(
+                    f"eval {label} seed {seed}",
+                    "eval",
+                    evaluate_arm,
+                    where | {"arm": arm, "seed": seed, "memory_mode": mode, "label": label, "held": held},
+                    needs=needs,
+                    done=done,
+                    resources=eval_resources(ev.workers, gpus),
+                    shares_pools=True,
+                    detail=detail,
+                    work={"episodes": expected if not trained[arm, seed] else max(0, expected - have)},
+                )
+            )
     # With every evaluation held and none here, DEST's report is the one to read (`StepExporter.finish`).
-    nothing_here = held is not None and all(s.done for s in steps if s.stage == "eval") and not any(
-        (run_dir / "eval").glob(f"*/*/{EPISODES_FILE}"))
+    nothing_here = (
+        held is not None
+        and all(s.done for s in steps if s.stage == "eval")
+        and not any((run_dir / "eval").glob(f"*/*/{EPISODES_FILE}"))
+    )
     if held is not None:
         steps = _without_unneeded_inputs(steps, held)
-    steps.append(Step("report", "report", write_run_report, where, needs=tuple(s.name for s in steps),
-                      done=nothing_here, detail=f"no evaluation here: {held} holds them" if nothing_here else
-                      f"-> {run_dir / 'report' / 'report.md'}"))
+    steps.append(
+        Step(
+            "report",
+            "report",
+            write_run_report,
+            where,
+            needs=tuple(s.name for s in steps),
+            done=nothing_here,
+            detail=f"no evaluation here: {held} holds them"
+            if nothing_here
+            else f"-> {run_dir / 'report' / 'report.md'}",
+        )
+    )
     return Plan(steps)
 
 
@@ -328,9 +457,12 @@ def _without_unneeded_inputs(steps: list[Step], held: Path) -> list[Step]:
             if name not in needed:
                 needed.add(name)
                 todo.append(by_name[name])
-    return [replace(s, done=True, detail=f"not needed: {held} holds every result that reads it")
-            if s.stage in ("dataset", "latents", "backbone") and not s.done and s.name not in needed else s
-            for s in steps]
+    return [
+        replace(s, done=True, detail=f"not needed: {held} holds every result that reads it")
+        if s.stage in ("dataset", "latents", "backbone") and not s.done and s.name not in needed
+        else s
+        for s in steps
+    ]
 
 
 def format_plan(plan: Plan) -> str:
@@ -346,8 +478,9 @@ def check_run_dir(config: MatrixConfig, run_dir: Path) -> None:
     if not path.is_file():
         return
     old, new = parse_config(read_yaml(path)), config
-    diffs = _diff(old.dataset, new.dataset, "dataset") + _diff(old.to_dict()["evaluation"], new.to_dict()["evaluation"],
-                                                                "evaluation")
+    diffs = _diff(old.dataset, new.dataset, "dataset") + _diff(
+        old.to_dict()["evaluation"], new.to_dict()["evaluation"], "evaluation"
+    )
     for encoder in old.encoders.keys() & new.encoders.keys():
         diffs += _diff(old.encoders[encoder], new.encoders[encoder], f"encoders.{encoder}")
     for backbone in old.backbones.keys() & new.backbones.keys():
@@ -356,8 +489,11 @@ def check_run_dir(config: MatrixConfig, run_dir: Path) -> None:
     for arm in old_arms.keys() & new_arms.keys():
         diffs += _diff(old_arms[arm], new_arms[arm], f"arms.{arm}")
     if diffs:
-        raise InputError(f"{run_dir} holds a matrix run with a different config ({path}):\n  " + "\n  ".join(diffs)
-                         + "\nUse another --out, or restore those settings.")
+        raise InputError(
+            f"{run_dir} holds a matrix run with a different config ({path}):\n  "
+            + "\n  ".join(diffs)
+            + "\nUse another --out, or restore those settings."
+        )
 
 
 def merged_config(config: MatrixConfig, folder: Path) -> dict[str, Any]:
@@ -379,8 +515,10 @@ def merged_config(config: MatrixConfig, folder: Path) -> dict[str, Any]:
     backbones = old.get("backbones", {}) | new.get("backbones", {})
     merged |= {"backbones": backbones} if backbones else {}
     for section in ("ablations", "interventions"):
-        merged[section] = {arm: list(dict.fromkeys([*old[section].get(arm, []), *new[section].get(arm, [])]))
-                           for arm in old[section] | new[section]}
+        merged[section] = {
+            arm: list(dict.fromkeys([*old[section].get(arm, []), *new[section].get(arm, [])]))
+            for arm in old[section] | new[section]
+        }
     parse_config(merged)  # the union must itself be a valid matrix file
     return merged
 
@@ -390,13 +528,21 @@ def _diff(old: Any, new: Any, where: str) -> list[str]:
     if leaf in FREE_FIELDS or f"{leaf}@{where.split('.', 1)[0]}" in FREE_FIELDS:
         return []
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(old.keys() | new.keys(), key=str) for d in _diff(old.get(k), new.get(k), f"{where}.{k}")]
+        return [
+            d for k in sorted(old.keys() | new.keys(), key=str) for d in _diff(old.get(k), new.get(k), f"{where}.{k}")
+        ]
     return [] if old == new else [f"{where}: existing {old!r} vs requested {new!r}"]
 
 
-def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False, address: str | None = None,
-               concurrent: bool | None = None, on_step_done: StepDone | None = None,
-               held: str | Path | None = None) -> tuple[Step, ...]:
+def run_matrix(
+    config: MatrixConfig,
+    run_dir: str | Path,
+    dry_run: bool = False,
+    address: str | None = None,
+    concurrent: bool | None = None,
+    on_step_done: StepDone | None = None,
+    held: str | Path | None = None,
+) -> tuple[Step, ...]:
     """Run every missing step of the matrix into ``run_dir`` (or, with ``dry_run``, only plan them), on the Ray
     cluster at ``address`` if given, else on this machine: concurrently (training beside evaluation) when
     ``concurrent`` (default: the config's ``evaluation.concurrent``, else when a GPU is present), else serially.
@@ -416,17 +562,28 @@ def run_matrix(config: MatrixConfig, run_dir: str | Path, dry_run: bool = False,
         return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held)
 
 
-def _run_matrix(config: MatrixConfig, run_dir: Path, dry_run: bool, address: str | None, concurrent: bool | None,
-                on_step_done: StepDone | None, held: str | Path | None) -> tuple[Step, ...]:
+def _run_matrix(
+    config: MatrixConfig,
+    run_dir: Path,
+    dry_run: bool,
+    address: str | None,
+    concurrent: bool | None,
+    on_step_done: StepDone | None,
+    held: str | Path | None,
+) -> tuple[Step, ...]:
     exported = (run_dir / RESULTS_ONLY_FILE).exists()
     if exported and dry_run:  # the plan against an export: which pieces of the experiment remain
-        print(f"{run_dir} holds results exported by `wm report --export` (no dataset, latents or weights): the runs "
-              "and evaluations marked done are held there; run the others into another --out and merge them with "
-              f"`wm report THAT_FOLDER --export {run_dir}`.")
+        print(
+            f"{run_dir} holds results exported by `wm report --export` (no dataset, latents or weights): the runs "
+            "and evaluations marked done are held there; run the others into another --out and merge them with "
+            f"`wm report THAT_FOLDER --export {run_dir}`."
+        )
     elif exported:
-        raise InputError(f"{run_dir} holds results exported by `wm report --export`, without checkpoints: the matrix "
-                         "would train every arm again there and discard them. Run it into another --out, then "
-                         f"`wm report THAT_FOLDER --export {run_dir}` to merge its results in.")
+        raise InputError(
+            f"{run_dir} holds results exported by `wm report --export`, without checkpoints: the matrix "
+            "would train every arm again there and discard them. Run it into another --out, then "
+            f"`wm report THAT_FOLDER --export {run_dir}` to merge its results in."
+        )
     check_run_dir(config, run_dir)
     if held is not None:
         check_run_dir(config, Path(held).expanduser().resolve())  # its results count as this config's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 # Backbone folders with random weights that a matrix writes itself (`backbones:` entries with `write:`): the folder's
@@ -30,6 +31,8 @@ def folder_model_type(folder: str | Path) -> str:
     """The model_type in a Hugging Face folder's config.json; a missing folder or config is an error that says so."""
     config = Path(folder).expanduser() / "config.json"
     if not config.is_file():
-        raise MissingFileError(f"{config.parent} is not a Hugging Face model folder (no config.json): copy the "
-                                "backbone's folder there, or point at the folder that holds it")
+        raise MissingFileError(
+            f"{config.parent} is not a Hugging Face model folder (no config.json): copy the "
+            "backbone's folder there, or point at the folder that holds it"
+        )
     return json.loads(config.read_text()).get("model_type", "")

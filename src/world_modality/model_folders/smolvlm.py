@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from world_modality.atomic_io import atomic_write_json
 from lerobot_policy_world_modality.errors import InputError
+from world_modality.atomic_io import atomic_write_json
 
 SIZES = ("tiny", "small", "500m")
 
@@ -48,27 +48,69 @@ _CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 _ARCHITECTURES = {
     "tiny": {
-        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-                 "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 2048, "rope_theta": 100000.0},
-        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                   "image_size": 64, "patch_size": 16},
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 2048,
+            "rope_theta": 100000.0,
+        },
+        "vision": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 64,
+            "patch_size": 16,
+        },
         "scale_factor": 2,
         "tokenizer_vocab": 600,
     },
     "small": {
-        "text": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 6,
-                 "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 2048, "rope_theta": 100000.0},
-        "vision": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
-                   "image_size": 512, "patch_size": 32},
+        "text": {
+            "hidden_size": 384,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 6,
+            "num_key_value_heads": 2,
+            "head_dim": 64,
+            "max_position_embeddings": 2048,
+            "rope_theta": 100000.0,
+        },
+        "vision": {
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "image_size": 512,
+            "patch_size": 32,
+        },
         "scale_factor": 2,
         "tokenizer_vocab": 2000,
     },
     "500m": {
-        "text": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
-                 "num_key_value_heads": 5, "head_dim": 64, "max_position_embeddings": 8192, "rope_theta": 100000.0,
-                 "vocab_size": 49280},
-        "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-                   "image_size": 512, "patch_size": 16},
+        "text": {
+            "hidden_size": 960,
+            "intermediate_size": 2560,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 15,
+            "num_key_value_heads": 5,
+            "head_dim": 64,
+            "max_position_embeddings": 8192,
+            "rope_theta": 100000.0,
+            "vocab_size": 49280,
+        },
+        "vision": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 512,
+            "patch_size": 16,
+        },
         "scale_factor": 4,
         "tokenizer_vocab": 2000,
     },
@@ -97,8 +139,12 @@ def _build_tokenizer(vocab_size: int):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=_special_tokens(),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_special_tokens(),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
@@ -150,8 +196,13 @@ def write_smolvlm_folder(path: str | Path, size: str = "tiny") -> Path:
     # The real model's embedding table is larger than this tokenizer; never smaller.
     text = {**arch["text"], "vocab_size": max(arch["text"].get("vocab_size", 0), len(tokenizer))}
     config = SmolVLMConfig(
-        text_config={"model_type": "llama", "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-                     "pad_token_id": tokenizer.pad_token_id, **text},
+        text_config={
+            "model_type": "llama",
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "pad_token_id": tokenizer.pad_token_id,
+            **text,
+        },
         vision_config={"model_type": "smolvlm_vision", **vision},
         scale_factor=arch["scale_factor"],
         image_token_id=tokenizer.convert_tokens_to_ids(NAMED_SPECIAL_TOKENS["image_token"]),
@@ -160,5 +211,7 @@ def write_smolvlm_folder(path: str | Path, size: str = "tiny") -> Path:
     )
     config.save_pretrained(out)
     # Provenance: what wrote the folder, so nobody mistakes it for a pretrained checkpoint.
-    atomic_write_json(out / "world_modality_smolvlm.json", {"size": size, "weights": "none (random init by the consumer)"})
+    atomic_write_json(
+        out / "world_modality_smolvlm.json", {"size": size, "weights": "none (random init by the consumer)"}
+    )
     return out

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.families import PolicyFamily
 from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, MemoryMode
-from lerobot_policy_world_modality.errors import InputError
 
 # Rollout memory modes that carry none of the memory's content: an arm acting with one is a control (E1).
 CONTENT_FREE_MODES = tuple(m for m in INTERVENTION_MODES if m != MemoryMode.ORACLE)
@@ -66,10 +66,12 @@ def resolve_baselines(arms: Sequence[ArmFacts], baseline: str | None = None) -> 
             raise InputError(f"baseline {baseline!r} is not an arm without world memory (arms: {kinds})")
         foreign = [f"{a.name} ({a.family})" for a in others if not a.same_family(named)]
         if foreign:
-            raise InputError(f"baseline {baseline!r} is a {named.family} arm, and {', '.join(foreign)} of another "
-                             "family or backbone: an arm is judged against the baseline of its own family on its own "
-                             "backbone. Leave the baseline unnamed (each arm then takes its own family's arm without "
-                             "world memory) or add such an arm")
+            raise InputError(
+                f"baseline {baseline!r} is a {named.family} arm, and {', '.join(foreign)} of another "
+                "family or backbone: an arm is judged against the baseline of its own family on its own "
+                "backbone. Leave the baseline unnamed (each arm then takes its own family's arm without "
+                "world memory) or add such an arm"
+            )
         return {a.name: baseline for a in others}
     out: dict[str, str | None] = {}
     for arm in others:
@@ -81,6 +83,7 @@ def resolve_baselines(arms: Sequence[ArmFacts], baseline: str | None = None) -> 
             raise InputError(
                 f"the baseline of arm {arm.name!r} is ambiguous: {', '.join(b.name for b in candidates)} have no world "
                 f"memory{where}. Name it in the matrix file (report: {{baseline: {candidates[0].name}}}) or with "
-                f"`wm report --baseline {candidates[0].name}`")
+                f"`wm report --baseline {candidates[0].name}`"
+            )
         out[arm.name] = candidates[0].name if candidates else None
     return out

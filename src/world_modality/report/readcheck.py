@@ -146,19 +146,24 @@ def gate_line(run: GateRun | None) -> str:
     """The one line `wm train` ends with: did the gate open?"""
     if run is None:
         return "world gate: none (this policy has no world module)"
-    state = ("open" if run.final >= GATE_OPEN else "shut" if run.final < GATE_SHUT else "ajar")
+    state = "open" if run.final >= GATE_OPEN else "shut" if run.final < GATE_SHUT else "ajar"
     peak = f", peak {run.peak:.2g} during training" if run.peak is not None else ""
-    return (f"world gate: {state}: |tanh(gate)| = {run.final:.2g} at step {run.step}{peak} (open at >= {GATE_OPEN:g}, "
-            f"shut below {GATE_SHUT:g}: the read-check's thresholds)"
-            + ("" if state == "open" else "; the policy barely reads its world memory"))
+    return (
+        f"world gate: {state}: |tanh(gate)| = {run.final:.2g} at step {run.step}{peak} (open at >= {GATE_OPEN:g}, "
+        f"shut below {GATE_SHUT:g}: the read-check's thresholds)"
+        + ("" if state == "open" else "; the policy barely reads its world memory")
+    )
 
 
 def _gate_text(runs: Mapping[Hashable, GateRun | None]) -> str:
     if not runs or all(r is None for r in runs.values()):
         return "no gate record (no checkpoint or training log)"
-    parts = [f"none (seed {seed})" if r is None else
-             f"{r.final:.2g} (seed {seed}" + (f", peak {r.peak:.2g})" if r.peak is not None else ")")
-             for seed, r in runs.items()]
+    parts = [
+        f"none (seed {seed})"
+        if r is None
+        else f"{r.final:.2g} (seed {seed}" + (f", peak {r.peak:.2g})" if r.peak is not None else ")")
+        for seed, r in runs.items()
+    ]
     judged = _judged(gate_vote(runs), f"open (>= {GATE_OPEN:g})", f"shut (< {GATE_SHUT:g})")
     return f"|tanh(gate)| at the end of training {', '.join(parts)}: {judged}"
 
@@ -187,12 +192,15 @@ class AblationChange:
 
     def text(self, own: str) -> str:
         actions = f", actions on {self.actions}" if self.actions is not None else ""
-        return (f"{self.label} changed the outcome of {self.outcome} of {self.n_pairs} paired episodes vs {own} "
-                f"(length on {self.length}{actions})")
+        return (
+            f"{self.label} changed the outcome of {self.outcome} of {self.n_pairs} paired episodes vs {own} "
+            f"(length on {self.length}{actions})"
+        )
 
 
 def ablation_change(own: Iterable[Record], ablation: Iterable[Record], label: str) -> AblationChange:
     """Compare the records of an ablation with the arm's own on the (episode, training seed) pairs both have."""
+
     def by_key(records: Iterable[Record]) -> dict[tuple[Hashable, Hashable], Record]:
         return {(r["episode_id"], r.get("train_seed")): r for r in records}
 
@@ -214,8 +222,10 @@ def ablation_line(change: AblationChange, own: str) -> str:
         return f"{change.label}: no paired episodes of {own} (its own memory) to compare with"
     if change.outcome == change.length == 0 and not change.actions:
         same = "success, length and actions" if change.actions == 0 else "success and length"
-        return (f"{change.label} equals {own} on every one of the {change.n_pairs} paired episodes ({same}): at "
-                f"rollout the policy did not read its world memory")
+        return (
+            f"{change.label} equals {own} on every one of the {change.n_pairs} paired episodes ({same}): at "
+            f"rollout the policy did not read its world memory"
+        )
     return change.text(own)
 
 
@@ -289,8 +299,11 @@ class ReadCheck:
 
     @property
     def votes(self) -> dict[str, bool | None]:
-        return {"the gate": gate_vote(self.gate), "the rollout ablations": rollout_vote(self.ablations),
-                "the offline interventions": offline_vote(self.offline)}
+        return {
+            "the gate": gate_vote(self.gate),
+            "the rollout ablations": rollout_vote(self.ablations),
+            "the offline interventions": offline_vote(self.offline),
+        }
 
     @property
     def state(self) -> ReadState:
@@ -305,8 +318,9 @@ class ReadCheck:
         read = [name for name, v in votes.items() if v is True]
         unread = [name for name, v in votes.items() if v is False]
         if read and unread:
-            return ReadState.BORDERLINE, (f"conflicting: read according to {' and '.join(read)}, not read according "
-                                          f"to {' and '.join(unread)}")
+            return ReadState.BORDERLINE, (
+                f"conflicting: read according to {' and '.join(read)}, not read according to {' and '.join(unread)}"
+            )
         rollout = votes["the rollout ablations"]
         if rollout is not None:
             return (ReadState.READ if rollout else ReadState.NOT_READ), ""
@@ -317,8 +331,9 @@ class ReadCheck:
 
     def evidence(self) -> str:
         own = self.arm
-        rollout = ("; ".join(c.text(own) for c in self.ablations) if self.ablations
-                   else "no rollout ablation of its memory")
+        rollout = (
+            "; ".join(c.text(own) for c in self.ablations) if self.ablations else "no rollout ablation of its memory"
+        )
         return f"{_gate_text(self.gate)}; {rollout}; {_offline_text(self.offline)}"
 
     def summary(self) -> str:
@@ -326,19 +341,27 @@ class ReadCheck:
         return f"{self.state} ({self.reason})" if self.reason else str(self.state)
 
 
-def world_memory_verdict(comparison: ArmComparison, check: ReadCheck, alpha: float = 0.05, evidence: bool = True) -> str:
+def world_memory_verdict(
+    comparison: ArmComparison, check: ReadCheck, alpha: float = 0.05, evidence: bool = True
+) -> str:
     """The verdict on a world-memory arm (``comparison.arm_b``) against ``comparison.arm_a``, which says whether
     the arm read its memory and never calls an unread memory "no significant difference". ``evidence=False``
     refers to the read-check instead of repeating its evidence."""
     arm = comparison.arm_b
     evidence = f"evidence: {check.evidence()}" if evidence else "evidence: its read-check"
     if check.state is ReadState.NOT_READ:
-        return (f"inconclusive: {arm} did not read its world memory ({evidence}); its success against "
-                f"{comparison.arm_a}, {comparison_numbers(comparison, alpha)}, says nothing about world memory.")
+        return (
+            f"inconclusive: {arm} did not read its world memory ({evidence}); its success against "
+            f"{comparison.arm_a}, {comparison_numbers(comparison, alpha)}, says nothing about world memory."
+        )
     if check.state is ReadState.BORDERLINE:
         if not significant(comparison, alpha):
-            return (f"inconclusive: whether {arm} read its world memory is unclear ({check.reason}; {evidence}); "
-                    f"against {comparison.arm_a}: {comparison_numbers(comparison, alpha)}.")
-        return (f"{verdict(comparison, alpha)} Read-check borderline ({check.reason}; {evidence}): the difference may "
-                "not come from reading the memory.")
+            return (
+                f"inconclusive: whether {arm} read its world memory is unclear ({check.reason}; {evidence}); "
+                f"against {comparison.arm_a}: {comparison_numbers(comparison, alpha)}."
+            )
+        return (
+            f"{verdict(comparison, alpha)} Read-check borderline ({check.reason}; {evidence}): the difference may "
+            "not come from reading the memory."
+        )
     return f"{verdict(comparison, alpha)} {arm} read its world memory ({evidence})."

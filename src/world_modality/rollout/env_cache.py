@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from lerobot_policy_world_modality.errors import InputError
 
 if TYPE_CHECKING:

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.interrupts import child_processes, exit_on_sigterm
 from world_modality.rollout.env_cache import DEFAULT_ENVS_PER_WORKER, EnvCache
 from world_modality.sim import get_simulator
 from world_modality.sim.base import RenderSettings
-from lerobot_policy_world_modality.errors import InputError
 
 # Simulator processes may outnumber the cores (pipelined env groups): a lower priority keeps the
 # policy's process, which every env waits for, from being starved by them.
@@ -55,8 +55,9 @@ class EnvPool:
     (`EnvCache`), so a later evaluation of the same tasks resets envs instead of building them.
     """
 
-    def __init__(self, simulator: str, render: RenderSettings | None, size: int,
-                 envs_per_worker: int = DEFAULT_ENVS_PER_WORKER):
+    def __init__(
+        self, simulator: str, render: RenderSettings | None, size: int, envs_per_worker: int = DEFAULT_ENVS_PER_WORKER
+    ):
         self.simulator = get_simulator(simulator)  # an unknown name fails here, not in every worker
         if render is not None and render.simulator != simulator:
             raise InputError(f"render settings of simulator {render.simulator!r} given to a {simulator!r} env pool")
@@ -70,7 +71,8 @@ class EnvPool:
             for _ in range(size):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
-                    target=_worker, args=(child, simulator, render.to_dict() if render else None, envs_per_worker),
+                    target=_worker,
+                    args=(child, simulator, render.to_dict() if render else None, envs_per_worker),
                     daemon=True,
                 )
                 proc.start()

@@ -21,14 +21,13 @@ from lerobot.utils.constants import OBS_ENV_STATE
 
 from lerobot_policy_world_modality.common import INSTRUCTION_BATCH_KEY
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 from lerobot_policy_world_modality.world import MemoryMode
 from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, WORLD_FUTURE, WORLD_LATENTS, LatentHistory
 from world_modality.data.check import camera_name
 from world_modality.devices import resolve_device
 from world_modality.sim import get_simulator, render_from_dict
 from world_modality.sim.base import PolicyInterface, RenderSettings
-from lerobot_policy_world_modality.errors import InputError, MissingFileError
-
 
 # The simulator's own future: action sequences [N, K, A] of the given rows of the batch -> their env states [N, K, E].
 Peek = Callable[[list[int], np.ndarray], np.ndarray]
@@ -120,8 +119,9 @@ class LeRobotRolloutPolicy:
         for index, block in enumerate(self._blocks):
             rows = list(range(index * self.rows, min(n, (index + 1) * self.rows)))
             padded = rows + [rows[-1]] * (self.rows - len(rows))  # the unused rows repeat the last env
-            action, latent_finite = self._act_block(block, [observations[r] for r in padded],
-                                                    [instructions[r] for r in padded], rows, peek)
+            action, latent_finite = self._act_block(
+                block, [observations[r] for r in padded], [instructions[r] for r in padded], rows, peek
+            )
             action = action[: len(rows)]
             for i, row in enumerate(rows):
                 if latent_finite is not None and not latent_finite[i]:
@@ -134,13 +134,14 @@ class LeRobotRolloutPolicy:
     def _new_block(self, lo: int, n: int) -> _RowBlock:
         generators = None
         if self._seeds is not None:
-            seeds = self._seeds[lo: lo + self.rows]
+            seeds = self._seeds[lo : lo + self.rows]
             generators = [torch.Generator().manual_seed(s) for s in seeds + [0] * (self.rows - len(seeds))]
         oracle = self._oracle_encoder.fork() if self._oracle_encoder is not None else None
         return _RowBlock(policy=fork_episode_state(self.policy), generators=generators, oracle_encoder=oracle)
 
-    def _act_block(self, block: _RowBlock, observations: list[dict[str, Any]], instructions: list[str], rows: list[int],
-                   peek: Peek) -> tuple[np.ndarray, np.ndarray | None]:
+    def _act_block(
+        self, block: _RowBlock, observations: list[dict[str, Any]], instructions: list[str], rows: list[int], peek: Peek
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Actions [rows, A] of one block, and whether each row's latest world latent is finite (None: no latents)."""
         batch: dict[str, Any] = {
             self.state_key: torch.from_numpy(np.stack([o["state"] for o in observations])),
@@ -215,8 +216,12 @@ class RolloutCheckpoint:
     own_memory_mode: str  # the memory mode it acts with when none is forced ("none": no world memory)
 
 
-def rollout_checkpoint(checkpoint: str | Path, memory_mode: str | None = None, env: str | None = None,
-                       memory_bank: str | Path | None = None) -> RolloutCheckpoint:
+def rollout_checkpoint(
+    checkpoint: str | Path,
+    memory_mode: str | None = None,
+    env: str | None = None,
+    memory_bank: str | Path | None = None,
+) -> RolloutCheckpoint:
     """Check everything a checkpoint's config decides for a rollout (memory mode, cameras, the simulator ``env`` it runs
     in, state and action sizes) without loading its weights, so before the expensive part and before any simulator
     starts."""
@@ -254,14 +259,19 @@ def rollout_checkpoint(checkpoint: str | Path, memory_mode: str | None = None, e
     if env is not None:
         trained_on = render.simulator if render is not None else env
         if trained_on != env:
-            raise InputError(f"checkpoint {checkpoint} was trained on {trained_on} data (its encoder spec's render record), "
-                             f"but --env is {env}; evaluate it with --env {trained_on}")
+            raise InputError(
+                f"checkpoint {checkpoint} was trained on {trained_on} data (its encoder spec's render record), "
+                f"but --env is {env}; evaluate it with --env {trained_on}"
+            )
         features = {**config.input_features, **config.output_features}
-        get_simulator(env).check_policy(PolicyInterface(
-            checkpoint=str(pretrained), render=spec.get("render"),
-            state_dim=features[config.state_key].shape[0] if config.state_key in features else None,
-            action_dim=features[config.action_key].shape[0] if config.action_key in features else None,
-        ))
+        get_simulator(env).check_policy(
+            PolicyInterface(
+                checkpoint=str(pretrained),
+                render=spec.get("render"),
+                state_dim=features[config.state_key].shape[0] if config.state_key in features else None,
+                action_dim=features[config.action_key].shape[0] if config.action_key in features else None,
+            )
+        )
     meta = json.loads((pretrained / META_FILE).read_text())
     return RolloutCheckpoint(
         pretrained=pretrained,
@@ -274,8 +284,13 @@ def rollout_checkpoint(checkpoint: str | Path, memory_mode: str | None = None, e
     )
 
 
-def load_rollout_policy(checkpoint: str | Path, memory_mode: str | None = None, device: str = "auto",
-                        env: str | None = None, memory_bank: str | Path | None = None) -> LeRobotRolloutPolicy:
+def load_rollout_policy(
+    checkpoint: str | Path,
+    memory_mode: str | None = None,
+    device: str = "auto",
+    env: str | None = None,
+    memory_bank: str | Path | None = None,
+) -> LeRobotRolloutPolicy:
     """Load a checkpoint for closed-loop evaluation, with its observation conventions, after `rollout_checkpoint`'s
     checks. Memory mode `other` reads the Prophet's predictions from latent histories of other episodes: the held-out
     episodes of the checkpoint's training latents, or every frame of the latent cache ``memory_bank``."""
@@ -316,13 +331,17 @@ def _use_memory_bank(ckpt: Any, latents: str | Path | None) -> Path:
     if latents is None:
         latents, held_out = ckpt.meta.get("latents"), ckpt.meta.get("val_episodes")
         if not latents or not held_out:
-            raise InputError(f"--memory-mode other reads other episodes' latent histories, and {ckpt.path} records no "
-                             "training latents with held-out episodes; give --memory-bank LATENTS (a `wm latents` "
-                             "cache made with its encoder)")
+            raise InputError(
+                f"--memory-mode other reads other episodes' latent histories, and {ckpt.path} records no "
+                "training latents with held-out episodes; give --memory-bank LATENTS (a `wm latents` "
+                "cache made with its encoder)"
+            )
         if not Path(latents).is_dir():
-            raise MissingFileError(f"--memory-mode other: {ckpt.path} was trained on the latents {latents}, which are "
-                                    "not on this machine; give --memory-bank LATENTS (a `wm latents` cache made with "
-                                    "its encoder)")
+            raise MissingFileError(
+                f"--memory-mode other: {ckpt.path} was trained on the latents {latents}, which are "
+                "not on this machine; give --memory-bank LATENTS (a `wm latents` cache made with "
+                "its encoder)"
+            )
     cache = LatentCache.load(latents, expect_spec=EncoderSpec.from_dict(ckpt.policy.config.encoder_spec))
     rows = np.flatnonzero(np.isin(cache.episode_index, held_out)) if held_out else np.arange(len(cache))
     pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:MEMORY_BANK_FRAMES].numpy()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.atomic_io import append_jsonl, atomic_path, output_folder, read_jsonl
 from world_modality.choices import EVAL, Count, NonNegative, check_ranges
 from world_modality.locks import writer_lock
@@ -33,7 +34,6 @@ from world_modality.rollout.pools import EnvPools
 from world_modality.shards import RESULTS_FILE, Shard, checkpoint_digest, evaluation_id
 from world_modality.sim import DEFAULT_SIMULATOR, get_simulator
 from world_modality.sim.base import EpisodeRequest, EpisodeSpec
-from lerobot_policy_world_modality.errors import InputError
 
 VIDEO_FPS = 30
 EVALUATION_KIND = "evaluation"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -88,15 +88,19 @@ def run_episodes(
         if ep.episode_id in done:
             video_budget[ep.task] -= 1
     written: list[dict] = []
-    successes = sum(bool(r["success"]) for r in read_jsonl(results) if r["episode_id"] in done and r["arm"] == record["arm"])
+    successes = sum(
+        bool(r["success"]) for r in read_jsonl(results) if r["episode_id"] in done and r["arm"] == record["arm"]
+    )
     bar = tqdm(total=len(episodes), initial=len(done), desc=f"eval {record['arm']}", unit="ep")
 
     def finished(line: dict) -> None:
         nonlocal successes
         line = {**record, **line, **(episode_fields or {}).get(line["episode_id"], {})}
         if "stopped" in line:
-            bar.write(f"{line['episode_id']}: stopped, {line['stopped']} (counted as a failure; the checkpoint or what "
-                      "it reads is broken: its world latents or actions are not numbers)")
+            bar.write(
+                f"{line['episode_id']}: stopped, {line['stopped']} (counted as a failure; the checkpoint or what "
+                "it reads is broken: its world latents or actions are not numbers)"
+            )
         append_jsonl(results, line)
         written.append(line)
         successes += bool(line["success"])
@@ -106,8 +110,10 @@ def run_episodes(
     slot_groups = env_groups(pool.size, groups)
     queue = deque(_task_ordered(todo))
     policies = [policy] + [policy.fork() for _ in slot_groups[1:]]
-    rollouts = [_group_rollout(p, slots, queue, pool, video_budget, results, max_steps, finished, record["train_seed"])
-                for p, slots in zip(policies, slot_groups)]
+    rollouts = [
+        _group_rollout(p, slots, queue, pool, video_budget, results, max_steps, finished, record["train_seed"])
+        for p, slots in zip(policies, slot_groups)
+    ]
     try:
         _drive(pool, rollouts)
     finally:
@@ -214,14 +220,17 @@ def _group_rollout(
             if slot in filming:
                 video = f"videos/{ep.task}_{ep.seed}_{ep.layout}.mp4"
                 write_video(results.parent / video, filming.pop(slot))
-            finished({
-                **ep.to_dict(),
-                "success": success,
-                "steps": steps[slot],
-                "wall_time_s": round(time.perf_counter() - start, 3),
-                "video": video,
-                "action_digest": digests[slot].hexdigest(),
-            } | ({"stopped": stopped} if stopped else {}))
+            finished(
+                {
+                    **ep.to_dict(),
+                    "success": success,
+                    "steps": steps[slot],
+                    "wall_time_s": round(time.perf_counter() - start, 3),
+                    "video": video,
+                    "action_digest": digests[slot].hexdigest(),
+                }
+                | ({"stopped": stopped} if stopped else {})
+            )
 
         while active:
             actions = policy.act([obs[s] for s in order], texts, peek)
@@ -282,11 +291,20 @@ def evaluate_checkpoint(
         shard = Shard.parse(shard)
     # Everything the options and the checkpoint's config decide is checked before its weights load.
     checked = rollout_checkpoint(checkpoint, memory_mode, env, memory_bank)
-    episodes = simulator.evaluation_episodes(EpisodeRequest(
-        tasks=tasks, episodes_per_task=episodes_per_task, eval_seed=eval_seed, suite=suite,
-        allow_train_layouts=allow_train_layouts, dataset=checked.dataset, instructions=tuple(checked.instructions),
-    ))
-    unknown = sorted({ep.task for ep in episodes if checked.instructions and simulator.instruction(ep) not in checked.instructions})
+    episodes = simulator.evaluation_episodes(
+        EpisodeRequest(
+            tasks=tasks,
+            episodes_per_task=episodes_per_task,
+            eval_seed=eval_seed,
+            suite=suite,
+            allow_train_layouts=allow_train_layouts,
+            dataset=checked.dataset,
+            instructions=tuple(checked.instructions),
+        )
+    )
+    unknown = sorted(
+        {ep.task for ep in episodes if checked.instructions and simulator.instruction(ep) not in checked.instructions}
+    )
     if unknown:
         raise InputError(
             f"the policy was not trained on {unknown} (its instructions: {checked.instructions}); "
@@ -295,12 +313,42 @@ def evaluate_checkpoint(
     out_dir = output_folder(out_dir, EVALUATION_KIND)
     # One writer per results file: the shards of one evaluation may share a folder.
     with writer_lock(out_dir / (shard.file_name if shard is not None else RESULTS_FILE), folder=False) as results:
-        return _evaluate(checkpoint, env, episodes, memory_mode, arm, train_seed, results, workers, videos_per_task,
-                         device, max_steps, shard, groups, pools, memory_bank)
+        return _evaluate(
+            checkpoint,
+            env,
+            episodes,
+            memory_mode,
+            arm,
+            train_seed,
+            results,
+            workers,
+            videos_per_task,
+            device,
+            max_steps,
+            shard,
+            groups,
+            pools,
+            memory_bank,
+        )
 
 
-def _evaluate(checkpoint, env, episodes, memory_mode, arm, train_seed, results, workers, videos_per_task, device,
-              max_steps, shard, groups, pools, memory_bank) -> Path:
+def _evaluate(
+    checkpoint,
+    env,
+    episodes,
+    memory_mode,
+    arm,
+    train_seed,
+    results,
+    workers,
+    videos_per_task,
+    device,
+    max_steps,
+    shard,
+    groups,
+    pools,
+    memory_bank,
+) -> Path:
     policy = load_rollout_policy(checkpoint, memory_mode, device, env, memory_bank)
     record = {
         "arm": arm_label(arm, memory_mode, policy.own_memory_mode),
@@ -339,13 +387,24 @@ def _shard_episodes(
 
     options = {k: record[k] for k in ("arm", "memory_mode", "train_seed", "memory_bank") if k in record}
     options["max_steps"] = max_steps
-    eval_id = evaluation_id(checkpoint_digest(resolve_pretrained(checkpoint)), [ep.episode_id for ep in episodes], options)
-    earlier = {r["evaluation_id"] for r in read_jsonl(results)
-               if r.get("arm") == record["arm"] and r.get("train_seed") == record["train_seed"]}
+    eval_id = evaluation_id(
+        checkpoint_digest(resolve_pretrained(checkpoint)), [ep.episode_id for ep in episodes], options
+    )
+    earlier = {
+        r["evaluation_id"]
+        for r in read_jsonl(results)
+        if r.get("arm") == record["arm"] and r.get("train_seed") == record["train_seed"]
+    }
     if earlier - {eval_id}:
-        raise InputError(f"{results} holds shard {shard} of another evaluation ({', '.join(sorted(earlier))}, this one is "
-                         f"{eval_id}: a different checkpoint, episode list or option); use another --out")
+        raise InputError(
+            f"{results} holds shard {shard} of another evaluation ({', '.join(sorted(earlier))}, this one is "
+            f"{eval_id}: a different checkpoint, episode list or option); use another --out"
+        )
     fields = {episodes[p].episode_id: {"episode_index": p} for p in shard.positions(len(episodes))}
-    record = record | {"shard": shard.index, "shard_count": shard.count, "n_episodes": len(episodes),
-                       "evaluation_id": eval_id}
+    record = record | {
+        "shard": shard.index,
+        "shard_count": shard.count,
+        "n_episodes": len(episodes),
+        "evaluation_id": eval_id,
+    }
     return shard.select(episodes), fields, record

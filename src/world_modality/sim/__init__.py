@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from world_modality.sim.base import RenderSettings, Simulator
 from lerobot_policy_world_modality.errors import InputError
+from world_modality.sim.base import RenderSettings, Simulator
 
 if TYPE_CHECKING:
     from world_modality.data.check import DatasetKeys, DatasetSummary
@@ -50,8 +50,10 @@ def render_from_dict(record: dict) -> RenderSettings:
     """The render settings of a render record (an encoder spec's ``render``), by the simulator it is from."""
     owners = [simulator for simulator in simulators() if simulator.owns_render(record)]
     if len(owners) != 1:
-        raise InputError(f"the render record {record} is {'no' if not owners else 'more than one'} simulator's "
-                         f"(simulators: {', '.join(SIMULATOR_NAMES)})")
+        raise InputError(
+            f"the render record {record} is {'no' if not owners else 'more than one'} simulator's "
+            f"(simulators: {', '.join(SIMULATOR_NAMES)})"
+        )
     return owners[0].render_from_dict(record)
 
 
@@ -75,11 +77,19 @@ def check_dataset(path_or_repo_id: str | Path, keys: DatasetKeys | None = None) 
     if keys.simulator is not None:
         candidates = [get_simulator(keys.simulator)]
     else:
-        candidates = [simulator for simulator in simulators() if simulator.looks_like_own(summary.root, summary.features)]
-    renders = {simulator.name: render for simulator in candidates if (render := simulator.check_dataset(summary, keys)) is not None}
+        candidates = [
+            simulator for simulator in simulators() if simulator.looks_like_own(summary.root, summary.features)
+        ]
+    renders = {
+        simulator.name: render
+        for simulator in candidates
+        if (render := simulator.check_dataset(summary, keys)) is not None
+    }
     if len(renders) > 1:
-        raise DatasetSchemaError(f"{summary.root} passes the dataset checks of several simulators ({', '.join(renders)}); "
-                                 "name the one it comes from (DatasetKeys.simulator)")
+        raise DatasetSchemaError(
+            f"{summary.root} passes the dataset checks of several simulators ({', '.join(renders)}); "
+            "name the one it comes from (DatasetKeys.simulator)"
+        )
     return dataclasses.replace(summary, render=next(iter(renders.values()), None))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
 from lerobot_policy_world_modality.errors import InputError
 
 if TYPE_CHECKING:
@@ -73,12 +74,16 @@ class PolicyInterface:
 
     def check_dims(self, simulator: str, state_dim: int, action_dim: int) -> None:
         """Refuse a policy whose state or action size differs from the simulator's."""
-        diffs = [f"its {role} has {found} dims, the simulator's {expected}"
-                 for role, found, expected in (("state", self.state_dim, state_dim), ("action", self.action_dim, action_dim))
-                 if found is not None and found != expected]
+        diffs = [
+            f"its {role} has {found} dims, the simulator's {expected}"
+            for role, found, expected in (("state", self.state_dim, state_dim), ("action", self.action_dim, action_dim))
+            if found is not None and found != expected
+        ]
         if diffs:
-            raise InputError(f"checkpoint {self.checkpoint} does not fit the {simulator} simulator: {'; '.join(diffs)}. "
-                             "Evaluate it on the simulator its training data came from (--env)")
+            raise InputError(
+                f"checkpoint {self.checkpoint} does not fit the {simulator} simulator: {'; '.join(diffs)}. "
+                "Evaluate it on the simulator its training data came from (--env)"
+            )
 
 
 class RenderSettings(Protocol):
@@ -151,7 +156,11 @@ class Simulator(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        missing = [attribute for attribute in ("name", "title", "adapter", "dataset_generator", "state_dim", "action_dim") if not hasattr(cls, attribute)]
+        missing = [
+            attribute
+            for attribute in ("name", "title", "adapter", "dataset_generator", "state_dim", "action_dim")
+            if not hasattr(cls, attribute)
+        ]
         if missing:
             raise TypeError(f"the simulator {cls.__name__} does not set {', '.join(missing)}")
 

@@ -23,26 +23,35 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import lerobot_policy_world_modality  # noqa: F401  (registers the plugin's policy types with LeRobot)
 import torch
-from safetensors import SafetensorError
 from lerobot.configs import PreTrainedConfig
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
+from safetensors import SafetensorError
 
-from world_modality import __version__
-from world_modality.atomic_io import atomic_symlink, atomic_write_json, commit_folder, record_digests, temp_folder, writing
-from world_modality.data.check import DatasetKeys
+import lerobot_policy_world_modality  # noqa: F401  (registers the plugin's policy types with LeRobot)
 from lerobot_policy_world_modality.encoders import EncoderSpec
-from lerobot_policy_world_modality.file_digests import verify_folder
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
+from lerobot_policy_world_modality.file_digests import verify_folder
+from world_modality import __version__
+from world_modality.atomic_io import (
+    atomic_symlink,
+    atomic_write_json,
+    commit_folder,
+    record_digests,
+    temp_folder,
+    writing,
+)
+from world_modality.data.check import DatasetKeys
 
 PRETRAINED = "pretrained_model"
 TRAINING_STATE = "training_state"
 META_FILE = "world_modality.json"
 STATE_FILE = "training_state.pt"
-RETRAIN = ("This checkpoint cannot be trusted: restore the folder from a copy, or retrain (a `wm train --resume` run "
-           "continues from an earlier checkpoint once this one's folder is deleted)")
+RETRAIN = (
+    "This checkpoint cannot be trusted: restore the folder from a copy, or retrain (a `wm train --resume` run "
+    "continues from an earlier checkpoint once this one's folder is deleted)"
+)
 
 
 @dataclass
@@ -71,8 +80,15 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return link.resolve() if link.exists() else None
 
 
-def save_checkpoint(run_dir: Path, step: int, policy: PreTrainedPolicy, preprocessor, postprocessor,
-                    meta: dict[str, Any], training_state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    policy: PreTrainedPolicy,
+    preprocessor,
+    postprocessor,
+    meta: dict[str, Any],
+    training_state: dict[str, Any],
+) -> Path:
     """Write checkpoint ``step`` atomically and point ``last`` at it; returns its folder."""
     root = checkpoints_dir(run_dir)
     final = root / f"{step:06d}"
@@ -82,13 +98,16 @@ def save_checkpoint(run_dir: Path, step: int, policy: PreTrainedPolicy, preproce
         policy.save_pretrained(pretrained)
         preprocessor.save_pretrained(pretrained)
         postprocessor.save_pretrained(pretrained)
-        atomic_write_json(pretrained / META_FILE, {
-            **meta,
-            "training_step": step,
-            "world_modality_version": __version__,
-            "lerobot_version": version("lerobot"),
-            "torch_version": torch.__version__,
-        })
+        atomic_write_json(
+            pretrained / META_FILE,
+            {
+                **meta,
+                "training_step": step,
+                "world_modality_version": __version__,
+                "lerobot_version": version("lerobot"),
+                "torch_version": torch.__version__,
+            },
+        )
         (tmp / TRAINING_STATE).mkdir()
         with open(tmp / TRAINING_STATE / STATE_FILE, "wb") as f:  # a file object: a failed write raises its OSError
             torch.save(training_state, f)
@@ -105,8 +124,10 @@ def resolve_pretrained(path: str | Path) -> Path:
     for candidate in (path, path / PRETRAINED, checkpoints_dir(path) / "last" / PRETRAINED):
         if (candidate / "config.json").is_file() and (candidate / META_FILE).is_file():
             return candidate.resolve()
-    raise MissingFileError(f"{path} is not a world-modality checkpoint (no config.json + {META_FILE} in it, "
-                            f"its {PRETRAINED}/ or checkpoints/last/{PRETRAINED}/)")
+    raise MissingFileError(
+        f"{path} is not a world-modality checkpoint (no config.json + {META_FILE} in it, "
+        f"its {PRETRAINED}/ or checkpoints/last/{PRETRAINED}/)"
+    )
 
 
 def checkpoint_config(path: str | Path) -> tuple[Path, PreTrainedConfig]:
@@ -116,8 +137,10 @@ def checkpoint_config(path: str | Path) -> tuple[Path, PreTrainedConfig]:
     verify_folder(pretrained, RETRAIN)
     config = PreTrainedConfig.from_pretrained(pretrained)
     if not hasattr(config, "encoder_spec") or not hasattr(config, "uses_world_module"):
-        raise InputError(f"{pretrained} holds a {config.type!r} policy, which is not a world-modality policy family "
-                         "(world_transformer, smolvla_world, qwen_vla_world)")
+        raise InputError(
+            f"{pretrained} holds a {config.type!r} policy, which is not a world-modality policy family "
+            "(world_transformer, smolvla_world, qwen_vla_world)"
+        )
     return pretrained, config
 
 
@@ -131,8 +154,12 @@ def resumed_options(run_dir: str | Path) -> dict[str, Any]:
 def _kept_options(checkpoint: Path) -> tuple[dict[str, Any], PreTrainedConfig]:
     pretrained, config = checkpoint_config(checkpoint)
     meta = json.loads((pretrained / META_FILE).read_text())
-    options = {"policy_type": config.type, "model_type": getattr(config, "model_type", None), "seed": meta.get("seed"),
-               "batch_size": meta.get("batch_size")}
+    options = {
+        "policy_type": config.type,
+        "model_type": getattr(config, "model_type", None),
+        "seed": meta.get("seed"),
+        "batch_size": meta.get("batch_size"),
+    }
     # model_type is None for the families without one; seed and batch_size are missing from the oldest records.
     return {name: value for name, value in options.items() if value is not None or name == "model_type"}, config
 
@@ -142,13 +169,21 @@ def check_resume(checkpoint: Path, given: dict[str, Any], policy: dict[str, Any]
     (TrainOptions fields; None: not given) against `resumed_options`, ``policy`` (policy-config fields) against its
     config. Options equal to the run's pass."""
     kept, config = _kept_options(checkpoint)
-    diffs = [f"{name}: the run's {kept[name]!r}, given {value!r}" for name, value in given.items()
-             if value is not None and name in kept and value != kept[name]]
-    diffs += [f"{name}: the run's {getattr(config, name, None)!r}, given {value!r}" for name, value in policy.items()
-              if _plain(value) != _plain(getattr(config, name, None))]
+    diffs = [
+        f"{name}: the run's {kept[name]!r}, given {value!r}"
+        for name, value in given.items()
+        if value is not None and name in kept and value != kept[name]
+    ]
+    diffs += [
+        f"{name}: the run's {getattr(config, name, None)!r}, given {value!r}"
+        for name, value in policy.items()
+        if _plain(value) != _plain(getattr(config, name, None))
+    ]
     if diffs:
-        raise InputError(f"{context}: options contradict the run ({'; '.join(diffs)}). A resumed run keeps its own "
-                         "settings: leave these options out (or give the run's values), or train into another --out.")
+        raise InputError(
+            f"{context}: options contradict the run ({'; '.join(diffs)}). A resumed run keeps its own "
+            "settings: leave these options out (or give the run's values), or train into another --out."
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -163,12 +198,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     try:
         policy = get_policy_class(config.type).from_pretrained(pretrained, config=config, strict=True)
         preprocessor, postprocessor = make_pre_post_processors(
-            config, pretrained_path=str(pretrained),
+            config,
+            pretrained_path=str(pretrained),
             preprocessor_overrides={"device_processor": {"device": str(device)}},
         )
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:  # a file that does not read
-        raise InputError(f"cannot load the checkpoint {pretrained} ({type(e).__name__}: {e}): a weights or processor file is "
-                         f"damaged or incomplete. {RETRAIN}.") from e
+        raise InputError(
+            f"cannot load the checkpoint {pretrained} ({type(e).__name__}: {e}): a weights or processor file is "
+            f"damaged or incomplete. {RETRAIN}."
+        ) from e
     return Checkpoint(pretrained, policy, preprocessor, postprocessor, json.loads((pretrained / META_FILE).read_text()))
 
 
@@ -179,6 +217,10 @@ def check_inputs(config: PreTrainedConfig, spec: EncoderSpec, keys: DatasetKeys,
     given = {"state": keys.state, "action": keys.action, "instruction": keys.instruction}
     if keys.image is not None:
         stored["image"], given["image"] = config.image_key, keys.image
-    diffs = [f"{role} key: checkpoint {stored[role]!r}, given {given[role]!r}" for role in stored if stored[role] != given[role]]
+    diffs = [
+        f"{role} key: checkpoint {stored[role]!r}, given {given[role]!r}"
+        for role in stored
+        if stored[role] != given[role]
+    ]
     if diffs:
         raise InputError(f"{context}: dataset keys mismatch: " + "; ".join(diffs))

@@ -20,9 +20,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+from lerobot.configs.types import FeatureType
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lerobot_policy_world_modality.common import INSTRUCTION_BATCH_KEY
+from lerobot_policy_world_modality.encoders.spec import CONCAT_SEPARATOR
+from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.latent_cache import LatentCache
 from world_modality.data.check import (
     DatasetKeys,
     DatasetSchemaError,
@@ -30,12 +35,6 @@ from world_modality.data.check import (
     task_instructions,
 )
 from world_modality.interrupts import child_processes, exit_on_sigterm
-from lerobot_policy_world_modality.errors import InputError
-from lerobot.configs.types import FeatureType
-
-from lerobot_policy_world_modality.common import INSTRUCTION_BATCH_KEY
-from lerobot_policy_world_modality.encoders.spec import CONCAT_SEPARATOR
-from lerobot_policy_world_modality.latent_cache import LatentCache
 
 
 @dataclass
@@ -62,7 +61,9 @@ def read_frame_table(dataset: str | Path, keys: DatasetKeys) -> FrameTable:
         names = sorted(pq.read_schema(files[0]).names)
         raise DatasetSchemaError(f"{root}: column {e} is missing; the dataset's columns are {names}") from e
     if not np.array_equal(frame["index"].to_numpy(), np.arange(len(frame))):
-        raise DatasetSchemaError(f"{root}: the 'index' column is not 0..{len(frame) - 1}: latents are indexed by global frame")
+        raise DatasetSchemaError(
+            f"{root}: the 'index' column is not 0..{len(frame) - 1}: latents are indexed by global frame"
+        )
     if keys.instruction == "task":
         by_index = task_instructions(root)
         instruction = [by_index[int(i)] for i in frame["task_index"]]
@@ -123,8 +124,9 @@ class DatasetImages(Dataset):
         meta = self.dataset.meta
         missing = [k for k in camera_keys if k not in meta.camera_keys]
         if missing:
-            raise DatasetSchemaError(f"{root}: camera key(s) {missing} not in the dataset; its cameras are "
-                                     f"{meta.camera_keys}")
+            raise DatasetSchemaError(
+                f"{root}: camera key(s) {missing} not in the dataset; its cameras are {meta.camera_keys}"
+            )
         # Frames in parquet: those columns alone, with LeRobot's own transform (PIL -> float tensor).
         self._image_keys = [k for k in camera_keys if k in meta.image_keys]
         self._image_columns = self.dataset.hf_dataset.select_columns(self._image_keys) if self._image_keys else None
@@ -146,8 +148,12 @@ class DatasetImages(Dataset):
             decoded = self._image_columns[indices]
             out |= {key: torch.stack(decoded[key]) for key in self._image_keys}
         if self._video_keys:
-            decoded = [self.dataset.reader._query_videos({key: [float(self._timestamp[i])] for key in self._video_keys},
-                                                         int(self._episode[i])) for i in indices]
+            decoded = [
+                self.dataset.reader._query_videos(
+                    {key: [float(self._timestamp[i])] for key in self._video_keys}, int(self._episode[i])
+                )
+                for i in indices
+            ]
             out |= {key: torch.stack([row[key] for row in decoded]) for key in self._video_keys}
         return {key: out[key] for key in self.camera_keys}
 
@@ -164,17 +170,23 @@ class PrefetchedFrames:
     ``workers`` background processes up to `PREFETCH_BATCHES` batches each ahead of the caller, or with 0 workers in
     this process when asked. The frames are the same either way (`DatasetImages.frames`)."""
 
-    def __init__(self, images: DatasetImages, row_batches: Iterator[Tensor], workers: int,
-                 pin_memory: bool = False) -> None:
+    def __init__(
+        self, images: DatasetImages, row_batches: Iterator[Tensor], workers: int, pin_memory: bool = False
+    ) -> None:
         self.workers = workers
-        loader = DataLoader(images, batch_sampler=(rows.tolist() for rows in row_batches), num_workers=workers,
-                            collate_fn=_decoded_batch, pin_memory=pin_memory,
-                            # its own generator for the workers' seeds: the training's random stream is not drawn from
-                            generator=torch.Generator(),
-                            prefetch_factor=PREFETCH_BATCHES if workers else None,
-                            # spawn, as lerobot-train: pyav and ffmpeg are not safe to fork
-                            multiprocessing_context="spawn" if workers else None,
-                            worker_init_fn=_worker_init if workers else None)
+        loader = DataLoader(
+            images,
+            batch_sampler=(rows.tolist() for rows in row_batches),
+            num_workers=workers,
+            collate_fn=_decoded_batch,
+            pin_memory=pin_memory,
+            # its own generator for the workers' seeds: the training's random stream is not drawn from
+            generator=torch.Generator(),
+            prefetch_factor=PREFETCH_BATCHES if workers else None,
+            # spawn, as lerobot-train: pyav and ffmpeg are not safe to fork
+            multiprocessing_context="spawn" if workers else None,
+            worker_init_fn=_worker_init if workers else None,
+        )
         with child_processes():  # interrupts reach this process alone, which stops the workers
             self._batches = iter(loader)
 
@@ -222,9 +234,19 @@ class LatentBatches:
     """Batches of (latent history, state, instruction, action chunk, future latents) for frames of
     the given episodes, from a `LatentCache` and a `FrameTable` of the same dataset."""
 
-    def __init__(self, cache: LatentCache, table: FrameTable, keys: DatasetKeys, episodes: list[int],
-                 chunk_size: int, history_len: int, num_future: int, images: DatasetImages | None = None,
-                 coc_labels: dict[int, str] | None = None, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        cache: LatentCache,
+        table: FrameTable,
+        keys: DatasetKeys,
+        episodes: list[int],
+        chunk_size: int,
+        history_len: int,
+        num_future: int,
+        images: DatasetImages | None = None,
+        coc_labels: dict[int, str] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if len(cache.z) != len(table.state):
             raise DatasetSchemaError(f"the latent cache has {len(cache.z)} frames, the dataset {len(table.state)}")
         if not torch.equal(torch.as_tensor(cache.episode_index, dtype=torch.long), table.episode_index):
@@ -237,7 +259,9 @@ class LatentBatches:
         self.chunk_size, self.history_len, self.num_future = chunk_size, history_len, num_future
         self.images = images
         self.coc_labels = coc_labels  # episode -> CoC text; batches then carry "coc_text" (None: unlabelled)
-        self.frames = torch.nonzero(torch.isin(table.episode_index, torch.tensor(episodes, dtype=torch.long))).squeeze(1)
+        self.frames = torch.nonzero(torch.isin(table.episode_index, torch.tensor(episodes, dtype=torch.long))).squeeze(
+            1
+        )
         if len(self.frames) == 0:
             raise InputError(f"no frames in episodes {episodes}: the dataset has no such episode")
 
@@ -287,5 +311,10 @@ class LatentBatches:
         out = {}
         for key, values in ((self.keys.state, self.table.state), (self.keys.action, self.table.action)):
             x = values[self.frames]
-            out[key] = {"mean": x.mean(0), "std": x.std(0).clamp_min(1e-6), "min": x.min(0).values, "max": x.max(0).values}
+            out[key] = {
+                "mean": x.mean(0),
+                "std": x.std(0).clamp_min(1e-6),
+                "min": x.min(0).values,
+                "max": x.max(0).values,
+            }
         return out

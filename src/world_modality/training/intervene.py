@@ -5,21 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from world_modality.data.check import DatasetKeys
+from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.latent_cache import LatentCache
+from lerobot_policy_world_modality.world import WorldModule
+from world_modality.data.check import DatasetKeys
 from world_modality.training.checkpoint import check_inputs, load_checkpoint, run_label
 from world_modality.training.data import LatentBatches, read_frame_table, training_images
 from world_modality.training.trainer import validation_loss
-from lerobot_policy_world_modality.world import WorldModule
-from lerobot_policy_world_modality.errors import InputError
 
-READING = ("ratio > 1 for zero/random/shuffle/signflip: the policy relies on the memory's content; "
-           "ratio < 1 for oracle: better predictions would help")
+READING = (
+    "ratio > 1 for zero/random/shuffle/signflip: the policy relies on the memory's content; "
+    "ratio < 1 for oracle: better predictions would help"
+)
 
 
-def intervene(checkpoint: str | Path, dataset: str | Path, latents: str | Path, modes: list[str], *,
-              batch_size: int = 256, seed: int = 0, device: str = "cpu",
-              keys: dict[str, str | None] | None = None) -> dict[str, Any]:
+def intervene(
+    checkpoint: str | Path,
+    dataset: str | Path,
+    latents: str | Path,
+    modes: list[str],
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+    keys: dict[str, str | None] | None = None,
+) -> dict[str, Any]:
     """Validation action loss under `pred` and each mode, and each mode's ratio to `pred`.
 
     Validation frames are the checkpoint's held-out episodes (recorded by `wm train`). ``keys``
@@ -30,18 +40,33 @@ def intervene(checkpoint: str | Path, dataset: str | Path, latents: str | Path, 
     if not config.uses_world_module:
         raise InputError(f"{ckpt.path} is {run_label(config)}, which reads no world memory")
     given = {k: v for k, v in (keys or {}).items() if v is not None}
-    dataset_keys = DatasetKeys(state=given.get("state", config.state_key), action=given.get("action", config.action_key),
-                               instruction=given.get("instruction", config.instruction_key))
+    dataset_keys = DatasetKeys(
+        state=given.get("state", config.state_key),
+        action=given.get("action", config.action_key),
+        instruction=given.get("instruction", config.instruction_key),
+    )
     cache = LatentCache.load(latents, dataset=dataset)
     check_inputs(config, cache.spec, dataset_keys, f"wm intervene {ckpt.path}")
     val_episodes = ckpt.meta["val_episodes"]
     if not val_episodes:
-        raise InputError(f"{ckpt.path} was trained without held-out episodes (--val-fraction 0); nothing to validate on")
+        raise InputError(
+            f"{ckpt.path} was trained without held-out episodes (--val-fraction 0); nothing to validate on"
+        )
     images = training_images(dataset, config)
-    data = LatentBatches(cache, read_frame_table(dataset, dataset_keys), dataset_keys, val_episodes,
-                         config.chunk_size, config.history_len, config.num_future, images)
-    losses = {mode: validation_loss(ckpt.policy, ckpt.preprocessor, data, batch_size, mode, seed)["action_loss"]
-              for mode in ["pred", *modes]}
+    data = LatentBatches(
+        cache,
+        read_frame_table(dataset, dataset_keys),
+        dataset_keys,
+        val_episodes,
+        config.chunk_size,
+        config.history_len,
+        config.num_future,
+        images,
+    )
+    losses = {
+        mode: validation_loss(ckpt.policy, ckpt.preprocessor, data, batch_size, mode, seed)["action_loss"]
+        for mode in ["pred", *modes]
+    }
     return {
         "checkpoint": str(ckpt.path),
         "training_step": ckpt.meta["training_step"],

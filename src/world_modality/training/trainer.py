@@ -46,25 +46,25 @@ from lerobot.configs import PreTrainedConfig
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
+from tqdm.auto import tqdm
+
 from lerobot_policy_world_modality import POLICY_TYPES
+from lerobot_policy_world_modality.dataset_files import dataset_fingerprint, resolve_dataset_root
+from lerobot_policy_world_modality.encoders.spec import digest, encoder_input_shape
 from lerobot_policy_world_modality.errors import InputError, OutputExistsError
 from lerobot_policy_world_modality.families import BACKBONE_FIELDS, FAMILY_OF_TYPE
+from lerobot_policy_world_modality.file_digests import verify_folder
+from lerobot_policy_world_modality.latent_cache import LatentCache
 from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
     TOKEN_MODEL_TYPES,
     features_for,
 )
-from tqdm.auto import tqdm
-
 from world_modality.atomic_io import output_folder, writing
 from world_modality.data.check import DatasetSummary
 from world_modality.data.integrity import verify_dataset
 from world_modality.devices import resolve_device
 from world_modality.locks import writer_lock
 from world_modality.sim import check_dataset
-from lerobot_policy_world_modality.encoders.spec import digest, encoder_input_shape
-from lerobot_policy_world_modality.latent_cache import LatentCache
-from lerobot_policy_world_modality.dataset_files import dataset_fingerprint, resolve_dataset_root
-from lerobot_policy_world_modality.file_digests import verify_folder
 from world_modality.training.checkpoint import (
     RETRAIN,
     STATE_FILE,
@@ -88,7 +88,6 @@ from world_modality.training.data import (
     training_images,
 )
 from world_modality.training.options import POLICY_SET_BY_RUN, RESUMED_OPTIONS, TrainOptions
-
 
 DATA_WORKERS = 4  # lerobot-train's default `num_workers`
 
@@ -155,9 +154,17 @@ def policy_config_class(policy_type: str) -> type[PreTrainedConfig]:
     return PreTrainedConfig.get_choice_class(policy_type)
 
 
-def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str], state_dim: int, action_dim: int,
-                 features: dict[str, dict], cameras: list[str], device: torch.device,
-                 codebook_size: int = 0) -> PreTrainedConfig:
+def build_config(
+    opts: TrainOptions,
+    cache: LatentCache,
+    instructions: list[str],
+    state_dim: int,
+    action_dim: int,
+    features: dict[str, dict],
+    cameras: list[str],
+    device: torch.device,
+    codebook_size: int = 0,
+) -> PreTrainedConfig:
     """The policy config of a new run: architecture from the options, inputs from the data.
 
     The world transformer reads the world latents only (its image key is the encoder's camera, None
@@ -166,8 +173,15 @@ def build_config(opts: TrainOptions, cache: LatentCache, instructions: list[str]
     repeated in ``opts.policy``, not contradicted."""
     spec = cache.spec
     reads_frames = not spec.reads_states
-    inputs, outputs = features_for(opts.keys.state, state_dim, opts.keys.action, action_dim, spec.camera_key,
-                                   encoder_input_shape(features, spec.camera_key), reads_frames)
+    inputs, outputs = features_for(
+        opts.keys.state,
+        state_dim,
+        opts.keys.action,
+        action_dim,
+        spec.camera_key,
+        encoder_input_shape(features, spec.camera_key),
+        reads_frames,
+    )
     image_key = spec.camera_key if reads_frames else None
     wrist_key = None
     if opts.policy_type != "world_transformer":
@@ -210,8 +224,10 @@ def _refuse_contradictions(overrides: dict[str, Any], from_run: dict[str, Any]) 
     """A policy override of a field the run sets itself (`POLICY_SET_BY_RUN`) must say the same."""
     for name, value in overrides.items():
         if name in POLICY_SET_BY_RUN and name in from_run and value != from_run[name]:
-            raise InputError(f"policy field {name}: given {value!r}, but {POLICY_SET_BY_RUN[name]} sets it to "
-                             f"{from_run[name]!r}; give it there, once")
+            raise InputError(
+                f"policy field {name}: given {value!r}, but {POLICY_SET_BY_RUN[name]} sets it to "
+                f"{from_run[name]!r}; give it there, once"
+            )
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -233,8 +249,14 @@ class _Loggers:
         if wandb:
             import wandb as wandb_lib
 
-            self.wandb = wandb_lib.init(project="world-modality-vla", dir=str(run_dir), config=config,
-                                        name=run_dir.name, resume="allow", id=wandb_run_id(run_dir))
+            self.wandb = wandb_lib.init(
+                project="world-modality-vla",
+                dir=str(run_dir),
+                config=config,
+                name=run_dir.name,
+                resume="allow",
+                id=wandb_run_id(run_dir),
+            )
 
     def log(self, values: dict[str, float], step: int, prefix: str) -> None:
         with writing(self.folder):  # the event file is written by a thread: its failure shows at the next call
@@ -251,8 +273,14 @@ class _Loggers:
 
 
 @torch.no_grad()
-def validation_loss(policy: PreTrainedPolicy, preprocessor, data: LatentBatches, batch_size: int,
-                    memory_mode: str | None = None, seed: int = 0) -> dict[str, float]:
+def validation_loss(
+    policy: PreTrainedPolicy,
+    preprocessor,
+    data: LatentBatches,
+    batch_size: int,
+    memory_mode: str | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     """Frame-weighted mean of the logged losses over every frame of ``data`` (eval mode, in the precision the policy
     trains in; the random draws of flow noise and of `random`/`shuffle` memory are seeded, so calls compare)."""
     was_training = policy.training
@@ -279,8 +307,11 @@ def _accelerator(device: torch.device):
 
     # As lerobot-train: some families leave parameters unused in a step (e.g. memory modes, frozen towers).
     # Its own mixed precision off: `Precision` applies the policy's, on one process and on several alike.
-    return Accelerator(cpu=device.type == "cpu", mixed_precision="no",
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    return Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision="no",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
 
 
 TRAINING_RUN_KIND = "training run"  # its folder's `atomic_io.OUTPUT_MARKER`
@@ -320,8 +351,9 @@ def _train(opts: TrainOptions) -> Path:
         torch.manual_seed(hash((opts.seed, processes.rank, start.step)))
     meta = _run_meta(opts, inputs, start.config, processes.count)
     output_folder(run_dir, TRAINING_RUN_KIND)
-    loop = _Loop(opts, run_dir, processes, model, policy, preprocessor, postprocessor, optimisation, train_data,
-                 val_data, meta)
+    loop = _Loop(
+        opts, run_dir, processes, model, policy, preprocessor, postprocessor, optimisation, train_data, val_data, meta
+    )
     return loop.run(start.step, last)
 
 
@@ -339,8 +371,9 @@ class _Processes:
         device = resolve_device(opts.device)
         count = int(os.environ.get("WORLD_SIZE", "1"))
         if opts.batch_size % count:
-            raise InputError(f"--batch-size {opts.batch_size} (the global batch) must be a multiple of the "
-                             f"{count} processes")
+            raise InputError(
+                f"--batch-size {opts.batch_size} (the global batch) must be a multiple of the {count} processes"
+            )
         accelerator = _accelerator(device)
         if accelerator is not None and device.type != "cpu":  # this process's GPU (accelerate names the CPU "cpu:0")
             device = accelerator.device
@@ -361,11 +394,12 @@ def _checkpoint_to_resume(opts: TrainOptions, run_dir: Path) -> Path | None:
     checkpoints without --resume, and options the resumed run would not follow."""
     last = last_checkpoint(run_dir)
     if last is not None and not opts.resume:
-        raise OutputExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
-                                "it or choose another --out")
+        raise OutputExistsError(
+            f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to continue "
+            "it or choose another --out"
+        )
     if last is not None:
-        check_resume(last, {name: getattr(opts, name) for name in RESUMED_OPTIONS}, opts.policy,
-                     f"resuming {run_dir}")
+        check_resume(last, {name: getattr(opts, name) for name in RESUMED_OPTIONS}, opts.policy, f"resuming {run_dir}")
     return last
 
 
@@ -405,8 +439,17 @@ def _new_start(opts: TrainOptions, inputs: _Inputs, device: torch.device) -> _St
     codebook = _codebook(opts, inputs.cache) if opts.world_model_type in TOKEN_MODEL_TYPES else None
     summary, table = inputs.summary, inputs.table
     cameras = [summary.keys[k] for k in ("image", "wrist") if summary.keys.get(k)]
-    config = build_config(opts, inputs.cache, table.instructions, table.state.shape[1], table.action.shape[1],
-                          summary.features, cameras, device, 0 if codebook is None else len(codebook))
+    config = build_config(
+        opts,
+        inputs.cache,
+        table.instructions,
+        table.state.shape[1],
+        table.action.shape[1],
+        summary.features,
+        cameras,
+        device,
+        0 if codebook is None else len(codebook),
+    )
     return _Start(config, codebook=codebook)
 
 
@@ -415,16 +458,19 @@ def _resumed_start(opts: TrainOptions, run_dir: Path, last: Path, inputs: _Input
     config = checkpoint.policy.config
     check_inputs(config, inputs.cache.spec, opts.keys, f"resuming {run_dir}")
     if checkpoint.meta["train_episodes"] != inputs.train_episodes:
-        raise InputError(f"resuming {run_dir}: the training split differs from the checkpoint's "
-                         f"({len(checkpoint.meta['train_episodes'])} vs {len(inputs.train_episodes)} episodes); "
-                         "pass the same dataset and --val-fraction")
+        raise InputError(
+            f"resuming {run_dir}: the training split differs from the checkpoint's "
+            f"({len(checkpoint.meta['train_episodes'])} vs {len(inputs.train_episodes)} episodes); "
+            "pass the same dataset and --val-fraction"
+        )
     verify_folder(last / TRAINING_STATE, RETRAIN)
     state = torch.load(last / TRAINING_STATE / STATE_FILE, weights_only=False)
     return _Start(config, state["step"], checkpoint, state)
 
 
-def _batches(opts: TrainOptions, config: PreTrainedConfig, inputs: _Inputs,
-             device: torch.device) -> tuple[LatentBatches, LatentBatches | None]:
+def _batches(
+    opts: TrainOptions, config: PreTrainedConfig, inputs: _Inputs, device: torch.device
+) -> tuple[LatentBatches, LatentBatches | None]:
     """The training split's batches and the validation split's (None: no episode held out)."""
     images = training_images(opts.dataset, config)
     labels = _coc_labels(opts, inputs.train_episodes)
@@ -432,8 +478,18 @@ def _batches(opts: TrainOptions, config: PreTrainedConfig, inputs: _Inputs,
     cache = inputs.cache.to(data_device)  # once: both splits gather from the same tensors
 
     def split(episodes: list[int]) -> LatentBatches:
-        return LatentBatches(cache, inputs.table, opts.keys, episodes, config.chunk_size, config.history_len,
-                             config.num_future, images, labels, data_device)
+        return LatentBatches(
+            cache,
+            inputs.table,
+            opts.keys,
+            episodes,
+            config.chunk_size,
+            config.history_len,
+            config.num_future,
+            images,
+            labels,
+            data_device,
+        )
 
     return split(inputs.train_episodes), split(inputs.val_episodes) if inputs.val_episodes else None
 
@@ -465,13 +521,25 @@ class _Optimisation:
     grad_clip: float
 
     @classmethod
-    def of(cls, opts: TrainOptions, config: PreTrainedConfig, policy: PreTrainedPolicy, device: torch.device,
-           state: dict[str, Any] | None) -> _Optimisation:
+    def of(
+        cls,
+        opts: TrainOptions,
+        config: PreTrainedConfig,
+        policy: PreTrainedPolicy,
+        device: torch.device,
+        state: dict[str, Any] | None,
+    ) -> _Optimisation:
         optimizer = config.get_optimizer_preset().build(policy.get_optim_params())
         scheduler = config.get_scheduler_preset().build(optimizer, max(opts.steps, 1))
         precision = Precision.of(config, device)
-        optimisation = cls(optimizer, scheduler, torch.Generator().manual_seed(opts.seed), precision,
-                           precision.grad_scaler(), config.optimizer_grad_clip_norm)
+        optimisation = cls(
+            optimizer,
+            scheduler,
+            torch.Generator().manual_seed(opts.seed),
+            precision,
+            precision.grad_scaler(),
+            config.optimizer_grad_clip_norm,
+        )
         if state is not None:
             optimisation.resume(state, device)
         return optimisation
@@ -499,8 +567,9 @@ class _Optimisation:
             "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
         }
 
-    def step(self, model: torch.nn.Module, parameters: Iterator[torch.nn.Parameter],
-             batch: dict[str, Any]) -> tuple[dict[str, float], torch.Tensor]:
+    def step(
+        self, model: torch.nn.Module, parameters: Iterator[torch.nn.Parameter], batch: dict[str, Any]
+    ) -> tuple[dict[str, float], torch.Tensor]:
         """One optimisation step on ``batch``: the logged values and the gradient norm before clipping."""
         with self.precision.autocast():
             loss, logs = model(batch)
@@ -565,8 +634,12 @@ class _Loop:
         if is_main:
             logged = {k: v for k, v in self.meta.items() if not k.endswith("_episodes")}
             loggers = _Loggers(self.run_dir, opts.wandb, logged, start_step)
-        bar = tqdm(total=opts.steps, initial=start_step, desc=f"train {self.meta['policy']}",
-                   disable=not (opts.progress and is_main))
+        bar = tqdm(
+            total=opts.steps,
+            initial=start_step,
+            desc=f"train {self.meta['policy']}",
+            disable=not (opts.progress and is_main),
+        )
         frame_batches = self._frames_ahead(start_step)
         checkpoint_dir = last
         try:
@@ -615,8 +688,12 @@ class _Loop:
             logs = dict(zip(keys, processes.accelerator.reduce(values, "mean").tolist()))
         if processes.is_main and (step % opts.log_every == 0 or step == opts.steps):
             t2 = time.perf_counter()
-            logs |= {"grad_norm": grad_norm.item(), "lr": self.optimisation.scheduler.get_last_lr()[0],
-                     "time_data_s": t1 - t0, "time_compute_s": t2 - t1}
+            logs |= {
+                "grad_norm": grad_norm.item(),
+                "lr": self.optimisation.scheduler.get_last_lr()[0],
+                "time_data_s": t1 - t0,
+                "time_compute_s": t2 - t1,
+            }
             loggers.log(logs, step, "train")
         return logs
 
@@ -627,10 +704,18 @@ class _Loop:
             accelerator.wait_for_everyone()  # the main process writes the checkpoint
             return last_checkpoint(self.run_dir)
         if self.val_data is not None:
-            loggers.log(validation_loss(self.policy, self.preprocessor, self.val_data, self.opts.val_batch_size),
-                        step, "val")
-        checkpoint_dir = save_checkpoint(self.run_dir, step, self.policy, self.preprocessor, self.postprocessor,
-                                         self.meta, self.optimisation.training_state(step, self.processes.device))
+            loggers.log(
+                validation_loss(self.policy, self.preprocessor, self.val_data, self.opts.val_batch_size), step, "val"
+            )
+        checkpoint_dir = save_checkpoint(
+            self.run_dir,
+            step,
+            self.policy,
+            self.preprocessor,
+            self.postprocessor,
+            self.meta,
+            self.optimisation.training_state(step, self.processes.device),
+        )
         if accelerator is not None:
             accelerator.wait_for_everyone()
         return checkpoint_dir
@@ -668,5 +753,7 @@ def _codebook(opts: TrainOptions, cache: LatentCache) -> torch.Tensor:
     from lerobot_policy_world_modality.world_tokens import WorldTokens
 
     if opts.tokens is None:
-        raise InputError(f"model_type {opts.world_model_type} needs --tokens (a codebook fitted on these latents with `wm tokens`)")
+        raise InputError(
+            f"model_type {opts.world_model_type} needs --tokens (a codebook fitted on these latents with `wm tokens`)"
+        )
     return WorldTokens.load(opts.tokens, latents=cache).centroids

@@ -14,11 +14,14 @@ choose_before_mujoco_import()
 say_decoder_fallback_once()
 
 from lerobot.configs import PreTrainedConfig
+
 from lerobot_policy_world_modality.qwen_vla_world import QwenVLAWorldConfig
 from lerobot_policy_world_modality.smolvla_world import SmolVLAWorldConfig
 from lerobot_policy_world_modality.world_transformer import WorldTransformerConfig
 
 # The policy types this plugin registers (`--policy.type`, `wm train --policy`), in the pipeline's order.
-POLICY_TYPES = tuple(PreTrainedConfig.get_choice_name(c) for c in (WorldTransformerConfig, SmolVLAWorldConfig, QwenVLAWorldConfig))
+POLICY_TYPES = tuple(
+    PreTrainedConfig.get_choice_name(c) for c in (WorldTransformerConfig, SmolVLAWorldConfig, QwenVLAWorldConfig)
+)
 
 __all__ = ["POLICY_TYPES", "QwenVLAWorldConfig", "SmolVLAWorldConfig", "WorldTransformerConfig"]

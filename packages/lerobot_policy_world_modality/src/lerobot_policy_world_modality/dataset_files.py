@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 # What every LeRobot v3 meta/info.json holds and the pipeline reads.
@@ -45,8 +46,10 @@ def dataset_info(dataset: str | Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetSchemaError(f"{path} is not valid JSON ({e}): the dataset's metadata is damaged; copy the dataset "
-                                 "again from its source or regenerate it") from None
+        raise DatasetSchemaError(
+            f"{path} is not valid JSON ({e}): the dataset's metadata is damaged; copy the dataset "
+            "again from its source or regenerate it"
+        ) from None
     missing = [k for k in INFO_KEYS if not isinstance(info, dict) or k not in info]
     if missing or not isinstance(info["features"], dict) or not info["features"]:
         found = ", ".join(sorted(info)) if isinstance(info, dict) and info else "nothing"

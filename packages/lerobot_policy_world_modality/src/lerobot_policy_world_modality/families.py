@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
+
 from lerobot_policy_world_modality.errors import InputError
 
 # Policy type -> its family. LeRobot's own `smolvla` is SmolVLA-world with the world module off (its E0).

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
 from lerobot_policy_world_modality.errors import InputError
 
 DIGESTS_FILE = "file_digests.json"
@@ -66,7 +67,9 @@ def verify_files(folder: str | Path, records: dict[str, dict[str, Any]], remedy:
         if stat is None:
             problem = "is missing"
         elif stat.st_size != record["size"]:
-            problem = f"is damaged: {stat.st_size} bytes, {record['size']} when it was written (truncated or overwritten)"
+            problem = (
+                f"is damaged: {stat.st_size} bytes, {record['size']} when it was written (truncated or overwritten)"
+            )
         elif file_digest(path) != record[DIGEST_ALGORITHM]:
             problem = f"is damaged: its content differs from the {DIGEST_ALGORITHM} recorded when it was written"
         else:

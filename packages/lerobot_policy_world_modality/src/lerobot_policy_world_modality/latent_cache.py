@@ -20,9 +20,14 @@ from safetensors.torch import load_file
 
 from lerobot_policy_world_modality.dataset_files import dataset_fingerprint, dataset_info
 from lerobot_policy_world_modality.encoders import EncoderSpec
-from lerobot_policy_world_modality.file_digests import DamagedFileError, verify_files
-from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
+from lerobot_policy_world_modality.file_digests import DamagedFileError, verify_files
+from lerobot_policy_world_modality.world.history import (
+    WORLD_FUTURE,
+    WORLD_FUTURE_MASK,
+    WORLD_LATENTS,
+    WORLD_LATENTS_MASK,
+)
 
 LATENTS_FILE = "latents.safetensors"
 SPEC_FILE = "spec.json"
@@ -51,15 +56,27 @@ class LatentWindows:
 
     def as_batch(self) -> dict[str, torch.Tensor]:
         """Under the batch keys every policy family reads."""
-        return {WORLD_LATENTS: self.z_history, WORLD_LATENTS_MASK: self.history_mask,
-                WORLD_FUTURE: self.z_future, WORLD_FUTURE_MASK: self.future_mask}
+        return {
+            WORLD_LATENTS: self.z_history,
+            WORLD_LATENTS_MASK: self.history_mask,
+            WORLD_FUTURE: self.z_future,
+            WORLD_FUTURE_MASK: self.future_mask,
+        }
 
 
 class LatentCache:
     """A verified latent cache in memory (cpu, or the training device after `to`): ``z`` [N, D] (storage
     dtype), row = global frame index."""
 
-    def __init__(self, path: Path, spec: EncoderSpec, dataset_fingerprint: str, z: torch.Tensor, episode_index: np.ndarray, frame_index: np.ndarray) -> None:
+    def __init__(
+        self,
+        path: Path,
+        spec: EncoderSpec,
+        dataset_fingerprint: str,
+        z: torch.Tensor,
+        episode_index: np.ndarray,
+        frame_index: np.ndarray,
+    ) -> None:
         self.path = path
         self.spec = spec
         self.dataset_fingerprint = dataset_fingerprint
@@ -73,7 +90,9 @@ class LatentCache:
         self._end = torch.from_numpy(np.repeat(self.episode_bounds[:, 1], lengths))
 
     @classmethod
-    def load(cls, path: str | Path, dataset: str | Path | None = None, expect_spec: EncoderSpec | None = None) -> LatentCache:
+    def load(
+        cls, path: str | Path, dataset: str | Path | None = None, expect_spec: EncoderSpec | None = None
+    ) -> LatentCache:
         """Load and verify a cache folder: its files agree with each other, and with ``dataset``
         (frame count, fingerprint) and ``expect_spec`` when given; every mismatch names both values."""
         path = Path(path).expanduser()
@@ -88,11 +107,17 @@ class LatentCache:
         try:
             tensors = load_file(path / LATENTS_FILE)
         except SafetensorError as e:
-            raise DamagedFileError(f"{path / LATENTS_FILE} does not load ({e}): the file is damaged. {RECOMPUTE}.") from None
+            raise DamagedFileError(
+                f"{path / LATENTS_FILE} does not load ({e}): the file is damaged. {RECOMPUTE}."
+            ) from None
         z = tensors["z"]
         checks = [
             ("spec hash (spec.json vs its encoder spec)", meta["spec_hash"], spec.spec_hash()),
-            (f"spec hash ({LATENTS_FILE} vs spec.json)", tensors_metadata(path / LATENTS_FILE).get("spec_hash"), meta["spec_hash"]),
+            (
+                f"spec hash ({LATENTS_FILE} vs spec.json)",
+                tensors_metadata(path / LATENTS_FILE).get("spec_hash"),
+                meta["spec_hash"],
+            ),
             ("frames (latents vs spec.json)", len(z), meta["num_frames"]),
             ("dim (latents vs encoder spec)", z.shape[1], spec.output_dim),
             ("dtype (latents vs encoder spec)", str(z.dtype).removeprefix("torch."), spec.dtype),
@@ -105,10 +130,14 @@ class LatentCache:
             ]
         diffs = [f"{what}: {a!r} vs {b!r}" for what, a, b in checks if a != b]
         if diffs:
-            raise LatentCacheMismatch(f"latent cache {path} does not match: " + "; ".join(diffs) + ". Recompute it with `wm latents`.")
+            raise LatentCacheMismatch(
+                f"latent cache {path} does not match: " + "; ".join(diffs) + ". Recompute it with `wm latents`."
+            )
         if expect_spec is not None:
             expect_spec.check_compatible(spec, f"latent cache {path}")
-        return cls(path, spec, meta["dataset_fingerprint"], z, tensors["episode_index"].numpy(), tensors["frame_index"].numpy())
+        return cls(
+            path, spec, meta["dataset_fingerprint"], z, tensors["episode_index"].numpy(), tensors["frame_index"].numpy()
+        )
 
     @staticmethod
     def verify(path: Path, meta: dict) -> None:
@@ -136,7 +165,9 @@ class LatentCache:
             raise InputError(f"history_len must be >= 1 and num_future >= 0, got {history_len} and {num_future}")
         t = torch.as_tensor(indices, dtype=torch.long).cpu()
         if t.ndim != 1 or (len(t) and (t.min() < 0 or t.max() >= len(self))):
-            raise IndexError(f"indices must be a 1-D tensor of frame indices in [0, {len(self)}), got {t.tolist() if t.numel() < 10 else tuple(t.shape)}")
+            raise IndexError(
+                f"indices must be a 1-D tensor of frame indices in [0, {len(self)}), got {t.tolist() if t.numel() < 10 else tuple(t.shape)}"
+            )
         t = t.to(self.z.device)
         start, end = self._start[t].unsqueeze(1), self._end[t].unsqueeze(1)
         history = t.unsqueeze(1) + torch.arange(1 - history_len, 1, device=t.device)
@@ -154,7 +185,8 @@ class LatentCache:
         return "\n".join(
             [
                 f"encoder     {s.name}  (spec {s.spec_hash()}, checkpoint {s.checkpoint_path})",
-                f"input       {s.camera_key}" + (f"  {s.input_size}px, window {s.temporal_window}, pooling {s.pooling}" if s.input_size else ""),
+                f"input       {s.camera_key}"
+                + (f"  {s.input_size}px, window {s.temporal_window}, pooling {s.pooling}" if s.input_size else ""),
                 f"latents     {len(self)} frames x {self.dim} dims, {s.dtype}",
                 f"episodes    {len(self.episode_bounds)}",
                 f"dataset     fingerprint {self.dataset_fingerprint}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import NoReturn
+
 from lerobot_policy_world_modality.errors import InputError
 
 

@@ -31,9 +31,7 @@ class RenderingBackendError(SetupError):
 
 def _backend_works(backend: str) -> tuple[bool, str]:
     env = dict(os.environ, MUJOCO_GL=backend, PYOPENGL_PLATFORM=backend)
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120)
     return proc.returncode == 0, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
 
 

@@ -38,8 +38,10 @@ def one_line(message: str) -> str:
     causes = [line.strip() for line in message.splitlines() if line.strip().startswith(_ERROR_PREFIXES)]
     if not causes:
         return " ".join(message.split())
-    return (f"torchcodec cannot load ({causes[0]}; FFmpeg 4-8's shared libraries are needed, Debian: "
-            "apt-get install ffmpeg), so LeRobot decodes videos with pyav")
+    return (
+        f"torchcodec cannot load ({causes[0]}; FFmpeg 4-8's shared libraries are needed, Debian: "
+        "apt-get install ffmpeg), so LeRobot decodes videos with pyav"
+    )
 
 
 def say_decoder_fallback_once() -> None:

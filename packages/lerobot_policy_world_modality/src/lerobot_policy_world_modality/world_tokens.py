@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from lerobot_policy_world_modality.encoders.spec import digest
-from lerobot_policy_world_modality.latent_cache import LatentCache, tensors_metadata
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
+from lerobot_policy_world_modality.latent_cache import LatentCache, tensors_metadata
 
 TOKENS_FILE = "tokens.safetensors"
 SPEC_FILE = "spec.json"
@@ -76,14 +76,20 @@ class WorldTokens:
         """Load a tokens folder, checking its files against each other and, when given, against ``latents``."""
         path = Path(path).expanduser()
         if not (path / SPEC_FILE).is_file() or not (path / TOKENS_FILE).is_file():
-            raise MissingFileError(f"{path} is not a tokens folder (expected {SPEC_FILE} and {TOKENS_FILE}); make one with `wm tokens`")
+            raise MissingFileError(
+                f"{path} is not a tokens folder (expected {SPEC_FILE} and {TOKENS_FILE}); make one with `wm tokens`"
+            )
         meta = json.loads((path / SPEC_FILE).read_text())
         spec = TokenSpec(**meta["tokens"])
         tensors = load_file(path / TOKENS_FILE)
         ids, centroids = tensors["ids"], tensors["centroids"]
         checks = [
             ("token spec hash (spec.json vs its spec)", meta["token_spec_hash"], spec.spec_hash()),
-            (f"token spec hash ({TOKENS_FILE} vs spec.json)", tensors_metadata(path / TOKENS_FILE).get("token_spec_hash"), meta["token_spec_hash"]),
+            (
+                f"token spec hash ({TOKENS_FILE} vs spec.json)",
+                tensors_metadata(path / TOKENS_FILE).get("token_spec_hash"),
+                meta["token_spec_hash"],
+            ),
             ("ids (frames)", tuple(ids.shape), (spec.num_frames,)),
             ("centroids (K, dim)", tuple(centroids.shape), (spec.codebook_size, spec.dim)),
             ("ids within [0, K)", bool(len(ids) == 0 or (ids.min() >= 0 and ids.max() < spec.codebook_size)), True),
@@ -98,7 +104,9 @@ class WorldTokens:
             ]
         diffs = [f"{what}: {a!r} vs {b!r}" for what, a, b in checks if a != b]
         if diffs:
-            raise TokensMismatch(f"world tokens {path} do not match: " + "; ".join(diffs) + ". Refit them with `wm tokens`.")
+            raise TokensMismatch(
+                f"world tokens {path} do not match: " + "; ".join(diffs) + ". Refit them with `wm tokens`."
+            )
         return cls(path, spec, ids, centroids)
 
     @property

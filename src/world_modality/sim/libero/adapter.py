@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.sim.base import EnvAdapter, EpisodeSpec, Observation
 from world_modality.sim.libero.env import LiberoEnv, LiberoRenderSettings, proprio_state
-from lerobot_policy_world_modality.errors import InputError
 
 
 class LiberoAdapter(EnvAdapter):
@@ -16,12 +16,16 @@ class LiberoAdapter(EnvAdapter):
 
     def __init__(self, render: LiberoRenderSettings | None):
         if render is not None and not render.rotate_180:
-            raise InputError("the checkpoint's frames are LIBERO's raw upside-down images (render rotate_180=False), but the "
-                             "LIBERO env renders LeRobot's convention (rotate_180=True); retrain on rotated frames")
+            raise InputError(
+                "the checkpoint's frames are LIBERO's raw upside-down images (render rotate_180=False), but the "
+                "LIBERO env renders LeRobot's convention (rotate_180=True); retrain on rotated frames"
+            )
         super().__init__(render)
 
     def _env_for(self, episode: EpisodeSpec) -> tuple[tuple, Callable[[], LiberoEnv]]:
-        return (episode.suite, episode.task, episode.seed), lambda: LiberoEnv(episode.suite, episode.task, self.render, episode.seed)
+        return (episode.suite, episode.task, episode.seed), lambda: LiberoEnv(
+            episode.suite, episode.task, self.render, episode.seed
+        )
 
     def _observation(self, raw: dict) -> Observation:
         return {"frames": self._env.frames(raw), "state": proprio_state(raw), "env_state": self._env.sim_state()}

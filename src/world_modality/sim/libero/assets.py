@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lerobot_policy_world_modality.errors import SetupError
 from world_modality.atomic_io import writing
 from world_modality.locks import writer_lock
 from world_modality.sim.libero.env import ACTION_DIM, LiberoEnv, LiberoRenderSettings, suite_tasks
 from world_modality.sim.libero.setup import ASSET_FOLDERS, SUITES, current_assets
-from lerobot_policy_world_modality.errors import SetupError
 
 
 def verify_setup() -> Iterator[tuple[str, str]]:
@@ -50,7 +50,9 @@ def pack_assets(suite: str, out: str | Path, tasks: list[str] | None = None) -> 
 def _pack(suite: str, out: Path, tasks: list[str] | None) -> tuple[int, int]:
     assets = current_assets()
     opened: set[str] = set()
-    sys.addaudithook(lambda event, args: opened.add(str(args[0])) if event == "open" and isinstance(args[0], str) else None)
+    sys.addaudithook(
+        lambda event, args: opened.add(str(args[0])) if event == "open" and isinstance(args[0], str) else None
+    )
     used: set[Path] = set()
     for task in tasks or [t.name for t in suite_tasks(suite)]:
         env = LiberoEnv(suite, task, render=None)

@@ -21,11 +21,11 @@ import pandas as pd
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
 from lerobot_policy_world_modality.dataset_files import DatasetSchemaError, dataset_fingerprint
+from lerobot_policy_world_modality.errors import InputError, OutputExistsError
 from world_modality.atomic_io import atomic_write_json, commit_folder, mark_output, record_digests, temp_folder, writing
 from world_modality.data.check import DatasetSummary, camera_name
 from world_modality.data.integrity import DATASET_KIND
 from world_modality.locks import writer_lock
-from lerobot_policy_world_modality.errors import InputError, OutputExistsError
 
 IMAGE_KEY = f"{OBS_IMAGES}.image"  # agentview
 WRIST_KEY = f"{OBS_IMAGES}.image2"
@@ -46,7 +46,9 @@ def _grey_small(frame: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] -> zero-mean unit-norm grey [32, 32] (block means), for correlations."""
     from PIL import Image
 
-    grey = np.asarray(Image.fromarray(frame).convert("L").resize((_COMPARE_SIZE, _COMPARE_SIZE), Image.BILINEAR), dtype=np.float64)
+    grey = np.asarray(
+        Image.fromarray(frame).convert("L").resize((_COMPARE_SIZE, _COMPARE_SIZE), Image.BILINEAR), dtype=np.float64
+    )
     grey -= grey.mean()
     return grey / (np.linalg.norm(grey) + 1e-9)
 
@@ -58,7 +60,9 @@ def rotation_scores(frames: list[np.ndarray], reference_raw: np.ndarray) -> tupl
     return float(np.mean([(f * raw).sum() for f in small])), float(np.mean([(f * rotated).sum() for f in small]))
 
 
-def detect_rotation(root: Path, camera_keys: list[str], instruction_key: str = "task", episodes: int = 3) -> dict[str, bool]:
+def detect_rotation(
+    root: Path, camera_keys: list[str], instruction_key: str = "task", episodes: int = 3
+) -> dict[str, bool]:
     """Per camera key: whether the dataset's frames are rotated 180 degrees from LIBERO's raw render.
 
     The first frames of up to ``episodes`` episodes of the dataset's first task (its instruction under
@@ -79,7 +83,9 @@ def detect_rotation(root: Path, camera_keys: list[str], instruction_key: str = "
         raise InputError(f"{root}: the instruction {first_task!r} is not a LIBERO task's; cannot render its scene")
     suite, task = found[first_task]
     height, width = readers[camera_keys[0]].shape[:2]
-    render = LiberoRenderSettings(cameras=tuple(camera_name(k) for k in camera_keys), width=width, height=height, rotate_180=False)
+    render = LiberoRenderSettings(
+        cameras=tuple(camera_name(k) for k in camera_keys), width=width, height=height, rotate_180=False
+    )
     env = LiberoEnv(suite, task, render)
     try:
         reference = env.frames(env.reset(0))
@@ -88,7 +94,9 @@ def detect_rotation(root: Path, camera_keys: list[str], instruction_key: str = "
     verdict = {}
     for key, reader in readers.items():
         if reader.shape[:2] != (height, width):
-            raise InputError(f"{root}: cameras differ in size ({camera_keys[0]} {height}x{width}, {key} {reader.shape[:2]})")
+            raise InputError(
+                f"{root}: cameras differ in size ({camera_keys[0]} {height}x{width}, {key} {reader.shape[:2]})"
+            )
         first_frames = [frames[0] for frames in reader.read(chosen)]
         raw, rotated = rotation_scores(first_frames, reference[camera_name(key)])
         if abs(rotated - raw) < ORIENTATION_MARGIN:
@@ -119,7 +127,9 @@ def libero_render_record(root: Path, features: dict, fingerprint: str, instructi
     cached in the dataset folder, keyed by the dataset fingerprint."""
     cameras = [k for k in (IMAGE_KEY, WRIST_KEY) if k in features]
     if not cameras:
-        raise InputError(f"{root} is a LIBERO-format dataset without {IMAGE_KEY} or {WRIST_KEY}; its keys: {', '.join(sorted(features))}")
+        raise InputError(
+            f"{root} is a LIBERO-format dataset without {IMAGE_KEY} or {WRIST_KEY}; its keys: {', '.join(sorted(features))}"
+        )
     cached = root / ORIENTATION_FILE
     stored = json.loads(cached.read_text()) if cached.exists() else {}
     if stored.get("fingerprint") == fingerprint and sorted(stored["rotated"]) == sorted(cameras):
@@ -136,7 +146,9 @@ def libero_render_record(root: Path, features: dict, fingerprint: str, instructi
     from world_modality.sim.libero.env import LiberoRenderSettings
 
     height, width = features[cameras[0]]["shape"][:2]
-    return LiberoRenderSettings(cameras=tuple(camera_name(k) for k in cameras), width=int(width), height=int(height)).to_dict()
+    return LiberoRenderSettings(
+        cameras=tuple(camera_name(k) for k in cameras), width=int(width), height=int(height)
+    ).to_dict()
 
 
 def looks_like_libero(features: dict) -> bool:
@@ -160,13 +172,18 @@ def check_libero_dataset(summary: DatasetSummary, required: bool) -> dict | None
             f"{len(unknown)} instruction(s) are not LIBERO tasks' (e.g. {unknown[:3]}); a LIBERO dataset's instructions "
             f"(under {summary.keys['instruction']!r}) must be the tasks' language, e.g. 'pick up the black bowl between the plate and the ramekin and place it on the plate'"
         )
-    for role, dim, what in (("state", STATE_DIM, "eef_pos(3) + axis-angle(3) + gripper_qpos(2)"), ("action", ACTION_DIM, "6 delta pose + gripper")):
+    for role, dim, what in (
+        ("state", STATE_DIM, "eef_pos(3) + axis-angle(3) + gripper_qpos(2)"),
+        ("action", ACTION_DIM, "6 delta pose + gripper"),
+    ):
         key = summary.keys[role]
         shape = tuple(summary.features[key]["shape"])
         if shape != (dim,):
             raise DatasetSchemaError(f"LIBERO {role} {key!r} has shape {shape}, expected ({dim},): {what}")
     try:
-        return libero_render_record(summary.root, summary.features, dataset_fingerprint(summary.root), summary.keys["instruction"])
+        return libero_render_record(
+            summary.root, summary.features, dataset_fingerprint(summary.root), summary.keys["instruction"]
+        )
     except ValueError as e:
         raise DatasetSchemaError(str(e)) from None
 
@@ -203,11 +220,21 @@ def generate_libero_dataset(
         features = {
             IMAGE_KEY: image,
             WRIST_KEY: image,
-            OBS_STATE: {"dtype": "float32", "shape": (STATE_DIM,), "names": ["x", "y", "z", "ax", "ay", "az", "gripper_left", "gripper_right"]},
-            ACTION: {"dtype": "float32", "shape": (ACTION_DIM,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
+            OBS_STATE: {
+                "dtype": "float32",
+                "shape": (STATE_DIM,),
+                "names": ["x", "y", "z", "ax", "ay", "az", "gripper_left", "gripper_right"],
+            },
+            ACTION: {
+                "dtype": "float32",
+                "shape": (ACTION_DIM,),
+                "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
+            },
         }
         tmp = temp_folder(out)
-        dataset = LeRobotDataset.create(repo_id=f"local/{out.name}", fps=fps, features=features, root=tmp, robot_type="panda", use_videos=False)
+        dataset = LeRobotDataset.create(
+            repo_id=f"local/{out.name}", fps=fps, features=features, root=tmp, robot_type="panda", use_videos=False
+        )
         render = LiberoRenderSettings(width=image_size, height=image_size, rotate_180=rotate_180)
         rng = np.random.default_rng(seed)
         with tqdm(total=len(tasks) * episodes_per_task, desc="LIBERO episodes", unit="ep") as bar:
@@ -222,8 +249,15 @@ def generate_libero_dataset(
                             action = 0.8 * action + 0.2 * rng.uniform(-1, 1, ACTION_DIM)
                             action[-1] = rng.choice([-1.0, 1.0])
                             frames = env.frames(raw)
-                            dataset.add_frame({IMAGE_KEY: frames["image"], WRIST_KEY: frames["image2"], OBS_STATE: proprio_state(raw),
-                                               ACTION: action.astype(np.float32), "task": env.instruction})
+                            dataset.add_frame(
+                                {
+                                    IMAGE_KEY: frames["image"],
+                                    WRIST_KEY: frames["image2"],
+                                    OBS_STATE: proprio_state(raw),
+                                    ACTION: action.astype(np.float32),
+                                    "task": env.instruction,
+                                }
+                            )
                             raw, _, done = env.step(action)
                             if done:
                                 break

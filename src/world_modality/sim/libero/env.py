@@ -16,9 +16,9 @@ from functools import cache
 import numpy as np
 
 from lerobot_policy_world_modality.encoders.spec import camera_parts, side_by_side
+from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.rendering import ensure_headless_rendering
 from world_modality.sim.libero.setup import NAME, SUITES, import_libero
-from lerobot_policy_world_modality.errors import InputError
 
 # LeRobot's LIBERO camera names -> LIBERO's observation keys.
 CAMERAS = {"image": "agentview", "image2": "robot0_eye_in_hand"}
@@ -43,8 +43,10 @@ class LiberoRenderSettings:
     def __post_init__(self):
         unknown = [c for c in self.cameras if any(part not in CAMERAS for part in camera_parts(c))]
         if unknown or not self.cameras:
-            raise InputError(f"unknown LIBERO camera(s) {unknown or '(none)'}; available: {', '.join(CAMERAS)} (agentview, wrist), "
-                             "or two of them side by side (wrist_mode=concat), e.g. image+image2")
+            raise InputError(
+                f"unknown LIBERO camera(s) {unknown or '(none)'}; available: {', '.join(CAMERAS)} (agentview, wrist), "
+                "or two of them side by side (wrist_mode=concat), e.g. image+image2"
+            )
         if self.width < 8 or self.height < 8:
             raise InputError(f"image size must be at least 8x8, got {self.width}x{self.height}")
         if self.simulator != NAME:
@@ -116,7 +118,11 @@ def init_states(suite: str, task: str) -> np.ndarray:
 
     t = suite_tasks(suite)[task_id(suite, task)]
     # numpy pickles: LIBERO's own loader fails under torch's weights_only default.
-    return np.asarray(torch.load(os.path.join(get_libero_path("init_states"), t.problem_folder, t.init_states_file), weights_only=False))
+    return np.asarray(
+        torch.load(
+            os.path.join(get_libero_path("init_states"), t.problem_folder, t.init_states_file), weights_only=False
+        )
+    )
 
 
 def find_task(instruction: str) -> tuple[str, str] | None:
@@ -165,7 +171,9 @@ class LiberoEnv:
     def reset(self, init_index: int) -> dict:
         """Init state ``init_index`` after LIBERO's reset, then the settle steps; returns the raw observation."""
         if not 0 <= init_index < len(self._init_states):
-            raise InputError(f"{self.suite} task {self.task_id} has {len(self._init_states)} init states; got index {init_index}")
+            raise InputError(
+                f"{self.suite} task {self.task_id} has {len(self._init_states)} init states; got index {init_index}"
+            )
         self._env.seed(self.seed)
         self._env.reset()
         raw = self._env.set_init_state(self._init_states[init_index])
@@ -194,7 +202,10 @@ class LiberoEnv:
         for cam in self.render.rendered:
             img = raw[f"{CAMERAS[cam]}_image"]
             single[cam] = np.ascontiguousarray(img[::-1, ::-1] if self.render.rotate_180 else img)
-        return {cam: single[cam] if cam in single else side_by_side(*(single[p] for p in camera_parts(cam))) for cam in self.render.cameras}
+        return {
+            cam: single[cam] if cam in single else side_by_side(*(single[p] for p in camera_parts(cam)))
+            for cam in self.render.cameras
+        }
 
     def sim_state(self) -> np.ndarray:
         """The flattened MuJoCo state (the format of LIBERO's init states)."""

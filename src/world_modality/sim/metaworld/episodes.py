@@ -6,10 +6,10 @@ import itertools
 import json
 from pathlib import Path
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.choices import EVAL
 from world_modality.sim.base import EpisodeSpec
 from world_modality.sim.metaworld.env import NAME, layout_sequence
-from lerobot_policy_world_modality.errors import InputError
 
 
 def metaworld_episodes(

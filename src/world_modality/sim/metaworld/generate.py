@@ -26,6 +26,7 @@ import numpy as np
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 from tqdm import tqdm
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality import __version__
 from world_modality.atomic_io import (
     atomic_write_json,
@@ -53,7 +54,6 @@ from world_modality.sim.metaworld.env import (
     layout_sequence,
 )
 from world_modality.sim.metaworld.tasks import instruction, resolve_tasks
-from lerobot_policy_world_modality.errors import InputError
 
 FPS = 80  # MetaWorld's render_fps, as in LeRobot's MetaworldEnv
 SIDECAR = "meta/world_modality.json"
@@ -69,17 +69,56 @@ log = logging.getLogger(__name__)
 # together (MT50 x 20 on 16 workers, simulated: in the catalogue's order the last 10% of episodes take ~4x as
 # long as the first 10%, workers idling; costliest first: ~0.9x). It orders work only: the dataset is the same.
 _EXPERT_STEPS = {
-    "assembly": 88, "basketball": 155, "bin-picking": 113, "box-close": 189, "button-press": 61,
-    "button-press-topdown": 65, "button-press-topdown-wall": 57, "button-press-wall": 86, "coffee-button": 35,
-    "coffee-pull": 85, "coffee-push": 56, "dial-turn": 71, "disassemble": 162, "door-close": 66,
-    "door-lock": 117, "door-open": 123, "door-unlock": 46, "drawer-close": 79, "drawer-open": 89,
-    "faucet-close": 65, "faucet-open": 60, "hammer": 67, "hand-insert": 60, "handle-press": 31,
-    "handle-press-side": 42, "handle-pull": 103, "handle-pull-side": 80, "lever-pull": 77,
-    "peg-insert-side": 130, "peg-unplug-side": 101, "pick-out-of-hole": 116, "pick-place": 53,
-    "pick-place-wall": 84, "plate-slide": 50, "plate-slide-back": 61, "plate-slide-back-side": 46,
-    "plate-slide-side": 48, "push": 60, "push-back": 187, "push-wall": 80, "reach": 46, "reach-wall": 44,
-    "shelf-place": 88, "soccer": 74, "stick-pull": 128, "stick-push": 32, "sweep": 88, "sweep-into": 99,
-    "window-close": 80, "window-open": 87,
+    "assembly": 88,
+    "basketball": 155,
+    "bin-picking": 113,
+    "box-close": 189,
+    "button-press": 61,
+    "button-press-topdown": 65,
+    "button-press-topdown-wall": 57,
+    "button-press-wall": 86,
+    "coffee-button": 35,
+    "coffee-pull": 85,
+    "coffee-push": 56,
+    "dial-turn": 71,
+    "disassemble": 162,
+    "door-close": 66,
+    "door-lock": 117,
+    "door-open": 123,
+    "door-unlock": 46,
+    "drawer-close": 79,
+    "drawer-open": 89,
+    "faucet-close": 65,
+    "faucet-open": 60,
+    "hammer": 67,
+    "hand-insert": 60,
+    "handle-press": 31,
+    "handle-press-side": 42,
+    "handle-pull": 103,
+    "handle-pull-side": 80,
+    "lever-pull": 77,
+    "peg-insert-side": 130,
+    "peg-unplug-side": 101,
+    "pick-out-of-hole": 116,
+    "pick-place": 53,
+    "pick-place-wall": 84,
+    "plate-slide": 50,
+    "plate-slide-back": 61,
+    "plate-slide-back-side": 46,
+    "plate-slide-side": 48,
+    "push": 60,
+    "push-back": 187,
+    "push-wall": 80,
+    "reach": 46,
+    "reach-wall": 44,
+    "shelf-place": 88,
+    "soccer": 74,
+    "stick-pull": 128,
+    "stick-push": 32,
+    "sweep": 88,
+    "sweep-into": 99,
+    "window-close": 80,
+    "window-open": 87,
 }
 
 
@@ -217,8 +256,16 @@ def generate_task(
         if shard is not None:
             with writing(staging_dir / task):
                 shard.finalize()
-            commit_folder(writing_dir, staging_dir / task)  # replaces a shard whose summary an interruption kept from being written
-    summary = {"task": task, "kept": len(episodes), "discarded": attempts - len(episodes), "attempts": attempts, "episodes": episodes}
+            commit_folder(
+                writing_dir, staging_dir / task
+            )  # replaces a shard whose summary an interruption kept from being written
+    summary = {
+        "task": task,
+        "kept": len(episodes),
+        "discarded": attempts - len(episodes),
+        "attempts": attempts,
+        "episodes": episodes,
+    }
     atomic_write_json(staging_dir / f"{task}.json", summary)
     return summary
 
@@ -236,9 +283,7 @@ def _staged_summary(staging_dir: Path, task: str) -> dict | None:
 def _worker(args) -> dict:
     task, spec_dict, staging_dir, progress_queue = args
     spec = MetaWorldDatasetSpec.from_dict(spec_dict)
-    return generate_task(
-        task, spec, Path(staging_dir), lambda t, k, a: progress_queue.put((t, k, a))
-    )
+    return generate_task(task, spec, Path(staging_dir), lambda t, k, a: progress_queue.put((t, k, a)))
 
 
 def _prepare_output(out: Path, spec: MetaWorldDatasetSpec, overwrite: bool) -> bool:
@@ -261,7 +306,8 @@ def _prepare_output(out: Path, spec: MetaWorldDatasetSpec, overwrite: bool) -> b
             )
         if not overwrite:
             raise DatasetSpecMismatch(
-                f"a dataset with a different spec already exists at {out}:\n  " + "\n  ".join(diffs or [f"it has no {SIDECAR}: incomplete or damaged"])
+                f"a dataset with a different spec already exists at {out}:\n  "
+                + "\n  ".join(diffs or [f"it has no {SIDECAR}: incomplete or damaged"])
                 + "\nChoose another --out, or pass --overwrite to replace it."
             )
     shutil.rmtree(out)
@@ -318,8 +364,7 @@ def _sidecar(spec: MetaWorldDatasetSpec, summaries: list[dict]) -> dict:
         },
         "per_task": {s["task"]: {k: s[k] for k in ("kept", "discarded", "attempts")} for s in summaries},
         "train_layouts": {
-            task: sorted({(e["seed"], e["layout_index"]) for e in episodes if e["task"] == task})
-            for task in spec.tasks
+            task: sorted({(e["seed"], e["layout_index"]) for e in episodes if e["task"] == task}) for task in spec.tasks
         },
         "episodes": episodes,
     }
@@ -382,7 +427,9 @@ def _generate(out: Path, spec: MetaWorldDatasetSpec, workers: int, overwrite: bo
     shutil.rmtree(staging)
     per_task = {s["task"]: {k: s[k] for k in ("kept", "discarded", "attempts")} for s in summaries}
     for task, s in per_task.items():
-        note = "" if s["kept"] == spec.episodes_per_task else f"  (only {s['kept']} of {spec.episodes_per_task} requested)"
+        note = (
+            "" if s["kept"] == spec.episodes_per_task else f"  (only {s['kept']} of {spec.episodes_per_task} requested)"
+        )
         print(f"  {task:32s} kept {s['kept']:4d}  discarded {s['discarded']:3d}{note}")
     print(f"dataset written to {out}")
     return per_task
@@ -425,7 +472,9 @@ def _summaries_in_order(spec: MetaWorldDatasetSpec, staging: Path, workers: int)
                 manager = running.enter_context(ctx.Manager())
                 pool = running.enter_context(ctx.Pool(min(workers, len(todo)), initializer=exit_on_sigterm))
             q = manager.Queue()
-            results = pool.imap_unordered(_worker, [(t, spec.to_dict(), str(staging), q) for t in costliest_first(todo)])
+            results = pool.imap_unordered(
+                _worker, [(t, spec.to_dict(), str(staging), q) for t in costliest_first(todo)]
+            )
             for _ in todo:
                 while True:
                     try:

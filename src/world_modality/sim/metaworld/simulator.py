@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lerobot_policy_world_modality.errors import InputError
 from world_modality.sim.base import EpisodeRequest, EpisodeSpec, Simulator
 from world_modality.sim.metaworld.adapter import MetaWorldAdapter
 from world_modality.sim.metaworld.env import ACTION_DIM, NAME, STATE_DIM, RenderSettings
 from world_modality.sim.metaworld.episodes import metaworld_episodes, training_layouts
 from world_modality.sim.metaworld.generate import SIDECAR, generate_metaworld_dataset
 from world_modality.sim.metaworld.tasks import difficulty_groups, instruction, resolve_tasks
-from lerobot_policy_world_modality.errors import InputError
 
 if TYPE_CHECKING:
     from world_modality.data.check import DatasetKeys, DatasetSummary
@@ -48,7 +48,9 @@ class MetaWorld(Simulator):
         tasks = self.parse_tasks(request.tasks) if request.tasks else trained_tasks
         if not tasks:
             raise InputError("the checkpoint does not record its training tasks; pass --tasks")
-        return metaworld_episodes(tasks, request.episodes_per_task, request.eval_seed, layouts, request.allow_train_layouts)
+        return metaworld_episodes(
+            tasks, request.episodes_per_task, request.eval_seed, layouts, request.allow_train_layouts
+        )
 
     def instruction(self, episode: EpisodeSpec) -> str:
         return instruction(episode.task)

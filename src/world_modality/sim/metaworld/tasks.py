@@ -10,6 +10,7 @@ import json
 from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
+
 from lerobot_policy_world_modality.errors import InputError, SetupError
 
 
@@ -35,7 +36,9 @@ def difficulty_groups() -> dict[str, tuple[str, ...]]:
     """LeRobot's MT50 grouping, easy (28), medium (11), hard (6), very_hard (5): group -> task names."""
     groups = _lerobot_metaworld_config()["DIFFICULTY_TO_TASKS"]
     if set(groups) != set(DIFFICULTY_ORDER):
-        raise SetupError(f"LeRobot's metaworld_config.json has the difficulty groups {sorted(groups)}, expected {DIFFICULTY_ORDER}")
+        raise SetupError(
+            f"LeRobot's metaworld_config.json has the difficulty groups {sorted(groups)}, expected {DIFFICULTY_ORDER}"
+        )
     return {name: tuple(groups[name]) for name in DIFFICULTY_ORDER}
 
 

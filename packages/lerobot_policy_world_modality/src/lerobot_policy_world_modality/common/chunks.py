@@ -10,6 +10,7 @@ from lerobot.configs import NormalizationMode
 from lerobot.optim import AdamWConfig
 from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 from torch import Tensor
+
 from lerobot_policy_world_modality.errors import InputError
 
 ACTION_HEADS = ("mse", "flow")
@@ -72,13 +73,16 @@ class CurrentFrameChunkConfig:
         return None
 
     def get_optimizer_preset(self) -> AdamWConfig:
-        return AdamWConfig(lr=self.optimizer_lr, weight_decay=self.optimizer_weight_decay,
-                           grad_clip_norm=self.optimizer_grad_clip_norm)
+        return AdamWConfig(
+            lr=self.optimizer_lr, weight_decay=self.optimizer_weight_decay, grad_clip_norm=self.optimizer_grad_clip_norm
+        )
 
     def get_scheduler_preset(self) -> CosineDecayWithWarmupSchedulerConfig:
         return CosineDecayWithWarmupSchedulerConfig(
-            peak_lr=self.optimizer_lr, decay_lr=self.optimizer_lr * 0.1,
-            num_warmup_steps=self.scheduler_warmup_steps, num_decay_steps=self.scheduler_decay_steps,
+            peak_lr=self.optimizer_lr,
+            decay_lr=self.optimizer_lr * 0.1,
+            num_warmup_steps=self.scheduler_warmup_steps,
+            num_decay_steps=self.scheduler_decay_steps,
         )
 
 

@@ -17,8 +17,9 @@ class FlowHead(nn.Module):
         super().__init__()
         self.action_in = nn.Linear(action_dim, d_model)
         self.time_in = nn.Sequential(nn.Linear(1, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
-        self.net = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 2 * d_model), nn.GELU(),
-                                 nn.Linear(2 * d_model, action_dim))
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model), nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, action_dim)
+        )
 
     def velocity(self, h: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         return self.net(h + self.action_in(x_t) + self.time_in(t[:, None, None].expand(-1, h.shape[1], 1)))

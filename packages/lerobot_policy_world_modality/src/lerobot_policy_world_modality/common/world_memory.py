@@ -33,12 +33,17 @@ import torch
 from torch import Tensor, nn
 
 from lerobot_policy_world_modality.encoders import EncoderSpec
+from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.file_digests import verify_folder
 from lerobot_policy_world_modality.memory_modes import ROLLOUT_MODES, MemoryMode, MemorySource
 from lerobot_policy_world_modality.world import WorldModule, WorldOutputs, total_loss
 from lerobot_policy_world_modality.world.gated_cross_attention import GATE_TYPES
-from lerobot_policy_world_modality.world.history import WORLD_FUTURE, WORLD_FUTURE_MASK, WORLD_LATENTS, WORLD_LATENTS_MASK
-from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.world.history import (
+    WORLD_FUTURE,
+    WORLD_FUTURE_MASK,
+    WORLD_LATENTS,
+    WORLD_LATENTS_MASK,
+)
 
 # `memory_source: scheduled` without an explicit schedule: oracle fraction 1 -> 0 over this share of training.
 SCHEDULED_ORACLE_SHARE = 0.5
@@ -99,23 +104,37 @@ class WorldMemoryConfig:
         super().__post_init__()
         MemorySource(self.memory_source)
         if MemoryMode(self.world_memory_mode_train) is MemoryMode.OTHER:
-            raise InputError("world_memory_mode_train 'other' is a rollout control (another episode's memory), not a "
-                             "training mode: train on `pred`, or `zero` for the capacity control")
+            raise InputError(
+                "world_memory_mode_train 'other' is a rollout control (another episode's memory), not a "
+                "training mode: train on `pred`, or `zero` for the capacity control"
+            )
         if MemoryMode(self.world_memory_mode_train) is MemoryMode.NONE:
-            raise InputError(f"world_memory_mode_train 'none' disables the world module: for the baseline (E0) "
-                             f"train {self.world_baseline}")
+            raise InputError(
+                f"world_memory_mode_train 'none' disables the world module: for the baseline (E0) "
+                f"train {self.world_baseline}"
+            )
         if self.world_memory_mode_rollout not in ROLLOUT_MODES:
-            raise InputError(f"world_memory_mode_rollout must be one of {ROLLOUT_MODES}, "
-                             f"got {self.world_memory_mode_rollout!r}")
-        at_least_one = ("history_len", "num_future", "prophet_dim", "prophet_heads", "prophet_layers", "cross_attn_heads")
+            raise InputError(
+                f"world_memory_mode_rollout must be one of {ROLLOUT_MODES}, got {self.world_memory_mode_rollout!r}"
+            )
+        at_least_one = (
+            "history_len",
+            "num_future",
+            "prophet_dim",
+            "prophet_heads",
+            "prophet_layers",
+            "cross_attn_heads",
+        )
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prophet_dim % self.prophet_heads:
             raise InputError(f"prophet_heads ({self.prophet_heads}) must divide prophet_dim ({self.prophet_dim})")
         if not 0 <= self.memory_schedule_start <= self.memory_schedule_end:
-            raise InputError(f"memory schedule: need 0 <= memory_schedule_start ({self.memory_schedule_start}) <= "
-                             f"memory_schedule_end ({self.memory_schedule_end})")
+            raise InputError(
+                f"memory schedule: need 0 <= memory_schedule_start ({self.memory_schedule_start}) <= "
+                f"memory_schedule_end ({self.memory_schedule_end})"
+            )
         if self.gate_type not in GATE_TYPES:
             raise InputError(f"gate_type must be one of {GATE_TYPES}, got {self.gate_type!r}")
         if not math.isfinite(self.gate_init):
@@ -123,21 +142,32 @@ class WorldMemoryConfig:
         if not self.gate_lr_multiplier > 0:
             raise InputError(f"gate_lr_multiplier must be > 0, got {self.gate_lr_multiplier}")
         if self.lambda_world < 0 or self.lambda_world_start < 0:
-            raise InputError(f"lambda_world ({self.lambda_world}) and lambda_world_start ({self.lambda_world_start}) "
-                             "must be >= 0")
+            raise InputError(
+                f"lambda_world ({self.lambda_world}) and lambda_world_start ({self.lambda_world_start}) must be >= 0"
+            )
         if self.lambda_world_schedule not in LAMBDA_WORLD_SCHEDULES:
-            raise InputError(f"lambda_world_schedule must be one of {LAMBDA_WORLD_SCHEDULES}, "
-                             f"got {self.lambda_world_schedule!r}")
+            raise InputError(
+                f"lambda_world_schedule must be one of {LAMBDA_WORLD_SCHEDULES}, got {self.lambda_world_schedule!r}"
+            )
         if self.lambda_world_schedule == "linear" and self.lambda_world_schedule_steps < 1:
-            raise InputError("lambda_world_schedule 'linear' needs lambda_world_schedule_steps >= 1 (the steps over "
-                             "which the weight goes from lambda_world_start to lambda_world)")
+            raise InputError(
+                "lambda_world_schedule 'linear' needs lambda_world_schedule_steps >= 1 (the steps over "
+                "which the weight goes from lambda_world_start to lambda_world)"
+            )
         if self.prophet_pretrain_steps < 0:
             raise InputError(f"prophet_pretrain_steps must be >= 0, got {self.prophet_pretrain_steps}")
         if self.prophet_freeze_after_pretrain and self.prophet_pretrain_steps == 0:
-            raise InputError("prophet_freeze_after_pretrain freezes the Prophet after its own training stage: set "
-                             "prophet_pretrain_steps > 0 (else the policy would read an untrained, frozen Prophet)")
-        recipes = {"memory_source": "predicted", "gate_type": "scalar", "gate_init": 0.0, "gate_lr_multiplier": 1.0,
-                   "prophet_pretrain_steps": 0}
+            raise InputError(
+                "prophet_freeze_after_pretrain freezes the Prophet after its own training stage: set "
+                "prophet_pretrain_steps > 0 (else the policy would read an untrained, frozen Prophet)"
+            )
+        recipes = {
+            "memory_source": "predicted",
+            "gate_type": "scalar",
+            "gate_init": 0.0,
+            "gate_lr_multiplier": 1.0,
+            "prophet_pretrain_steps": 0,
+        }
         changed = [name for name, default in recipes.items() if getattr(self, name) != default]
         if changed and not self.uses_world_module:
             raise InputError(f"{changed} configure the world module, and this {self.type} config has none")
@@ -212,14 +242,17 @@ class WorldMemoryPolicy:
         progress = (self.train_step.float() / config.lambda_world_schedule_steps).clamp(max=1.0)
         return config.lambda_world_start + (config.lambda_world - config.lambda_world_start) * progress
 
-    def world_loss_total(self, action_loss: Tensor, world_loss: Tensor | None, text_loss: Tensor | None = None,
-                         lambda_text: float = 1.0) -> Tensor:
+    def world_loss_total(
+        self, action_loss: Tensor, world_loss: Tensor | None, text_loss: Tensor | None = None, lambda_text: float = 1.0
+    ) -> Tensor:
         """L = L_action + weight * L_world (+ lambda_text * L_text) with the scheduled world-loss weight."""
-        return total_loss(action_loss, world_loss, text_loss, lambda_world=self.world_loss_weight(),
-                          lambda_text=lambda_text)
+        return total_loss(
+            action_loss, world_loss, text_loss, lambda_world=self.world_loss_weight(), lambda_text=lambda_text
+        )
 
-    def prophet_stage_forward(self, z_history: Tensor, history_mask: Tensor, z_future: Tensor | None,
-                              future_mask: Tensor | None) -> tuple[Tensor, dict[str, float]]:
+    def prophet_stage_forward(
+        self, z_history: Tensor, history_mask: Tensor, z_future: Tensor | None, future_mask: Tensor | None
+    ) -> tuple[Tensor, dict[str, float]]:
         """Loss and logs of one step of the Prophet's own stage: its world loss only."""
         world_out = self.world_module.prophet_forward(z_history, z_future, future_mask, history_mask=history_mask)
         self.count_training_step()
@@ -266,9 +299,13 @@ class WorldMemoryPolicy:
         """The latent history [B, T, D] with its padding zeroed, and its mask [B, T] (True = real; all
         real when None). The last entry (z_t) must be real: the Prophet predicts from it."""
         if z_history.shape[1] > self.config.history_len:
-            raise InputError(f"latent history of {z_history.shape[1]} steps, but the policy was built for "
-                             f"history_len {self.config.history_len}")
-        mask = torch.ones(z_history.shape[:2], dtype=torch.bool, device=z_history.device) if mask is None else mask.bool()
+            raise InputError(
+                f"latent history of {z_history.shape[1]} steps, but the policy was built for "
+                f"history_len {self.config.history_len}"
+            )
+        mask = (
+            torch.ones(z_history.shape[:2], dtype=torch.bool, device=z_history.device) if mask is None else mask.bool()
+        )
         if not mask[:, -1].all():
             raise InputError("the last latent history entry (z_t) must be real in every sample")
         return torch.where(mask[..., None], z_history, 0.0), mask

@@ -15,12 +15,17 @@ import torch
 import torch.nn.functional as F
 from lerobot.utils.constants import OBS_IMAGES
 
-from lerobot_policy_world_modality.file_digests import verify_folder
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec, digest
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
+from lerobot_policy_world_modality.file_digests import verify_folder
 
 DEFAULT_CAMERA_KEY = f"{OBS_IMAGES}.corner2"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # config.json keys that record how a file was written, not what the model is.
 _UNHASHED_CONFIG_KEYS = frozenset({"transformers_version", "_name_or_path"})
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -74,7 +79,9 @@ class ImageEncoder(WorldEncoder):
         frames = as_frames(frames)
         m = self.spec.temporal_window
         if frames.shape[1] < m:
-            raise InputError(f"{self.spec.name} encoder has temporal window {m} but got {frames.shape[1]} frames per sample")
+            raise InputError(
+                f"{self.spec.name} encoder has temporal window {m} but got {frames.shape[1]} frames per sample"
+            )
         frames = frames[:, frames.shape[1] - m :]
         if len(frames) == 0:
             return torch.empty(0, self.spec.output_dim, device=self.device)
@@ -103,7 +110,9 @@ def config_hash(config: dict[str, Any]) -> str:
     return digest({k: v for k, v in config.items() if k not in _UNHASHED_CONFIG_KEYS})
 
 
-def read_checkpoint_config(checkpoint_path: str | Path, model_type: str, *, needs_weights: bool = True) -> tuple[Path, dict[str, Any]]:
+def read_checkpoint_config(
+    checkpoint_path: str | Path, model_type: str, *, needs_weights: bool = True
+) -> tuple[Path, dict[str, Any]]:
     """Validate a local checkpoint folder and return (resolved folder, config.json contents).
 
     Raises with what was expected and what was found: hub ids, missing folders, missing
@@ -118,8 +127,11 @@ def read_checkpoint_config(checkpoint_path: str | Path, model_type: str, *, need
             else f"{str(checkpoint_path)!r} is not a directory"
         )
         raise MissingFileError(f"expected a local {model_type!r} checkpoint folder (with config.json): {hint}")
-    verify_folder(path, "Rebuild the encoder: delete its folder and rerun `wm latents` (the state and learned encoders are "
-                        "made again from the dataset)")  # folders `wm latents` wrote hold their digests
+    verify_folder(
+        path,
+        "Rebuild the encoder: delete its folder and rerun `wm latents` (the state and learned encoders are "
+        "made again from the dataset)",
+    )  # folders `wm latents` wrote hold their digests
     found = sorted(p.name for p in path.iterdir())
     config_file = path / "config.json"
     if not config_file.is_file():

@@ -11,7 +11,12 @@ from safetensors import SafetensorError
 from transformers import Dinov2Model, PreTrainedModel, VJEPA2Model
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from lerobot_policy_world_modality.encoders.base import DEFAULT_CAMERA_KEY, ImageEncoder, config_hash, read_checkpoint_config
+from lerobot_policy_world_modality.encoders.base import (
+    DEFAULT_CAMERA_KEY,
+    ImageEncoder,
+    config_hash,
+    read_checkpoint_config,
+)
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec
 from lerobot_policy_world_modality.errors import InputError
 
@@ -36,14 +41,23 @@ def _load_weights(model_class: type[PreTrainedModel], path: Path) -> PreTrainedM
     try:
         return model_class.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        raise InputError(f"the weights in {path} do not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
-                         f"the file is damaged or incomplete; copy the model folder again from its source") from e
+        raise InputError(
+            f"the weights in {path} do not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+            f"the file is damaged or incomplete; copy the model folder again from its source"
+        ) from e
 
 
 class _PretrainedEncoder(ImageEncoder):
     """A transformers model in eval mode, normalised with its preprocessor's mean/std (ImageNet's by default)."""
 
-    def __init__(self, model: PreTrainedModel, spec: EncoderSpec, device: str | torch.device, preprocessor: dict[str, Any], batch_size: int) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        spec: EncoderSpec,
+        device: str | torch.device,
+        preprocessor: dict[str, Any],
+        batch_size: int,
+    ) -> None:
         super().__init__(
             spec,
             device,

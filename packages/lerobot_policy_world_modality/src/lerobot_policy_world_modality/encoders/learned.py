@@ -24,7 +24,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from lerobot_policy_world_modality.encoders.base import DEFAULT_CAMERA_KEY, ImageEncoder, config_hash, preprocess_images, read_checkpoint_config
+from lerobot_policy_world_modality.encoders.base import (
+    DEFAULT_CAMERA_KEY,
+    ImageEncoder,
+    config_hash,
+    preprocess_images,
+    read_checkpoint_config,
+)
 from lerobot_policy_world_modality.encoders.spec import EncoderSpec
 from lerobot_policy_world_modality.errors import InputError
 
@@ -58,7 +64,9 @@ class KeypointCNN(nn.Module):
         attention = self.keypoint_logits(features).flatten(2).softmax(dim=-1)  # [B, K, H*W]
         h, w = features.shape[-2:]
         ys, xs = torch.meshgrid(
-            torch.linspace(-1, 1, h, device=pixels.device), torch.linspace(-1, 1, w, device=pixels.device), indexing="ij"
+            torch.linspace(-1, 1, h, device=pixels.device),
+            torch.linspace(-1, 1, w, device=pixels.device),
+            indexing="ij",
         )
         points = torch.cat([attention @ xs.reshape(-1, 1), attention @ ys.reshape(-1, 1)], dim=-1).flatten(1)
         return self.head(torch.cat([points, features.mean(dim=(2, 3))], dim=1))
@@ -88,9 +96,13 @@ class LearnedEncoder(ImageEncoder):
         """Load a folder written by `train_learned_encoder` (weights checked against the config's digest)."""
         path, config = read_checkpoint_config(checkpoint_path, LEARNED_MODEL_TYPE)
         if input_size not in (None, config["input_size"]):
-            raise InputError(f"{path}: the learned encoder was trained at input_size {config['input_size']}, got {input_size}")
+            raise InputError(
+                f"{path}: the learned encoder was trained at input_size {config['input_size']}, got {input_size}"
+            )
         if (temporal_window, pooling) != (1, "keypoints"):
-            raise InputError(f"the learned encoder has temporal_window 1 and pooling 'keypoints', got {temporal_window} and {pooling!r}")
+            raise InputError(
+                f"the learned encoder has temporal_window 1 and pooling 'keypoints', got {temporal_window} and {pooling!r}"
+            )
         weights = path / WEIGHTS_FILE
         if _sha256(weights) != config["weights_sha256"]:
             raise InputError(f"{weights} does not match the weights_sha256 in {path / 'config.json'}")
@@ -146,7 +158,9 @@ def train_learned_encoder(
             raise InputError(f"expected uint8 episode frames [T, H, W, 3], got {ep.dtype} {tuple(ep.shape)}")
     mean = torch.tensor(_IMAGE_MEAN, device=device)
     std = torch.tensor(_IMAGE_STD, device=device)
-    images = torch.cat([preprocess_images(chunk, input_size, mean, std).half() for ep in episodes for chunk in ep.split(512)])
+    images = torch.cat(
+        [preprocess_images(chunk, input_size, mean, std).half() for ep in episodes for chunk in ep.split(512)]
+    )
     lengths = torch.tensor([len(ep) for ep in episodes])
     ends = lengths.cumsum(0)
     starts = ends - lengths
@@ -162,7 +176,10 @@ def train_learned_encoder(
         "image_mean": list(_IMAGE_MEAN),
         "image_std": list(_IMAGE_STD),
     }
-    previous_determinism = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    previous_determinism = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -187,7 +204,12 @@ def train_learned_encoder(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                bar.set_postfix(nce=f"{contrastive.item():.3f}", rec=f"{reconstruction.item():.3f}", vc=f"{decorrelation.item():.3f}", refresh=False)
+                bar.set_postfix(
+                    nce=f"{contrastive.item():.3f}",
+                    rec=f"{reconstruction.item():.3f}",
+                    vc=f"{decorrelation.item():.3f}",
+                    refresh=False,
+                )
         finally:
             torch.use_deterministic_algorithms(previous_determinism[0], warn_only=previous_determinism[1])
 
@@ -212,7 +234,9 @@ def train_learned_encoder(
     return out
 
 
-def _temporal_partner(i: torch.Tensor, start: torch.Tensor, end: torch.Tensor, max_offset: int, generator: torch.Generator) -> torch.Tensor:
+def _temporal_partner(
+    i: torch.Tensor, start: torch.Tensor, end: torch.Tensor, max_offset: int, generator: torch.Generator
+) -> torch.Tensor:
     """For each frame index i, a uniformly drawn other frame of its episode within max_offset steps."""
     lo = torch.maximum(start, i - max_offset)
     hi = torch.minimum(end - 1, i + max_offset)

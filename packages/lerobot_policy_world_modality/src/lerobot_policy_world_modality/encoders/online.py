@@ -86,7 +86,9 @@ class OnlineEncoder:
         if self._window is None:
             self._window = frames.unsqueeze(1).expand(-1, self.spec.temporal_window, -1, -1, -1).clone()
         elif frames.shape != self._window[:, -1].shape:
-            raise InputError(f"expected frames {tuple(self._window[:, -1].shape)} as in this episode's first call, got {tuple(frames.shape)}; call reset() between episodes")
+            raise InputError(
+                f"expected frames {tuple(self._window[:, -1].shape)} as in this episode's first call, got {tuple(frames.shape)}; call reset() between episodes"
+            )
         else:
             self._window = torch.cat([self._window[:, 1:], frames.unsqueeze(1)], dim=1)
         return self.spec.to_storage(self.encoder.encode(self._window))

@@ -41,12 +41,16 @@ def build_encoder(
     """
     if isinstance(spec_or_name, EncoderSpec):
         spec = spec_or_name
-        stored = {k: getattr(spec, k) for k in ("camera_key", "input_size", "temporal_window", "pooling", "dtype", "render")}
+        stored = {
+            k: getattr(spec, k) for k in ("camera_key", "input_size", "temporal_window", "pooling", "dtype", "render")
+        }
         encoder = build_encoder(spec.name, checkpoint_path or spec.checkpoint_path, device, **{**stored, **options})
         spec.check_compatible(encoder.spec, f"building the {spec.name} encoder of a stored spec")
         return encoder
     if spec_or_name not in ENCODERS:
         raise InputError(f"unknown encoder {spec_or_name!r}; expected one of {ENCODER_NAMES}")
     if checkpoint_path is None:
-        raise InputError(f"the {spec_or_name} encoder needs checkpoint_path: a local folder holding its config.json (and weights)")
+        raise InputError(
+            f"the {spec_or_name} encoder needs checkpoint_path: a local folder holding its config.json (and weights)"
+        )
     return ENCODERS[spec_or_name](checkpoint_path, device=device, **options)

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from lerobot_policy_world_modality.errors import InputError
 
+from lerobot_policy_world_modality.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,9 @@ def camera_parts(camera_key: str) -> list[str]:
 def side_by_side(left: Any, right: Any) -> Any:
     """Frames [..., H, W, 3] of two cameras -> [..., H, 2W, 3] (numpy or torch), left | right."""
     if left.shape != right.shape:
-        raise InputError(f"side-by-side cameras must have the same frame shape, got {tuple(left.shape)} and {tuple(right.shape)}")
+        raise InputError(
+            f"side-by-side cameras must have the same frame shape, got {tuple(left.shape)} and {tuple(right.shape)}"
+        )
     return np.concatenate([left, right], axis=-2) if isinstance(left, np.ndarray) else torch.cat([left, right], dim=-2)
 
 

@@ -18,7 +18,9 @@ STATE_MODEL_TYPE = "wm_state_encoder"
 _MIN_STD = 1e-6  # dimensions that never vary (e.g. an absent second object) are centred, not scaled
 
 
-def fit_state_encoder(states: np.ndarray | torch.Tensor, out_dir: str | Path, *, state_key: str = OBS_ENV_STATE) -> Path:
+def fit_state_encoder(
+    states: np.ndarray | torch.Tensor, out_dir: str | Path, *, state_key: str = OBS_ENV_STATE
+) -> Path:
     """Fit per-dimension mean/std on dataset states [N, D] and write them as an encoder folder."""
     x = torch.as_tensor(states, dtype=torch.float64)
     if x.ndim != 2 or len(x) < 2:
@@ -84,7 +86,9 @@ class StateEncoder(WorldEncoder):
         return cls(spec, device, config["mean"], config["std"])
 
     def encode(self, frames: Frames) -> torch.Tensor:
-        raise TypeError(f"the state encoder encodes {self.spec.camera_key} vectors, not frames: call encode_state(states [B, {self.spec.output_dim}])")
+        raise TypeError(
+            f"the state encoder encodes {self.spec.camera_key} vectors, not frames: call encode_state(states [B, {self.spec.output_dim}])"
+        )
 
     @torch.no_grad()
     def encode_state(self, states: np.ndarray | torch.Tensor) -> torch.Tensor:

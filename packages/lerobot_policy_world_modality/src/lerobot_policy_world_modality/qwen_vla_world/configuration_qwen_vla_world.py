@@ -26,12 +26,12 @@ from lerobot.configs import PreTrainedConfig
 from lerobot.configs.types import FeatureType
 
 from lerobot_policy_world_modality.common import CurrentFrameChunkConfig, WorldMemoryConfig
+from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.qwen_vla_world.prompt import (
     DEFAULT_PROMPT_FORMAT,
     PROMPT_VERSION,
     check_prompt_format,
 )
-from lerobot_policy_world_modality.errors import InputError
 
 # Backbone names -> the published checkpoints (Hugging Face ids) and their model_type.
 BACKBONES: dict[str, tuple[str, str]] = {
@@ -128,15 +128,22 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrainedC
     def __post_init__(self) -> None:
         super().__post_init__()
         self.backbone = canonical_backbone(self.backbone)
-        choices = {"finetune": FINETUNE_MODES, "text_loss_mode": TEXT_LOSS_MODES,
-                   "wrist_mode": WRIST_MODES, "backbone_dtype": BACKBONE_DTYPES, "backbone_init": BACKBONE_INITS,
-                   "compile_mode": COMPILE_MODES}
+        choices = {
+            "finetune": FINETUNE_MODES,
+            "text_loss_mode": TEXT_LOSS_MODES,
+            "wrist_mode": WRIST_MODES,
+            "backbone_dtype": BACKBONE_DTYPES,
+            "backbone_init": BACKBONE_INITS,
+            "compile_mode": COMPILE_MODES,
+        }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise InputError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.prompt_version != PROMPT_VERSION:
-            raise InputError(f"prompt_version {self.prompt_version} was written by another version of this policy "
-                             f"(this one builds version {PROMPT_VERSION}); retrain or use the matching version")
+            raise InputError(
+                f"prompt_version {self.prompt_version} was written by another version of this policy "
+                f"(this one builds version {PROMPT_VERSION}); retrain or use the matching version"
+            )
         check_prompt_format(self.prompt_format)
         if self.coc_max_tokens < 1:
             raise InputError(f"coc_max_tokens must be >= 1, got {self.coc_max_tokens}")
@@ -159,19 +166,30 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrainedC
 
     def validate_features(self) -> None:
         if self.backbone_path is None:
-            raise InputError(f"backbone_path is not set: point it at a local folder holding {self.backbone_hub_id} "
-                             "(nothing is downloaded)")
+            raise InputError(
+                f"backbone_path is not set: point it at a local folder holding {self.backbone_hub_id} "
+                "(nothing is downloaded)"
+            )
         if self.image_key is None or self.image_key not in self.input_features:
-            raise InputError(f"image_key {self.image_key!r} must be one of the visual input features "
-                             f"{sorted(k for k, f in self.input_features.items() if f.type is FeatureType.VISUAL)}")
+            raise InputError(
+                f"image_key {self.image_key!r} must be one of the visual input features "
+                f"{sorted(k for k, f in self.input_features.items() if f.type is FeatureType.VISUAL)}"
+            )
         if self.wrist_mode == "concat" and self.wrist_key not in self.input_features:
-            raise InputError(f"wrist key {self.wrist_key!r} is not among the input features {sorted(self.input_features)}")
+            raise InputError(
+                f"wrist key {self.wrist_key!r} is not among the input features {sorted(self.input_features)}"
+            )
         if self.use_proprio and self.state_key not in self.input_features:
-            raise InputError(f"use_proprio needs the state key {self.state_key!r} among the input features "
-                             f"{sorted(self.input_features)}")
+            raise InputError(
+                f"use_proprio needs the state key {self.state_key!r} among the input features "
+                f"{sorted(self.input_features)}"
+            )
         if self.action_key not in self.output_features:
-            raise InputError(f"action key {self.action_key!r} is not among the output features {sorted(self.output_features)}")
+            raise InputError(
+                f"action key {self.action_key!r} is not among the output features {sorted(self.output_features)}"
+            )
         if self.use_world_module and (self.encoder_spec is None or self.latent_dim < 1):
-            raise InputError("the world module needs encoder_spec and latent_dim (the world latents it reads); "
-                             "set use_world_module=False for the E0/E3 baselines")
-
+            raise InputError(
+                "the world module needs encoder_spec and latent_dim (the world latents it reads); "
+                "set use_world_module=False for the E0/E3 baselines"
+            )

@@ -31,6 +31,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lerobot_policy_world_modality.common import ActionHeads, QueuedActions, WorldMemoryPolicy
+from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
+from lerobot_policy_world_modality.encoders.spec import digest
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import (
     QwenVLAWorldConfig,
 )
@@ -39,11 +42,8 @@ from lerobot_policy_world_modality.qwen_vla_world.prompt import (
     act_tokens,
     build_prompt,
 )
-from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
-from lerobot_policy_world_modality.encoders.spec import digest
 from lerobot_policy_world_modality.world import WorldModule, WorldModuleConfig, scalars_to_floats
 from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, WORLD_LATENTS, LatentHistory, encoder_input
-from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 ADAPTER_DIR = "backbone_adapter"
 WEIGHTS_FILE = "model.safetensors"
@@ -75,18 +75,24 @@ def load_backbone(config: QwenVLAWorldConfig) -> tuple[nn.Module, Any]:
 
     folder = Path(config.backbone_path).expanduser()
     if not (folder / "config.json").is_file():
-        raise MissingFileError(f"backbone_path {folder} has no config.json; it must be a local folder holding "
-                                f"{config.backbone_hub_id} (nothing is downloaded)")
+        raise MissingFileError(
+            f"backbone_path {folder} has no config.json; it must be a local folder holding "
+            f"{config.backbone_hub_id} (nothing is downloaded)"
+        )
     hf_config = AutoConfig.from_pretrained(folder, local_files_only=True)
     if hf_config.model_type != config.backbone_model_type:
-        raise InputError(f"backbone {config.backbone!r} is a {config.backbone_model_type} model, but {folder} holds a "
-                         f"{hf_config.model_type!r} model")
+        raise InputError(
+            f"backbone {config.backbone!r} is a {config.backbone_model_type} model, but {folder} holds a "
+            f"{hf_config.model_type!r} model"
+        )
     fingerprint = backbone_fingerprint(folder)
     if config.backbone_fingerprint is None:
         config.backbone_fingerprint = fingerprint
     elif config.backbone_fingerprint != fingerprint:
-        raise InputError(f"this checkpoint was trained on a backbone with fingerprint {config.backbone_fingerprint}, "
-                         f"but {folder} has fingerprint {fingerprint}: point backbone_path at the training backbone")
+        raise InputError(
+            f"this checkpoint was trained on a backbone with fingerprint {config.backbone_fingerprint}, "
+            f"but {folder} has fingerprint {fingerprint}: point backbone_path at the training backbone"
+        )
 
     dtype = getattr(torch, config.backbone_dtype)
     if config.backbone_init == "pretrained":
@@ -102,8 +108,10 @@ def load_backbone(config: QwenVLAWorldConfig) -> tuple[nn.Module, Any]:
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in tokens], special_tokens=True)
     ids = tokenizer.convert_tokens_to_ids(tokens)
     if config.act_token_ids and list(config.act_token_ids) != ids:
-        raise InputError(f"the checkpoint's <ACT_i> token ids {config.act_token_ids} differ from the ids {ids} the "
-                         f"tokenizer of {folder} gives them: another tokenizer than at training")
+        raise InputError(
+            f"the checkpoint's <ACT_i> token ids {config.act_token_ids} differ from the ids {ids} the "
+            f"tokenizer of {folder} gives them: another tokenizer than at training"
+        )
     config.act_token_ids = ids
     if max(ids) >= model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -113,8 +121,13 @@ def load_backbone(config: QwenVLAWorldConfig) -> tuple[nn.Module, Any]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     if config.finetune == "lora":
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules=LORA_TARGETS, trainable_token_indices={"embed_tokens": ids})
+        peft_config = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=LORA_TARGETS,
+            trainable_token_indices={"embed_tokens": ids},
+        )
     else:
         peft_config = TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=ids)
     backbone = get_peft_model(model, peft_config)
@@ -125,8 +138,10 @@ def load_backbone(config: QwenVLAWorldConfig) -> tuple[nn.Module, Any]:
         adapted = [name for name, module in backbone.named_modules() if hasattr(module, "lora_A")]
         expected = 4 * hf_config.get_text_config().num_hidden_layers
         if len(adapted) != expected or any("language_model" not in name for name in adapted):
-            raise RuntimeError(f"LoRA should adapt the {expected} q/k/v/o projections of the language model, "
-                               f"it adapted {len(adapted)}: {adapted[:6]}...")
+            raise RuntimeError(
+                f"LoRA should adapt the {expected} q/k/v/o projections of the language model, "
+                f"it adapted {len(adapted)}: {adapted[:6]}..."
+            )
     return backbone, processor
 
 
@@ -227,7 +242,6 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         h_act, _ = self._read_world(h_act, batch, memory_mode, None)
         return self.sample_actions(self.head_in(h_act), batch)
 
-
     # --- backbone pass ------------------------------------------------------------------------
 
     @property
@@ -241,20 +255,29 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         if self.config.wrist_mode == "concat":
             wrist = batch[self.config.wrist_key]
             if wrist.shape[-2] != image.shape[-2]:
-                raise InputError(f"wrist image height {wrist.shape[-2]} != main image height {image.shape[-2]} "
-                                 f"({self.config.wrist_key!r} vs {self.config.image_key!r}); concat needs equal heights")
+                raise InputError(
+                    f"wrist image height {wrist.shape[-2]} != main image height {image.shape[-2]} "
+                    f"({self.config.wrist_key!r} vs {self.config.image_key!r}); concat needs equal heights"
+                )
             image = torch.cat([image, wrist], dim=-1)
         if image.ndim != 4 or image.shape[1] != 3:
-            raise InputError(f"{self.config.image_key!r} must be float images [B, 3, H, W] in [0, 1], got {tuple(image.shape)}")
+            raise InputError(
+                f"{self.config.image_key!r} must be float images [B, 3, H, W] in [0, 1], got {tuple(image.shape)}"
+            )
         return list(image.float())
 
-    def _backbone_pass(self, images: list[Tensor], prompts: list[str], coc: list[str | None] | None,
-                       ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _backbone_pass(
+        self,
+        images: list[Tensor],
+        prompts: list[str],
+        coc: list[str | None] | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Last-layer hidden states [B, L, d] of the prompts (left-padded), the prompt token ids [B, Lp],
         and the mean CoC cross-entropy when ``coc`` is given (texts appended after the prompts, each padded to
         ``coc_max_tokens``; None entries contribute no tokens)."""
-        inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt",
-                                do_rescale=False, device=self._device).to(self._device)
+        inputs = self.processor(
+            images=images, text=prompts, padding=True, return_tensors="pt", do_rescale=False, device=self._device
+        ).to(self._device)
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         mm_token_type_ids = inputs["mm_token_type_ids"]
         prompt_len = input_ids.shape[1]
@@ -264,31 +287,44 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
             labels = coc_ids.masked_fill(~coc_mask, IGNORE_INDEX)
             input_ids = torch.cat([input_ids, coc_ids], dim=1)
             attention_mask = torch.cat([attention_mask, coc_mask.to(attention_mask.dtype)], dim=1)
-            mm_token_type_ids = torch.cat([mm_token_type_ids, torch.zeros_like(coc_ids, dtype=mm_token_type_ids.dtype)], 1)
+            mm_token_type_ids = torch.cat(
+                [mm_token_type_ids, torch.zeros_like(coc_ids, dtype=mm_token_type_ids.dtype)], 1
+            )
         hf_model = self.backbone.get_base_model()
         hidden = hf_model.model(
-            input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids,
-            pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"], use_cache=False,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_token_type_ids=mm_token_type_ids,
+            pixel_values=inputs["pixel_values"],
+            image_grid_thw=inputs["image_grid_thw"],
+            use_cache=False,
         ).last_hidden_state
         text_loss = None
         if labels is not None and (labels != IGNORE_INDEX).any():
             # Position p predicts token p+1: the last prompt token predicts the first CoC token.
-            logits = hf_model.lm_head(hidden[:, prompt_len - 1: -1]).float()
+            logits = hf_model.lm_head(hidden[:, prompt_len - 1 : -1]).float()
             text_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX)
         return hidden, inputs["input_ids"], text_loss
 
     def _act_states(self, batch: dict[str, Any], coc: list[str | None] | None = None) -> tuple[Tensor, Tensor | None]:
         """[B, H, d] float hidden states at the `<ACT_i>` tokens (+ the joint CoC loss when ``coc``)."""
         images = self._images(batch)
-        prompts = [build_prompt(self.config.prompt_format, text, self.config.chunk_size)
-                   for text in self.instruction_texts(batch, len(images))]
+        prompts = [
+            build_prompt(self.config.prompt_format, text, self.config.chunk_size)
+            for text in self.instruction_texts(batch, len(images))
+        ]
         hidden, prompt_ids, text_loss = self._backbone_pass(images, prompts, coc)
         h, prompt_len = self.config.chunk_size, prompt_ids.shape[1]
-        act_slots = prompt_ids[:, prompt_len - h:]
-        if not (act_slots == self.act_ids).all() or not ((prompt_ids[..., None] == self.act_ids).sum((1, 2)) == h).all():
-            raise InputError("every prompt must end with <ACT_0> .. <ACT_{H-1}> and hold them once (does an instruction "
-                             f"contain an <ACT_i> token?): instructions {self.instruction_texts(batch, len(images))}")
-        h_act = hidden[:, prompt_len - h: prompt_len].float()
+        act_slots = prompt_ids[:, prompt_len - h :]
+        if (
+            not (act_slots == self.act_ids).all()
+            or not ((prompt_ids[..., None] == self.act_ids).sum((1, 2)) == h).all()
+        ):
+            raise InputError(
+                "every prompt must end with <ACT_0> .. <ACT_{H-1}> and hold them once (does an instruction "
+                f"contain an <ACT_i> token?): instructions {self.instruction_texts(batch, len(images))}"
+            )
+        h_act = hidden[:, prompt_len - h : prompt_len].float()
         if self.config.use_proprio:
             state = self.state_proj(batch[self.config.state_key].float())
             h_act = h_act + torch.tanh(self.proprio_gate) * state[:, None]
@@ -301,8 +337,10 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
             return None
         images = self._images(batch)
         instructions = self.instruction_texts(batch, len(images))
-        prompts = [build_prompt(self.config.prompt_format, instructions[i], self.config.chunk_size, with_actions=False)
-                   for i in rows]
+        prompts = [
+            build_prompt(self.config.prompt_format, instructions[i], self.config.chunk_size, with_actions=False)
+            for i in rows
+        ]
         return self._backbone_pass([images[i] for i in rows], prompts, [coc[i] for i in rows])[2]
 
     # --- chain-of-causation text ---------------------------------------------------------------
@@ -312,15 +350,19 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         if self.config.lambda_text == 0:
             return None
         if self.config.coc_key not in batch:
-            raise KeyError(f"lambda_text={self.config.lambda_text} but the batch has no {self.config.coc_key!r} "
-                           "(CoC labels by episode, from a JSONL of {episode_index, coc_text}); set lambda_text=0 "
-                           "to train without text")
+            raise KeyError(
+                f"lambda_text={self.config.lambda_text} but the batch has no {self.config.coc_key!r} "
+                "(CoC labels by episode, from a JSONL of {episode_index, coc_text}); set lambda_text=0 "
+                "to train without text"
+            )
         texts = [None if t is None or not str(t).strip() else str(t) for t in batch[self.config.coc_key]]
         if self.config.require_coc and None in texts:
             episodes = batch.get("episode_index")
             missing = [int(episodes[i]) if episodes is not None else i for i, t in enumerate(texts) if t is None]
-            raise InputError(f"require_coc=True but episode(s) {missing} have no CoC label "
-                             f"({'episode_index' if episodes is not None else 'batch row'} shown)")
+            raise InputError(
+                f"require_coc=True but episode(s) {missing} have no CoC label "
+                f"({'episode_index' if episodes is not None else 'batch row'} shown)"
+            )
         return texts
 
     def _coc_tokens(self, texts: list[str | None]) -> tuple[Tensor, Tensor]:
@@ -344,8 +386,16 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         if not self.config.use_world_module:
             return h_act, None
         z_hist, hist_mask = self._latent_history(batch)
-        return self.world(h_act, z_hist, *self.future_latents(batch), mode=memory_mode, step=step,
-                          history_mask=hist_mask, train_prophet=self.trains_prophet, generator=batch.get(ROLLOUT_GENERATORS))
+        return self.world(
+            h_act,
+            z_hist,
+            *self.future_latents(batch),
+            mode=memory_mode,
+            step=step,
+            history_mask=hist_mask,
+            train_prophet=self.trains_prophet,
+            generator=batch.get(ROLLOUT_GENERATORS),
+        )
 
     def _latent_history(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """History [B, T, D] and mask [B, T]: from the batch, or (plain lerobot-train) the current frame
@@ -354,8 +404,9 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
             return self.history_latents(batch)
         source = self.config.latent_source_key
         if source not in batch:
-            raise KeyError(f"the batch has neither {WORLD_LATENTS!r} nor the encoder's input {source!r}; "
-                           f"keys: {sorted(batch)}")
+            raise KeyError(
+                f"the batch has neither {WORLD_LATENTS!r} nor the encoder's input {source!r}; keys: {sorted(batch)}"
+            )
         if self._frame_encoder is None:
             self._frame_encoder = OnlineEncoder(self.encoder_spec, device=self._device)
         self._frame_encoder.reset()
@@ -400,8 +451,10 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
 
         weights_file = adapter_dir / "adapter_model.safetensors"
         if not weights_file.is_file():
-            raise MissingFileError(f"{adapter_dir} has no adapter_model.safetensors: without it the LoRA weights and "
-                                    "the <ACT_i> embeddings would be untrained")
+            raise MissingFileError(
+                f"{adapter_dir} has no adapter_model.safetensors: without it the LoRA weights and "
+                "the <ACT_i> embeddings would be untrained"
+            )
         saved = json.loads((adapter_dir / "adapter_config.json").read_text())
         current = json.loads(json.dumps(self.backbone.peft_config["default"].to_dict(), default=sorted))
         for key in ("peft_type", "r", "lora_alpha", "target_modules", "trainable_token_indices", "token_indices"):
@@ -411,8 +464,10 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         set_peft_model_state_dict(self.backbone, weights)
         loaded = get_peft_model_state_dict(self.backbone)
         if set(loaded) != set(weights):
-            raise InputError(f"backbone adapter keys differ: missing {sorted(set(loaded) - set(weights))[:5]}, "
-                             f"unexpected {sorted(set(weights) - set(loaded))[:5]}")
+            raise InputError(
+                f"backbone adapter keys differ: missing {sorted(set(loaded) - set(weights))[:5]}, "
+                f"unexpected {sorted(set(weights) - set(loaded))[:5]}"
+            )
         for key, value in weights.items():
             if not torch.equal(loaded[key].cpu(), value.to(loaded[key].dtype)):
                 raise ValueError(f"backbone adapter tensor {key} did not load")

@@ -18,5 +18,7 @@ from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world i
 def make_qwen_vla_world_pre_post_processors(
     config: QwenVLAWorldConfig,
     dataset_stats: dict[str, dict[str, torch.Tensor]] | None = None,
-) -> tuple[PolicyProcessorPipeline[dict[str, Any], dict[str, Any]], PolicyProcessorPipeline[PolicyAction, PolicyAction]]:
+) -> tuple[
+    PolicyProcessorPipeline[dict[str, Any], dict[str, Any]], PolicyProcessorPipeline[PolicyAction, PolicyAction]
+]:
     return make_default_pre_post_processors(config, dataset_stats, normalizer_device=config.device)

@@ -39,7 +39,9 @@ def build_prompt(prompt_format: str, instruction: str | None, chunk_size: int, *
     """The prompt text of one sample. ``with_actions=False`` leaves out the <ACT_i> tokens (the
     separate chain-of-causation pass)."""
     if instruction is None or not str(instruction).strip():
-        raise InputError(f"empty instruction {instruction!r}: every F+ prompt needs the task's language instruction "
-                         "(check the dataset's instruction key, e.g. LeRobot's `task`)")
+        raise InputError(
+            f"empty instruction {instruction!r}: every F+ prompt needs the task's language instruction "
+            "(check the dataset's instruction key, e.g. LeRobot's `task`)"
+        )
     actions = "".join(act_tokens(chunk_size)) if with_actions else ""
     return prompt_format.format(image=IMAGE_PLACEHOLDER, instruction=str(instruction).strip(), actions=actions)

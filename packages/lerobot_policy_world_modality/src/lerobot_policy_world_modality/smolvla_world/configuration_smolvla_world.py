@@ -50,8 +50,10 @@ def read_encoder_spec(path: str | Path) -> dict:
     path = Path(path).expanduser()
     file = path / LATENT_CACHE_SPEC_FILE if path.is_dir() else path
     if not file.is_file():
-        raise MissingFileError(f"encoder_spec_path {str(path)!r}: expected a latent-cache folder with "
-                                f"{LATENT_CACHE_SPEC_FILE} or a JSON file of an encoder spec")
+        raise MissingFileError(
+            f"encoder_spec_path {str(path)!r}: expected a latent-cache folder with "
+            f"{LATENT_CACHE_SPEC_FILE} or a JSON file of an encoder spec"
+        )
     data = json.loads(file.read_text())
     spec = data.get("encoder", data)  # a cache's spec.json nests the spec under "encoder"
     return EncoderSpec.from_dict(spec).to_dict()
@@ -97,8 +99,10 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
     @property
     def spec(self) -> EncoderSpec:
         if self.encoder_spec is None:
-            raise InputError("smolvla_world needs the encoder spec of its world latents: set encoder_spec, or "
-                             "encoder_spec_path to a latent-cache folder (`wm latents`) or a spec JSON file")
+            raise InputError(
+                "smolvla_world needs the encoder spec of its world latents: set encoder_spec, or "
+                "encoder_spec_path to a latent-cache folder (`wm latents`) or a spec JSON file"
+            )
         return EncoderSpec.from_dict(self.encoder_spec)
 
     @property
@@ -126,7 +130,11 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
             return
         spec = self.spec
         if self.image_key is not None and self.image_key not in self.image_features:
-            raise InputError(f"image_key {self.image_key!r} is not among the camera features {sorted(self.image_features)}")
+            raise InputError(
+                f"image_key {self.image_key!r} is not among the camera features {sorted(self.image_features)}"
+            )
         if spec.camera_key not in self.input_features:
-            raise InputError(f"the world encoder reads {spec.camera_key!r} (encoder spec camera_key), which is not "
-                             f"among the input features {sorted(self.input_features)}")
+            raise InputError(
+                f"the world encoder reads {spec.camera_key!r} (encoder spec camera_key), which is not "
+                f"among the input features {sorted(self.input_features)}"
+            )

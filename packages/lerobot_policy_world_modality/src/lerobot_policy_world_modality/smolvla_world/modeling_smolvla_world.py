@@ -36,9 +36,10 @@ from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, VLAFlowMatc
 from torch import Tensor
 
 from lerobot_policy_world_modality.common import WorldMemoryPolicy
-from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
 from lerobot_policy_world_modality.encoders import WorldEncoder, build_encoder
 from lerobot_policy_world_modality.encoders.state import StateEncoder
+from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
 from lerobot_policy_world_modality.world import (
     MemoryMode,
     PreparedMemory,
@@ -56,7 +57,6 @@ from lerobot_policy_world_modality.world.history import (
     encoder_input,
     rollout_noise,
 )
-from lerobot_policy_world_modality.errors import InputError
 
 MemoryReader = Callable[[Tensor], Tensor]
 
@@ -67,8 +67,11 @@ class WorldFlowMatching(VLAFlowMatching):
 
     def __init__(self, config: SmolVLAWorldConfig, rtc_processor=None) -> None:
         super().__init__(config, rtc_processor=rtc_processor)
-        self.world = (WorldModule(WorldModuleConfig.from_policy_config(config, self.vlm_with_expert.expert_hidden_size))
-                      if config.use_world_module else None)
+        self.world = (
+            WorldModule(WorldModuleConfig.from_policy_config(config, self.vlm_with_expert.expert_hidden_size))
+            if config.use_world_module
+            else None
+        )
         self._read_memory: MemoryReader | None = None
         if config.compile_denoise_step:
             self.denoise_step = torch.compile(self.denoise_step)
@@ -88,8 +91,10 @@ class WorldFlowMatching(VLAFlowMatching):
         if self.world is None:
             return embs, pad_masks, att_masks
         if self._read_memory is None:
-            raise RuntimeError("WorldFlowMatching was called outside `reading_memory`: go through "
-                               "SmolVLAWorldPolicy (forward / predict_action_chunk / select_action)")
+            raise RuntimeError(
+                "WorldFlowMatching was called outside `reading_memory`: go through "
+                "SmolVLAWorldPolicy (forward / predict_action_chunk / select_action)"
+            )
         return self._read_memory(embs), pad_masks, att_masks
 
 
@@ -98,9 +103,22 @@ class _ChunkMemory:
     chunk and read at every later step. Lazily, so a `select_action` call served from the action queue
     runs no Prophet."""
 
-    def __init__(self, world: WorldModule, z_history: Tensor, history_mask: Tensor, z_future: Tensor | None,
-                 mode: MemoryMode, generators: list[torch.Generator] | None = None) -> None:
-        self.world, self.z_history, self.history_mask, self.z_future, self.mode = world, z_history, history_mask, z_future, mode
+    def __init__(
+        self,
+        world: WorldModule,
+        z_history: Tensor,
+        history_mask: Tensor,
+        z_future: Tensor | None,
+        mode: MemoryMode,
+        generators: list[torch.Generator] | None = None,
+    ) -> None:
+        self.world, self.z_history, self.history_mask, self.z_future, self.mode = (
+            world,
+            z_history,
+            history_mask,
+            z_future,
+            mode,
+        )
         self.generators = generators
         self.memory: PreparedMemory | None = None
         self.built = False
@@ -112,8 +130,9 @@ class _ChunkMemory:
 
     @torch.compiler.disable  # a compiled denoising step only reads the memory; building it stays eager
     def _build(self) -> None:
-        self.memory = self.world.prepare_memory(self.z_history, self.history_mask, self.z_future, self.mode,
-                                                self.generators)
+        self.memory = self.world.prepare_memory(
+            self.z_history, self.history_mask, self.z_future, self.mode, self.generators
+        )
         self.built = True
 
 
@@ -170,8 +189,9 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
 
     # --- training -----------------------------------------------------------------------------
 
-    def forward(self, batch: dict[str, Tensor], memory_mode: str | None = None, noise=None, time=None,
-                reduction: str = "mean") -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, batch: dict[str, Tensor], memory_mode: str | None = None, noise=None, time=None, reduction: str = "mean"
+    ) -> tuple[Tensor, dict[str, float]]:
         """SmolVLA's flow-matching loss + lambda_world * the world loss; ``memory_mode`` overrides
         ``world_memory_mode_train`` (validation under controls). Without a world module: SmolVLA's loss."""
         if not self.config.use_world_module:
@@ -183,8 +203,16 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
         world_outputs = []
 
         def read(h: Tensor) -> Tensor:
-            h, world_out = self.model.world(h, z_hist, z_future, future_mask, mode=memory_mode, step=step,
-                                            history_mask=hist_mask, train_prophet=self.trains_prophet)
+            h, world_out = self.model.world(
+                h,
+                z_hist,
+                z_future,
+                future_mask,
+                mode=memory_mode,
+                step=step,
+                history_mask=hist_mask,
+                train_prophet=self.trains_prophet,
+            )
             world_outputs.append(world_out)
             return h
 
@@ -201,15 +229,17 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
     # --- acting -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def predict_action_chunk(self, batch: dict[str, Tensor], memory_mode: str | None = None, noise: Tensor | None = None,
-                             **kwargs) -> Tensor:
+    def predict_action_chunk(
+        self, batch: dict[str, Tensor], memory_mode: str | None = None, noise: Tensor | None = None, **kwargs
+    ) -> Tensor:
         """Normalised action chunk [B, H, A]; ``memory_mode`` defaults to ``world_memory_mode_rollout``."""
         with self._reading_world(batch, memory_mode) as batch:
             return super().predict_action_chunk(batch, noise=self._flow_noise(batch, noise), **kwargs)
 
     @torch.no_grad()
-    def select_action(self, batch: dict[str, Tensor], memory_mode: str | None = None, noise: Tensor | None = None,
-                      **kwargs) -> Tensor:
+    def select_action(
+        self, batch: dict[str, Tensor], memory_mode: str | None = None, noise: Tensor | None = None, **kwargs
+    ) -> Tensor:
         """One action per call; every observation enters the latent history, a chunk is predicted
         when the queue of ``n_action_steps`` actions is empty."""
         with self._reading_world(batch, memory_mode) as batch:
@@ -242,8 +272,14 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
     def _chunk_memory(self, batch: dict[str, Tensor], memory_mode: str | None) -> _ChunkMemory:
         z_hist, hist_mask = self.history_latents(batch, self._world_dtype)
         mode = MemoryMode(memory_mode or self.config.world_memory_mode_rollout)
-        return _ChunkMemory(self.model.world, z_hist, hist_mask, self.future_latents(batch, self._world_dtype)[0], mode,
-                            batch.get(ROLLOUT_GENERATORS))
+        return _ChunkMemory(
+            self.model.world,
+            z_hist,
+            hist_mask,
+            self.future_latents(batch, self._world_dtype)[0],
+            mode,
+            batch.get(ROLLOUT_GENERATORS),
+        )
 
     # --- world latents ------------------------------------------------------------------------
 
@@ -269,7 +305,9 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
             if f"{key}_is_pad" in batch:
                 value = batch[key]
                 if value.shape[1] != len(offsets):
-                    raise InputError(f"{key!r} holds {value.shape[1]} time steps, expected {len(offsets)} (offsets {offsets})")
+                    raise InputError(
+                        f"{key!r} holds {value.shape[1]} time steps, expected {len(offsets)} (offsets {offsets})"
+                    )
                 out[key] = value[:, current]
         return out
 
@@ -297,10 +335,10 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
             z = self._training_encoder.encode(windows.flatten(0, 1))
         # Stored as the cache stores it, so online and cached latents are the same numbers.
         z = spec.to_storage(z).float().reshape(batch_size, -1, z.shape[-1])
-        real = ~is_pad[:, m - 1:].bool()  # a latent is real when its own (last) frame is
+        real = ~is_pad[:, m - 1 :].bool()  # a latent is real when its own (last) frame is
         return {
             WORLD_LATENTS: z[:, :t],
             WORLD_LATENTS_MASK: real[:, :t],
-            WORLD_FUTURE: z[:, t:t + k],
-            WORLD_FUTURE_MASK: real[:, t:t + k],
+            WORLD_FUTURE: z[:, t : t + k],
+            WORLD_FUTURE_MASK: real[:, t : t + k],
         }

@@ -20,5 +20,7 @@ from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world imp
 def make_smolvla_world_pre_post_processors(
     config: SmolVLAWorldConfig,
     dataset_stats: dict[str, dict[str, torch.Tensor]] | None = None,
-) -> tuple[PolicyProcessorPipeline[dict[str, Any], dict[str, Any]], PolicyProcessorPipeline[PolicyAction, PolicyAction]]:
+) -> tuple[
+    PolicyProcessorPipeline[dict[str, Any], dict[str, Any]], PolicyProcessorPipeline[PolicyAction, PolicyAction]
+]:
     return make_smolvla_pre_post_processors(config, dataset_stats)

@@ -12,7 +12,12 @@ from lerobot_policy_world_modality.world.memory import (
     apply_memory_mode,
 )
 from lerobot_policy_world_modality.world.prophet import Prophet, ProphetConfig
-from lerobot_policy_world_modality.world.world_module import WorldModule, WorldModuleConfig, WorldOutputs, scalars_to_floats
+from lerobot_policy_world_modality.world.world_module import (
+    WorldModule,
+    WorldModuleConfig,
+    WorldOutputs,
+    scalars_to_floats,
+)
 
 __all__ = [
     "GatedCrossAttention",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from lerobot_policy_world_modality.errors import InputError
 
 
@@ -62,8 +63,16 @@ class GatedCrossAttention(nn.Module):
     guarantee: only an exact zero leaves the policy bit for bit unchanged at initialisation.
     """
 
-    def __init__(self, d_model: int, d_mem: int, num_future: int, num_heads: int = 4,
-                 dropout: float = 0.0, gate_type: str = "scalar", gate_init: float = 0.0) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        d_mem: int,
+        num_future: int,
+        num_heads: int = 4,
+        dropout: float = 0.0,
+        gate_type: str = "scalar",
+        gate_init: float = 0.0,
+    ) -> None:
         super().__init__()
         if gate_type not in GATE_TYPES:
             raise InputError(f"gate_type must be one of {GATE_TYPES}, got {gate_type!r}")
@@ -82,8 +91,7 @@ class GatedCrossAttention(nn.Module):
         gate = torch.tanh(self.gate.detach())
         return gate if gate.ndim == 0 else gate.square().mean().sqrt()
 
-    def forward(self, h: Tensor, memory: Tensor,
-                memory_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, memory: Tensor, memory_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Read the memory into the query states.
 
         Args:
@@ -104,8 +112,7 @@ class GatedCrossAttention(nn.Module):
         projection and one fused attention (the denoising steps of a chunk read one memory)."""
         k = memory.shape[1]
         if k > self.num_future:
-            raise InputError(f"memory has {k} future slots but the module was built for "
-                             f"{self.num_future}")
+            raise InputError(f"memory has {k} future slots but the module was built for {self.num_future}")
         allowed = has_memory = None
         if memory_mask is not None:
             valid = memory_mask.bool()
@@ -118,8 +125,12 @@ class GatedCrossAttention(nn.Module):
         slots = self.mem_proj(self.mem_norm(memory)) + self.future_emb[:k]
         _, w_k, w_v = self.attn.in_proj_weight.chunk(3)
         _, b_k, b_v = self.attn.in_proj_bias.chunk(3)
-        return PreparedMemory(keys=self._heads(F.linear(slots, w_k, b_k)), values=self._heads(F.linear(slots, w_v, b_v)),
-                              allowed=allowed, has_memory=has_memory)
+        return PreparedMemory(
+            keys=self._heads(F.linear(slots, w_k, b_k)),
+            values=self._heads(F.linear(slots, w_v, b_v)),
+            allowed=allowed,
+            has_memory=has_memory,
+        )
 
     def read(self, h: Tensor, memory: PreparedMemory) -> Tensor:
         """`forward(h, memory, mask)[0]` for a prepared memory, without attention weights: the
@@ -150,8 +161,9 @@ class GatedCrossAttention(nn.Module):
             attended = F.dropout(probs, dropout, self.training) @ values
             weights = probs.mean(dim=1)
         else:
-            attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=memory.allowed,
-                                                      dropout_p=dropout)
+            attended = F.scaled_dot_product_attention(
+                queries, keys, values, attn_mask=memory.allowed, dropout_p=dropout
+            )
         attended = self.attn.out_proj(attended.transpose(1, 2).flatten(2))
         if memory.has_memory is not None:
             attended = attended * memory.has_memory

@@ -27,8 +27,9 @@ WORLD_FUTURE_MASK = "observation.world_future_mask"  # [B, K]
 ROLLOUT_GENERATORS = "rollout_generators"
 
 
-def rollout_noise(batch: dict[str, Any], shape: tuple[int, ...], device: torch.device | str,
-                  dtype: torch.dtype = torch.float32) -> Tensor:
+def rollout_noise(
+    batch: dict[str, Any], shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Standard normal noise [B, *shape]: sample i from the batch's generator i (`ROLLOUT_GENERATORS`),
     from the global RNG when the batch has none (training, lerobot-eval)."""
     generators = batch.get(ROLLOUT_GENERATORS)
@@ -87,8 +88,10 @@ class LatentHistory:
         if WORLD_LATENTS in batch:
             return batch
         if self.source_key not in batch:
-            raise KeyError(f"the batch has neither {WORLD_LATENTS!r} nor the encoder's input {self.source_key!r} "
-                           f"(encoder spec camera_key); batch keys: {sorted(batch)}")
+            raise KeyError(
+                f"the batch has neither {WORLD_LATENTS!r} nor the encoder's input {self.source_key!r} "
+                f"(encoder spec camera_key); batch keys: {sorted(batch)}"
+            )
         if self._encoder is None:
             self._encoder = OnlineEncoder(self.spec, device=device)
         z = self._encoder(encoder_input(batch[self.source_key], self.spec.reads_states))

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def world_cosine_loss(z_pred: Tensor, z_future: Tensor,
-                      mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def world_cosine_loss(z_pred: Tensor, z_future: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """FLARE-style alignment loss 1 - cos(z_pred, z_future), computed in float32.
 
     Args:
@@ -21,8 +20,7 @@ def world_cosine_loss(z_pred: Tensor, z_future: Tensor,
         whole batch) without valid entries contributes 0 instead of NaN.
     """
     if z_pred.shape != z_future.shape:
-        raise ValueError(f"z_pred shape {tuple(z_pred.shape)} != z_future shape "
-                         f"{tuple(z_future.shape)}")
+        raise ValueError(f"z_pred shape {tuple(z_pred.shape)} != z_future shape {tuple(z_future.shape)}")
     if mask is None:
         loss = 1.0 - F.cosine_similarity(z_pred.float(), z_future.float(), dim=-1)
         return loss.mean(), loss.mean(dim=0)
@@ -37,9 +35,14 @@ def world_cosine_loss(z_pred: Tensor, z_future: Tensor,
     return loss.sum() / count.sum().clamp_min(1), per_k
 
 
-def total_loss(action_loss: Tensor, world_loss: Tensor | None = None,
-               text_loss: Tensor | None = None, *, lambda_world: float = 1.0,
-               lambda_text: float = 1.0) -> Tensor:
+def total_loss(
+    action_loss: Tensor,
+    world_loss: Tensor | None = None,
+    text_loss: Tensor | None = None,
+    *,
+    lambda_world: float = 1.0,
+    lambda_text: float = 1.0,
+) -> Tensor:
     """L = L_action + lambda_world * L_world + lambda_text * L_text; absent terms are skipped."""
     loss = action_loss
     if world_loss is not None:

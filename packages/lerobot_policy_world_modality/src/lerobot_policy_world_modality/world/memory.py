@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lerobot_policy_world_modality.memory_modes import MemoryMode, MemorySource
 from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.memory_modes import MemoryMode, MemorySource
 
 _DRAWING_MODES = (MemoryMode.RANDOM, MemoryMode.SHUFFLE, MemoryMode.OTHER)
 
@@ -23,13 +23,14 @@ def _check_oracle(oracle: Tensor | None, predicted: Tensor, needed_by: str) -> T
     if oracle is None:
         raise InputError(f"{needed_by} needs the true future latents (z_future), got None")
     if oracle.shape != predicted.shape:
-        raise InputError(f"{needed_by}: oracle latents have shape {tuple(oracle.shape)}, "
-                         f"predicted memory has {tuple(predicted.shape)}")
+        raise InputError(
+            f"{needed_by}: oracle latents have shape {tuple(oracle.shape)}, "
+            f"predicted memory has {tuple(predicted.shape)}"
+        )
     return oracle.to(predicted.dtype)
 
 
-def _cyclic_derangement(n: int, generator: torch.Generator | None,
-                        device: torch.device) -> Tensor:
+def _cyclic_derangement(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """Random single-cycle permutation: index[i] != i for every i, unlike a plain randperm."""
     order = torch.randperm(n, generator=generator, device=_rng_device(generator, device))
     index = torch.empty_like(order)
@@ -37,9 +38,13 @@ def _cyclic_derangement(n: int, generator: torch.Generator | None,
     return index.to(device)
 
 
-def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor | None = None,
-                      generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                      bank: Tensor | None = None) -> Tensor | None:
+def apply_memory_mode(
+    mode: MemoryMode | str,
+    predicted: Tensor,
+    oracle: Tensor | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    bank: Tensor | None = None,
+) -> Tensor | None:
     """Turn the predicted memory [B, K, D] into what the policy reads under `mode`.
 
     `generator` is one generator for the whole batch, or a sequence of B generators (rollouts: one per
@@ -61,7 +66,9 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
         generators = list(generator)
         if len(generators) != predicted.shape[0]:
             raise ValueError(f"{len(generators)} memory generators for a batch of {predicted.shape[0]}")
-        return torch.cat([apply_memory_mode(mode, predicted[i : i + 1], None, g, bank) for i, g in enumerate(generators)])
+        return torch.cat(
+            [apply_memory_mode(mode, predicted[i : i + 1], None, g, bank) for i, g in enumerate(generators)]
+        )
     match mode:
         case MemoryMode.PRED:
             return predicted
@@ -74,8 +81,7 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
             over = (0, 1) if predicted.shape[0] * predicted.shape[1] > 1 else (0, 1, 2)
             mean = stats.mean(dim=over, keepdim=True)
             std = stats.std(dim=over, keepdim=True, correction=0)
-            noise = torch.randn(predicted.shape, generator=generator,
-                                device=_rng_device(generator, predicted.device))
+            noise = torch.randn(predicted.shape, generator=generator, device=_rng_device(generator, predicted.device))
             return (mean + std * noise.to(predicted.device)).to(predicted.dtype)
         case MemoryMode.SIGNFLIP:
             return -predicted
@@ -85,20 +91,25 @@ def apply_memory_mode(mode: MemoryMode | str, predicted: Tensor, oracle: Tensor 
                 return predicted[_cyclic_derangement(batch, generator, predicted.device)]
             if k > 1:
                 return predicted[:, _cyclic_derangement(k, generator, predicted.device)]
-            raise InputError("memory mode 'shuffle' needs batch size > 1 or more than one "
-                             "future step; got B == K == 1")
+            raise InputError("memory mode 'shuffle' needs batch size > 1 or more than one future step; got B == K == 1")
         case MemoryMode.ORACLE:
             return _check_oracle(oracle, predicted, "memory mode 'oracle'")
         case MemoryMode.NONE:
             return None
         case MemoryMode.OTHER:
             if bank is None:
-                raise InputError("memory mode 'other' reads another episode's memory, so it needs the world module's "
-                                 "memory bank, and it has no memory bank: give it latent histories of other episodes "
-                                 "first (`WorldModule.use_memory_bank`; `wm eval --memory-mode other` takes them from "
-                                 "the checkpoint's held-out episodes, or --memory-bank LATENTS)")
-            rows = torch.randint(len(bank), (predicted.shape[0],), generator=generator,
-                                 device=_rng_device(generator, torch.device("cpu")))
+                raise InputError(
+                    "memory mode 'other' reads another episode's memory, so it needs the world module's "
+                    "memory bank, and it has no memory bank: give it latent histories of other episodes "
+                    "first (`WorldModule.use_memory_bank`; `wm eval --memory-mode other` takes them from "
+                    "the checkpoint's held-out episodes, or --memory-bank LATENTS)"
+                )
+            rows = torch.randint(
+                len(bank),
+                (predicted.shape[0],),
+                generator=generator,
+                device=_rng_device(generator, torch.device("cpu")),
+            )
             return bank[rows.to(bank.device)].to(predicted.device, predicted.dtype)
 
 
@@ -118,8 +129,9 @@ class MemorySourceSchedule:
     def __post_init__(self) -> None:
         self.source = MemorySource(self.source)
         if self.schedule_end_step < self.schedule_start_step:
-            raise InputError(f"schedule_end_step {self.schedule_end_step} is before "
-                             f"schedule_start_step {self.schedule_start_step}")
+            raise InputError(
+                f"schedule_end_step {self.schedule_end_step} is before schedule_start_step {self.schedule_start_step}"
+            )
 
     def oracle_fraction(self, step: int | Tensor | None) -> float:
         """Probability that a sample's memory is the oracle at `step` (an int, or a policy's step
@@ -132,9 +144,11 @@ class MemorySourceSchedule:
             raise InputError("memory source 'scheduled' needs the training step")
         start, end = self.schedule_start_step, self.schedule_end_step
         if end == 0:
-            raise InputError("memory source 'scheduled' with memory_schedule_end 0 anneals over no steps and trains "
-                             "exactly as 'predicted': set memory_schedule_end, the step where the oracle fraction "
-                             "reaches 0 (`wm train` sets it to half of --steps when it is left at 0)")
+            raise InputError(
+                "memory source 'scheduled' with memory_schedule_end 0 anneals over no steps and trains "
+                "exactly as 'predicted': set memory_schedule_end, the step where the oracle fraction "
+                "reaches 0 (`wm train` sets it to half of --steps when it is left at 0)"
+            )
         step = int(step)
         if step <= start:
             return 1.0
@@ -142,8 +156,13 @@ class MemorySourceSchedule:
             return 0.0
         return 1.0 - (step - start) / (end - start)
 
-    def mix(self, predicted: Tensor, oracle: Tensor | None, step: int | Tensor | None = None,
-            generator: torch.Generator | None = None) -> tuple[Tensor, float]:
+    def mix(
+        self,
+        predicted: Tensor,
+        oracle: Tensor | None,
+        step: int | Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, float]:
         """Per sample, use the oracle with probability `oracle_fraction(step)`, else the prediction.
 
         Returns the mixed memory and the realised oracle fraction (for logging). `oracle` may be
@@ -155,8 +174,7 @@ class MemorySourceSchedule:
         oracle = _check_oracle(oracle, predicted, f"memory source {self.source.value!r}")
         if fraction == 1.0:
             return oracle, 1.0
-        draw = torch.rand(predicted.shape[0], generator=generator,
-                          device=_rng_device(generator, predicted.device))
+        draw = torch.rand(predicted.shape[0], generator=generator, device=_rng_device(generator, predicted.device))
         use_oracle = (draw < fraction).to(predicted.device)
         mixed = torch.where(use_oracle[:, None, None], oracle, predicted)
         return mixed, use_oracle.float().mean().item()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
 from lerobot_policy_world_modality.errors import InputError
 
 
@@ -47,9 +48,7 @@ class Prophet(nn.Module):
             norm_first=True,
         )
         # Nested tensors are unsupported with norm_first; disabling avoids a warning per build.
-        self.encoder = nn.TransformerEncoder(
-            layer, num_layers=config.num_layers, enable_nested_tensor=False
-        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers=config.num_layers, enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(d)
         self.out_head = nn.Linear(d, config.latent_dim)
 
@@ -66,9 +65,7 @@ class Prophet(nn.Module):
         """
         batch, t_ctx, _ = z_history.shape
         if t_ctx > self.config.history_len:
-            raise InputError(
-                f"history length {t_ctx} exceeds Prophet history_len {self.config.history_len}"
-            )
+            raise InputError(f"history length {t_ctx} exceeds Prophet history_len {self.config.history_len}")
         # Right-aligned positions: the current step z_t always gets the same embedding,
         # whatever the history length.
         tokens = self.in_proj(z_history) + self.pos_emb[self.config.history_len - t_ctx :]

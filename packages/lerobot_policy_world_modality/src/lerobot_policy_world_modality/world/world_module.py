@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.world.gated_cross_attention import GatedCrossAttention, PreparedMemory
 from lerobot_policy_world_modality.world.losses import world_cosine_loss
 from lerobot_policy_world_modality.world.memory import MemoryMode, MemorySourceSchedule, apply_memory_mode
 from lerobot_policy_world_modality.world.prophet import Prophet, ProphetConfig
-from lerobot_policy_world_modality.errors import InputError
 
 
 @dataclass
@@ -58,8 +58,9 @@ class WorldModuleConfig:
             gate_init=config.gate_init,
             dropout=dropout,
             memory_mode=MemoryMode(config.world_memory_mode_train),
-            memory_source=MemorySourceSchedule(config.memory_source, config.memory_schedule_start,
-                                               config.memory_schedule_end),
+            memory_source=MemorySourceSchedule(
+                config.memory_source, config.memory_schedule_start, config.memory_schedule_end
+            ),
             detach_prophet_for_policy=config.detach_prophet_for_policy,
         )
 
@@ -146,15 +147,22 @@ class WorldModule(nn.Module):
         `other` reads the Prophet's prediction for one of them, drawn per sample, in place of the sample's own.
         The predictions are made here, once, by the Prophet as it stands (at rollout its weights are frozen)."""
         if z_history.ndim != 3 or history_mask.shape != z_history.shape[:2] or len(z_history) == 0:
-            raise InputError(f"a memory bank is a non-empty [N, T, D] history with an [N, T] mask; got "
-                             f"{tuple(z_history.shape)} and {tuple(history_mask.shape)}")
+            raise InputError(
+                f"a memory bank is a non-empty [N, T, D] history with an [N, T] mask; got "
+                f"{tuple(z_history.shape)} and {tuple(history_mask.shape)}"
+            )
         self.memory_bank = (z_history, history_mask.bool())
         training = self.prophet.training
         self._bank_memory = self.prophet.eval()(z_history, history_mask.bool())
         self.prophet.train(training)
 
-    def _memory(self, mode: MemoryMode, predicted: Tensor, z_future: Tensor | None,
-                generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor | None:
+    def _memory(
+        self,
+        mode: MemoryMode,
+        predicted: Tensor,
+        z_future: Tensor | None,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
+    ) -> Tensor | None:
         """What the policy reads under ``mode`` (`apply_memory_mode`, with this module's memory bank)."""
         return apply_memory_mode(mode, predicted, z_future, generator, self._bank_memory)
 
@@ -204,9 +212,7 @@ class WorldModule(nn.Module):
         predicted = z_pred.detach() if self.config.detach_prophet_for_policy else z_pred
         oracle_fraction = 1.0 if mode is MemoryMode.ORACLE else 0.0
         if self.training and mode is MemoryMode.PRED:
-            predicted, oracle_fraction = self.config.memory_source.mix(
-                predicted, z_future, step, generator
-            )
+            predicted, oracle_fraction = self.config.memory_source.mix(predicted, z_future, step, generator)
         memory = self._memory(mode, predicted, z_future, generator)
 
         attn_mass = None
@@ -216,20 +222,35 @@ class WorldModule(nn.Module):
             attn_mass = weights.detach().float().mean(dim=(0, 1))
         return h_out, self._outputs(z_pred, mode, oracle_fraction, attn_mass, world_loss, world_loss_per_k)
 
-    def prophet_forward(self, z_history: Tensor, z_future: Tensor, future_mask: Tensor | None = None, *,
-                        history_mask: Tensor | None = None) -> WorldOutputs:
+    def prophet_forward(
+        self,
+        z_history: Tensor,
+        z_future: Tensor,
+        future_mask: Tensor | None = None,
+        *,
+        history_mask: Tensor | None = None,
+    ) -> WorldOutputs:
         """The Prophet alone on the world loss (the first stage of two-stage training): no memory is
         read, so nothing but the Prophet receives gradient."""
         if z_future is None:
-            raise InputError("training the Prophet alone (prophet_pretrain_steps) needs the true future latents "
-                             "(observation.world_future): train on a latent cache (`wm train`, or "
-                             "--policy.latents_path under lerobot-train)")
+            raise InputError(
+                "training the Prophet alone (prophet_pretrain_steps) needs the true future latents "
+                "(observation.world_future): train on a latent cache (`wm train`, or "
+                "--policy.latents_path under lerobot-train)"
+            )
         z_pred = self.prophet(z_history, history_mask)
         world_loss, world_loss_per_k = world_cosine_loss(z_pred, z_future, future_mask)
         return self._outputs(z_pred, MemoryMode.PRED, 0.0, None, world_loss, world_loss_per_k)
 
-    def _outputs(self, z_pred: Tensor, mode: MemoryMode, oracle_fraction: float, attn_mass: Tensor | None,
-                 world_loss: Tensor | None, world_loss_per_k: Tensor | None) -> WorldOutputs:
+    def _outputs(
+        self,
+        z_pred: Tensor,
+        mode: MemoryMode,
+        oracle_fraction: float,
+        attn_mass: Tensor | None,
+        world_loss: Tensor | None,
+        world_loss_per_k: Tensor | None,
+    ) -> WorldOutputs:
         gate = self.cross_attn.gate.detach()
         # A copy, not a view: the optimizer updates the parameter in place before logging.
         gate_raw = gate.clone() if gate.ndim == 0 else gate.square().mean().sqrt()
@@ -245,9 +266,14 @@ class WorldModule(nn.Module):
         )
 
     @torch.no_grad()
-    def prepare_memory(self, z_history: Tensor, history_mask: Tensor | None = None,
-                       z_future: Tensor | None = None, mode: MemoryMode | str | None = None,
-                       generator: torch.Generator | Sequence[torch.Generator] | None = None) -> PreparedMemory | None:
+    def prepare_memory(
+        self,
+        z_history: Tensor,
+        history_mask: Tensor | None = None,
+        z_future: Tensor | None = None,
+        mode: MemoryMode | str | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    ) -> PreparedMemory | None:
         """Inference: the memory `forward` reads in eval mode (one Prophet pass; one draw for the
         `random` and `shuffle` controls), projected once for any number of `read_memory` calls;
         None for mode `none` (no injection)."""

@@ -13,6 +13,7 @@ from lerobot.configs import PreTrainedConfig
 from lerobot.configs.types import FeatureType, PolicyFeature
 
 from lerobot_policy_world_modality.common import CurrentFrameChunkConfig, WorldMemoryConfig
+from lerobot_policy_world_modality.errors import InputError
 
 # The world-latent batch keys have one home, shared by every policy family.
 from lerobot_policy_world_modality.world.history import (  # noqa: F401  (re-exported)
@@ -21,7 +22,6 @@ from lerobot_policy_world_modality.world.history import (  # noqa: F401  (re-exp
     WORLD_LATENTS,
     WORLD_LATENTS_MASK,
 )
-from lerobot_policy_world_modality.errors import InputError
 
 MODEL_TYPES = ("A", "B", "B_cont", "C", "F")
 DEFAULT_MODEL_TYPE = "F"
@@ -74,8 +74,10 @@ class WorldTransformerConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrai
             raise InputError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         super().__post_init__()
         if self.uses_tokens and self.codebook_size < 2 and self.tokens_path is None:
-            raise InputError(f"model_type {self.model_type} needs a fitted world-token codebook: codebook_size >= 2, "
-                             "or tokens_path (a `wm tokens` folder)")
+            raise InputError(
+                f"model_type {self.model_type} needs a fitted world-token codebook: codebook_size >= 2, "
+                "or tokens_path (a `wm tokens` folder)"
+            )
 
     @property
     def uses_world_module(self) -> bool:
@@ -87,18 +89,31 @@ class WorldTransformerConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrai
 
     def validate_features(self) -> None:
         if self.encoder_spec is None or self.latent_dim < 1:
-            raise InputError("world_transformer needs encoder_spec and latent_dim (the world latents it reads); under "
-                             "lerobot-train pass --policy.latents_path=<a `wm latents` cache of the dataset>")
+            raise InputError(
+                "world_transformer needs encoder_spec and latent_dim (the world latents it reads); under "
+                "lerobot-train pass --policy.latents_path=<a `wm latents` cache of the dataset>"
+            )
         if self.state_key not in self.input_features:
-            raise InputError(f"state key {self.state_key!r} is not among the input features {sorted(self.input_features)}")
+            raise InputError(
+                f"state key {self.state_key!r} is not among the input features {sorted(self.input_features)}"
+            )
         if self.action_key not in self.output_features:
-            raise InputError(f"action key {self.action_key!r} is not among the output features {sorted(self.output_features)}")
+            raise InputError(
+                f"action key {self.action_key!r} is not among the output features {sorted(self.output_features)}"
+            )
         if not self.instructions and self.text_encoder_path is None:
             raise InputError("world_transformer needs an instruction vocabulary (instructions) or a text_encoder_path")
 
 
-def features_for(state_key: str, state_dim: int, action_key: str, action_dim: int, source_key: str,
-                 source_shape: tuple[int, ...], source_is_image: bool) -> tuple[dict[str, PolicyFeature], dict[str, PolicyFeature]]:
+def features_for(
+    state_key: str,
+    state_dim: int,
+    action_key: str,
+    action_dim: int,
+    source_key: str,
+    source_shape: tuple[int, ...],
+    source_is_image: bool,
+) -> tuple[dict[str, PolicyFeature], dict[str, PolicyFeature]]:
     """LeRobot input/output features: state, the world encoder's source observation, the action."""
     inputs = {
         state_key: PolicyFeature(type=FeatureType.STATE, shape=(state_dim,)),

@@ -17,14 +17,9 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from torch import Tensor, nn
 
 from lerobot_policy_world_modality.common import ActionHeads, QueuedActions, WorldMemoryPolicy
-from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
-    WORLD_FUTURE,
-    WORLD_LATENTS,
-    WorldTransformerConfig,
-)
 from lerobot_policy_world_modality.encoders import EncoderSpec
+from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.latent_cache import LatentCache
-from lerobot_policy_world_modality.world_tokens import nearest_code
 from lerobot_policy_world_modality.world import (
     WorldModule,
     WorldModuleConfig,
@@ -32,7 +27,12 @@ from lerobot_policy_world_modality.world import (
     world_cosine_loss,
 )
 from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, LatentHistory
-from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.world_tokens import nearest_code
+from lerobot_policy_world_modality.world_transformer.configuration_world_transformer import (
+    WORLD_FUTURE,
+    WORLD_LATENTS,
+    WorldTransformerConfig,
+)
 
 _HISTORY, _STATE, _INSTRUCTION, _WORLD_TOKEN = range(4)  # token-type embedding rows
 
@@ -98,7 +98,11 @@ class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreT
     def __init__(self, config: WorldTransformerConfig, dataset_meta=None, **kwargs) -> None:
         super().__init__(config)
         # A new lerobot-train run completes its config from the latent cache (a checkpoint's is complete).
-        self._cache = _fill_from_latent_cache(config, dataset_meta) if config.latents_path and config.encoder_spec is None else None
+        self._cache = (
+            _fill_from_latent_cache(config, dataset_meta)
+            if config.latents_path and config.encoder_spec is None
+            else None
+        )
         codebook = _codebook(config) if config.tokens_path and config.uses_tokens and config.codebook_size < 2 else None
         config.validate_features()
         self.config = config
@@ -116,14 +120,23 @@ class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreT
         if config.uses_tokens:
             # Filled from the fitted codebook before training; saved with the weights so the
             # token of a latent is the same at training and at rollout.
-            self.register_buffer("centroids", torch.zeros(config.codebook_size, latent_dim) if codebook is None else codebook)
+            self.register_buffer(
+                "centroids", torch.zeros(config.codebook_size, latent_dim) if codebook is None else codebook
+            )
             self.token_head = nn.Linear(d, config.codebook_size)
         if config.model_type == "C":
             self.token_emb = nn.Embedding(config.codebook_size, d)
         if config.model_type == "B_cont":
             self.future_head = nn.Linear(d, latent_dim)
-        layer = nn.TransformerEncoderLayer(d, config.n_heads, config.dim_feedforward, config.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d,
+            config.n_heads,
+            config.dim_feedforward,
+            config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.trunk = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(d)
         if config.uses_world_module:
@@ -147,13 +160,16 @@ class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreT
             # lerobot-train: the latents of the batch's frames, from the cache, by global frame index.
             if self._cache is None:
                 self._cache = LatentCache.load(self.config.latents_path, expect_spec=self.encoder_spec)
-            windows = self._cache.windows(torch.as_tensor(batch["index"]).reshape(-1), self.config.history_len,
-                                          self.config.num_future)
+            windows = self._cache.windows(
+                torch.as_tensor(batch["index"]).reshape(-1), self.config.history_len, self.config.num_future
+            )
             batch = {**batch, **{k: v.to(actions.device) for k, v in windows.as_batch().items()}}
         if self.config.model_type != "A" and WORLD_FUTURE not in batch:
-            raise KeyError(f"model {self.config.model_type} trains on future latents ({WORLD_FUTURE!r}); the batch has "
-                           f"{sorted(batch)}: train with `wm train`, or under lerobot-train pass "
-                           "--policy.latents_path=<a `wm latents` cache of the dataset>")
+            raise KeyError(
+                f"model {self.config.model_type} trains on future latents ({WORLD_FUTURE!r}); the batch has "
+                f"{sorted(batch)}: train with `wm train`, or under lerobot-train pass "
+                "--policy.latents_path=<a `wm latents` cache of the dataset>"
+            )
         z_future, future_mask = self.future_latents(batch)
         if self.in_prophet_stage():
             return self.prophet_stage_forward(*self.history_latents(batch), z_future, future_mask)
@@ -161,8 +177,16 @@ class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreT
         logs: dict[str, Tensor | float] = {}
         world_loss = None
         if self.config.uses_world_module:
-            h_act, world_out = self.world(h_act, z_hist, z_future, future_mask, mode=memory_mode, step=self.train_step,
-                                          history_mask=hist_mask, train_prophet=self.trains_prophet)
+            h_act, world_out = self.world(
+                h_act,
+                z_hist,
+                z_future,
+                future_mask,
+                mode=memory_mode,
+                step=self.train_step,
+                history_mask=hist_mask,
+                train_prophet=self.trains_prophet,
+            )
             world_loss = world_out.world_loss
             logs.update(self.world_logs(world_out))
         elif h_future is not None:
@@ -183,10 +207,15 @@ class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreT
         h_act, _, z_hist, hist_mask = self._trunk(batch)
         if self.config.uses_world_module:
             mode = memory_mode or self.config.world_memory_mode_rollout
-            h_act, _ = self.world(h_act, z_hist, self.future_latents(batch)[0], mode=mode, history_mask=hist_mask,
-                                  generator=batch.get(ROLLOUT_GENERATORS))
+            h_act, _ = self.world(
+                h_act,
+                z_hist,
+                self.future_latents(batch)[0],
+                mode=mode,
+                history_mask=hist_mask,
+                generator=batch.get(ROLLOUT_GENERATORS),
+            )
         return self.sample_actions(h_act, batch)
-
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -201,9 +230,11 @@ class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreT
         batch_size, t_ctx, _ = z_hist.shape
         device = z_hist.device
         tokens = [
-            self.latent_proj(z_hist) + self.history_pos[self.config.history_len - t_ctx:] + self.type_emb[_HISTORY],
+            self.latent_proj(z_hist) + self.history_pos[self.config.history_len - t_ctx :] + self.type_emb[_HISTORY],
             (self.state_proj(batch[self.config.state_key].float()) + self.type_emb[_STATE])[:, None],
-            (self.instruction(self.instruction_texts(batch, batch_size), device) + self.type_emb[_INSTRUCTION])[:, None],
+            (self.instruction(self.instruction_texts(batch, batch_size), device) + self.type_emb[_INSTRUCTION])[
+                :, None
+            ],
         ]
         if self.config.model_type == "C":
             tokens.append((self.token_emb(self._assign_tokens(z_hist[:, -1])) + self.type_emb[_WORLD_TOKEN])[:, None])
@@ -214,19 +245,25 @@ class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreT
         padding = torch.cat([~hist_mask, hist_mask.new_zeros(batch_size, x.shape[1] - t_ctx)], dim=1)
         x = self.out_norm(self.trunk(x, src_key_padding_mask=padding))
         start = x.shape[1] - sum(q.shape[1] for q in queries)
-        h_act = x[:, start: start + self.config.chunk_size]
-        h_future = x[:, start + self.config.chunk_size:] if len(queries) > 1 else None
+        h_act = x[:, start : start + self.config.chunk_size]
+        h_future = x[:, start + self.config.chunk_size :] if len(queries) > 1 else None
         return h_act, h_future, z_hist, hist_mask
 
     def _assign_tokens(self, z: Tensor) -> Tensor:
         """World-token ids [...] of latents [..., D], assigned as `wm tokens` assigns the cache's."""
         return nearest_code(z, self.centroids)
 
-    def _aux_loss(self, h_future: Tensor, z_future: Tensor, future_mask: Tensor | None) -> tuple[Tensor, dict[str, float]]:
+    def _aux_loss(
+        self, h_future: Tensor, z_future: Tensor, future_mask: Tensor | None
+    ) -> tuple[Tensor, dict[str, float]]:
         """B/C: cross-entropy on future world tokens; B_cont: cosine loss on future latents."""
         z_future = z_future.float()
         k = z_future.shape[1]
-        valid = torch.ones(z_future.shape[:2], dtype=torch.bool, device=z_future.device) if future_mask is None else future_mask.bool()
+        valid = (
+            torch.ones(z_future.shape[:2], dtype=torch.bool, device=z_future.device)
+            if future_mask is None
+            else future_mask.bool()
+        )
         if self.config.model_type == "B_cont":
             loss, per_k = world_cosine_loss(self.future_head(h_future[:, :k]), z_future, valid)
             return loss, {"world_loss": loss.item(), **{f"world_loss_k{i}": v for i, v in enumerate(per_k.tolist(), 1)}}
@@ -237,8 +274,11 @@ class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreT
         per_k = ce.sum(0) / count.clamp_min(1)
         loss = ce.sum() / count.sum().clamp_min(1)
         accuracy = ((logits.argmax(-1) == targets) & valid).sum() / count.sum().clamp_min(1)
-        return loss, {"world_loss": loss.item(), "world_token_acc": accuracy.item(),
-                      **{f"world_loss_k{i}": v for i, v in enumerate(per_k.tolist(), 1)}}
+        return loss, {
+            "world_loss": loss.item(),
+            "world_token_acc": accuracy.item(),
+            **{f"world_loss_k{i}": v for i, v in enumerate(per_k.tolist(), 1)},
+        }
 
 
 def _fill_from_latent_cache(config: WorldTransformerConfig, dataset_meta) -> LatentCache:

@@ -20,5 +20,7 @@ from lerobot_policy_world_modality.world_transformer.configuration_world_transfo
 def make_world_transformer_pre_post_processors(
     config: WorldTransformerConfig,
     dataset_stats: dict[str, dict[str, torch.Tensor]] | None = None,
-) -> tuple[PolicyProcessorPipeline[dict[str, Any], dict[str, Any]], PolicyProcessorPipeline[PolicyAction, PolicyAction]]:
+) -> tuple[
+    PolicyProcessorPipeline[dict[str, Any], dict[str, Any]], PolicyProcessorPipeline[PolicyAction, PolicyAction]
+]:
     return make_default_pre_post_processors(config, dataset_stats, normalizer_device=config.device)
