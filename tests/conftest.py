@@ -1,5 +1,6 @@
 """Shared fixtures: one tiny MetaWorld expert dataset (and its state latents) per test session, generated
-offline; LIBERO set up once; one thread for tests of tiny models; the environment of test subprocesses."""
+offline; LIBERO set up once; one thread for tests of tiny models; the environment of test subprocesses; a
+tokenizer that counts its calls."""
 
 from __future__ import annotations
 
@@ -17,6 +18,24 @@ TINY_SIZE = 64
 # Subprocesses get one thread (tiny models are latency-bound; parallel test runs would oversubscribe cores) and
 # never reach the hub.
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class CountingTokenizer:
+    """A tokenizer that records the texts it is called with (everything else, padding side included, is the
+    wrapped tokenizer's)."""
+
+    def __init__(self, tokenizer) -> None:
+        vars(self).update(tokenizer=tokenizer, texts=[])
+
+    def __call__(self, text, **kwargs):
+        self.texts.append(text)
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.tokenizer, name, value)
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.utils.constants import OBS_ENV_STATE
 
-from conftest import SUBPROCESS_ENV
+from conftest import SUBPROCESS_ENV, CountingTokenizer
+from lerobot_policy_world_modality.common import CachedTokenizer
 from lerobot_policy_world_modality.encoders import StateEncoder, fit_state_encoder
 from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import (
     BACKBONES,
@@ -372,6 +373,46 @@ def test_rollout_observe_select_action_and_wrist_concat(folders, encoder_spec):
     first = policy.predict_action_chunk(batch)
     policy.reset()
     assert not torch.equal(first, policy.predict_action_chunk(other_wrist))
+
+
+def test_rollout_tokenises_each_prompt_once_with_the_same_actions(folders, encoder_spec):
+    """Eval mode tokenises each distinct prompt batch once (the chunks of an episode share it), training mode every
+    batch; the actions are those without the cache, bit for bit."""
+    policy = make_policy(folders, encoder_spec)
+    with torch.no_grad():
+        policy.world.cross_attn.gate.fill_(0.5)  # so the world memory (read at every chunk) matters
+    cache = policy.processor.tokenizer
+    assert isinstance(cache, CachedTokenizer) and not cache.enabled  # a new policy is in training mode
+    counting = cache.tokenizer = CountingTokenizer(cache.tokenizer)
+    mixed = ["pick up the red cube", "reach the goal", "open the drawer now"]
+    # Episodes: a batch mixing instructions; the same, whose instructions change order at its fourth step;
+    # one instruction in every row.
+    episodes = [[mixed] * 5, [mixed] * 3 + [mixed[::-1]] * 2, [["reach the goal"] * BATCH] * 5]
+
+    def rollout(tasks: list[list[str]]) -> torch.Tensor:
+        policy.reset()
+        torch.manual_seed(3)
+        actions = []
+        for seed, step in enumerate(tasks):
+            batch = make_batch(seed=seed, with_latents=False)
+            del batch["action"], batch["action_is_pad"]
+            actions.append(policy.select_action(batch | {"task": step}))
+        return torch.stack(actions)
+
+    policy.train()
+    for _ in range(2):
+        policy.predict_action_chunk(make_batch(with_latents=False))
+    assert len(counting.texts) == 2 and not cache._calls
+
+    policy.eval()
+    counting.texts.clear()
+    cached = [rollout(tasks) for tasks in episodes]
+    assert len(counting.texts) == 3  # mixed, mixed reversed, reach everywhere
+    assert [[p.count("reach the goal") for p in texts] for texts in counting.texts] == [[0, 1, 0]] * 2 + [[1] * 3]
+    cache.enabled = False
+    counting.texts.clear()
+    assert all(torch.equal(a, rollout(tasks)) for a, tasks in zip(cached, episodes, strict=True))
+    assert len(counting.texts) == 9  # a chunk every n_action_steps=2 steps: 3 per episode
 
 
 def test_flow_head_frozen_backbone_and_plain_lerobot_batches(folders, encoder_spec):

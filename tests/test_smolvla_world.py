@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SUBPROCESS_ENV
+from conftest import SUBPROCESS_ENV, CountingTokenizer
 from lerobot_cli import REPO, lerobot_eval_metaworld, lerobot_train
 
 CAMERA = "observation.images.corner2"
@@ -394,6 +394,60 @@ def test_compiled_denoise_step_gives_the_same_chunks_without_recompiling(vlm_fol
 
 
 # --- world latents under plain lerobot-train ------------------------------------------------------
+
+
+def _rollout(policy, preprocessor, tasks: list[list[str]]) -> torch.Tensor:
+    """`select_action` on raw observations (one batch of instructions per step) through ``preprocessor``."""
+    g = torch.Generator().manual_seed(0)
+    policy.reset()
+    torch.manual_seed(3)  # each chunk's noise from the global RNG, as in lerobot-eval
+    actions = []
+    for step in tasks:
+        observation = {
+            "observation.state": torch.randn(len(step), 4, generator=g),
+            ENV_STATE: torch.randn(len(step), 39, generator=g),
+            CAMERA: torch.rand(len(step), 3, 64, 64, generator=g),
+            "task": list(step),
+        }
+        actions.append(policy.select_action(preprocessor(observation)))
+    return torch.stack(actions)
+
+
+def test_rollout_tokenises_each_instruction_once_with_the_same_actions(vlm_folder, tmp_path):
+    """The plugin's preprocessor (also as a checkpoint loads it) is LeRobot's SmolVLA pipeline with a tokenizer
+    step of the same settings that tokenises each distinct instruction (batch) once: the same actions, bit for bit."""
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_processors
+    from lerobot.processor import TokenizerProcessorStep
+
+    from lerobot_policy_world_modality.common import InstructionTokenizerStep
+
+    policy = _world_policy(vlm_folder, None, use_world_module=False, n_action_steps=2)
+    preprocessor, postprocessor = make_pre_post_processors(policy.config, dataset_stats=None)
+    preprocessor.save_pretrained(tmp_path / "ckpt")
+    postprocessor.save_pretrained(tmp_path / "ckpt")
+    loaded, _ = make_pre_post_processors(policy.config, pretrained_path=str(tmp_path / "ckpt"))
+    lerobots, _ = make_smolvla_pre_post_processors(policy.config, None)
+    lerobot_step = next(s for s in lerobots.steps if isinstance(s, TokenizerProcessorStep))
+    # Episodes: a repeated instruction; a new one, then the first again; a batch mixing them, whose instructions
+    # change order at its fourth step.
+    episodes = [
+        [["reach the goal"]] * 5,
+        [["open the drawer"]] * 3 + [["reach the goal"]] * 2,
+        [["reach the goal", "open the drawer"]] * 3 + [["open the drawer", "reach the goal"]] * 2,
+    ]
+    for pipeline in (preprocessor, loaded):
+        step = next(s for s in pipeline.steps if isinstance(s, TokenizerProcessorStep))
+        assert isinstance(step, InstructionTokenizerStep) and step.get_config() == lerobot_step.get_config()
+        counting = step.input_tokenizer.tokenizer = CountingTokenizer(step.input_tokenizer.tokenizer)
+        for tasks in episodes:
+            assert torch.equal(_rollout(policy, pipeline, tasks), _rollout(policy, lerobots, tasks))
+        assert counting.texts == [  # after LeRobot's newline step
+            ["reach the goal\n"],
+            ["open the drawer\n"],
+            ["reach the goal\n", "open the drawer\n"],
+            ["open the drawer\n", "reach the goal\n"],
+        ]
 
 
 def test_online_latents_from_delta_frames_equal_the_cache(metaworld_dataset, latent_cache, vlm_folder, spec):

@@ -1,7 +1,9 @@
-"""What the plugin's policy families share: the world-memory config and policy mixin, chunked actions, heads."""
+"""What the plugin's policy families share: the world-memory config and policy mixin, chunked actions, heads,
+instructions tokenised once."""
 
 from lerobot_policy_world_modality.common.chunks import ACTION_HEADS, CurrentFrameChunkConfig, QueuedActions
 from lerobot_policy_world_modality.common.heads import ActionHeads, FlowHead
+from lerobot_policy_world_modality.common.instruction_tokens import CachedTokenizer, InstructionTokenizerStep
 from lerobot_policy_world_modality.common.world_memory import (
     INSTRUCTION_BATCH_KEY,
     SCHEDULED_ORACLE_SHARE,
@@ -14,8 +16,10 @@ __all__ = [
     "INSTRUCTION_BATCH_KEY",
     "SCHEDULED_ORACLE_SHARE",
     "ActionHeads",
+    "CachedTokenizer",
     "CurrentFrameChunkConfig",
     "FlowHead",
+    "InstructionTokenizerStep",
     "QueuedActions",
     "WorldMemoryConfig",
     "WorldMemoryPolicy",

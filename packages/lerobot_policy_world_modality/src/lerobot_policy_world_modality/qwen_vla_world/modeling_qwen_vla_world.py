@@ -30,7 +30,7 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lerobot_policy_world_modality.common import ActionHeads, QueuedActions, WorldMemoryPolicy
+from lerobot_policy_world_modality.common import ActionHeads, CachedTokenizer, QueuedActions, WorldMemoryPolicy
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 from lerobot_policy_world_modality.encoders.spec import digest
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
@@ -174,6 +174,8 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         config.validate_features()
         self.config = config
         self.backbone, self.processor = load_backbone(config)
+        # Rollouts (eval mode) tokenise each distinct prompt once: only the image changes within an episode.
+        self.processor.tokenizer = CachedTokenizer(self.processor.tokenizer, enabled=not self.training)
         hidden = self.backbone.get_base_model().config.get_text_config().hidden_size
         self.register_buffer("act_ids", torch.tensor(config.act_token_ids), persistent=False)
         if config.use_proprio:
@@ -190,6 +192,11 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         self.reset()
 
     # --- LeRobot interface ------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> QwenVLAWorldPolicy:
+        """Training tokenises every batch afresh; eval mode remembers the prompts' tokens (`CachedTokenizer`)."""
+        self.processor.tokenizer.enabled = not mode
+        return super().train(mode)
 
     def reset(self) -> None:
         """Start new episodes: forget queued actions and the world-latent history."""
