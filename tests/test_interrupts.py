@@ -74,6 +74,7 @@ def completes(command: str) -> None:
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_wm_data_metaworld_ends_its_workers_silently(tmp_path):
     """A normal end stops the generation workers too: none may print a traceback then (each shuts OpenGL down at
     exit, where a stop signal used to land)."""
