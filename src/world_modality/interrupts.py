@@ -85,7 +85,4 @@ def exit_on_sigterm() -> None:
 
 
 def _exit(signum: int, frame) -> None:
-    # Once: a second SIGTERM (a pool terminating its workers, then the group's) would otherwise interrupt the exit's
-    # own cleanup (atexit callbacks such as OpenGL's), which prints that SystemExit as "Exception ignored".
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(exit_status(signum))

@@ -485,7 +485,9 @@ def _summaries_in_order(spec: MetaWorldDatasetSpec, staging: Path, workers: int)
                 _drain(q, progress, timeout=0)
                 summaries[summary["task"]] = summary
                 yield from ready()
-            pool.close()  # the workers end on their own once idle; no signal at a normal end
+            # A normal end lets the workers exit on their own: terminating them would signal workers already in
+            # their exit's cleanup (OpenGL's atexit), which prints the SystemExit as "Exception ignored".
+            pool.close()
             pool.join()
     finally:
         for bar in bars.values():
