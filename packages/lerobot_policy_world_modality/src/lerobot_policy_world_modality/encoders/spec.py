@@ -103,8 +103,7 @@ class EncoderSpec:
     render: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.name not in ENCODER_NAMES:
-            raise InputError(f"unknown encoder name {self.name!r}; expected one of {ENCODER_NAMES}")
+        encoder_kind(self.name)  # refuses an unknown name
         if self.dtype not in STORAGE_DTYPES:
             raise InputError(f"unknown storage dtype {self.dtype!r}; expected one of {STORAGE_DTYPES}")
         if self.temporal_window < 1:
