@@ -378,12 +378,13 @@ def test_mt10_example_is_the_issue_16_experiment():
     assert all({"zero", "shuffle", "other"} <= set(modes) for modes in config.ablations.values())
 
 
-def test_the_committed_mt10_results_take_the_example_files_remaining_pieces():
-    """docs/results/mt10_world_memory is an export of pieces of examples/mt10_world_memory.yaml: the pieces still
-    to run (other seeds, arms, encoders) must merge into it, so the file and the export's matrix.yaml agree."""
+@pytest.mark.parametrize("name", ["mt10_world_memory", "mt10_vla"])
+def test_the_committed_mt10_results_take_the_example_files_remaining_pieces(name):
+    """docs/results/NAME is an export of pieces of examples/NAME.yaml: the pieces still to run (other seeds, arms,
+    encoders) must merge into it, so the file and the export's matrix.yaml agree."""
     repo = Path(__file__).resolve().parents[1]
-    results = repo / "docs" / "results" / "mt10_world_memory"
-    matrix.check_run_dir(matrix.load_config(repo / "examples" / "mt10_world_memory.yaml"), results)
+    results = repo / "docs" / "results" / name
+    matrix.check_run_dir(matrix.load_config(repo / "examples" / f"{name}.yaml"), results)
     assert (results / matrix.RESULTS_ONLY_FILE).is_file() and not list(results.rglob("*.safetensors"))
 
 
