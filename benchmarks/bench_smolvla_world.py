@@ -1,7 +1,7 @@
 """World-memory overhead of SmolVLA-world: E0 (LeRobot's `smolvla`) vs E2 (`smolvla_world`, predicted memory).
 
 Usage: python benchmarks/bench_smolvla_world.py [--smoke] [--iters 50] [--train-batch-size 32] [--json out.json]
-       [--compile reduce-overhead] [--compile-denoise-step] [--no-train]
+       [--compile reduce-overhead] [--compile-denoise-step] [--no-train] [--cuda-graphs] [--profile]
 
 Both policies use the full SmolVLM2-500M-Video-Instruct architecture written by
 `write_smolvlm_folder(size="500m")` with random weights (the cost of a forward does not depend on
@@ -14,6 +14,10 @@ cost is in bench_encoders.py. On CUDA everything runs under bf16 autocast (LeRob
 - inference: latency of one action chunk (`predict_action_chunk`, batch 1), median of --iters calls;
 - training: samples/s of forward + backward + AdamW steps (SmolVLA's training preset: VLM frozen,
   expert + projections + world module trained), median of --iters steps.
+`--cuda-graphs` adds E0-graphs (`smolvla_world` without world module: LeRobot's SmolVLA) and E2-graphs, whose
+denoising steps replay CUDA graphs (`cuda_graphs`), beside the eager E0 and E2, and checks that their actions equal
+the eager ones within bf16 tolerance. `--profile` prints where one chunk's time goes (torch.profiler) per arm.
+The floor beside the latencies: the bf16 weights read once at the GPU's memory bandwidth.
 Arms alternate in rounds so drifting clocks hit both alike. Prints a table and the E2/E0 ratios
 (target: world memory costs <= 10% in both). `--smoke` runs a tiny SmolVLM on the CPU in seconds.
 """
@@ -33,6 +37,7 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+from provenance import commit, today
 from tqdm.auto import tqdm
 
 from lerobot_policy_world_modality.encoders import build_encoder, fit_state_encoder
@@ -59,6 +64,7 @@ def build_policies(
     device: torch.device,
     compile_mode: str | None = None,
     compile_denoise_step: bool = False,
+    cuda_graphs: bool = False,
 ) -> dict[str, torch.nn.Module]:
     latent_dim = spec["output_dim"]
     inputs = {key: PolicyFeature(FeatureType.VISUAL, (3, IMAGE_SIDE, IMAGE_SIDE)) for key in CAMERAS}
@@ -80,13 +86,28 @@ def build_policies(
     torch.manual_seed(0)
     e0 = SmolVLAPolicy(SmolVLAConfig(**shared))
     world_sizes = {"prophet_dim": 32, "prophet_layers": 1} if smoke else {}
-    e2 = SmolVLAWorldPolicy(
-        SmolVLAWorldConfig(**shared, encoder_spec=spec, compile_denoise_step=compile_denoise_step, **world_sizes)
-    )
+    world = {"encoder_spec": spec, "compile_denoise_step": compile_denoise_step, **world_sizes}
+    e2 = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, **world, cuda_graphs=False))
     e2.load_state_dict(e0.state_dict(), strict=False)  # same SmolVLA weights; the world module is new
     if compile_denoise_step:  # E0 is LeRobot's SmolVLA: the same compilation, applied from outside
         e0.model.denoise_step = torch.compile(e0.model.denoise_step)
-    return {"E0": e0.to(device), "E2": e2.to(device)}
+    policies = {"E0": e0, "E2": e2}
+    if cuda_graphs:
+        policies["E0-graphs"] = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, **world, use_world_module=False))
+        policies["E0-graphs"].load_state_dict(e0.state_dict())
+        policies["E2-graphs"] = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, **world))
+        policies["E2-graphs"].load_state_dict(e2.state_dict())
+    return {arm: policy.to(device) for arm, policy in policies.items()}
+
+
+# Memory bandwidth (bytes/s) of the GPUs these benchmarks run on, for the weight-reading floor.
+BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
+
+
+def weight_floor_ms(policy: torch.nn.Module, device_name: str) -> float | None:
+    """Milliseconds to read the policy's weights once in bf16 at the GPU's memory bandwidth (None: unknown GPU)."""
+    bandwidth = next((value for name, value in BANDWIDTH.items() if name in device_name), None)
+    return None if bandwidth is None else 1000 * 2 * sum(p.numel() for p in policy.parameters()) / bandwidth
 
 
 def make_batch(batch_size: int, chunk_size: int, latent_dim: int, device: torch.device, world) -> dict:
@@ -139,6 +160,10 @@ def main() -> None:
         help="torch.compile one denoising step (smolvla_world's compile_denoise_step; the same for E0)",
     )
     parser.add_argument("--no-train", action="store_true", help="time inference only")
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="add the arms whose denoising steps replay CUDA graphs"
+    )
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of one chunk per arm")
     args = parser.parse_args()
     smoke = args.smoke
     iters = args.iters or (3 if smoke else 50)
@@ -156,13 +181,16 @@ def main() -> None:
         latent_dim = 16 if smoke else 1024
         stats = torch.randn(16, latent_dim)
         spec = build_encoder("state", fit_state_encoder(stats, Path(tmp) / "latent-spec", state_key=LATENT_KEY)).spec
-        policies = build_policies(folder, spec.to_dict(), smoke, device, args.compile, args.compile_denoise_step)
+        policies = build_policies(
+            folder, spec.to_dict(), smoke, device, args.compile, args.compile_denoise_step, args.cuda_graphs
+        )
     config = policies["E2"].config
     infer_batch = {
-        arm: make_batch(1, config.chunk_size, latent_dim, device, config if arm == "E2" else None) for arm in policies
+        arm: make_batch(1, config.chunk_size, latent_dim, device, config if arm.startswith("E2") else None)
+        for arm in policies
     }
     train_batch_of = {
-        arm: make_batch(train_batch, config.chunk_size, latent_dim, device, config if arm == "E2" else None)
+        arm: make_batch(train_batch, config.chunk_size, latent_dim, device, config if arm.startswith("E2") else None)
         for arm in policies
     }
     noise = torch.randn(1, config.chunk_size, config.max_action_dim, generator=torch.Generator().manual_seed(1)).to(
@@ -173,11 +201,19 @@ def main() -> None:
         for arm, policy in policies.items()
     }
 
-    def infer(arm: str) -> None:
+    def infer(arm: str) -> torch.Tensor:
         policy = policies[arm].eval()
         policy.reset()
         with autocast():
-            policy.predict_action_chunk(dict(infer_batch[arm]), noise=noise)
+            return policy.predict_action_chunk(dict(infer_batch[arm]), noise=noise)
+
+    max_action_difference = {}
+    for arm in [arm for arm in policies if arm.endswith("-graphs")]:
+        eager = infer(arm.removesuffix("-graphs")).float()
+        max_action_difference[arm] = (infer(arm).float() - eager).abs().max().item()
+        print(f"{arm}: largest action difference to the eager arm {max_action_difference[arm]:.2e} (bf16)")
+        if not max_action_difference[arm] <= 0.05:
+            raise SystemExit(f"{arm}'s actions differ from the eager arm's beyond bf16 tolerance")
 
     def train_step(arm: str) -> None:
         policy, optimizer = policies[arm], optimizers[arm]
@@ -202,9 +238,18 @@ def main() -> None:
                         times[arm].append(elapsed)
                     bar.update()
     bar.close()
+    if args.profile:
+        for arm in policies:
+            with torch.profiler.profile(activities=torch.profiler.supported_activities()) as profiler:
+                timed(infer, arm, device)
+            print(f"\n--- {arm}: one chunk ---")
+            sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(profiler.key_averages().table(sort_by=sort, row_limit=15))
 
     results = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "date": today(),
+        "commit": commit(),
         "vlm": "tiny (smoke)" if smoke else "SmolVLM2-500M architecture, random weights",
         "dtype": "bf16 autocast" if device.type == "cuda" else "float32",
         "compile": args.compile,
@@ -213,6 +258,7 @@ def main() -> None:
         "denoising_steps": config.num_steps,
         "train_batch_size": train_batch,
         "iters": per_round * args.rounds,
+        "cuda_graphs_max_action_difference": max_action_difference,
         "arms": {},
     }
     for arm, policy in policies.items():
@@ -220,6 +266,10 @@ def main() -> None:
             "params_total": sum(p.numel() for p in policy.parameters()),
             "params_trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
             "chunk_latency_ms": 1000 * statistics.median(latency[arm]),
+            "chunk_latency_p90_ms": 1000 * statistics.quantiles(latency[arm], n=10)[-1]
+            if len(latency[arm]) > 1
+            else float("nan"),
+            "weight_floor_ms": weight_floor_ms(policy, results["device"]),
             "train_samples_per_s": train_batch / statistics.median(step_time[arm]) if step_time[arm] else float("nan"),
         }
     e0, e2 = results["arms"]["E0"], results["arms"]["E2"]
@@ -231,11 +281,26 @@ def main() -> None:
         f"{config.num_steps} denoising steps | train batch {train_batch} | median of {results['iters']} | compile {args.compile}"
         f"{' | compiled denoising step' if args.compile_denoise_step else ''}"
     )
-    print(f"{'arm':<28}{'params (trainable)':>24}{'chunk latency ms':>18}{'train samples/s':>17}")
-    names = {"E0": "E0 smolvla", "E2": "E2 smolvla_world (pred)"}
+    print(f"{'arm':<34}{'params (trainable)':>24}{'chunk ms (p90)':>20}{'floor ms':>10}{'train samples/s':>17}")
+    names = {
+        "E0": "E0 smolvla",
+        "E2": "E2 smolvla_world (pred)",
+        "E0-graphs": "E0 smolvla_world, CUDA graphs",
+        "E2-graphs": "E2 smolvla_world, CUDA graphs",
+    }
     for arm, row in results["arms"].items():
         params = f"{row['params_total'] / 1e6:.1f}M ({row['params_trainable'] / 1e6:.1f}M)"
-        print(f"{names[arm]:<28}{params:>24}{row['chunk_latency_ms']:>18.2f}{row['train_samples_per_s']:>17.1f}")
+        latency_text = f"{row['chunk_latency_ms']:.2f} ({row['chunk_latency_p90_ms']:.2f})"
+        floor = "-" if row["weight_floor_ms"] is None else f"{row['weight_floor_ms']:.2f}"
+        print(f"{names[arm]:<34}{params:>24}{latency_text:>20}{floor:>10}{row['train_samples_per_s']:>17.1f}")
+    if "E2-graphs" in results["arms"]:
+        graphs_e0, graphs_e2 = results["arms"]["E0-graphs"], results["arms"]["E2-graphs"]
+        results["graphs_latency_ratio_e2_over_e0"] = graphs_e2["chunk_latency_ms"] / graphs_e0["chunk_latency_ms"]
+        results["graphs_speedup_e2"] = e2["chunk_latency_ms"] / graphs_e2["chunk_latency_ms"]
+        print(
+            f"CUDA graphs: E2/E0 latency {results['graphs_latency_ratio_e2_over_e0']:.3f}; E2 eager / E2 graphs "
+            f"{results['graphs_speedup_e2']:.2f}x"
+        )
     latency_extra = 100 * (results["latency_ratio_e2_over_e0"] - 1)
     throughput_loss = 100 * (1 - results["train_throughput_ratio_e2_over_e0"])
     print(

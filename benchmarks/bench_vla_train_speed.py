@@ -28,7 +28,6 @@ benchmarks/results/vla_train_speed_<device>_<date>.json (device, date, commit, s
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -39,6 +38,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from provenance import commit, today
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("lerobot E0", "wm E0", "wm E2")
@@ -221,15 +221,6 @@ def device_name(device: str) -> str:
     return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="500m", choices=("tiny", "small", "500m"), help="SmolVLM2 folder size")
@@ -318,7 +309,7 @@ def main() -> None:
         }
 
     device = device_name(args.device)
-    today = datetime.date.today().isoformat()
+    date = today()
     print(
         f"\nVLA training speed: SmolVLM2 {args.size}, batch {args.batch_size}, use_amp {args.amp}, "
         f"{args.data_workers} data workers, {dataset.name}; {device}; median of {args.steps} steps after "
@@ -332,7 +323,7 @@ def main() -> None:
         print(f"{name}: {ratio:.3f}" + (" (target >= 0.95)" if name.startswith("wm E0") else ""))
 
     path = args.json or REPO / "benchmarks" / "results" / (
-        f"vla_train_speed_{''.join(c if c.isalnum() else '-' for c in device).strip('-').lower()}_{today}.json"
+        f"vla_train_speed_{''.join(c if c.isalnum() else '-' for c in device).strip('-').lower()}_{date}.json"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     made = ("tasks", "episodes_per_task", "image_size", "storage", "gen_workers")  # what a dataset made had
@@ -346,7 +337,7 @@ def main() -> None:
             {
                 "benchmark": "bench_vla_train_speed",
                 "device": device,
-                "date": today,
+                "date": date,
                 "commit": commit(),
                 "torch": torch.__version__,
                 "command": " ".join(sys.argv),

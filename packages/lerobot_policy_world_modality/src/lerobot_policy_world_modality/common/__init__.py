@@ -1,7 +1,8 @@
 """What the plugin's policy families share: the world-memory config and policy mixin, chunked actions, heads,
-instructions tokenised once."""
+instructions tokenised once, CUDA-graph replay of an inference step."""
 
 from lerobot_policy_world_modality.common.chunks import ACTION_HEADS, CurrentFrameChunkConfig, QueuedActions
+from lerobot_policy_world_modality.common.cuda_graphs import GraphedStep
 from lerobot_policy_world_modality.common.heads import ActionHeads, FlowHead
 from lerobot_policy_world_modality.common.instruction_tokens import CachedTokenizer, InstructionTokenizerStep
 from lerobot_policy_world_modality.common.world_memory import (
@@ -19,6 +20,7 @@ __all__ = [
     "CachedTokenizer",
     "CurrentFrameChunkConfig",
     "FlowHead",
+    "GraphedStep",
     "InstructionTokenizerStep",
     "QueuedActions",
     "WorldMemoryConfig",

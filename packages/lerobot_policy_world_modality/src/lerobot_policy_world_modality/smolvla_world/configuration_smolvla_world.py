@@ -72,6 +72,9 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
     # read included): compiled once, replayed `num_steps` times per chunk. LeRobot's own
     # `compile_model` compiles the whole unrolled sampling loop, whose warm-up did not finish in minutes.
     compile_denoise_step: bool = False
+    # Inference on CUDA: each denoising step replayed from a CUDA graph captured once per batch size (instead of
+    # hundreds of kernel launches from Python per step); no effect on CPU, in training, or with compile_denoise_step.
+    cuda_graphs: bool = True
     # False: no world module, LeRobot's SmolVLA (the E0 baseline; module docstring).
     use_world_module: bool = True
 

@@ -18,6 +18,9 @@ so the policy is LeRobot's SmolVLA with the same weights (tested). With ``use_wo
 is no world module, no hook and no step counter: LeRobot's SmolVLA, parameter for parameter (tested).
 
 Training calls the `WorldModule` as is (Prophet, memory mode / oracle schedule, world loss, injection).
+Inference on CUDA replays each denoising step from a CUDA graph (`cuda_graphs`, on by default; `GraphedStep`): the
+VLM prefix pass stays eager, the memory is prepared eagerly once per chunk, and the graph of the step (action
+expert over the cached prefix, memory read included) is captured once per batch size and replayed at every step.
 Inference computes the memory once per action chunk (one Prophet pass; one draw for the `random` and
 `shuffle` controls), projects it to attention keys and values once, and reads that same memory at every
 denoising step (`WorldModule.prepare_memory` / `read_memory`: what `WorldModule.forward` computes in
@@ -26,16 +29,18 @@ eval mode, without recomputing the memory's projections at each step).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from draccus.utils import ParsingError
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, VLAFlowMatching
 from torch import Tensor
+from transformers import DynamicCache
 
-from lerobot_policy_world_modality.common import WorldMemoryPolicy
+from lerobot_policy_world_modality.common import GraphedStep, WorldMemoryPolicy
 from lerobot_policy_world_modality.encoders import WorldEncoder, build_encoder
 from lerobot_policy_world_modality.encoders.state import StateEncoder
 from lerobot_policy_world_modality.errors import InputError
@@ -73,18 +78,59 @@ class WorldFlowMatching(VLAFlowMatching):
             else None
         )
         self._read_memory: MemoryReader | None = None
+        self._graphed_step: GraphedStep | None = None
+        self._cache_layout: DynamicCache | None = None  # the prefix cache whose tensors the graph reads, as a template
         if config.compile_denoise_step:
             self.denoise_step = torch.compile(self.denoise_step)
+        elif config.cuda_graphs:
+            self._graphed_step = GraphedStep(self._step_from_buffers)
+
+    def _apply(self, fn, *args, **kwargs):
+        # Moving or casting the weights (.to, .cuda, .half) leaves a captured graph reading their old memory.
+        if getattr(self, "_graphed_step", None) is not None:
+            self._graphed_step.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     @contextmanager
     def reading_memory(self, reader: MemoryReader) -> Iterator[None]:
         """Within the block, every suffix embedding (training forward, each denoising step) goes
         through ``reader`` ([B, H, d_expert] -> same)."""
-        self._read_memory = reader
+        previous, self._read_memory = self._read_memory, reader
         try:
             yield
         finally:
-            self._read_memory = None
+            self._read_memory = previous
+
+    def denoise_step(self, prefix_pad_masks, past_key_values, x_t, timestep):
+        """SmolVLA's denoising step; at inference on CUDA replayed from a CUDA graph (`cuda_graphs`)."""
+        graphed = (
+            self._graphed_step is not None
+            and not self.training
+            and x_t.device.type == "cuda"
+            and isinstance(past_key_values, DynamicCache)
+            and (self.world is None or isinstance(self._read_memory, _ChunkMemory))
+        )
+        if not graphed:
+            return super().denoise_step(prefix_pad_masks, past_key_values, x_t, timestep)
+        memory = None if self.world is None else self._read_memory.prepared()
+        parts = (None,) * 4 if memory is None else (memory.keys, memory.values, memory.allowed, memory.has_memory)
+        self._cache_layout = past_key_values
+        cached = [tensor for layer in past_key_values.layers for tensor in (layer.keys, layer.values)]
+        return self._graphed_step(prefix_pad_masks, x_t, timestep, *parts, *cached)
+
+    def _step_from_buffers(self, prefix_pad_masks, x_t, timestep, keys, values, allowed, has_memory, *cached):
+        """The step the graph captures: SmolVLA's, on a prefix cache and a prepared memory made of the graph's
+        buffers (a copy of the cache object: the step appends to it and crops it back)."""
+        cache = copy.copy(self._cache_layout)
+        cache.layers = [copy.copy(layer) for layer in self._cache_layout.layers]
+        for layer, layer_keys, layer_values in zip(cache.layers, cached[::2], cached[1::2], strict=True):
+            layer.keys, layer.values = layer_keys, layer_values
+        memory = None if keys is None else PreparedMemory(keys, values, allowed, has_memory)
+        reading = (
+            nullcontext() if self.world is None else self.reading_memory(lambda h: self.world.read_memory(h, memory))
+        )
+        with reading:
+            return super().denoise_step(prefix_pad_masks, cache, x_t, timestep)
 
     def embed_suffix(self, noisy_actions, timestep):
         embs, pad_masks, att_masks = super().embed_suffix(noisy_actions, timestep)
@@ -124,9 +170,13 @@ class _ChunkMemory:
         self.built = False
 
     def __call__(self, h: Tensor) -> Tensor:
+        return self.world.read_memory(h, self.prepared())
+
+    def prepared(self) -> PreparedMemory | None:
+        """The chunk's memory, built on first use."""
         if not self.built:
             self._build()
-        return self.world.read_memory(h, self.memory)
+        return self.memory
 
     @torch.compiler.disable  # a compiled denoising step only reads the memory; building it stays eager
     def _build(self) -> None:

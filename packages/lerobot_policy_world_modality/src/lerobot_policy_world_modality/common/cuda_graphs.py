@@ -1,0 +1,172 @@
+"""CUDA-graph replay of an inference step (docs/ARCHITECTURE.md, Fast inference).
+
+At batch 1 a VLA's denoising step is hundreds of small kernels, each launched from Python, so the GPU mostly waits
+for the host. `GraphedStep` captures the step once per input signature and then launches all of its kernels with
+one replay.
+
+Captured code must not copy from host memory: the copy synchronises the stream, which capture forbids. The tensors
+a step makes from host data (`torch.tensor` of Python values such as an attention-mask pattern, a CPU tensor moved
+to the GPU) depend only on the shapes, so `HostConstants` records them on the device during a warm-up run and hands
+the recorded tensors back, in the same order, while the capture runs; other host data at capture is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+_FACTORIES = (torch.tensor, torch.as_tensor)
+_MOVES = (Tensor.to, Tensor.cuda)
+
+
+def _target_device(func: Callable, args: tuple, kwargs: dict) -> torch.device | None:
+    """The device a factory or move call puts its result on, when it names one."""
+    if func in _FACTORIES:
+        device = kwargs.get("device")
+        return None if device is None else torch.device(device)
+    if func is Tensor.cuda:
+        return torch.device("cuda")
+    for value in (*args[1:], kwargs.get("device")):
+        if isinstance(value, (str, torch.device)):
+            return torch.device(value)
+        if isinstance(value, Tensor):
+            return value.device
+    return None
+
+
+class HostConstants(TorchFunctionMode):
+    """Within the block, host data that becomes a tensor on a ``device_type`` device is recorded (``replay=False``)
+    or served from the record in call order (``replay=True``), checking that the host data are the same."""
+
+    def __init__(self, record: list[tuple[Any, Tensor]], replay: bool, device_type: str = "cuda") -> None:
+        super().__init__()
+        self.record, self.replay, self.device_type = record, replay, device_type
+        self.position = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        host = self._host_data(func, args, kwargs)
+        if host is None:
+            return func(*args, **kwargs)
+        if not self.replay:
+            result = func(*args, **kwargs)
+            self.record.append((host, result))
+            return result
+        if self.position >= len(self.record):
+            raise RuntimeError(f"{func.__name__}: the captured step makes more host constants than its warm-up run")
+        recorded, result = self.record[self.position]
+        self.position += 1
+        if not _same(host, recorded):
+            raise RuntimeError(
+                f"{func.__name__} got other host data at capture than in the warm-up run: the step depends on "
+                "values, not only on shapes, and cannot be replayed from a CUDA graph"
+            )
+        return result
+
+    def _host_data(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """A copy of the host data a call would move onto the device; None for any other call."""
+        if func not in _FACTORIES and func not in _MOVES:
+            return None
+        device = _target_device(func, args, kwargs)
+        if device is None or device.type != self.device_type:
+            return None
+        data = args[0] if args else kwargs.get("data")
+        if isinstance(data, Tensor):
+            if data.device.type == self.device_type and func in _MOVES:
+                return None  # already there: no host copy
+            return data.detach().to("cpu", copy=True)
+        return (repr(data), kwargs.get("dtype"))
+
+    def check_complete(self) -> None:
+        if self.replay and self.position != len(self.record):
+            raise RuntimeError(
+                f"the captured step made {self.position} host constants, its warm-up run {len(self.record)}"
+            )
+
+
+def _same(host: Any, recorded: Any) -> bool:
+    if isinstance(host, Tensor) != isinstance(recorded, Tensor):
+        return False
+    if isinstance(host, Tensor):
+        return host.dtype == recorded.dtype and host.shape == recorded.shape and torch.equal(host, recorded)
+    return host == recorded
+
+
+def _autocast_state() -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: list[Tensor | None]  # the static buffers the graph reads
+    output: Tensor  # the buffer the graph writes
+    constants: list[tuple[Any, Tensor]]  # kept alive: the graph reads them
+    last: list[Tensor | None] = field(
+        default_factory=list
+    )  # the previous call's inputs, held so their memory is not reused
+
+
+class GraphedStep:
+    """``fn(*inputs) -> Tensor`` replayed from a CUDA graph captured on the first call of each input signature
+    (shapes, dtypes, devices, which inputs are None, the autocast state).
+
+    Each call copies its inputs into the graph's buffers, except an input that is the very tensor of the previous
+    call (a KV cache or a prepared memory shared by the denoising steps of a chunk), replays the graph and returns a
+    copy of its output. ``fn`` must compute on the GPU only (no `.item()`, no data-dependent shapes) and keep no
+    state between calls; autocast's weight-cast cache is off inside it (a cached cast would outlive the graph)."""
+
+    def __init__(self, fn: Callable[..., Tensor]) -> None:
+        self.fn = fn
+        self._graphs: dict[tuple, _Captured] = {}
+
+    def clear(self) -> None:
+        """Forget every graph (the weights they read have moved)."""
+        self._graphs.clear()
+
+    @property
+    def captured(self) -> int:
+        return len(self._graphs)
+
+    def __call__(self, *inputs: Tensor | None) -> Tensor:
+        signature = (
+            tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in inputs),
+            _autocast_state(),
+        )
+        captured = self._graphs.get(signature)
+        if captured is None:
+            captured = self._graphs[signature] = self._capture(inputs)
+        else:
+            for buffer, previous, new in zip(captured.inputs, captured.last, inputs, strict=True):
+                if new is not None and new is not previous:
+                    buffer.copy_(new)
+        captured.last = list(inputs)
+        captured.graph.replay()
+        return captured.output.clone()
+
+    def _run(self, inputs: Sequence[Tensor | None], record: list, replay: bool) -> tuple[Tensor, HostConstants]:
+        enabled, dtype = _autocast_state()
+        constants = HostConstants(record, replay=replay)
+        with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False), constants:
+            output = self.fn(*inputs)
+        return output, constants
+
+    def _capture(self, inputs: Sequence[Tensor | None]) -> _Captured:
+        buffers = [None if t is None else t.clone() for t in inputs]
+        record: list[tuple[Any, Tensor]] = []
+        # Warm-up on a side stream (lazy initialisations, library handles, the host constants), as torch advises.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._run(buffers, record, replay=False)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output, constants = self._run(buffers, record, replay=True)
+        constants.check_complete()
+        return _Captured(graph, buffers, output, record, last=list(inputs))
