@@ -1,7 +1,7 @@
 """World-memory overhead of SmolVLA-world: E0 (LeRobot's `smolvla`) vs E2 (`smolvla_world`, predicted memory).
 
 Usage: python benchmarks/bench_smolvla_world.py [--smoke] [--iters 50] [--train-batch-size 32] [--json out.json]
-       [--compile reduce-overhead] [--compile-denoise-step] [--no-train] [--cuda-graphs] [--profile]
+       [--compile reduce-overhead] [--compile-denoise-step] [--no-train] [--cuda-graphs chunk,step] [--profile]
 
 Both policies use the full SmolVLM2-500M-Video-Instruct architecture written by
 `write_smolvlm_folder(size="500m")` with random weights (the cost of a forward does not depend on
@@ -14,9 +14,9 @@ cost is in bench_encoders.py. On CUDA everything runs under bf16 autocast (LeRob
 - inference: latency of one action chunk (`predict_action_chunk`, batch 1), median of --iters calls;
 - training: samples/s of forward + backward + AdamW steps (SmolVLA's training preset: VLM frozen,
   expert + projections + world module trained), median of --iters steps.
-`--cuda-graphs` adds E0-graphs (`smolvla_world` without world module: LeRobot's SmolVLA) and E2-graphs, whose
-denoising steps replay CUDA graphs (`cuda_graphs`), beside the eager E0 and E2, and checks that their actions equal
-the eager ones within bf16 tolerance. `--profile` prints where one chunk's time goes (torch.profiler) per arm.
+`--cuda-graphs chunk,step` adds, per scope, E0-SCOPE (`smolvla_world` without world module: LeRobot's SmolVLA)
+and E2-SCOPE, replayed from CUDA graphs (`cuda_graphs`: the whole chunk, or each denoising step), beside the eager
+E0 and E2, and checks that their actions equal the eager ones within bf16 tolerance. `--profile` prints where one chunk's time goes (torch.profiler) per arm.
 The floor beside the latencies: the bf16 weights read once at the GPU's memory bandwidth.
 Arms alternate in rounds so drifting clocks hit both alike. Prints a table and the E2/E0 ratios
 (target: world memory costs <= 10% in both). `--smoke` runs a tiny SmolVLM on the CPU in seconds.
@@ -64,7 +64,7 @@ def build_policies(
     device: torch.device,
     compile_mode: str | None = None,
     compile_denoise_step: bool = False,
-    cuda_graphs: bool = False,
+    graph_scopes: tuple[str, ...] = (),
 ) -> dict[str, torch.nn.Module]:
     latent_dim = spec["output_dim"]
     inputs = {key: PolicyFeature(FeatureType.VISUAL, (3, IMAGE_SIDE, IMAGE_SIDE)) for key in CAMERAS}
@@ -87,16 +87,17 @@ def build_policies(
     e0 = SmolVLAPolicy(SmolVLAConfig(**shared))
     world_sizes = {"prophet_dim": 32, "prophet_layers": 1} if smoke else {}
     world = {"encoder_spec": spec, "compile_denoise_step": compile_denoise_step, **world_sizes}
-    e2 = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, **world, cuda_graphs=False))
+    e2 = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, **world, cuda_graphs="off"))
     e2.load_state_dict(e0.state_dict(), strict=False)  # same SmolVLA weights; the world module is new
     if compile_denoise_step:  # E0 is LeRobot's SmolVLA: the same compilation, applied from outside
         e0.model.denoise_step = torch.compile(e0.model.denoise_step)
     policies = {"E0": e0, "E2": e2}
-    if cuda_graphs:
-        policies["E0-graphs"] = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, **world, use_world_module=False))
-        policies["E0-graphs"].load_state_dict(e0.state_dict())
-        policies["E2-graphs"] = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, **world))
-        policies["E2-graphs"].load_state_dict(e2.state_dict())
+    for scope in graph_scopes:
+        graphed = SmolVLAWorldConfig(**shared, **world, cuda_graphs=scope, use_world_module=False)
+        policies[f"E0-{scope}"] = SmolVLAWorldPolicy(graphed)
+        policies[f"E0-{scope}"].load_state_dict(e0.state_dict())
+        policies[f"E2-{scope}"] = SmolVLAWorldPolicy(SmolVLAWorldConfig(**shared, **world, cuda_graphs=scope))
+        policies[f"E2-{scope}"].load_state_dict(e2.state_dict())
     return {arm: policy.to(device) for arm, policy in policies.items()}
 
 
@@ -161,7 +162,10 @@ def main() -> None:
     )
     parser.add_argument("--no-train", action="store_true", help="time inference only")
     parser.add_argument(
-        "--cuda-graphs", action="store_true", help="add the arms whose denoising steps replay CUDA graphs"
+        "--cuda-graphs",
+        default="",
+        metavar="SCOPES",
+        help="add arms replayed from CUDA graphs of these scopes (comma-separated: chunk, step)",
     )
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of one chunk per arm")
     args = parser.parse_args()
@@ -182,7 +186,13 @@ def main() -> None:
         stats = torch.randn(16, latent_dim)
         spec = build_encoder("state", fit_state_encoder(stats, Path(tmp) / "latent-spec", state_key=LATENT_KEY)).spec
         policies = build_policies(
-            folder, spec.to_dict(), smoke, device, args.compile, args.compile_denoise_step, args.cuda_graphs
+            folder,
+            spec.to_dict(),
+            smoke,
+            device,
+            args.compile,
+            args.compile_denoise_step,
+            tuple(scope for scope in args.cuda_graphs.split(",") if scope),
         )
     config = policies["E2"].config
     infer_batch = {
@@ -208,8 +218,8 @@ def main() -> None:
             return policy.predict_action_chunk(dict(infer_batch[arm]), noise=noise)
 
     max_action_difference = {}
-    for arm in [arm for arm in policies if arm.endswith("-graphs")]:
-        eager = infer(arm.removesuffix("-graphs")).float()
+    for arm in [arm for arm in policies if "-" in arm]:
+        eager = infer(arm.split("-")[0]).float()
         max_action_difference[arm] = (infer(arm).float() - eager).abs().max().item()
         print(f"{arm}: largest action difference to the eager arm {max_action_difference[arm]:.2e} (bf16)")
         if not max_action_difference[arm] <= 0.05:
@@ -282,25 +292,19 @@ def main() -> None:
         f"{' | compiled denoising step' if args.compile_denoise_step else ''}"
     )
     print(f"{'arm':<34}{'params (trainable)':>24}{'chunk ms (p90)':>20}{'floor ms':>10}{'train samples/s':>17}")
-    names = {
-        "E0": "E0 smolvla",
-        "E2": "E2 smolvla_world (pred)",
-        "E0-graphs": "E0 smolvla_world, CUDA graphs",
-        "E2-graphs": "E2 smolvla_world, CUDA graphs",
-    }
+    names = {"E0": "E0 smolvla", "E2": "E2 smolvla_world (pred)"}
     for arm, row in results["arms"].items():
+        name = names.get(arm) or f"{arm.split('-')[0]} smolvla_world, {arm.split('-')[1]} graphs"
         params = f"{row['params_total'] / 1e6:.1f}M ({row['params_trainable'] / 1e6:.1f}M)"
         latency_text = f"{row['chunk_latency_ms']:.2f} ({row['chunk_latency_p90_ms']:.2f})"
         floor = "-" if row["weight_floor_ms"] is None else f"{row['weight_floor_ms']:.2f}"
-        print(f"{names[arm]:<34}{params:>24}{latency_text:>20}{floor:>10}{row['train_samples_per_s']:>17.1f}")
-    if "E2-graphs" in results["arms"]:
-        graphs_e0, graphs_e2 = results["arms"]["E0-graphs"], results["arms"]["E2-graphs"]
-        results["graphs_latency_ratio_e2_over_e0"] = graphs_e2["chunk_latency_ms"] / graphs_e0["chunk_latency_ms"]
-        results["graphs_speedup_e2"] = e2["chunk_latency_ms"] / graphs_e2["chunk_latency_ms"]
-        print(
-            f"CUDA graphs: E2/E0 latency {results['graphs_latency_ratio_e2_over_e0']:.3f}; E2 eager / E2 graphs "
-            f"{results['graphs_speedup_e2']:.2f}x"
-        )
+        print(f"{name:<34}{params:>24}{latency_text:>20}{floor:>10}{row['train_samples_per_s']:>17.1f}")
+    for scope in (arm.split("-")[1] for arm in results["arms"] if arm.startswith("E2-")):
+        graphs_e0, graphs_e2 = results["arms"][f"E0-{scope}"], results["arms"][f"E2-{scope}"]
+        ratio = graphs_e2["chunk_latency_ms"] / graphs_e0["chunk_latency_ms"]
+        speedup = e2["chunk_latency_ms"] / graphs_e2["chunk_latency_ms"]
+        results[f"{scope}_graphs_latency_ratio_e2_over_e0"], results[f"{scope}_graphs_speedup_e2"] = ratio, speedup
+        print(f"{scope} graphs: E2/E0 latency {ratio:.3f}; E2 eager / E2 {scope} graphs {speedup:.2f}x")
     latency_extra = 100 * (results["latency_ratio_e2_over_e0"] - 1)
     throughput_loss = 100 * (1 - results["train_throughput_ratio_e2_over_e0"])
     print(

@@ -1,8 +1,9 @@
-"""CUDA-graph replay of SmolVLA-world's denoising step (`common/cuda_graphs.py`, `cuda_graphs` in the config).
+"""CUDA-graph replay of SmolVLA-world's inference (`common/cuda_graphs.py`, `cuda_graphs` in the config).
 
-The host-constant bookkeeping runs anywhere; capture and replay need a CUDA device (skipped without one, run on the
-GPU machine): the replayed policy must give the eager policy's actions, for E0 and E2, under several memory modes
-and batch sizes, in float32 and under bf16 autocast.
+The host-constant bookkeeping and the synchronisation-free vision tower run anywhere; capture and replay need a CUDA
+device (skipped without one, run on the GPU machine): the replayed policy, a whole chunk or each denoising step, must
+give the eager policy's actions, for E0 and E2, under several memory modes and batch sizes, in float32 and under
+bf16 autocast.
 """
 
 from __future__ import annotations
@@ -95,8 +96,9 @@ TINY = {
 }
 
 
-def _policies(tmp_path: Path, device: str = "cuda", **overrides):
-    """The same tiny SmolVLA-world weights with and without CUDA graphs, on ``device``, the gate open (the memory is
+def _policies(tmp_path: Path, device: str = "cuda", scope: str = "chunk", **overrides):
+    """The same tiny SmolVLA-world weights eager (key False) and replayed from ``scope`` graphs (key True), on
+    ``device``, the gate open (the memory is
     read, so a wrong memory buffer would change the actions)."""
     from lerobot.configs.types import FeatureType, PolicyFeature
 
@@ -121,7 +123,7 @@ def _policies(tmp_path: Path, device: str = "cuda", **overrides):
             vlm_model_name=str(folder),
             encoder_spec=spec.to_dict(),
             device=device,
-            cuda_graphs=graphs,
+            cuda_graphs=scope if graphs else "off",
             **{**TINY, **overrides},
         )
         torch.manual_seed(0)
@@ -160,9 +162,10 @@ def _batch(batch_size: int, seed: int, device: str = "cuda") -> dict:
 
 
 @needs_cuda
+@pytest.mark.parametrize("scope", ["chunk", "step"])
 @pytest.mark.parametrize("use_world_module", [False, True], ids=["E0", "E2"])
-def test_graph_replay_gives_the_eager_actions(tmp_path, use_world_module):
-    policies = _policies(tmp_path, use_world_module=use_world_module)
+def test_graph_replay_gives_the_eager_actions(tmp_path, use_world_module, scope):
+    policies = _policies(tmp_path, scope=scope, use_world_module=use_world_module)
     modes = ("pred", "zero", "oracle", "none") if use_world_module else (None,)
     for batch_size, seed in ((1, 0), (3, 1), (1, 2)):  # a second signature, then the first again with new data
         batch = _batch(batch_size, seed)
@@ -176,7 +179,7 @@ def test_graph_replay_gives_the_eager_actions(tmp_path, use_world_module):
                 eager = policies[False].predict_action_chunk(dict(batch), noise=noise, **kwargs)
                 replayed = policies[True].predict_action_chunk(dict(batch), noise=noise, **kwargs)
             torch.testing.assert_close(replayed, eager, rtol=0.05, atol=0.05)
-    step = policies[True].model._graphed_step
+    step = policies[True].model._graphed
     captured = step.captured
     assert captured >= 4  # batch 1 and 3, float32 and bf16
     policies[True].predict_action_chunk(dict(_batch(1, 5)), noise=torch.randn(1, 6, 8, device="cuda"))
@@ -190,7 +193,35 @@ def test_the_denoising_step_stays_eager_on_the_cpu(tmp_path):
     batch, noise = _batch(2, 0, "cpu"), torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(0))
     eager = policies[False].predict_action_chunk(dict(batch), noise=noise)
     assert torch.equal(policies[True].predict_action_chunk(dict(batch), noise=noise), eager)
-    assert policies[True].model._graphed_step.captured == 0
+    assert policies[True].model._graphed.captured == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("side", [64, 48, 80])  # the tower's own grid, a smaller and a larger one
+def test_the_full_grid_vision_tower_gives_transformers_output_bit_for_bit(tmp_path, side, dtype):
+    from transformers import AutoConfig
+    from transformers.models.smolvlm.modeling_smolvlm import SmolVLMVisionTransformer
+
+    from lerobot_policy_world_modality.smolvla_world.vision import FullGridVisionTransformer, use_full_grid_vision
+    from world_modality.model_folders.smolvlm import write_smolvlm_folder
+
+    folder = write_smolvlm_folder(tmp_path / "smolvlm", "tiny")
+    torch.manual_seed(0)
+    tower = SmolVLMVisionTransformer(AutoConfig.from_pretrained(folder).vision_config).to(dtype).eval()
+    pixels = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(side)).to(dtype)
+    with torch.no_grad():
+        expected = tower(pixel_values=pixels, patch_attention_mask=None).last_hidden_state
+        use_full_grid_vision(tower)
+        assert isinstance(tower, FullGridVisionTransformer)
+        assert torch.equal(tower(pixel_values=pixels, patch_attention_mask=None).last_hidden_state, expected)
+
+
+def test_an_unknown_graph_scope_is_refused():
+    from lerobot_policy_world_modality.errors import InputError
+    from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
+
+    with pytest.raises(InputError, match=r"cuda_graphs must be one of \('chunk', 'step', 'off'\), got 'on'"):
+        SmolVLAWorldConfig(cuda_graphs="on")
 
 
 def test_nested_memory_readers_restore_the_outer_one():

@@ -59,6 +59,10 @@ def read_encoder_spec(path: str | Path) -> dict:
     return EncoderSpec.from_dict(spec).to_dict()
 
 
+# What inference on CUDA replays from CUDA graphs (`cuda_graphs`).
+CUDA_GRAPH_SCOPES = ("chunk", "step", "off")
+
+
 @PreTrainedConfig.register_subclass("smolvla_world")
 @dataclass
 class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
@@ -72,9 +76,10 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
     # read included): compiled once, replayed `num_steps` times per chunk. LeRobot's own
     # `compile_model` compiles the whole unrolled sampling loop, whose warm-up did not finish in minutes.
     compile_denoise_step: bool = False
-    # Inference on CUDA: each denoising step replayed from a CUDA graph captured once per batch size (instead of
-    # hundreds of kernel launches from Python per step); no effect on CPU, in training, or with compile_denoise_step.
-    cuda_graphs: bool = True
+    # Inference on CUDA replayed from CUDA graphs captured once per batch size, instead of thousands of kernel launches
+    # from Python per chunk: `chunk` (the VLM prefix pass and every denoising step in one graph), `step` (each
+    # denoising step; the prefix eager) or `off`. No effect on CPU, in training, or with compile_denoise_step.
+    cuda_graphs: str = "chunk"
     # False: no world module, LeRobot's SmolVLA (the E0 baseline; module docstring).
     use_world_module: bool = True
 
@@ -84,6 +89,8 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
         if self.encoder_spec is None and self.encoder_spec_path is not None:
             self.encoder_spec = read_encoder_spec(self.encoder_spec_path)
         super().__post_init__()
+        if self.cuda_graphs not in CUDA_GRAPH_SCOPES:
+            raise InputError(f"cuda_graphs must be one of {CUDA_GRAPH_SCOPES}, got {self.cuda_graphs!r}")
         if self.encoder_spec is not None:
             temporal_window = self.spec.temporal_window
             if self.world_rollout_temporal_window is None:

@@ -18,9 +18,11 @@ so the policy is LeRobot's SmolVLA with the same weights (tested). With ``use_wo
 is no world module, no hook and no step counter: LeRobot's SmolVLA, parameter for parameter (tested).
 
 Training calls the `WorldModule` as is (Prophet, memory mode / oracle schedule, world loss, injection).
-Inference on CUDA replays each denoising step from a CUDA graph (`cuda_graphs`, on by default; `GraphedStep`): the
-VLM prefix pass stays eager, the memory is prepared eagerly once per chunk, and the graph of the step (action
-expert over the cached prefix, memory read included) is captured once per batch size and replayed at every step.
+Inference on CUDA replays each action chunk from one CUDA graph (`cuda_graphs`, default `chunk`; `GraphedStep`):
+VLM prefix pass and the 10 denoising steps, the world memory read inside; the memory is prepared eagerly once per
+chunk and the graph is captured once per batch size. `step` replays each denoising step instead (the prefix pass
+eager). SmolVLM's vision tower is called through `FullGridVisionTransformer` (vision.py), the same numbers without
+the GPU synchronisation that would forbid capturing the prefix.
 Inference computes the memory once per action chunk (one Prophet pass; one draw for the `random` and
 `shuffle` controls), projects it to attention keys and values once, and reads that same memory at every
 denoising step (`WorldModule.prepare_memory` / `read_memory`: what `WorldModule.forward` computes in
@@ -45,6 +47,7 @@ from lerobot_policy_world_modality.encoders import WorldEncoder, build_encoder
 from lerobot_policy_world_modality.encoders.state import StateEncoder
 from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
+from lerobot_policy_world_modality.smolvla_world.vision import use_full_grid_vision
 from lerobot_policy_world_modality.world import (
     MemoryMode,
     PreparedMemory,
@@ -78,17 +81,21 @@ class WorldFlowMatching(VLAFlowMatching):
             else None
         )
         self._read_memory: MemoryReader | None = None
-        self._graphed_step: GraphedStep | None = None
-        self._cache_layout: DynamicCache | None = None  # the prefix cache whose tensors the graph reads, as a template
+        # SmolVLA calls the vision tower without a patch mask: the path that does not synchronise (capturable).
+        use_full_grid_vision(self.vlm_with_expert.get_vlm_model().vision_model)
+        self._graphed: GraphedStep | None = None
+        self._layout: tuple[int, DynamicCache | None] = (0, None)  # cameras / prefix cache of the call being captured
         if config.compile_denoise_step:
             self.denoise_step = torch.compile(self.denoise_step)
-        elif config.cuda_graphs:
-            self._graphed_step = GraphedStep(self._step_from_buffers)
+        elif config.cuda_graphs == "chunk":
+            self._graphed = GraphedStep(self._chunk_from_buffers)
+        elif config.cuda_graphs == "step":
+            self._graphed = GraphedStep(self._step_from_buffers)
 
     def _apply(self, fn, *args, **kwargs):
         # Moving or casting the weights (.to, .cuda, .half) leaves a captured graph reading their old memory.
-        if getattr(self, "_graphed_step", None) is not None:
-            self._graphed_step.clear()
+        if getattr(self, "_graphed", None) is not None:
+            self._graphed.clear()
         return super()._apply(fn, *args, **kwargs)
 
     @contextmanager
@@ -101,35 +108,65 @@ class WorldFlowMatching(VLAFlowMatching):
         finally:
             self._read_memory = previous
 
-    def denoise_step(self, prefix_pad_masks, past_key_values, x_t, timestep):
-        """SmolVLA's denoising step; at inference on CUDA replayed from a CUDA graph (`cuda_graphs`)."""
-        graphed = (
-            self._graphed_step is not None
+    def _replays(self, scope: str, device: torch.device) -> bool:
+        """Whether this inference call replays a CUDA graph of ``scope`` (`cuda_graphs`)."""
+        return (
+            self._graphed is not None
+            and self.config.cuda_graphs == scope
             and not self.training
-            and x_t.device.type == "cuda"
-            and isinstance(past_key_values, DynamicCache)
+            and device.type == "cuda"
             and (self.world is None or isinstance(self._read_memory, _ChunkMemory))
         )
-        if not graphed:
-            return super().denoise_step(prefix_pad_masks, past_key_values, x_t, timestep)
+
+    def _memory_parts(self) -> tuple[Tensor | None, ...]:
+        """The chunk's prepared memory as graph inputs (built eagerly: one Prophet pass, one draw for the controls)."""
         memory = None if self.world is None else self._read_memory.prepared()
-        parts = (None,) * 4 if memory is None else (memory.keys, memory.values, memory.allowed, memory.has_memory)
-        self._cache_layout = past_key_values
+        return (None,) * 4 if memory is None else (memory.keys, memory.values, memory.allowed, memory.has_memory)
+
+    def _reading_parts(self, parts: tuple[Tensor | None, ...]):
+        """Inside a captured call: the suffix embeddings read the memory made of the graph's buffers."""
+        if self.world is None:
+            return nullcontext()
+        memory = None if parts[0] is None else PreparedMemory(*parts)
+        return self.reading_memory(lambda h: self.world.read_memory(h, memory))
+
+    def sample_actions(self, images, img_masks, lang_tokens, lang_masks, state, noise=None, **kwargs):
+        """SmolVLA's sampling (VLM prefix, then the Euler denoising steps); at inference on CUDA the whole chunk is
+        replayed from one CUDA graph (`cuda_graphs="chunk"`)."""
+        if not self._replays("chunk", state.device) or any(value is not None for value in kwargs.values()):
+            return super().sample_actions(images, img_masks, lang_tokens, lang_masks, state, noise=noise, **kwargs)
+        if noise is None:  # drawn as SmolVLA draws it, outside the graph
+            noise = self.sample_noise(
+                (state.shape[0], self.config.chunk_size, self.config.max_action_dim), state.device
+            )
+        self._layout = (len(images), None)
+        return self._graphed(*images, *img_masks, lang_tokens, lang_masks, state, noise, *self._memory_parts())
+
+    def _chunk_from_buffers(self, *inputs):
+        """The chunk the graph captures: SmolVLA's sampling on the graph's buffers."""
+        cameras = self._layout[0]
+        images, img_masks = list(inputs[:cameras]), list(inputs[cameras : 2 * cameras])
+        lang_tokens, lang_masks, state, noise = inputs[2 * cameras : 2 * cameras + 4]
+        with self._reading_parts(inputs[2 * cameras + 4 :]):
+            return super().sample_actions(images, img_masks, lang_tokens, lang_masks, state, noise=noise)
+
+    def denoise_step(self, prefix_pad_masks, past_key_values, x_t, timestep):
+        """SmolVLA's denoising step; at inference on CUDA replayed from a CUDA graph (`cuda_graphs="step"`)."""
+        if not self._replays("step", x_t.device) or not isinstance(past_key_values, DynamicCache):
+            return super().denoise_step(prefix_pad_masks, past_key_values, x_t, timestep)
+        self._layout = (0, past_key_values)
         cached = [tensor for layer in past_key_values.layers for tensor in (layer.keys, layer.values)]
-        return self._graphed_step(prefix_pad_masks, x_t, timestep, *parts, *cached)
+        return self._graphed(prefix_pad_masks, x_t, timestep, *self._memory_parts(), *cached)
 
     def _step_from_buffers(self, prefix_pad_masks, x_t, timestep, keys, values, allowed, has_memory, *cached):
         """The step the graph captures: SmolVLA's, on a prefix cache and a prepared memory made of the graph's
         buffers (a copy of the cache object: the step appends to it and crops it back)."""
-        cache = copy.copy(self._cache_layout)
-        cache.layers = [copy.copy(layer) for layer in self._cache_layout.layers]
+        layout = self._layout[1]
+        cache = copy.copy(layout)
+        cache.layers = [copy.copy(layer) for layer in layout.layers]
         for layer, layer_keys, layer_values in zip(cache.layers, cached[::2], cached[1::2], strict=True):
             layer.keys, layer.values = layer_keys, layer_values
-        memory = None if keys is None else PreparedMemory(keys, values, allowed, has_memory)
-        reading = (
-            nullcontext() if self.world is None else self.reading_memory(lambda h: self.world.read_memory(h, memory))
-        )
-        with reading:
+        with self._reading_parts((keys, values, allowed, has_memory)):
             return super().denoise_step(prefix_pad_masks, cache, x_t, timestep)
 
     def embed_suffix(self, noisy_actions, timestep):
