@@ -1,13 +1,15 @@
-"""CUDA-graph replay of an inference step (docs/ARCHITECTURE.md, Fast inference).
+"""CUDA-graph replay of a piece of inference: an action chunk or one denoising step (docs/ARCHITECTURE.md, Fast
+inference).
 
-At batch 1 a VLA's denoising step is hundreds of small kernels, each launched from Python, so the GPU mostly waits
-for the host. `GraphedStep` captures the step once per input signature and then launches all of its kernels with
+At batch 1 a VLA's action chunk is thousands of small kernels, each launched from Python, so the GPU mostly waits
+for the host. `GraphedStep` captures the piece once per input signature and then launches all of its kernels with
 one replay.
 
 Captured code must not copy from host memory: the copy synchronises the stream, which capture forbids. The tensors
 a step makes from host data (`torch.tensor` of Python values such as an attention-mask pattern, a CPU tensor moved
 to the GPU) depend only on the shapes, so `HostConstants` records them on the device during a warm-up run and hands
-the recorded tensors back, in the same order, while the capture runs; other host data at capture is an error.
+the recorded tensors back, in the same order, while the capture runs; other host data at capture is an error. Every
+replay then uses the recorded values: data that changes from call to call must enter as an input, on the GPU.
 """
 
 from __future__ import annotations
@@ -107,9 +109,8 @@ class _Captured:
     inputs: list[Tensor | None]  # the static buffers the graph reads
     output: Tensor  # the buffer the graph writes
     constants: list[tuple[Any, Tensor]]  # kept alive: the graph reads them
-    last: list[Tensor | None] = field(
-        default_factory=list
-    )  # the previous call's inputs, held so their memory is not reused
+    # The previous call's inputs, held so that their memory is not reused while they are compared by identity.
+    last: list[Tensor | None] = field(default_factory=list)
 
 
 class GraphedStep:
