@@ -216,6 +216,20 @@ def test_the_full_grid_vision_tower_gives_transformers_output_bit_for_bit(tmp_pa
         assert torch.equal(tower(pixel_values=pixels, patch_attention_mask=None).last_hidden_state, expected)
 
 
+def test_a_policy_switches_its_graph_scope_and_refuses_an_unknown_one(tmp_path):
+    from lerobot_policy_world_modality.common import GraphedStep
+    from lerobot_policy_world_modality.errors import InputError
+
+    policy = _policies(tmp_path, device="cpu")[True]
+    assert isinstance(policy.model._graphed, GraphedStep) and policy.config.cuda_graphs == "chunk"
+    policy.use_cuda_graphs("off")  # `wm eval --eager`
+    assert policy.model._graphed is None and policy.config.cuda_graphs == "off"
+    policy.use_cuda_graphs("step")
+    assert policy.model._graphed.fn == policy.model._step_from_buffers
+    with pytest.raises(InputError, match="cuda_graphs must be one of"):
+        policy.use_cuda_graphs("always")
+
+
 def test_an_unknown_graph_scope_is_refused():
     from lerobot_policy_world_modality.errors import InputError
     from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig

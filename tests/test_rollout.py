@@ -171,6 +171,49 @@ def test_memory_mode_flag_reaches_the_policy(checkpoints, tmp_path, monkeypatch)
     assert record["arm"] == "E2:zero" and record["base_arm"] == "E2" and record["memory_mode"] == "zero"
 
 
+def test_an_eager_evaluation_is_recorded_as_such_and_kept_apart_from_the_fast_one(checkpoints, tmp_path, monkeypatch):
+    """`wm eval --eager` turns a fast-inference family's CUDA graphs off (`use_cuda_graphs("off")`), records the path
+    with each episode, and one results file never mixes the paths of an arm (resuming one with the other)."""
+    from lerobot_policy_world_modality.errors import InputError
+    from lerobot_policy_world_modality.world_transformer.modeling_world_transformer import WorldTransformerPolicy
+
+    scopes = []
+    monkeypatch.setattr(
+        WorldTransformerPolicy, "use_cuda_graphs", lambda self, scope: scopes.append(scope), raising=False
+    )
+    results = _eval(checkpoints["A"], tmp_path, arm="E0", episodes_per_task=1, workers=1, eager=True)
+    assert scopes == ["off"]
+    assert [r["inference"] for r in read_jsonl(results)] == ["eager"]
+    with pytest.raises(
+        InputError, match="acted through the eager inference path; this evaluation acts through the fast"
+    ):
+        _eval(checkpoints["A"], tmp_path, arm="E0", episodes_per_task=2, workers=1)
+    _eval(checkpoints["A"], tmp_path, arm="E0", episodes_per_task=2, workers=1, eager=True)  # resumes its own path
+    assert [r["inference"] for r in read_jsonl(results)] == ["eager", "eager"] and scopes == ["off", "off"]
+    fast = _eval(checkpoints["A"], tmp_path / "fast", arm="E0", episodes_per_task=2, workers=1)
+    assert all("inference" not in r for r in read_jsonl(fast)) and scopes == ["off", "off"]
+
+
+def test_the_fast_path_outcome_benchmark_pairs_both_evaluations(checkpoints, tmp_path):
+    """benchmarks/bench_fast_path_outcomes.py on the CPU, where both paths are eager: the same episodes, successes and
+    actions (on a GPU it counts what the CUDA graphs change)."""
+    import subprocess
+    import sys
+
+    from conftest import SUBPROCESS_ENV
+
+    repo = Path(__file__).resolve().parents[1]
+    figures = tmp_path / "figures.json"
+    command = [sys.executable, str(repo / "benchmarks" / "bench_fast_path_outcomes.py"), str(checkpoints["A"])]
+    command += ["--out", str(tmp_path / "evals"), "--tasks", "reach-v3", "--episodes-per-task", "2", "--workers", "2"]
+    command += ["--groups", "1", "--max-steps", str(SHORT), "--device", "cpu", "--json", str(figures)]
+    subprocess.run(command, check=True, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    result = json.loads(figures.read_text())
+    assert result["episodes"] == 2 and result["successes"]["fast"] == result["successes"]["eager"]
+    assert result["success_differs"] == result["length_differs"] == result["actions_differ"] == []
+    assert [r["inference"] for r in read_jsonl(tmp_path / "evals" / "eager" / "episodes.jsonl")] == ["eager"] * 2
+
+
 def test_memory_controls_are_reproducible_from_the_episode(checkpoints, tmp_path, monkeypatch):
     """The same evaluation twice gives the same episodes and actions under the random controls (`other`: another
     episode's memory, from the checkpoint's held-out episodes): their draws follow the episode (its id and the

@@ -94,6 +94,12 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--allow-train-layouts", action="store_true", help="also evaluate on layouts seen in training")
     p.add_argument(
+        "--eager",
+        action="store_true",
+        help="act through the policy's eager path, without the CUDA graphs its fast inference replays on a GPU "
+        "(to compare the outcomes of both paths on the same episodes; use another --out)",
+    )
+    p.add_argument(
         "--shard",
         type=_shard,
         default=None,
@@ -159,6 +165,7 @@ def _eval(args) -> int:
         videos_per_task=args.videos_per_task,
         device=args.device,
         allow_train_layouts=args.allow_train_layouts,
+        eager=args.eager,
         max_steps=args.max_steps,
         groups=args.groups,
     )

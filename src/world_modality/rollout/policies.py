@@ -290,15 +290,19 @@ def load_rollout_policy(
     device: str = "auto",
     env: str | None = None,
     memory_bank: str | Path | None = None,
+    eager: bool = False,
 ) -> LeRobotRolloutPolicy:
     """Load a checkpoint for closed-loop evaluation, with its observation conventions, after `rollout_checkpoint`'s
     checks. Memory mode `other` reads the Prophet's predictions from latent histories of other episodes: the held-out
-    episodes of the checkpoint's training latents, or every frame of the latent cache ``memory_bank``."""
+    episodes of the checkpoint's training latents, or every frame of the latent cache ``memory_bank``. ``eager``: the
+    policy acts without CUDA graphs (a family with fast inference offers `use_cuda_graphs`)."""
     from world_modality.training.checkpoint import load_checkpoint
 
     checked = rollout_checkpoint(checkpoint, memory_mode, env, memory_bank)
     torch_device = resolve_device(device)
     ckpt = load_checkpoint(checked.pretrained, device=torch_device)
+    if eager and hasattr(ckpt.policy, "use_cuda_graphs"):
+        ckpt.policy.use_cuda_graphs("off")
     if memory_mode == MemoryMode.OTHER:
         memory_bank = _use_memory_bank(ckpt, memory_bank)
     spec = checked.config.encoder_spec

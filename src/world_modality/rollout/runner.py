@@ -273,6 +273,7 @@ def evaluate_checkpoint(
     groups: Count = EVAL.groups,
     pools: EnvPools | None = None,
     memory_bank: str | Path | None = None,
+    eager: bool = False,
 ) -> Path:
     """Closed-loop evaluation of one checkpoint in the simulator registered as ``env``; returns the episodes
     JSONL (resumable).
@@ -284,6 +285,8 @@ def evaluate_checkpoint(
     pools to run on and leave running for the next evaluation (a matrix's evaluations share them);
     without it the evaluation starts its own pool and closes it at the end. ``memory_bank``: the latent cache memory
     mode `other` draws other episodes' histories from (default: the checkpoint's held-out training episodes).
+    ``eager``: act through the policy's eager path, without the CUDA graphs of its fast inference (the reference the
+    fast path's outcomes are compared with); recorded with each episode as ``"inference": "eager"``.
     """
     check_ranges(evaluate_checkpoint, locals())
     simulator = get_simulator(env)
@@ -329,6 +332,7 @@ def evaluate_checkpoint(
             groups,
             pools,
             memory_bank,
+            eager,
         )
 
 
@@ -348,15 +352,21 @@ def _evaluate(
     groups,
     pools,
     memory_bank,
+    eager,
 ) -> Path:
-    policy = load_rollout_policy(checkpoint, memory_mode, device, env, memory_bank)
-    record = {
-        "arm": arm_label(arm, memory_mode, policy.own_memory_mode),
-        "base_arm": arm,
-        "memory_mode": memory_mode or policy.own_memory_mode,
-        "train_seed": train_seed,
-        "checkpoint": str(Path(checkpoint).resolve()),
-    } | ({"memory_bank": policy.memory_bank} if policy.memory_bank else {})
+    policy = load_rollout_policy(checkpoint, memory_mode, device, env, memory_bank, eager)
+    record = (
+        {
+            "arm": arm_label(arm, memory_mode, policy.own_memory_mode),
+            "base_arm": arm,
+            "memory_mode": memory_mode or policy.own_memory_mode,
+            "train_seed": train_seed,
+            "checkpoint": str(Path(checkpoint).resolve()),
+        }
+        | ({"memory_bank": policy.memory_bank} if policy.memory_bank else {})
+        | ({"inference": "eager"} if eager else {})
+    )
+    _refuse_other_inference(results, record)
     episode_fields = None
     if shard is not None:
         episodes, episode_fields, record = _shard_episodes(checkpoint, episodes, shard, record, max_steps, results)
@@ -374,6 +384,21 @@ def _evaluate(
     return results
 
 
+def _refuse_other_inference(results: Path, record: dict[str, Any]) -> None:
+    """One results file holds an arm's episodes acted through one inference path (fast or eager), never both."""
+    path = record.get("inference", "fast")
+    other = {
+        r.get("inference", "fast")
+        for r in read_jsonl(results)
+        if r["arm"] == record["arm"] and r["train_seed"] == record["train_seed"]
+    } - {path}
+    if other:
+        raise InputError(
+            f"{results} holds episodes of arm {record['arm']!r} acted through the {other.pop()} inference path; "
+            f"this evaluation acts through the {path} path: use another --out"
+        )
+
+
 def _shard_episodes(
     checkpoint: str | Path,
     episodes: list[EpisodeSpec],
@@ -385,7 +410,7 @@ def _shard_episodes(
     """A shard's episodes, their positions in the full list, and the record fields naming the evaluation."""
     from world_modality.training.checkpoint import resolve_pretrained
 
-    options = {k: record[k] for k in ("arm", "memory_mode", "train_seed", "memory_bank") if k in record}
+    options = {k: record[k] for k in ("arm", "memory_mode", "train_seed", "memory_bank", "inference") if k in record}
     options["max_steps"] = max_steps
     eval_id = evaluation_id(
         checkpoint_digest(resolve_pretrained(checkpoint)), [ep.episode_id for ep in episodes], options

@@ -63,6 +63,12 @@ def read_encoder_spec(path: str | Path) -> dict:
 CUDA_GRAPH_SCOPES = ("chunk", "step", "off")
 
 
+def check_graph_scope(scope: str) -> str:
+    if scope not in CUDA_GRAPH_SCOPES:
+        raise InputError(f"cuda_graphs must be one of {CUDA_GRAPH_SCOPES}, got {scope!r}")
+    return scope
+
+
 @PreTrainedConfig.register_subclass("smolvla_world")
 @dataclass
 class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
@@ -89,8 +95,7 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
         if self.encoder_spec is None and self.encoder_spec_path is not None:
             self.encoder_spec = read_encoder_spec(self.encoder_spec_path)
         super().__post_init__()
-        if self.cuda_graphs not in CUDA_GRAPH_SCOPES:
-            raise InputError(f"cuda_graphs must be one of {CUDA_GRAPH_SCOPES}, got {self.cuda_graphs!r}")
+        check_graph_scope(self.cuda_graphs)
         if self.encoder_spec is not None:
             temporal_window = self.spec.temporal_window
             if self.world_rollout_temporal_window is None:

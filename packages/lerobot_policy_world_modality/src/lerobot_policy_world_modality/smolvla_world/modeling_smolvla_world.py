@@ -46,7 +46,10 @@ from lerobot_policy_world_modality.common import GraphedStep, WorldMemoryPolicy
 from lerobot_policy_world_modality.encoders import WorldEncoder, build_encoder
 from lerobot_policy_world_modality.encoders.state import StateEncoder
 from lerobot_policy_world_modality.errors import InputError
-from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import SmolVLAWorldConfig
+from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import (
+    SmolVLAWorldConfig,
+    check_graph_scope,
+)
 from lerobot_policy_world_modality.smolvla_world.vision import use_full_grid_vision
 from lerobot_policy_world_modality.world import (
     MemoryMode,
@@ -83,14 +86,17 @@ class WorldFlowMatching(VLAFlowMatching):
         self._read_memory: MemoryReader | None = None
         # SmolVLA calls the vision tower without a patch mask: the path that does not synchronise (capturable).
         use_full_grid_vision(self.vlm_with_expert.get_vlm_model().vision_model)
-        self._graphed: GraphedStep | None = None
         self._layout: tuple[int, DynamicCache | None] = (0, None)  # cameras / prefix cache of the call being captured
         if config.compile_denoise_step:
             self.denoise_step = torch.compile(self.denoise_step)
-        elif config.cuda_graphs == "chunk":
-            self._graphed = GraphedStep(self._chunk_from_buffers)
-        elif config.cuda_graphs == "step":
-            self._graphed = GraphedStep(self._step_from_buffers)
+        self.use_cuda_graphs(config.cuda_graphs)
+
+    def use_cuda_graphs(self, scope: str) -> None:
+        """Replay inference on CUDA from graphs of ``scope`` (`cuda_graphs`: chunk, step, off) from now on."""
+        self.config.cuda_graphs = check_graph_scope(scope)
+        pieces = {"chunk": self._chunk_from_buffers, "step": self._step_from_buffers}
+        compiled = self.config.compile_denoise_step
+        self._graphed = GraphedStep(pieces[scope]) if scope in pieces and not compiled else None
 
     def _apply(self, fn, *args, **kwargs):
         # Moving or casting the weights (.to, .cuda, .half) leaves a captured graph reading their old memory.
@@ -263,6 +269,10 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
     @property
     def world_module(self) -> WorldModule | None:
         return self.model.world
+
+    def use_cuda_graphs(self, scope: str) -> None:
+        """What inference on CUDA replays from CUDA graphs from now on (`cuda_graphs`: chunk, step, off)."""
+        self.model.use_cuda_graphs(scope)
 
     def optim_parameters(self) -> list:
         # As LeRobot's SmolVLA (all parameters, frozen ones included), so earlier runs' optimizer states load.
