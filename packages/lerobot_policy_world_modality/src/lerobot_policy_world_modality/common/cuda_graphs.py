@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -120,7 +121,10 @@ class GraphedStep:
     Each call copies its inputs into the graph's buffers, except an input that is the very tensor of the previous
     call (a KV cache or a prepared memory shared by the denoising steps of a chunk), replays the graph and returns a
     copy of its output. ``fn`` must compute on the GPU only (no `.item()`, no data-dependent shapes) and keep no
-    state between calls; autocast's weight-cast cache is off inside it (a cached cast would outlive the graph)."""
+    state between calls; autocast's weight-cast cache is off inside it (a cached cast would outlive the graph).
+    ``layout``: what ``fn`` needs beside the tensors to rebuild its arguments (how many cameras, the structure of a
+    cache), given to it as ``layout=`` when it is captured; it must follow from the signature, of which it is not
+    part."""
 
     def __init__(self, fn: Callable[..., Tensor]) -> None:
         self.fn = fn
@@ -134,14 +138,15 @@ class GraphedStep:
     def captured(self) -> int:
         return len(self._graphs)
 
-    def __call__(self, *inputs: Tensor | None) -> Tensor:
+    def __call__(self, *inputs: Tensor | None, layout: Any = None) -> Tensor:
         signature = (
             tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in inputs),
             _autocast_state(),
         )
         captured = self._graphs.get(signature)
         if captured is None:
-            captured = self._graphs[signature] = self._capture(inputs)
+            fn = self.fn if layout is None else partial(self.fn, layout=layout)
+            captured = self._graphs[signature] = self._capture(fn, inputs)
         else:
             for buffer, previous, new in zip(captured.inputs, captured.last, inputs, strict=True):
                 if new is not None and new is not previous:
@@ -150,24 +155,27 @@ class GraphedStep:
         captured.graph.replay()
         return captured.output.clone()
 
-    def _run(self, inputs: Sequence[Tensor | None], record: list, replay: bool) -> tuple[Tensor, HostConstants]:
+    @staticmethod
+    def _run(
+        fn: Callable[..., Tensor], inputs: Sequence[Tensor | None], record: list, replay: bool
+    ) -> tuple[Tensor, HostConstants]:
         enabled, dtype = _autocast_state()
         constants = HostConstants(record, replay=replay)
         with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False), constants:
-            output = self.fn(*inputs)
+            output = fn(*inputs)
         return output, constants
 
-    def _capture(self, inputs: Sequence[Tensor | None]) -> _Captured:
+    def _capture(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor | None]) -> _Captured:
         buffers = [None if t is None else t.clone() for t in inputs]
         record: list[tuple[Any, Tensor]] = []
         # Warm-up on a side stream (lazy initialisations, library handles, the host constants), as torch advises.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._run(buffers, record, replay=False)
+            self._run(fn, buffers, record, replay=False)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            output, constants = self._run(buffers, record, replay=True)
+            output, constants = self._run(fn, buffers, record, replay=True)
         constants.check_complete()
         return _Captured(graph, buffers, output, record, last=list(inputs))

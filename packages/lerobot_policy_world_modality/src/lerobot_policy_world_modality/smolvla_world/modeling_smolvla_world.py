@@ -86,7 +86,6 @@ class WorldFlowMatching(VLAFlowMatching):
         self._read_memory: MemoryReader | None = None
         # SmolVLA calls the vision tower without a patch mask: the path that does not synchronise (capturable).
         use_full_grid_vision(self.vlm_with_expert.get_vlm_model().vision_model)
-        self._layout: tuple[int, DynamicCache | None] = (0, None)  # cameras / prefix cache of the call being captured
         if config.compile_denoise_step:
             self.denoise_step = torch.compile(self.denoise_step)
         self.use_cuda_graphs(config.cuda_graphs)
@@ -145,12 +144,12 @@ class WorldFlowMatching(VLAFlowMatching):
             noise = self.sample_noise(
                 (state.shape[0], self.config.chunk_size, self.config.max_action_dim), state.device
             )
-        self._layout = (len(images), None)
-        return self._graphed(*images, *img_masks, lang_tokens, lang_masks, state, noise, *self._memory_parts())
+        parts = self._memory_parts()
+        return self._graphed(*images, *img_masks, lang_tokens, lang_masks, state, noise, *parts, layout=len(images))
 
-    def _chunk_from_buffers(self, *inputs):
-        """The chunk the graph captures: SmolVLA's sampling on the graph's buffers."""
-        cameras = self._layout[0]
+    def _chunk_from_buffers(self, *inputs, layout: int):
+        """The chunk the graph captures: SmolVLA's sampling on the graph's buffers (``layout``: how many cameras)."""
+        cameras = layout
         images, img_masks = list(inputs[:cameras]), list(inputs[cameras : 2 * cameras])
         lang_tokens, lang_masks, state, noise = inputs[2 * cameras : 2 * cameras + 4]
         with self._reading_parts(inputs[2 * cameras + 4 :]):
@@ -160,14 +159,15 @@ class WorldFlowMatching(VLAFlowMatching):
         """SmolVLA's denoising step; at inference on CUDA replayed from a CUDA graph (`cuda_graphs="step"`)."""
         if not self._replays("step", x_t.device) or not isinstance(past_key_values, DynamicCache):
             return super().denoise_step(prefix_pad_masks, past_key_values, x_t, timestep)
-        self._layout = (0, past_key_values)
         cached = [tensor for layer in past_key_values.layers for tensor in (layer.keys, layer.values)]
-        return self._graphed(prefix_pad_masks, x_t, timestep, *self._memory_parts(), *cached)
+        parts = self._memory_parts()
+        return self._graphed(prefix_pad_masks, x_t, timestep, *parts, *cached, layout=past_key_values)
 
-    def _step_from_buffers(self, prefix_pad_masks, x_t, timestep, keys, values, allowed, has_memory, *cached):
+    def _step_from_buffers(
+        self, prefix_pad_masks, x_t, timestep, keys, values, allowed, has_memory, *cached, layout: DynamicCache
+    ):
         """The step the graph captures: SmolVLA's, on a prefix cache and a prepared memory made of the graph's
-        buffers (a copy of the cache object: the step appends to it and crops it back)."""
-        layout = self._layout[1]
+        buffers (a copy of the cache object ``layout``: the step appends to it and crops it back)."""
         cache = copy.copy(layout)
         cache.layers = [copy.copy(layer) for layer in layout.layers]
         for layer, layer_keys, layer_values in zip(cache.layers, cached[::2], cached[1::2], strict=True):
