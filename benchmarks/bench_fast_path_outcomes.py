@@ -17,10 +17,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
-from provenance import commit, today
+from provenance import commit, device_name, today
 
 from world_modality.atomic_io import atomic_write_json, read_jsonl
+from world_modality.devices import resolve_device
 from world_modality.rollout import evaluate_checkpoint
 
 PATHS = {"fast": False, "eager": True}  # path name -> `eager`
@@ -76,7 +76,7 @@ def main() -> None:
         rows[path] = read_jsonl(results)
     figures = compare(rows["fast"], rows["eager"])
     figures |= {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu",
+        "device": device_name(resolve_device(args.device).type),
         "date": today(),
         "commit": commit(),
         "checkpoint": str(Path(args.checkpoint).resolve()),

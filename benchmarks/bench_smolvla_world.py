@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import tempfile
 import time
@@ -37,7 +36,7 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
-from provenance import commit, today
+from provenance import commit, device_name, today
 from tqdm.auto import tqdm
 
 from lerobot_policy_world_modality.encoders import build_encoder, fit_state_encoder
@@ -257,7 +256,7 @@ def main() -> None:
             print(profiler.key_averages().table(sort_by=sort, row_limit=15))
 
     results = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device.type),
         "date": today(),
         "commit": commit(),
         "vlm": "tiny (smoke)" if smoke else "SmolVLM2-500M architecture, random weights",

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from provenance import commit, today
+from provenance import commit, device_name, today
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("lerobot E0", "wm E0", "wm E2")
@@ -213,12 +212,6 @@ def run_arm(arm: str, args, dataset: Path, latents: Path, vlm: Path, scratch: Pa
         "step_ms_p90": 1000 * statistics.quantiles(intervals, n=10)[-1],
         "peak_gpu_memory_gib": max(recorded["peaks"]) / 2**30 if recorded["peaks"] else None,
     }
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
 def main() -> None:

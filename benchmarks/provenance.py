@@ -1,10 +1,14 @@
-"""What a benchmark's result file records about where it ran: the code's commit and the date."""
+"""What a benchmark's result file records about where it ran: the device, the code's commit and the date."""
 
 from __future__ import annotations
 
 import datetime
+import os
+import platform
 import subprocess
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,6 +21,13 @@ def commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def device_name(device: str) -> str:
+    """The GPU's name for a CUDA device ("cuda", "cuda:1"), else the CPU and its core count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
 def today() -> str:
