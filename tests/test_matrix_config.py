@@ -485,6 +485,10 @@ def test_three_families_in_one_matrix_each_judged_against_its_own(tmp_path):
     )
     steps = {s.name: s for s in matrix_run.plan(config, tmp_path, gpus=False).steps}
     assert not steps["backbone smol"].done and "backbone smol" in steps["train S-E2 seed 0"].needs
+    shared = {s.name: s for s in matrix_run.plan(config, tmp_path, gpus=True, trainings_per_gpu=2).steps}
+    alone = {s.name: s for s in matrix_run.plan(config, tmp_path, gpus=True).steps}
+    assert shared["train S-E2 seed 0"].resources.gpus == pytest.approx(alone["train S-E2 seed 0"].resources.gpus / 2)
+    assert shared["latents state"].resources == alone["latents state"].resources  # one encoder at a time
     assert "backbone qwen" in steps["train Q-E0 seed 0"].needs and "backbone smol" not in steps["train E2 seed 0"].needs
     piece = config.piece(arms=["S-E0", "S-E2"])
     assert list(piece.backbones) == ["smol"] and matrix.parse_config(piece.to_dict()) == piece

@@ -218,6 +218,51 @@ def test_the_gpu_trains_the_next_run_while_this_process_evaluates(tmp_path):
         execute(exclusive, "local", cpus=2, gpus=1)
 
 
+def wait_for_all(root: str, mine: str, others: list[str], timeout: float = 60, pools=None) -> None:
+    """Leave a marker and wait for every other step's: finishes only if all the steps run at the same time."""
+    for theirs in others:
+        wait_for(root, mine, theirs, timeout)
+
+
+def _side_by_side(root: str, per_gpu: int, trainings: int, timeout: float) -> Plan:
+    """``trainings`` training runs of ``per_gpu`` per GPU and one evaluation, each waiting for all the others."""
+    names = [f"t{i}" for i in range(trainings)] + ["e"]
+    return Plan(
+        [
+            Step(
+                f"train {i}",
+                "train",
+                wait_for_all,
+                {"root": root, "mine": f"t{i}", "others": names, "timeout": timeout},
+                resources=train_resources(True, per_gpu=per_gpu),
+                isolated=True,
+            )
+            for i in range(trainings)
+        ]
+        + [
+            Step(
+                "eval",
+                "eval",
+                wait_for_all,
+                {"root": root, "mine": "e", "others": names, "timeout": timeout},
+                resources=eval_resources(4, True),
+                shares_pools=True,
+            )
+        ]
+    )
+
+
+def test_trainings_share_a_gpu_when_asked(tmp_path):
+    """``per_gpu`` training runs hold one GPU together, beside an evaluation (a fourth share would not fit: the
+    executor's accounting of fractional GPUs is `test_the_gpu_trains_the_next_run_while_this_process_evaluates`)."""
+    assert train_resources(True, per_gpu=4).gpus == pytest.approx(train_resources(True).gpus / 4)
+    assert train_resources(False, cpus=3, per_gpu=4) == Resources(cpus=3)
+    with pytest.raises(PlanError, match="at least 1"):
+        train_resources(True, per_gpu=0)
+    # Each step waits for all the others' markers: the plan finishes only if all four run at once on one GPU.
+    execute(_side_by_side(str(tmp_path), per_gpu=3, trainings=3, timeout=60), "local", cpus=2, gpus=1)
+
+
 def test_a_failed_step_is_named_and_its_dependents_do_not_run(tmp_path):
     root = str(tmp_path)
     plan = Plan(

@@ -71,11 +71,14 @@ class Resources:
             raise PlanError(f"more than one GPU must be a whole number, got gpus={self.gpus}")
 
 
-def train_resources(gpu: bool, cpus: float = 1.0) -> Resources:
-    """A training run: on a GPU machine the GPU (less an evaluation's share) and no reserved core (its host
-    thread runs beside the simulator workers, which yield to it: `world_modality.rollout.envs.WORKER_NICENESS`);
-    without a GPU, ``cpus`` cores."""
-    return Resources(cpus=0.0, gpus=1.0 - EVAL_GPU_SHARE) if gpu else Resources(cpus=cpus)
+def train_resources(gpu: bool, cpus: float = 1.0, per_gpu: int = 1) -> Resources:
+    """A training run: on a GPU machine its share of the GPU (less an evaluation's share) when ``per_gpu`` runs
+    share one (small models leave a GPU idle between their kernels), and no reserved core (its host thread runs
+    beside the simulator workers, which yield to it: `world_modality.rollout.envs.WORKER_NICENESS`); without a
+    GPU, ``cpus`` cores."""
+    if per_gpu < 1:
+        raise PlanError(f"trainings per GPU must be at least 1, got {per_gpu}")
+    return Resources(cpus=0.0, gpus=(1.0 - EVAL_GPU_SHARE) / per_gpu) if gpu else Resources(cpus=cpus)
 
 
 def eval_resources(workers: int, gpu: bool) -> Resources:

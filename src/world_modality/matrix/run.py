@@ -252,7 +252,13 @@ def _on_gpu(device: str | None, gpus: bool) -> bool:
     return device.startswith("cuda") or (device == "auto" and gpus)
 
 
-def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, held: str | Path | None = None) -> Plan:
+def plan(
+    config: MatrixConfig,
+    run_dir: str | Path,
+    gpus: bool | None = None,
+    held: str | Path | None = None,
+    trainings_per_gpu: int = 1,
+) -> Plan:
     """Every step of the matrix in the serial order, each marked done or to do from what RUN_DIR holds, with the
     steps it needs and the resources it holds (``gpus``: whether GPUs are there to hold; default: this machine's).
 
@@ -262,7 +268,7 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
     ``held``: an export (`wm matrix --export DEST`) whose finished evaluations and interventions are done too, so a
     run on a fresh machine does only what DEST lacks: a training only when one of its evaluations or interventions
     is left (its export then checks that the weights reproduce DEST's run), the dataset and latents only when a
-    step to do needs them."""
+    step to do needs them. ``trainings_per_gpu``: training runs that share one GPU (`train_resources`)."""
     from lerobot_policy_world_modality.latent_cache import SPEC_FILE
     from world_modality.sim import get_simulator
     from world_modality.training.checkpoint import last_checkpoint
@@ -375,7 +381,7 @@ def plan(config: MatrixConfig, run_dir: str | Path, gpus: bool | None = None, he
                     needs=needs,
                     done=trained[arm, seed],
                     isolated=True,
-                    resources=train_resources(_on_gpu(spec.setting("device"), gpus)),
+                    resources=train_resources(_on_gpu(spec.setting("device"), gpus), per_gpu=trainings_per_gpu),
                     detail=detail,
                     work={"steps": total - at},
                 )
@@ -542,6 +548,7 @@ def run_matrix(
     concurrent: bool | None = None,
     on_step_done: StepDone | None = None,
     held: str | Path | None = None,
+    trainings_per_gpu: int = 1,
 ) -> tuple[Step, ...]:
     """Run every missing step of the matrix into ``run_dir`` (or, with ``dry_run``, only plan them), on the Ray
     cluster at ``address`` if given, else on this machine: concurrently (training beside evaluation) when
@@ -550,6 +557,7 @@ def run_matrix(
     ``on_step_done(step, start, end)`` is called after each finished step, as the executor's ``on_done`` (e.g.
     `world_modality.matrix.export.StepExporter`). ``held``: that export, whose finished results count as done
     (`plan`): with the exporter, which refuses a training run again here unless it reproduces DEST's weights.
+    ``trainings_per_gpu``: training runs that share one GPU (`plan`); results are the same, only the schedule differs.
 
     Returns the plan's steps as they stood before running; the report is always rewritten. The run folder is held
     (`world_modality.locks`) while it runs: a second matrix, or a command writing into it by hand, is refused,
@@ -557,9 +565,9 @@ def run_matrix(
     """
     run_dir = Path(run_dir).expanduser().resolve()
     if dry_run:
-        return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held)
+        return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held, trainings_per_gpu)
     with writer_lock(run_dir):
-        return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held)
+        return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held, trainings_per_gpu)
 
 
 def _run_matrix(
@@ -570,6 +578,7 @@ def _run_matrix(
     concurrent: bool | None,
     on_step_done: StepDone | None,
     held: str | Path | None,
+    trainings_per_gpu: int,
 ) -> tuple[Step, ...]:
     exported = (run_dir / RESULTS_ONLY_FILE).exists()
     if exported and dry_run:  # the plan against an export: which pieces of the experiment remain
@@ -590,7 +599,7 @@ def _run_matrix(
     concurrent = config.evaluation.concurrent if concurrent is None else concurrent
     executor = default_executor(concurrent, address) if not dry_run else "serial"
     with ray_session(address) if executor == "ray" else nullcontext():
-        steps = plan(config, run_dir, gpus=gpus_available(executor), held=held)
+        steps = plan(config, run_dir, gpus=gpus_available(executor), held=held, trainings_per_gpu=trainings_per_gpu)
         print(format_plan(steps))
         if dry_run:
             return steps.steps
