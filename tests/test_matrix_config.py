@@ -311,7 +311,7 @@ def test_a_named_baseline_settles_an_ambiguous_one():
 
 
 def test_rerun_may_add_an_encoder_but_not_change_one_or_an_arms(tmp_path, monkeypatch):
-    monkeypatch.setattr(matrix_run, "plan", lambda config, run_dir, gpus, held: Plan([]))
+    monkeypatch.setattr(matrix_run, "plan", lambda config, run_dir, **_: Plan([]))
     one = changed(lambda c: c.update(encoders=c["encoders"][:1], arms=ONE_SOURCE_ARMS, ablations={}, interventions={}))
     matrix.run_matrix(matrix.parse_config(one), tmp_path)
     assert yaml.safe_load((tmp_path / "matrix.yaml").read_text())["arms"]["E2"]["encoder"] == "learned"
@@ -492,6 +492,34 @@ def test_three_families_in_one_matrix_each_judged_against_its_own(tmp_path):
     assert "backbone qwen" in steps["train Q-E0 seed 0"].needs and "backbone smol" not in steps["train E2 seed 0"].needs
     piece = config.piece(arms=["S-E0", "S-E2"])
     assert list(piece.backbones) == ["smol"] and matrix.parse_config(piece.to_dict()) == piece
+
+
+def test_a_checkpoint_brought_here_is_evaluated_without_its_training_data(tmp_path):
+    """With an export held (`wm matrix --export DEST`) and a trained checkpoint in the run folder (trained on another
+    machine), the plan evaluates it with only what acting reads: the backbone folder the matrix writes, and the
+    latents' encoder for an arm that encodes observations (a world-memory arm, the latent-only family), never for a
+    VLA baseline; interventions also read the dataset's validation split."""
+    config = matrix.parse_config(vla_config())
+    run = tmp_path / "run"
+    for arm in ("S-E0", "S-E2", "E0", "E2"):
+        checkpoints = run / "train" / arm / "seed0" / "checkpoints"
+        step = f"{config.arms[arm].setting('steps'):06d}"
+        (checkpoints / step).mkdir(parents=True)
+        (checkpoints / "last").symlink_to(step)
+
+    def plan(*arms):
+        steps = matrix_run.plan(config.piece(arms=list(arms)), run, gpus=False, held=tmp_path / "export").steps
+        return {s.name: s for s in steps}
+
+    baseline = plan("S-E0")
+    assert baseline["train S-E0 seed 0"].done and not baseline["eval S-E0 seed 0"].done
+    assert baseline["dataset"].done and baseline["latents learned"].done  # not needed
+    assert not baseline["backbone smol"].done and "backbone smol" in baseline["eval S-E0 seed 0"].needs
+    world = plan("S-E2")
+    assert not world["latents learned"].done and not world["dataset"].done  # its encoder is the latents'
+    latent_only = plan("E0", "E2")
+    assert not latent_only["latents learned"].done and "latents learned" in latent_only["eval E0 seed 0"].needs
+    assert {"dataset", "latents learned"} <= set(latent_only["intervene E2 seed 0"].needs)
 
 
 @pytest.mark.parametrize(

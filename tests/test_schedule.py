@@ -252,6 +252,7 @@ def _side_by_side(root: str, per_gpu: int, trainings: int, timeout: float) -> Pl
     )
 
 
+@pytest.mark.slow  # four processes of the local executor: ~15 s on two cores
 def test_trainings_share_a_gpu_when_asked(tmp_path):
     """``per_gpu`` training runs hold one GPU together, beside an evaluation (a fourth share would not fit: the
     executor's accounting of fractional GPUs is `test_the_gpu_trains_the_next_run_while_this_process_evaluates`)."""

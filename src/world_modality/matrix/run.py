@@ -26,6 +26,7 @@ from world_modality.locks import writer_lock
 from world_modality.matrix.config import (
     CONFIG_FILE,
     RESULTS_ONLY_FILE,
+    ArmSpec,
     MatrixConfig,
     generated_dataset,
     load_config,
@@ -369,9 +370,7 @@ def plan(
             detail = f"{kind}, step {at} of {total}" + (" (resume)" if 0 < at < total else "")
             if at < total and (arm, seed) not in needed:
                 detail = f"{kind}: {held} holds every result of it"
-            backbone = spec.backbone
-            needs = (f"latents {spec.encoder}",)
-            needs += (f"backbone {backbone.name}",) if backbone is not None and backbone.path is None else ()
+            needs = (f"latents {spec.encoder}", *_backbone_step(spec))
             steps.append(
                 Step(
                     f"train {arm} seed {seed}",
@@ -396,7 +395,8 @@ def plan(
                     "offline",
                     intervene_arm,
                     where | {"arm": arm, "seed": seed},
-                    needs=(f"train {arm} seed {seed}",),
+                    # the validation split: its frames and latents
+                    needs=(f"train {arm} seed {seed}", f"latents {config.arms[arm].encoder}", *dataset_needs),
                     done=intervention_held[arm, seed]
                     or (trained[arm, seed] and _intervention_done(path, modes, totals[arm])),
                     resources=eval_resources(1, _on_gpu(config.arms[arm].setting("device"), gpus)),
@@ -414,7 +414,8 @@ def plan(
             if evaluation_held[label, seed]:
                 detail = f"memory {mode or config.arms[arm].rollout_mode or 'none'}, held in {held}"
             # An ablation ends by comparing itself with the arm's own evaluation: it runs after it.
-            needs = (f"train {arm} seed {seed}",) + ((f"eval {arm} seed {seed}",) if label != arm else ())
+            needs = (f"train {arm} seed {seed}", *_acting_inputs(config.arms[arm]))
+            needs += (f"eval {arm} seed {seed}",) if label != arm else ()
             steps.append(
                 Step(
                     f"eval {label} seed {seed}",
@@ -453,8 +454,24 @@ def plan(
     return Plan(steps)
 
 
+def _backbone_step(spec: ArmSpec) -> tuple[str, ...]:
+    """The step writing the backbone folder an arm's policy loads (none when the arm names a folder of its own)."""
+    backbone = spec.backbone
+    return (f"backbone {backbone.name}",) if backbone is not None and backbone.path is None else ()
+
+
+def _acting_inputs(spec: ArmSpec) -> tuple[str, ...]:
+    """The steps whose files a trained checkpoint of an arm reads when it acts: its backbone folder, and the encoder
+    of its latents when it encodes observations (the latent-only family always: latents are what it sees; a VLA
+    family with a world module)."""
+    reads_latents = spec.policy_type == "world_transformer" or spec.policy_config.uses_world_module
+    return ((f"latents {spec.encoder}",) if reads_latents else ()) + _backbone_step(spec)
+
+
 def _without_unneeded_inputs(steps: list[Step], held: Path) -> list[Step]:
-    """The dataset and latents steps marked done when no step to do needs them (``held`` holds every result)."""
+    """The dataset, latents and backbone steps marked done when no step to do needs them, directly or through
+    another step to do (``held`` holds every other result): a checkpoint already here is evaluated without
+    regenerating the data it was trained on."""
     by_name = {s.name: s for s in steps}
     needed: set[str] = set()
     todo = [s for s in steps if not s.done and s.stage not in ("dataset", "latents", "backbone")]
@@ -462,7 +479,8 @@ def _without_unneeded_inputs(steps: list[Step], held: Path) -> list[Step]:
         for name in todo.pop().needs:
             if name not in needed:
                 needed.add(name)
-                todo.append(by_name[name])
+                if not by_name[name].done:
+                    todo.append(by_name[name])
     return [
         replace(s, done=True, detail=f"not needed: {held} holds every result that reads it")
         if s.stage in ("dataset", "latents", "backbone") and not s.done and s.name not in needed
