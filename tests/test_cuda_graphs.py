@@ -1,4 +1,4 @@
-"""CUDA-graph replay of SmolVLA-world's inference (`common/cuda_graphs.py`, `cuda_graphs` in the config).
+"""CUDA-graph replay of SmolVLA-world's and F+'s inference (`common/cuda_graphs.py`, `cuda_graphs` in the config).
 
 The host-constant bookkeeping and the synchronisation-free vision tower run anywhere; capture and replay need a CUDA
 device (skipped without one, run on the GPU machine): the replayed policy, a whole chunk or each denoising step, must
@@ -250,3 +250,62 @@ def test_nested_memory_readers_restore_the_outer_one():
             assert model._read_memory is inner
         assert model._read_memory is outer
     assert model._read_memory is None
+
+
+@needs_cuda
+@pytest.mark.parametrize("action_head", ["flow", "mse"])
+def test_f_plus_chunk_replay_gives_the_eager_actions(tmp_path, action_head):
+    """F+ on a tiny Qwen3-VL: the chunk replayed from a CUDA graph (backbone pass on the prompt layout, memory read,
+    head) gives the eager actions, under each memory mode, at batch 1 and 3 (padded prompts), in float32 and bf16
+    autocast; a seen signature replays its graph; moving the weights forgets the graphs."""
+    import test_qwen_vla_world as fplus
+    from lerobot_policy_world_modality.encoders import StateEncoder, fit_state_encoder
+    from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS
+    from world_modality.model_folders.qwen_vl import write_qwen_vl_folder
+
+    folders = {"qwen3_vl": write_qwen_vl_folder(tmp_path / "qwen", "qwen3_vl", "tiny")}
+    spec = StateEncoder.load(fit_state_encoder(torch.randn(64, fplus.ENV_DIM), tmp_path / "spec")).spec.to_dict()
+    policies = {}
+    for scope in ("off", "chunk"):
+        policies[scope] = fplus.make_policy(
+            folders, spec, action_head=action_head, use_proprio=True, cuda_graphs=scope, device="cuda"
+        )
+    policies["chunk"].load_state_dict(policies["off"].state_dict())
+    for policy in policies.values():
+        with torch.no_grad():
+            policy.world.cross_attn.gate.fill_(0.7)
+            policy.proprio_gate.fill_(0.3)
+        policy.to("cuda").eval()
+    step = policies["chunk"]._graphed
+    for size, seed in ((1, 0), (3, 1), (1, 2)):
+        batch = _rows(fplus.make_batch(seed=seed), size)
+        for mode in ("pred", "zero", "oracle", "none"):
+            for autocast, tolerance in ((False, 1e-4), (True, 0.05)):
+                actions = {}
+                for scope, policy in policies.items():
+                    generators = [torch.Generator().manual_seed(10 + i) for i in range(size)]
+                    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                        actions[scope] = policy.predict_action_chunk(
+                            batch | {ROLLOUT_GENERATORS: generators}, memory_mode=mode
+                        )
+                torch.testing.assert_close(actions["chunk"], actions["off"], rtol=tolerance, atol=tolerance)
+    captured = step.captured
+    assert captured >= 4  # batch 1 and 3, float32 and bf16
+    batch = _rows(fplus.make_batch(seed=7), 1)
+    with torch.no_grad():
+        policies["chunk"].predict_action_chunk(batch)
+    assert step.captured == captured
+    policies["chunk"].to("cpu")
+    assert step.captured == 0
+
+
+def _rows(batch: dict, size: int) -> dict:
+    """The first ``size`` samples of a CPU batch, its tensors on the GPU (as a rollout hands them over)."""
+    return {
+        key: value[:size].to("cuda")
+        if isinstance(value, torch.Tensor)
+        else value[:size]
+        if isinstance(value, list)
+        else value
+        for key, value in batch.items()
+    }

@@ -20,12 +20,17 @@ from lerobot.utils.constants import OBS_ENV_STATE
 from conftest import SUBPROCESS_ENV, CountingTokenizer
 from lerobot_policy_world_modality.common import CachedTokenizer
 from lerobot_policy_world_modality.encoders import StateEncoder, fit_state_encoder
+from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import (
     BACKBONES,
     QwenVLAWorldConfig,
     canonical_backbone,
 )
-from lerobot_policy_world_modality.qwen_vla_world.modeling_qwen_vla_world import ADAPTER_DIR, QwenVLAWorldPolicy
+from lerobot_policy_world_modality.qwen_vla_world.modeling_qwen_vla_world import (
+    ADAPTER_DIR,
+    BACKBONE_FILE,
+    QwenVLAWorldPolicy,
+)
 from lerobot_policy_world_modality.qwen_vla_world.prompt import build_prompt
 from lerobot_policy_world_modality.world.history import (
     WORLD_FUTURE,
@@ -485,6 +490,30 @@ def test_checkpoint_round_trip_in_a_fresh_process(folders, encoder_spec, tmp_pat
         QwenVLAWorldPolicy.from_pretrained(checkpoint, config=config)
 
 
+def test_full_finetuning_trains_and_saves_the_whole_backbone(folders, encoder_spec, tmp_path):
+    """finetune='full' (a backbone trained from scratch): every backbone weight trains, the checkpoint holds them
+    (the folder's are the untrained ones) and gives the same actions after loading; without them it is refused, and
+    so are reduced-precision weights."""
+    policy = make_policy(folders, encoder_spec, finetune="full")
+    base = policy.backbone.get_base_model()
+    assert all(p.requires_grad for p in base.parameters())
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    train_steps(policy, make_batch(), steps=2, lr=1e-2)
+    after = base.state_dict()
+    changed = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
+    assert {"visual", "language_model"} <= changed  # the vision tower and the language model both learned
+    batch = make_batch(seed=1)
+    expected = policy.predict_action_chunk(batch, memory_mode="pred")
+    policy.save_pretrained(tmp_path / "full")
+    loaded = QwenVLAWorldPolicy.from_pretrained(tmp_path / "full").eval()
+    assert torch.equal(loaded.predict_action_chunk(batch, memory_mode="pred"), expected)
+    (tmp_path / "full" / BACKBONE_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="trained backbone"):
+        QwenVLAWorldPolicy.from_pretrained(tmp_path / "full")
+    with pytest.raises(InputError, match="float32"):
+        make_config(folders, encoder_spec, finetune="full", backbone_dtype="bfloat16")
+
+
 @pytest.mark.slow
 def test_wm_train_and_eval_on_metaworld(metaworld_dataset, state_latents, folders, tmp_path):
     """The generic `wm train` (cached latents, camera frames, CoC labels by episode) and a short
@@ -553,3 +582,56 @@ def test_wm_train_and_eval_on_metaworld(metaworld_dataset, state_latents, folder
     )
     episodes = read_jsonl(results)
     assert len(episodes) == 1 and episodes[0]["arm"] == "E4"
+
+
+class EagerReplay:
+    """A `GraphedStep` stand-in that runs the captured function eagerly: the replay path's arguments on the CPU."""
+
+    def __init__(self, fn):
+        self.fn, self.keys = fn, []
+
+    def __call__(self, *inputs, layout=None, key=None):
+        self.keys.append(key)
+        return self.fn(*inputs, layout=layout)
+
+    def clear(self):
+        pass
+
+
+@pytest.mark.parametrize("action_head", ["flow", pytest.param("mse", marks=pytest.mark.slow)])
+def test_the_graph_path_gives_the_eager_actions_bit_for_bit(folders, encoder_spec, action_head):
+    """What a CUDA graph replays (`_replayed_chunk`: the prompt layout computed on the host, `layout_forward`, the
+    memory prepared ahead and the head's noise drawn ahead) gives `predict_action_chunk`'s eager actions exactly, for
+    every rollout memory mode, with proprio, at batch 1 and at batch 3 (left padding: a 4-D attention mask)."""
+    from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS
+
+    policy = make_policy(folders, encoder_spec, action_head=action_head, use_proprio=True, cuda_graphs="chunk").eval()
+    assert policy._graphed is not None
+    with torch.no_grad():
+        policy.world.cross_attn.gate.fill_(0.5)
+        policy.proprio_gate.fill_(0.3)
+    replay = policy._graphed = EagerReplay(policy._chunk_from_layout)
+    for size in (1, BATCH):
+        batch = {k: v[:size] if isinstance(v, torch.Tensor | list) else v for k, v in make_batch(seed=size).items()}
+        for mode in ("pred", "zero", "oracle", "random", "none"):
+
+            def run(fast: bool):
+                generators = [torch.Generator().manual_seed(10 + i) for i in range(size)]
+                given = batch | {ROLLOUT_GENERATORS: generators}
+                with torch.no_grad():
+                    if fast:
+                        return policy._replayed_chunk(policy.observe(given), mode)
+                    return policy.predict_action_chunk(given, memory_mode=mode)
+
+            eager, fast = run(False), run(True)
+            assert fast.shape == (size, CHUNK, ACTION_DIM) and torch.equal(fast, eager), (size, mode)
+    assert len(policy._layouts) == 2 and replay.keys[0] == (
+        (1, 4, 4),
+    )  # one layout per prompt batch; the grid tells graphs apart
+    # Qwen2.5-VL and compiled backbones stay eager; an unknown scope is refused.
+    assert make_policy(folders, encoder_spec, backbone="qwen2_5_vl", cuda_graphs="chunk")._graphed is None
+    assert make_policy(folders, encoder_spec)._graphed is None  # eager by default until checked on a GPU
+    policy.use_cuda_graphs("off")
+    assert policy._graphed is None and policy.config.cuda_graphs == "off"
+    with pytest.raises(InputError, match="cuda_graphs must be one of"):
+        policy.use_cuda_graphs("step")

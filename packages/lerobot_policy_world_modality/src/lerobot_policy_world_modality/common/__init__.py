@@ -2,7 +2,7 @@
 instructions tokenised once, CUDA-graph replay of an inference step."""
 
 from lerobot_policy_world_modality.common.chunks import ACTION_HEADS, CurrentFrameChunkConfig, QueuedActions
-from lerobot_policy_world_modality.common.cuda_graphs import GraphedStep
+from lerobot_policy_world_modality.common.cuda_graphs import ForgetsGraphs, GraphedStep, check_graph_scope
 from lerobot_policy_world_modality.common.heads import ActionHeads, FlowHead
 from lerobot_policy_world_modality.common.instruction_tokens import CachedTokenizer, InstructionTokenizerStep
 from lerobot_policy_world_modality.common.world_memory import (
@@ -20,9 +20,11 @@ __all__ = [
     "CachedTokenizer",
     "CurrentFrameChunkConfig",
     "FlowHead",
+    "ForgetsGraphs",
     "GraphedStep",
     "InstructionTokenizerStep",
     "QueuedActions",
     "WorldMemoryConfig",
     "WorldMemoryPolicy",
+    "check_graph_scope",
 ]

@@ -23,7 +23,18 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from lerobot_policy_world_modality.errors import InputError
+
 _FACTORIES = (torch.tensor, torch.as_tensor)
+
+
+def check_graph_scope(scope: str, scopes: tuple[str, ...]) -> str:
+    """``scope`` when it is one of a policy family's ``scopes`` of its `cuda_graphs` option."""
+    if scope not in scopes:
+        raise InputError(f"cuda_graphs must be one of {scopes}, got {scope!r}")
+    return scope
+
+
 _MOVES = (Tensor.to, Tensor.cuda)
 
 
@@ -123,8 +134,8 @@ class GraphedStep:
     copy of its output. ``fn`` must compute on the GPU only (no `.item()`, no data-dependent shapes) and keep no
     state between calls; autocast's weight-cast cache is off inside it (a cached cast would outlive the graph).
     ``layout``: what ``fn`` needs beside the tensors to rebuild its arguments (how many cameras, the structure of a
-    cache), given to it as ``layout=`` when it is captured; it must follow from the signature, of which it is not
-    part."""
+    cache), given to it as ``layout=`` when it is captured; it must follow from the signature and ``key`` (hashable:
+    what else tells graphs apart, e.g. an image grid that the inputs' shapes do not fix)."""
 
     def __init__(self, fn: Callable[..., Tensor]) -> None:
         self.fn = fn
@@ -138,10 +149,11 @@ class GraphedStep:
     def captured(self) -> int:
         return len(self._graphs)
 
-    def __call__(self, *inputs: Tensor | None, layout: Any = None) -> Tensor:
+    def __call__(self, *inputs: Tensor | None, layout: Any = None, key: Any = None) -> Tensor:
         signature = (
             tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in inputs),
             _autocast_state(),
+            key,
         )
         captured = self._graphs.get(signature)
         if captured is None:
@@ -179,3 +191,15 @@ class GraphedStep:
             output, constants = self._run(fn, buffers, record, replay=True)
         constants.check_complete()
         return _Captured(graph, buffers, output, record, last=list(inputs))
+
+
+class ForgetsGraphs:
+    """`nn.Module` mixin for a module whose ``_graphed`` (a `GraphedStep`, or None) replays its inference: moving or
+    casting the weights (``.to``, ``.cuda``, ``.half``) would leave the graphs reading their old memory, so they are
+    forgotten."""
+
+    def _apply(self, fn, *args, **kwargs):
+        graphed = self.__dict__.get("_graphed")
+        if graphed is not None:
+            graphed.clear()
+        return super()._apply(fn, *args, **kwargs)

@@ -33,7 +33,11 @@ class FlowHead(nn.Module):
 
     def sample(self, h: Tensor, action_dim: int, steps: int, batch: dict[str, Any]) -> Tensor:
         """Euler integration from noise (drawn by `rollout_noise`: the batch's per-episode generators)."""
-        x = rollout_noise(batch, (h.shape[0], h.shape[1], action_dim), h.device, h.dtype)
+        return self.integrate(h, rollout_noise(batch, (h.shape[0], h.shape[1], action_dim), h.device, h.dtype), steps)
+
+    def integrate(self, h: Tensor, noise: Tensor, steps: int) -> Tensor:
+        """Euler integration of the velocity from ``noise`` [B, H, A] (of ``h``'s dtype) in ``steps`` steps."""
+        x = noise
         for i in range(steps):
             t = torch.full((h.shape[0],), i / steps, device=h.device, dtype=h.dtype)
             x = x + self.velocity(h, x, t) / steps
@@ -60,4 +64,17 @@ class ActionHeads:
         """The head's action chunk [B, H, A] (sampled for `flow`)."""
         if self.config.action_head == "flow":
             return self.flow_head.sample(h, self.config.action_dim, self.config.flow_steps, batch)
+        return self.mse_head(h)
+
+    def head_noise(self, batch: dict[str, Any], batch_size: int, device: torch.device, dtype: torch.dtype):
+        """The noise `sample_actions` would start from for a head input of ``dtype`` (None for `mse`), drawn ahead:
+        for code that must not draw it itself (a CUDA graph)."""
+        if self.config.action_head != "flow":
+            return None
+        return rollout_noise(batch, (batch_size, self.config.chunk_size, self.config.action_dim), device, dtype)
+
+    def actions_from_noise(self, h: Tensor, noise: Tensor | None) -> Tensor:
+        """`sample_actions` from noise drawn by `head_noise`."""
+        if self.config.action_head == "flow":
+            return self.flow_head.integrate(h, noise, self.config.flow_steps)
         return self.mse_head(h)

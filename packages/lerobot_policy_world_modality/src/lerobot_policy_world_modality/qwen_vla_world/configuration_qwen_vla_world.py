@@ -40,7 +40,7 @@ BACKBONES: dict[str, tuple[str, str]] = {
     "qwen3_vl_8b_instruct": ("Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl"),
     "qwen2_5_vl_3b_instruct": ("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl"),
 }
-FINETUNE_MODES = ("lora", "frozen")
+FINETUNE_MODES = ("lora", "frozen", "full")
 TEXT_LOSS_MODES = ("joint_after_act", "separate")
 WRIST_MODES = ("none", "concat")
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
@@ -48,6 +48,7 @@ BACKBONE_INITS = ("pretrained", "random")
 # torch.compile modes for the language model's decoder layers. "reduce-overhead" (CUDA graphs) is
 # left out: one graph per layer call overwrites the previous layer's output buffer.
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_SCOPES = ("chunk", "off")  # what inference on CUDA replays from CUDA graphs (`cuda_graphs`)
 
 
 def canonical_backbone(name: str) -> str:
@@ -85,7 +86,9 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrainedC
     # Filled when the policy is built: digest of the folder's config and weight files; a checkpoint
     # refuses to load on top of another backbone.
     backbone_fingerprint: str | None = None
-    finetune: str = "lora"  # lora: LoRA on the language model's q/k/v/o; frozen: backbone frozen
+    # lora: LoRA on the language model's q/k/v/o; frozen: backbone frozen; full: every backbone weight trains (a backbone
+    # trained from scratch, whose random frozen weights LoRA cannot make useful; float32 weights)
+    finetune: str = "lora"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -95,6 +98,10 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrainedC
     # kernel launches; fused layers cut the launches (benchmarks/README.md has the measured latency).
     compile_model: bool = False
     compile_mode: str = "default"
+    # Inference on CUDA replays each action chunk (backbone pass, memory read, head) from one CUDA graph: `chunk`
+    # (Qwen3-VL backbones, not compiled) or `off` (eager, the default until the replay has been checked on a GPU:
+    # tests/test_cuda_graphs.py). CPU and training are unchanged.
+    cuda_graphs: str = "off"
 
     # The prompt (see prompt.py), stored so rollouts build exactly the training prompt.
     prompt_format: str = DEFAULT_PROMPT_FORMAT
@@ -135,10 +142,16 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrainedC
             "backbone_dtype": BACKBONE_DTYPES,
             "backbone_init": BACKBONE_INITS,
             "compile_mode": COMPILE_MODES,
+            "cuda_graphs": CUDA_GRAPH_SCOPES,
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise InputError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        if self.finetune == "full" and self.backbone_dtype != "float32":
+            raise InputError(
+                f"finetune='full' trains every backbone weight, which needs float32 weights (mixed precision computes "
+                f"in lower precision): set backbone_dtype='float32', got {self.backbone_dtype!r}"
+            )
         if self.prompt_version != PROMPT_VERSION:
             raise InputError(
                 f"prompt_version {self.prompt_version} was written by another version of this policy "

@@ -21,20 +21,30 @@ ids, keys, encoder spec), ``model.safetensors`` (heads, proprio gate, world modu
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lerobot.policies.pretrained import PreTrainedPolicy
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
-from lerobot_policy_world_modality.common import ActionHeads, CachedTokenizer, QueuedActions, WorldMemoryPolicy
+from lerobot_policy_world_modality.common import (
+    ActionHeads,
+    CachedTokenizer,
+    ForgetsGraphs,
+    GraphedStep,
+    QueuedActions,
+    WorldMemoryPolicy,
+    check_graph_scope,
+)
 from lerobot_policy_world_modality.encoders import EncoderSpec, OnlineEncoder
 from lerobot_policy_world_modality.encoders.spec import digest
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
 from lerobot_policy_world_modality.qwen_vla_world.configuration_qwen_vla_world import (
+    CUDA_GRAPH_SCOPES,
     QwenVLAWorldConfig,
 )
 from lerobot_policy_world_modality.qwen_vla_world.prompt import (
@@ -42,14 +52,23 @@ from lerobot_policy_world_modality.qwen_vla_world.prompt import (
     act_tokens,
     build_prompt,
 )
-from lerobot_policy_world_modality.world import WorldModule, WorldModuleConfig, scalars_to_floats
+from lerobot_policy_world_modality.qwen_vla_world.prompt_layout import (
+    PromptLayout,
+    layout_forward,
+    prompt_layout,
+    use_positional_deepstack,
+)
+from lerobot_policy_world_modality.world import PreparedMemory, WorldModule, WorldModuleConfig, scalars_to_floats
 from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, WORLD_LATENTS, LatentHistory, encoder_input
 
 ADAPTER_DIR = "backbone_adapter"
 WEIGHTS_FILE = "model.safetensors"
+BACKBONE_FILE = "backbone.safetensors"  # finetune='full': every backbone weight (the folder's are the untrained ones)
 # LoRA only on the language model's attention projections (the vision tower has fused qkv/proj).
 LORA_TARGETS = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 IGNORE_INDEX = -100
+MEMORY_PARTS = len(fields(PreparedMemory))  # the tensors of a prepared memory, graph inputs
+MAX_LAYOUTS = 256  # prompt layouts a policy remembers (an evaluation has one per task and batch composition)
 
 
 def backbone_fingerprint(folder: Path) -> str:
@@ -134,6 +153,8 @@ def load_backbone(config: QwenVLAWorldConfig) -> tuple[nn.Module, Any]:
     if config.compile_model:
         for layer in decoder_layers(model):
             layer.compile(mode=config.compile_mode)
+    if config.finetune == "full":
+        backbone.get_base_model().requires_grad_(True)
     if config.finetune == "lora":
         adapted = [name for name, module in backbone.named_modules() if hasattr(module, "lora_A")]
         expected = 4 * hf_config.get_text_config().num_hidden_layers
@@ -163,7 +184,7 @@ def _init_act_rows(model: nn.Module, ids: list[int]) -> None:
         table[ids] = (sample.mean(0) + 0.1 * sample.std(0) * noise).to(table.dtype)
 
 
-class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrainedPolicy):
+class QwenVLAWorldPolicy(ForgetsGraphs, WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrainedPolicy):
     """Qwen-VL `<ACT_i>` states (+ proprio, + world memory) -> an action chunk of H normalised actions."""
 
     config_class = QwenVLAWorldConfig
@@ -189,7 +210,19 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         self.head_in = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, config.head_dim))
         self.build_action_head(config.head_dim)
         self.register_step_counter()
+        self._layouts: dict[tuple, PromptLayout] = {}
+        self.use_cuda_graphs(config.cuda_graphs)
         self.reset()
+
+    def use_cuda_graphs(self, scope: str) -> None:
+        """Replay inference on CUDA from one CUDA graph per chunk (`cuda_graphs`: chunk, off) from now on: a Qwen3-VL
+        backbone, not compiled (Qwen2.5-VL's vision tower reads the GPU from the host: it stays eager)."""
+        self.config.cuda_graphs = check_graph_scope(scope, CUDA_GRAPH_SCOPES)
+        hf_model = self.backbone.get_base_model().model
+        capturable = self.config.backbone_model_type == "qwen3_vl" and not self.config.compile_model
+        if capturable:
+            use_positional_deepstack(hf_model)
+        self._graphed = GraphedStep(self._chunk_from_layout) if scope == "chunk" and capturable else None
 
     # --- LeRobot interface ------------------------------------------------------------------
 
@@ -241,12 +274,63 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
     def predict_action_chunk(self, batch: dict[str, Any], memory_mode: str | None = None) -> Tensor:
         """Normalised action chunk [B, H, A]; rollouts use ``world_memory_mode_rollout`` by default."""
         batch = self.observe(batch)
+        memory_mode = memory_mode or self.config.world_memory_mode_rollout
+        if self._graphed is not None and not self.training and self._device.type == "cuda":
+            return self._replayed_chunk(batch, memory_mode)
         h_act, _ = self._act_states(batch)
-        return self._actions(h_act, batch, memory_mode or self.config.world_memory_mode_rollout)
+        return self._actions(h_act, batch, memory_mode)
+
+    def _replayed_chunk(self, batch: dict[str, Any], memory_mode: str) -> Tensor:
+        """`predict_action_chunk` with the backbone pass, the memory read and the head replayed from one CUDA graph:
+        what depends on the prompts alone (`PromptLayout`) is computed once per prompt layout, the memory is prepared
+        eagerly (one Prophet pass, one draw for the controls) and the head's noise drawn ahead."""
+        images = self._images(batch)
+        texts = self.instruction_texts(batch, len(images))
+        prompts = [build_prompt(self.config.prompt_format, text, self.config.chunk_size) for text in texts]
+        inputs = self.processor(
+            images=images, text=prompts, padding=True, return_tensors="pt", do_rescale=False, device=self._device
+        )
+        layout = self._layout_of(inputs, texts)
+        memory = self._prepared_memory(batch, memory_mode)
+        parts = (None,) * MEMORY_PARTS if memory is None else tuple(getattr(memory, f.name) for f in fields(memory))
+        state = batch[self.config.state_key].to(self._device, torch.float32) if self.config.use_proprio else None
+        autocast = torch.is_autocast_enabled(self._device.type)
+        head_dtype = torch.get_autocast_dtype(self._device.type) if autocast else torch.float32
+        noise = self.head_noise(batch, len(images), self._device, head_dtype)
+        pixels = inputs["pixel_values"].to(self._device)
+        return self._graphed(pixels, state, noise, *layout.tensors(), *parts, layout=layout.grid, key=layout.grid)
+
+    def _layout_of(self, inputs: Any, texts: list[str]) -> PromptLayout:
+        """The `PromptLayout` of a processor output, computed once per distinct prompts and image grid."""
+        ids, mask = inputs["input_ids"].cpu(), inputs["attention_mask"].cpu()
+        grid = inputs["image_grid_thw"].cpu()
+        key = (tuple(ids.shape), ids.numpy().tobytes(), mask.numpy().tobytes(), grid.numpy().tobytes())
+        if key not in self._layouts:
+            self._check_act_slots(ids, texts)
+            if len(self._layouts) >= MAX_LAYOUTS:
+                self._layouts.clear()
+            hf_model = self.backbone.get_base_model().model
+            self._layouts[key] = prompt_layout(
+                hf_model, ids, mask, inputs["mm_token_type_ids"].cpu(), grid, self._device
+            )
+        return self._layouts[key]
+
+    def _chunk_from_layout(self, pixel_values: Tensor, state: Tensor | None, noise: Tensor | None, *tensors, layout):
+        """The chunk the graph captures: the backbone pass on the prompt layout's tensors (`layout_forward`; ``layout``
+        the image grid), the `<ACT_i>` states, the read of the prepared memory (the last `MEMORY_PARTS` tensors), the
+        head from its noise."""
+        prompt, memory = tensors[:-MEMORY_PARTS], tensors[-MEMORY_PARTS:]
+        hidden = layout_forward(self.backbone.get_base_model().model, pixel_values, *prompt, grid=layout)
+        h_act = self._act_hidden(hidden, prompt[0].shape[1], state)
+        if self.config.use_world_module:
+            h_act = self.world.read_memory(h_act, None if memory[0] is None else PreparedMemory(*memory))
+        return self.actions_from_noise(self.head_in(h_act), noise)
 
     def _actions(self, h_act: Tensor, batch: dict[str, Any], memory_mode: str) -> Tensor:
-        """Action chunk [B, H, A] from the `<ACT_i>` states: world memory, then the head (sampled for flow)."""
-        h_act, _ = self._read_world(h_act, batch, memory_mode, None)
+        """Action chunk [B, H, A] from the `<ACT_i>` states: world memory (prepared as the graph path prepares it, so
+        that both give the same actions), then the head (sampled for flow)."""
+        if self.config.use_world_module:
+            h_act = self.world.read_memory(h_act, self._prepared_memory(batch, memory_mode))
         return self.sample_actions(self.head_in(h_act), batch)
 
     # --- backbone pass ------------------------------------------------------------------------
@@ -321,21 +405,25 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
             for text in self.instruction_texts(batch, len(images))
         ]
         hidden, prompt_ids, text_loss = self._backbone_pass(images, prompts, coc)
-        h, prompt_len = self.config.chunk_size, prompt_ids.shape[1]
-        act_slots = prompt_ids[:, prompt_len - h :]
-        if (
-            not (act_slots == self.act_ids).all()
-            or not ((prompt_ids[..., None] == self.act_ids).sum((1, 2)) == h).all()
-        ):
+        self._check_act_slots(prompt_ids, self.instruction_texts(batch, len(images)))
+        state = batch[self.config.state_key].float() if self.config.use_proprio else None
+        return self._act_hidden(hidden, prompt_ids.shape[1], state), text_loss
+
+    def _check_act_slots(self, prompt_ids: Tensor, texts: list[str]) -> None:
+        h = self.config.chunk_size
+        act_ids = self.act_ids.to(prompt_ids.device)
+        if not (prompt_ids[:, -h:] == act_ids).all() or not ((prompt_ids[..., None] == act_ids).sum((1, 2)) == h).all():
             raise InputError(
                 "every prompt must end with <ACT_0> .. <ACT_{H-1}> and hold them once (does an instruction "
-                f"contain an <ACT_i> token?): instructions {self.instruction_texts(batch, len(images))}"
+                f"contain an <ACT_i> token?): instructions {texts}"
             )
-        h_act = hidden[:, prompt_len - h : prompt_len].float()
+
+    def _act_hidden(self, hidden: Tensor, prompt_len: int, state: Tensor | None) -> Tensor:
+        """[B, H, d] float states at the `<ACT_i>` tokens (the prompts' last H), with the gated proprio residual."""
+        h_act = hidden[:, prompt_len - self.config.chunk_size : prompt_len].float()
         if self.config.use_proprio:
-            state = self.state_proj(batch[self.config.state_key].float())
-            h_act = h_act + torch.tanh(self.proprio_gate) * state[:, None]
-        return h_act, text_loss
+            h_act = h_act + torch.tanh(self.proprio_gate) * self.state_proj(state)[:, None]
+        return h_act
 
     def _separate_text_loss(self, batch: dict[str, Any], coc: list[str | None]) -> Tensor | None:
         """The CoC loss of a second pass over [image, instruction, CoC] for the labelled samples."""
@@ -404,6 +492,14 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
             generator=batch.get(ROLLOUT_GENERATORS),
         )
 
+    def _prepared_memory(self, batch: dict[str, Any], memory_mode: str) -> PreparedMemory | None:
+        """The memory `_read_world` reads at inference, prepared once (None without a world module or memory)."""
+        if not self.config.use_world_module:
+            return None
+        z_hist, hist_mask = self._latent_history(batch)
+        z_future, _ = self.future_latents(batch)
+        return self.world.prepare_memory(z_hist, hist_mask, z_future, memory_mode, batch.get(ROLLOUT_GENERATORS))
+
     def _latent_history(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """History [B, T, D] and mask [B, T]: from the batch, or (plain lerobot-train) the current frame
         encoded on its own, the earlier slots masked."""
@@ -437,6 +533,8 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         own = {k: v.detach().contiguous().cpu() for k, v in own.items() if not k.startswith("backbone.")}
         save_file(own, str(save_directory / WEIGHTS_FILE))
         self.backbone.save_pretrained(save_directory / ADAPTER_DIR)
+        if self.config.finetune == "full":
+            save_model(self.backbone.get_base_model(), str(save_directory / BACKBONE_FILE))
 
     @classmethod
     def _load_as_safetensor(cls, model: QwenVLAWorldPolicy, model_file: str, map_location: str, strict: bool):
@@ -450,6 +548,17 @@ class QwenVLAWorldPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreTrain
         if missing or unexpected:
             raise InputError(f"{model_file} does not match the policy: missing {missing}, unexpected {unexpected}")
         model.load_state_dict(state, strict=False)
+        if model.config.finetune == "full":
+            backbone_file = folder / BACKBONE_FILE
+            if not backbone_file.is_file():
+                raise MissingFileError(
+                    f"{folder} has no {BACKBONE_FILE}: a finetune='full' checkpoint holds its trained backbone there"
+                )
+            missing, unexpected = load_model(model.backbone.get_base_model(), str(backbone_file), strict=False)
+            if missing or unexpected:
+                raise InputError(
+                    f"{backbone_file} does not match the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
         model._load_adapter(folder / ADAPTER_DIR)
         return model
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from lerobot.configs import PreTrainedConfig
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
-from lerobot_policy_world_modality.common import WorldMemoryConfig
+from lerobot_policy_world_modality.common import WorldMemoryConfig, check_graph_scope
 from lerobot_policy_world_modality.encoders import EncoderSpec
 from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
@@ -61,12 +61,6 @@ def read_encoder_spec(path: str | Path) -> dict:
 
 # What inference on CUDA replays from CUDA graphs (`cuda_graphs`).
 CUDA_GRAPH_SCOPES = ("chunk", "step", "off")
-
-
-def check_graph_scope(scope: str) -> str:
-    if scope not in CUDA_GRAPH_SCOPES:
-        raise InputError(f"cuda_graphs must be one of {CUDA_GRAPH_SCOPES}, got {scope!r}")
-    return scope
 
 
 @PreTrainedConfig.register_subclass("smolvla_world")
@@ -95,7 +89,7 @@ class SmolVLAWorldConfig(WorldMemoryConfig, SmolVLAConfig):
         if self.encoder_spec is None and self.encoder_spec_path is not None:
             self.encoder_spec = read_encoder_spec(self.encoder_spec_path)
         super().__post_init__()
-        check_graph_scope(self.cuda_graphs)
+        check_graph_scope(self.cuda_graphs, CUDA_GRAPH_SCOPES)
         if self.encoder_spec is not None:
             temporal_window = self.spec.temporal_window
             if self.world_rollout_temporal_window is None:

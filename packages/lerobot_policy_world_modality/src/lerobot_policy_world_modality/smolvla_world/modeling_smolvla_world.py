@@ -42,13 +42,13 @@ from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, VLAFlowMatc
 from torch import Tensor
 from transformers import DynamicCache
 
-from lerobot_policy_world_modality.common import GraphedStep, WorldMemoryPolicy
+from lerobot_policy_world_modality.common import ForgetsGraphs, GraphedStep, WorldMemoryPolicy, check_graph_scope
 from lerobot_policy_world_modality.encoders import WorldEncoder, build_encoder
 from lerobot_policy_world_modality.encoders.state import StateEncoder
 from lerobot_policy_world_modality.errors import InputError
 from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import (
+    CUDA_GRAPH_SCOPES,
     SmolVLAWorldConfig,
-    check_graph_scope,
 )
 from lerobot_policy_world_modality.smolvla_world.vision import use_full_grid_vision
 from lerobot_policy_world_modality.world import (
@@ -72,7 +72,7 @@ from lerobot_policy_world_modality.world.history import (
 MemoryReader = Callable[[Tensor], Tensor]
 
 
-class WorldFlowMatching(VLAFlowMatching):
+class WorldFlowMatching(ForgetsGraphs, VLAFlowMatching):
     """SmolVLA's flow-matching model with the world module reading into the action-expert queries (SmolVLA's own
     without a world module)."""
 
@@ -92,16 +92,10 @@ class WorldFlowMatching(VLAFlowMatching):
 
     def use_cuda_graphs(self, scope: str) -> None:
         """Replay inference on CUDA from graphs of ``scope`` (`cuda_graphs`: chunk, step, off) from now on."""
-        self.config.cuda_graphs = check_graph_scope(scope)
+        self.config.cuda_graphs = check_graph_scope(scope, CUDA_GRAPH_SCOPES)
         pieces = {"chunk": self._chunk_from_buffers, "step": self._step_from_buffers}
         compiled = self.config.compile_denoise_step
         self._graphed = GraphedStep(pieces[scope]) if scope in pieces and not compiled else None
-
-    def _apply(self, fn, *args, **kwargs):
-        # Moving or casting the weights (.to, .cuda, .half) leaves a captured graph reading their old memory.
-        if getattr(self, "_graphed", None) is not None:
-            self._graphed.clear()
-        return super()._apply(fn, *args, **kwargs)
 
     @contextmanager
     def reading_memory(self, reader: MemoryReader) -> Iterator[None]:
