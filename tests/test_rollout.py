@@ -79,6 +79,7 @@ def test_arms_run_identical_episodes_and_pair(checkpoints, tmp_path):
     assert r0[1]["video"] is None
 
 
+@pytest.mark.slow  # two evaluations of 16 episodes: ~33 s on two cores (CI runs it)
 def test_pipelined_groups_run_each_episode_once_as_one_lockstep_group_does(checkpoints, tmp_path):
     kwargs = dict(arm="E2", episodes_per_task=5, workers=3, max_steps=12)
     one = read_jsonl(_eval(checkpoints["F"], tmp_path / "one", **kwargs))
@@ -518,6 +519,7 @@ def test_other_memory_comes_from_the_held_out_episodes_or_the_given_cache(checkp
         load_rollout_policy(moved, "other", device="cpu")
 
 
+@pytest.mark.slow  # four worker layouts: ~57 s on two cores (CI runs it)
 def test_an_episodes_actions_do_not_depend_on_what_shares_its_batch(checkpoints, tmp_path, monkeypatch):
     """The same checkpoint on the same episodes gives every episode the same action digest with one worker, two
     workers, two lockstep groups and two shards merged, although each puts the episode beside other episodes (a
