@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from world_modality import matrix
+from world_modality.cli import build_parser
 from world_modality.commands.demo import demo_config, register
 from world_modality.matrix import run as matrix_run
 from world_modality.report.arms import resolve_baselines
@@ -85,6 +86,23 @@ def test_several_encoders_each_arm_reads_one(tmp_path):
         "eval E2o:zero seed 0",
         "eval E2o:shuffle seed 0",
     ]
+
+
+def test_a_machine_layout_changes_the_schedule_not_the_recorded_config(tmp_path):
+    """`wm matrix --eval-workers N --trainings-per-gpu K`: the evaluations run N simulator processes and trainings
+    share GPUs, while the run folder records the file's config (so pieces run on other machines still merge)."""
+    config = matrix.parse_config(CONFIG)
+    machine = matrix.MachineLayout(trainings_per_gpu=2, eval_workers=3)
+    steps = {s.name: s for s in matrix.run_matrix(config, tmp_path, dry_run=True, machine=machine)}
+    assert (
+        steps["eval E0 seed 0"].resources.cpus == 3 and steps["eval E0 seed 0"].kwargs["config"].evaluation.workers == 3
+    )
+    assert config.evaluation.workers == CONFIG["evaluation"]["workers"] and machine.applied(config) != config
+    assert matrix.MachineLayout().applied(config) is config
+    args = build_parser().parse_args(["matrix", "FILE", "--eval-workers", "4", "--trainings-per-gpu", "2"])
+    assert (args.eval_workers, args.trainings_per_gpu) == (4, 2)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["matrix", "FILE", "--eval-workers", "0"])
 
 
 def test_the_older_single_encoder_section_still_works():

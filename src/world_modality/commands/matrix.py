@@ -61,6 +61,14 @@ def register(subparsers) -> None:
         help="training runs that share one GPU at a time (default 1): small policies leave a GPU idle between "
         "their kernels, so N runs side by side finish sooner than one after another; the results are the same",
     )
+    parser.add_argument(
+        "--eval-workers",
+        type=_at_least_one,
+        default=None,
+        metavar="N",
+        help="simulator processes per evaluation on this machine instead of the file's evaluation.workers (fewer "
+        "cores or less memory: each MetaWorld process holds ~0.8 GB); an episode's actions do not depend on it",
+    )
     add_common(parser)
     add_no_verify(parser)
     parser.set_defaults(handler=_matrix)
@@ -91,7 +99,7 @@ def _matrix(args) -> int:
             address=args.ray,
             on_step_done=exporter,
             held=args.export,
-            trainings_per_gpu=args.trainings_per_gpu,
+            machine=matrix.MachineLayout(args.trainings_per_gpu, args.eval_workers),
         )
         if not args.dry_run and (run_dir / "report" / "report.md").is_file():
             print(f"report: {run_dir.resolve() / 'report' / 'report.md'}")

@@ -7,8 +7,10 @@ with `evaluation.concurrent: true`) the GPU trains the next arm or seed while th
 checkpoints on one set of started simulator processes; `--ray ADDRESS` runs every step as a Ray task. Each
 step's wall times go to RUN_DIR/profile.json. `--export DEST` merges each finished training, intervention and
 evaluation into a results-only folder as it ends (`export`), and what DEST holds is not run again (a fresh
-machine with a copy of DEST does only the rest); `--arms A,B --seeds 2` runs only that piece of the file
-(`MatrixConfig.piece`). `config` parses the file once into typed specs (`MatrixConfig`, an `ArmSpec` per arm
+machine with a copy of DEST does only the rest; a checkpoint brought into RUN_DIR/train is evaluated without
+regenerating its training data); `--arms A,B --seeds 2` runs only that piece of the file (`MatrixConfig.piece`);
+`--trainings-per-gpu N` and `--eval-workers N` lay the work out for this machine without changing the results
+(`MachineLayout`). `config` parses the file once into typed specs (`MatrixConfig`, an `ArmSpec` per arm
 with its policy family's config built and validated), `run` plans and runs it.
 
 Run folder::
@@ -98,6 +100,7 @@ from world_modality.matrix.config import (
 )
 from world_modality.matrix.profile import PROFILE_FILE, load_profile, stage_times
 from world_modality.matrix.run import (
+    MachineLayout,
     check_run_dir,
     dataset_dir,
     eval_dir,
@@ -112,6 +115,7 @@ __all__ = [
     "CONFIG_FILE",
     "ArmSpec",
     "EvaluationConfig",
+    "MachineLayout",
     "MatrixConfig",
     "MatrixConfigError",
     "PROFILE_FILE",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -558,6 +558,24 @@ def _diff(old: Any, new: Any, where: str) -> list[str]:
     return [] if old == new else [f"{where}: existing {old!r} vs requested {new!r}"]
 
 
+@dataclass(frozen=True)
+class MachineLayout:
+    """How one machine lays a matrix's work out, which never changes its results (so it is not part of the matrix
+    file): ``trainings_per_gpu`` training runs share one GPU (`plan`); ``eval_workers`` simulator processes per
+    evaluation instead of the file's ``evaluation.workers`` (None: the file's), for a machine with fewer cores or less
+    memory: an episode's actions do not depend on the worker layout (a fixed inference shape per policy call:
+    benchmarks/README.md, Batch-invariant rollouts)."""
+
+    trainings_per_gpu: int = 1
+    eval_workers: int | None = None
+
+    def applied(self, config: MatrixConfig) -> MatrixConfig:
+        """``config`` as this machine runs it (the file's config is what the run folder and exports record)."""
+        if self.eval_workers is None:
+            return config
+        return replace(config, evaluation=replace(config.evaluation, workers=self.eval_workers))
+
+
 def run_matrix(
     config: MatrixConfig,
     run_dir: str | Path,
@@ -566,7 +584,7 @@ def run_matrix(
     concurrent: bool | None = None,
     on_step_done: StepDone | None = None,
     held: str | Path | None = None,
-    trainings_per_gpu: int = 1,
+    machine: MachineLayout = MachineLayout(),
 ) -> tuple[Step, ...]:
     """Run every missing step of the matrix into ``run_dir`` (or, with ``dry_run``, only plan them), on the Ray
     cluster at ``address`` if given, else on this machine: concurrently (training beside evaluation) when
@@ -575,7 +593,7 @@ def run_matrix(
     ``on_step_done(step, start, end)`` is called after each finished step, as the executor's ``on_done`` (e.g.
     `world_modality.matrix.export.StepExporter`). ``held``: that export, whose finished results count as done
     (`plan`): with the exporter, which refuses a training run again here unless it reproduces DEST's weights.
-    ``trainings_per_gpu``: training runs that share one GPU (`plan`); results are the same, only the schedule differs.
+    ``machine``: how this machine lays the work out (`MachineLayout`); the results are the same whatever it is.
 
     Returns the plan's steps as they stood before running; the report is always rewritten. The run folder is held
     (`world_modality.locks`) while it runs: a second matrix, or a command writing into it by hand, is refused,
@@ -583,9 +601,9 @@ def run_matrix(
     """
     run_dir = Path(run_dir).expanduser().resolve()
     if dry_run:
-        return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held, trainings_per_gpu)
+        return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held, machine)
     with writer_lock(run_dir):
-        return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held, trainings_per_gpu)
+        return _run_matrix(config, run_dir, dry_run, address, concurrent, on_step_done, held, machine)
 
 
 def _run_matrix(
@@ -596,7 +614,7 @@ def _run_matrix(
     concurrent: bool | None,
     on_step_done: StepDone | None,
     held: str | Path | None,
-    trainings_per_gpu: int,
+    machine: MachineLayout,
 ) -> tuple[Step, ...]:
     exported = (run_dir / RESULTS_ONLY_FILE).exists()
     if exported and dry_run:  # the plan against an export: which pieces of the experiment remain
@@ -617,7 +635,13 @@ def _run_matrix(
     concurrent = config.evaluation.concurrent if concurrent is None else concurrent
     executor = default_executor(concurrent, address) if not dry_run else "serial"
     with ray_session(address) if executor == "ray" else nullcontext():
-        steps = plan(config, run_dir, gpus=gpus_available(executor), held=held, trainings_per_gpu=trainings_per_gpu)
+        steps = plan(
+            machine.applied(config),
+            run_dir,
+            gpus=gpus_available(executor),
+            held=held,
+            trainings_per_gpu=machine.trainings_per_gpu,
+        )
         print(format_plan(steps))
         if dry_run:
             return steps.steps
