@@ -7,6 +7,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from world_modality import matrix
+from world_modality.choices import COUNT
 from world_modality.commands import add_common, add_no_verify
 
 
@@ -55,7 +56,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seeds", default=None, metavar="SEED[,SEED...]", help="run only these training seeds")
     parser.add_argument(
         "--trainings-per-gpu",
-        type=_at_least_one,
+        type=COUNT,
         default=1,
         metavar="N",
         help="training runs that share one GPU at a time (default 1): small policies leave a GPU idle between "
@@ -63,7 +64,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--eval-workers",
-        type=_at_least_one,
+        type=COUNT,
         default=None,
         metavar="N",
         help="simulator processes per evaluation on this machine instead of the file's evaluation.workers (fewer "
@@ -118,10 +119,3 @@ def _listed(value: str | None, kind: type, flag: str) -> list | None:
         raise matrix.MatrixConfigError(
             f"{flag}: expected a comma-separated list of {kind.__name__}s, got {value!r}"
         ) from None
-
-
-def _at_least_one(value: str) -> int:
-    count = int(value)
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
-    return count

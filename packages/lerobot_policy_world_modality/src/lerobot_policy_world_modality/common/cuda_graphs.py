@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from lerobot_policy_world_modality.errors import InputError
 
 _FACTORIES = (torch.tensor, torch.as_tensor)
+_MOVES = (Tensor.to, Tensor.cuda)
 
 
 def check_graph_scope(scope: str, scopes: tuple[str, ...]) -> str:
@@ -33,9 +34,6 @@ def check_graph_scope(scope: str, scopes: tuple[str, ...]) -> str:
     if scope not in scopes:
         raise InputError(f"cuda_graphs must be one of {scopes}, got {scope!r}")
     return scope
-
-
-_MOVES = (Tensor.to, Tensor.cuda)
 
 
 def _target_device(func: Callable, args: tuple, kwargs: dict) -> torch.device | None:

@@ -21,7 +21,6 @@ ids, keys, encoder spec), ``model.safetensors`` (heads, proprio gate, world modu
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ from lerobot_policy_world_modality.qwen_vla_world.prompt_layout import (
     use_positional_deepstack,
 )
 from lerobot_policy_world_modality.world import PreparedMemory, WorldModule, WorldModuleConfig, scalars_to_floats
+from lerobot_policy_world_modality.world.gated_cross_attention import MEMORY_INPUTS
 from lerobot_policy_world_modality.world.history import ROLLOUT_GENERATORS, WORLD_LATENTS, LatentHistory, encoder_input
 
 ADAPTER_DIR = "backbone_adapter"
@@ -67,7 +67,6 @@ BACKBONE_FILE = "backbone.safetensors"  # finetune='full': every backbone weight
 # LoRA only on the language model's attention projections (the vision tower has fused qkv/proj).
 LORA_TARGETS = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 IGNORE_INDEX = -100
-MEMORY_PARTS = len(fields(PreparedMemory))  # the tensors of a prepared memory, graph inputs
 MAX_LAYOUTS = 256  # prompt layouts a policy remembers (an evaluation has one per task and batch composition)
 
 
@@ -284,15 +283,11 @@ class QwenVLAWorldPolicy(ForgetsGraphs, WorldMemoryPolicy, ActionHeads, QueuedAc
         """`predict_action_chunk` with the backbone pass, the memory read and the head replayed from one CUDA graph:
         what depends on the prompts alone (`PromptLayout`) is computed once per prompt layout, the memory is prepared
         eagerly (one Prophet pass, one draw for the controls) and the head's noise drawn ahead."""
-        images = self._images(batch)
-        texts = self.instruction_texts(batch, len(images))
-        prompts = [build_prompt(self.config.prompt_format, text, self.config.chunk_size) for text in texts]
-        inputs = self.processor(
-            images=images, text=prompts, padding=True, return_tensors="pt", do_rescale=False, device=self._device
-        )
+        images, texts, prompts = self._prompts(batch)
+        inputs = self._processed(images, prompts)
         layout = self._layout_of(inputs, texts)
         memory = self._prepared_memory(batch, memory_mode)
-        parts = (None,) * MEMORY_PARTS if memory is None else tuple(getattr(memory, f.name) for f in fields(memory))
+        parts = PreparedMemory.as_inputs(memory)
         state = batch[self.config.state_key].to(self._device, torch.float32) if self.config.use_proprio else None
         autocast = torch.is_autocast_enabled(self._device.type)
         head_dtype = torch.get_autocast_dtype(self._device.type) if autocast else torch.float32
@@ -317,13 +312,13 @@ class QwenVLAWorldPolicy(ForgetsGraphs, WorldMemoryPolicy, ActionHeads, QueuedAc
 
     def _chunk_from_layout(self, pixel_values: Tensor, state: Tensor | None, noise: Tensor | None, *tensors, layout):
         """The chunk the graph captures: the backbone pass on the prompt layout's tensors (`layout_forward`; ``layout``
-        the image grid), the `<ACT_i>` states, the read of the prepared memory (the last `MEMORY_PARTS` tensors), the
+        the image grid), the `<ACT_i>` states, the read of the prepared memory (the last `MEMORY_INPUTS` tensors), the
         head from its noise."""
-        prompt, memory = tensors[:-MEMORY_PARTS], tensors[-MEMORY_PARTS:]
+        prompt, memory = tensors[:-MEMORY_INPUTS], tensors[-MEMORY_INPUTS:]
         hidden = layout_forward(self.backbone.get_base_model().model, pixel_values, *prompt, grid=layout)
         h_act = self._act_hidden(hidden, prompt[0].shape[1], state)
         if self.config.use_world_module:
-            h_act = self.world.read_memory(h_act, None if memory[0] is None else PreparedMemory(*memory))
+            h_act = self.world.read_memory(h_act, PreparedMemory.from_inputs(memory))
         return self.actions_from_noise(self.head_in(h_act), noise)
 
     def _actions(self, h_act: Tensor, batch: dict[str, Any], memory_mode: str) -> Tensor:
@@ -357,6 +352,18 @@ class QwenVLAWorldPolicy(ForgetsGraphs, WorldMemoryPolicy, ActionHeads, QueuedAc
             )
         return list(image.float())
 
+    def _prompts(self, batch: dict[str, Any]) -> tuple[list[Tensor], list[str], list[str]]:
+        """The batch's images, instructions and the prompts built from them (`build_prompt`)."""
+        images = self._images(batch)
+        texts = self.instruction_texts(batch, len(images))
+        return images, texts, [build_prompt(self.config.prompt_format, t, self.config.chunk_size) for t in texts]
+
+    def _processed(self, images: list[Tensor], prompts: list[str]) -> Any:
+        """The processor's output for images and prompts (left-padded; images processed on the policy's device)."""
+        return self.processor(
+            images=images, text=prompts, padding=True, return_tensors="pt", do_rescale=False, device=self._device
+        )
+
     def _backbone_pass(
         self,
         images: list[Tensor],
@@ -366,9 +373,7 @@ class QwenVLAWorldPolicy(ForgetsGraphs, WorldMemoryPolicy, ActionHeads, QueuedAc
         """Last-layer hidden states [B, L, d] of the prompts (left-padded), the prompt token ids [B, Lp],
         and the mean CoC cross-entropy when ``coc`` is given (texts appended after the prompts, each padded to
         ``coc_max_tokens``; None entries contribute no tokens)."""
-        inputs = self.processor(
-            images=images, text=prompts, padding=True, return_tensors="pt", do_rescale=False, device=self._device
-        ).to(self._device)
+        inputs = self._processed(images, prompts).to(self._device)
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         mm_token_type_ids = inputs["mm_token_type_ids"]
         prompt_len = input_ids.shape[1]
@@ -399,13 +404,9 @@ class QwenVLAWorldPolicy(ForgetsGraphs, WorldMemoryPolicy, ActionHeads, QueuedAc
 
     def _act_states(self, batch: dict[str, Any], coc: list[str | None] | None = None) -> tuple[Tensor, Tensor | None]:
         """[B, H, d] float hidden states at the `<ACT_i>` tokens (+ the joint CoC loss when ``coc``)."""
-        images = self._images(batch)
-        prompts = [
-            build_prompt(self.config.prompt_format, text, self.config.chunk_size)
-            for text in self.instruction_texts(batch, len(images))
-        ]
+        images, texts, prompts = self._prompts(batch)
         hidden, prompt_ids, text_loss = self._backbone_pass(images, prompts, coc)
-        self._check_act_slots(prompt_ids, self.instruction_texts(batch, len(images)))
+        self._check_act_slots(prompt_ids, texts)
         state = batch[self.config.state_key].float() if self.config.use_proprio else None
         return self._act_hidden(hidden, prompt_ids.shape[1], state), text_loss
 

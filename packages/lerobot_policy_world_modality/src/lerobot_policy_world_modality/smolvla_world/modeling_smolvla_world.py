@@ -120,13 +120,13 @@ class WorldFlowMatching(ForgetsGraphs, VLAFlowMatching):
     def _memory_parts(self) -> tuple[Tensor | None, ...]:
         """The chunk's prepared memory as graph inputs (built eagerly: one Prophet pass, one draw for the controls)."""
         memory = None if self.world is None else self._read_memory.prepared()
-        return (None,) * 4 if memory is None else (memory.keys, memory.values, memory.allowed, memory.has_memory)
+        return PreparedMemory.as_inputs(memory)
 
     def _reading_parts(self, parts: tuple[Tensor | None, ...]):
         """Inside a captured call: the suffix embeddings read the memory made of the graph's buffers."""
         if self.world is None:
             return nullcontext()
-        memory = None if parts[0] is None else PreparedMemory(*parts)
+        memory = PreparedMemory.from_inputs(parts)
         return self.reading_memory(lambda h: self.world.read_memory(h, memory))
 
     def sample_actions(self, images, img_masks, lang_tokens, lang_masks, state, noise=None, **kwargs):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +47,22 @@ class PreparedMemory:
     values: Tensor  # [B, heads, K, d_head]
     allowed: Tensor | None  # [B, 1, 1, K] bool, True where queries may attend; None: every slot
     has_memory: Tensor | None  # [B, 1, 1] bool, False for samples without any valid slot
+
+    @staticmethod
+    def as_inputs(memory: PreparedMemory | None) -> tuple[Tensor | None, ...]:
+        """The memory as a fixed number (`MEMORY_INPUTS`) of tensors (all None for no memory): inputs of a CUDA
+        graph."""
+        if memory is None:
+            return (None,) * MEMORY_INPUTS
+        return tuple(getattr(memory, f.name) for f in dataclasses.fields(memory))
+
+    @staticmethod
+    def from_inputs(inputs: Sequence[Tensor | None]) -> PreparedMemory | None:
+        """The memory `as_inputs` gave (None for no memory)."""
+        return None if inputs[0] is None else PreparedMemory(*inputs)
+
+
+MEMORY_INPUTS = len(dataclasses.fields(PreparedMemory))  # the tensors of `PreparedMemory.as_inputs`
 
 
 GATE_TYPES = ("scalar", "channel")
