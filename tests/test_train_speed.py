@@ -15,7 +15,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from test_video_datasets import IMAGE, WRIST, write_video_dataset
-from world_modality.training.checkpoint import PRETRAINED, STATE_FILE, TRAINING_STATE
+from world_modality.training.checkpoint import META_FILE, PRETRAINED, STATE_FILE, TRAINING_STATE
 from world_modality.training.data import ROWS, DatasetImages, PrefetchedFrames
 from world_modality.training.trainer import TrainOptions, lerobot_backend_flags, lerobot_mixed_precision, train
 
@@ -127,7 +127,7 @@ def _train_smolvla(dataset, latents, vlm_folder, out: Path, steps: int = 4, resu
             policy_type="smolvla_world",
             steps=steps,
             batch_size=4,
-            save_every=2,
+            save_every=options.pop("save_every", 2),
             policy=policy,
             device="cpu",
             progress=False,
@@ -346,3 +346,62 @@ def test_the_benchmark_runs_lerobot_train_and_wm_train_and_writes_its_figures(me
     assert "| wm E0 |" in proc.stdout and "wm E0 / lerobot E0" in proc.stdout
     profiles = sorted((tmp_path / "work" / "timings").glob("*.profile.txt"))
     assert len(profiles) == 3 and all("ms wall" in p.read_text() for p in profiles)
+
+
+def test_fused_optimizer_makes_the_same_update():
+    """The compiled step's optimizer (`fused`): LeRobot's AdamW preset with the same groups and hyper-parameters (a
+    group's own learning rate included), each update computed by one fused kernel per group; the same weights after
+    a few steps within float rounding."""
+    from lerobot.optim.optimizers import AdamWConfig
+
+    from world_modality.training.trainer import fused
+
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(3)]
+    copies = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    groups = lambda ps: [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.01}]  # noqa: E731
+    preset = AdamWConfig(lr=1e-3, weight_decay=0.1)
+    plain, fast = preset.build(groups(weights)), fused(preset.build(groups(copies)))
+    assert type(fast) is torch.optim.AdamW and all(g["fused"] for g in fast.param_groups)
+    assert [g["lr"] for g in fast.param_groups] == [1e-3, 0.01] and fast.defaults["weight_decay"] == 0.1
+    for step in range(5):
+        for params, optimizer in ((weights, plain), (copies, fast)):
+            optimizer.zero_grad()
+            sum(((p * (step + 1)) ** 2).sum() for p in params).backward()
+            optimizer.step()
+    for w, c in zip(weights, copies):
+        assert torch.allclose(w, c, atol=1e-6) and not torch.equal(w, weights[0] * 0)
+    assert fused(sgd := torch.optim.SGD(weights, lr=0.1)) is sgd
+
+
+@pytest.mark.slow  # inductor compiles the tiny VLM on the CPU (~1-2 min), and each run trains 300 steps
+def test_compiled_step_follows_the_eager_loss_curve(metaworld_dataset, state_latents, vlm_folder, tmp_path):
+    """`--compile` (issue 38): SmolVLA-world E2 trained 300 steps from the same seed, eager and with its layer stacks
+    compiled: every 50-step window's mean loss within three standard errors of the eager window's (the same curve
+    within noise), the compiled run compiled graphs and its checkpoint says so."""
+    from torch._dynamo.utils import counters
+
+    def run(name: str, **options) -> tuple[list[float], int]:
+        graphs = counters["stats"]["unique_graphs"]
+        checkpoint = _train_smolvla(
+            metaworld_dataset,
+            state_latents,
+            vlm_folder,
+            tmp_path / name,
+            steps=300,
+            save_every=300,
+            policy={"use_world_module": True},
+            **options,
+        )
+        meta = json.loads((checkpoint / PRETRAINED / META_FILE).read_text())
+        assert meta["compile"] is bool(options)
+        return _curve(tmp_path / name), counters["stats"]["unique_graphs"] - graphs
+
+    eager, eager_graphs = run("eager")
+    compiled, compiled_graphs = run("compiled", compile=True)
+    assert eager_graphs == 0 and compiled_graphs >= 2  # the vision tower and the VLM with its expert
+    assert len(eager) == len(compiled) == 300
+    for start in range(0, 300, 50):
+        window_eager, window_compiled = np.array(eager[start : start + 50]), np.array(compiled[start : start + 50])
+        standard_error = window_eager.std(ddof=1) / np.sqrt(len(window_eager))
+        assert abs(window_compiled.mean() - window_eager.mean()) <= 3 * standard_error, start

@@ -142,6 +142,12 @@ def register(subparsers) -> None:
         help="processes decoding the VLM families' camera frames ahead of the training step (the batches "
         "are the same for any number; default: 4 on CUDA as lerobot-train, 0 on CPU)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="the fast training step: compile the policy's layer stacks (torch.compile; the first steps wait for "
+        "it) and, on CUDA, fuse the optimizer's update",
+    )
     parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     parser.add_argument("--state-key", default=DatasetKeys.state)
     parser.add_argument("--action-key", default=DatasetKeys.action)

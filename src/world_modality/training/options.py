@@ -39,6 +39,9 @@ class TrainOptions:
     # on CPU (where they would take the cores the step computes on). Any number gives the same batches.
     data_workers: NonNegative | None = None
     resume: bool = False
+    # The fast training step: the policy family's layer stacks compiled (torch.compile, forward and backward) and, on
+    # CUDA, the optimizer's update fused; the same losses within float rounding (tests/test_train_speed.py).
+    compile: bool = False
     wandb: bool = False
     progress: bool = True
 

@@ -223,6 +223,11 @@ class QwenVLAWorldPolicy(ForgetsGraphs, WorldMemoryPolicy, ActionHeads, QueuedAc
             use_positional_deepstack(hf_model)
         self._graphed = GraphedStep(self._chunk_from_layout) if scope == "chunk" and capturable else None
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The language model's decoder layers, each compiled alone (they share one compiled graph, as with
+        `compile_model`)."""
+        return list(decoder_layers(self.backbone.get_base_model()))
+
     # --- LeRobot interface ------------------------------------------------------------------
 
     def train(self, mode: bool = True) -> QwenVLAWorldPolicy:

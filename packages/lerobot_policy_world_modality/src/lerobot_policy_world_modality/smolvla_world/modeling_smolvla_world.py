@@ -268,6 +268,11 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
         """What inference on CUDA replays from CUDA graphs from now on (`cuda_graphs`: chunk, step, off)."""
         self.model.use_cuda_graphs(scope)
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The vision tower and the VLM with its action expert (every layer of both, run as one stack)."""
+        vlm_with_expert = self.model.vlm_with_expert
+        return [vlm_with_expert.get_vlm_model().vision_model, vlm_with_expert]
+
     def optim_parameters(self) -> list:
         # As LeRobot's SmolVLA (all parameters, frozen ones included), so earlier runs' optimizer states load.
         return list(self.parameters())

@@ -146,6 +146,10 @@ class WorldTransformerPolicy(WorldMemoryPolicy, ActionHeads, QueuedActions, PreT
         self._latents = LatentHistory(self.encoder_spec, config.history_len, config.latent_source_key)
         self.reset()
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The transformer trunk."""
+        return [self.trunk]
+
     # --- LeRobot interface ------------------------------------------------------------------
 
     def reset(self) -> None:
