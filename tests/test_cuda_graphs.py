@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lerobot_policy_world_modality.common.cuda_graphs import GraphedStep, HostConstants, _target_device
+from lerobot_policy_world_modality.common.cuda_graphs import (
+    GraphedStep,
+    HostConstants,
+    _autocast_state,
+    _target_device,
+)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -59,6 +64,15 @@ def test_moves_onto_the_gpu_are_recognised_in_every_spelling():
     assert _target_device(torch.Tensor.to, (x, torch.empty(0, device="meta")), {}) == torch.device("meta")
     assert _target_device(torch.Tensor.cuda, (x,), {}) == on_gpu
     assert _target_device(torch.tensor, ([1],), {"device": "cuda:0"}) == torch.device("cuda:0")
+
+
+def test_autocast_off_is_one_signature_whatever_dtype_its_block_names():
+    """A graph captured outside autocast replays inside `torch.autocast(..., enabled=False)`, which still sets a dtype,
+    and the other way round (autocast on in bf16 or fp16 are two signatures: the GPU tests capture both)."""
+    outside = _autocast_state()
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cuda", dtype=dtype, enabled=False):
+            assert _autocast_state() == outside == (False, None)
 
 
 @needs_cuda

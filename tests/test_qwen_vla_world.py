@@ -630,7 +630,8 @@ def test_the_graph_path_gives_the_eager_actions_bit_for_bit(folders, encoder_spe
     )  # one layout per prompt batch; the grid tells graphs apart
     # Qwen2.5-VL and compiled backbones stay eager; an unknown scope is refused.
     assert make_policy(folders, encoder_spec, backbone="qwen2_5_vl", cuda_graphs="chunk")._graphed is None
-    assert make_policy(folders, encoder_spec)._graphed is None  # eager by default until checked on a GPU
+    assert make_policy(folders, encoder_spec, compile_model=True)._graphed is None
+    assert make_policy(folders, encoder_spec)._graphed is not None  # the default (checked on a GPU)
     policy.use_cuda_graphs("off")
     assert policy._graphed is None and policy.config.cuda_graphs == "off"
     with pytest.raises(InputError, match="cuda_graphs must be one of"):

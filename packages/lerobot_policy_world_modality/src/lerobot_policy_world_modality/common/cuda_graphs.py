@@ -109,8 +109,11 @@ def _same(host: Any, recorded: Any) -> bool:
     return host == recorded
 
 
-def _autocast_state() -> tuple[bool, torch.dtype]:
-    return torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+def _autocast_state() -> tuple[bool, torch.dtype | None]:
+    """Whether CUDA autocast is on, and its dtype when it is (a disabled autocast block still sets a dtype, which
+    changes nothing the graph computes)."""
+    enabled = torch.is_autocast_enabled("cuda")
+    return enabled, torch.get_autocast_dtype("cuda") if enabled else None
 
 
 @dataclass
@@ -130,7 +133,7 @@ class GraphedStep:
     Each call copies its inputs into the graph's buffers, except an input that is the very tensor of the previous
     call (a KV cache or a prepared memory shared by the denoising steps of a chunk), replays the graph and returns a
     copy of its output. ``fn`` must compute on the GPU only (no `.item()`, no data-dependent shapes) and keep no
-    state between calls; autocast's weight-cast cache is off inside it (a cached cast would outlive the graph).
+    state between calls; inside it autocast casts each weight once per run (its cache starts and ends empty).
     ``layout``: what ``fn`` needs beside the tensors to rebuild its arguments (how many cameras, the structure of a
     cache), given to it as ``layout=`` when it is captured; it must follow from the signature and ``key`` (hashable:
     what else tells graphs apart, e.g. an image grid that the inputs' shapes do not fix)."""
@@ -171,8 +174,14 @@ class GraphedStep:
     ) -> tuple[Tensor, HostConstants]:
         enabled, dtype = _autocast_state()
         constants = HostConstants(record, replay=replay)
-        with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False), constants:
-            output = fn(*inputs)
+        # Autocast's weight-cast cache, emptied before and after the run: a weight read at every denoising step is
+        # cast once per replay, into memory of the graph's own pool, and no cast made outside the run is read by it.
+        torch.clear_autocast_cache()
+        try:
+            with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=True), constants:
+                output = fn(*inputs)
+        finally:
+            torch.clear_autocast_cache()
         return output, constants
 
     def _capture(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor | None]) -> _Captured:

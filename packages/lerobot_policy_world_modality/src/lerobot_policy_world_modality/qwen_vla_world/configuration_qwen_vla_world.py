@@ -99,9 +99,9 @@ class QwenVLAWorldConfig(CurrentFrameChunkConfig, WorldMemoryConfig, PreTrainedC
     compile_model: bool = False
     compile_mode: str = "default"
     # Inference on CUDA replays each action chunk (backbone pass, memory read, head) from one CUDA graph: `chunk`
-    # (Qwen3-VL backbones, not compiled) or `off` (eager, the default until the replay has been checked on a GPU:
-    # tests/test_cuda_graphs.py). CPU and training are unchanged.
-    cuda_graphs: str = "off"
+    # (Qwen3-VL backbones, not compiled; the eager actions within float tolerance on an H100, tests/test_cuda_graphs.py)
+    # or `off` (eager). CPU and training are unchanged.
+    cuda_graphs: str = "chunk"
 
     # The prompt (see prompt.py), stored so rollouts build exactly the training prompt.
     prompt_format: str = DEFAULT_PROMPT_FORMAT
