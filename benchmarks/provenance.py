@@ -14,11 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def commit() -> str:
-    """The repository's short HEAD commit ("unknown" outside a git checkout)."""
+    """The repository's short HEAD commit, with "+modified" when tracked files differ from it (the figures are then
+    of code no commit holds: e.g. a copy of a working tree whose git history is older); "unknown" outside a git
+    checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        return head + ("+modified" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

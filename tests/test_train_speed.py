@@ -405,3 +405,30 @@ def test_compiled_step_follows_the_eager_loss_curve(metaworld_dataset, state_lat
         window_eager, window_compiled = np.array(eager[start : start + 50]), np.array(compiled[start : start + 50])
         standard_error = window_eager.std(ddof=1) / np.sqrt(len(window_eager))
         assert abs(window_compiled.mean() - window_eager.mean()) <= 3 * standard_error, start
+
+
+def test_benchmark_files_say_when_the_code_is_not_a_commit(tmp_path, monkeypatch):
+    """A benchmark's recorded commit is HEAD's, marked "+modified" while tracked files differ from it."""
+    import subprocess
+
+    from lerobot_cli import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import provenance
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "one")
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    head = provenance.commit()
+    assert len(head) >= 7 and "+" not in head
+    (tmp_path / "notes.txt").write_text("untracked files change no code\n")
+    assert provenance.commit() == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance.commit() == f"{head}+modified"
+    monkeypatch.setattr(provenance, "REPO", tmp_path / "elsewhere")
+    assert provenance.commit() == "unknown"
