@@ -301,7 +301,8 @@ def test_cuda_settings_are_lerobot_trains_for_the_vla_families_during_training(p
 @pytest.mark.slow
 def test_the_benchmark_runs_lerobot_train_and_wm_train_and_writes_its_figures(metaworld_dataset, tmp_path):
     """benchmarks/bench_vla_train_speed.py end to end on the CPU (tiny backbone, a few steps): each tool in its own
-    process, every step timed, the table and the JSON file of issue 38 (device, date, commit, per-arm samples/s)."""
+    process (the compiled arm with `--compile`), every step timed, the table and the JSON file of issue 38 (device,
+    date, commit, per-arm samples/s)."""
     import subprocess
     import sys
 
@@ -336,16 +337,17 @@ def test_the_benchmark_runs_lerobot_train_and_wm_train_and_writes_its_figures(me
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(result.read_text())
-    assert set(figures["arms"]) == {"lerobot E0", "wm E0", "wm E2"}
+    assert set(figures["arms"]) == {"lerobot E0", "wm E0", "wm E2", "wm E2 compiled"}
     assert all(
         arm["samples_per_s"] > 0 and arm["step_ms_p90"] >= arm["step_ms_median"] > 0 for arm in figures["arms"].values()
     )
-    assert set(figures["ratios"]) == {"wm E0 / lerobot E0", "wm E2 / lerobot E0"}
+    assert set(figures["ratios"]) == {"wm E0 / lerobot E0", "wm E2 / lerobot E0", "wm E2 compiled / lerobot E0"}
     assert figures["device"].startswith("CPU") and figures["commit"] and figures["date"]
     assert figures["settings"]["batch_size"] == 2 and figures["settings"]["amp"] is False
     assert "| wm E0 |" in proc.stdout and "wm E0 / lerobot E0" in proc.stdout
     profiles = sorted((tmp_path / "work" / "timings").glob("*.profile.txt"))
-    assert len(profiles) == 3 and all("ms wall" in p.read_text() for p in profiles)
+    assert len(profiles) == 4 and all("ms wall" in p.read_text() for p in profiles)
+    assert "(target >= 2, issue 38)" in proc.stdout
 
 
 def test_fused_optimizer_makes_the_same_update():
