@@ -55,3 +55,27 @@ def test_cached_tokenizer_gives_the_tokenizers_own_output_once_per_call(vlm_fold
     cached.enabled = False
     cached(["reach the goal\n"])
     assert counting.texts[-1] == ["reach the goal\n"] and len(counting.texts) == 8
+
+
+@pytest.mark.parametrize("padding", ["longest", "max_length"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_batch_that_repeats_texts_tokenises_each_distinct_set_once(vlm_folder, padding, side):
+    """Training batches draw from a few instructions: only the distinct texts are tokenised, once per set of them in
+    any order and multiplicity, and every row is what the tokenizer gives for the whole batch (padded length, side)."""
+    from transformers import AutoTokenizer
+
+    plain = AutoTokenizer.from_pretrained(str(vlm_folder))
+    counting = CountingTokenizer(AutoTokenizer.from_pretrained(str(vlm_folder)))
+    plain.padding_side = side
+    cached = CachedTokenizer(counting)
+    cached.padding_side = side
+    settings = {"padding": padding, "max_length": 12, "truncation": True, "return_tensors": "pt"}
+    short, long = "reach\n", "open the top drawer of the cabinet slowly\n"
+    batches = [[short, long, short, short], [long, short, long], [short, short, long, long, short]]
+    for texts in batches:
+        got, want = cached(texts, **settings), plain(texts, **settings)
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), texts
+    assert counting.texts == [sorted({short, long})]
+    # A batch of one instruction repeated: its own (shorter) padded length, as the tokenizer pads it.
+    got, want = cached([short] * 3, **settings), plain([short] * 3, **settings)
+    assert all(torch.equal(got[k], want[k]) for k in want) and counting.texts[-1] == [short]

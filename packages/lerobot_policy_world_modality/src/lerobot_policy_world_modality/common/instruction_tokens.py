@@ -3,8 +3,9 @@
 Within an episode only the image changes; the instruction, hence its tokens, stays the same. `CachedTokenizer`
 wraps a Hugging Face tokenizer: a call is keyed by its texts (a batch by all of them, in order, so a batch that
 mixes instructions is an entry of its own and rows never borrow another row's tokens), its keyword settings and
-the tokenizer's padding and truncation sides, and a repeated call returns a copy of the first call's output. The
-output is the tokenizer's own, so actions are bit-identical with and without the cache. Everything else (saving,
+the tokenizer's padding and truncation sides, and a repeated call returns a copy of the first call's output. A
+batch that repeats texts (training batches draw from a few instructions) tokenises only its distinct texts. The
+output is the tokenizer's own, so actions and training batches are bit-identical with and without the cache. Everything else (saving,
 special tokens, vocabulary) is the wrapped tokenizer's; tokens added to it after the first call are not seen by
 the calls remembered before.
 
@@ -34,6 +35,8 @@ class CachedTokenizer:
         vars(self).update(tokenizer=tokenizer, size=size, enabled=enabled, _calls=OrderedDict())
 
     def __call__(self, text: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.enabled and not args and _has_repeats(text):
+            return self._gathered(text, kwargs)
         key = self._key(text, args, kwargs)
         if key is None:
             return self.tokenizer(text, *args, **kwargs)
@@ -46,6 +49,25 @@ class CachedTokenizer:
         else:
             calls.move_to_end(key)
         return _copy(output)
+
+    def _gathered(self, texts: list[str] | tuple[str, ...], kwargs: dict[str, Any]) -> Any:
+        """A batch that repeats texts (a training batch of a few instructions, several simulators on one task): its
+        distinct texts tokenised in one call (sorted, so every batch of the same instructions is one cache entry)
+        and each row gathered. A row's tokens depend only on its text and the batch's padded length, which the
+        distinct texts share, so this is the tokenizer's own output for ``texts`` (a tensor output; other outputs
+        are tokenised whole)."""
+        distinct = sorted(set(texts))
+        output = self(distinct, **kwargs)
+        if not all(isinstance(v, torch.Tensor) and len(v) == len(distinct) for v in output.values()):
+            return self.tokenizer(texts, **kwargs)
+        position = {text: i for i, text in enumerate(distinct)}
+        rows = [position[text] for text in texts]
+        gathered = copy.copy(output)
+        for name, value in output.items():
+            gathered[name] = value[rows]
+        if getattr(output, "_encodings", None) is not None:  # a fast tokenizer's per-row encodings
+            gathered._encodings = [output._encodings[i] for i in rows]
+        return gathered
 
     def _key(self, text: Any, args: tuple, kwargs: dict[str, Any]) -> Hashable | None:
         """The call's key, or None when it is not cached (disabled, or texts/settings that do not hash)."""
@@ -78,6 +100,10 @@ class CachedTokenizer:
 
     def __len__(self) -> int:
         return len(self.tokenizer)
+
+
+def _has_repeats(text: Any) -> bool:
+    return isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text) and len(set(text)) < len(text)
 
 
 def _copy(output: Any) -> Any:
