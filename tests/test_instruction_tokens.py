@@ -79,3 +79,28 @@ def test_a_batch_that_repeats_texts_tokenises_each_distinct_set_once(vlm_folder,
     # A batch of one instruction repeated: its own (shorter) padded length, as the tokenizer pads it.
     got, want = cached([short] * 3, **settings), plain([short] * 3, **settings)
     assert all(torch.equal(got[k], want[k]) for k in want) and counting.texts[-1] == [short]
+    # Lists (a processor's tokenizer call without return_tensors): the same rows, each the caller's own list.
+    listed = {**settings, "return_tensors": None}
+    got, want = cached(batches[0], **listed), plain(batches[0], **listed)
+    assert dict(got) == dict(want) and counting.texts[-1] == sorted({short, long})
+    got["input_ids"][0].append(-1)
+    assert got["input_ids"][2][-1] != -1
+
+
+def test_the_tokenizing_benchmark_writes_its_figures(tmp_path):
+    """benchmarks/bench_instruction_tokens.py end to end (a few batches): both arms timed, the same tokens, the JSON."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import SUBPROCESS_ENV
+    from lerobot_cli import REPO
+
+    result = tmp_path / "tokens.json"
+    script = REPO / "benchmarks" / "bench_instruction_tokens.py"
+    command = [sys.executable, str(script), "--calls", "3", "--batch-size", "8", "--json", str(result)]
+    proc = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(result.read_text())
+    assert set(figures["median_ms"]) == {"tokenizer", "CachedTokenizer"} and min(figures["median_ms"].values()) > 0
+    assert figures["settings"]["instructions"] == 10 and figures["commit"] and "speed-up" in proc.stdout

@@ -36,7 +36,9 @@ class CachedTokenizer:
 
     def __call__(self, text: Any, *args: Any, **kwargs: Any) -> Any:
         if self.enabled and not args and _has_repeats(text):
-            return self._gathered(text, kwargs)
+            gathered = self._gathered(text, kwargs)
+            if gathered is not None:
+                return gathered
         key = self._key(text, args, kwargs)
         if key is None:
             return self.tokenizer(text, *args, **kwargs)
@@ -54,17 +56,17 @@ class CachedTokenizer:
         """A batch that repeats texts (a training batch of a few instructions, several simulators on one task): its
         distinct texts tokenised in one call (sorted, so every batch of the same instructions is one cache entry)
         and each row gathered. A row's tokens depend only on its text and the batch's padded length, which the
-        distinct texts share, so this is the tokenizer's own output for ``texts`` (a tensor output; other outputs
-        are tokenised whole)."""
+        distinct texts share, so this is the tokenizer's own output for ``texts``. None for an output that is not
+        one row per text (tensors or lists), which is then tokenised whole."""
         distinct = sorted(set(texts))
         output = self(distinct, **kwargs)
-        if not all(isinstance(v, torch.Tensor) and len(v) == len(distinct) for v in output.values()):
-            return self.tokenizer(texts, **kwargs)
+        if not all(isinstance(v, torch.Tensor | list) and len(v) == len(distinct) for v in output.values()):
+            return None
         position = {text: i for i, text in enumerate(distinct)}
         rows = [position[text] for text in texts]
         gathered = copy.copy(output)
         for name, value in output.items():
-            gathered[name] = value[rows]
+            gathered[name] = value[rows] if isinstance(value, torch.Tensor) else [copy.deepcopy(value[i]) for i in rows]
         if getattr(output, "_encodings", None) is not None:  # a fast tokenizer's per-row encodings
             gathered._encodings = [output._encodings[i] for i in rows]
         return gathered
