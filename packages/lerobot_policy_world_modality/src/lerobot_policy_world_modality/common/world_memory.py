@@ -212,11 +212,6 @@ class WorldMemoryPolicy:
         """The policy's world module, None for a configuration without one."""
         return self.world if self.config.uses_world_module else None
 
-    def compile_targets(self) -> list[nn.Module]:
-        """The layer stacks a compiled training step compiles (`wm train --compile`): where a step launches most of
-        its kernels. Each family names its own."""
-        raise NotImplementedError(f"{type(self).__name__} names no layer stacks to compile")
-
     def register_step_counter(self) -> None:
         # Counts training forwards: the step of the schedules and stages, also under lerobot-train; saved
         # with the weights, so a resumed run continues where it stopped.
