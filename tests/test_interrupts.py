@@ -9,6 +9,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,45 @@ def completes(command: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
+
+
+# A worker whose SIGTERM lands inside a constructor: the half-made object's finaliser reads what was never set.
+HALF_BUILT_WORKER = """
+import sys, time
+from world_modality.interrupts import exit_on_sigterm
+
+class Context:
+    def __init__(self):
+        print("constructing", flush=True)
+        time.sleep(60)
+        self.handle = 1
+
+    def __del__(self):
+        self.handle
+
+exit_on_sigterm()
+Context()
+"""
+
+
+def test_a_worker_ended_inside_a_constructor_exits_silently():
+    """SIGTERM ends a worker silently even when it lands mid-construction (as in MuJoCo's GL context at a first
+    render): no "Exception ignored" from the half-made object's finaliser."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HALF_BUILT_WORKER],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "constructing\n"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err == "", err
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ killed outright leaves the named semaphores it made, e.g. tqdm's lock, which the
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,4 +86,12 @@ def exit_on_sigterm() -> None:
 
 
 def _exit(signum: int, frame) -> None:
+    # The SystemExit may land inside a constructor (e.g. MuJoCo's GL context at a first render): the half-made object's
+    # finaliser then fails on the attributes it never set, an error of the interruption, not of the work, which
+    # Python would print as "Exception ignored in ...". A process on its way out reports none of those.
+    sys.unraisablehook = _ignore
     raise SystemExit(exit_status(signum))
+
+
+def _ignore(unraisable) -> None:
+    """An unraisable-exception hook that reports nothing."""
