@@ -376,6 +376,37 @@ def test_fused_optimizer_makes_the_same_update():
     assert fused(sgd := torch.optim.SGD(weights, lr=0.1)) is sgd
 
 
+def test_a_resumed_run_computes_its_updates_its_own_way():
+    """Resuming keeps the optimizer state of the checkpoint but this run's way of computing the update: a run
+    resumed with `--compile` from a checkpoint written without it is fused (and the other way round)."""
+    from world_modality.training.trainer import _Optimisation, fused
+
+    def optimisation(optimizer):
+        return _Optimisation(
+            optimizer,
+            torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+            torch.Generator().manual_seed(0),
+            None,
+            None,
+            1.0,
+        )
+
+    weights = [torch.nn.Parameter(torch.randn(4, 3))]
+    for write_fused, resume_fused in ((False, True), (True, False)):
+        make = lambda: torch.optim.AdamW(weights, lr=1e-3)  # noqa: E731
+        written = optimisation(fused(make()) if write_fused else make())
+        weights[0].grad = torch.ones_like(weights[0])
+        written.optimizer.step()
+        state = written.training_state(1, torch.device("cpu"))
+        resumed = optimisation(fused(make()) if resume_fused else make())
+        resumed.resume(state, torch.device("cpu"))
+        group = resumed.optimizer.param_groups[0]
+        assert bool(group["fused"]) is resume_fused
+        assert torch.equal(
+            resumed.optimizer.state[weights[0]]["exp_avg"], written.optimizer.state[weights[0]]["exp_avg"]
+        )
+
+
 @pytest.mark.slow  # inductor compiles the tiny VLM on the CPU (~1-2 min), and each run trains 300 steps
 def test_compiled_step_follows_the_eager_loss_curve(metaworld_dataset, state_latents, vlm_folder, tmp_path):
     """`--compile` (issue 38): SmolVLA-world E2 trained 300 steps from the same seed, eager and with its layer stacks

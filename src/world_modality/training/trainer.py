@@ -520,6 +520,10 @@ def compile_layer_stacks(policy: PreTrainedPolicy) -> None:
         module.compile()
 
 
+# The optimizer options that choose how an update is computed, not what it computes.
+UPDATE_IMPLEMENTATION = ("foreach", "fused")
+
+
 def fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The same Adam or AdamW (parameter groups, hyper-parameters) with each update one fused kernel per parameter
     group instead of several per group (CUDA); any other optimizer as it is."""
@@ -571,8 +575,12 @@ class _Optimisation:
         return optimisation
 
     def resume(self, state: dict[str, Any], device: torch.device) -> None:
-        """Continue from ``state`` (`training_state`), this process's random streams included."""
+        """Continue from ``state`` (`training_state`), this process's random streams included. How the update is
+        computed (fused or not: `--compile` on CUDA) is this run's choice, not the checkpoint's."""
+        implementation = [{k: g[k] for k in UPDATE_IMPLEMENTATION if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, chosen in zip(self.optimizer.param_groups, implementation, strict=True):
+            group.update(chosen)
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.set_state(state["sampler_rng"])
         if self.scaler is not None and state.get("grad_scaler") is not None:
