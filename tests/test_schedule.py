@@ -264,6 +264,51 @@ def test_trainings_share_a_gpu_when_asked(tmp_path):
     execute(_side_by_side(str(tmp_path), per_gpu=3, trainings=3, timeout=60), "local", cpus=2, gpus=1)
 
 
+def train_until_stopped(root: str) -> None:
+    """A training that runs until it is stopped, saying its pid first."""
+    atomic_write_text(Path(root) / "step_pid.txt", f"{os.getpid()}\n")
+    time.sleep(600)
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+DRIVER = """
+import sys
+from world_modality.schedule import Plan, Step, execute
+from test_schedule import train_until_stopped
+execute(Plan([Step("train", "train", train_until_stopped, {"root": sys.argv[1]}, isolated=True)]), "local")
+"""
+
+
+def test_a_step_process_ends_when_its_driver_is_killed_outright(tmp_path):
+    """kill -9 of the process running a plan (a `wm matrix`) cannot stop its step processes itself: each ends on its
+    own (as interrupted) instead of training on, holding its GPU and its output's lock against the rerun."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "step_pid.txt").is_file():
+            assert driver.poll() is None and time.monotonic() < deadline, "the step never started"
+            time.sleep(0.1)
+        step = int((tmp_path / "step_pid.txt").read_text())
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 30
+        while running(step) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running(step), "the step's process outlived its driver"
+    finally:
+        driver.kill()
+        if (tmp_path / "step_pid.txt").is_file() and running(step := int((tmp_path / "step_pid.txt").read_text())):
+            os.kill(step, 9)
+
+
 def test_a_failed_step_is_named_and_its_dependents_do_not_run(tmp_path):
     root = str(tmp_path)
     plan = Plan(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -47,6 +48,8 @@ Executor = Literal["serial", "local", "ray"]
 EVAL_GPU_SHARE = 0.2
 # How long an interrupted run waits for a step's process to unwind (e.g. finish writing a checkpoint) before killing it.
 STOP_TIMEOUT_S = 30.0
+# How often a step's process checks that the process that started it is still there.
+DRIVER_POLL_S = 1.0
 
 
 class PlanError(InputError):
@@ -212,8 +215,9 @@ def _capacity(cpus: int | None, gpus: int | None) -> Resources:
 # --- local: isolated steps in processes of their own, the others one at a time in this process -------
 
 
-def _child(conn, environment: dict[str, str], payload: bytes) -> None:
+def _child(conn, environment: dict[str, str], payload: bytes, driver: int) -> None:
     os.environ.update(environment)  # before the step's function touches CUDA
+    threading.Thread(target=_end_with_the_driver, args=(driver,), daemon=True).start()
     fn, kwargs = pickle.loads(payload)
     # SIGTERM (the main process stopping the step, or sent to the whole group) unwinds the step, so its files stay
     # valid and its resources are released; the interrupted main process reports it.
@@ -225,6 +229,15 @@ def _child(conn, environment: dict[str, str], payload: bytes) -> None:
             return
         except BaseException as e:
             conn.send(_failure(e))
+
+
+def _end_with_the_driver(driver: int) -> None:
+    """In a step's process: once the process that started it (``driver``) is gone, SIGTERM ends the step as an
+    interrupt does. A driver killed outright cannot stop its steps, and a training left running would hold its GPU
+    and its output's lock against the rerun."""
+    while os.getppid() == driver:
+        time.sleep(DRIVER_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _failure(error: BaseException) -> str:
@@ -331,7 +344,7 @@ class _LocalRun:
             parent, child = ctx.Pipe(duplex=False)
             process = ctx.Process(
                 target=_child,
-                args=(child, environment, pickle.dumps((step.fn, dict(step.kwargs)))),
+                args=(child, environment, pickle.dumps((step.fn, dict(step.kwargs))), os.getpid()),
                 name=f"step {step.name}",
             )
             with interrupts.child_processes():  # interrupts reach this process alone, which stops the step's process
