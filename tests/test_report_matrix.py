@@ -250,6 +250,35 @@ def test_report_pairs_arms_on_the_training_seeds_both_hold(tmp_path):
     assert "| E2 | E0 | 0 | 20 | 60.0% | 15.0% | +45.0 |" in md
 
 
+def acted_on(run_dir, label: str, devices: list[str], train_seed: int = 0) -> None:
+    """Give the evaluation's records the devices that acted (cycled over its episodes), as the runner records them."""
+    path = run_dir / "eval" / label / f"seed{train_seed}" / "episodes.jsonl"
+    records = read_jsonl(path)
+    path.unlink()
+    for i, r in enumerate(records):
+        append_jsonl(path, r | {"device": devices[i % len(devices)]})
+
+
+def test_report_says_where_compared_evaluations_ran_on_different_devices(run_dir):
+    """E0 acted on the CPU, E2 and its ablation on a GPU: the E2-E0 difference mixes the arms with the devices'
+    arithmetic, and the report says so; E2:zero vs E2 (one device) and records without a device raise nothing."""
+    acted_on(run_dir, "E0", ["cpu"])
+    for label in ("E2", "E2:zero"):
+        acted_on(run_dir, label, ["NVIDIA H100 80GB HBM3"])
+    md = write_report(run_dir).read_text()
+    assert "E2 and E0 were evaluated on different devices (seed 0: E0 on cpu, E2 on NVIDIA H100 80GB HBM3)" in md
+    assert "E2:zero and E2 were" not in md and "acted on several devices" not in md
+
+    acted_on(run_dir, "E0", ["cpu", "NVIDIA H100 80GB HBM3"])
+    md = write_report(run_dir).read_text()
+    assert "The episodes of E0 (training seed 0) were acted on several devices (NVIDIA H100 80GB HBM3, cpu)" in md
+
+    for label in OUTCOMES:
+        (run_dir / "eval" / label / "seed0" / "episodes.jsonl").unlink()
+        write_episodes(run_dir, label, OUTCOMES[label])
+    assert "devices" not in write_report(run_dir).read_text()
+
+
 def test_report_aggregates_training_seeds(tmp_path):
     write_episodes(tmp_path, "E0", OUTCOMES["E0"], train_seed=0)
     write_episodes(tmp_path, "E0", {"reach-v3": range(5), "pick-place-v3": range(0)}, train_seed=1)  # 5/20

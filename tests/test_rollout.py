@@ -170,6 +170,7 @@ def test_memory_mode_flag_reaches_the_policy(checkpoints, tmp_path, monkeypatch)
     assert seen and set(seen) == {"zero"}
     record = read_jsonl(results)[0]
     assert record["arm"] == "E2:zero" and record["base_arm"] == "E2" and record["memory_mode"] == "zero"
+    assert record["device"] == "cpu"  # what acted: a report warns where compared arms ran on different devices
 
 
 def test_an_eager_evaluation_is_recorded_as_such_and_kept_apart_from_the_fast_one(checkpoints, tmp_path, monkeypatch):

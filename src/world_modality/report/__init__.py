@@ -42,6 +42,7 @@ from world_modality.report.tables import (
     compare_pairs,
     comparison_pairs,
     comparison_row,
+    device_warnings,
     episode_set_warnings,
     seed_rows,
     success_rows,
@@ -70,7 +71,9 @@ def write_report(run_dir: str | Path, alpha: float = 0.05, baseline: str | None 
 
     overall = success_rows(res, ("arm",))
     groups = task_groups(res)
-    comparisons = compare_pairs(res, comparison_pairs(res, facts, baselines))
+    pairs = comparison_pairs(res, facts, baselines)
+    comparisons = compare_pairs(res, pairs)
+    warnings += device_warnings(res, pairs)
     warnings += [f"{a} and {b} could not be compared: {c}" for (a, b), c in comparisons.items() if isinstance(c, str)]
     tables = {
         "arms": arm_rows(res, overall, facts, baselines, checks),

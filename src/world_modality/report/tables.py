@@ -93,6 +93,34 @@ def episode_set_warnings(res: Results) -> list[str]:
     return warnings
 
 
+def device_warnings(res: Results, pairs: list[tuple[str, str]]) -> list[str]:
+    """Where the episodes of one evaluation, or of two compared ones with the same training seed, were acted on
+    different devices (records name theirs): the same checkpoint can act differently on another device (float
+    rounding), so such a paired difference is not the arms' alone. Records without a device are not judged."""
+    devices: dict[tuple[str, Any], set[str]] = {}
+    for r in res.records:
+        if "device" in r:
+            devices.setdefault((r["arm"], r["train_seed"]), set()).add(r["device"])
+    warnings = [
+        f"The episodes of {label} (training seed {seed}) were acted on several devices ({', '.join(sorted(held))}): "
+        "its success mixes them."
+        for (label, seed), held in devices.items()
+        if len(held) > 1
+    ]
+    for a, b in pairs:
+        seeds = [seed for (label, seed), held in devices.items() if label == a and devices.get((b, seed), held) != held]
+        if seeds:
+            on = "; ".join(
+                f"seed {seed}: {a} on {', '.join(sorted(devices[a, seed]))}, {b} on {', '.join(sorted(devices[b, seed]))}"
+                for seed in sorted(seeds, key=repr)
+            )
+            warnings.append(
+                f"{b} and {a} were evaluated on different devices ({on}): their paired difference includes how "
+                "differently the devices compute the same policy; evaluate both on one device to compare the arms alone."
+            )
+    return warnings
+
+
 def zero_success_warnings(res: Results) -> list[str]:
     totals: dict[str, int] = {label: 0 for label in res.labels}
     for r in res.records:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from lerobot_policy_world_modality.errors import InputError
 from world_modality.atomic_io import append_jsonl, atomic_path, output_folder, read_jsonl
 from world_modality.choices import EVAL, Count, NonNegative, check_ranges
+from world_modality.devices import device_name, resolve_device
 from world_modality.locks import writer_lock
 from world_modality.rollout.envs import EnvPool
 from world_modality.rollout.policies import INFERENCE_THREADS, RolloutPolicy, load_rollout_policy, rollout_checkpoint
@@ -362,6 +363,7 @@ def _evaluate(
             "memory_mode": memory_mode or policy.own_memory_mode,
             "train_seed": train_seed,
             "checkpoint": str(Path(checkpoint).resolve()),
+            "device": device_name(resolve_device(device)),
         }
         | ({"memory_bank": policy.memory_bank} if policy.memory_bank else {})
         | ({"inference": "eager"} if eager else {})
