@@ -6,7 +6,6 @@ registered under the pool's name); observations cross the pipe as plain numpy (`
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import traceback
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from world_modality.interrupts import child_processes, exit_on_sigterm
 from world_modality.rollout.env_cache import DEFAULT_ENVS_PER_WORKER, EnvCache
 from world_modality.sim import get_simulator
 from world_modality.sim.base import RenderSettings
+from world_modality.workers import worker_context
 
 # Simulator processes may outnumber the cores (pipelined env groups): a lower priority keeps the
 # policy's process, which every env waits for, from being starved by them.
@@ -65,7 +65,7 @@ class EnvPool:
             raise InputError(f"--workers must be at least 1, got {size}")
         self.render = render
         self._pending: set[int] = set()  # slots whose result has not been received yet
-        ctx = mp.get_context("spawn")  # a fresh OpenGL context per worker
+        ctx = worker_context()
         self._conns, self._procs = [], []
         with child_processes():  # interrupts reach this process alone, which closes the pool
             for _ in range(size):

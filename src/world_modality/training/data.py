@@ -35,6 +35,7 @@ from world_modality.data.check import (
     task_instructions,
 )
 from world_modality.interrupts import child_processes, exit_on_sigterm
+from world_modality.workers import worker_context
 
 
 @dataclass
@@ -183,8 +184,8 @@ class PrefetchedFrames:
             # its own generator for the workers' seeds: the training's random stream is not drawn from
             generator=torch.Generator(),
             prefetch_factor=PREFETCH_BATCHES if workers else None,
-            # spawn, as lerobot-train: pyav and ffmpeg are not safe to fork
-            multiprocessing_context="spawn" if workers else None,
+            # not forked from this process (pyav and ffmpeg are not safe to fork once used): from the fork server
+            multiprocessing_context=worker_context() if workers else None,
             worker_init_fn=_worker_init if workers else None,
         )
         with child_processes():  # interrupts reach this process alone, which stops the workers

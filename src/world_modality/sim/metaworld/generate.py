@@ -54,6 +54,7 @@ from world_modality.sim.metaworld.env import (
     layout_sequence,
 )
 from world_modality.sim.metaworld.tasks import instruction, resolve_tasks
+from world_modality.workers import worker_context
 
 FPS = 80  # MetaWorld's render_fps, as in LeRobot's MetaworldEnv
 SIDECAR = "meta/world_modality.json"
@@ -466,7 +467,7 @@ def _summaries_in_order(spec: MetaWorldDatasetSpec, staging: Path, workers: int)
                 summaries[task] = generate_task(task, spec, staging, progress)
                 yield from ready()
             return
-        ctx = mp.get_context("spawn")  # fresh OpenGL contexts per worker; fork would share them
+        ctx = worker_context()
         with ExitStack() as running:
             with child_processes():  # interrupts reach this process alone, which stops the pool
                 manager = running.enter_context(ctx.Manager())
