@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -444,6 +445,24 @@ def test_env_cache_keeps_the_envs_built_first_and_turns_over_the_last_slot():
     assert sorted(log) == [("closed", "a"), ("closed", "b"), ("closed", "c")]
     with pytest.raises(ValueError, match="envs per worker must be at least 1"):
         EnvCache(lambda: _FakeAdapter(log), capacity=0)
+
+
+def test_simulator_workers_are_forks_of_one_server_that_loaded_their_stack():
+    """Pools started one after another get workers forked from one fork server (not spawned from this process, which
+    would import torch and LeRobot again in every worker), whose stack the workers inherit loaded."""
+    from world_modality.rollout.envs import EnvPool
+
+    def parent(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    servers = set()
+    for _ in range(2):
+        with EnvPool("metaworld", None, 2) as pool:
+            assert pool.env_builds() == 0  # every worker answers
+            servers |= {parent(proc.pid) for proc in pool._procs}
+    [server] = servers
+    assert server != os.getpid() and parent(server) == os.getpid()
+    assert "torch" in Path(f"/proc/{server}/maps").read_text()  # the stack, loaded once in the server
 
 
 def test_evaluations_on_a_shared_pool_match_a_fresh_pool_bit_for_bit(checkpoints, tmp_path, monkeypatch):
