@@ -12,7 +12,6 @@ MT10 VLA file's backbone); median over --calls batches per arm, arms alternated.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import tempfile
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from provenance import commit, device_name, today
+from provenance import stamp, today, write_figures
 from transformers import AutoTokenizer
 
 from lerobot_policy_world_modality.common import CachedTokenizer
@@ -62,18 +61,15 @@ def main() -> None:
     for name, ms in medians.items():
         print(f"  {name}: {ms:.3f} ms")
     print(f"  speed-up: {medians['tokenizer'] / medians['CachedTokenizer']:.1f}x")
-    path = args.json or REPO / "benchmarks" / "results" / f"instruction_tokens_cpu_{today()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "benchmark": "bench_instruction_tokens",
-        "device": device_name("cpu"),
-        "date": today(),
-        "commit": commit(),
-        "settings": {**vars(args), "json": None, "instructions": len(texts)},
-        "median_ms": medians,
-    }
-    path.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_figures(
+        args.json or REPO / "benchmarks" / "results" / f"instruction_tokens_cpu_{today()}.json",
+        {
+            "benchmark": "bench_instruction_tokens",
+            **stamp("cpu"),
+            "settings": {**vars(args), "json": None, "instructions": len(texts)},
+            "median_ms": medians,
+        },
+    )
 
 
 if __name__ == "__main__":

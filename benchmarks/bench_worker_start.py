@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from provenance import commit, device_name, today
+from provenance import stamp, today, write_figures
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("spawn", "fork server")
@@ -63,18 +63,15 @@ def main() -> None:
         print(
             f"  {method}: first {seconds[0]:.2f}, later (median) {later:.2f}  [{', '.join(f'{s:.2f}' for s in seconds)}]"
         )
-    path = args.json or REPO / "benchmarks" / "results" / f"worker_start_cpu_{today()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "benchmark": "bench_worker_start",
-        "device": device_name("cpu"),
-        "date": today(),
-        "commit": commit(),
-        "settings": {"workers": args.workers, "pools": args.pools},
-        "pool_start_s": starts,
-    }
-    path.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_figures(
+        args.json or REPO / "benchmarks" / "results" / f"worker_start_cpu_{today()}.json",
+        {
+            "benchmark": "bench_worker_start",
+            **stamp("cpu"),
+            "settings": {"workers": args.workers, "pools": args.pools},
+            "pool_start_s": starts,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -37,3 +38,15 @@ def device_name(device: str) -> str:
 
 def today() -> str:
     return datetime.date.today().isoformat()
+
+
+def stamp(device: str) -> dict[str, str]:
+    """The fields every result file starts with: where (``device``: "cpu", "cuda", ...), when, and which code ran."""
+    return {"device": device_name(device), "date": today(), "commit": commit()}
+
+
+def write_figures(path: Path, figures: dict) -> None:
+    """A benchmark's result file (JSON), its folder made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {path}")
