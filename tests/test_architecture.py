@@ -29,7 +29,7 @@ LAYERS: dict[str, list[tuple[str, ...]]] = {
         ("",),
     ],
     PIPELINE: [
-        ("", "atomic_io", "locks", "devices", "choices", "interrupts"),
+        ("", "atomic_io", "locks", "devices", "choices", "interrupts", "workers"),
         ("data", "stats", "model_folders"),
         ("latents", "tokens", "sim"),
         ("training", "coc", "shards"),
