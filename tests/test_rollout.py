@@ -465,6 +465,19 @@ def test_simulator_workers_are_forks_of_one_server_that_loaded_their_stack():
     assert "torch" in Path(f"/proc/{server}/maps").read_text()  # the stack, loaded once in the server
 
 
+def test_a_worker_runs_with_its_parent_s_environment_at_its_start(monkeypatch):
+    """A worker forked from the fork server has the environment its parent has when it starts the worker (as a
+    spawned one), not the server's from when the server started: e.g. a LIBERO config path set since."""
+    from world_modality.workers import worker_context
+
+    context = worker_context()
+    with context.Pool(1) as pool:
+        assert pool.apply(os.getenv, ("WM_PROBE",)) is None  # the server runs
+    monkeypatch.setenv("WM_PROBE", "set after the server started")
+    with context.Pool(1) as pool:
+        assert pool.apply(os.getenv, ("WM_PROBE",)) == "set after the server started"
+
+
 def test_evaluations_on_a_shared_pool_match_a_fresh_pool_bit_for_bit(checkpoints, tmp_path, monkeypatch):
     """A second evaluation on started workers builds no env and gives the episodes, successes, observations
     and actions of the same evaluation on a fresh pool, although another evaluation stepped those envs first."""
