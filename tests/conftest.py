@@ -20,6 +20,13 @@ TINY_SIZE = 64
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def process_status(pid: int) -> tuple[str, int]:
+    """(state, parent pid) of a process from /proc: state "Z" is a zombie (ended, not reaped); FileNotFoundError when
+    there is no such process."""
+    state, parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    return state, int(parent)
+
+
 class CountingTokenizer:
     """A tokenizer that records the texts it is called with (everything else, padding side included, is the
     wrapped tokenizer's)."""

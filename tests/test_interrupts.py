@@ -77,7 +77,7 @@ def completes(command: str) -> None:
 
 # A worker whose SIGTERM lands inside a constructor: the half-made object's finaliser reads what was never set.
 HALF_BUILT_WORKER = """
-import sys, time
+import time
 from world_modality.interrupts import exit_on_sigterm
 
 class Context:

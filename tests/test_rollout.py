@@ -450,18 +450,16 @@ def test_env_cache_keeps_the_envs_built_first_and_turns_over_the_last_slot():
 def test_simulator_workers_are_forks_of_one_server_that_loaded_their_stack():
     """Pools started one after another get workers forked from one fork server (not spawned from this process, which
     would import torch and LeRobot again in every worker), whose stack the workers inherit loaded."""
+    from conftest import process_status
     from world_modality.rollout.envs import EnvPool
-
-    def parent(pid: int) -> int:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
     servers = set()
     for _ in range(2):
         with EnvPool("metaworld", None, 2) as pool:
             assert pool.env_builds() == 0  # every worker answers
-            servers |= {parent(proc.pid) for proc in pool._procs}
+            servers |= {process_status(proc.pid)[1] for proc in pool._procs}
     [server] = servers
-    assert server != os.getpid() and parent(server) == os.getpid()
+    assert server != os.getpid() and process_status(server)[1] == os.getpid()
     assert "torch" in Path(f"/proc/{server}/maps").read_text()  # the stack, loaded once in the server
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import process_status
 from world_modality.atomic_io import append_jsonl, atomic_write_text, read_jsonl
 from world_modality.locks import TOKENS_ENV, writer_lock
 from world_modality.schedule import (
@@ -273,7 +274,7 @@ def train_until_stopped(root: str) -> None:
 def running(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, ended but not reaped, does not)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+        return process_status(pid)[0] not in "ZX"
     except FileNotFoundError:
         return False
 

@@ -107,15 +107,16 @@ def device_warnings(res: Results, pairs: list[tuple[str, str]]) -> list[str]:
         for (label, seed), held in devices.items()
         if len(held) > 1
     ]
-    for a, b in pairs:
-        seeds = [seed for (label, seed), held in devices.items() if label == a and devices.get((b, seed), held) != held]
+    for versus, arm in pairs:
+        seeds = [s for (label, s), held in devices.items() if label == versus and devices.get((arm, s), held) != held]
         if seeds:
             on = "; ".join(
-                f"seed {seed}: {a} on {', '.join(sorted(devices[a, seed]))}, {b} on {', '.join(sorted(devices[b, seed]))}"
-                for seed in sorted(seeds, key=repr)
+                f"seed {s}: {versus} on {', '.join(sorted(devices[versus, s]))}, "
+                f"{arm} on {', '.join(sorted(devices[arm, s]))}"
+                for s in sorted(seeds, key=repr)
             )
             warnings.append(
-                f"{b} and {a} were evaluated on different devices ({on}): their paired difference includes how "
+                f"{arm} and {versus} were evaluated on different devices ({on}): their paired difference includes how "
                 "differently the devices compute the same policy; evaluate both on one device to compare the arms alone."
             )
     return warnings
