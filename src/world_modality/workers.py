@@ -3,11 +3,11 @@ server per process.
 
 The server (`multiprocessing`'s forkserver, a fresh process of its own) imports the worker modules once, with the
 torch / LeRobot stack under them (several seconds); each worker is then a fork of it that imports only what its own
-work adds (its simulator, the video decoder). Started by spawn instead, every worker would import that stack again, which made starting a pool
-of simulators cost seconds per worker. The server itself never touches CUDA or OpenGL, so each worker still makes
-its own OpenGL context (a fork of a process that rendered would share one). Each worker takes the environment of its
-parent at its start, as a spawned one does, not the server's from when the server started (e.g. a LIBERO config
-path set since).
+work adds (its simulator, the video decoder). Started by spawn instead, every worker would import that stack again,
+which made starting a pool of simulators cost seconds per worker. The server itself never touches CUDA or OpenGL,
+so each worker still makes its own OpenGL context (a fork of a process that rendered would share one). Each worker
+takes the environment of its parent at its start, as a spawned one does, not the server's from when the server
+started (e.g. a LIBERO config path set since).
 """
 
 from __future__ import annotations

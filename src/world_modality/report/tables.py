@@ -116,8 +116,9 @@ def device_warnings(res: Results, pairs: list[tuple[str, str]]) -> list[str]:
                 for s in sorted(seeds, key=repr)
             )
             warnings.append(
-                f"{arm} and {versus} were evaluated on different devices ({on}): their paired difference includes how "
-                "differently the devices compute the same policy; evaluate both on one device to compare the arms alone."
+                f"{arm} and {versus} were evaluated on different devices ({on}): their paired difference includes "
+                "how differently the devices compute the same policy; evaluate both on one device to compare the arms "
+                "alone."
             )
     return warnings
 

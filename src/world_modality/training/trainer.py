@@ -512,9 +512,9 @@ def _policy(opts: TrainOptions, start: _Start, train_data: LatentBatches, device
 
 def compile_layer_stacks(policy: PreTrainedPolicy) -> None:
     """`TrainOptions.compile`: each of the policy family's layer stacks (its `compile_targets`: where a step launches
-    most of its kernels) compiled by torch.compile, forward and backward. At VLA fine-tuning's batch sizes a step is bound by launching thousands of small kernels,
-    which fusing each layer's elementwise work cuts; the rest of the step stays eager (the world memory's schedule,
-    the logged values), so it computes what the eager step computes."""
+    most of its kernels) compiled by torch.compile, forward and backward. At VLA fine-tuning's batch sizes a step is
+    bound by launching thousands of small kernels, which fusing each layer's elementwise work cuts; the rest of the
+    step stays eager (the world memory's schedule, the logged values), so it computes what the eager step computes."""
     for module in policy.compile_targets():
         module.compile()
 
