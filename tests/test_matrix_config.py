@@ -7,6 +7,7 @@ import argparse
 import copy
 import dataclasses
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -559,8 +560,8 @@ def test_a_checkpoint_brought_here_is_evaluated_without_its_training_data(tmp_pa
         ),
         (
             lambda c: c["arms"]["S-E2"].pop("backbone"),
-            r"arms.S-E2.vlm_model_name: .*SmolVLM2-500M-Video-Instruct is not a Hugging Face model folder .*nothing is "
-            r"downloaded",
+            r"arms.S-E2.vlm_model_name: 'HuggingFaceTB/SmolVLM2-500M-Video-Instruct' is not a local folder, and not in "
+            r"the Hugging Face cache \(nothing is downloaded\)",
         ),
         (
             lambda c: c["backbones"].update(real={"path": "/nonexistent/SmolVLM2"}),
@@ -591,3 +592,46 @@ def test_a_backbone_folder_of_real_weights_is_checked_for_its_family(tmp_path):
         r"of the qwen_vla family|arms.S-E0.backbone: smol is a qwen3_vl",
     ):
         matrix.parse_config(vla_config(lambda c: c["backbones"].update(smol={"path": str(folder)})))
+
+
+def test_a_backbone_is_checked_for_its_family_wherever_it_comes_from(tmp_path, monkeypatch):
+    """`check_backbone` (the matrix's arms and the SmolVLA-world policy): a local folder of the family's model type,
+    or a hub id already in the Hugging Face cache; anything else is refused with what to do."""
+    from huggingface_hub import constants
+
+    from lerobot_policy_world_modality.errors import InputError, MissingFileError
+    from lerobot_policy_world_modality.families import check_backbone
+    from world_modality.model_folders import write_random_backbone
+
+    smol = write_random_backbone("smolvlm", "tiny", tmp_path / "smol")
+    qwen = write_random_backbone("qwen3_vl", "tiny", tmp_path / "qwen")
+    check_backbone("smolvla", str(smol), "vlm_model_name")
+    check_backbone("qwen_vla", str(qwen), "backbone_path")
+    with pytest.raises(
+        InputError,
+        match=r"vlm_model_name: .*qwen holds a 'qwen3_vl' model, not a backbone of the "
+        r"smolvla family \(a smolvlm folder\)",
+    ):
+        check_backbone("smolvla", str(qwen), "vlm_model_name")
+    with pytest.raises(InputError, match=r"qwen_vla family \(a qwen3_vl or qwen2_5_vl folder\)"):
+        check_backbone("qwen_vla", str(smol), "backbone_path")
+    with pytest.raises(MissingFileError, match=r"vlm_model_name: .*nothere is not a Hugging Face model folder"):
+        check_backbone("smolvla", str(tmp_path / "nothere"), "vlm_model_name")
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(
+        MissingFileError,
+        match=r"'org/SmolVLM2' is not a local folder, and not in the Hugging Face "
+        r"cache \(nothing is downloaded\): point it at a local folder holding it, e.g. /models/SmolVLM2",
+    ):
+        check_backbone("smolvla", "org/SmolVLM2", "vlm_model_name")
+    for repo, folder in (("org/SmolVLM2", smol), ("org/Qwen3-VL", qwen)):  # the hub cache's layout
+        snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        shutil.copy(folder / "config.json", snapshot)
+        (snapshot.parents[1] / "refs").mkdir()
+        (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    check_backbone("smolvla", "org/SmolVLM2", "vlm_model_name")
+    with pytest.raises(InputError, match=r"holds a 'qwen3_vl' model, not a backbone of the smolvla family"):
+        check_backbone("smolvla", "org/Qwen3-VL", "vlm_model_name")

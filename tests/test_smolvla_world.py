@@ -519,6 +519,22 @@ def test_rollout_temporal_window_mismatch_is_an_error(vlm_folder, spec, tmp_path
         SmolVLAWorldPolicy.from_pretrained(tmp_path / "ckpt")
 
 
+def test_a_vlm_folder_missing_or_of_another_family_is_refused_before_the_model_is_built(spec, tmp_path):
+    """SmolVLA-world (E0 included) names what is wrong with vlm_model_name, instead of the traceback LeRobot's
+    model would raise while building a VLM from another family's config or looking for it on the hub."""
+    from lerobot_policy_world_modality.errors import InputError, MissingFileError
+    from world_modality.model_folders import write_random_backbone
+
+    qwen = write_random_backbone("qwen3_vl", "tiny", tmp_path / "qwen")
+    for use_world_module in (True, False):
+        with pytest.raises(
+            InputError, match=r"vlm_model_name: .*qwen holds a 'qwen3_vl' model, not a backbone of the "
+        ):
+            _world_policy(qwen, spec, use_world_module=use_world_module)
+    with pytest.raises(MissingFileError, match=r"vlm_model_name: .*missing is not a Hugging Face model folder"):
+        _world_policy(tmp_path / "missing", spec)
+
+
 # --- (d, e) LeRobot's own command lines ---------------------------------------------------------------
 
 

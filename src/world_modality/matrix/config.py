@@ -28,6 +28,8 @@ from lerobot_policy_world_modality.families import (
     FOLDER_FAMILIES,
     PolicyFamily,
     backbone_fields,
+    check_backbone,
+    folder_model_type,
     policy_family,
 )
 from lerobot_policy_world_modality.memory_modes import INTERVENTION_MODES, ROLLOUT_MODES
@@ -572,7 +574,7 @@ def _arm_encoder(options: dict[str, Any], default: str, encoders: Mapping[str, A
 def _backbones(section: Mapping[str, Any], base_dir: Path | None) -> dict[str, BackboneSpec]:
     """``backbones:`` name -> {path: DIR} (a local folder, e.g. real weights) or {write: MODEL_TYPE, size: SIZE} (a
     random-initialised folder the matrix writes)."""
-    from world_modality.model_folders import RANDOM_BACKBONES, folder_model_type
+    from world_modality.model_folders import RANDOM_BACKBONES
 
     out = {}
     for name, entry in section.items():
@@ -620,9 +622,7 @@ def _arm_backbone(
 ) -> BackboneSpec | None:
     """The `backbones:` entry a VLA-family arm reads: its own ``name``, else the training section's ``default`` (None:
     the folder its policy config names, which must exist and be of its family); refuses a backbone of another
-    family, or one named for an arm of a family without backbones."""
-    from world_modality.model_folders import folder_model_type
-
+    family, or one named for an arm of a family without backbones (`check_backbone`)."""
     family = FAMILY_OF_TYPE[policy_type]
     if family not in BACKBONE_FIELDS:
         if name is not None:
@@ -650,18 +650,17 @@ def _arm_backbone(
             f"{ARM_BACKBONE}: NAME (or set {field_name} to a local folder)"
         )
     path = Path(folder).expanduser()
-    path = base_dir / path if base_dir and not path.is_absolute() else path
+    if base_dir and not path.is_absolute() and (base_dir / path).exists():
+        folder = str(base_dir / path)  # a folder named relative to the matrix file
     try:
-        model_type = folder_model_type(path)
+        check_backbone(family, folder, f"{where}.{field_name}")
     except FileNotFoundError as e:
         raise MatrixConfigError(
-            f"{where}.{field_name}: {e} (nothing is downloaded; or name a `backbones:` entry with "
-            f"{ARM_BACKBONE}: NAME, e.g. a random `small` one to train from scratch)"
+            f"{e} (or name a `backbones:` entry with {ARM_BACKBONE}: NAME, e.g. a random `small` one to train "
+            "from scratch)"
         ) from None
-    if FOLDER_FAMILIES.get(model_type) != family:
-        raise MatrixConfigError(
-            f"{where}.{field_name}: {path} holds a {model_type!r} model, not a backbone of a {policy_type} policy"
-        )
+    except InputError as e:
+        raise MatrixConfigError(str(e)) from None
     return None
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from lerobot_policy_world_modality.errors import InputError, MissingFileError
+from lerobot_policy_world_modality.errors import InputError
 
 # Backbone folders with random weights that a matrix writes itself (`backbones:` entries with `write:`): the folder's
 # model_type -> the sizes meant for training from scratch (`small`) and for tests (`tiny`).
@@ -25,14 +24,3 @@ def write_random_backbone(model_type: str, size: str, out: str | Path) -> Path:
     from world_modality.model_folders.qwen_vl import write_qwen_vl_folder
 
     return write_qwen_vl_folder(out, model_type, size)
-
-
-def folder_model_type(folder: str | Path) -> str:
-    """The model_type in a Hugging Face folder's config.json; a missing folder or config is an error that says so."""
-    config = Path(folder).expanduser() / "config.json"
-    if not config.is_file():
-        raise MissingFileError(
-            f"{config.parent} is not a Hugging Face model folder (no config.json): copy the "
-            "backbone's folder there, or point at the folder that holds it"
-        )
-    return json.loads(config.read_text()).get("model_type", "")

@@ -9,12 +9,13 @@ matrix arm's fields. Torch-free, so reports and matrix files are checked without
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.errors import InputError, MissingFileError
 
 # Policy type -> its family. LeRobot's own `smolvla` is SmolVLA-world with the world module off (its E0).
 FAMILY_OF_TYPE = {
@@ -51,6 +52,58 @@ def policy_family(policy_type: str, fields: Mapping[str, Any]) -> PolicyFamily:
 
 # A backbone folder's model_type (its config.json) -> the family whose policies read it.
 FOLDER_FAMILIES = {"smolvlm": "smolvla", "qwen3_vl": "qwen_vla", "qwen2_5_vl": "qwen_vla"}
+
+
+def folder_model_type(folder: str | Path) -> str:
+    """The model_type in a Hugging Face folder's config.json; a missing folder or config is an error that says so."""
+    config = Path(folder).expanduser() / "config.json"
+    if not config.is_file():
+        raise MissingFileError(
+            f"{config.parent} is not a Hugging Face model folder (no config.json): copy the "
+            "backbone's folder there, or point at the folder that holds it"
+        )
+    return json.loads(config.read_text()).get("model_type", "")
+
+
+def check_backbone(family: str, name: str, where: str) -> None:
+    """Refuse, before a model is built, a backbone that a policy of ``family`` cannot load here: ``name`` (a config's
+    backbone field; ``where`` names it in the message) must be a local folder of one of the family's model types, or
+    a hub id whose files are already in the Hugging Face cache (nothing is downloaded)."""
+    folder = Path(name).expanduser()
+    if not folder.exists() and _is_hub_id(name):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+        if not isinstance(cached, str):
+            raise MissingFileError(
+                f"{where}: {name!r} is not a local folder, and not in the Hugging Face cache (nothing is "
+                f"downloaded): point it at a local folder holding it, e.g. /models/{name.split('/')[-1]}"
+            )
+        folder = Path(cached).parent
+    try:
+        model_type = folder_model_type(folder)
+    except MissingFileError as e:
+        raise MissingFileError(f"{where}: {e}") from None
+    if FOLDER_FAMILIES.get(model_type) != family:
+        expected = " or ".join(t for t, f in FOLDER_FAMILIES.items() if f == family)
+        raise InputError(
+            f"{where}: {folder} holds a {model_type!r} model, not a backbone of the {family} family (a {expected} "
+            "folder)"
+        )
+
+
+def _is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a hub repository id ("org/name") rather than a filesystem path."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name.startswith(("/", ".", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def backbone_fields(family: str, folder: Path) -> dict[str, Any]:

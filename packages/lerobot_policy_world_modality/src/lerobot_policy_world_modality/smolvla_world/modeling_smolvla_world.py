@@ -46,6 +46,7 @@ from lerobot_policy_world_modality.common import ForgetsGraphs, GraphedStep, Wor
 from lerobot_policy_world_modality.encoders import WorldEncoder, build_encoder
 from lerobot_policy_world_modality.encoders.state import StateEncoder
 from lerobot_policy_world_modality.errors import InputError
+from lerobot_policy_world_modality.families import check_backbone
 from lerobot_policy_world_modality.smolvla_world.configuration_smolvla_world import (
     CUDA_GRAPH_SCOPES,
     SmolVLAWorldConfig,
@@ -235,6 +236,7 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
         # replacing the model afterwards would build the VLM twice).
         PreTrainedPolicy.__init__(self, config)
         config.validate_features()
+        check_backbone("smolvla", config.vlm_model_name, "vlm_model_name")  # LeRobot's message would blame the hub
         self.config = config
         self.init_rtc_processor()
         self.model = WorldFlowMatching(config, rtc_processor=self.rtc_processor)
