@@ -236,7 +236,8 @@ class SmolVLAWorldPolicy(WorldMemoryPolicy, SmolVLAPolicy):
         # replacing the model afterwards would build the VLM twice).
         PreTrainedPolicy.__init__(self, config)
         config.validate_features()
-        check_backbone("smolvla", config.vlm_model_name, "vlm_model_name")  # LeRobot's message would blame the hub
+        # Before LeRobot builds the VLM: another family's config or a folder not here fails there without saying so.
+        check_backbone("smolvla", config.vlm_model_name, "vlm_model_name")
         self.config = config
         self.init_rtc_processor()
         self.model = WorldFlowMatching(config, rtc_processor=self.rtc_processor)
